@@ -1,0 +1,32 @@
+"""The ASGI application: Channels routes /api/mcp (and its OAuth metadata) to the MCP app and
+everything else to Django. Served by daphne; uvicorn works too (the starter speaks lifespan)."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
+django_asgi_app = get_asgi_application()  # first: sets up Django before models are imported
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import re_path  # noqa: E402
+
+from mcpserver.asgi import MCPStarter  # noqa: E402
+from mcpserver.server import build  # noqa: E402
+
+mcp_server, mcp_http_app = build()
+mcp_app = MCPStarter(mcp_http_app, mcp_server.session_manager)
+mcp_app.install_daphne_shutdown_hook()
+
+application = ProtocolTypeRouter(
+    {
+        "http": URLRouter(
+            [
+                re_path(r"^api/mcp/?$", mcp_app),
+                re_path(r"^\.well-known/oauth-protected-resource/api/mcp$", mcp_app),
+                re_path(r"", django_asgi_app),
+            ]
+        ),
+        "lifespan": mcp_app,
+    }
+)

@@ -1,0 +1,166 @@
+"""What every connector is: a small adapter that runs one input against one target.
+
+Only `gateway.pipeline` imports this package (a test enforces it). A connector is built per
+request from the connection's settings and decrypted secrets, runs in a worker thread, and can be
+cancelled from another thread through `cancel()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from governance.errors import ConnectorError, InvalidInput
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_rows: int
+    max_output_bytes: int
+    timeout_seconds: int
+
+
+@dataclass
+class ExecResult:
+    """What ran, as the pipeline records it. `output` is the text rendering; SQL also keeps columns/rows."""
+
+    output: str = ""
+    exit_code: int = 0
+    columns: list[str] | None = None
+    rows: list[list] | None = None
+    row_count: int | None = None
+    truncated: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Connector:
+    kind: str = ""
+    is_sql: bool = False
+    # Per-kind settings: which keys exist, which are required, which are secret.
+    required_keys: tuple[str, ...] = ()
+    optional_keys: tuple[str, ...] = ()
+    secret_keys: tuple[str, ...] = ()
+
+    def __init__(self, config: dict, secrets: dict, limits: Limits):
+        self.config = config
+        self.secrets = secrets
+        self.limits = limits
+        self.cancelled = threading.Event()
+
+    # --- validation, used by the connection services -------------------------------------
+    @classmethod
+    def validate_settings(cls, values: dict) -> None:
+        """Raise InvalidInput naming the first problem in a full set of settings (config + secrets)."""
+        allowed = set(cls.required_keys) | set(cls.optional_keys) | set(cls.secret_keys)
+        for key in values:
+            if key not in allowed:
+                raise InvalidInput(
+                    f"unknown setting {key!r} for a {cls.kind} connection; allowed: {', '.join(sorted(allowed))}"
+                )
+        for key in cls.required_keys:
+            if values.get(key) in (None, "", []):
+                raise InvalidInput(f"setting {key!r} is required for a {cls.kind} connection")
+        cls.validate_values(values)
+
+    @classmethod
+    def validate_values(cls, values: dict) -> None:
+        """Kind-specific type checks."""
+
+    # --- running --------------------------------------------------------------------------
+    def test(self) -> str:
+        """Connect and return a short description of the target (its version)."""
+        raise NotImplementedError
+
+    def execute(self, text: str) -> ExecResult:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop the running `execute` from another thread. Must be safe to call at any time."""
+        self.cancelled.set()
+
+    # --- schema introspection (SQL kinds) -----------------------------------------------------
+    def list_databases(self) -> list[dict]:
+        raise InvalidInput(f"listing databases is not supported for connection kind {self.kind!r}")
+
+    def list_tables(self, database: str, schema: str | None) -> list[dict]:
+        raise InvalidInput(f"listing tables is not supported for connection kind {self.kind!r}")
+
+    def list_columns(self, database: str, table: str, schema: str | None) -> list[dict]:
+        raise InvalidInput(f"listing columns is not supported for connection kind {self.kind!r}")
+
+
+def json_value(value):
+    """A JSON-safe rendering of a database value that keeps numbers as numbers where exact."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "base64:" + base64.b64encode(bytes(value)).decode()
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return str(value)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "NULL"
+    text = value if isinstance(value, str) else str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def render_table(columns: list[str], rows: list[list], max_bytes: int) -> tuple[str, bool]:
+    """Tab-separated text with a header line, cut at `max_bytes`. Returns (text, truncated)."""
+    lines = ["\t".join(columns)]
+    size = len(lines[0].encode()) + 1
+    for row in rows:
+        line = "\t".join(_cell(v) for v in row)
+        size += len(line.encode()) + 1
+        if size > max_bytes:
+            return "\n".join(lines), True
+        lines.append(line)
+    return "\n".join(lines), False
+
+
+def cap_text(text: str, max_bytes: int) -> tuple[str, bool]:
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text, False
+    return data[:max_bytes].decode(errors="ignore"), True
+
+
+def sql_result(columns: list[str], raw_rows: list, limits: Limits, *, more: bool, status_line: str = "") -> ExecResult:
+    """Build the result of a statement that returned rows, applying the row and byte caps."""
+    rows = [[json_value(v) for v in row] for row in raw_rows[: limits.max_rows]]
+    truncated = more or len(raw_rows) > limits.max_rows
+    text, cut = render_table(columns, rows, limits.max_output_bytes)
+    if cut:
+        # Keep only the rows that fit the byte cap, so `rows` and `output` agree.
+        kept = text.count("\n")
+        rows = rows[:kept]
+    output = text
+    if status_line:
+        output = f"{output}\n{status_line}" if output else status_line
+    return ExecResult(
+        output=output, exit_code=0, columns=columns, rows=rows, row_count=len(rows), truncated=truncated or cut
+    )
+
+
+def wrap_connect_error(kind: str, exc: Exception) -> ConnectorError:
+    """A connection failure, described without host credentials or the driver's full DSN."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConnectorError(f"could not connect to the {kind} target: {first_line[:300]}")

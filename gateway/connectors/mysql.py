@@ -1,0 +1,137 @@
+"""MySQL and MariaDB through PyMySQL (pure Python: no client library to install)."""
+
+from __future__ import annotations
+
+import pymysql
+from pymysql.constants import CLIENT
+
+from gateway.connectors.base import Connector, ExecResult, sql_result, wrap_connect_error
+from gateway.connectors.postgres import PostgresConnector
+
+
+class MySQLConnector(Connector):
+    kind = "mysql"
+    is_sql = True
+    required_keys = PostgresConnector.required_keys
+    optional_keys = ("port", "ssl")
+    secret_keys = ("password",)
+    validate_values = PostgresConnector.validate_values
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._conn = None
+        self._thread_id = None
+
+    def _connect(self, database: str | None = None):
+        try:
+            conn = pymysql.connect(
+                host=self.config["host"],
+                port=self.config.get("port", 3306),
+                user=self.config["user"],
+                password=self.secrets.get("password") or "",
+                database=database or self.config["database"],
+                connect_timeout=10,
+                read_timeout=self.limits.timeout_seconds + 30,
+                autocommit=True,
+                charset="utf8mb4",
+                client_flag=CLIENT.MULTI_STATEMENTS,
+            )
+        except pymysql.Error as exc:
+            raise wrap_connect_error(self.kind, exc) from None
+        with conn.cursor() as cur:
+            # MariaDB's limit is in seconds (any statement); MySQL's in ms (SELECT only).
+            try:
+                cur.execute("SET SESSION max_statement_time = %s", (self.limits.timeout_seconds,))
+            except pymysql.Error:
+                cur.execute("SET SESSION max_execution_time = %s", (self.limits.timeout_seconds * 1000,))
+        self._conn = conn
+        self._thread_id = conn.thread_id()
+        return conn
+
+    def test(self) -> str:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT VERSION()")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self._thread_id is None:
+            return
+        try:
+            killer = pymysql.connect(
+                host=self.config["host"],
+                port=self.config.get("port", 3306),
+                user=self.config["user"],
+                password=self.secrets.get("password") or "",
+                connect_timeout=5,
+            )
+            with killer, killer.cursor() as cur:
+                cur.execute(f"KILL QUERY {int(self._thread_id)}")
+        except Exception:
+            pass
+
+    def execute(self, text: str) -> ExecResult:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                try:
+                    cur.execute(text)
+                    last_rows, last_status = None, ""
+                    affected = None
+                    while True:
+                        if cur.description is not None:
+                            columns = [c[0] for c in cur.description]
+                            last_rows = (columns, cur.fetchmany(self.limits.max_rows + 1))
+                        else:
+                            affected = cur.rowcount
+                            last_status = f"{cur.rowcount} row(s) affected"
+                        if not cur.nextset():
+                            break
+                except pymysql.Error as exc:
+                    return ExecResult(output=_describe_error(exc), exit_code=1)
+            if last_rows is not None:
+                return sql_result(*last_rows, self.limits, more=False)
+            return ExecResult(output=last_status, exit_code=0, row_count=affected)
+        finally:
+            conn.close()
+
+    def _query(self, sql: str, params=()) -> list[dict]:
+        conn = self._connect()
+        try:
+            with conn.cursor(pymysql.cursors.DictCursor) as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def list_databases(self):
+        return self._query("SELECT schema_name AS name FROM information_schema.schemata ORDER BY 1")
+
+    def list_tables(self, database, schema):
+        return self._query(
+            "SELECT table_schema AS `schema`, table_name AS name, LOWER(table_type) AS type "
+            "FROM information_schema.tables WHERE table_schema = %s ORDER BY 2",
+            (schema or database,),
+        )
+
+    def list_columns(self, database, table, schema):
+        rows = self._query(
+            "SELECT column_name AS name, column_type AS type, is_nullable = 'YES' AS nullable, "
+            "column_default AS `default`, ordinal_position AS position "
+            "FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "ORDER BY ordinal_position",
+            (schema or database, table),
+        )
+        for row in rows:
+            row["nullable"] = bool(row["nullable"])
+        return rows
+
+
+def _describe_error(exc: pymysql.Error) -> str:
+    if len(exc.args) >= 2:
+        return f"ERROR {exc.args[0]}: {exc.args[1]}"
+    return f"ERROR: {exc}"

@@ -1,0 +1,127 @@
+"""PostgreSQL through psycopg 3. Autocommit, like psql; statement_timeout from the connection's limit."""
+
+from __future__ import annotations
+
+import psycopg
+
+from gateway.connectors.base import Connector, ExecResult, sql_result, wrap_connect_error
+from governance.errors import InvalidInput
+
+
+class PostgresConnector(Connector):
+    kind = "postgres"
+    is_sql = True
+    required_keys = ("host", "database", "user")
+    optional_keys = ("port", "sslmode")
+    secret_keys = ("password",)
+    default_port = 5432
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._conn: psycopg.Connection | None = None
+
+    @classmethod
+    def validate_values(cls, values):
+        port = values.get("port")
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
+            raise InvalidInput("setting 'port' must be an integer between 1 and 65535")
+        for key in ("host", "database", "user", "password", "sslmode"):
+            if key in values and values[key] is not None and not isinstance(values[key], str):
+                raise InvalidInput(f"setting {key!r} must be a string")
+
+    def _connect(self, database: str | None = None) -> psycopg.Connection:
+        timeout_ms = self.limits.timeout_seconds * 1000
+        try:
+            conn = psycopg.connect(
+                host=self.config["host"],
+                port=self.config.get("port", self.default_port),
+                dbname=database or self.config["database"],
+                user=self.config["user"],
+                password=self.secrets.get("password"),
+                sslmode=self.config.get("sslmode", "prefer"),
+                connect_timeout=10,
+                autocommit=True,
+                application_name="portcullis",
+                options=f"-c statement_timeout={timeout_ms}",
+            )
+        except psycopg.Error as exc:
+            raise wrap_connect_error(self.kind, exc) from None
+        self._conn = conn
+        return conn
+
+    def test(self) -> str:
+        with self._connect() as conn:
+            return conn.execute("select version()").fetchone()[0]
+
+    def cancel(self) -> None:
+        super().cancel()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.cancel_safe(timeout=5)
+            except Exception:  # the query may have just finished; nothing left to cancel
+                pass
+
+    def execute(self, text: str) -> ExecResult:
+        with self._connect() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(text.encode(), prepare=False)
+            except psycopg.Error as exc:
+                return ExecResult(output=_describe_error(exc), exit_code=1)
+            return self._collect(cur)
+
+    def _collect(self, cur) -> ExecResult:
+        # With several statements psycopg keeps one result per statement: show the last one with
+        # rows, or else the status of the last statement (e.g. "UPDATE 3").
+        last_rows = None
+        last_status, affected = "", None
+        while True:
+            if cur.description is not None:
+                last_rows = ([c.name for c in cur.description], cur.fetchmany(self.limits.max_rows + 1))
+            else:
+                last_status = cur.statusmessage or ""
+                affected = cur.rowcount if cur.rowcount >= 0 else None
+            if not cur.nextset():
+                break
+        if last_rows is not None:
+            columns, raw = last_rows
+            return sql_result(columns, raw, self.limits, more=False)
+        return ExecResult(output=last_status, exit_code=0, row_count=affected)
+
+    def _query(self, sql: str, params=(), database: str | None = None) -> list[dict]:
+        with self._connect(database) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+    def list_databases(self):
+        return self._query(
+            "select datname as name from pg_database where not datistemplate and datallowconn order by 1"
+        )
+
+    def list_tables(self, database, schema):
+        sql = (
+            "select table_schema as schema, table_name as name, lower(table_type) as type "
+            "from information_schema.tables where table_schema not in ('pg_catalog', 'information_schema')"
+        )
+        params: tuple = ()
+        if schema:
+            sql += " and table_schema = %s"
+            params = (schema,)
+        return self._query(sql + " order by 1, 2", params, database=database)
+
+    def list_columns(self, database, table, schema):
+        return self._query(
+            "select column_name as name, data_type as type, is_nullable = 'YES' as nullable, "
+            "column_default as default, ordinal_position as position "
+            "from information_schema.columns where table_schema = %s and table_name = %s "
+            "order by ordinal_position",
+            (schema or "public", table),
+            database=database,
+        )
+
+
+def _describe_error(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    message = (diag.message_primary if diag and diag.message_primary else str(exc)).strip()
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"ERROR: {message}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")

@@ -1,0 +1,146 @@
+"""SQLite files on the gateway host.
+
+The target may not reach outside its own file: ATTACH is refused by an authorizer (otherwise a
+statement could open the gateway's own database), and the gateway's data directory is off limits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from gateway.connectors.base import Connector, ExecResult, sql_result
+from governance.errors import ConnectorError, InvalidInput
+
+
+def split_statements(text: str) -> list[str]:
+    """Split on the semicolons that SQLite itself says end a complete statement."""
+    statements, start = [], 0
+    for index, char in enumerate(text):
+        if char == ";" and sqlite3.complete_statement(text[start : index + 1]):
+            statement = text[start : index + 1].strip()
+            if statement.strip(";").strip():
+                statements.append(statement)
+            start = index + 1
+    tail = text[start:].strip()
+    if tail:
+        statements.append(tail)
+    return statements
+
+
+def _authorizer(action, *args):
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+class SQLiteConnector(Connector):
+    kind = "sqlite"
+    is_sql = True
+    required_keys = ("path",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def validate_values(cls, values):
+        path = values.get("path")
+        if not isinstance(path, str):
+            raise InvalidInput("setting 'path' must be a string")
+        resolved = Path(path).expanduser().resolve()
+        data_dir = Path(settings.DATA_DIR).resolve()
+        gateway_db = settings.DATABASES["default"]["NAME"]
+        if resolved == Path(str(gateway_db)).resolve() or resolved.parent == data_dir:
+            raise InvalidInput("setting 'path' may not point at the gateway's own files")
+
+    def _connect(self) -> sqlite3.Connection:
+        path = Path(self.config["path"]).expanduser()
+        if not path.exists():
+            raise ConnectorError(f"could not connect to the sqlite target: no such file {path.name!r}")
+        try:
+            conn = sqlite3.connect(str(path), timeout=5, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise ConnectorError(f"could not connect to the sqlite target: {exc}") from None
+        conn.set_authorizer(_authorizer)
+        deadline = time.monotonic() + self.limits.timeout_seconds
+
+        def progress():  # a non-zero return aborts the statement
+            return 1 if self.cancelled.is_set() or time.monotonic() > deadline else 0
+
+        conn.set_progress_handler(progress, 10_000)
+        self._conn = conn
+        return conn
+
+    def test(self) -> str:
+        conn = self._connect()
+        try:
+            return "SQLite " + conn.execute("select sqlite_version()").fetchone()[0]
+        finally:
+            conn.close()
+
+    def cancel(self) -> None:
+        super().cancel()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.interrupt()
+            except Exception:
+                pass
+
+    def execute(self, text: str) -> ExecResult:
+        conn = self._connect()
+        try:
+            last_rows, last_status, affected = None, "", None
+            for statement in split_statements(text) or [text]:
+                try:
+                    cur = conn.execute(statement)
+                    if cur.description is not None:
+                        columns = [c[0] for c in cur.description]
+                        last_rows = (columns, cur.fetchmany(self.limits.max_rows + 1))
+                    else:
+                        affected = cur.rowcount if cur.rowcount >= 0 else None
+                        last_status = f"{affected} row(s) affected" if affected is not None else "OK"
+                except sqlite3.Error as exc:
+                    message = str(exc)
+                    if message == "interrupted" and not self.cancelled.is_set():
+                        message = f"statement timed out after {self.limits.timeout_seconds}s"
+                    return ExecResult(output=f"ERROR: {message}", exit_code=1)
+            if last_rows is not None:
+                return sql_result(*last_rows, self.limits, more=False)
+            return ExecResult(output=last_status, exit_code=0, row_count=affected)
+        finally:
+            conn.close()
+
+    def _query(self, sql: str, params=()) -> list[dict]:
+        conn = self._connect()
+        try:
+            conn.row_factory = sqlite3.Row
+            return [dict(row) for row in conn.execute(sql, params).fetchall()]
+        finally:
+            conn.close()
+
+    def list_databases(self):
+        return [{"name": "main"}]
+
+    def list_tables(self, database, schema):
+        return self._query(
+            "select 'main' as schema, name, type from sqlite_master "
+            "where type in ('table', 'view') and name not like 'sqlite_%' order by name"
+        )
+
+    def list_columns(self, database, table, schema):
+        rows = self._query("select * from pragma_table_info(?)", (table,))
+        return [
+            {
+                "name": r["name"],
+                "type": r["type"],
+                "nullable": not r["notnull"],
+                "default": r["dflt_value"],
+                "position": r["cid"] + 1,
+            }
+            for r in rows
+        ]

@@ -1,0 +1,90 @@
+"""Connections: the targets the gateway alone holds credentials for."""
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from gateway import crypto
+from governance.models import Organization, UserGroup
+
+NAME_VALIDATOR = RegexValidator(
+    r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
+    "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit",
+)
+
+
+class ConnectionKind(models.TextChoices):
+    POSTGRES = "postgres"
+    MYSQL = "mysql"
+    SQLITE = "sqlite"
+    COMMAND = "command"
+
+
+def _default_max_rows():
+    return settings.DEFAULT_MAX_ROWS
+
+
+def _default_max_output_bytes():
+    return settings.DEFAULT_MAX_OUTPUT_BYTES
+
+
+def _default_timeout():
+    return settings.DEFAULT_TIMEOUT_SECONDS
+
+
+class Connection(models.Model):
+    """A target of one org. `config` holds non-secret settings; secrets are encrypted and write-only.
+
+    No page, API or tool ever returns `secrets_encrypted` or its plaintext: callers see
+    `secret_keys`, the names of the secrets that are set.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="connections")
+    name = models.CharField(max_length=63, validators=[NAME_VALIDATOR])
+    kind = models.CharField(max_length=16, choices=ConnectionKind.choices)
+    description = models.CharField(max_length=500, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    secrets_encrypted = models.TextField(blank=True, default="", editable=False)
+    secret_keys = models.JSONField(default=list, blank=True, editable=False)
+    access_groups = models.ManyToManyField(
+        UserGroup,
+        blank=True,
+        related_name="connections",
+        help_text="Empty: every member of the org may use it. Otherwise only these groups (and admins).",
+    )
+    max_rows = models.PositiveIntegerField(
+        default=_default_max_rows, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)]
+    )
+    max_output_bytes = models.PositiveIntegerField(
+        default=_default_max_output_bytes, validators=[MinValueValidator(1024), MaxValueValidator(64 * 1024 * 1024)]
+    )
+    timeout_seconds = models.PositiveIntegerField(
+        default=_default_timeout, validators=[MinValueValidator(1), MaxValueValidator(24 * 3600)]
+    )
+    exec_enabled = models.BooleanField(default=True)
+    schema_enabled = models.BooleanField(default=True)
+    agent_queue = models.CharField(
+        max_length=63, blank=True, help_text="Celery agent queue near the target; empty runs it in the gateway."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="connection_unique_name_per_org")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def get_secrets(self) -> dict:
+        """Plaintext secrets, for the connector only. Never render or return this."""
+        return crypto.decrypt_json(self.secrets_encrypted)
+
+    def set_secrets(self, values: dict) -> None:
+        clean = {k: v for k, v in values.items() if v not in (None, "")}
+        self.secrets_encrypted = crypto.encrypt_json(clean) if clean else ""
+        self.secret_keys = sorted(clean)

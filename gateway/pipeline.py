@@ -1,0 +1,420 @@
+"""The one exec path. Every surface that runs anything against a target comes through here, and
+this is the only module that imports the connectors (a test enforces it).
+
+    authorize -> [input guardrails] -> [review gate] -> record the session (input first)
+      -> run in the bounded pool -> [output guardrails] -> [mask] -> finish the record
+      -> [enqueue analysis] -> envelope
+
+The bracketed steps are the seams later issues fill (guardrails and masking, reviews, AI
+analysis); each is marked below where it belongs. Nothing here is a stand-in that pretends to
+check: until a step exists, this pipeline simply does not claim it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from gateway import runner
+from gateway.connectors import REGISTRY, ExecResult, Limits
+from gateway.connectors.base import cap_text
+from gateway.models import Connection
+from governance.errors import ConnectorError, InvalidInput, NotFound, PolicyDenied, PortcullisError
+from governance.policy import Actor, get_scoped, scope
+from sessions.audit import Outcome, audit_record
+from sessions.models import Session, SessionStatus, Verb
+from sessions.wakeup import notify_session_finished
+
+logger = logging.getLogger("portcullis.pipeline")
+
+MAX_METADATA_BYTES = 8 * 1024
+SCHEMA_TIMEOUT_SECONDS = 30
+
+
+# --- connection settings (the services validate through here; they never import connectors) ---
+
+
+def connection_kinds() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def validate_connection_settings(kind: str, values: dict) -> tuple[dict, dict]:
+    """Check a full set of settings for `kind`; return (config, secrets) split by what is secret."""
+    cls = REGISTRY.get(kind)
+    if cls is None:
+        raise InvalidInput(f"unknown connection kind {kind!r}; use one of: {', '.join(connection_kinds())}")
+    if kind == "command" and not settings.COMMAND_CONNECTIONS_ENABLED:
+        raise InvalidInput("command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)")
+    cls.validate_settings(values)
+    config = {k: v for k, v in values.items() if k not in cls.secret_keys}
+    secrets = {k: v for k, v in values.items() if k in cls.secret_keys}
+    return config, secrets
+
+
+def secret_setting_names(kind: str) -> tuple[str, ...]:
+    cls = REGISTRY.get(kind)
+    return cls.secret_keys if cls else ()
+
+
+# --- authorization -----------------------------------------------------------------------
+
+
+def not_found_message(name: str) -> str:
+    return f'connection "{name}" not found or not accessible'
+
+
+def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
+    """The connection `actor` may use for `mode` ("exec" or "schema"), or a recorded denial."""
+    try:
+        connection = get_scoped(
+            Connection.objects.all(), actor, "view", not_found=not_found_message(connection_name), name=connection_name
+        )
+        if not scope(Connection.objects.filter(pk=connection.pk), actor, "exec").exists():
+            raise PolicyDenied(f'you may not run anything on connection "{connection_name}"')
+        enabled = connection.exec_enabled if mode == "exec" else connection.schema_enabled
+        if not enabled:
+            raise PolicyDenied(f"{mode} is disabled for this connection")
+    except (NotFound, PolicyDenied) as exc:
+        audit_record(
+            actor=actor,
+            action=f"{mode}.request",
+            outcome=Outcome.DENIED,
+            target_type="gateway.connection",
+            target_repr=connection_name[:200],
+            detail={"reason": exc.message},
+        )
+        raise
+    return connection
+
+
+def _limits(connection: Connection, max_rows: int | None = None) -> Limits:
+    rows = connection.max_rows if max_rows is None else min(max_rows, connection.max_rows)
+    return Limits(max_rows=rows, max_output_bytes=connection.max_output_bytes, timeout_seconds=connection.timeout_seconds)
+
+
+def _connector(connection: Connection, limits: Limits):
+    return REGISTRY[connection.kind](connection.config, connection.get_secrets(), limits)
+
+
+def _check_metadata(metadata) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput("metadata must be an object")
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    return metadata
+
+
+# --- exec ---------------------------------------------------------------------------------
+
+
+def exec_start(
+    *,
+    actor: Actor,
+    connection_name: str,
+    input: str,
+    max_rows: int | None = None,
+    metadata: dict | None = None,
+) -> Session:
+    """Authorize, record and start one exec. Returns the session (final already if refused).
+
+    Raises NotFound/PolicyDenied (recorded in the audit log) when the actor may not use the
+    connection, InvalidInput for malformed arguments. An oversize input is not an exception: it
+    is recorded as a failed session, so the attempt is never lost.
+    """
+    if not isinstance(input, str) or not input.strip():
+        raise InvalidInput("input is required")
+    if max_rows is not None and max_rows < 1:
+        raise InvalidInput("max_rows must be at least 1")
+    metadata = _check_metadata(metadata)
+    connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
+    limits = _limits(connection, max_rows)
+
+    # Input guardrails (guardrails issue) run here and may end the request as `blocked`.
+    # The review gate (reviews issue) runs here and may end it as `pending_approval`.
+
+    data = input.encode()
+    too_large = len(data) > settings.MAX_INPUT_BYTES
+    busy = runner.busy()
+    now = timezone.now()
+    with transaction.atomic():
+        session = Session.objects.create(
+            org_id=actor.org_id,
+            user=actor.user,
+            connection=connection,
+            connection_name=connection.name,
+            connection_kind=connection.kind,
+            surface=actor.surface,
+            client=actor.client,
+            verb=Verb.EXEC,
+            input=data[: settings.MAX_INPUT_BYTES].decode(errors="ignore") if too_large else input,
+            input_sha256=hashlib.sha256(data).hexdigest(),
+            input_bytes=len(data),
+            input_truncated=too_large,
+            metadata=metadata,
+            runner=runner.RUNNER_ID,
+        )
+        if too_large or busy:
+            session.status = SessionStatus.FAILED
+            session.error = (
+                f"input is {len(data)} bytes; this gateway accepts at most {settings.MAX_INPUT_BYTES} bytes"
+                if too_large
+                else "the gateway is at capacity; try again shortly"
+            )
+            session.ended_at = now
+            session.save(update_fields=["status", "error", "ended_at"])
+        audit_record(
+            actor=actor,
+            action="exec.request",
+            outcome=Outcome.INVALID if too_large else (Outcome.FAILED if busy else Outcome.SUCCESS),
+            target=session,
+            detail={"connection": connection.name, "input_bytes": len(data), "input_sha256": session.input_sha256},
+        )
+    if session.status == SessionStatus.FAILED:
+        return session
+    runner.submit(str(session.pk), lambda: _run(session.pk, limits), timeout_seconds=limits.timeout_seconds)
+    return session
+
+
+def _run(session_id, limits: Limits) -> None:
+    """Worker-thread body: claim the session, run the connector, finish the record."""
+    close_old_connections()
+    claimed = Session.objects.filter(pk=session_id, status=SessionStatus.OPEN, cancel_requested=False).update(
+        status=SessionStatus.RUNNING, started_at=timezone.now(), runner=runner.RUNNER_ID
+    )
+    if not claimed:
+        return  # cancelled while queued; exec_cancel already finished the record
+    session = Session.objects.select_related("connection").get(pk=session_id)
+    result: ExecResult | None = None
+    error = ""
+    started = time.monotonic()
+    try:
+        if session.connection is None:
+            raise ConnectorError("the connection was deleted before the session ran")
+        connector = _connector(session.connection, limits)
+        runner.set_cancel_callback(str(session_id), connector.cancel)
+        result = connector.execute(session.input)
+    except PortcullisError as exc:
+        error = exc.message
+    except Exception:
+        logger.exception("connector crashed on session %s", session_id)
+        error = "internal error while running the connector; the gateway log has details"
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+
+    # Output guardrails and masking (guardrails issue) act on `result` here, before it is stored.
+
+    _finish(session_id, result=result, error=error, elapsed_ms=elapsed_ms, max_bytes=limits.max_output_bytes)
+
+
+def _finish(session_id, *, result: ExecResult | None, error: str, elapsed_ms: int, max_bytes: int) -> None:
+    with transaction.atomic():
+        session = Session.objects.select_for_update().select_related("user").get(pk=session_id)
+        if session.is_final:  # the sweeper gave up on it meanwhile; keep its verdict
+            return
+        session.ended_at = timezone.now()
+        session.execution_time_ms = elapsed_ms
+        if result is not None:
+            session.output, cut = cap_text(result.output, max_bytes)
+            session.truncated = result.truncated or cut
+            session.exit_code = result.exit_code
+            session.row_count = result.row_count
+            if result.columns is not None:
+                session.result = {"columns": result.columns, "rows": result.rows or []}
+        session.error = error
+        if session.cancel_requested:
+            session.status = SessionStatus.CANCELLED
+            session.error = error or "cancelled"
+        else:
+            session.status = SessionStatus.DONE if result is not None else SessionStatus.FAILED
+        session.save()
+        ok = session.status == SessionStatus.DONE and session.exit_code == 0
+        audit_record(
+            actor=Actor(user=session.user, groups=frozenset(), surface=session.surface, client=session.client),
+            action="exec.finish",
+            outcome=Outcome.SUCCESS if ok else Outcome.FAILED,
+            target=session,
+            detail={"status": session.status, "exit_code": session.exit_code, "execution_time_ms": elapsed_ms},
+        )
+        # AI analysis (sessions issue) is enqueued here, on commit.
+        transaction.on_commit(lambda: notify_session_finished(session_id))
+
+
+def exec_cancel(*, actor: Actor, session_id: str) -> Session:
+    """Stop a queued or running session the actor owns (admins: any in their org).
+
+    Raises NotFound ("session not found") for missing or invisible sessions, Conflict when the
+    session has already ended. A queued session ends at once; a running one is interrupted by the
+    process running it (here, or another replica within a second).
+    """
+    from governance.errors import Conflict
+
+    session_pk = parse_id(session_id, "session not found")
+    with transaction.atomic():
+        session = get_scoped(
+            Session.objects.select_for_update(of=("self",)), actor, "cancel", not_found="session not found", pk=session_pk
+        )
+        if session.is_final:
+            raise Conflict(f"session is already {session.status}")
+        session.cancel_requested = True
+        fields = ["cancel_requested"]
+        if session.status == SessionStatus.OPEN:
+            session.status = SessionStatus.CANCELLED
+            session.ended_at = timezone.now()
+            session.error = "cancelled before it ran"
+            fields += ["status", "ended_at", "error"]
+            transaction.on_commit(lambda: notify_session_finished(session_pk))
+        session.save(update_fields=fields)
+        audit_record(actor=actor, action="exec.cancel", target=session)
+    runner.cancel_local(str(session_pk))
+    return session
+
+
+def parse_id(value, not_found: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError):
+        raise NotFound(not_found) from None
+
+
+def exec_envelope(session: Session) -> dict:
+    """The agent-facing answer for a session; `status` is what the agent branches on."""
+    envelope: dict = {"session_id": str(session.pk), "session_status": session.status}
+    if session.status in (SessionStatus.OPEN, SessionStatus.RUNNING):
+        envelope.update(
+            status="running",
+            message=f"still running after {settings.EXEC_HANDOFF_SECONDS:g}s; the gateway keeps running it",
+            next_step="call sessions_wait with session_id until it finishes, or exec_cancel to stop it",
+        )
+        return envelope
+    output = session.output
+    if session.error:
+        output = f"{output}\n{session.error}" if output else session.error
+    completed = session.status == SessionStatus.DONE and session.exit_code == 0
+    envelope.update(
+        status="completed" if completed else "failed",
+        output=output,
+        exit_code=session.exit_code,
+        row_count=session.row_count,
+        truncated=session.truncated,
+        execution_time_ms=session.execution_time_ms,
+        analysis=None,
+    )
+    if session.result:
+        envelope["columns"] = session.result.get("columns")
+        envelope["rows"] = session.result.get("rows")
+    return envelope
+
+
+# --- schema introspection ------------------------------------------------------------------
+
+
+def schema_list(
+    *,
+    actor: Actor,
+    connection_name: str,
+    what: str,
+    database: str | None = None,
+    table: str | None = None,
+    schema: str | None = None,
+) -> list[dict]:
+    """List databases, tables or columns of a SQL connection. Each call is a recorded session."""
+    if what not in ("databases", "tables", "columns"):
+        raise InvalidInput(f"unknown schema listing {what!r}")
+    connection = authorize(actor=actor, connection_name=connection_name, mode="schema")
+    cls = REGISTRY[connection.kind]
+    if not cls.is_sql:
+        raise InvalidInput(f'connection "{connection_name}" is not a database type')
+    described = " ".join(f"{k}={v}" for k, v in (("database", database), ("schema", schema), ("table", table)) if v)
+    text = f"list {what}" + (f" {described}" if described else "")
+    now = timezone.now()
+    session = Session.objects.create(
+        org_id=actor.org_id,
+        user=actor.user,
+        connection=connection,
+        connection_name=connection.name,
+        connection_kind=connection.kind,
+        surface=actor.surface,
+        client=actor.client,
+        verb=Verb.SCHEMA,
+        status=SessionStatus.RUNNING,
+        input=text,
+        input_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        input_bytes=len(text.encode()),
+        runner=runner.RUNNER_ID,
+        started_at=now,
+    )
+    limits = Limits(
+        max_rows=connection.max_rows,
+        max_output_bytes=connection.max_output_bytes,
+        timeout_seconds=min(connection.timeout_seconds, SCHEMA_TIMEOUT_SECONDS),
+    )
+    started = time.monotonic()
+    items: list[dict] = []
+    error = ""
+    try:
+        connector = _connector(connection, limits)
+        if what == "databases":
+            items = connector.list_databases()
+        elif what == "tables":
+            items = connector.list_tables(database or connection.config.get("database", "main"), schema)
+        else:
+            items = connector.list_columns(database or connection.config.get("database", "main"), table, schema)
+    except PortcullisError as exc:
+        error = exc.message
+    except Exception as exc:  # a driver error on an introspection query
+        error = f"schema query failed: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}"
+    # Masking of schema output (guardrails issue) applies here.
+    from gateway.connectors.base import json_value
+
+    items = [{k: json_value(v) for k, v in item.items()} for item in items[: connection.max_rows]]
+    with transaction.atomic():
+        session.ended_at = timezone.now()
+        session.execution_time_ms = int((time.monotonic() - started) * 1000)
+        session.status = SessionStatus.FAILED if error else SessionStatus.DONE
+        session.exit_code = 1 if error else 0
+        session.error = error
+        session.row_count = len(items)
+        session.result = {"items": items}
+        session.output, session.truncated = cap_text(json.dumps(items), connection.max_output_bytes)
+        session.save()
+        audit_record(
+            actor=actor,
+            action=f"schema.{what}",
+            outcome=Outcome.FAILED if error else Outcome.SUCCESS,
+            target=session,
+            detail={"connection": connection.name},
+        )
+    if error:
+        raise ConnectorError(error)
+    return items
+
+
+def connection_test(*, actor: Actor, connection_name: str) -> dict:
+    """Connect to the target and report its version; audited. Needs the right to run on it."""
+    connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
+    limits = Limits(max_rows=1, max_output_bytes=4096, timeout_seconds=10)
+    started = time.monotonic()
+    try:
+        message = _connector(connection, limits).test()
+        ok = True
+    except PortcullisError as exc:
+        message, ok = exc.message, False
+    except Exception as exc:
+        message, ok = f"test failed: {type(exc).__name__}", False
+    latency_ms = int((time.monotonic() - started) * 1000)
+    audit_record(
+        actor=actor,
+        action="connection.test",
+        outcome=Outcome.SUCCESS if ok else Outcome.FAILED,
+        target=connection,
+        detail={"latency_ms": latency_ms},
+    )
+    return {"connection_name": connection.name, "ok": ok, "message": message[:500], "latency_ms": latency_ms}

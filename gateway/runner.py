@@ -1,0 +1,154 @@
+"""The bounded worker pool that runs connectors in this process, and its heartbeat.
+
+Each process has a runner id. A session records the runner that took it; while the runner has
+work it beats (`Runner.last_seen_at`) every few seconds, checks for cancel requests made through
+other replicas, and enforces deadlines. If the process dies, the beats stop and the sweeper
+(`sessions.services.sessions_sweep_orphans`) marks its sessions failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+logger = logging.getLogger("portcullis.runner")
+
+RUNNER_ID = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+HEARTBEAT_SECONDS = 5.0
+CANCEL_POLL_SECONDS = 0.5
+
+
+class _Running:
+    def __init__(self, future: Future, deadline: float):
+        self.future = future
+        self.deadline = deadline
+        self.cancel_callback = None  # set by the job once its connector exists
+
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_running: dict[str, _Running] = {}
+_watcher: threading.Thread | None = None
+_pid = os.getpid()
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool, _pid
+    if _pool is None or _pid != os.getpid():  # a forked worker needs its own pool
+        _pool = ThreadPoolExecutor(max_workers=settings.EXEC_WORKERS, thread_name_prefix="portcullis-exec")
+        _pid = os.getpid()
+    return _pool
+
+
+def busy() -> bool:
+    """True when the queue is long enough that a new job would wait behind many others."""
+    with _lock:
+        return len(_running) >= settings.EXEC_WORKERS * 4
+
+
+def submit(session_id: str, fn, *, timeout_seconds: float) -> Future:
+    """Run `fn()` in the pool for `session_id`; the job is tracked until it returns."""
+    _beat()
+    with _lock:
+        future = _get_pool().submit(_wrapped, session_id, fn)
+        _running[session_id] = _Running(future, time.monotonic() + timeout_seconds + 30)
+    _ensure_watcher()
+    return future
+
+
+def _wrapped(session_id: str, fn):
+    try:
+        return fn()
+    finally:
+        with _lock:
+            _running.pop(session_id, None)
+        close_old_connections()
+
+
+def set_cancel_callback(session_id: str, callback) -> None:
+    with _lock:
+        entry = _running.get(session_id)
+        if entry is not None:
+            entry.cancel_callback = callback
+
+
+def local_future(session_id: str) -> Future | None:
+    with _lock:
+        entry = _running.get(session_id)
+        return entry.future if entry else None
+
+
+def cancel_local(session_id: str) -> bool:
+    """Cancel a job running in this process. False if it is not here."""
+    with _lock:
+        entry = _running.get(session_id)
+    if entry is None:
+        return False
+    if entry.cancel_callback is not None:
+        entry.cancel_callback()
+    return True
+
+
+def _beat() -> None:
+    from sessions.models import Runner
+
+    now = timezone.now()
+    updated = Runner.objects.filter(pk=RUNNER_ID).update(last_seen_at=now)
+    if not updated:
+        Runner.objects.get_or_create(pk=RUNNER_ID, defaults={"started_at": now, "last_seen_at": now})
+
+
+def _ensure_watcher() -> None:
+    global _watcher
+    with _lock:
+        if _watcher is not None and _watcher.is_alive():
+            return
+        _watcher = threading.Thread(target=_watch, name="portcullis-runner-watch", daemon=True)
+        _watcher.start()
+
+
+def _watch() -> None:
+    """While there is work: beat, honour cancel requests from other replicas, enforce deadlines."""
+    from sessions.models import Session
+
+    last_beat = 0.0
+    while True:
+        time.sleep(CANCEL_POLL_SECONDS)
+        with _lock:
+            ids = list(_running)
+            overdue = [sid for sid, e in _running.items() if time.monotonic() > e.deadline]
+        if not ids:
+            break
+        try:
+            if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                _beat()
+                last_beat = time.monotonic()
+            wanted = set(
+                str(pk) for pk in Session.objects.filter(pk__in=ids, cancel_requested=True).values_list("pk", flat=True)
+            )
+            for sid in wanted.union(overdue):
+                cancel_local(sid)
+        except Exception:  # a database hiccup must not kill the watcher
+            logger.exception("runner watcher iteration failed")
+        finally:
+            close_old_connections()
+    global _watcher
+    with _lock:
+        _watcher = None
+        if _running:  # work arrived while we were leaving
+            _ensure_watcher_locked()
+
+
+def _ensure_watcher_locked() -> None:
+    global _watcher
+    _watcher = threading.Thread(target=_watch, name="portcullis-runner-watch", daemon=True)
+    _watcher.start()

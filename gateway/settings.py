@@ -1,0 +1,212 @@
+"""Portcullis settings: one module, every value from the environment.
+
+With no environment at all this is the embedded default: SQLite in `.portcullis/`, an
+in-memory channel layer, Celery tasks run in-process, and generated keys kept in git-ignored
+files. Production differs only by environment values (`DATABASE_URL`, `REDIS_URL`,
+`PORTCULLIS_SECRET_KEY`, `PORTCULLIS_ENCRYPTION_KEYS`, ...); see `docs/configuration.md`.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from cryptography.fernet import Fernet
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+class ImproperlyConfiguredEnv(RuntimeError):
+    pass
+
+
+def env_str(name: str, default: str = "") -> str:
+    """A string from the environment, or from the file named by `<NAME>_FILE` (for secrets)."""
+    file_name = os.environ.get(f"{name}_FILE")
+    if file_name:
+        return Path(file_name).read_text().strip()
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Only `true`/`false` (any case) or `1`/`0`; anything else is a configuration error, not a guess."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise ImproperlyConfiguredEnv(f"{name} must be true or false, not {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfiguredEnv(f"{name} must be an integer, not {raw!r}") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# Generated development secrets live here; the directory is git-ignored.
+DATA_DIR = Path(env_str("PORTCULLIS_DATA_DIR", str(BASE_DIR / ".portcullis")))
+
+
+def _generated_secret(filename: str, make) -> str:
+    """Read a development secret from DATA_DIR, creating it once. Never used when the env sets one."""
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    path = DATA_DIR / filename
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make())
+    return path.read_text().strip()
+
+
+DEBUG = env_bool("PORTCULLIS_DEBUG", False)
+SECRET_KEY = env_str("PORTCULLIS_SECRET_KEY") or _generated_secret(
+    "django_secret_key", lambda: secrets.token_urlsafe(50)
+)
+# Fernet keys for connection secrets, comma-separated, newest first (MultiFernet: rotate by
+# prepending a new key; old rows still decrypt and are re-encrypted on their next save).
+ENCRYPTION_KEYS = env_list("PORTCULLIS_ENCRYPTION_KEYS", []) or [
+    _generated_secret("encryption_key", lambda: Fernet.generate_key().decode())
+]
+
+PORT = env_int("PORT", 8000)
+PUBLIC_BASE_URL = env_str("PORTCULLIS_PUBLIC_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
+ALLOWED_HOSTS = env_list("PORTCULLIS_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("PORTCULLIS_CSRF_TRUSTED_ORIGINS", [PUBLIC_BASE_URL])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "governance",
+    "gateway",
+    "reviews",
+    "sessions.apps.SessionRecordsConfig",
+    "mcpserver",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gateway.urls"
+ASGI_APPLICATION = "gateway.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: PostgreSQL when DATABASE_URL is set, else a SQLite file in DATA_DIR.
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {
+        "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    }
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "portcullis.sqlite3",
+            "CONN_MAX_AGE": 60,
+            # WAL lets the MCP threads read while an exec thread writes its record.
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "governance.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Celery: a real broker with REDIS_URL; otherwise tasks run in-process, at once.
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_DEFAULT_QUEUE = "portcullis"
+CELERY_BEAT_SCHEDULE = {
+    "sessions-sweep-orphans": {"task": "sessions.tasks.sessions_sweep_orphans", "schedule": 60.0},
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("PORTCULLIS_LOG_LEVEL", "WARNING")},
+    "loggers": {"portcullis": {"level": env_str("PORTCULLIS_LOG_LEVEL", "INFO")}},
+}
+
+# --- Portcullis ---------------------------------------------------------------------------
+# Command-line connections run programs on the gateway host: off unless an operator says so.
+COMMAND_CONNECTIONS_ENABLED = env_bool("PORTCULLIS_COMMAND_CONNECTIONS", False)
+# `exec` answers `running` after this many seconds; the work goes on and is recorded.
+EXEC_HANDOFF_SECONDS = float(env_int("PORTCULLIS_EXEC_HANDOFF_SECONDS", 50))
+# The bounded pool that runs connectors in each gateway process.
+EXEC_WORKERS = env_int("PORTCULLIS_EXEC_WORKERS", 16)
+# Per-connection defaults; each connection may lower or raise its own.
+DEFAULT_MAX_ROWS = env_int("PORTCULLIS_DEFAULT_MAX_ROWS", 1000)
+DEFAULT_MAX_OUTPUT_BYTES = env_int("PORTCULLIS_DEFAULT_MAX_OUTPUT_BYTES", 1024 * 1024)
+DEFAULT_TIMEOUT_SECONDS = env_int("PORTCULLIS_DEFAULT_TIMEOUT_SECONDS", 120)
+# Inputs above this are refused (and recorded), before any connector sees them.
+MAX_INPUT_BYTES = env_int("PORTCULLIS_MAX_INPUT_BYTES", 1024 * 1024)
+# HTTP bodies above this get 413 from the MCP transport itself.
+MCP_MAX_REQUEST_BYTES = env_int("PORTCULLIS_MCP_MAX_REQUEST_BYTES", 16 * 1024 * 1024)
+# A session whose runner has not been seen for this long is an orphan and is marked failed.
+RUNNER_STALE_SECONDS = env_int("PORTCULLIS_RUNNER_STALE_SECONDS", 90)

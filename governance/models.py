@@ -1,0 +1,118 @@
+"""Who may act: organizations, users, groups and API tokens.
+
+Every row here belongs to one organization; nothing crosses orgs. Roles are membership of the
+reserved groups `admin` and `auditor`; the policy module (`governance.policy`) is the only
+place that interprets them.
+"""
+
+import hashlib
+import uuid
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.db import models
+from django.utils import timezone
+
+ADMIN_GROUP = "admin"
+AUDITOR_GROUP = "auditor"
+RESERVED_GROUPS = (ADMIN_GROUP, AUDITOR_GROUP)
+
+
+class Organization(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return self.name
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def create_user(self, email, password=None, *, org, **extra):
+        if not email:
+            raise ValueError("email is required")
+        user = self.model(email=self.normalize_email(email).lower(), org=org, **extra)
+        user.set_password(password) if password else user.set_unusable_password()
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email, password=None, **extra):
+        # `createsuperuser` has no org prompt: superusers land in the first org (or a new one).
+        org = extra.pop("org", None) or Organization.objects.order_by("created_at").first()
+        if org is None:
+            org = Organization.objects.create(name="default")
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self.create_user(email, password, org=org, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person (or a service identity) of exactly one organization; logs in by email."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="users")
+    email = models.EmailField(unique=True)
+    name = models.CharField(max_length=150, blank=True)
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(default=False)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS = []
+
+    def __str__(self):
+        return self.email
+
+
+class UserGroup(models.Model):
+    """An org-scoped group. `admin` and `auditor` are reserved and give those roles."""
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="groups")
+    name = models.CharField(max_length=100)
+    members = models.ManyToManyField(User, related_name="user_groups", blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="usergroup_unique_name_per_org")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+def token_digest(raw: str) -> str:
+    """API tokens carry 256 bits of randomness, so a plain SHA-256 is a sound at-rest hash."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only its SHA-256 is stored; the value is shown once at issue."""
+
+    PREFIX = "pcu_"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The first characters, to recognise a token.")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    def is_usable(self, now=None) -> bool:
+        now = now or timezone.now()
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > now

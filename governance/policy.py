@@ -1,0 +1,121 @@
+"""The one answer to "may this actor do this to that?".
+
+Every surface (MCP tools, the admin, REST, tasks) builds an `Actor` and calls the services; the
+services call `can`, `require` and `scope` here. Nothing else compares group names.
+
+Roles: members of the reserved `admin` group administer their org; `auditor` members read
+everything in their org and change nothing; everyone else is standard.
+
+Access control on connections: a connection with no access groups is usable by every member of
+its org; once an admin names groups on a connection, only members of those groups (and admins)
+may use it. Naming groups on one connection never changes who sees any other connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.db.models import Q, QuerySet
+
+from governance.errors import NotFound, PolicyDenied
+from governance.models import ADMIN_GROUP, AUDITOR_GROUP, User
+
+SURFACES = ("web", "admin", "api", "mcp", "task", "cli")
+
+ROLE_ANY = "any"
+ROLE_AUDITOR = "auditor"  # auditors and admins
+ROLE_ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, from where. Passed explicitly into every service (`actor=` keyword)."""
+
+    user: User
+    groups: frozenset[str]
+    surface: str
+    client: str = ""
+    token_id: str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.surface not in SURFACES:
+            raise ValueError(f"unknown surface {self.surface!r}")
+
+    @property
+    def org_id(self):
+        return self.user.org_id
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_GROUP in self.groups
+
+    @property
+    def is_auditor(self) -> bool:
+        return AUDITOR_GROUP in self.groups
+
+    @classmethod
+    def for_user(cls, user: User, *, surface: str, client: str = "", token_id: str | None = None) -> Actor:
+        groups = frozenset(user.user_groups.values_list("name", flat=True))
+        return cls(user=user, groups=groups, surface=surface, client=client[:200], token_id=token_id)
+
+
+def has_role(actor: Actor, role: str) -> bool:
+    if role == ROLE_ANY:
+        return True
+    if role == ROLE_AUDITOR:
+        return actor.is_admin or actor.is_auditor
+    if role == ROLE_ADMIN:
+        return actor.is_admin
+    return False  # an unknown role is a deny, never a guess
+
+
+def require_role(actor: Actor, role: str) -> None:
+    if not has_role(actor, role):
+        raise PolicyDenied("admin access required" if role == ROLE_ADMIN else "admin or auditor access required")
+
+
+def _connection_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    qs = qs.filter(org_id=actor.org_id)
+    if actor.is_admin:
+        return qs
+    if action == "view" and actor.is_auditor:
+        return qs
+    if action in ("view", "exec"):
+        return qs.filter(Q(access_groups__isnull=True) | Q(access_groups__name__in=actor.groups)).distinct()
+    return qs.none()  # manage, or anything unknown
+
+
+def _session_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    qs = qs.filter(org_id=actor.org_id)
+    if actor.is_admin or (actor.is_auditor and action in ("view", "view_content")):
+        return qs
+    if action in ("view", "view_content", "cancel"):
+        return qs.filter(user_id=actor.user.pk)
+    return qs.none()
+
+
+_SCOPES = {
+    "gateway.connection": _connection_scope,
+    "records.session": _session_scope,
+}
+
+
+def scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """Restrict `qs` to the rows `actor` may `action`. Unknown models are denied."""
+    scoper = _SCOPES.get(qs.model._meta.label_lower)
+    if scoper is None:
+        return qs.none()
+    return scoper(qs, actor, action)
+
+
+def can(actor: Actor, action: str, target) -> bool:
+    """True if `actor` may `action` the model instance `target`."""
+    return scope(type(target)._default_manager.filter(pk=target.pk), actor, action).exists()
+
+
+def get_scoped(qs: QuerySet, actor: Actor, action: str, *, not_found: str, **lookup):
+    """Fetch one object that `actor` may `action`, or raise one `NotFound` for missing and forbidden."""
+    obj = scope(qs, actor, action).filter(**lookup).first()
+    if obj is None:
+        raise NotFound(not_found)
+    return obj

@@ -1,0 +1,115 @@
+"""Hosting the SDK's app under daphne.
+
+daphne speaks no ASGI lifespan, so nothing would start the SDK's session manager: `MCPStarter`
+enters `session_manager.run()` in a background task on the first request (or on lifespan
+startup under uvicorn), and daphne's shutdown hook stops it so the process can exit. Each request
+runs in its own `ThreadSensitiveContext`, so ORM calls of concurrent MCP requests use separate
+threads instead of queueing on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from asgiref.sync import ThreadSensitiveContext
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+logger = logging.getLogger("portcullis.mcp")
+
+SWEEP_EVERY_SECONDS = 60
+
+
+class MCPStarter:
+    def __init__(self, app, session_manager):
+        self.app = app
+        self.session_manager = session_manager
+        self._lock: asyncio.Lock | None = None
+        self._started: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._error: BaseException | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        await self.ensure_started()
+        async with ThreadSensitiveContext():
+            await self.app(scope, receive, send)
+
+    async def ensure_started(self) -> None:
+        if self._started is not None and self._started.is_set() and self._error is None:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._started is None:
+                self._started = asyncio.Event()
+                self._stop = asyncio.Event()
+                self._task = asyncio.create_task(self._run(), name="mcp-session-manager")
+                if settings.CELERY_TASK_ALWAYS_EAGER:
+                    # Embedded mode has no celery beat: sweep orphaned sessions from here.
+                    self._sweeper = asyncio.create_task(self._sweep_forever(), name="portcullis-sweeper")
+        await self._started.wait()
+        if self._error is not None:
+            raise RuntimeError("the MCP session manager failed to start") from self._error
+
+    async def _run(self) -> None:
+        try:
+            async with self.session_manager.run():
+                self._started.set()
+                await self._stop.wait()
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            raise
+
+    async def _sweep_forever(self) -> None:
+        from sessions.services import sessions_sweep_orphans
+
+        while True:
+            try:
+                await database_sync_to_async(sessions_sweep_orphans)()
+            except Exception:
+                logger.exception("orphan sweep failed")
+            await asyncio.sleep(SWEEP_EVERY_SECONDS)
+
+    async def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._task is None:
+            return
+        self._stop.set()
+        try:
+            await self._task
+        except BaseException:
+            pass
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.ensure_started()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def install_daphne_shutdown_hook(self) -> None:
+        """Under daphne (Twisted), stop the manager before the reactor stops, or SIGTERM hangs."""
+        if "twisted.internet.reactor" not in sys.modules:
+            return
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+
+        reactor.addSystemEventTrigger(
+            "before", "shutdown", lambda: Deferred.fromFuture(asyncio.ensure_future(self.shutdown()))
+        )

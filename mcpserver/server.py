@@ -1,0 +1,179 @@
+"""The MCP server at /api/mcp: the SDK's low-level server over our tool registry.
+
+We use the low-level `Server` rather than `MCPServer` so the registry stays declarative (one
+arguments model with unknown keys rejected, one result model, a role) and so `tools/list` can be
+filtered per caller. Domain errors become `isError` results with the domain's stable message;
+unknown tools and malformed requests are JSON-RPC errors; nothing becomes an HTTP 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.lowlevel import Server
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent, Tool
+from pydantic import ValidationError
+
+from governance.errors import PortcullisError
+from governance.policy import Actor, has_role
+from mcpserver import tools  # noqa: F401  (registers every tool)
+from mcpserver.auth import GatewayTokenVerifier
+from mcpserver.registry import TOOLS, ToolSpec
+
+logger = logging.getLogger("portcullis.mcp")
+
+SERVER_NAME = "portcullis"
+INSTRUCTIONS = (
+    "Portcullis is an access gateway: every call runs through identity, access control and audit. "
+    "Start with me_get and connections_list, inspect schemas with connection_databases/tables/columns, "
+    "then exec. Branch on exec's `status`: completed, failed, blocked, pending_approval, running "
+    "(then call sessions_wait)."
+)
+
+
+def _error(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid arguments: " + "; ".join(parts)
+
+
+def _tool_definition(spec: ToolSpec) -> Tool:
+    return Tool(
+        name=spec.name,
+        title=spec.title,
+        description=spec.description,
+        input_schema=spec.args.model_json_schema(),
+        output_schema=spec.result.model_json_schema(),
+        annotations=spec.annotations,
+    )
+
+
+_DEFINITIONS = {name: _tool_definition(spec) for name, spec in TOOLS.items()}
+
+
+def _current_actor(ctx) -> Actor | None:
+    access = get_access_token()
+    actor = getattr(access, "actor", None)
+    if actor is None:
+        return None
+    request = getattr(ctx, "request", None)
+    user_agent = request.headers.get("user-agent", "") if request is not None else ""
+    client = f"{actor.client}; {user_agent}" if user_agent else actor.client
+    return dataclasses.replace(actor, client=client[:200])
+
+
+async def list_tools(ctx, params) -> ListToolsResult:
+    actor = _current_actor(ctx)
+    visible = [_DEFINITIONS[name] for name, spec in TOOLS.items() if actor is not None and has_role(actor, spec.role)]
+    return ListToolsResult(tools=visible)
+
+
+class ToolContext:
+    """What a tool handler may use of the MCP request: progress reporting."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        try:
+            await self._ctx.session.report_progress(progress, total, message)
+        except Exception:  # a client that went away must not fail the tool
+            logger.debug("progress notification not delivered", exc_info=True)
+
+
+async def call_tool(ctx, params) -> CallToolResult:
+    spec = TOOLS.get(params.name)
+    if spec is None:
+        raise MCPError(INVALID_PARAMS, f"Unknown tool: {params.name}")
+    actor = _current_actor(ctx)
+    if actor is None:
+        return _error("unauthorized: missing auth context")
+    if not has_role(actor, spec.role):
+        return _error("admin access required" if spec.role == "admin" else "admin or auditor access required")
+    try:
+        args = spec.args.model_validate(params.arguments or {})
+    except ValidationError as exc:
+        return _error(_validation_message(exc))
+    try:
+        result = await spec.handler(actor, args, ToolContext(ctx))
+    except PortcullisError as exc:
+        return _error(exc.message)
+    except MCPError:
+        raise
+    except Exception:
+        logger.exception("tool %s crashed", spec.name)
+        return _error("internal error; the gateway log has details")
+    structured = result.model_dump(mode="json", by_alias=True)
+    text = spec.render(result) if spec.render else json.dumps(structured, ensure_ascii=False)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _input_schema(name: str):
+    spec = TOOLS.get(name)
+    return spec.args.model_json_schema() if spec else None
+
+
+def _transport_security() -> TransportSecuritySettings:
+    hosts, origins = set(), set()
+    for host in settings.ALLOWED_HOSTS:
+        if host == "*":
+            return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        hosts.update({host, f"{host}:*"})
+        origins.update({f"http://{host}", f"http://{host}:*", f"https://{host}", f"https://{host}:*"})
+    public = urlsplit(settings.PUBLIC_BASE_URL)
+    hosts.update({public.netloc, f"{public.hostname}:*"})
+    origins.add(f"{public.scheme}://{public.netloc}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=sorted(hosts), allowed_origins=sorted(origins)
+    )
+
+
+def build() -> tuple[Server, object]:
+    """A fresh server and its Starlette app (one per process and event loop)."""
+    server = Server(
+        SERVER_NAME,
+        version=_version(),
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        get_tool_input_schema=_input_schema,
+    )
+    resource = f"{settings.PUBLIC_BASE_URL}/api/mcp"
+    app = server.streamable_http_app(
+        streamable_http_path="/api/mcp",
+        stateless_http=True,
+        json_response=False,
+        max_request_body_size=settings.MCP_MAX_REQUEST_BYTES,
+        transport_security=_transport_security(),
+        auth=AuthSettings(
+            issuer_url=settings.PUBLIC_BASE_URL,
+            resource_server_url=resource,
+            required_scopes=None,
+            validate_token_resource=False,
+        ),
+        token_verifier=GatewayTokenVerifier(),
+    )
+    return server, app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("portcullis")
+    except PackageNotFoundError:
+        return "0.0.0+local"

@@ -1,0 +1,205 @@
+"""Connections: list, get, test, and the admin's create, update, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from channels.db import database_sync_to_async as db
+from pydantic import Field
+
+from gateway import pipeline, services
+from governance.policy import ROLE_ADMIN
+from mcpserver.registry import Args, Result, tool
+
+Kind = Literal["postgres", "mysql", "sqlite", "command"]
+SETTINGS_HELP = (
+    "Settings of the target, secrets included (they are stored encrypted and never returned): "
+    "postgres/mysql: host, port, database, user, password (secret), sslmode (postgres) or ssl (mysql); "
+    "sqlite: path; command: argv (list), cwd, env (object, secret)."
+)
+
+
+class ConnectionOut(Result):
+    id: str
+    name: str
+    kind: str
+    description: str
+    config: dict[str, Any]
+    secret_keys: list[str] = Field(description="Names of the secrets that are set; values are never returned.")
+    access_groups: list[str]
+    max_rows: int
+    max_output_bytes: int
+    timeout_seconds: int
+    exec_enabled: bool
+    schema_enabled: bool
+    agent_queue: str
+    created_at: str
+    updated_at: str
+
+
+class ListArgs(Args):
+    search: str | None = Field(None, max_length=100, description="Substring of the name or description.")
+    kind: Kind | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+    offset: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+
+class ListResult(Result):
+    items: list[ConnectionOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+def _render_list(r: ListResult) -> str:
+    if not r.items:
+        return "no connections"
+    lines = [f"{c.name} ({c.kind})" + (f" - {c.description}" if c.description else "") for c in r.items]
+    more = f"\n... {r.total - len(r.items)} more (offset {r.next_offset})" if r.has_next_page else ""
+    return "\n".join(lines) + more
+
+
+@tool(
+    "connections_list",
+    description=(
+        "Connections you may use, by name, paginated. A connection with no access groups is open to every "
+        "member of the org; one with access groups only to those groups (and admins)."
+    ),
+    args=ListArgs,
+    result=ListResult,
+    render=_render_list,
+)
+async def connections_list(actor, args: ListArgs, ctx) -> ListResult:
+    @db
+    def run():
+        page, total = services.connection_list(
+            actor=actor, search=args.search, kind=args.kind, limit=args.limit, offset=args.offset
+        )
+        return [services.connection_to_dict(c) for c in page], total
+
+    items, total = await run()
+    end = args.offset + len(items)
+    return ListResult(
+        items=items, total=total, has_next_page=end < total, next_offset=end if end < total else None
+    )
+
+
+class NameArgs(Args):
+    name: str = Field(min_length=1, max_length=63, description="Connection name.")
+
+
+@tool(
+    "connections_get",
+    description="One connection's settings and limits. Secret values are never returned, only which keys are set.",
+    args=NameArgs,
+    result=ConnectionOut,
+)
+async def connections_get(actor, args: NameArgs, ctx) -> ConnectionOut:
+    data = await db(lambda: services.connection_to_dict(services.connection_get(actor=actor, name=args.name)))()
+    return ConnectionOut(**data)
+
+
+class TestResult(Result):
+    connection_name: str
+    ok: bool
+    message: str
+    latency_ms: int
+
+
+@tool(
+    "connections_test",
+    description="Connect to the target and report its version. Nothing is run; the attempt is audited.",
+    args=NameArgs,
+    result=TestResult,
+    render=lambda r: f"{r.connection_name}: {'ok' if r.ok else 'FAILED'} - {r.message} ({r.latency_ms} ms)",
+)
+async def connections_test(actor, args: NameArgs, ctx) -> TestResult:
+    return TestResult(**await db(lambda: pipeline.connection_test(actor=actor, connection_name=args.name))())
+
+
+class Options(Args):
+    description: str | None = Field(None, max_length=500)
+    max_rows: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_output_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] | None = None
+    timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] | None = None
+    exec_enabled: bool | None = None
+    schema_enabled: bool | None = None
+    agent_queue: str | None = Field(None, max_length=63)
+
+
+class CreateArgs(Options):
+    name: str = Field(min_length=1, max_length=63)
+    kind: Kind
+    settings: dict[str, Any] = Field(description=SETTINGS_HELP)
+
+
+def _options(args: Options) -> dict:
+    return {k: v for k, v in args.model_dump(include=set(services.OPTION_FIELDS)).items() if v is not None}
+
+
+@tool(
+    "connections_create",
+    description="Create a connection (admin). " + SETTINGS_HELP,
+    args=CreateArgs,
+    result=ConnectionOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+)
+async def connections_create(actor, args: CreateArgs, ctx) -> ConnectionOut:
+    @db
+    def run():
+        connection = services.connection_create(
+            actor=actor, name=args.name, kind=args.kind, settings=args.settings, options=_options(args)
+        )
+        return services.connection_to_dict(connection)
+
+    return ConnectionOut(**await run())
+
+
+class UpdateArgs(Options):
+    name: str = Field(min_length=1, max_length=63)
+    settings: dict[str, Any] | None = Field(
+        None,
+        description="Keys to change; a key set to null is removed; a secret given replaces only that secret.",
+    )
+
+
+@tool(
+    "connections_update",
+    description="Change a connection's settings, secrets or limits (admin). Only the fields you send change.",
+    args=UpdateArgs,
+    result=ConnectionOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+    idempotent=True,
+)
+async def connections_update(actor, args: UpdateArgs, ctx) -> ConnectionOut:
+    @db
+    def run():
+        connection = services.connection_update(
+            actor=actor, name=args.name, settings=args.settings, options=_options(args)
+        )
+        return services.connection_to_dict(connection)
+
+    return ConnectionOut(**await run())
+
+
+class DeleteResult(Result):
+    name: str
+    deleted: bool
+
+
+@tool(
+    "connections_delete",
+    description="Delete a connection (admin). Its session records stay.",
+    args=NameArgs,
+    result=DeleteResult,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+    render=lambda r: f'connection "{r.name}" deleted',
+)
+async def connections_delete(actor, args: NameArgs, ctx) -> DeleteResult:
+    await db(lambda: services.connection_delete(actor=actor, name=args.name))()
+    return DeleteResult(name=args.name, deleted=True)

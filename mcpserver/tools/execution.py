@@ -1,0 +1,146 @@
+"""Running things: exec, sessions_wait, exec_cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from channels.db import database_sync_to_async as db
+from django.conf import settings
+from pydantic import Field
+
+from gateway import pipeline
+from mcpserver.registry import Args, Result, tool
+from sessions.wakeup import wait_for_final
+
+DEFAULT_WAIT = 45.0
+MAX_WAIT = 300.0
+
+
+class ExecArgs(Args):
+    connection_name: str = Field(min_length=1, max_length=63)
+    input: str = Field(min_length=1, description="SQL for database connections; stdin for command connections.")
+    max_rows: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        None, description="Return at most this many rows (never more than the connection allows)."
+    )
+    metadata: dict[str, Any] | None = Field(None, description="Attached to the session record (e.g. a ticket id).")
+
+
+class ExecEnvelope(Result):
+    status: Literal["completed", "failed", "blocked", "pending_approval", "running"]
+    session_id: str
+    session_status: str
+    output: str | None = None
+    columns: list[str] | None = None
+    rows: list[list[Any]] | None = None
+    row_count: int | None = None
+    truncated: bool | None = None
+    exit_code: int | None = None
+    execution_time_ms: int | None = None
+    analysis: dict[str, Any] | None = None
+    message: str | None = None
+    next_step: str | None = None
+    timed_out: bool | None = None
+
+
+def render_envelope(r: ExecEnvelope) -> str:
+    if r.status in ("completed", "failed"):
+        head = f"[{r.status}] session {r.session_id}"
+        if r.row_count is not None:
+            head += f", {r.row_count} row(s)" + (" (truncated)" if r.truncated else "")
+        if r.exit_code not in (None, 0):
+            head += f", exit code {r.exit_code}"
+        return f"{head}\n{r.output or ''}".rstrip()
+    return f"[{r.status}] session {r.session_id}: {r.message or ''} {r.next_step or ''}".strip()
+
+
+async def _wait(session_id, timeout: float, ctx):
+    async def progress(elapsed, total):
+        await ctx.progress(round(elapsed, 1), total, "still running")
+
+    return await wait_for_final(session_id, timeout, on_progress=progress)
+
+
+@tool(
+    "exec",
+    description=(
+        "Run SQL or a command on a connection through the gateway's policy path (access control, audit; "
+        "guardrails, reviews and masking where configured) - this tool bypasses none of it. Branch on `status`: "
+        "completed | failed (output holds the error) | blocked | pending_approval | running (call sessions_wait "
+        "with session_id). Results are capped by the connection's row and byte limits (`truncated`)."
+    ),
+    args=ExecArgs,
+    result=ExecEnvelope,
+    read_only=False,
+    destructive=True,
+    render=render_envelope,
+)
+async def exec_tool(actor, args: ExecArgs, ctx) -> ExecEnvelope:
+    session = await db(
+        lambda: pipeline.exec_start(
+            actor=actor,
+            connection_name=args.connection_name,
+            input=args.input,
+            max_rows=args.max_rows,
+            metadata=args.metadata,
+        )
+    )()
+    if not session.is_final:
+        session, _ = await _wait(session.pk, settings.EXEC_HANDOFF_SECONDS, ctx)
+    return ExecEnvelope(**pipeline.exec_envelope(session))
+
+
+class WaitArgs(Args):
+    session_id: str = Field(min_length=1, max_length=64)
+    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
+        DEFAULT_WAIT,
+        description="How long to wait (default 45, max 300; many clients give up on a call at 60 s). "
+        "On expiry the answer has timed_out=true: call again.",
+    )
+
+
+@tool(
+    "sessions_wait",
+    description=(
+        "Wait until a running session ends and return its exec envelope. Long-polls up to timeout_seconds, then "
+        "answers with timed_out=true and status running so you can call again. Sends progress when asked."
+    ),
+    args=WaitArgs,
+    result=ExecEnvelope,
+    render=render_envelope,
+)
+async def sessions_wait(actor, args: WaitArgs, ctx) -> ExecEnvelope:
+    from sessions.services import session_get
+
+    session = await db(lambda: session_get(actor=actor, session_id=args.session_id, action="view_content"))()
+    session, timed_out = await _wait(session.pk, args.timeout_seconds, ctx)
+    return ExecEnvelope(**pipeline.exec_envelope(session), timed_out=timed_out)
+
+
+class CancelArgs(Args):
+    session_id: str = Field(min_length=1, max_length=64)
+
+
+class CancelResult(Result):
+    session_id: str
+    status: str
+    cancel_requested: bool
+    message: str
+
+
+@tool(
+    "exec_cancel",
+    description="Stop a queued or running session of yours (admins: any in the org). The attempt is audited.",
+    args=CancelArgs,
+    result=CancelResult,
+    read_only=False,
+    destructive=True,
+    render=lambda r: r.message,
+)
+async def exec_cancel(actor, args: CancelArgs, ctx) -> CancelResult:
+    session = await db(lambda: pipeline.exec_cancel(actor=actor, session_id=args.session_id))()
+    message = (
+        "cancelled before it ran"
+        if session.status == "cancelled"
+        else "cancel requested; the session stops within a second (see sessions_wait)"
+    )
+    return CancelResult(session_id=str(session.pk), status=session.status, cancel_requested=True, message=message)

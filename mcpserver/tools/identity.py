@@ -1,0 +1,80 @@
+"""Identity and discovery: me_get, serverinfo_get."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from mcpserver.registry import Args, Result, tool
+
+
+class NoArgs(Args):
+    pass
+
+
+class MeResult(Result):
+    user_id: str
+    user_email: str
+    user_name: str
+    org_id: str
+    org_name: str
+    groups: list[str]
+    is_admin: bool
+    is_auditor: bool
+    client: str
+
+
+@tool(
+    "me_get",
+    description="Who you are to the gateway: user, organization, groups and roles. Useful as a first call.",
+    args=NoArgs,
+    result=MeResult,
+    render=lambda r: f"{r.user_email} in {r.org_name} (groups: {', '.join(r.groups) or 'none'})",
+)
+async def me_get(actor, args, ctx) -> MeResult:
+    user = actor.user
+    return MeResult(
+        user_id=str(user.pk),
+        user_email=user.email,
+        user_name=user.name,
+        org_id=str(user.org_id),
+        org_name=user.org.name,
+        groups=sorted(actor.groups),
+        is_admin=actor.is_admin,
+        is_auditor=actor.is_auditor,
+        client=actor.client,
+    )
+
+
+class ServerInfoResult(Result):
+    name: str
+    version: str
+    api_url: str
+    mcp_url: str
+    auth_methods: list[str]
+    connection_kinds: list[str]
+    command_connections_enabled: bool
+    exec_handoff_seconds: float
+    max_input_bytes: int
+
+
+@tool(
+    "serverinfo_get",
+    description="Gateway facts: version, URLs, enabled connection kinds and limits.",
+    args=NoArgs,
+    result=ServerInfoResult,
+)
+async def serverinfo_get(actor, args, ctx) -> ServerInfoResult:
+    from gateway.pipeline import connection_kinds
+    from mcpserver.server import _version
+
+    return ServerInfoResult(
+        name="portcullis",
+        version=_version(),
+        api_url=settings.PUBLIC_BASE_URL,
+        mcp_url=f"{settings.PUBLIC_BASE_URL}/api/mcp",
+        auth_methods=["api_token"],
+        connection_kinds=[k for k in connection_kinds() if k != "command" or settings.COMMAND_CONNECTIONS_ENABLED],
+        command_connections_enabled=settings.COMMAND_CONNECTIONS_ENABLED,
+        exec_handoff_seconds=settings.EXEC_HANDOFF_SECONDS,
+        max_input_bytes=settings.MAX_INPUT_BYTES,
+    )

@@ -1,0 +1,141 @@
+"""Session records: sessions_list, sessions_get, sessions_get_content."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from channels.db import database_sync_to_async as db
+from pydantic import Field
+
+from mcpserver.registry import Args, Result, tool
+from sessions import services
+
+
+class SessionOut(Result):
+    id: str
+    connection: str
+    connection_kind: str
+    user_email: str
+    surface: str
+    client: str
+    verb: str
+    status: str
+    exit_code: int | None
+    row_count: int | None
+    truncated: bool
+    input_bytes: int
+    input_sha256: str
+    error: str
+    metadata: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    execution_time_ms: int | None
+
+
+class ListArgs(Args):
+    user: str | None = Field(None, max_length=254, description="User email.")
+    connection: str | None = Field(None, max_length=63)
+    status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = None
+    verb: Literal["exec", "schema", "runbook", "tool"] | None = None
+    surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
+    start_date: str | None = Field(None, description="RFC 3339, inclusive.")
+    end_date: str | None = Field(None, description="RFC 3339, exclusive.")
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    offset: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+
+class ListResult(Result):
+    items: list[SessionOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+@tool(
+    "sessions_list",
+    description=(
+        "Session records (metadata, no content), newest first, filtered and paginated. You see your own; "
+        "admins and auditors see the whole org."
+    ),
+    args=ListArgs,
+    result=ListResult,
+    render=lambda r: "\n".join(
+        f"{s.created_at} {s.id} {s.verb} on {s.connection} by {s.user_email}: {s.status}" for s in r.items
+    )
+    or "no sessions",
+)
+async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
+    @db
+    def run():
+        page, total = services.session_list(
+            actor=actor,
+            user_email=args.user,
+            connection=args.connection,
+            status=args.status,
+            verb=args.verb,
+            surface=args.surface,
+            start_date=args.start_date,
+            end_date=args.end_date,
+            limit=args.limit,
+            offset=args.offset,
+        )
+        return [services.session_to_dict(s) for s in page], total
+
+    items, total = await run()
+    end = args.offset + len(items)
+    return ListResult(items=items, total=total, has_next_page=end < total, next_offset=end if end < total else None)
+
+
+class IdArgs(Args):
+    id: str = Field(min_length=1, max_length=64, description="Session id.")
+
+
+@tool(
+    "sessions_get",
+    description="One session's metadata (status, timings, exit code). Content is in sessions_get_content.",
+    args=IdArgs,
+    result=SessionOut,
+)
+async def sessions_get(actor, args: IdArgs, ctx) -> SessionOut:
+    data = await db(lambda: services.session_to_dict(services.session_get(actor=actor, session_id=args.id)))()
+    return SessionOut(**data)
+
+
+class ContentArgs(IdArgs):
+    offset: Annotated[int, Field(ge=0)] = Field(0, description="Byte offset into the output.")
+    max_bytes: Annotated[int, Field(ge=1, le=1024 * 1024)] = 64 * 1024
+
+
+class ContentResult(Result):
+    id: str
+    connection: str
+    status: str
+    verb: str
+    input: str
+    input_truncated: bool
+    output: str
+    output_offset: int
+    output_total_bytes: int
+    next_offset: int | None
+    columns: list[str] | None
+    rows: list[list[Any]] | None
+    exit_code: int | None
+    error: str
+
+
+@tool(
+    "sessions_get_content",
+    description=(
+        "A session's input and (masked) output; the output is paged by bytes (offset, max_bytes, next_offset). "
+        "Only the session's owner, admins and auditors may read it."
+    ),
+    args=ContentArgs,
+    result=ContentResult,
+    render=lambda r: f"input:\n{r.input}\n\noutput:\n{r.output}",
+)
+async def sessions_get_content(actor, args: ContentArgs, ctx) -> ContentResult:
+    data = await db(
+        lambda: services.session_content(actor=actor, session_id=args.id, offset=args.offset, max_bytes=args.max_bytes)
+    )()
+    return ContentResult(**data)

@@ -1,0 +1,137 @@
+"""Session records (every exec, schema call, runbook run, proxied tool call) and the audit log."""
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from governance.models import Organization, User
+
+
+class Verb(models.TextChoices):
+    EXEC = "exec"
+    SCHEMA = "schema"
+    RUNBOOK = "runbook"
+    TOOL = "tool"
+
+
+class SessionStatus(models.TextChoices):
+    OPEN = "open"  # recorded, not yet running
+    PENDING_REVIEW = "pending_review"
+    RUNNING = "running"
+    DONE = "done"  # ran; exit_code says how it went
+    BLOCKED = "blocked"  # refused before anything ran
+    FAILED = "failed"  # could not run, or the gateway lost it
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (SessionStatus.OPEN, SessionStatus.RUNNING)
+FINAL_STATUSES = (SessionStatus.DONE, SessionStatus.BLOCKED, SessionStatus.FAILED, SessionStatus.CANCELLED)
+
+
+class Session(models.Model):
+    """One governed request. The input is stored before anything runs; the rest is filled in after.
+
+    `output` is the masked, capped rendering the caller saw; `result` keeps SQL columns and rows
+    (capped to the connection's row limit). Connection name and kind are snapshotted so the
+    record survives the connection's deletion.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="sessions")
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="sessions")
+    connection = models.ForeignKey(
+        "gateway.Connection", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions"
+    )
+    connection_name = models.CharField(max_length=63)
+    connection_kind = models.CharField(max_length=16)
+    surface = models.CharField(max_length=16)
+    client = models.CharField(max_length=200, blank=True)
+    verb = models.CharField(max_length=16, choices=Verb.choices, default=Verb.EXEC)
+    status = models.CharField(max_length=16, choices=SessionStatus.choices, default=SessionStatus.OPEN)
+
+    input = models.TextField(blank=True)
+    input_sha256 = models.CharField(max_length=64)
+    input_bytes = models.PositiveBigIntegerField(default=0)
+    input_truncated = models.BooleanField(default=False)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    output = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    row_count = models.IntegerField(null=True, blank=True)
+    truncated = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+
+    # Seams for later pipeline steps: findings of guardrails, counts of masked values.
+    guardrail_findings = models.JSONField(default=list, blank=True)
+    masking = models.JSONField(default=dict, blank=True)
+
+    runner = models.CharField(max_length=120, blank=True, help_text="The gateway process that ran it.")
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    execution_time_ms = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["org", "-created_at"]),
+            models.Index(fields=["org", "user", "-created_at"]),
+            models.Index(fields=["status"]),
+        ]
+
+    def __str__(self):
+        return f"{self.verb} on {self.connection_name} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class Runner(models.Model):
+    """A gateway or worker process that runs connectors; its heartbeat tells live from dead."""
+
+    id = models.CharField(primary_key=True, max_length=120)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+
+
+class AuditEvent(models.Model):
+    """Append-only: one row per state change or attempt, from every surface, written by services."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success"
+        DENIED = "denied"
+        BLOCKED = "blocked"
+        FAILED = "failed"
+        INVALID = "invalid"
+
+    id = models.BigAutoField(primary_key=True)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="audit_events")
+    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_email = models.CharField(max_length=254, blank=True)
+    surface = models.CharField(max_length=16)
+    client = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_repr = models.CharField(max_length=200, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self):
+        return f"{self.action} {self.target_repr} by {self.actor_email}: {self.outcome}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise RuntimeError("audit events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise RuntimeError("audit events are append-only")
