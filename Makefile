@@ -1,0 +1,43 @@
+# Portcullis: `make run` serves the embedded demo; `make test` runs the whole suite on PostgreSQL + Redis.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/portcullis
+TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
+
+.PHONY: run test install lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Portcullis needs Python >= 3.11 (set PYTHON=python3.x)") if sys.version_info < (3, 11) else None'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/python manage.py migrate --noinput -v 0
+	@$(BIN)/python manage.py demo_seed
+	@$(BIN)/python manage.py sessions_sweep > /dev/null
+	@echo "Serving on http://127.0.0.1:$(PORT) (Ctrl-C stops)"
+	PORT=$(PORT) $(BIN)/daphne -b 127.0.0.1 -p $(PORT) gateway.asgi:application
+
+test: install
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(BIN)/python tests/check_services.py
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python manage.py makemigrations --check --dry-run -v 0
+
+bench: install
+	$(BIN)/python bench/exec_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
