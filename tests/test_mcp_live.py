@@ -273,7 +273,7 @@ def test_schema_tools_return_typed_json_and_are_recorded(cast, mcp, pg_target):
     connection_create_headless(org=cast.acme, name="pg", kind="postgres", settings=pg_target, options={})
     client = mcp(cast.bob)
     databases = structured(client.call("connection_databases", {"connection_name": "pg"}))["databases"]
-    assert {"name": "portcullis_target"} in databases
+    assert {"name": pg_target["database"]} in databases
     tables = structured(client.call("connection_tables", {"connection_name": "pg"}))["tables"]
     assert {"schema": "public", "name": "items", "type": "base table"} in tables
     assert {"schema": "billing", "name": "invoices", "type": "base table"} in tables
