@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 logger = logging.getLogger("portcullis.runner")
@@ -47,6 +47,27 @@ def _get_pool() -> ThreadPoolExecutor:
         _pool = ThreadPoolExecutor(max_workers=settings.EXEC_WORKERS, thread_name_prefix="portcullis-exec")
         _pid = os.getpid()
     return _pool
+
+
+def shutdown(wait: bool = True) -> None:
+    """Stop this process's pool (tests, and clean exits). Workers close their DB connections."""
+    global _pool
+    with _lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        # A barrier makes every worker thread take exactly one close task.
+        barrier = threading.Barrier(settings.EXEC_WORKERS)
+
+        def close_in_this_thread():
+            try:
+                barrier.wait(timeout=5)
+            except threading.BrokenBarrierError:
+                pass
+            connections.close_all()
+
+        for _ in range(settings.EXEC_WORKERS):
+            pool.submit(close_in_this_thread)
+        pool.shutdown(wait=wait)
 
 
 def busy() -> bool:

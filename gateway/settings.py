@@ -210,3 +210,5 @@ MAX_INPUT_BYTES = env_int("PORTCULLIS_MAX_INPUT_BYTES", 1024 * 1024)
 MCP_MAX_REQUEST_BYTES = env_int("PORTCULLIS_MCP_MAX_REQUEST_BYTES", 16 * 1024 * 1024)
 # A session whose runner has not been seen for this long is an orphan and is marked failed.
 RUNNER_STALE_SECONDS = env_int("PORTCULLIS_RUNNER_STALE_SECONDS", 90)
+# Long waits (exec handoff, sessions_wait) send an MCP progress notification this often.
+PROGRESS_INTERVAL_SECONDS = float(env_int("PORTCULLIS_PROGRESS_INTERVAL_SECONDS", 10))

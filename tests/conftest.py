@@ -40,6 +40,15 @@ ROOT = Path(__file__).resolve().parent.parent
 MYSQL_HOST = os.environ.get("PORTCULLIS_TEST_MYSQL_HOST", "127.0.0.1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_exec_pool(django_db_setup):
+    """Close the exec workers' database connections before the test database is dropped."""
+    yield
+    from gateway import runner
+
+    runner.shutdown()
+
+
 # --- the cast ----------------------------------------------------------------------------------
 
 
@@ -218,6 +227,7 @@ def gateway_server(django_db_setup, django_db_blocker, tmp_path_factory):
         PORT=str(port),
         PORTCULLIS_COMMAND_CONNECTIONS="true",
         PORTCULLIS_EXEC_HANDOFF_SECONDS="2",
+        PORTCULLIS_PROGRESS_INTERVAL_SECONDS="1",
     )
     log = tmp_path_factory.mktemp("live") / "daphne.log"
     with open(log, "wb") as fh:

@@ -57,7 +57,9 @@ async def _wait(session_id, timeout: float, ctx):
     async def progress(elapsed, total):
         await ctx.progress(round(elapsed, 1), total, "still running")
 
-    return await wait_for_final(session_id, timeout, on_progress=progress)
+    return await wait_for_final(
+        session_id, timeout, on_progress=progress, progress_every=settings.PROGRESS_INTERVAL_SECONDS
+    )
 
 
 @tool(

@@ -1,0 +1,131 @@
+"""The running/handoff, wait, cancel and orphan paths, end to end over MCP on a live gateway.
+
+The live gateway hands off after 2 s (PORTCULLIS_EXEC_HANDOFF_SECONDS) and reports progress
+every second, so these paths run in seconds instead of minutes.
+"""
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from gateway.services import connection_create_headless
+from sessions.models import AuditEvent, Runner, Session, SessionStatus
+from sessions.services import sessions_sweep_orphans
+from tests.conftest import error_text, structured
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture
+def pg(cast, pg_target):
+    return connection_create_headless(org=cast.acme, name="pg", kind="postgres", settings=pg_target, options={})
+
+
+def test_a_slow_exec_answers_running_then_sessions_wait_returns_the_result(cast, pg, mcp):
+    client = mcp(cast.bob)
+    started = time.monotonic()
+    envelope = structured(client.call("exec", {"connection_name": "pg", "input": "select pg_sleep(4), 42 as answer"}))
+    assert envelope["status"] == "running"
+    assert "sessions_wait" in envelope["next_step"]
+    assert time.monotonic() - started < 4
+    assert Session.objects.get(pk=envelope["session_id"]).status == SessionStatus.RUNNING
+
+    progress = []
+
+    async def on_progress(value, total, message):
+        progress.append((value, total, message))
+
+    waited = structured(
+        client.call(
+            "sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 30}, progress=on_progress
+        )
+    )
+    assert waited["status"] == "completed" and waited["timed_out"] is False
+    assert waited["rows"] == [["", 42]]
+    assert progress, "a client that asked for progress gets notifications while it waits"
+    assert all(total == 30 for _, total, _ in progress)
+
+
+def test_sessions_wait_times_out_without_failing(cast, pg, mcp):
+    client = mcp(cast.bob)
+    envelope = structured(client.call("exec", {"connection_name": "pg", "input": "select pg_sleep(6)"}))
+    waited = structured(client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 1}))
+    assert waited["timed_out"] is True and waited["status"] == "running"
+    final = structured(client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 20}))
+    assert final["status"] == "completed"
+
+
+def test_exec_cancel_stops_a_running_query(cast, pg, mcp):
+    client = mcp(cast.bob)
+    envelope = structured(client.call("exec", {"connection_name": "pg", "input": "select pg_sleep(60)"}))
+    assert envelope["status"] == "running"
+    cancelled = structured(client.call("exec_cancel", {"session_id": envelope["session_id"]}))
+    assert cancelled["cancel_requested"] is True
+    started = time.monotonic()
+    final = structured(client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 20}))
+    assert time.monotonic() - started < 10
+    assert final["status"] == "failed" and final["session_status"] == "cancelled"
+    assert AuditEvent.objects.filter(action="exec.cancel", actor=cast.bob.user).count() == 1
+    # a second cancel is refused with the reason
+    assert "already cancelled" in error_text(client.call("exec_cancel", {"session_id": envelope["session_id"]}))
+
+
+def test_nobody_else_can_cancel_or_wait_on_my_session(cast, pg, mcp):
+    envelope = structured(mcp(cast.bob).call("exec", {"connection_name": "pg", "input": "select pg_sleep(3)"}))
+    for outsider in (cast.dave, cast.eve):
+        assert error_text(mcp(outsider).call("exec_cancel", {"session_id": envelope["session_id"]})) == (
+            "session not found"
+        )
+        assert error_text(mcp(outsider).call("sessions_wait", {"session_id": envelope["session_id"]})) == (
+            "session not found"
+        )
+    # the org's admin may cancel it
+    assert structured(mcp(cast.alice).call("exec_cancel", {"session_id": envelope["session_id"]}))["cancel_requested"]
+
+
+def test_a_command_runs_with_stdin_and_reports_its_exit_code(cast, mcp, settings):
+    settings.COMMAND_CONNECTIONS_ENABLED = True
+    connection_create_headless(
+        org=cast.acme,
+        name="sh",
+        kind="command",
+        settings={"argv": ["sh", "-c", 'read line; echo "got:$line:$GREETING"; exit 3'], "env": {"GREETING": "hi"}},
+        options={},
+    )
+    envelope = structured(mcp(cast.bob).call("exec", {"connection_name": "sh", "input": "hello\n"}))
+    assert envelope["status"] == "failed"
+    assert envelope["exit_code"] == 3
+    assert envelope["output"].strip() == "got:hello:hi"
+
+
+def test_the_sweeper_fails_sessions_whose_runner_died(cast, shops):
+    old = timezone.now() - timedelta(minutes=10)
+    Runner.objects.create(pk="dead-host:1:abc", started_at=old, last_seen_at=old)
+    Runner.objects.create(pk="live-host:2:def", last_seen_at=timezone.now())
+    common = dict(
+        org=cast.acme,
+        user=cast.bob.user,
+        connection=shops["acme"],
+        connection_name="shop",
+        connection_kind="sqlite",
+        surface="mcp",
+        input="select 1",
+        input_sha256="x",
+        created_at=old,
+    )
+    orphan = Session.objects.create(status=SessionStatus.RUNNING, runner="dead-host:1:abc", **common)
+    unknown = Session.objects.create(status=SessionStatus.OPEN, runner="vanished:3:xyz", **common)
+    alive = Session.objects.create(status=SessionStatus.RUNNING, runner="live-host:2:def", **common)
+    finished = Session.objects.create(status=SessionStatus.DONE, runner="dead-host:1:abc", **common)
+
+    assert sessions_sweep_orphans() == 2
+    orphan.refresh_from_db()
+    unknown.refresh_from_db()
+    assert orphan.status == unknown.status == SessionStatus.FAILED
+    assert "stopped" in orphan.error and "dead-host:1:abc" in orphan.error
+    assert Session.objects.get(pk=alive.pk).status == SessionStatus.RUNNING
+    assert Session.objects.get(pk=finished.pk).status == SessionStatus.DONE
+    assert AuditEvent.objects.filter(action="session.orphaned").count() == 2
+    assert sessions_sweep_orphans() == 0  # idempotent
