@@ -281,43 +281,39 @@ def rpc_request(tool: str, arguments: dict, request_id: int) -> tuple[dict, dict
     return headers, body
 
 
-def rpc_response(response: httpx2.Response, request_id: int) -> dict | None:
-    """The JSON-RPC response for `request_id`, whether sent as JSON or as SSE `data:` lines."""
+async def raw_call(client: httpx2.AsyncClient, url: str, tool: str, arguments: dict, request_id: int) -> str | None:
+    """POST one `tools/call`; None when it succeeded, else a short reason (tallied in the results)."""
+    headers, body = rpc_request(tool, arguments, request_id)
+    try:
+        response = await client.post(url, headers=headers, json=body)
+    except httpx2.HTTPError as exc:
+        return f"transport: {type(exc).__name__}"
     if response.status_code != 200:
-        return None
+        return f"HTTP {response.status_code}: {response.text[:100]}"
+    message = rpc_message(response, request_id)
+    if message is None:
+        return "no JSON-RPC response in the body"
+    if "error" in message:
+        return f"JSON-RPC error: {message['error'].get('message', '')[:100]}"
+    result = message["result"]
+    if result.get("isError"):
+        return f"tool error: {(result.get('content') or [{}])[0].get('text', '')[:100]}"
+    if tool == "exec" and (result.get("structuredContent") or {}).get("status") != "completed":
+        return f"exec status {(result.get('structuredContent') or {}).get('status')}"
+    return None
+
+
+def rpc_message(response: httpx2.Response, request_id: int) -> dict | None:
+    """The JSON-RPC response for `request_id`, whether sent as JSON or as SSE `data:` lines."""
     if response.headers.get("content-type", "").startswith("application/json"):
         message = response.json()
         return message if message.get("id") == request_id else None
     for line in response.text.splitlines():
-        if line.startswith("data:"):
-            payload = line[5:].strip()
-            if payload:
-                message = json.loads(payload)
-                if message.get("id") == request_id and ("result" in message or "error" in message):
-                    return message
+        if line.startswith("data:") and line[5:].strip():
+            message = json.loads(line[5:])
+            if message.get("id") == request_id and ("result" in message or "error" in message):
+                return message
     return None
-
-
-def call_failure(tool: str, message: dict | None) -> str | None:
-    """None when the call succeeded, else a short reason (tallied in the throughput results)."""
-    if message is None:
-        return "no JSON-RPC response"
-    if "error" in message:
-        return f"JSON-RPC error: {message['error'].get('message', '')[:100]}"
-    result = message.get("result") or {}
-    if result.get("isError"):
-        return f"tool error: {(result.get('content') or [{}])[0].get('text', '')[:100]}"
-    if tool == "exec":
-        status = (result.get("structuredContent") or {}).get("status")
-        if status != "completed":
-            return f"exec status {status}"
-    return None
-
-
-async def raw_call(client: httpx2.AsyncClient, url: str, tool: str, arguments: dict, request_id: int) -> dict | None:
-    headers, body = rpc_request(tool, arguments, request_id)
-    response = await client.post(url, headers=headers, json=body)
-    return rpc_response(response, request_id)
 
 
 async def _load(url: str, token: str, tool: str, arguments: dict, clients: int, duration: float) -> dict:
@@ -328,25 +324,21 @@ async def _load(url: str, token: str, tool: str, arguments: dict, clients: int, 
         # Open the keep-alive connections before the clock starts.
         await asyncio.gather(*(raw_call(http, url, tool, arguments, i) for i in range(clients)))
         latencies: list[float] = []
-        failures = 0
+        failures: dict[str, int] = {}
         start = time.perf_counter()
         cpu_start = time.process_time()
         deadline = start + duration
 
         async def one_client(worker: int):
-            nonlocal failures
             request_id = worker * 1_000_000
             while time.perf_counter() < deadline:
                 request_id += 1
                 t0 = time.perf_counter()
-                try:
-                    message = await raw_call(http, url, tool, arguments, request_id)
-                except httpx2.HTTPError:
-                    message = None
-                if call_succeeded(tool, message):
+                failure = await raw_call(http, url, tool, arguments, request_id)
+                if failure is None:
                     latencies.append(time.perf_counter() - t0)
                 else:
-                    failures += 1
+                    failures[failure] = failures.get(failure, 0) + 1
 
         await asyncio.gather(*(one_client(i) for i in range(clients)))
         return {
@@ -360,6 +352,14 @@ async def _load(url: str, token: str, tool: str, arguments: dict, clients: int, 
 def load_worker(url: str, token: str, tool: str, arguments: dict, clients: int, duration: float) -> dict:
     """Entry point of one load-generator process (spawned, so it shares no state with us)."""
     return asyncio.run(_load(url, token, tool, arguments, clients, duration))
+
+
+def merge_counts(dicts) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for d in dicts:
+        for key, n in d.items():
+            merged[key] = merged.get(key, 0) + n
+    return merged
 
 
 def measure_throughput(url, token, server_pid, tool, arguments, concurrency, duration, procs) -> dict:
@@ -378,7 +378,8 @@ def measure_throughput(url, token, server_pid, tool, arguments, concurrency, dur
         "loadgen_procs": len(shares),
         "elapsed_s": elapsed,
         "ok": len(latencies),
-        "failures": sum(part["failures"] for part in parts),
+        "failures": sum(n for part in parts for n in part["failures"].values()),
+        "failure_reasons": merge_counts(part["failures"] for part in parts),
         "rps": len(latencies) / elapsed,
         # Share of one core each side used; near 100% means that side was the bottleneck.
         "loadgen_cpu_pct": 100 * sum(part["cpu"] for part in parts) / elapsed,
@@ -438,6 +439,9 @@ def report(results: dict, args) -> None:
                 f"  {run['tool']:<10} {run['rps']:8.1f} {run['ok']:7d} {run['failures']:7d} {stats['p50']:8.2f}"
                 f" {stats['p99']:8.2f} {server:>11} {run['loadgen_cpu_pct']:11.0f}%"
             )
+        for run in results["throughput"]:
+            for reason, n in sorted(run["failure_reasons"].items(), key=lambda kv: -kv[1]):
+                print(f"  {run['tool']} failure x{n}: {reason}")
         print(
             f"  ({os.cpu_count()} CPUs; daphne is one process, the load generator ran in"
             f" {results['throughput'][0]['loadgen_procs']} separate process(es); CPU is % of one core)"
@@ -503,9 +507,9 @@ def main(argv=None) -> int:
                         for i, (tool, arguments) in enumerate(
                             [("me_get", {}), ("exec", {"connection_name": CONNECTION, "input": QUERY})]
                         ):
-                            message = await raw_call(http, mcp_url, tool, arguments, i + 1)
-                            if not call_succeeded(tool, message):
-                                raise RuntimeError(f"plain JSON-RPC {tool} did not succeed: {message}")
+                            failure = await raw_call(http, mcp_url, tool, arguments, i + 1)
+                            if failure is not None:
+                                raise RuntimeError(f"plain JSON-RPC {tool} did not succeed: {failure}")
 
                 asyncio.run(probe())
                 for tool, arguments in [("me_get", {}), ("exec", {"connection_name": CONNECTION, "input": QUERY})]:
