@@ -72,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-legacy", action="store_true", help="skip the handshake-era (mode='legacy') series")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
+    p.add_argument("--keep-log", action="store_true", help="keep daphne's output in bench/results/")
     args = p.parse_args(argv)
     if args.n < 1 or args.warmup < 0 or args.concurrency < 1 or args.duration <= 0 or args.loadgen_procs < 1:
         p.error("--n, --concurrency, --duration and --loadgen-procs must be positive, --warmup not negative")
@@ -298,8 +299,9 @@ async def raw_call(client: httpx2.AsyncClient, url: str, tool: str, arguments: d
     result = message["result"]
     if result.get("isError"):
         return f"tool error: {(result.get('content') or [{}])[0].get('text', '')[:100]}"
-    if tool == "exec" and (result.get("structuredContent") or {}).get("status") != "completed":
-        return f"exec status {(result.get('structuredContent') or {}).get('status')}"
+    envelope = result.get("structuredContent") or {}
+    if tool == "exec" and envelope.get("status") != "completed":
+        return f"exec {envelope.get('status')}: {(envelope.get('output') or envelope.get('message') or '')[:100]}"
     return None
 
 
@@ -536,6 +538,11 @@ def main(argv=None) -> int:
             recreate_database(args.pg_url, args.db_name, create=False)
         except Exception as exc:  # report, but do not hide the original error
             print(f"warning: could not drop {args.db_name}: {exc}", file=sys.stderr)
+        if args.keep_log and log_path.exists():
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            kept = RESULTS_DIR / f"daphne-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.log"
+            shutil.copyfile(log_path, kept)
+            print(f"daphne log kept in {kept.relative_to(ROOT)}")
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -9,7 +9,9 @@ from django.conf import settings
 
 @lru_cache(maxsize=1)
 def _fernet() -> MultiFernet:
-    return MultiFernet([Fernet(key.encode() if isinstance(key, str) else key) for key in settings.ENCRYPTION_KEYS])
+    return MultiFernet(
+        [Fernet(key.encode() if isinstance(key, str) else key) for key in settings.ENCRYPTION_KEYS]
+    )
 
 
 def encrypt_json(value: dict) -> str:
@@ -23,4 +25,6 @@ def decrypt_json(token: str) -> dict:
         return json.loads(_fernet().decrypt(token.encode()))
     except InvalidToken:
         # Wrong or rotated-away key: say so without revealing anything about the ciphertext.
-        raise RuntimeError("connection secrets cannot be decrypted with the configured encryption keys") from None
+        raise RuntimeError(
+            "connection secrets cannot be decrypted with the configured encryption keys"
+        ) from None

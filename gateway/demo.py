@@ -21,10 +21,18 @@ from governance.services import org_create, token_issue, user_create
 DEMO_ORG = "demo"
 DEMO_ADMIN = "admin@demo.portcullis.local"
 
-FIRST = "Ada Alan Grace Linus Margaret Ken Barbara Dennis Frances Edsger Radia Guido Hedy John Katherine".split()
+FIRST = (
+    "Ada Alan Grace Linus Margaret Ken Barbara Dennis Frances Edsger Radia Guido Hedy John Katherine".split()
+)
 LAST = "Lovelace Turing Hopper Torvalds Hamilton Thompson Liskov Ritchie Allen Dijkstra Perlman Rossum Lamarr".split()
 COUNTRIES = ["US", "GB", "DE", "FR", "NL", "SE", "JP", "BR", "IN", "CA"]
-PRODUCTS = [("Keyboard", 89.0), ("Monitor", 249.0), ("Mouse", 29.5), ("Laptop stand", 45.0), ("Headset", 119.0)]
+PRODUCTS = [
+    ("Keyboard", 89.0),
+    ("Monitor", 249.0),
+    ("Mouse", 29.5),
+    ("Laptop stand", 45.0),
+    ("Headset", 119.0),
+]
 
 
 def _luhn_complete(prefix: str) -> str:
@@ -111,7 +119,9 @@ def seed(*, postgres_dsn: str) -> dict:
         password = secrets.token_urlsafe(12)
         with transaction.atomic():
             org = org_create(name=DEMO_ORG)
-            admin = user_create(org=org, email=DEMO_ADMIN, name="Demo Admin", groups=["admin"], password=password)
+            admin = user_create(
+                org=org, email=DEMO_ADMIN, name="Demo Admin", groups=["admin"], password=password
+            )
             _, token = token_issue(user=admin, name="make-run")
         report.update(created=True, email=DEMO_ADMIN, password=password, token=token)
     if not Connection.objects.filter(org=org, name="demo-sqlite").exists():
@@ -122,7 +132,9 @@ def seed(*, postgres_dsn: str) -> dict:
             settings={"path": str(demo_db)},
             options={"description": "Demo shop: customers (emails, phones, card numbers) and orders"},
         )
-    if not Connection.objects.filter(org=org, name="demo-postgres").exists() and _postgres_reachable(postgres_dsn):
+    if not Connection.objects.filter(org=org, name="demo-postgres").exists() and _postgres_reachable(
+        postgres_dsn
+    ):
         params = psycopg.conninfo.conninfo_to_dict(postgres_dsn)
         values = {
             "host": params.get("host", "127.0.0.1"),

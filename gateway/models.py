@@ -60,7 +60,8 @@ class Connection(models.Model):
         default=_default_max_rows, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)]
     )
     max_output_bytes = models.PositiveIntegerField(
-        default=_default_max_output_bytes, validators=[MinValueValidator(1024), MaxValueValidator(64 * 1024 * 1024)]
+        default=_default_max_output_bytes,
+        validators=[MinValueValidator(1024), MaxValueValidator(64 * 1024 * 1024)],
     )
     timeout_seconds = models.PositiveIntegerField(
         default=_default_timeout, validators=[MinValueValidator(1), MaxValueValidator(24 * 3600)]
@@ -68,7 +69,9 @@ class Connection(models.Model):
     exec_enabled = models.BooleanField(default=True)
     schema_enabled = models.BooleanField(default=True)
     agent_queue = models.CharField(
-        max_length=63, blank=True, help_text="Celery agent queue near the target; empty runs it in the gateway."
+        max_length=63,
+        blank=True,
+        help_text="Celery agent queue near the target; empty runs it in the gateway.",
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

@@ -51,7 +51,9 @@ def validate_connection_settings(kind: str, values: dict) -> tuple[dict, dict]:
     if cls is None:
         raise InvalidInput(f"unknown connection kind {kind!r}; use one of: {', '.join(connection_kinds())}")
     if kind == "command" and not settings.COMMAND_CONNECTIONS_ENABLED:
-        raise InvalidInput("command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)")
+        raise InvalidInput(
+            "command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)"
+        )
     cls.validate_settings(values)
     config = {k: v for k, v in values.items() if k not in cls.secret_keys}
     secrets = {k: v for k, v in values.items() if k in cls.secret_keys}
@@ -74,7 +76,11 @@ def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
     """The connection `actor` may use for `mode` ("exec" or "schema"), or a recorded denial."""
     try:
         connection = get_scoped(
-            Connection.objects.all(), actor, "view", not_found=not_found_message(connection_name), name=connection_name
+            Connection.objects.all(),
+            actor,
+            "view",
+            not_found=not_found_message(connection_name),
+            name=connection_name,
         )
         if not scope(Connection.objects.filter(pk=connection.pk), actor, "exec").exists():
             raise PolicyDenied(f'you may not run anything on connection "{connection_name}"')
@@ -96,7 +102,11 @@ def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
 
 def _limits(connection: Connection, max_rows: int | None = None) -> Limits:
     rows = connection.max_rows if max_rows is None else min(max_rows, connection.max_rows)
-    return Limits(max_rows=rows, max_output_bytes=connection.max_output_bytes, timeout_seconds=connection.timeout_seconds)
+    return Limits(
+        max_rows=rows,
+        max_output_bytes=connection.max_output_bytes,
+        timeout_seconds=connection.timeout_seconds,
+    )
 
 
 def _connector(connection: Connection, limits: Limits):
@@ -176,7 +186,11 @@ def exec_start(
             action="exec.request",
             outcome=Outcome.INVALID if too_large else (Outcome.FAILED if busy else Outcome.SUCCESS),
             target=session,
-            detail={"connection": connection.name, "input_bytes": len(data), "input_sha256": session.input_sha256},
+            detail={
+                "connection": connection.name,
+                "input_bytes": len(data),
+                "input_sha256": session.input_sha256,
+            },
         )
     if session.status == SessionStatus.FAILED:
         return session
@@ -237,11 +251,17 @@ def _finish(session_id, *, result: ExecResult | None, error: str, elapsed_ms: in
         session.save()
         ok = session.status == SessionStatus.DONE and session.exit_code == 0
         audit_record(
-            actor=Actor(user=session.user, groups=frozenset(), surface=session.surface, client=session.client),
+            actor=Actor(
+                user=session.user, groups=frozenset(), surface=session.surface, client=session.client
+            ),
             action="exec.finish",
             outcome=Outcome.SUCCESS if ok else Outcome.FAILED,
             target=session,
-            detail={"status": session.status, "exit_code": session.exit_code, "execution_time_ms": elapsed_ms},
+            detail={
+                "status": session.status,
+                "exit_code": session.exit_code,
+                "execution_time_ms": elapsed_ms,
+            },
         )
         # AI analysis (sessions issue) is enqueued here, on commit.
         transaction.on_commit(lambda: notify_session_finished(session_id))
@@ -259,7 +279,11 @@ def exec_cancel(*, actor: Actor, session_id: str) -> Session:
     session_pk = parse_id(session_id, "session not found")
     with transaction.atomic():
         session = get_scoped(
-            Session.objects.select_for_update(of=("self",)), actor, "cancel", not_found="session not found", pk=session_pk
+            Session.objects.select_for_update(of=("self",)),
+            actor,
+            "cancel",
+            not_found="session not found",
+            pk=session_pk,
         )
         if session.is_final:
             raise Conflict(f"session is already {session.status}")
@@ -332,7 +356,9 @@ def schema_list(
     cls = REGISTRY[connection.kind]
     if not cls.is_sql:
         raise InvalidInput(f'connection "{connection_name}" is not a database type')
-    described = " ".join(f"{k}={v}" for k, v in (("database", database), ("schema", schema), ("table", table)) if v)
+    described = " ".join(
+        f"{k}={v}" for k, v in (("database", database), ("schema", schema), ("table", table)) if v
+    )
     text = f"list {what}" + (f" {described}" if described else "")
     now = timezone.now()
     session = Session.objects.create(
@@ -366,7 +392,9 @@ def schema_list(
         elif what == "tables":
             items = connector.list_tables(database or connection.config.get("database", "main"), schema)
         else:
-            items = connector.list_columns(database or connection.config.get("database", "main"), table, schema)
+            items = connector.list_columns(
+                database or connection.config.get("database", "main"), table, schema
+            )
     except PortcullisError as exc:
         error = exc.message
     except Exception as exc:  # a driver error on an introspection query

@@ -154,7 +154,10 @@ def _watch() -> None:
                 _beat()
                 last_beat = time.monotonic()
             wanted = set(
-                str(pk) for pk in Session.objects.filter(pk__in=ids, cancel_requested=True).values_list("pk", flat=True)
+                str(pk)
+                for pk in Session.objects.filter(pk__in=ids, cancel_requested=True).values_list(
+                    "pk", flat=True
+                )
             )
             for sid in wanted.union(overdue):
                 cancel_local(sid)

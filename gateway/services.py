@@ -50,7 +50,9 @@ def _apply_options(connection: Connection, options: dict) -> None:
         if value is None:
             continue
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise InvalidInput(f"{key} must be {'an integer' if expected is int else 'a ' + expected.__name__}")
+            raise InvalidInput(
+                f"{key} must be {'an integer' if expected is int else 'a ' + expected.__name__}"
+            )
         setattr(connection, key, value)
 
 
@@ -123,18 +125,27 @@ def _create(*, org: Organization, name: str, kind: str, settings: dict, options:
     return connection
 
 
-def connection_create(*, actor: Actor, name: str, kind: str, settings: dict, options: dict | None = None) -> Connection:
+def connection_create(
+    *, actor: Actor, name: str, kind: str, settings: dict, options: dict | None = None
+) -> Connection:
     """Create a connection in the actor's org. Admins only. Raises InvalidInput, Conflict, PolicyDenied."""
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
-        connection = _create(org=actor.user.org, name=name, kind=kind, settings=settings, options=options or {})
+        connection = _create(
+            org=actor.user.org, name=name, kind=kind, settings=settings, options=options or {}
+        )
         audit_record(
-            actor=actor, action="connection.create", target=connection, detail={"secret_keys": connection.secret_keys}
+            actor=actor,
+            action="connection.create",
+            target=connection,
+            detail={"secret_keys": connection.secret_keys},
         )
     return connection
 
 
-def connection_create_headless(*, org: Organization, name: str, kind: str, settings: dict, options: dict) -> Connection:
+def connection_create_headless(
+    *, org: Organization, name: str, kind: str, settings: dict, options: dict
+) -> Connection:
     """The CLI's create, for setup before any admin exists. Audited as the system."""
     with transaction.atomic():
         connection = _create(org=org, name=name, kind=kind, settings=settings, options=options)

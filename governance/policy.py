@@ -71,7 +71,9 @@ def has_role(actor: Actor, role: str) -> bool:
 
 def require_role(actor: Actor, role: str) -> None:
     if not has_role(actor, role):
-        raise PolicyDenied("admin access required" if role == ROLE_ADMIN else "admin or auditor access required")
+        raise PolicyDenied(
+            "admin access required" if role == ROLE_ADMIN else "admin or auditor access required"
+        )
 
 
 def _connection_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:

@@ -18,12 +18,17 @@ from django.utils import timezone
 from governance.errors import Conflict, InvalidInput, NotFound
 from governance.models import RESERVED_GROUPS, ApiToken, Organization, User, UserGroup, token_digest
 
+
 def org_create(*, name: str) -> Organization:
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise InvalidInput("organization name must be 1-100 characters")
     with transaction.atomic():
-        org = Organization.objects.create(name=name) if not Organization.objects.filter(name=name).exists() else None
+        org = (
+            Organization.objects.create(name=name)
+            if not Organization.objects.filter(name=name).exists()
+            else None
+        )
         if org is None:
             raise Conflict(f'organization "{name}" already exists')
         for group in RESERVED_GROUPS:
@@ -61,7 +66,9 @@ def user_create(
     return user
 
 
-def token_issue(*, user: User, name: str = "default", expires_days: int | None = None) -> tuple[ApiToken, str]:
+def token_issue(
+    *, user: User, name: str = "default", expires_days: int | None = None
+) -> tuple[ApiToken, str]:
     """Issue an API token. Returns (token row, raw value); the raw value is never stored or shown again."""
     if expires_days is not None and not 1 <= expires_days <= 3650:
         raise InvalidInput("expires-days must be between 1 and 3650")

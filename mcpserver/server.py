@@ -78,7 +78,9 @@ def _current_actor(ctx) -> Actor | None:
 
 async def list_tools(ctx, params) -> ListToolsResult:
     actor = _current_actor(ctx)
-    visible = [_DEFINITIONS[name] for name, spec in TOOLS.items() if actor is not None and has_role(actor, spec.role)]
+    visible = [
+        _DEFINITIONS[name] for name, spec in TOOLS.items() if actor is not None and has_role(actor, spec.role)
+    ]
     return ListToolsResult(tools=visible)
 
 

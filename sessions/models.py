@@ -97,6 +97,9 @@ class Runner(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(default=timezone.now)
 
+    def __str__(self):
+        return self.id
+
 
 class AuditEvent(models.Model):
     """Append-only: one row per state change or attempt, from every surface, written by services."""

@@ -79,7 +79,9 @@ def session_get(*, actor: Actor, session_id, action: str = "view") -> Session:
     from gateway.pipeline import parse_id
 
     pk = parse_id(session_id, "session not found")
-    return get_scoped(Session.objects.select_related("user"), actor, action, not_found="session not found", pk=pk)
+    return get_scoped(
+        Session.objects.select_related("user"), actor, action, not_found="session not found", pk=pk
+    )
 
 
 def session_to_dict(session: Session) -> dict:

@@ -31,5 +31,8 @@ if problems:
     print("make test cannot run:", file=sys.stderr)
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
-    print("Start the servers (see README, 'Running the tests') or set DATABASE_URL / REDIS_URL.", file=sys.stderr)
+    print(
+        "Start the servers (see README, 'Running the tests') or set DATABASE_URL / REDIS_URL.",
+        file=sys.stderr,
+    )
     sys.exit(2)

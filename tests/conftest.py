@@ -183,7 +183,9 @@ def mysql_target(django_db_setup):
         cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_TARGET_DB}")
         cur.execute(f"CREATE DATABASE {MYSQL_TARGET_DB}")
         cur.execute(f"USE {MYSQL_TARGET_DB}")
-        cur.execute("CREATE TABLE items (id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(50), price DECIMAL(10,2))")
+        cur.execute(
+            "CREATE TABLE items (id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(50), price DECIMAL(10,2))"
+        )
         cur.execute("INSERT INTO items (name, price) VALUES ('alpha', 1.50), ('beta', 2.25), ('gamma', 3.00)")
     yield {"host": MYSQL_HOST, "port": 3306, "database": MYSQL_TARGET_DB, "user": "root"}
     with conn.cursor() as cur:
@@ -271,7 +273,10 @@ class MCP:
 
     async def _session(self, fn, timeout: float = 60):
         http = self._http(timeout)
-        async with http, Client(streamable_http_client(self.server.mcp_url, http_client=http), mode=self.mode) as c:
+        async with (
+            http,
+            Client(streamable_http_client(self.server.mcp_url, http_client=http), mode=self.mode) as c,
+        ):
             await c.list_tools()  # the modern-era client validates results against the listing
             return await fn(c)
 

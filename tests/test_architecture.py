@@ -25,7 +25,10 @@ def test_only_the_pipeline_imports_the_connectors():
             rel = path.relative_to(ROOT).as_posix()
             if rel.startswith("gateway/connectors/") or rel == "gateway/pipeline.py":
                 continue
-            if any(name == "gateway.connectors" or name.startswith("gateway.connectors.") for name in _imports(path)):
+            if any(
+                name == "gateway.connectors" or name.startswith("gateway.connectors.")
+                for name in _imports(path)
+            ):
                 offenders.append(rel)
     assert offenders == [], f"only gateway/pipeline.py may import connectors: {offenders}"
 

@@ -24,8 +24,16 @@ def test_it_sets_up_an_org_a_user_a_token_and_a_connection(db, monkeypatch, tmp_
     assert set(org.groups.values_list("name", flat=True)) == {"admin", "auditor"}
 
     user_id = run(
-        "user_create", "--org", "initech", "--email", "Peter@Initech.test", "--groups", "admin,dba",
-        "--password-stdin", stdin="a long enough passphrase\n", monkeypatch=monkeypatch,
+        "user_create",
+        "--org",
+        "initech",
+        "--email",
+        "Peter@Initech.test",
+        "--groups",
+        "admin,dba",
+        "--password-stdin",
+        stdin="a long enough passphrase\n",
+        monkeypatch=monkeypatch,
     )
     user = User.objects.get(pk=user_id)
     assert user.email == "peter@initech.test" and user.check_password("a long enough passphrase")
@@ -39,8 +47,16 @@ def test_it_sets_up_an_org_a_user_a_token_and_a_connection(db, monkeypatch, tmp_
     path = tmp_path / "t.sqlite3"
     path.write_bytes(b"")
     connection_id = run(
-        "connection_create", "--org", "initech", "--name", "local", "--kind", "sqlite", "--config-stdin",
-        stdin=json.dumps({"path": str(path), "max_rows": 10}), monkeypatch=monkeypatch,
+        "connection_create",
+        "--org",
+        "initech",
+        "--name",
+        "local",
+        "--kind",
+        "sqlite",
+        "--config-stdin",
+        stdin=json.dumps({"path": str(path), "max_rows": 10}),
+        monkeypatch=monkeypatch,
     )
     connection = Connection.objects.get(pk=connection_id)
     assert connection.config == {"path": str(path)} and connection.max_rows == 10
@@ -49,7 +65,14 @@ def test_it_sets_up_an_org_a_user_a_token_and_a_connection(db, monkeypatch, tmp_
 def test_connection_create_keeps_the_password_encrypted(db, monkeypatch):
     run("org_create", "initech")
     connection_id = run(
-        "connection_create", "--org", "initech", "--name", "pg", "--kind", "postgres", "--config-stdin",
+        "connection_create",
+        "--org",
+        "initech",
+        "--name",
+        "pg",
+        "--kind",
+        "postgres",
+        "--config-stdin",
         stdin=json.dumps({"host": "db", "database": "app", "user": "app", "password": "hunter2-secret"}),
         monkeypatch=monkeypatch,
     )
@@ -66,20 +89,49 @@ def test_connection_create_keeps_the_password_encrypted(db, monkeypatch):
         ("org_create", ["acme"], None, 'organization "acme" already exists'),
         ("user_create", ["--org", "nope", "--email", "a@b.test"], None, 'organization "nope" not found'),
         ("user_create", ["--org", "acme", "--email", "not-an-email"], None, "not a valid email"),
-        ("user_create", ["--org", "acme", "--email", "x@acme.test", "--password-stdin"], "short\n", "too short"),
+        (
+            "user_create",
+            ["--org", "acme", "--email", "x@acme.test", "--password-stdin"],
+            "short\n",
+            "too short",
+        ),
         ("token_issue", ["--email", "ghost@acme.test"], None, "no active user"),
-        ("connection_create", ["--org", "acme", "--name", "c", "--kind", "oracle", "--config-stdin"], "{}",
-         "unknown connection kind"),
-        ("connection_create", ["--org", "acme", "--name", "c", "--kind", "postgres", "--config-stdin"], "{nope",
-         "not valid JSON"),
-        ("connection_create", ["--org", "acme", "--name", "c", "--kind", "postgres", "--config-stdin"], "[]",
-         "JSON object"),
-        ("connection_create", ["--org", "acme", "--name", "c", "--kind", "postgres", "--config-stdin"],
-         '{"host": "h", "database": "d"}', "'user' is required"),
-        ("connection_create", ["--org", "acme", "--name", "bad name!", "--kind", "sqlite", "--config-stdin"],
-         '{"path": "/tmp/x.db"}', "name:"),
-        ("connection_create", ["--org", "acme", "--name", "c", "--kind", "command", "--config-stdin"],
-         '{"argv": ["ls"]}', "command connections are disabled"),
+        (
+            "connection_create",
+            ["--org", "acme", "--name", "c", "--kind", "oracle", "--config-stdin"],
+            "{}",
+            "unknown connection kind",
+        ),
+        (
+            "connection_create",
+            ["--org", "acme", "--name", "c", "--kind", "postgres", "--config-stdin"],
+            "{nope",
+            "not valid JSON",
+        ),
+        (
+            "connection_create",
+            ["--org", "acme", "--name", "c", "--kind", "postgres", "--config-stdin"],
+            "[]",
+            "JSON object",
+        ),
+        (
+            "connection_create",
+            ["--org", "acme", "--name", "c", "--kind", "postgres", "--config-stdin"],
+            '{"host": "h", "database": "d"}',
+            "'user' is required",
+        ),
+        (
+            "connection_create",
+            ["--org", "acme", "--name", "bad name!", "--kind", "sqlite", "--config-stdin"],
+            '{"path": "/tmp/x.db"}',
+            "name:",
+        ),
+        (
+            "connection_create",
+            ["--org", "acme", "--name", "c", "--kind", "command", "--config-stdin"],
+            '{"argv": ["ls"]}',
+            "command connections are disabled",
+        ),
     ],
 )
 def test_bad_input_fails_with_a_clear_message(db, monkeypatch, command, args, stdin, message):

@@ -3,8 +3,6 @@
 import sqlite3
 from pathlib import Path
 
-from django.conf import settings
-
 from gateway import pipeline
 from gateway.demo import DEMO_ADMIN, seed
 from gateway.models import Connection
@@ -15,7 +13,9 @@ from governance.services import token_authenticate
 def test_it_seeds_once_and_keeps_the_data(db, tmp_path, settings):
     settings.DATA_DIR = tmp_path
     dsn = settings.DATABASES["default"]
-    first = seed(postgres_dsn=f"host={dsn['HOST'] or '127.0.0.1'} port={dsn['PORT'] or 5432} user={dsn['USER']} dbname=postgres")
+    first = seed(
+        postgres_dsn=f"host={dsn['HOST'] or '127.0.0.1'} port={dsn['PORT'] or 5432} user={dsn['USER']} dbname=postgres"
+    )
     assert first["created"] is True and first["email"] == DEMO_ADMIN
     assert set(first["connections"]) == {"demo-sqlite", "demo-postgres"}
     user, _ = token_authenticate(first["token"])
@@ -56,4 +56,3 @@ def test_the_demo_shop_answers_through_the_pipeline(transactional_db, tmp_path, 
     envelope = pipeline.exec_envelope(session)
     assert envelope["status"] == "completed" and envelope["columns"] == ["country", "count(*)"]
     assert sum(row[1] for row in envelope["rows"]) == 200
-

@@ -20,13 +20,17 @@ pytestmark = pytest.mark.live
 
 @pytest.fixture
 def pg(cast, pg_target):
-    return connection_create_headless(org=cast.acme, name="pg", kind="postgres", settings=pg_target, options={})
+    return connection_create_headless(
+        org=cast.acme, name="pg", kind="postgres", settings=pg_target, options={}
+    )
 
 
 def test_a_slow_exec_answers_running_then_sessions_wait_returns_the_result(cast, pg, mcp):
     client = mcp(cast.bob)
     started = time.monotonic()
-    envelope = structured(client.call("exec", {"connection_name": "pg", "input": "select pg_sleep(4), 42 as answer"}))
+    envelope = structured(
+        client.call("exec", {"connection_name": "pg", "input": "select pg_sleep(4), 42 as answer"})
+    )
     assert envelope["status"] == "running"
     assert "sessions_wait" in envelope["next_step"]
     assert time.monotonic() - started < 4
@@ -39,7 +43,9 @@ def test_a_slow_exec_answers_running_then_sessions_wait_returns_the_result(cast,
 
     waited = structured(
         client.call(
-            "sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 30}, progress=on_progress
+            "sessions_wait",
+            {"session_id": envelope["session_id"], "timeout_seconds": 30},
+            progress=on_progress,
         )
     )
     assert waited["status"] == "completed" and waited["timed_out"] is False
@@ -51,9 +57,13 @@ def test_a_slow_exec_answers_running_then_sessions_wait_returns_the_result(cast,
 def test_sessions_wait_times_out_without_failing(cast, pg, mcp):
     client = mcp(cast.bob)
     envelope = structured(client.call("exec", {"connection_name": "pg", "input": "select pg_sleep(6)"}))
-    waited = structured(client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 1}))
+    waited = structured(
+        client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 1})
+    )
     assert waited["timed_out"] is True and waited["status"] == "running"
-    final = structured(client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 20}))
+    final = structured(
+        client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 20})
+    )
     assert final["status"] == "completed"
 
 
@@ -64,16 +74,22 @@ def test_exec_cancel_stops_a_running_query(cast, pg, mcp):
     cancelled = structured(client.call("exec_cancel", {"session_id": envelope["session_id"]}))
     assert cancelled["cancel_requested"] is True
     started = time.monotonic()
-    final = structured(client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 20}))
+    final = structured(
+        client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 20})
+    )
     assert time.monotonic() - started < 10
     assert final["status"] == "failed" and final["session_status"] == "cancelled"
     assert AuditEvent.objects.filter(action="exec.cancel", actor=cast.bob.user).count() == 1
     # a second cancel is refused with the reason
-    assert "already cancelled" in error_text(client.call("exec_cancel", {"session_id": envelope["session_id"]}))
+    assert "already cancelled" in error_text(
+        client.call("exec_cancel", {"session_id": envelope["session_id"]})
+    )
 
 
 def test_nobody_else_can_cancel_or_wait_on_my_session(cast, pg, mcp):
-    envelope = structured(mcp(cast.bob).call("exec", {"connection_name": "pg", "input": "select pg_sleep(3)"}))
+    envelope = structured(
+        mcp(cast.bob).call("exec", {"connection_name": "pg", "input": "select pg_sleep(3)"})
+    )
     for outsider in (cast.dave, cast.eve):
         assert error_text(mcp(outsider).call("exec_cancel", {"session_id": envelope["session_id"]})) == (
             "session not found"
@@ -82,7 +98,9 @@ def test_nobody_else_can_cancel_or_wait_on_my_session(cast, pg, mcp):
             "session not found"
         )
     # the org's admin may cancel it
-    assert structured(mcp(cast.alice).call("exec_cancel", {"session_id": envelope["session_id"]}))["cancel_requested"]
+    assert structured(mcp(cast.alice).call("exec_cancel", {"session_id": envelope["session_id"]}))[
+        "cancel_requested"
+    ]
 
 
 def test_a_command_runs_with_stdin_and_reports_its_exit_code(cast, mcp, settings):
@@ -91,7 +109,10 @@ def test_a_command_runs_with_stdin_and_reports_its_exit_code(cast, mcp, settings
         org=cast.acme,
         name="sh",
         kind="command",
-        settings={"argv": ["sh", "-c", 'read line; echo "got:$line:$GREETING"; exit 3'], "env": {"GREETING": "hi"}},
+        settings={
+            "argv": ["sh", "-c", 'read line; echo "got:$line:$GREETING"; exit 3'],
+            "env": {"GREETING": "hi"},
+        },
         options={},
     )
     envelope = structured(mcp(cast.bob).call("exec", {"connection_name": "sh", "input": "hello\n"}))

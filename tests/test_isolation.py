@@ -12,8 +12,12 @@ pytestmark = pytest.mark.live
 
 
 def test_each_org_reaches_only_its_own_shop(cast, shops, mcp):
-    acme_rows = structured(mcp(cast.bob).call("exec", {"connection_name": "shop", "input": "select email from customers"}))
-    globex_rows = structured(mcp(cast.eve).call("exec", {"connection_name": "shop", "input": "select email from customers"}))
+    acme_rows = structured(
+        mcp(cast.bob).call("exec", {"connection_name": "shop", "input": "select email from customers"})
+    )
+    globex_rows = structured(
+        mcp(cast.eve).call("exec", {"connection_name": "shop", "input": "select email from customers"})
+    )
     assert {r[0].split("@")[1] for r in acme_rows["rows"]} == {"acme.test"}
     assert {r[0].split("@")[1] for r in globex_rows["rows"]} == {"globex.test"}
     assert Session.objects.get(pk=globex_rows["session_id"]).org == cast.globex
@@ -53,7 +57,10 @@ def test_access_groups_limit_who_may_use_a_connection_and_nothing_else(cast, sho
     from tests.conftest import make_shop_sqlite
 
     other = services.connection_create_headless(
-        org=cast.acme, name="other", kind="sqlite", settings={"path": str(make_shop_sqlite(tmp_path / "o.db", "o"))},
+        org=cast.acme,
+        name="other",
+        kind="sqlite",
+        settings={"path": str(make_shop_sqlite(tmp_path / "o.db", "o"))},
         options={},
     )
     engineering = UserGroup.objects.get(org=cast.acme, name="engineering")

@@ -20,7 +20,9 @@ def test_it_answers_401_with_the_resource_metadata_pointer(gateway_server):
     assert response.status_code == 401
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith("Bearer ")
-    assert f'resource_metadata="{gateway_server.url}/.well-known/oauth-protected-resource/api/mcp"' in challenge
+    assert (
+        f'resource_metadata="{gateway_server.url}/.well-known/oauth-protected-resource/api/mcp"' in challenge
+    )
 
 
 def test_it_refuses_a_bad_token_with_401(gateway_server):
@@ -47,12 +49,12 @@ def test_it_refuses_revoked_and_expired_tokens(cast, mcp):
     token = ApiToken.objects.get(user=cast.bob.user)
     assert structured(mcp(cast.bob).call("me_get"))["user_email"] == "bob@acme.test"
     token_revoke(token=token)
-    with pytest.raises(Exception):  # the transport gets a 401 and the client gives up
+    with pytest.raises(MCPError):  # the transport gets a 401 and the client gives up
         mcp(cast.bob).call("me_get")
     dave_token = ApiToken.objects.get(user=cast.dave.user)
     dave_token.expires_at = timezone.now()
     dave_token.save()
-    with pytest.raises(Exception):
+    with pytest.raises(MCPError):
         mcp(cast.dave).call("me_get")
 
 
@@ -90,7 +92,9 @@ def test_every_tool_declares_schemas_and_truthful_annotations(cast, mcp):
 
 
 def test_a_standard_user_calling_an_admin_tool_is_refused(cast, mcp):
-    result = mcp(cast.bob).call("connections_create", {"name": "x", "kind": "sqlite", "settings": {"path": "/x"}})
+    result = mcp(cast.bob).call(
+        "connections_create", {"name": "x", "kind": "sqlite", "settings": {"path": "/x"}}
+    )
     assert error_text(result) == "admin access required"
 
 
@@ -103,7 +107,9 @@ def test_an_unknown_tool_is_a_protocol_error(cast, mcp):
 @pytest.mark.parametrize("mode", ERAS)
 def test_it_runs_sql_on_sqlite_and_records_the_session(cast, shops, mcp, mode):
     envelope = structured(
-        mcp(cast.bob, mode).call("exec", {"connection_name": "shop", "input": "select name from customers order by id"})
+        mcp(cast.bob, mode).call(
+            "exec", {"connection_name": "shop", "input": "select name from customers order by id"}
+        )
     )
     assert envelope["status"] == "completed"
     assert envelope["columns"] == ["name"]
@@ -126,7 +132,9 @@ def test_sql_that_fails_is_a_failed_envelope_with_the_error(cast, shops, mcp):
 
 def test_the_row_limit_truncates_and_says_so(cast, shops, mcp):
     envelope = structured(
-        mcp(cast.bob).call("exec", {"connection_name": "shop", "input": "select * from customers", "max_rows": 2})
+        mcp(cast.bob).call(
+            "exec", {"connection_name": "shop", "input": "select * from customers", "max_rows": 2}
+        )
     )
     assert envelope["row_count"] == 2 and envelope["truncated"] is True
 
@@ -160,7 +168,13 @@ def test_malformed_json_rpc_is_a_clear_4xx_never_a_500(transactional_db, cast, g
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": "2025-11-25",
     }
-    bodies = [b"{not json", b"[]", b'{"jsonrpc": "2.0"}', b'{"jsonrpc": "1.0", "id": 1, "method": "tools/list"}', b"42"]
+    bodies = [
+        b"{not json",
+        b"[]",
+        b'{"jsonrpc": "2.0"}',
+        b'{"jsonrpc": "1.0", "id": 1, "method": "tools/list"}',
+        b"42",
+    ]
     for body in bodies:
         response = httpx2.post(gateway_server.mcp_url, content=body, headers=headers)
         assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
@@ -172,7 +186,10 @@ def test_a_10_mb_body_is_refused_by_the_transport_with_413(transactional_db, cas
             "jsonrpc": "2.0",
             "id": 1,
             "method": "tools/call",
-            "params": {"name": "exec", "arguments": {"connection_name": "shop", "input": "x" * (17 * 1024 * 1024)}},
+            "params": {
+                "name": "exec",
+                "arguments": {"connection_name": "shop", "input": "x" * (17 * 1024 * 1024)},
+            },
         }
     )
     response = httpx2.post(
@@ -204,7 +221,8 @@ def test_secrets_never_come_back_from_any_tool(cast, mcp, pg_target):
     secret = "s3cr3t-Value-that-must-not-leak"
     settings = dict(pg_target, password=secret)
     created = mcp(cast.alice).call(
-        "connections_create", {"name": "pg", "kind": "postgres", "settings": settings, "description": "target"}
+        "connections_create",
+        {"name": "pg", "kind": "postgres", "settings": settings, "description": "target"},
     )
     outputs = [created]
     for tool, args in [
@@ -232,11 +250,18 @@ def test_the_connection_lifecycle_over_mcp(cast, mcp, tmp_path):
         admin.call("connections_create", {"name": "fresh", "kind": "sqlite", "settings": {"path": str(path)}})
     )
     assert created["kind"] == "sqlite" and created["max_rows"] == 1000
-    assert error_text(
-        admin.call("connections_create", {"name": "fresh", "kind": "sqlite", "settings": {"path": str(path)}})
-    ) == 'connection "fresh" already exists'
+    assert (
+        error_text(
+            admin.call(
+                "connections_create", {"name": "fresh", "kind": "sqlite", "settings": {"path": str(path)}}
+            )
+        )
+        == 'connection "fresh" already exists'
+    )
     assert "unknown setting 'host'" in error_text(
-        admin.call("connections_create", {"name": "bad", "kind": "sqlite", "settings": {"path": "/x", "host": "h"}})
+        admin.call(
+            "connections_create", {"name": "bad", "kind": "sqlite", "settings": {"path": "/x", "host": "h"}}
+        )
     )
     updated = structured(admin.call("connections_update", {"name": "fresh", "max_rows": 5}))
     assert updated["max_rows"] == 5
@@ -261,7 +286,10 @@ def test_sessions_tools_page_and_hide_other_peoples_content(cast, shops, mcp):
     # dave sees neither the list entry nor the content; the answer is the same as for a missing id
     assert structured(dave.call("sessions_list"))["total"] == 0
     assert error_text(dave.call("sessions_get_content", {"id": ids[0]})) == "session not found"
-    assert error_text(dave.call("sessions_get", {"id": "00000000-0000-0000-0000-000000000000"})) == "session not found"
+    assert (
+        error_text(dave.call("sessions_get", {"id": "00000000-0000-0000-0000-000000000000"}))
+        == "session not found"
+    )
     assert error_text(dave.call("sessions_get", {"id": "not-a-uuid"})) == "session not found"
     # the auditor reads everything in the org
     assert structured(carol.call("sessions_get_content", {"id": ids[1]}))["input"] == "select 1"
@@ -277,9 +305,13 @@ def test_schema_tools_return_typed_json_and_are_recorded(cast, mcp, pg_target):
     tables = structured(client.call("connection_tables", {"connection_name": "pg"}))["tables"]
     assert {"schema": "public", "name": "items", "type": "base table"} in tables
     assert {"schema": "billing", "name": "invoices", "type": "base table"} in tables
-    only_billing = structured(client.call("connection_tables", {"connection_name": "pg", "schema": "billing"}))
+    only_billing = structured(
+        client.call("connection_tables", {"connection_name": "pg", "schema": "billing"})
+    )
     assert [t["name"] for t in only_billing["tables"]] == ["invoices"]
-    columns = structured(client.call("connection_columns", {"connection_name": "pg", "table": "items"}))["columns"]
+    columns = structured(client.call("connection_columns", {"connection_name": "pg", "table": "items"}))[
+        "columns"
+    ]
     assert [c["name"] for c in columns] == ["id", "name", "price", "created"]
     assert columns[1] == {"name": "name", "type": "text", "nullable": False, "default": None, "position": 2}
     schema_sessions = Session.objects.filter(verb="schema", user=cast.bob.user)
@@ -288,7 +320,9 @@ def test_schema_tools_return_typed_json_and_are_recorded(cast, mcp, pg_target):
 
 def test_schema_tools_refuse_command_connections(cast, mcp, settings):
     settings.COMMAND_CONNECTIONS_ENABLED = True
-    connection_create_headless(org=cast.acme, name="sh", kind="command", settings={"argv": ["cat"]}, options={})
+    connection_create_headless(
+        org=cast.acme, name="sh", kind="command", settings={"argv": ["cat"]}, options={}
+    )
     assert error_text(mcp(cast.bob).call("connection_tables", {"connection_name": "sh"})) == (
         'connection "sh" is not a database type'
     )

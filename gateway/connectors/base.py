@@ -143,7 +143,9 @@ def cap_text(text: str, max_bytes: int) -> tuple[str, bool]:
     return data[:max_bytes].decode(errors="ignore"), True
 
 
-def sql_result(columns: list[str], raw_rows: list, limits: Limits, *, more: bool, status_line: str = "") -> ExecResult:
+def sql_result(
+    columns: list[str], raw_rows: list, limits: Limits, *, more: bool, status_line: str = ""
+) -> ExecResult:
     """Build the result of a statement that returned rows, applying the row and byte caps."""
     rows = [[json_value(v) for v in row] for row in raw_rows[: limits.max_rows]]
     truncated = more or len(raw_rows) > limits.max_rows
@@ -156,7 +158,12 @@ def sql_result(columns: list[str], raw_rows: list, limits: Limits, *, more: bool
     if status_line:
         output = f"{output}\n{status_line}" if output else status_line
     return ExecResult(
-        output=output, exit_code=0, columns=columns, rows=rows, row_count=len(rows), truncated=truncated or cut
+        output=output,
+        exit_code=0,
+        columns=columns,
+        rows=rows,
+        row_count=len(rows),
+        truncated=truncated or cut,
     )
 
 

@@ -38,7 +38,8 @@ class CommandConnector(Connector):
             raise InvalidInput("setting 'argv' must be a non-empty list of non-empty strings")
         env = values.get("env")
         if env is not None and (
-            not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+            not isinstance(env, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
         ):
             raise InvalidInput("setting 'env' must be an object of string values")
         cwd = values.get("cwd")
@@ -47,7 +48,9 @@ class CommandConnector(Connector):
 
     def _check_enabled(self):
         if not settings.COMMAND_CONNECTIONS_ENABLED:
-            raise ConnectorError("command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)")
+            raise ConnectorError(
+                "command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)"
+            )
 
     def test(self) -> str:
         self._check_enabled()
@@ -99,11 +102,18 @@ class CommandConnector(Connector):
                     proc.wait()
                     break
                 time.sleep(0.02)
+            if not reason and self.cancelled.is_set():
+                # cancel() kills the process group itself, so the loop may only see it gone.
+                reason = "cancelled"
             out.seek(0)
             raw = out.read(cap + 1)
         output, truncated = cap_text(raw.decode(errors="replace"), cap)
         truncated = truncated or len(raw) > cap or reason == "output limit exceeded"
         exit_code = proc.returncode
         if reason and reason != "output limit exceeded":
-            output = f"{output}\n[portcullis: command {reason}]" if output else f"[portcullis: command {reason}]"
-        return ExecResult(output=output, exit_code=exit_code if exit_code is not None else -1, truncated=truncated)
+            output = (
+                f"{output}\n[portcullis: command {reason}]" if output else f"[portcullis: command {reason}]"
+            )
+        return ExecResult(
+            output=output, exit_code=exit_code if exit_code is not None else -1, truncated=truncated
+        )

@@ -126,8 +126,12 @@ class MySQLConnector(Connector):
             "ORDER BY ordinal_position",
             (schema or database, table),
         )
+        # MariaDB (10.2.7+) reports "no default" as the text NULL (a literal default comes quoted).
+        mariadb = self._conn is not None and "mariadb" in (self._conn.get_server_info() or "").lower()
         for row in rows:
             row["nullable"] = bool(row["nullable"])
+            if mariadb and row["default"] == "NULL":
+                row["default"] = None
         return rows
 
 

@@ -16,17 +16,35 @@ from gateway.connectors.base import Connector, ExecResult, sql_result
 from governance.errors import ConnectorError, InvalidInput
 
 
+def _only_comments(text: str) -> bool:
+    """True if `text` is nothing but whitespace and comments (so running it would do nothing)."""
+    rest = text.strip()
+    while rest:
+        if rest.startswith("--"):
+            rest = rest.partition("\n")[2].strip()
+        elif rest.startswith("/*"):
+            end = rest.find("*/", 2)
+            rest = "" if end < 0 else rest[end + 2 :].strip()
+        else:
+            return False
+    return True
+
+
 def split_statements(text: str) -> list[str]:
-    """Split on the semicolons that SQLite itself says end a complete statement."""
+    """Split on the semicolons that SQLite itself says end a complete statement.
+
+    Empty and comment-only pieces are dropped: run on their own they would replace the status of
+    the statement before them (e.g. "update ...; -- done" would report no rows affected).
+    """
     statements, start = [], 0
     for index, char in enumerate(text):
         if char == ";" and sqlite3.complete_statement(text[start : index + 1]):
             statement = text[start : index + 1].strip()
-            if statement.strip(";").strip():
+            if not _only_comments(statement.rstrip(";")):
                 statements.append(statement)
             start = index + 1
     tail = text[start:].strip()
-    if tail:
+    if tail and not _only_comments(tail):
         statements.append(tail)
     return statements
 

@@ -25,7 +25,9 @@ class ConnectionOut(Result):
     kind: str
     description: str
     config: dict[str, Any]
-    secret_keys: list[str] = Field(description="Names of the secrets that are set; values are never returned.")
+    secret_keys: list[str] = Field(
+        description="Names of the secrets that are set; values are never returned."
+    )
     access_groups: list[str]
     max_rows: int
     max_output_bytes: int
@@ -95,7 +97,9 @@ class NameArgs(Args):
     result=ConnectionOut,
 )
 async def connections_get(actor, args: NameArgs, ctx) -> ConnectionOut:
-    data = await db(lambda: services.connection_to_dict(services.connection_get(actor=actor, name=args.name)))()
+    data = await db(
+        lambda: services.connection_to_dict(services.connection_get(actor=actor, name=args.name))
+    )()
     return ConnectionOut(**data)
 
 

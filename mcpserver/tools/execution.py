@@ -18,11 +18,15 @@ MAX_WAIT = 300.0
 
 class ExecArgs(Args):
     connection_name: str = Field(min_length=1, max_length=63)
-    input: str = Field(min_length=1, description="SQL for database connections; stdin for command connections.")
+    input: str = Field(
+        min_length=1, description="SQL for database connections; stdin for command connections."
+    )
     max_rows: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         None, description="Return at most this many rows (never more than the connection allows)."
     )
-    metadata: dict[str, Any] | None = Field(None, description="Attached to the session record (e.g. a ticket id).")
+    metadata: dict[str, Any] | None = Field(
+        None, description="Attached to the session record (e.g. a ticket id)."
+    )
 
 
 class ExecEnvelope(Result):
@@ -145,4 +149,6 @@ async def exec_cancel(actor, args: CancelArgs, ctx) -> CancelResult:
         if session.status == "cancelled"
         else "cancel requested; the session stops within a second (see sessions_wait)"
     )
-    return CancelResult(session_id=str(session.pk), status=session.status, cancel_requested=True, message=message)
+    return CancelResult(
+        session_id=str(session.pk), status=session.status, cancel_requested=True, message=message
+    )

@@ -73,7 +73,9 @@ async def serverinfo_get(actor, args, ctx) -> ServerInfoResult:
         api_url=settings.PUBLIC_BASE_URL,
         mcp_url=f"{settings.PUBLIC_BASE_URL}/api/mcp",
         auth_methods=["api_token"],
-        connection_kinds=[k for k in connection_kinds() if k != "command" or settings.COMMAND_CONNECTIONS_ENABLED],
+        connection_kinds=[
+            k for k in connection_kinds() if k != "command" or settings.COMMAND_CONNECTIONS_ENABLED
+        ],
         command_connections_enabled=settings.COMMAND_CONNECTIONS_ENABLED,
         exec_handoff_seconds=settings.EXEC_HANDOFF_SECONDS,
         max_input_bytes=settings.MAX_INPUT_BYTES,

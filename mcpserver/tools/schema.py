@@ -25,7 +25,10 @@ class ColumnsArgs(DatabasesArgs):
     table: str = Field(min_length=1, max_length=128)
     database: str | None = Field(None, max_length=128, description="Defaults to the connection's database.")
     schema_: str | None = Field(
-        None, alias="schema", max_length=128, description="Defaults to public (postgres) or the database (mysql)."
+        None,
+        alias="schema",
+        max_length=128,
+        description="Defaults to public (postgres) or the database (mysql).",
     )
 
 
@@ -66,7 +69,9 @@ class ColumnsResult(Result):
 
 
 def _call(actor, what, args, **kw):
-    return db(lambda: pipeline.schema_list(actor=actor, connection_name=args.connection_name, what=what, **kw))()
+    return db(
+        lambda: pipeline.schema_list(actor=actor, connection_name=args.connection_name, what=what, **kw)
+    )()
 
 
 @tool(
@@ -98,9 +103,13 @@ async def connection_tables(actor, args: TablesArgs, ctx) -> TablesResult:
     description="Columns of a table (name, type, nullable, default, position), as JSON. Audited.",
     args=ColumnsArgs,
     result=ColumnsResult,
-    render=lambda r: "\n".join(f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in r.columns)
-    or "no such table, or no columns",
+    render=lambda r: (
+        "\n".join(f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in r.columns)
+        or "no such table, or no columns"
+    ),
 )
 async def connection_columns(actor, args: ColumnsArgs, ctx) -> ColumnsResult:
     items = await _call(actor, "columns", args, database=args.database, table=args.table, schema=args.schema_)
-    return ColumnsResult(connection_name=args.connection_name, database=args.database, table=args.table, columns=items)
+    return ColumnsResult(
+        connection_name=args.connection_name, database=args.database, table=args.table, columns=items
+    )

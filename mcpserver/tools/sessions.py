@@ -36,7 +36,9 @@ class SessionOut(Result):
 class ListArgs(Args):
     user: str | None = Field(None, max_length=254, description="User email.")
     connection: str | None = Field(None, max_length=63)
-    status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = None
+    status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
+        None
+    )
     verb: Literal["exec", "schema", "runbook", "tool"] | None = None
     surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
     start_date: str | None = Field(None, description="RFC 3339, inclusive.")
@@ -60,10 +62,12 @@ class ListResult(Result):
     ),
     args=ListArgs,
     result=ListResult,
-    render=lambda r: "\n".join(
-        f"{s.created_at} {s.id} {s.verb} on {s.connection} by {s.user_email}: {s.status}" for s in r.items
-    )
-    or "no sessions",
+    render=lambda r: (
+        "\n".join(
+            f"{s.created_at} {s.id} {s.verb} on {s.connection} by {s.user_email}: {s.status}" for s in r.items
+        )
+        or "no sessions"
+    ),
 )
 async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
     @db
@@ -84,7 +88,9 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
 
     items, total = await run()
     end = args.offset + len(items)
-    return ListResult(items=items, total=total, has_next_page=end < total, next_offset=end if end < total else None)
+    return ListResult(
+        items=items, total=total, has_next_page=end < total, next_offset=end if end < total else None
+    )
 
 
 class IdArgs(Args):
@@ -136,6 +142,8 @@ class ContentResult(Result):
 )
 async def sessions_get_content(actor, args: ContentArgs, ctx) -> ContentResult:
     data = await db(
-        lambda: services.session_content(actor=actor, session_id=args.id, offset=args.offset, max_bytes=args.max_bytes)
+        lambda: services.session_content(
+            actor=actor, session_id=args.id, offset=args.offset, max_bytes=args.max_bytes
+        )
     )()
     return ContentResult(**data)

@@ -25,7 +25,9 @@ class Command(BaseCommand):
         try:
             values = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise CommandError(f"stdin is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            raise CommandError(
+                f"stdin is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
         if not isinstance(values, dict):
             raise CommandError("stdin must hold a JSON object")
         settings, opts = split_options(values)

@@ -31,8 +31,12 @@ class Command(BaseCommand):
             out.write(f"  password    : {report['password']}")
             out.write(f"  API token   : {token}")
         else:
-            out.write("Portcullis demo already set up (data kept). Credentials were printed on the first run;")
-            out.write(f"  a new token: .venv/bin/python manage.py token_issue --email {DEMO_ADMIN} --name agent")
+            out.write(
+                "Portcullis demo already set up (data kept). Credentials were printed on the first run;"
+            )
+            out.write(
+                f"  a new token: .venv/bin/python manage.py token_issue --email {DEMO_ADMIN} --name agent"
+            )
         out.write(f"  connections : {', '.join(report['connections'])}")
         out.write(f"  gateway     : {settings.PUBLIC_BASE_URL}   (admin at /admin/)")
         config = {
@@ -42,4 +46,6 @@ class Command(BaseCommand):
         }
         out.write("\nMCP client configuration (Claude Code .mcp.json, Cursor mcp.json):")
         out.write(json.dumps(config, indent=2))
-        out.write(f'\nor: claude mcp add --transport http portcullis {url} --header "Authorization: Bearer {token}"\n')
+        out.write(
+            f'\nor: claude mcp add --transport http portcullis {url} --header "Authorization: Bearer {token}"\n'
+        )

@@ -31,7 +31,9 @@ class Command(BaseCommand):
         groups = [g.strip() for g in options["groups"].split(",") if g.strip()]
         try:
             org = org_get(name=options["org"])
-            user = user_create(org=org, email=options["email"], name=options["name"], groups=groups, password=password)
+            user = user_create(
+                org=org, email=options["email"], name=options["name"], groups=groups, password=password
+            )
         except PortcullisError as exc:
             raise CommandError(exc.message) from None
         self.stdout.write(str(user.pk))
