@@ -71,7 +71,8 @@ class Connection(models.Model):
     agent_queue = models.CharField(
         max_length=63,
         blank=True,
-        help_text="Celery agent queue near the target; empty runs it in the gateway.",
+        validators=[NAME_VALIDATOR],
+        help_text="Run on the Celery workers of queue agent.<name> (near the target); empty runs it in the gateway.",
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

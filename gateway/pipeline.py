@@ -170,7 +170,7 @@ def exec_start(
             input_bytes=len(data),
             input_truncated=too_large,
             metadata=metadata,
-            runner=runner.RUNNER_ID,
+            runner=runner.runner_id(),
         )
         if too_large or busy:
             session.status = SessionStatus.FAILED
@@ -194,15 +194,38 @@ def exec_start(
         )
     if session.status == SessionStatus.FAILED:
         return session
-    runner.submit(str(session.pk), lambda: _run(session.pk, limits), timeout_seconds=limits.timeout_seconds)
+    _dispatch(session, connection, limits)
     return session
+
+
+def _dispatch(session: Session, connection: Connection, limits: Limits) -> None:
+    """Run here in the bounded pool, or on the Celery agent queue the connection names.
+
+    Embedded mode (tasks run eagerly) has no agents, so it always runs here.
+    """
+    if connection.agent_queue and not settings.CELERY_TASK_ALWAYS_EAGER:
+        from gateway.tasks import session_run
+
+        transaction.on_commit(
+            lambda: session_run.apply_async(
+                args=[str(session.pk), limits.__dict__], queue=f"agent.{connection.agent_queue}"
+            )
+        )
+        return
+    runner.submit(str(session.pk), lambda: _run(session.pk, limits), timeout_seconds=limits.timeout_seconds)
+
+
+def run_on_agent(session_id: str, limits: dict) -> None:
+    """The agent worker's side of `_dispatch`: run one session in this process."""
+    limits = Limits(**limits)
+    runner.run_here(session_id, lambda: _run(session_id, limits), timeout_seconds=limits.timeout_seconds)
 
 
 def _run(session_id, limits: Limits) -> None:
     """Worker-thread body: claim the session, run the connector, finish the record."""
     close_old_connections()
     claimed = Session.objects.filter(pk=session_id, status=SessionStatus.OPEN, cancel_requested=False).update(
-        status=SessionStatus.RUNNING, started_at=timezone.now(), runner=runner.RUNNER_ID
+        status=SessionStatus.RUNNING, started_at=timezone.now(), runner=runner.runner_id()
     )
     if not claimed:
         return  # cancelled while queued; exec_cancel already finished the record
@@ -374,7 +397,7 @@ def schema_list(
         input=text,
         input_sha256=hashlib.sha256(text.encode()).hexdigest(),
         input_bytes=len(text.encode()),
-        runner=runner.RUNNER_ID,
+        runner=runner.runner_id(),
         started_at=now,
     )
     limits = Limits(

@@ -22,7 +22,18 @@ from django.utils import timezone
 
 logger = logging.getLogger("portcullis.runner")
 
-RUNNER_ID = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+_runner_id: tuple[int, str] | None = None
+
+
+def runner_id() -> str:
+    """This process's id as a runner. Recomputed after a fork: prefork workers are separate runners."""
+    global _runner_id
+    pid = os.getpid()
+    if _runner_id is None or _runner_id[0] != pid:
+        _runner_id = (pid, f"{socket.gethostname()[:60]}:{pid}:{uuid.uuid4().hex[:8]}")
+    return _runner_id[1]
+
+
 HEARTBEAT_SECONDS = 5.0
 CANCEL_POLL_SECONDS = 0.5
 
@@ -86,6 +97,22 @@ def submit(session_id: str, fn, *, timeout_seconds: float) -> Future:
     return future
 
 
+def run_here(session_id: str, fn, *, timeout_seconds: float):
+    """Run `fn()` in the calling thread (a Celery agent worker), tracked like a pool job:
+    heartbeats, cancel requests from any replica, and the deadline all apply."""
+    _beat()
+    with _lock:
+        _running[session_id] = _Running(Future(), time.monotonic() + timeout_seconds + 30)
+    _ensure_watcher()
+    try:
+        return fn()
+    finally:
+        with _lock:
+            entry = _running.pop(session_id, None)
+        if entry is not None:
+            entry.future.set_result(None)
+
+
 def _wrapped(session_id: str, fn):
     try:
         return fn()
@@ -123,9 +150,9 @@ def _beat() -> None:
     from sessions.models import Runner
 
     now = timezone.now()
-    updated = Runner.objects.filter(pk=RUNNER_ID).update(last_seen_at=now)
+    updated = Runner.objects.filter(pk=runner_id()).update(last_seen_at=now)
     if not updated:
-        Runner.objects.get_or_create(pk=RUNNER_ID, defaults={"started_at": now, "last_seen_at": now})
+        Runner.objects.get_or_create(pk=runner_id(), defaults={"started_at": now, "last_seen_at": now})
 
 
 def _ensure_watcher() -> None:

@@ -213,24 +213,30 @@ class LiveServer:
         return f"{self.url}/api/mcp"
 
 
-@pytest.fixture(scope="session")
-def gateway_server(django_db_setup, django_db_blocker, tmp_path_factory):
-    """daphne serving gateway.asgi on the test database, with command connections on and a short handoff."""
-    port = _free_port()
+def gateway_env(port: int | None = None) -> dict:
+    """The environment of a gateway process (daphne or a Celery worker) on this run's test database."""
     db = django_settings.DATABASES["default"]
     params = psycopg.conninfo.conninfo_to_dict(django_settings.DATABASE_URL)
-    params["dbname"] = db["NAME"]
     user = params.get("user", "postgres")
     password = f":{params['password']}" if params.get("password") else ""
+    host, db_port = params.get("host", "127.0.0.1"), params.get("port", 5432)
     env = dict(os.environ)
     env.update(
-        # The same test database this process uses; dj-database-url wants a URL.
-        DATABASE_URL=f"postgresql://{user}{password}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{db['NAME']}",
-        PORT=str(port),
+        DATABASE_URL=f"postgresql://{user}{password}@{host}:{db_port}/{db['NAME']}",
         PORTCULLIS_COMMAND_CONNECTIONS="true",
         PORTCULLIS_EXEC_HANDOFF_SECONDS="2",
         PORTCULLIS_PROGRESS_INTERVAL_SECONDS="1",
     )
+    if port is not None:
+        env["PORT"] = str(port)
+    return env
+
+
+@pytest.fixture(scope="session")
+def gateway_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    """daphne serving gateway.asgi on the test database, with command connections on and a short handoff."""
+    port = _free_port()
+    env = gateway_env(port)
     log = tmp_path_factory.mktemp("live") / "daphne.log"
     with open(log, "wb") as fh:
         process = subprocess.Popen(

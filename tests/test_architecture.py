@@ -48,3 +48,13 @@ def test_the_sessions_app_does_not_take_djangos_label():
 
     assert apps.get_app_config("records").name == "sessions"
     assert apps.get_app_config("sessions").name == "django.contrib.sessions"
+
+
+def test_every_scheduled_task_exists():
+    from django.conf import settings
+
+    from gateway.celery import app
+
+    app.loader.import_default_modules()
+    for entry in settings.CELERY_BEAT_SCHEDULE.values():
+        assert entry["task"] in app.tasks, entry["task"]

@@ -1,0 +1,96 @@
+"""Agent queues: a connection that names one runs on a Celery worker started with -Q agent.<name>,
+not in the gateway. The worker here is a real `celery worker` process on the Redis broker."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+
+from gateway.services import connection_create_headless
+from sessions.models import Runner, Session
+from tests.conftest import ROOT, gateway_env, structured
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture(scope="module")
+def agent_worker(django_db_setup, tmp_path_factory):
+    if not settings.REDIS_URL:
+        pytest.skip("agent queues need a Redis broker (REDIS_URL)")
+    log = tmp_path_factory.mktemp("agent") / "worker.log"
+    with open(log, "wb") as fh:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "gateway",
+                "worker",
+                "-Q",
+                "agent.near-db",
+                "-c",
+                "2",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "info",
+            ],
+            cwd=ROOT,
+            env=gateway_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while "ready" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the agent worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture
+def remote_pg(cast, pg_target):
+    return connection_create_headless(
+        org=cast.acme,
+        name="remote-pg",
+        kind="postgres",
+        settings=pg_target,
+        options={"agent_queue": "near-db"},
+    )
+
+
+def test_a_connection_with_an_agent_queue_runs_on_the_agent(cast, remote_pg, agent_worker, mcp):
+    envelope = structured(
+        mcp(cast.bob).call("exec", {"connection_name": "remote-pg", "input": "select count(*) from items"})
+    )
+    assert envelope["status"] == "completed" and envelope["rows"] == [[50]]
+    session = Session.objects.get(pk=envelope["session_id"])
+    # It ran in a prefork child of the agent worker, which registered as a runner of its own.
+    runner = Runner.objects.get(pk=session.runner)
+    assert f":{agent_worker.pid}:" not in runner.pk
+    child_pids = subprocess.run(
+        ["pgrep", "-P", str(agent_worker.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert runner.pk.split(":")[1] in child_pids
+
+
+def test_an_agent_session_can_be_waited_on_and_cancelled_from_the_gateway(cast, remote_pg, agent_worker, mcp):
+    client = mcp(cast.bob)
+    envelope = structured(
+        client.call("exec", {"connection_name": "remote-pg", "input": "select pg_sleep(30)"})
+    )
+    assert envelope["status"] == "running"
+    structured(client.call("exec_cancel", {"session_id": envelope["session_id"]}))
+    final = structured(
+        client.call("sessions_wait", {"session_id": envelope["session_id"], "timeout_seconds": 20})
+    )
+    assert final["session_status"] == "cancelled"
