@@ -13,6 +13,7 @@ import json
 import logging
 from urllib.parse import urlsplit
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.settings import AuthSettings
@@ -27,6 +28,7 @@ from governance.policy import Actor, has_role
 from mcpserver import tools  # noqa: F401  (registers every tool)
 from mcpserver.auth import GatewayTokenVerifier
 from mcpserver.registry import TOOLS, ToolSpec
+from sessions.audit import Outcome, audit_record
 
 logger = logging.getLogger("portcullis.mcp")
 
@@ -97,6 +99,13 @@ class ToolContext:
             logger.debug("progress notification not delivered", exc_info=True)
 
 
+@database_sync_to_async
+def _audit_denied(actor: Actor, tool: str) -> None:
+    audit_record(
+        actor=actor, action="mcp.tool", outcome=Outcome.DENIED, target_type="mcp.tool", target_repr=tool
+    )
+
+
 async def call_tool(ctx, params) -> CallToolResult:
     spec = TOOLS.get(params.name)
     if spec is None:
@@ -105,6 +114,7 @@ async def call_tool(ctx, params) -> CallToolResult:
     if actor is None:
         return _error("unauthorized: missing auth context")
     if not has_role(actor, spec.role):
+        await _audit_denied(actor, spec.name)
         return _error("admin access required" if spec.role == "admin" else "admin or auditor access required")
     try:
         args = spec.args.model_validate(params.arguments or {})

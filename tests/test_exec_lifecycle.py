@@ -54,6 +54,15 @@ def test_a_slow_exec_answers_running_then_sessions_wait_returns_the_result(cast,
     assert all(total == 30 for _, total, _ in progress)
 
 
+def test_exec_may_wait_longer_than_the_handoff_when_asked(cast, pg, mcp):
+    envelope = structured(
+        mcp(cast.bob).call(
+            "exec", {"connection_name": "pg", "input": "select pg_sleep(3), 1", "timeout_seconds": 15}
+        )
+    )
+    assert envelope["status"] == "completed"
+
+
 def test_sessions_wait_times_out_without_failing(cast, pg, mcp):
     client = mcp(cast.bob)
     envelope = structured(client.call("exec", {"connection_name": "pg", "input": "select pg_sleep(6)"}))

@@ -27,6 +27,11 @@ class ExecArgs(Args):
     metadata: dict[str, Any] | None = Field(
         None, description="Attached to the session record (e.g. a ticket id)."
     )
+    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
+        None,
+        description="Wait this long for the result before answering `running` (default: the gateway's handoff, "
+        "50 s). The statement itself keeps running under the connection's own time limit.",
+    )
 
 
 class ExecEnvelope(Result):
@@ -91,7 +96,8 @@ async def exec_tool(actor, args: ExecArgs, ctx) -> ExecEnvelope:
         )
     )()
     if not session.is_final:
-        session, _ = await _wait(session.pk, settings.EXEC_HANDOFF_SECONDS, ctx)
+        handoff = args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS
+        session, _ = await _wait(session.pk, handoff, ctx)
     return ExecEnvelope(**pipeline.exec_envelope(session))
 
 
