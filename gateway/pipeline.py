@@ -206,13 +206,30 @@ def _dispatch(session: Session, connection: Connection, limits: Limits) -> None:
     if connection.agent_queue and not settings.CELERY_TASK_ALWAYS_EAGER:
         from gateway.tasks import session_run
 
+        queue = agent_queue_name(connection)
         transaction.on_commit(
-            lambda: session_run.apply_async(
-                args=[str(session.pk), limits.__dict__], queue=f"agent.{connection.agent_queue}"
-            )
+            lambda: session_run.apply_async(args=[str(session.pk), limits.__dict__], queue=queue)
         )
         return
-    runner.submit(str(session.pk), lambda: _run(session.pk, limits), timeout_seconds=limits.timeout_seconds)
+    # After commit, like the agent path: a worker must be able to see the session it claims.
+    transaction.on_commit(
+        lambda: runner.submit(
+            str(session.pk), lambda: _run(session.pk, limits), timeout_seconds=limits.timeout_seconds
+        )
+    )
+
+
+def agent_queue_name(connection: Connection) -> str:
+    """Agent queues are per org: `agent.<org id>.<name>`, so no org can route work to another's agent."""
+    return f"agent.{connection.org_id}.{connection.agent_queue}"
+
+
+def _refuse_agent_connection(connection: Connection, what: str) -> None:
+    if connection.agent_queue and not settings.CELERY_TASK_ALWAYS_EAGER:
+        raise InvalidInput(
+            f'{what} is not available for connection "{connection.name}": it runs on agent queue '
+            f'"{connection.agent_queue}", and only exec is dispatched to agents so far'
+        )
 
 
 def run_on_agent(session_id: str, limits: dict) -> None:
@@ -379,6 +396,7 @@ def schema_list(
     cls = REGISTRY[connection.kind]
     if not cls.is_sql:
         raise InvalidInput(f'connection "{connection_name}" is not a database type')
+    _refuse_agent_connection(connection, "schema listing")
     described = " ".join(
         f"{k}={v}" for k, v in (("database", database), ("schema", schema), ("table", table)) if v
     )
@@ -451,6 +469,7 @@ def schema_list(
 def connection_test(*, actor: Actor, connection_name: str) -> dict:
     """Connect to the target and report its version; audited. Needs the right to run on it."""
     connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
+    _refuse_agent_connection(connection, "testing")
     limits = Limits(max_rows=1, max_output_bytes=4096, timeout_seconds=10)
     started = time.monotonic()
     try:

@@ -116,6 +116,9 @@ def run_here(session_id: str, fn, *, timeout_seconds: float):
 def _wrapped(session_id: str, fn):
     try:
         return fn()
+    except Exception:
+        logger.exception("exec job for session %s failed", session_id)
+        raise
     finally:
         with _lock:
             _running.pop(session_id, None)

@@ -3,8 +3,9 @@
 Every surface (MCP tools, the admin, REST, tasks) builds an `Actor` and calls the services; the
 services call `can`, `require` and `scope` here. Nothing else compares group names.
 
-Roles: members of the reserved `admin` group administer their org; `auditor` members read
-everything in their org and change nothing; everyone else is standard.
+Roles: members of the reserved `admin` group administer their org; `auditor` members read every
+record of their org (sessions, audit, rules) and administer nothing; everyone else is standard.
+What anyone but an admin may run on a target is decided by access groups alone, for auditors too.
 
 Access control on connections: a connection with no access groups is usable by every member of
 its org; once an admin names groups on a connection, only members of those groups (and admins)
@@ -34,6 +35,7 @@ class Actor:
     user: User
     groups: frozenset[str]
     surface: str
+    group_ids: frozenset[int] = frozenset()
     client: str = ""
     token_id: str | None = field(default=None, compare=False)
 
@@ -55,8 +57,16 @@ class Actor:
 
     @classmethod
     def for_user(cls, user: User, *, surface: str, client: str = "", token_id: str | None = None) -> Actor:
-        groups = frozenset(user.user_groups.values_list("name", flat=True))
-        return cls(user=user, groups=groups, surface=surface, client=client[:200], token_id=token_id)
+        # Only groups of the user's own org count, whatever the membership table says.
+        rows = list(user.user_groups.filter(org_id=user.org_id).values_list("pk", "name"))
+        return cls(
+            user=user,
+            groups=frozenset(name for _, name in rows),
+            group_ids=frozenset(pk for pk, _ in rows),
+            surface=surface,
+            client=client[:200],
+            token_id=token_id,
+        )
 
 
 def has_role(actor: Actor, role: str) -> bool:
@@ -83,7 +93,7 @@ def _connection_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     if action == "view" and actor.is_auditor:
         return qs
     if action in ("view", "exec"):
-        return qs.filter(Q(access_groups__isnull=True) | Q(access_groups__name__in=actor.groups)).distinct()
+        return qs.filter(Q(access_groups__isnull=True) | Q(access_groups__in=actor.group_ids)).distinct()
     return qs.none()  # manage, or anything unknown
 
 

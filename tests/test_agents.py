@@ -10,13 +10,14 @@ from django.conf import settings
 
 from gateway.services import connection_create_headless
 from sessions.models import Runner, Session
-from tests.conftest import ROOT, gateway_env, structured
+from tests.conftest import ROOT, error_text, gateway_env, structured
 
 pytestmark = pytest.mark.live
 
 
-@pytest.fixture(scope="module")
-def agent_worker(django_db_setup, tmp_path_factory):
+@pytest.fixture
+def agent_worker(cast, tmp_path_factory):
+    """A worker for acme's agent queue "near-db" (queues are named agent.<org id>.<name>)."""
     if not settings.REDIS_URL:
         pytest.skip("agent queues need a Redis broker (REDIS_URL)")
     log = tmp_path_factory.mktemp("agent") / "worker.log"
@@ -30,7 +31,7 @@ def agent_worker(django_db_setup, tmp_path_factory):
                 "gateway",
                 "worker",
                 "-Q",
-                "agent.near-db",
+                f"agent.{cast.acme.pk}.near-db",
                 "-c",
                 "2",
                 "--without-heartbeat",
@@ -81,6 +82,27 @@ def test_a_connection_with_an_agent_queue_runs_on_the_agent(cast, remote_pg, age
         ["pgrep", "-P", str(agent_worker.pid)], capture_output=True, text=True
     ).stdout.split()
     assert runner.pk.split(":")[1] in child_pids
+
+
+def test_another_orgs_connection_cannot_reach_this_agent(cast, pg_target, agent_worker, mcp):
+    connection_create_headless(
+        org=cast.globex,
+        name="sneaky",
+        kind="postgres",
+        settings=pg_target,
+        options={"agent_queue": "near-db"},
+    )
+    envelope = structured(
+        mcp(cast.eve).call("exec", {"connection_name": "sneaky", "input": "select 1", "timeout_seconds": 4})
+    )
+    assert envelope["status"] == "running"  # queued for globex's own (absent) agent, not run by acme's
+    assert Session.objects.get(pk=envelope["session_id"]).status == "open"
+
+
+def test_schema_and_test_tools_refuse_agent_connections_clearly(cast, remote_pg, mcp):
+    text = error_text(mcp(cast.bob).call("connection_tables", {"connection_name": "remote-pg"}))
+    assert "runs on agent queue" in text
+    assert "runs on agent queue" in error_text(mcp(cast.bob).call("connections_test", {"name": "remote-pg"}))
 
 
 def test_an_agent_session_can_be_waited_on_and_cancelled_from_the_gateway(cast, remote_pg, agent_worker, mcp):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pymysql
+import sqlglot.errors
 from pymysql.constants import CLIENT
+from sqlglot.dialects.mysql import MySQL
+from sqlglot.tokens import TokenType
 
 from gateway.connectors.base import Connector, ExecResult, sql_result, wrap_connect_error
 from gateway.connectors.postgres import PostgresConnector
@@ -79,7 +82,7 @@ class MySQLConnector(Connector):
         try:
             with conn.cursor() as cur:
                 try:
-                    cur.execute(text)
+                    cur.execute(without_comment_tail(text))
                     last_rows, last_status = None, ""
                     affected = None
                     while True:
@@ -133,6 +136,22 @@ class MySQLConnector(Connector):
             if mariadb and row["default"] == "NULL":
                 row["default"] = None
         return rows
+
+
+def without_comment_tail(text: str) -> str:
+    """Drop what follows the last ';' when it is only comments and whitespace.
+
+    The server would run it as an empty statement whose "0 rows affected" hides the status of the
+    real last statement.
+    """
+    try:
+        tokens = MySQL.tokenizer_class().tokenize(text)
+    except sqlglot.errors.TokenError:
+        return text
+    ends = [t.end + 1 for t in tokens if t.token_type == TokenType.SEMICOLON]
+    if ends and not any(t.start >= ends[-1] for t in tokens):
+        return text[: ends[-1]]
+    return text
 
 
 def _describe_error(exc: pymysql.Error) -> str:
