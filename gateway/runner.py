@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import connections
 from django.utils import timezone
 
 logger = logging.getLogger("portcullis.runner")
@@ -122,7 +122,9 @@ def _wrapped(session_id: str, fn):
     finally:
         with _lock:
             _running.pop(session_id, None)
-        close_old_connections()
+        # Give the connection back after every job (with PostgreSQL's pool this is a cheap check-in),
+        # so an idle worker thread holds none.
+        connections.close_all()
 
 
 def set_cancel_callback(session_id: str, callback) -> None:
@@ -194,7 +196,7 @@ def _watch() -> None:
         except Exception:  # a database hiccup must not kill the watcher
             logger.exception("runner watcher iteration failed")
         finally:
-            close_old_connections()
+            connections.close_all()
     global _watcher
     with _lock:
         _watcher = None

@@ -44,9 +44,15 @@ MYSQL_HOST = os.environ.get("PORTCULLIS_TEST_MYSQL_HOST", "127.0.0.1")
 def _stop_exec_pool(django_db_setup):
     """Close the exec workers' database connections before the test database is dropped."""
     yield
+    from django.db import connections
+
     from gateway import runner
 
     runner.shutdown()
+    for connection in connections.all():
+        connection.close()
+        if hasattr(connection, "close_pool"):  # PostgreSQL's psycopg pool keeps idle connections
+            connection.close_pool()
 
 
 # --- the cast ----------------------------------------------------------------------------------

@@ -87,19 +87,6 @@ class Gateway:
         return pipeline.schema_list(actor=self.actor, connection_name=name, what=what, **kwargs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _worker_connections_close_after_each_job(django_db_setup):
-    """The pool's threads open their own database connections; with CONN_MAX_AGE 0 each closes at
-    the end of its job, so none is left open when pytest-django drops the test database."""
-    from django.db import connections
-
-    settings_dict = connections["default"].settings_dict  # shared by every thread's connection
-    saved = settings_dict.get("CONN_MAX_AGE")
-    settings_dict["CONN_MAX_AGE"] = 0
-    yield
-    settings_dict["CONN_MAX_AGE"] = saved
-
-
 @pytest.fixture
 def gw(cast, transactional_db) -> Gateway:
     return Gateway(cast)
@@ -839,3 +826,14 @@ def test_a_mysql_comment_only_tail_is_dropped_but_nothing_else():
     assert strip("insert into t values (1); -- done\n/* really */") == "insert into t values (1);"
     assert strip("select 1; select 2") == "select 1; select 2"
     assert strip("select '-- not a comment;'") == "select '-- not a comment;'"
+
+
+def test_mysql_tls_settings_are_validated_and_used(gw, mysql_target):
+    with pytest.raises(InvalidInput, match="ssl_mode"):
+        gw.create("mysql", dict(mysql_target, ssl_mode="sometimes"))
+    # The local MariaDB has no TLS: asking for it must fail to connect, not silently go plaintext.
+    name = gw.create("mysql", dict(mysql_target, ssl_mode="required"))
+    result = gw.test(name)
+    assert result["ok"] is False
+    plain = gw.create("mysql", dict(mysql_target, ssl_mode="preferred"))
+    assert gw.test(plain)["ok"] is True

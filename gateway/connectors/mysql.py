@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pymysql
 import sqlglot.errors
 from pymysql.constants import CLIENT
@@ -10,15 +12,41 @@ from sqlglot.tokens import TokenType
 
 from gateway.connectors.base import Connector, ExecResult, sql_result, wrap_connect_error
 from gateway.connectors.postgres import PostgresConnector
+from governance.errors import InvalidInput
 
 
 class MySQLConnector(Connector):
     kind = "mysql"
     is_sql = True
     required_keys = PostgresConnector.required_keys
-    optional_keys = ("port", "ssl")
+    optional_keys = ("port", "ssl_mode", "ssl_ca")
     secret_keys = ("password",)
-    validate_values = PostgresConnector.validate_values
+    SSL_MODES = ("preferred", "disabled", "required", "verify_identity")
+
+    @classmethod
+    def validate_values(cls, values):
+        PostgresConnector.validate_values(
+            {k: v for k, v in values.items() if k not in ("ssl_mode", "ssl_ca")}
+        )
+        if values.get("ssl_mode", "preferred") not in cls.SSL_MODES:
+            raise InvalidInput(f"setting 'ssl_mode' must be one of: {', '.join(cls.SSL_MODES)}")
+        if "ssl_ca" in values and not isinstance(values["ssl_ca"], str):
+            raise InvalidInput("setting 'ssl_ca' must be a path to a CA bundle")
+
+    def _tls(self) -> dict:
+        """PyMySQL's TLS arguments, like MySQL's --ssl-mode. `preferred` (the default) uses TLS when
+        the server offers it; `required` refuses plaintext but does not check the certificate;
+        `verify_identity` checks the chain (against `ssl_ca` if given) and the host name."""
+        mode = self.config.get("ssl_mode", "preferred")
+        if mode == "preferred":
+            return {}
+        if mode == "disabled":
+            return {"ssl_disabled": True}
+        context = ssl.create_default_context(cafile=self.config.get("ssl_ca") or None)
+        if mode == "required":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return {"ssl": context}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -38,6 +66,7 @@ class MySQLConnector(Connector):
                 autocommit=True,
                 charset="utf8mb4",
                 client_flag=CLIENT.MULTI_STATEMENTS,
+                **self._tls(),
             )
         except pymysql.Error as exc:
             raise wrap_connect_error(self.kind, exc) from None
@@ -71,6 +100,7 @@ class MySQLConnector(Connector):
                 user=self.config["user"],
                 password=self.secrets.get("password") or "",
                 connect_timeout=5,
+                **self._tls(),
             )
             with killer, killer.cursor() as cur:
                 cur.execute(f"KILL QUERY {int(self._thread_id)}")
