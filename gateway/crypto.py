@@ -28,3 +28,8 @@ def decrypt_json(token: str) -> dict:
         raise RuntimeError(
             "connection secrets cannot be decrypted with the configured encryption keys"
         ) from None
+
+
+def rotate(token: str) -> str:
+    """Re-encrypt a token with the newest key (it may have been made with any configured key)."""
+    return _fernet().rotate(token.encode()).decode()

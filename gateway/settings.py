@@ -78,10 +78,17 @@ SECRET_KEY = env_str("PORTCULLIS_SECRET_KEY") or _generated_secret(
     "django_secret_key", lambda: secrets.token_urlsafe(50)
 )
 # Fernet keys for connection secrets, comma-separated, newest first (MultiFernet: rotate by
-# prepending a new key; old rows still decrypt and are re-encrypted on their next save).
-ENCRYPTION_KEYS = env_list("PORTCULLIS_ENCRYPTION_KEYS", []) or [
+# prepending a new key, then `manage.py secrets_rotate` re-encrypts every row with it).
+ENCRYPTION_KEYS = [k.strip() for k in env_str("PORTCULLIS_ENCRYPTION_KEYS").split(",") if k.strip()] or [
     _generated_secret("encryption_key", lambda: Fernet.generate_key().decode())
 ]
+for _key in ENCRYPTION_KEYS:
+    try:
+        Fernet(_key.encode())
+    except ValueError:
+        raise ImproperlyConfiguredEnv(
+            "PORTCULLIS_ENCRYPTION_KEYS holds a value that is not a Fernet key (32 url-safe base64-encoded bytes)"
+        ) from None
 
 PORT = env_int("PORT", 8000)
 PUBLIC_BASE_URL = env_str("PORTCULLIS_PUBLIC_URL", f"http://127.0.0.1:{PORT}").rstrip("/")

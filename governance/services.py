@@ -19,6 +19,14 @@ from governance.errors import Conflict, InvalidInput, NotFound
 from governance.models import RESERVED_GROUPS, ApiToken, Organization, User, UserGroup, token_digest
 
 
+def _audit_system(org_id, action: str, target, detail: dict | None = None) -> None:
+    """These services run from the CLI (headless setup) as the system; surfaces with an actor
+    will pass one when they are built."""
+    from sessions.audit import audit_record
+
+    audit_record(actor=None, org_id=org_id, action=action, target=target, detail=detail)
+
+
 def org_create(*, name: str) -> Organization:
     name = (name or "").strip()
     if not name or len(name) > 100:
@@ -33,6 +41,7 @@ def org_create(*, name: str) -> Organization:
             raise Conflict(f'organization "{name}" already exists')
         for group in RESERVED_GROUPS:
             UserGroup.objects.create(org=org, name=group)
+        _audit_system(org.pk, "org.create", org)
     return org
 
 
@@ -61,6 +70,7 @@ def user_create(
             for group in groups:
                 user_group, _ = UserGroup.objects.get_or_create(org=org, name=group)
                 user_group.members.add(user)
+            _audit_system(org.pk, "user.create", user, {"groups": sorted(groups)})
     except IntegrityError:
         raise Conflict(f"a user with email {email} already exists") from None
     return user
@@ -82,12 +92,16 @@ def token_issue(
         digest=token_digest(raw),
         expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
     )
+    _audit_system(
+        user.org_id, "token.issue", token, {"user": user.email, "expires_at": str(token.expires_at)}
+    )
     return token, raw
 
 
 def token_revoke(*, token: ApiToken) -> None:
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
+    _audit_system(token.user.org_id, "token.revoke", token)
 
 
 def token_authenticate(raw: str) -> tuple[User, ApiToken] | None:

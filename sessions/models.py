@@ -38,7 +38,7 @@ class Session(models.Model):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="sessions")
+    org = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="sessions")
     user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="sessions")
     connection = models.ForeignKey(
         "gateway.Connection", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions"
@@ -101,8 +101,20 @@ class Runner(models.Model):
         return self.id
 
 
+class AppendOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise RuntimeError("audit events are append-only")
+
+    def delete(self):
+        raise RuntimeError("audit events are append-only")
+
+
 class AuditEvent(models.Model):
-    """Append-only: one row per state change or attempt, from every surface, written by services."""
+    """Append-only: one row per state change or attempt, from every surface, written by services.
+
+    Rows cannot be changed or deleted through the ORM, and an organization with audit events
+    cannot be deleted (PROTECT).
+    """
 
     class Outcome(models.TextChoices):
         SUCCESS = "success"
@@ -112,7 +124,7 @@ class AuditEvent(models.Model):
         INVALID = "invalid"
 
     id = models.BigAutoField(primary_key=True)
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="audit_events")
+    org = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="audit_events")
     actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     actor_email = models.CharField(max_length=254, blank=True)
     surface = models.CharField(max_length=16)
@@ -124,6 +136,8 @@ class AuditEvent(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     detail = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]

@@ -110,7 +110,7 @@ def session_to_dict(session: Session) -> dict:
 
 
 def session_content(*, actor: Actor, session_id, offset: int = 0, max_bytes: int = 64 * 1024) -> dict:
-    """Input and (masked) output of a session, the output paged by byte ranges."""
+    """Input and output of a session as its caller saw it, the output paged by byte ranges."""
     if offset < 0:
         raise InvalidInput("offset must not be negative")
     if not 1 <= max_bytes <= 1024 * 1024:

@@ -138,3 +138,54 @@ def test_bad_input_fails_with_a_clear_message(db, monkeypatch, command, args, st
     run("org_create", "acme")
     with pytest.raises(CommandError, match=message):
         run(command, *args, stdin=stdin, monkeypatch=monkeypatch)
+
+
+def test_secrets_rotate_moves_every_connection_to_the_newest_key(db, monkeypatch, settings):
+    from cryptography.fernet import Fernet
+
+    from gateway import crypto
+
+    old_key = Fernet.generate_key().decode()
+    settings.ENCRYPTION_KEYS = [old_key]
+    crypto._fernet.cache_clear()
+    run("org_create", "initech")
+    run(
+        "connection_create", "--org", "initech", "--name", "pg", "--kind", "postgres", "--config-stdin",
+        stdin=json.dumps({"host": "db", "database": "app", "user": "app", "password": "rotate-me"}),
+        monkeypatch=monkeypatch,
+    )  # fmt: skip
+    new_key = Fernet.generate_key().decode()
+    settings.ENCRYPTION_KEYS = [new_key, old_key]
+    crypto._fernet.cache_clear()
+    assert run("secrets_rotate") == "1"
+    settings.ENCRYPTION_KEYS = [new_key]  # the old key can go now
+    crypto._fernet.cache_clear()
+    try:
+        assert Connection.objects.get(name="pg").get_secrets() == {"password": "rotate-me"}
+        settings.ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+        crypto._fernet.cache_clear()
+        with pytest.raises(CommandError, match="cannot be decrypted"):
+            run("secrets_rotate")
+    finally:
+        crypto._fernet.cache_clear()
+
+
+def test_setup_is_audited_and_the_log_cannot_be_rewritten(db, monkeypatch):
+    from sessions.models import AuditEvent
+
+    run("org_create", "initech")
+    run("user_create", "--org", "initech", "--email", "p@initech.test")
+    run("token_issue", "--email", "p@initech.test")
+    events = AuditEvent.objects.order_by("id")
+    assert [e.action for e in events] == ["org.create", "user.create", "token.issue"]
+    assert all(e.surface == "cli" and e.actor is None for e in events)
+    with pytest.raises(RuntimeError, match="append-only"):
+        AuditEvent.objects.filter(action="org.create").update(outcome="failed")
+    with pytest.raises(RuntimeError, match="append-only"):
+        AuditEvent.objects.all().delete()
+    with pytest.raises(RuntimeError, match="append-only"):
+        events.first().delete()
+    from django.db.models import ProtectedError
+
+    with pytest.raises(ProtectedError):
+        Organization.objects.get(name="initech").delete()

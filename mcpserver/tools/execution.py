@@ -74,10 +74,10 @@ async def _wait(session_id, timeout: float, ctx):
 @tool(
     "exec",
     description=(
-        "Run SQL or a command on a connection through the gateway's policy path (access control, audit; "
-        "guardrails, reviews and masking where configured) - this tool bypasses none of it. Branch on `status`: "
-        "completed | failed (output holds the error) | blocked | pending_approval | running (call sessions_wait "
-        "with session_id). Results are capped by the connection's row and byte limits (`truncated`)."
+        "Run SQL or a command on a connection through the gateway's policy path (access control, a recorded "
+        "session, audit); this tool bypasses none of it. Branch on `status`: completed | failed (output holds the "
+        "error) | blocked | pending_approval | running (call sessions_wait with session_id). Results are capped by "
+        "the connection's row and byte limits (`truncated`)."
     ),
     args=ExecArgs,
     result=ExecEnvelope,

@@ -133,7 +133,7 @@ class ContentResult(Result):
 @tool(
     "sessions_get_content",
     description=(
-        "A session's input and (masked) output; the output is paged by bytes (offset, max_bytes, next_offset). "
+        "A session's input and output as the caller saw it; the output is paged by bytes (offset, max_bytes, next_offset). "
         "Only the session's owner, admins and auditors may read it."
     ),
     args=ContentArgs,
