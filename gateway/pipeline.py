@@ -126,6 +126,29 @@ def _check_metadata(metadata) -> dict:
 # --- exec ---------------------------------------------------------------------------------
 
 
+def _record(
+    actor: Actor, connection: Connection, verb: str, full_input: str, stored_input: str, **fields
+) -> Session:
+    """Record a session before anything runs: who, where, from which surface, and the input
+    (its hash and size always of the full input, even when only a prefix is stored)."""
+    data = full_input.encode()
+    return Session.objects.create(
+        org_id=actor.org_id,
+        user=actor.user,
+        connection=connection,
+        connection_name=connection.name,
+        connection_kind=connection.kind,
+        surface=actor.surface,
+        client=actor.client,
+        verb=verb,
+        input=stored_input,
+        input_sha256=hashlib.sha256(data).hexdigest(),
+        input_bytes=len(data),
+        runner=runner.runner_id(),
+        **fields,
+    )
+
+
 def exec_start(
     *,
     actor: Actor,
@@ -156,21 +179,14 @@ def exec_start(
     busy = runner.busy()
     now = timezone.now()
     with transaction.atomic():
-        session = Session.objects.create(
-            org_id=actor.org_id,
-            user=actor.user,
-            connection=connection,
-            connection_name=connection.name,
-            connection_kind=connection.kind,
-            surface=actor.surface,
-            client=actor.client,
-            verb=Verb.EXEC,
-            input=data[: settings.MAX_INPUT_BYTES].decode(errors="ignore") if too_large else input,
-            input_sha256=hashlib.sha256(data).hexdigest(),
-            input_bytes=len(data),
+        session = _record(
+            actor,
+            connection,
+            Verb.EXEC,
+            input,
+            data[: settings.MAX_INPUT_BYTES].decode(errors="ignore") if too_large else input,
             input_truncated=too_large,
             metadata=metadata,
-            runner=runner.runner_id(),
         )
         if too_large or busy:
             session.status = SessionStatus.FAILED
@@ -402,21 +418,8 @@ def schema_list(
     )
     text = f"list {what}" + (f" {described}" if described else "")
     now = timezone.now()
-    session = Session.objects.create(
-        org_id=actor.org_id,
-        user=actor.user,
-        connection=connection,
-        connection_name=connection.name,
-        connection_kind=connection.kind,
-        surface=actor.surface,
-        client=actor.client,
-        verb=Verb.SCHEMA,
-        status=SessionStatus.RUNNING,
-        input=text,
-        input_sha256=hashlib.sha256(text.encode()).hexdigest(),
-        input_bytes=len(text.encode()),
-        runner=runner.runner_id(),
-        started_at=now,
+    session = _record(
+        actor, connection, Verb.SCHEMA, text, text, status=SessionStatus.RUNNING, started_at=now
     )
     limits = Limits(
         max_rows=connection.max_rows,

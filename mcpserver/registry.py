@@ -24,6 +24,13 @@ class Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def page(items: list, total: int, offset: int) -> dict:
+    """The pagination fields every list tool answers with."""
+    end = offset + len(items)
+    more = end < total
+    return {"items": items, "total": total, "has_next_page": more, "next_offset": end if more else None}
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     name: str

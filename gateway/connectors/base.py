@@ -167,6 +167,28 @@ def sql_result(
     )
 
 
+class BatchResult:
+    """What a batch of statements shows, as psql does: the last statement that returned rows,
+    or else the status of the last statement ("UPDATE 3", "2 row(s) affected")."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self._rows: tuple[list[str], list] | None = None
+        self._status, self._affected = "", None
+
+    def add_rows(self, columns: list[str], cursor) -> None:
+        # One row past the cap tells us whether the result was truncated.
+        self._rows = (columns, cursor.fetchmany(self.limits.max_rows + 1))
+
+    def add_status(self, status: str, affected: int | None) -> None:
+        self._status, self._affected = status, affected
+
+    def result(self) -> ExecResult:
+        if self._rows is not None:
+            return sql_result(*self._rows, self.limits, more=False)
+        return ExecResult(output=self._status, exit_code=0, row_count=self._affected)
+
+
 def wrap_connect_error(kind: str, exc: Exception) -> ConnectorError:
     """A connection failure, described without host credentials or the driver's full DSN."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

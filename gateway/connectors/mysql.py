@@ -10,7 +10,7 @@ from pymysql.constants import CLIENT
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
 
-from gateway.connectors.base import Connector, ExecResult, sql_result, wrap_connect_error
+from gateway.connectors.base import BatchResult, Connector, ExecResult, wrap_connect_error
 from gateway.connectors.postgres import PostgresConnector
 from governance.errors import InvalidInput
 
@@ -113,22 +113,17 @@ class MySQLConnector(Connector):
             with conn.cursor() as cur:
                 try:
                     cur.execute(without_comment_tail(text))
-                    last_rows, last_status = None, ""
-                    affected = None
+                    batch = BatchResult(self.limits)
                     while True:
                         if cur.description is not None:
-                            columns = [c[0] for c in cur.description]
-                            last_rows = (columns, cur.fetchmany(self.limits.max_rows + 1))
+                            batch.add_rows([c[0] for c in cur.description], cur)
                         else:
-                            affected = cur.rowcount
-                            last_status = f"{cur.rowcount} row(s) affected"
+                            batch.add_status(f"{cur.rowcount} row(s) affected", cur.rowcount)
                         if not cur.nextset():
                             break
                 except pymysql.Error as exc:
                     return ExecResult(output=_describe_error(exc), exit_code=1)
-            if last_rows is not None:
-                return sql_result(*last_rows, self.limits, more=False)
-            return ExecResult(output=last_status, exit_code=0, row_count=affected)
+            return batch.result()
         finally:
             conn.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from gateway.connectors.base import Connector, ExecResult, sql_result, wrap_connect_error
+from gateway.connectors.base import BatchResult, Connector, ExecResult, wrap_connect_error
 from governance.errors import InvalidInput
 
 
@@ -71,22 +71,16 @@ class PostgresConnector(Connector):
             return self._collect(cur)
 
     def _collect(self, cur) -> ExecResult:
-        # With several statements psycopg keeps one result per statement: show the last one with
-        # rows, or else the status of the last statement (e.g. "UPDATE 3").
-        last_rows = None
-        last_status, affected = "", None
+        # With several statements psycopg keeps one result per statement.
+        batch = BatchResult(self.limits)
         while True:
             if cur.description is not None:
-                last_rows = ([c.name for c in cur.description], cur.fetchmany(self.limits.max_rows + 1))
+                batch.add_rows([c.name for c in cur.description], cur)
             else:
-                last_status = cur.statusmessage or ""
-                affected = cur.rowcount if cur.rowcount >= 0 else None
+                batch.add_status(cur.statusmessage or "", cur.rowcount if cur.rowcount >= 0 else None)
             if not cur.nextset():
                 break
-        if last_rows is not None:
-            columns, raw = last_rows
-            return sql_result(columns, raw, self.limits, more=False)
-        return ExecResult(output=last_status, exit_code=0, row_count=affected)
+        return batch.result()
 
     def _query(self, sql: str, params=(), database: str | None = None) -> list[dict]:
         with self._connect(database) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:

@@ -15,7 +15,7 @@ from django.conf import settings
 from sqlglot.dialects.sqlite import SQLite
 from sqlglot.tokens import TokenType
 
-from gateway.connectors.base import Connector, ExecResult, sql_result
+from gateway.connectors.base import BatchResult, Connector, ExecResult
 from governance.errors import ConnectorError, InvalidInput
 
 
@@ -129,24 +129,23 @@ class SQLiteConnector(Connector):
     def execute(self, text: str) -> ExecResult:
         conn = self._connect()
         try:
-            last_rows, last_status, affected = None, "", None
+            batch = BatchResult(self.limits)
             for statement in split_statements(text) or [text]:
                 try:
                     cur = conn.execute(statement)
                     if cur.description is not None:
-                        columns = [c[0] for c in cur.description]
-                        last_rows = (columns, cur.fetchmany(self.limits.max_rows + 1))
+                        batch.add_rows([c[0] for c in cur.description], cur)
                     else:
                         affected = cur.rowcount if cur.rowcount >= 0 else None
-                        last_status = f"{affected} row(s) affected" if affected is not None else "OK"
+                        batch.add_status(
+                            f"{affected} row(s) affected" if affected is not None else "OK", affected
+                        )
                 except sqlite3.Error as exc:
                     message = str(exc)
                     if message == "interrupted" and not self.cancelled.is_set():
                         message = f"statement timed out after {self.limits.timeout_seconds}s"
                     return ExecResult(output=f"ERROR: {message}", exit_code=1)
-            if last_rows is not None:
-                return sql_result(*last_rows, self.limits, more=False)
-            return ExecResult(output=last_status, exit_code=0, row_count=affected)
+            return batch.result()
         finally:
             conn.close()
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from gateway import pipeline, services
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, tool
+from mcpserver.registry import Args, Result, page, tool
 
 Kind = Literal["postgres", "mysql", "sqlite", "command"]
 SETTINGS_HELP = (
@@ -80,10 +80,7 @@ async def connections_list(actor, args: ListArgs, ctx) -> ListResult:
         return [services.connection_to_dict(c) for c in page], total
 
     items, total = await run()
-    end = args.offset + len(items)
-    return ListResult(
-        items=items, total=total, has_next_page=end < total, next_offset=end if end < total else None
-    )
+    return ListResult(**page(items, total, args.offset))
 
 
 class NameArgs(Args):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import Field
 
-from mcpserver.registry import Args, Result, tool
+from mcpserver.registry import Args, Result, page, tool
 from sessions import services
 
 
@@ -87,10 +87,7 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
         return [services.session_to_dict(s) for s in page], total
 
     items, total = await run()
-    end = args.offset + len(items)
-    return ListResult(
-        items=items, total=total, has_next_page=end < total, next_offset=end if end < total else None
-    )
+    return ListResult(**page(items, total, args.offset))
 
 
 class IdArgs(Args):
