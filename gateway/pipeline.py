@@ -370,7 +370,7 @@ def exec_envelope(session: Session) -> dict:
     if session.status in (SessionStatus.OPEN, SessionStatus.RUNNING):
         envelope.update(
             status="running",
-            message=f"still running after {settings.EXEC_HANDOFF_SECONDS:g}s; the gateway keeps running it",
+            message="still running; the gateway keeps running it and records the result",
             next_step="call sessions_wait with session_id until it finishes, or exec_cancel to stop it",
         )
         return envelope

@@ -144,7 +144,16 @@ TEMPLATES = [
 # Database: PostgreSQL when DATABASE_URL is set, else a SQLite file in DATA_DIR.
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # A process-wide psycopg pool: MCP requests each run their ORM calls on a thread of their
+        # own (ThreadSensitiveContext), so per-thread persistent connections would mean a new
+        # connection per request. With the pool, "connect" is a checkout.
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("PORTCULLIS_DB_POOL_MIN", 2),
+            "max_size": env_int("PORTCULLIS_DB_POOL_MAX", 40),
+            "timeout": 10,
+        }
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

@@ -1,4 +1,4 @@
-"""Agent queues: a connection that names one runs on a Celery worker started with -Q agent.<name>,
+"""Agent queues: a connection that names one runs on a Celery worker started with -Q agent.<org id>.<name>,
 not in the gateway. The worker here is a real `celery worker` process on the Redis broker."""
 
 import subprocess

@@ -14,7 +14,7 @@ from mcpserver.registry import Args, Result, page, tool
 Kind = Literal["postgres", "mysql", "sqlite", "command"]
 SETTINGS_HELP = (
     "Settings of the target, secrets included (they are stored encrypted and never returned): "
-    "postgres/mysql: host, port, database, user, password (secret), sslmode (postgres) or ssl (mysql); "
+    "postgres/mysql: host, port, database, user, password (secret), sslmode (postgres) or ssl_mode and ssl_ca (mysql); "
     "sqlite: path; command: argv (list), cwd, env (object, secret)."
 )
 
