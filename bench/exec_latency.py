@@ -1,17 +1,18 @@
-"""How much latency does the gateway add to `exec`? Self-contained: `make bench`.
+"""How much latency does the gateway add to `exec`? Self-contained; `make bench` runs it.
 
 One run:
   1. creates its own gateway database (dropped again at the end), migrates it and seeds an org,
-     an admin, a token and a postgres connection `bench-pg` through the management commands;
-  2. starts daphne on a free port, as production would;
+     an admin, a token and a postgres connection `bench-pg` with the management commands;
+  2. starts daphne on a free port, as `make run` does;
   3. measures sequential latency: `SELECT 1` over a persistent psycopg connection (the baseline),
-     then MCP `exec` of `SELECT 1` on `bench-pg` and MCP `me_get` through the official SDK client
-     over real HTTP, in the modern era (mode="auto") and the handshake era (mode="legacy");
-  4. measures throughput: C concurrent clients for D seconds looping `me_get`, then `exec`, from a
-     separate load-generator process speaking plain JSON-RPC over HTTP;
+     then MCP `exec` of `SELECT 1` on `bench-pg` and MCP `me_get`, through the official SDK
+     client over real HTTP in the modern era (mode="auto") and the handshake era
+     (mode="legacy"), and as plain JSON-RPC POSTs (the same calls without the SDK client);
+  4. measures throughput: C concurrent clients for D seconds looping `me_get`, then `exec`, in a
+     separate load-generator process that sends plain JSON-RPC POSTs;
   5. stops daphne, drops the database, prints a summary and writes JSON to bench/results/.
 
-See bench/README.md for what each number means.
+bench/README.md explains what each number means.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -43,40 +45,42 @@ ORG = "bench"
 EMAIL = "bench@bench.test"
 CONNECTION = "bench-pg"
 QUERY = "SELECT 1"
+EXEC_ARGS = {"connection_name": CONNECTION, "input": QUERY}
 MODERN_VERSION = "2026-07-28"
-
-
-# --- setup ---------------------------------------------------------------------------------------
+DIRECT = "direct psycopg SELECT 1"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="measured sequential calls per series (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="unmeasured calls before each series (default 20)")
-    p.add_argument("--concurrency", type=int, default=20, help="concurrent clients in the throughput runs")
+    p.add_argument("--concurrency", type=int, default=20, help="concurrent clients for throughput (20)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run (default 10)")
     p.add_argument(
         "--loadgen-procs",
         type=int,
         default=1,
-        help="load-generator processes sharing the concurrent clients (default 1; each is separate from daphne)",
+        help="load-generator processes sharing the concurrent clients (default 1, separate from daphne)",
     )
     p.add_argument(
         "--pg-url",
         default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
-        help="PostgreSQL server for both the gateway database and the target (database `postgres`)",
+        help="PostgreSQL server holding the gateway database; the target is its `postgres` database",
     )
-    p.add_argument("--db-name", default="portcullis_bench", help="gateway database, dropped and recreated")
+    p.add_argument("--db-name", default="portcullis_bench", help="gateway database (dropped and recreated)")
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     p.add_argument("--target-ms", type=float, default=5.0, help="exec overhead target at p50 (default 5 ms)")
     p.add_argument("--skip-legacy", action="store_true", help="skip the handshake-era (mode='legacy') series")
-    p.add_argument("--skip-throughput", action="store_true")
-    p.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
-    p.add_argument("--keep-log", action="store_true", help="keep daphne's output in bench/results/")
+    p.add_argument("--skip-throughput", action="store_true", help="only the sequential latency series")
+    p.add_argument("--no-json", action="store_true", help="do not write bench/results/exec_latency-*.json")
+    p.add_argument("--keep-log", action="store_true", help="copy daphne's output to bench/results/")
     args = p.parse_args(argv)
     if args.n < 1 or args.warmup < 0 or args.concurrency < 1 or args.duration <= 0 or args.loadgen_procs < 1:
         p.error("--n, --concurrency, --duration and --loadgen-procs must be positive, --warmup not negative")
     return args
+
+
+# --- setup ---------------------------------------------------------------------------------------
 
 
 def pg_params(pg_url: str, dbname: str) -> dict:
@@ -89,15 +93,14 @@ def pg_params(pg_url: str, dbname: str) -> dict:
 
 
 def pg_url_for(params: dict) -> str:
-    """A URL for dj-database-url (which wants a URL, not a conninfo string)."""
+    """A URL for dj-database-url, which wants a URL rather than a conninfo string."""
     password = f":{params['password']}" if params.get("password") else ""
     return f"postgresql://{params['user']}{password}@{params['host']}:{params['port']}/{params['dbname']}"
 
 
 def recreate_database(pg_url: str, name: str, *, create: bool = True) -> None:
-    admin = pg_params(pg_url, "postgres")  # the maintenance database
-    with psycopg.connect(**admin, autocommit=True) as conn:
-        # WITH (FORCE): a daphne that did not exit cleanly must not keep the database alive.
+    with psycopg.connect(**pg_params(pg_url, "postgres"), autocommit=True) as conn:  # the maintenance db
+        # WITH (FORCE): connections a gateway left behind must not keep the database alive.
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         if create:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -114,24 +117,22 @@ def manage(env: dict, *args: str, stdin: str | None = None) -> str:
 
 
 def seed(env: dict, target: dict) -> str:
-    """Org, admin, token and the `bench-pg` connection. Returns the raw token."""
+    """Migrate, then create the org, its admin, a token and `bench-pg`. Returns the raw token."""
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "org_create", ORG)
     manage(env, "user_create", "--org", ORG, "--email", EMAIL, "--groups", "admin")
     token = manage(env, "token_issue", "--email", EMAIL, "--name", "bench")
-    config = {"host": target["host"], "port": int(target["port"]), "database": target["dbname"], "user": target["user"]}
+    config = {
+        "host": target["host"],
+        "port": int(target["port"]),
+        "database": target["dbname"],
+        "user": target["user"],
+    }
     if target.get("password"):
         config["password"] = target["password"]
     manage(
         env,
-        "connection_create",
-        "--org",
-        ORG,
-        "--name",
-        CONNECTION,
-        "--kind",
-        "postgres",
-        "--config-stdin",
+        *("connection_create", "--org", ORG, "--name", CONNECTION, "--kind", "postgres", "--config-stdin"),
         stdin=json.dumps(config),
     )
     return token
@@ -146,7 +147,8 @@ def free_port() -> int:
 @contextmanager
 def gateway(env: dict, port: int, log_path: Path):
     """daphne serving gateway.asgi, as `make run` does; stopped (SIGTERM, then SIGKILL) on exit."""
-    cmd = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), "gateway.asgi:application"]
+    cmd = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
+    cmd.append("gateway.asgi:application")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -159,7 +161,7 @@ def gateway(env: dict, port: int, log_path: Path):
             except httpx2.HTTPError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not become healthy:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError("daphne did not become healthy (its log follows)")
             time.sleep(0.1)
         yield url, proc
     finally:
@@ -171,8 +173,33 @@ def gateway(env: dict, port: int, log_path: Path):
             proc.wait()
 
 
+def describe_environment(pg_url: str) -> dict:
+    """What the numbers depend on: the code revision, the machine and how busy it already was."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    with psycopg.connect(**pg_params(pg_url, "postgres")) as conn:
+        pg_version = conn.execute("SHOW server_version").fetchone()[0]
+        max_connections = int(conn.execute("SHOW max_connections").fetchone()[0])
+    return {
+        "revision": git("rev-parse", "--short", "HEAD") or "unknown",
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": sys.version.split()[0],
+        "postgres": pg_version,
+        "postgres_max_connections": max_connections,
+    }
+
+
 def process_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process from /proc (Linux); None elsewhere. Used to spot a saturated side."""
+    """utime + stime of a process from /proc (Linux), None elsewhere. Shows which side saturated."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -180,84 +207,82 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def cpu_per_call(pid: int, before: float | None, calls: int) -> float | None:
+    """daphne's CPU milliseconds per call since `before`: how much of a call's latency is CPU."""
+    after = process_cpu_seconds(pid)
+    return None if before is None or after is None else 1000 * (after - before) / calls
+
+
+def machine_cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies over all CPUs from /proc/stat (Linux), None elsewhere."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class ConnectionSampler:
+    """Peak PostgreSQL connections of the gateway during a run, polled from pg_stat_activity.
+
+    `gateway_db` counts connections to the gateway's own database; `target` counts the
+    connector's connections to the target (they announce application_name 'portcullis').
+    """
+
+    QUERY = """
+        SELECT count(*) FILTER (WHERE datname = %(gateway)s),
+               count(*) FILTER (WHERE datname = %(target)s AND application_name = 'portcullis')
+        FROM pg_stat_activity
+    """
+
+    def __init__(self, pg_url: str, gateway_db: str, target_db: str):
+        self.params = pg_params(pg_url, "postgres")
+        self.names = {"gateway": gateway_db, "target": target_db}
+        self.peak = {"gateway_db": 0, "target": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        with psycopg.connect(**self.params, autocommit=True) as conn:
+            while not self._stop.is_set():
+                gateway_db, target = conn.execute(self.QUERY, self.names).fetchone()
+                self.peak["gateway_db"] = max(self.peak["gateway_db"], gateway_db)
+                self.peak["target"] = max(self.peak["target"], target)
+                self._stop.wait(0.25)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 # --- statistics ----------------------------------------------------------------------------------
 
 
-def summarize(samples_s: list[float]) -> dict:
-    ms = sorted(s * 1000 for s in samples_s)
-    if len(ms) == 1:
-        q = ms * 99
-    else:
-        q = statistics.quantiles(ms, n=100, method="inclusive")
+def summarize(series: dict) -> dict:
+    """Percentiles of `series["samples"]` (seconds) in ms, plus daphne's CPU per call if measured."""
+    ms = sorted(s * 1000 for s in series["samples"])
+    q = ms * 99 if len(ms) == 1 else statistics.quantiles(ms, n=100, method="inclusive")
     return {
         "n": len(ms),
         "p50": q[49],
         "p95": q[94],
         "p99": q[98],
         "mean": statistics.fmean(ms),
-        "min": ms[0],
         "max": ms[-1],
+        "server_cpu_ms": series.get("server_cpu_ms"),
     }
 
 
-# --- sequential latency --------------------------------------------------------------------------
-
-
-def measure_direct(target: dict, n: int, warmup: int) -> list[float]:
-    """The floor: `SELECT 1` on one persistent autocommit connection, no gateway."""
-    samples = []
-    with psycopg.connect(**target, autocommit=True) as conn, conn.cursor() as cur:
-        for i in range(warmup + n):
-            t0 = time.perf_counter()
-            cur.execute(QUERY)
-            cur.fetchone()
-            elapsed = time.perf_counter() - t0
-            if i >= warmup:
-                samples.append(elapsed)
-    return samples
-
-
-async def measure_sdk(url: str, token: str, mode: str, n: int, warmup: int) -> dict:
-    """`exec SELECT 1` and `me_get` through one open SDK client session, sequentially."""
-    from mcp.client import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    out: dict = {}
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=300))
-    async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
-        await client.list_tools()  # the modern-era client validates results against the listing
-        calls = {
-            "exec": ("exec", {"connection_name": CONNECTION, "input": QUERY}),
-            "me_get": ("me_get", {}),
-        }
-        for label, (tool, arguments) in calls.items():
-            samples, server_ms = [], []
-            for i in range(warmup + n):
-                t0 = time.perf_counter()
-                result = await client.call_tool(tool, arguments)
-                elapsed = time.perf_counter() - t0
-                if result.is_error:
-                    raise RuntimeError(f"{tool} ({mode}) failed: {result.content[0].text}")
-                if tool == "exec":
-                    body = result.structured_content
-                    if body["status"] != "completed" or body.get("rows") != [[1]]:
-                        raise RuntimeError(f"exec ({mode}) did not complete as expected: {body}")
-                if i >= warmup:
-                    samples.append(elapsed)
-                    if tool == "exec":
-                        server_ms.append(result.structured_content["execution_time_ms"])
-            out[label] = {"samples": samples}
-            if server_ms:
-                # What the connector itself took (connect + query), as recorded on the session.
-                out[label]["connector_ms_mean"] = statistics.fmean(server_ms)
-    return out
-
-
-# --- throughput (plain JSON-RPC over HTTP, modern era) -------------------------------------------
+# --- plain JSON-RPC over HTTP (modern era, stateless) ----------------------------------------------
 
 
 def rpc_request(tool: str, arguments: dict, request_id: int) -> tuple[dict, dict]:
-    """Headers and body of one stateless modern-era `tools/call`, as the SDK client sends them."""
+    """Headers and body of one modern-era `tools/call`, as the SDK client sends them."""
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json, text/event-stream",
@@ -282,8 +307,23 @@ def rpc_request(tool: str, arguments: dict, request_id: int) -> tuple[dict, dict
     return headers, body
 
 
-async def raw_call(client: httpx2.AsyncClient, url: str, tool: str, arguments: dict, request_id: int) -> str | None:
-    """POST one `tools/call`; None when it succeeded, else a short reason (tallied in the results)."""
+def rpc_message(response: httpx2.Response, request_id: int) -> dict | None:
+    """The JSON-RPC response for `request_id`, whether it came as JSON or as SSE `data:` lines."""
+    if response.headers.get("content-type", "").startswith("application/json"):
+        message = response.json()
+        return message if message.get("id") == request_id else None
+    for line in response.text.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            message = json.loads(line[5:])
+            if message.get("id") == request_id and ("result" in message or "error" in message):
+                return message
+    return None
+
+
+async def raw_call(
+    client: httpx2.AsyncClient, url: str, tool: str, arguments: dict, request_id: int
+) -> str | None:
+    """POST one `tools/call`. None when it succeeded, else a short reason (tallied in the results)."""
     headers, body = rpc_request(tool, arguments, request_id)
     try:
         response = await client.post(url, headers=headers, json=body)
@@ -305,23 +345,94 @@ async def raw_call(client: httpx2.AsyncClient, url: str, tool: str, arguments: d
     return None
 
 
-def rpc_message(response: httpx2.Response, request_id: int) -> dict | None:
-    """The JSON-RPC response for `request_id`, whether sent as JSON or as SSE `data:` lines."""
-    if response.headers.get("content-type", "").startswith("application/json"):
-        message = response.json()
-        return message if message.get("id") == request_id else None
-    for line in response.text.splitlines():
-        if line.startswith("data:") and line[5:].strip():
-            message = json.loads(line[5:])
-            if message.get("id") == request_id and ("result" in message or "error" in message):
-                return message
-    return None
+def bearer_client(token: str, **kwargs) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=300), **kwargs
+    )
+
+
+# --- sequential latency --------------------------------------------------------------------------
+
+
+def measure_direct(target: dict, n: int, warmup: int) -> list[float]:
+    """The floor: `SELECT 1` on one persistent autocommit connection, no gateway."""
+    samples = []
+    with psycopg.connect(**target, autocommit=True) as conn, conn.cursor() as cur:
+        for i in range(warmup + n):
+            t0 = time.perf_counter()
+            cur.execute(QUERY)
+            cur.fetchone()
+            if i >= warmup:
+                samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def check_exec(structured: dict) -> None:
+    if structured.get("status") != "completed" or structured.get("rows") != [[1]]:
+        raise RuntimeError(f"exec did not complete as expected: {structured}")
+
+
+async def measure_sdk(url: str, token: str, mode: str, n: int, warmup: int, server_pid: int) -> dict:
+    """`exec` and `me_get` through one SDK client session, kept open for all calls."""
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    out = {}
+    http = bearer_client(token)
+    async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+        await client.list_tools()  # the modern-era client validates results against the listing
+        for tool, arguments in (("exec", EXEC_ARGS), ("me_get", {})):
+            samples, connector_ms = [], []
+            cpu_before = process_cpu_seconds(server_pid)
+            for i in range(warmup + n):
+                t0 = time.perf_counter()
+                result = await client.call_tool(tool, arguments)
+                elapsed = time.perf_counter() - t0
+                if result.is_error:
+                    raise RuntimeError(f"{tool} (mode={mode}) failed: {result.content[0].text}")
+                if tool == "exec":
+                    check_exec(result.structured_content)
+                if i >= warmup:
+                    samples.append(elapsed)
+                    if tool == "exec":
+                        connector_ms.append(result.structured_content["execution_time_ms"])
+            out[tool] = {
+                "samples": samples,
+                "server_cpu_ms": cpu_per_call(server_pid, cpu_before, warmup + n),
+            }
+            if connector_ms:
+                out[tool]["connector_ms_mean"] = statistics.fmean(connector_ms)
+    return out
+
+
+async def measure_plain(url: str, token: str, n: int, warmup: int, server_pid: int) -> dict:
+    """The same calls as plain POSTs on one keep-alive connection: the gateway without the SDK client."""
+    out = {}
+    async with bearer_client(token) as http:
+        for tool, arguments in (("exec", EXEC_ARGS), ("me_get", {})):
+            samples = []
+            cpu_before = process_cpu_seconds(server_pid)
+            for i in range(warmup + n):
+                t0 = time.perf_counter()
+                failure = await raw_call(http, url, tool, arguments, i + 1)
+                elapsed = time.perf_counter() - t0
+                if failure is not None:
+                    raise RuntimeError(f"plain JSON-RPC {tool} failed: {failure}")
+                if i >= warmup:
+                    samples.append(elapsed)
+            out[tool] = {
+                "samples": samples,
+                "server_cpu_ms": cpu_per_call(server_pid, cpu_before, warmup + n),
+            }
+    return out
+
+
+# --- throughput ----------------------------------------------------------------------------------
 
 
 async def _load(url: str, token: str, tool: str, arguments: dict, clients: int, duration: float) -> dict:
-    limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx2.AsyncClient(
-        headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=300), limits=limits
+    async with bearer_client(
+        token, limits=httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
     ) as http:
         # Open the keep-alive connections before the clock starts.
         await asyncio.gather(*(raw_call(http, url, tool, arguments, i) for i in range(clients)))
@@ -352,107 +463,171 @@ async def _load(url: str, token: str, tool: str, arguments: dict, clients: int, 
 
 
 def load_worker(url: str, token: str, tool: str, arguments: dict, clients: int, duration: float) -> dict:
-    """Entry point of one load-generator process (spawned, so it shares no state with us)."""
+    """Entry point of one load-generator process (spawned, so it shares nothing with this one)."""
     return asyncio.run(_load(url, token, tool, arguments, clients, duration))
 
 
-def merge_counts(dicts) -> dict[str, int]:
-    merged: dict[str, int] = {}
-    for d in dicts:
-        for key, n in d.items():
-            merged[key] = merged.get(key, 0) + n
-    return merged
-
-
-def measure_throughput(url, token, server_pid, tool, arguments, concurrency, duration, procs) -> dict:
-    shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
-    shares = [s for s in shares if s]
-    ctx = multiprocessing.get_context("spawn")
+def measure_throughput(
+    url: str, token: str, server_pid: int, tool: str, arguments: dict, args, sampler_args
+) -> dict:
+    procs = min(args.loadgen_procs, args.concurrency)
+    shares = [args.concurrency // procs + (1 if i < args.concurrency % procs else 0) for i in range(procs)]
     server_cpu_before = process_cpu_seconds(server_pid)
-    with ctx.Pool(len(shares)) as pool:
-        parts = pool.starmap(load_worker, [(url, token, tool, arguments, s, duration) for s in shares])
+    machine_before = machine_cpu_times()
+    with (
+        multiprocessing.get_context("spawn").Pool(procs) as pool,
+        ConnectionSampler(*sampler_args) as sampler,
+    ):
+        parts = pool.starmap(load_worker, [(url, token, tool, arguments, s, args.duration) for s in shares])
     server_cpu_after = process_cpu_seconds(server_pid)
+    machine_after = machine_cpu_times()
     latencies = [x for part in parts for x in part["latencies"]]
     elapsed = max(part["elapsed"] for part in parts)
-    result = {
+    reasons: dict[str, int] = {}
+    for part in parts:
+        for reason, count in part["failures"].items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    return {
         "tool": tool,
-        "concurrency": concurrency,
-        "loadgen_procs": len(shares),
+        "concurrency": args.concurrency,
+        "loadgen_procs": procs,
         "elapsed_s": elapsed,
         "ok": len(latencies),
-        "failures": sum(n for part in parts for n in part["failures"].values()),
-        "failure_reasons": merge_counts(part["failures"] for part in parts),
-        "rps": len(latencies) / elapsed,
-        # Share of one core each side used; near 100% means that side was the bottleneck.
+        "failed": sum(reasons.values()),
+        "failure_reasons": reasons,
+        "rps": len(latencies) / elapsed,  # successful calls only
+        "latency": summarize({"samples": latencies}) if latencies else None,
+        # Each side's CPU as a share of one core: near 100% means that side was the bottleneck.
         "loadgen_cpu_pct": 100 * sum(part["cpu"] for part in parts) / elapsed,
         "server_cpu_pct": (
             100 * (server_cpu_after - server_cpu_before) / elapsed
             if server_cpu_before is not None and server_cpu_after is not None
             else None
         ),
+        # All cores together (PostgreSQL and Redis included): near 100% means the machine was full.
+        "machine_cpu_pct": (
+            100 * (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1])
+            if machine_before and machine_after and machine_after[1] > machine_before[1]
+            else None
+        ),
+        "peak_pg_connections": dict(sampler.peak),
     }
-    if latencies:
-        result["latency"] = summarize(latencies)
-    return result
 
 
 # --- reporting -----------------------------------------------------------------------------------
 
 
-def latency_row(label: str, stats: dict) -> str:
-    return (
-        f"  {label:<28} {stats['p50']:8.2f} {stats['p95']:8.2f} {stats['p99']:8.2f} {stats['mean']:8.2f}"
-        f" {stats['max']:8.2f}"
-    )
-
-
 def report(results: dict, args) -> None:
-    lat = results["latency"]
+    env = results["environment"]
+    load = env["load_average_at_start"]
     print()
-    print(f"Sequential latency, ms (n={args.n} after {args.warmup} warm-up calls each)")
-    print(f"  {'series':<28} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'max':>8}")
-    for label, stats in lat.items():
-        print(latency_row(label, stats))
-    for mode, extra in results["connector_ms_mean"].items():
-        print(f"  exec ({mode}): the connector itself took {extra:.2f} ms on average (session execution_time_ms)")
-
-    direct = lat["direct psycopg SELECT 1"]["p50"]
+    dirty = " (with uncommitted changes)" if env["uncommitted_changes"] else ""
+    busy = f", load average at start {load[0]:.2f}" if load else ""
+    print(
+        f"Portcullis {env['revision']}{dirty}, Python {env['python']}, PostgreSQL {env['postgres']},"
+        f" {env['cpus']} CPUs{busy}"
+    )
     print()
-    for mode in results["modes"]:
-        overhead = lat[f"exec SELECT 1 ({mode})"]["p50"] - direct
-        results["overhead_p50_ms"][mode] = overhead
-        verdict = "MET" if overhead < args.target_ms else "NOT MET"
+    print(f"Sequential latency, ms (n={args.n} each, after {args.warmup} warm-up calls)")
+    print(f"  {'series':<32} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'max':>8} {'daphne CPU/call':>16}")
+    for label, s in results["latency"].items():
+        cpu = f"{s['server_cpu_ms']:.2f}" if s["server_cpu_ms"] is not None else "-"
         print(
-            f"exec overhead over direct psycopg at p50 ({mode}): {overhead:.2f} ms"
+            f"  {label:<32} {s['p50']:8.2f} {s['p95']:8.2f} {s['p99']:8.2f} {s['mean']:8.2f} {s['max']:8.2f}"
+            f" {cpu:>16}"
+        )
+    for mode, ms in results["connector_ms_mean"].items():
+        print(f"  exec ({mode}): the sessions' execution_time_ms (connect + query) averaged {ms:.2f} ms")
+    peak = results["sequential_peak_pg_connections"]
+    print(
+        f"  peak PostgreSQL connections while one client called in sequence: {peak['gateway_db']} to the"
+        f" gateway database, {peak['target']} to the target"
+    )
+    print()
+    for label, overhead in results["overhead_p50_ms"].items():
+        verdict = "met" if overhead < args.target_ms else "NOT met"
+        print(
+            f"exec overhead over direct psycopg at p50, {label}: {overhead:.2f} ms"
             f" (target < {args.target_ms:g} ms: {verdict})"
         )
 
-    if results["throughput"]:
-        print()
-        print(f"Throughput: {args.concurrency} concurrent clients, {args.duration:g} s each, plain JSON-RPC POSTs")
+    runs = results["throughput"]
+    if not runs:
+        return
+    print()
+    print(
+        f"Throughput: {args.concurrency} concurrent clients, {args.duration:g} s per tool, plain JSON-RPC POSTs"
+        f" from {runs[0]['loadgen_procs']} load-generator process(es)"
+    )
+    print(
+        f"  {'tool':<8} {'req/s':>7} {'ok':>6} {'failed':>6} {'p50 ms':>8} {'p99 ms':>8} {'wall s':>7}"
+        f" {'daphne CPU':>10} {'loadgen CPU':>11} {'machine CPU':>11} {'peak PG conns gateway/target':>29}"
+    )
+    for run in runs:
+        s = run["latency"] or {"p50": float("nan"), "p99": float("nan")}
+        server = f"{run['server_cpu_pct']:.0f}%" if run["server_cpu_pct"] is not None else "n/a"
+        machine = f"{run['machine_cpu_pct']:.0f}%" if run["machine_cpu_pct"] is not None else "n/a"
+        peak = run["peak_pg_connections"]
         print(
-            f"  {'tool':<10} {'req/s':>8} {'ok':>7} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8}"
-            f" {'daphne CPU':>11} {'loadgen CPU':>12}"
+            f"  {run['tool']:<8} {run['rps']:7.1f} {run['ok']:6d} {run['failed']:6d} {s['p50']:8.2f} {s['p99']:8.2f}"
+            f" {run['elapsed_s']:7.1f} {server:>10} {run['loadgen_cpu_pct']:10.0f}% {machine:>11}"
+            f" {peak['gateway_db']:>24} / {peak['target']}"
         )
-        for run in results["throughput"]:
-            stats = run.get("latency") or {"p50": float("nan"), "p99": float("nan")}
-            server = f"{run['server_cpu_pct']:.0f}%" if run["server_cpu_pct"] is not None else "n/a"
-            print(
-                f"  {run['tool']:<10} {run['rps']:8.1f} {run['ok']:7d} {run['failures']:7d} {stats['p50']:8.2f}"
-                f" {stats['p99']:8.2f} {server:>11} {run['loadgen_cpu_pct']:11.0f}%"
-            )
-        for run in results["throughput"]:
-            for reason, n in sorted(run["failure_reasons"].items(), key=lambda kv: -kv[1]):
-                print(f"  {run['tool']} failure x{n}: {reason}")
+    for run in runs:
+        for reason, count in sorted(run["failure_reasons"].items(), key=lambda kv: -kv[1]):
+            print(f"  {run['tool']} failed x{count}: {reason}")
+    print(
+        "  req/s counts successful calls over the wall time, which runs past the nominal duration while the"
+        " last calls finish."
+    )
+    print(
+        "  daphne and loadgen CPU are % of one core, machine CPU is % of all cores."
+        f" daphne is one process; PostgreSQL allows {env['postgres_max_connections']}"
+        " connections in all."
+    )
+    if any((r["server_cpu_pct"] or 0) > 85 for r in runs):
+        print("  daphne was CPU-bound on one core: these rates are a single process's ceiling.")
+    if any(r["loadgen_cpu_pct"] > 85 for r in runs):
+        print("  The load generator was CPU-bound: rerun with --loadgen-procs 2, or from another machine.")
+    if env["cpus"] and env["cpus"] <= 2:
         print(
-            f"  ({os.cpu_count()} CPUs; daphne is one process, the load generator ran in"
-            f" {results['throughput'][0]['loadgen_procs']} separate process(es); CPU is % of one core)"
+            f"  With {env['cpus']} CPUs, daphne, PostgreSQL, Redis and the load generator share the cores:"
+            " absolute rates are low."
         )
-        busy = [r for r in results["throughput"] if r["server_cpu_pct"] and r["server_cpu_pct"] > 85]
-        if busy:
-            print("  daphne was CPU-bound (one core): these rates are the single-process ceiling.")
-        if any(r["loadgen_cpu_pct"] > 85 for r in results["throughput"]):
-            print("  the load generator was CPU-bound: rerun with --loadgen-procs 2 or on another machine.")
+
+
+# --- the two phases ------------------------------------------------------------------------------
+
+
+def run_sequential(results: dict, mcp_url: str, token: str, server_pid: int, target: dict, args) -> None:
+    latency = results["latency"]
+    print("sequential: direct psycopg ...", flush=True)
+    latency[DIRECT] = summarize({"samples": measure_direct(target, args.n, args.warmup)})
+    modes = ["auto"] if args.skip_legacy else ["auto", "legacy"]
+    with ConnectionSampler(args.pg_url, args.db_name, target["dbname"]) as sampler:
+        for mode in modes:
+            print(f"sequential: SDK client, mode={mode} ...", flush=True)
+            sdk = asyncio.run(measure_sdk(mcp_url, token, mode, args.n, args.warmup, server_pid))
+            latency[f"exec SELECT 1 (SDK, {mode})"] = summarize(sdk["exec"])
+            latency[f"me_get (SDK, {mode})"] = summarize(sdk["me_get"])
+            results["connector_ms_mean"][mode] = sdk["exec"]["connector_ms_mean"]
+        print("sequential: plain JSON-RPC POSTs ...", flush=True)
+        plain = asyncio.run(measure_plain(mcp_url, token, args.n, args.warmup, server_pid))
+        latency["exec SELECT 1 (plain HTTP)"] = summarize(plain["exec"])
+        latency["me_get (plain HTTP)"] = summarize(plain["me_get"])
+    results["sequential_peak_pg_connections"] = dict(sampler.peak)
+    floor = latency[DIRECT]["p50"]
+    for label in [f"SDK, {mode}" for mode in modes] + ["plain HTTP"]:
+        results["overhead_p50_ms"][label] = latency[f"exec SELECT 1 ({label})"]["p50"] - floor
+
+
+def run_throughput(results: dict, mcp_url: str, token: str, server_pid: int, target: dict, args) -> None:
+    sampler_args = (args.pg_url, args.db_name, target["dbname"])
+    for tool, arguments in (("me_get", {}), ("exec", EXEC_ARGS)):
+        print(f"throughput: {tool}, {args.concurrency} clients, {args.duration:g} s ...", flush=True)
+        results["throughput"].append(
+            measure_throughput(mcp_url, token, server_pid, tool, arguments, args, sampler_args)
+        )
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -460,89 +635,60 @@ def report(results: dict, args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    gateway_db = pg_params(args.pg_url, args.db_name)
     target = pg_params(args.pg_url, "postgres")
     data_dir = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
+    log_path = data_dir / "daphne.log"
     port = free_port()
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=pg_url_for(gateway_db),
+        DATABASE_URL=pg_url_for(pg_params(args.pg_url, args.db_name)),
         REDIS_URL=args.redis_url,
         PORT=str(port),
-        # Generated secrets (Django key, Fernet key) go to a throwaway directory, not the
-        # developer's .portcullis/.
+        # Generated development keys go to a throwaway directory, not the developer's .portcullis/.
         PORTCULLIS_DATA_DIR=str(data_dir),
     )
     results: dict = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "args": vars(args),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
+        "environment": describe_environment(args.pg_url),
         "latency": {},
         "connector_ms_mean": {},
         "overhead_p50_ms": {},
-        "modes": ["auto"] if args.skip_legacy else ["auto", "legacy"],
         "throughput": [],
     }
-    log_path = data_dir / "daphne.log"
     try:
-        print(f"setting up database {args.db_name} and seeding it ...", flush=True)
+        print(f"creating and seeding database {args.db_name} ...", flush=True)
         recreate_database(args.pg_url, args.db_name)
         token = seed(env, target)
         with gateway(env, port, log_path) as (url, proc):
             mcp_url = f"{url}/api/mcp"
-            print(f"daphne is up on {url} (pid {proc.pid})", flush=True)
-
-            print("direct psycopg ...", flush=True)
-            results["latency"]["direct psycopg SELECT 1"] = summarize(measure_direct(target, args.n, args.warmup))
-            for mode in results["modes"]:
-                print(f"SDK client, mode={mode} ...", flush=True)
-                sdk = asyncio.run(measure_sdk(mcp_url, token, mode, args.n, args.warmup))
-                results["latency"][f"exec SELECT 1 ({mode})"] = summarize(sdk["exec"]["samples"])
-                results["latency"][f"me_get ({mode})"] = summarize(sdk["me_get"]["samples"])
-                results["connector_ms_mean"][mode] = sdk["exec"]["connector_ms_mean"]
-
+            print(f"daphne is up at {url} (pid {proc.pid})", flush=True)
+            run_sequential(results, mcp_url, token, proc.pid, target, args)
             if not args.skip_throughput:
-                # One checked call first: a load test that counts only failures proves nothing.
-                async def probe():
-                    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-                        for i, (tool, arguments) in enumerate(
-                            [("me_get", {}), ("exec", {"connection_name": CONNECTION, "input": QUERY})]
-                        ):
-                            failure = await raw_call(http, mcp_url, tool, arguments, i + 1)
-                            if failure is not None:
-                                raise RuntimeError(f"plain JSON-RPC {tool} did not succeed: {failure}")
-
-                asyncio.run(probe())
-                for tool, arguments in [("me_get", {}), ("exec", {"connection_name": CONNECTION, "input": QUERY})]:
-                    print(f"throughput: {tool}, {args.concurrency} clients for {args.duration:g} s ...", flush=True)
-                    results["throughput"].append(
-                        measure_throughput(
-                            mcp_url, token, proc.pid, tool, arguments, args.concurrency, args.duration, args.loadgen_procs
-                        )
-                    )
+                run_throughput(results, mcp_url, token, proc.pid, target, args)
         report(results, args)
         if not args.no_json:
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            path = RESULTS_DIR / f"exec_latency-{stamp}.json"
+            path = RESULTS_DIR / f"exec_latency-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
             path.write_text(json.dumps(results, indent=2) + "\n")
             print(f"\nresults written to {path.relative_to(ROOT)}")
         return 0
     except BaseException:
         if log_path.exists() and log_path.stat().st_size:
-            print(f"--- daphne log (tail) ---\n{log_path.read_text()[-3000:]}", file=sys.stderr)
+            print(
+                f"--- daphne log (last 3000 characters) ---\n{log_path.read_text()[-3000:]}", file=sys.stderr
+            )
         raise
     finally:
         try:
             recreate_database(args.pg_url, args.db_name, create=False)
-        except Exception as exc:  # report, but do not hide the original error
-            print(f"warning: could not drop {args.db_name}: {exc}", file=sys.stderr)
+        except Exception as exc:  # say so, without hiding the original error
+            print(f"warning: could not drop database {args.db_name}: {exc}", file=sys.stderr)
         if args.keep_log and log_path.exists():
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             kept = RESULTS_DIR / f"daphne-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.log"
             shutil.copyfile(log_path, kept)
-            print(f"daphne log kept in {kept.relative_to(ROOT)}")
+            print(f"daphne's log kept in {kept.relative_to(ROOT)}")
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

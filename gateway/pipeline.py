@@ -12,6 +12,7 @@ check: until a step exists, this pipeline simply does not claim it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,9 +25,12 @@ from django.utils import timezone
 
 from gateway import runner
 from gateway.connectors import REGISTRY, ExecResult, Limits
-from gateway.connectors.base import cap_text
+from gateway.connectors.base import cap_text, json_value, render_table
 from gateway.models import Connection
+from governance import guardrails, masking
+from governance import rules as rules_service
 from governance.errors import ConnectorError, InvalidInput, NotFound, PolicyDenied, PortcullisError
+from governance.models import GuardrailRule
 from governance.policy import Actor, get_scoped, scope
 from sessions.audit import Outcome, audit_record
 from sessions.models import Session, SessionStatus, Verb
@@ -82,8 +86,10 @@ def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
             not_found=not_found_message(connection_name),
             name=connection_name,
         )
-        if not scope(Connection.objects.filter(pk=connection.pk), actor, "exec").exists():
-            raise PolicyDenied(f'you may not run anything on connection "{connection_name}"')
+        # View and exec scopes differ only for auditors (who see every connection): ask again then.
+        if actor.is_auditor and not actor.is_admin:
+            if not scope(Connection.objects.filter(pk=connection.pk), actor, "exec").exists():
+                raise PolicyDenied(f'you may not run anything on connection "{connection_name}"')
         enabled = connection.exec_enabled if mode == "exec" else connection.schema_enabled
         if not enabled:
             raise PolicyDenied(f"{mode} is disabled for this connection")
@@ -100,13 +106,30 @@ def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
     return connection
 
 
-def _limits(connection: Connection, max_rows: int | None = None) -> Limits:
+def _limits(connection: Connection, max_rows: int | None = None, *, read_only: bool = False) -> Limits:
     rows = connection.max_rows if max_rows is None else min(max_rows, connection.max_rows)
     return Limits(
         max_rows=rows,
         max_output_bytes=connection.max_output_bytes,
         timeout_seconds=connection.timeout_seconds,
+        read_only=read_only,
     )
+
+
+def _block_message(connection: Connection, findings, *, withheld: bool = False) -> str:
+    """What the caller is told: the rule's name and its admin's message, never its conditions."""
+    first = findings[0].rule
+    unparsed = next((f for f in findings if f.condition == "sql.parse_error"), None)
+    if unparsed is not None:
+        # Fail closed, and say why: the rule cannot check what it cannot parse.
+        return (
+            f"blocked because the input could not be checked: it {unparsed.detail}. Guardrail "
+            f"{unparsed.rule} checks SQL statements and lets nothing through that it cannot read"
+        )
+    rule = GuardrailRule.objects.filter(org_id=connection.org_id, name=first).first()
+    default = "the result was withheld by a guardrail" if withheld else "blocked by a guardrail"
+    message = rule.message if rule is not None and rule.message else default
+    return f"{message} (guardrail: {first})"
 
 
 def _connector(connection: Connection, limits: Limits):
@@ -169,13 +192,18 @@ def exec_start(
         raise InvalidInput("max_rows must be at least 1")
     metadata = _check_metadata(metadata)
     connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
-    limits = _limits(connection, max_rows)
-
-    # Input guardrails (guardrails issue) run here and may end the request as `blocked`.
-    # The review gate (reviews issue) runs here and may end it as `pending_approval`.
 
     data = input.encode()
     too_large = len(data) > settings.MAX_INPUT_BYTES
+    # Input guardrails: every statement of the parsed batch, before anything is recorded as runnable.
+    findings, rules = [], []
+    if not too_large:
+        rules = rules_service.as_engine_rules(rules_service.guardrail_rules_bound(connection))
+        findings = guardrails.evaluate_input(rules, input, dialect=guardrails.DIALECTS.get(connection.kind))
+    limits = _limits(connection, max_rows, read_only=guardrails.requires_read_only(rules))
+
+    # The review gate (reviews issue) runs here and may end it as `pending_approval`.
+
     busy = runner.busy()
     now = timezone.now()
     with transaction.atomic():
@@ -188,33 +216,42 @@ def exec_start(
             input_truncated=too_large,
             metadata=metadata,
         )
-        if too_large or busy:
+        outcome = Outcome.SUCCESS
+        if findings:
+            session.status = SessionStatus.BLOCKED
+            session.guardrail_findings = [f.as_dict() for f in findings]
+            session.error = _block_message(connection, findings)
+            outcome = Outcome.BLOCKED
+        elif too_large or busy:
             session.status = SessionStatus.FAILED
             session.error = (
                 f"input is {len(data)} bytes; this gateway accepts at most {settings.MAX_INPUT_BYTES} bytes"
                 if too_large
                 else "the gateway is at capacity; try again shortly"
             )
+            outcome = Outcome.INVALID if too_large else Outcome.FAILED
+        if session.status != SessionStatus.OPEN:
             session.ended_at = now
-            session.save(update_fields=["status", "error", "ended_at"])
+            session.save(update_fields=["status", "error", "ended_at", "guardrail_findings"])
         audit_record(
             actor=actor,
             action="exec.request",
-            outcome=Outcome.INVALID if too_large else (Outcome.FAILED if busy else Outcome.SUCCESS),
+            outcome=outcome,
             target=session,
             detail={
                 "connection": connection.name,
                 "input_bytes": len(data),
                 "input_sha256": session.input_sha256,
+                **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
             },
         )
-    if session.status == SessionStatus.FAILED:
+    if session.status != SessionStatus.OPEN:
         return session
-    _dispatch(session, connection, limits)
+    _dispatch(session, connection, limits, rules)
     return session
 
 
-def _dispatch(session: Session, connection: Connection, limits: Limits) -> None:
+def _dispatch(session: Session, connection: Connection, limits: Limits, rules: list) -> None:
     """Run here in the bounded pool, or on the Celery agent queue the connection names.
 
     Embedded mode (tasks run eagerly) has no agents, so it always runs here.
@@ -228,9 +265,12 @@ def _dispatch(session: Session, connection: Connection, limits: Limits) -> None:
         )
         return
     # After commit, like the agent path: a worker must be able to see the session it claims.
+    preloaded = (session.input, connection, rules)
     transaction.on_commit(
         lambda: runner.submit(
-            str(session.pk), lambda: _run(session.pk, limits), timeout_seconds=limits.timeout_seconds
+            str(session.pk),
+            lambda: _run(session.pk, limits, preloaded),
+            timeout_seconds=limits.timeout_seconds,
         )
     )
 
@@ -254,37 +294,122 @@ def run_on_agent(session_id: str, limits: dict) -> None:
     runner.run_here(session_id, lambda: _run(session_id, limits), timeout_seconds=limits.timeout_seconds)
 
 
-def _run(session_id, limits: Limits) -> None:
-    """Worker-thread body: claim the session, run the connector, finish the record."""
+def _run(session_id, limits: Limits, preloaded: tuple | None = None) -> None:
+    """Worker-thread body: claim the session, run the connector, finish the record.
+
+    `preloaded` (input, connection, guardrail rules) spares queries when the process that
+    recorded the session runs it. Whatever goes wrong, the session does not stay open: it is marked failed.
+    """
+    try:
+        _run_claimed(session_id, limits, preloaded)
+    except Exception:
+        logger.exception("exec job for session %s failed before finishing its record", session_id)
+        ended = Session.objects.filter(
+            pk=session_id, status__in=(SessionStatus.OPEN, SessionStatus.RUNNING)
+        ).update(
+            status=SessionStatus.FAILED,
+            ended_at=timezone.now(),
+            error="internal error while running the session; the gateway log has details",
+        )
+        if ended:
+            notify_session_finished(session_id)
+
+
+def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
     close_old_connections()
     claimed = Session.objects.filter(pk=session_id, status=SessionStatus.OPEN, cancel_requested=False).update(
         status=SessionStatus.RUNNING, started_at=timezone.now(), runner=runner.runner_id()
     )
     if not claimed:
         return  # cancelled while queued; exec_cancel already finished the record
-    session = Session.objects.select_related("connection").get(pk=session_id)
+    rules = None
+    if preloaded is not None:
+        text, connection, rules = preloaded
+    else:
+        session = Session.objects.select_related("connection").get(pk=session_id)
+        text, connection = session.input, session.connection
     result: ExecResult | None = None
     error = ""
     started = time.monotonic()
     try:
-        if session.connection is None:
+        if connection is None:
             raise ConnectorError("the connection was deleted before the session ran")
-        connector = _connector(session.connection, limits)
+        connector = _connector(connection, limits)
         runner.set_cancel_callback(str(session_id), connector.cancel)
-        result = connector.execute(session.input)
+        result = connector.execute(text)
     except PortcullisError as exc:
         error = exc.message
     except Exception:
         logger.exception("connector crashed on session %s", session_id)
         error = "internal error while running the connector; the gateway log has details"
     elapsed_ms = int((time.monotonic() - started) * 1000)
+    findings, masking_info = [], {}
+    if result is not None and connection is not None:
+        try:
+            result, findings, masking_info, error = _protect(connection, result, limits, rules)
+        except Exception:  # never store or return what could not be checked
+            logger.exception("output protection crashed on session %s", session_id)
+            result, error = (
+                None,
+                "the result could not be checked and was withheld; the gateway log has details",
+            )
+    _finish(
+        session_id,
+        result=result,
+        error=error,
+        elapsed_ms=elapsed_ms,
+        max_bytes=limits.max_output_bytes,
+        findings=findings,
+        masking_info=masking_info,
+    )
 
-    # Output guardrails and masking (guardrails issue) act on `result` here, before it is stored.
 
-    _finish(session_id, result=result, error=error, elapsed_ms=elapsed_ms, max_bytes=limits.max_output_bytes)
+def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=None):
+    """Output guardrails, then masking, on a result before it is stored or leaves the gateway.
+
+    Returns (result or None if withheld, output findings, masking info, error).
+    """
+    if rules is None:
+        rules = rules_service.as_engine_rules(rules_service.guardrail_rules_bound(connection))
+    findings = guardrails.evaluate_output(rules, result.output) if rules else []
+    if findings:
+        return None, findings, {}, _block_message(connection, findings, withheld=True)
+    masker, names = rules_service.masker_for(connection)
+    if not masker.active:
+        return result, [], {}, ""
+    try:
+        if result.columns is not None:
+            rows, counts = masker.mask_rows(result.columns, result.rows or [])
+            text, cut = render_table(result.columns, rows, limits.max_output_bytes)
+            result = dataclasses.replace(result, rows=rows, output=text, truncated=result.truncated or cut)
+        else:
+            text, counts = masker.mask_text(result.output)
+            result = dataclasses.replace(result, output=text)
+    except masking.MaskingError:
+        logger.exception("masking failed on a result of connection %s", connection.pk)
+        info = {"rules": names, "counts": {}, "failed": True}
+        return (
+            None,
+            [],
+            info,
+            "masking failed, so the result was withheld (the masking rules are not best-effort)",
+        )
+    info = {"rules": names, "counts": dict(counts)}
+    if masker.unavailable_entities:
+        info["unavailable_entities"] = masker.unavailable_entities
+    return result, [], info, ""
 
 
-def _finish(session_id, *, result: ExecResult | None, error: str, elapsed_ms: int, max_bytes: int) -> None:
+def _finish(
+    session_id,
+    *,
+    result: ExecResult | None,
+    error: str,
+    elapsed_ms: int,
+    max_bytes: int,
+    findings=(),
+    masking_info: dict | None = None,
+) -> None:
     with transaction.atomic():
         session = Session.objects.select_for_update().select_related("user").get(pk=session_id)
         if session.is_final:  # the sweeper gave up on it meanwhile; keep its verdict
@@ -299,9 +424,14 @@ def _finish(session_id, *, result: ExecResult | None, error: str, elapsed_ms: in
             if result.columns is not None:
                 session.result = {"columns": result.columns, "rows": result.rows or []}
         session.error = error
+        session.masking = masking_info or {}
+        if findings:
+            session.guardrail_findings = [f.as_dict() for f in findings]
         if session.cancel_requested:
             session.status = SessionStatus.CANCELLED
             session.error = error or "cancelled"
+        elif findings:
+            session.status = SessionStatus.BLOCKED
         else:
             session.status = SessionStatus.DONE if result is not None else SessionStatus.FAILED
         session.save()
@@ -374,6 +504,14 @@ def exec_envelope(session: Session) -> dict:
             next_step="call sessions_wait with session_id until it finishes, or exec_cancel to stop it",
         )
         return envelope
+    if session.status == SessionStatus.BLOCKED:
+        envelope.update(
+            status="blocked",
+            rule=session.guardrail_findings[0]["rule"] if session.guardrail_findings else None,
+            message=session.error,
+            exit_code=session.exit_code,
+        )
+        return envelope
     output = session.output
     if session.error:
         output = f"{output}\n{session.error}" if output else session.error
@@ -390,6 +528,8 @@ def exec_envelope(session: Session) -> dict:
     if session.result:
         envelope["columns"] = session.result.get("columns")
         envelope["rows"] = session.result.get("rows")
+    if session.masking:
+        envelope["masking"] = session.masking.get("counts", {})
     return envelope
 
 
@@ -443,10 +583,19 @@ def schema_list(
         error = exc.message
     except Exception as exc:  # a driver error on an introspection query
         error = f"schema query failed: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}"
-    # Masking of schema output (guardrails issue) applies here.
-    from gateway.connectors.base import json_value
-
     items = [{k: json_value(v) for k, v in item.items()} for item in items[: connection.max_rows]]
+    masking_info = {}
+    if not error:
+        masker, names = rules_service.masker_for(connection)
+        if masker.active:
+            try:
+                items, counts = masker.mask_json(items)
+                masking_info = {"rules": names, "counts": dict(counts)}
+            except masking.MaskingError:
+                items, error = (
+                    [],
+                    "masking failed, so the result was withheld (the masking rules are not best-effort)",
+                )
     with transaction.atomic():
         session.ended_at = timezone.now()
         session.execution_time_ms = int((time.monotonic() - started) * 1000)
@@ -455,6 +604,7 @@ def schema_list(
         session.error = error
         session.row_count = len(items)
         session.result = {"items": items}
+        session.masking = masking_info
         session.output, session.truncated = cap_text(json.dumps(items), connection.max_output_bytes)
         session.save()
         audit_record(
@@ -491,3 +641,38 @@ def connection_test(*, actor: Actor, connection_name: str) -> dict:
         detail={"latency_ms": latency_ms},
     )
     return {"connection_name": connection.name, "ok": ok, "message": message[:500], "latency_ms": latency_ms}
+
+
+def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
+    """What would happen to `input` on the connection, without running anything: the guardrails
+    that fire, whether it runs read-only, which masking rules apply. Audited.
+
+    Callers who are not admins or auditors see which rules fire, not the findings' details.
+    """
+    if not isinstance(input, str) or not input.strip():
+        raise InvalidInput("input is required")
+    connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
+    if len(input.encode()) > settings.MAX_INPUT_BYTES:
+        raise InvalidInput(f"input is larger than {settings.MAX_INPUT_BYTES} bytes; exec would refuse it")
+    rules = rules_service.as_engine_rules(rules_service.guardrail_rules_bound(connection))
+    findings = guardrails.evaluate_input(rules, input, dialect=guardrails.DIALECTS.get(connection.kind))
+    masker, masking_rules = rules_service.masker_for(connection)
+    privileged = actor.is_admin or actor.is_auditor
+    audit_record(
+        actor=actor,
+        action="exec.explain",
+        target=connection,
+        detail={"would_block": bool(findings), "input_sha256": hashlib.sha256(input.encode()).hexdigest()},
+    )
+    return {
+        "connection_name": connection.name,
+        "would_run": not findings,
+        "blocked_by": sorted({f.rule for f in findings}),
+        "findings": [f.as_dict() for f in findings] if privileged else [],
+        "read_only": guardrails.requires_read_only(rules),
+        "guardrails_evaluated": [r.name for r in rules],
+        "masking_rules": masking_rules,
+        "unavailable_entities": masker.unavailable_entities,
+        # Human review is not part of this gateway yet: nothing needs approval.
+        "review_required": False,
+    }

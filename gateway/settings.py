@@ -226,3 +226,6 @@ MCP_MAX_REQUEST_BYTES = env_int("PORTCULLIS_MCP_MAX_REQUEST_BYTES", 16 * 1024 * 
 RUNNER_STALE_SECONDS = env_int("PORTCULLIS_RUNNER_STALE_SECONDS", 90)
 # Long waits (exec handoff, sessions_wait) send an MCP progress notification this often.
 PROGRESS_INTERVAL_SECONDS = float(env_int("PORTCULLIS_PROGRESS_INTERVAL_SECONDS", 10))
+# Key for masking pseudonyms (HMAC), per org derived from it; defaults to one derived from SECRET_KEY.
+# Changing it changes every pseudonym.
+MASKING_KEY = env_str("PORTCULLIS_MASKING_KEY")

@@ -116,3 +116,67 @@ class ApiToken(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > now
+
+
+class Attribute(models.Model):
+    """A tag on connections (e.g. `env=prod` as the name `prod`); rules bound to it apply to them all."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="attributes")
+    name = models.CharField(max_length=63)
+    description = models.CharField(max_length=500, blank=True)
+    connections = models.ManyToManyField("gateway.Connection", blank=True, related_name="attributes")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="attribute_unique_name_per_org")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class BoundRule(models.Model):
+    """A rule of one org that applies to connections directly or through attributes."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    description = models.CharField(max_length=500, blank=True)
+    enabled = models.BooleanField(default=True)
+    connections = models.ManyToManyField("gateway.Connection", blank=True, related_name="+")
+    attributes = models.ManyToManyField(Attribute, blank=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class GuardrailRule(BoundRule):
+    """Input and output conditions (see `governance.guardrails`). When one fires, nothing runs (input)
+    or the result is withheld (output); the caller sees the rule's name and `message`, never its conditions."""
+
+    message = models.CharField(
+        max_length=500, blank=True, help_text="Shown to the caller when this rule blocks."
+    )
+    input_conditions = models.JSONField(default=dict, blank=True)
+    output_conditions = models.JSONField(default=dict, blank=True)
+
+    class Meta(BoundRule.Meta):
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="guardrail_unique_name_per_org")]
+
+
+class MaskingRule(BoundRule):
+    """What to mask in results and how (see `governance.masking.validate_spec` for `spec`)."""
+
+    spec = models.JSONField(default=dict)
+
+    class Meta(BoundRule.Meta):
+        constraints = [
+            models.UniqueConstraint(fields=["org", "name"], name="maskingrule_unique_name_per_org")
+        ]

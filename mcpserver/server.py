@@ -135,8 +135,8 @@ async def call_tool(ctx, params) -> CallToolResult:
 
 
 def _input_schema(name: str):
-    spec = TOOLS.get(name)
-    return spec.args.model_json_schema() if spec else None
+    definition = _DEFINITIONS.get(name)
+    return definition.input_schema if definition else None
 
 
 def _transport_security() -> TransportSecuritySettings:

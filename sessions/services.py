@@ -84,9 +84,14 @@ def session_get(*, actor: Actor, session_id, action: str = "view") -> Session:
     )
 
 
-def session_to_dict(session: Session) -> dict:
-    """Metadata of a session, without its content."""
+def session_to_dict(session: Session, *, privileged: bool = False) -> dict:
+    """Metadata of a session, without its content. Guardrail findings (which rule, which statement,
+    what matched) are for admins and auditors (`privileged`); everyone sees the rules' names."""
+    findings = session.guardrail_findings or []
     return {
+        "guardrails": sorted({f["rule"] for f in findings}),
+        "guardrail_findings": findings if privileged else [],
+        "masking": (session.masking or {}).get("counts", {}),
         "id": str(session.pk),
         "connection": session.connection_name,
         "connection_kind": session.connection_kind,

@@ -1,17 +1,19 @@
 """Waking waiters when a session ends, across processes.
 
 The process that finishes a session publishes on a channel-layer group; waiters in any replica
-subscribe to it and then re-check the database, so a lost message costs at most one tick. With
-the in-memory layer (the embedded single process) waiters use the local job future instead.
+subscribe to it and then re-check the database, so a lost message costs at most one tick. A
+waiter in the process that runs the session waits on the job's future instead, and subscribes
+to nothing. Publishing happens on one long-lived event loop per process, off the job's path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
@@ -32,19 +34,57 @@ def _shared_layer():
     return layer
 
 
+class _Publisher:
+    """One background event loop per process that sends the wake-ups (one Redis pool, no new loop
+    and connection per message, and the finishing job does not wait for the publish)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="portcullis-wakeup", daemon=True).start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def publish(self, layer, group: str) -> None:
+        future = asyncio.run_coroutine_threadsafe(
+            layer.group_send(group, {"type": "session.finished"}), self._ensure_loop()
+        )
+        future.add_done_callback(_log_failure)
+
+
+def _log_failure(future) -> None:
+    if future.exception() is not None:  # waiters re-check the database on their next tick anyway
+        logger.warning("could not publish a session's end: %r", future.exception())
+
+
+_publisher = _Publisher()
+
+
 def notify_session_finished(session_id) -> None:
     layer = _shared_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(_group(session_id), {"type": "session.finished"})
-    except Exception:  # waiters re-check the database on their next tick anyway
-        logger.warning("could not publish the end of session %s", session_id, exc_info=True)
+    if layer is not None:
+        _publisher.publish(layer, _group(session_id))
 
 
 @database_sync_to_async
 def _load(session_id) -> Session:
     return Session.objects.get(pk=session_id)
+
+
+async def _receive(layer, channel, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(layer.receive(channel), timeout=timeout)
+    except TimeoutError:
+        pass
+    except Exception:  # a Redis hiccup: fall back to the database re-check of the next tick
+        logger.warning("channel layer receive failed; polling instead", exc_info=True)
+        await asyncio.sleep(min(timeout, 1.0))
 
 
 async def wait_for_final(session_id, timeout: float, *, on_progress=None, progress_every: float = 10.0):
@@ -55,13 +95,16 @@ async def wait_for_final(session_id, timeout: float, *, on_progress=None, progre
     start = time.monotonic()
     deadline = start + timeout
     last_progress = start
-    layer = _shared_layer()
-    channel = None
-    if layer is not None:
-        channel = await layer.new_channel()
-        await layer.group_add(_group(session_id), channel)
+    layer, channel = None, None
+    key = str(session_id)
     try:
         while True:
+            now = time.monotonic()
+            future = runner.local_future(key)
+            if future is not None:
+                # Runs in this process: its future resolves right after the record is final.
+                step = max(min(deadline - now, progress_every - (now - last_progress)), 0.01)
+                await asyncio.wait({asyncio.wrap_future(future)}, timeout=step)
             session = await _load(session_id)
             now = time.monotonic()
             if session.is_final:
@@ -71,18 +114,23 @@ async def wait_for_final(session_id, timeout: float, *, on_progress=None, progre
             if on_progress is not None and now - last_progress >= progress_every:
                 last_progress = now
                 await on_progress(now - start, timeout)
-            step = min(deadline - now, progress_every - (now - last_progress), 5.0)
-            step = max(step, 0.01)
-            future = runner.local_future(str(session_id))
-            if future is not None:
-                await asyncio.wait({asyncio.wrap_future(future)}, timeout=step)
-            elif channel is not None:
-                try:
-                    await asyncio.wait_for(layer.receive(channel), timeout=step)
-                except TimeoutError:
-                    pass
+            if runner.local_future(key) is not None:
+                continue
+            step = max(min(deadline - now, progress_every - (now - last_progress), 5.0), 0.01)
+            if channel is None and _shared_layer() is not None:
+                # Another process runs it: subscribe, then re-check before the first wait so an
+                # end that happened in between is not missed.
+                layer = _shared_layer()
+                channel = await layer.new_channel()
+                await layer.group_add(_group(session_id), channel)
+                continue
+            if channel is not None:
+                await _receive(layer, channel, step)
             else:
                 await asyncio.sleep(min(step, 0.25))
     finally:
         if channel is not None:
-            await layer.group_discard(_group(session_id), channel)
+            try:
+                await layer.group_discard(_group(session_id), channel)
+            except Exception:
+                logger.warning("could not leave a wake-up group", exc_info=True)

@@ -22,6 +22,9 @@ class Limits:
     max_rows: int
     max_output_bytes: int
     timeout_seconds: int
+    # Run in a read-only transaction on the target (a guardrail asked for it): the second line of
+    # defence behind the guardrail's own check of the parsed statements.
+    read_only: bool = False
 
 
 @dataclass

@@ -76,6 +76,8 @@ class MySQLConnector(Connector):
                 cur.execute("SET SESSION max_statement_time = %s", (self.limits.timeout_seconds,))
             except pymysql.Error:
                 cur.execute("SET SESSION max_execution_time = %s", (self.limits.timeout_seconds * 1000,))
+            if self.limits.read_only:
+                cur.execute("SET SESSION TRANSACTION READ ONLY")
         self._conn = conn
         self._thread_id = conn.thread_id()
         return conn

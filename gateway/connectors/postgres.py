@@ -42,7 +42,8 @@ class PostgresConnector(Connector):
                 connect_timeout=10,
                 autocommit=True,
                 application_name="portcullis",
-                options=f"-c statement_timeout={timeout_ms}",
+                options=f"-c statement_timeout={timeout_ms}"
+                + (" -c default_transaction_read_only=on" if self.limits.read_only else ""),
             )
         except psycopg.Error as exc:
             raise wrap_connect_error(self.kind, exc) from None

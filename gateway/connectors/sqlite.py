@@ -66,10 +66,17 @@ def split_statements(text: str) -> list[str]:
     return statements
 
 
-def _authorizer(action, *args):
+def _authorizer(action, arg1, *args):
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
+
+
+def _read_only_authorizer(action, arg1, *args):
+    # query_only is the read-only switch: nobody may turn it off again.
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() == "query_only":
+        return sqlite3.SQLITE_DENY
+    return _authorizer(action, arg1, *args)
 
 
 class SQLiteConnector(Connector):
@@ -100,13 +107,15 @@ class SQLiteConnector(Connector):
             conn = sqlite3.connect(str(path), timeout=5, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise ConnectorError(f"could not connect to the sqlite target: {exc}") from None
-        conn.set_authorizer(_authorizer)
         deadline = time.monotonic() + self.limits.timeout_seconds
 
         def progress():  # a non-zero return aborts the statement
             return 1 if self.cancelled.is_set() or time.monotonic() > deadline else 0
 
         conn.set_progress_handler(progress, 10_000)
+        if self.limits.read_only:
+            conn.execute("PRAGMA query_only = ON")
+        conn.set_authorizer(_read_only_authorizer if self.limits.read_only else _authorizer)
         self._conn = conn
         return conn
 

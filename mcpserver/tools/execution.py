@@ -46,6 +46,10 @@ class ExecEnvelope(Result):
     exit_code: int | None = None
     execution_time_ms: int | None = None
     analysis: dict[str, Any] | None = None
+    masking: dict[str, int] | None = Field(
+        None, description="How many values of each entity type were masked."
+    )
+    rule: str | None = Field(None, description="The guardrail that blocked it (its name only).")
     message: str | None = None
     next_step: str | None = None
     timed_out: bool | None = None
@@ -157,4 +161,50 @@ async def exec_cancel(actor, args: CancelArgs, ctx) -> CancelResult:
     )
     return CancelResult(
         session_id=str(session.pk), status=session.status, cancel_requested=True, message=message
+    )
+
+
+class ExplainArgs(Args):
+    connection_name: str = Field(min_length=1, max_length=63)
+    input: str = Field(min_length=1)
+
+
+class ExplainFinding(Result):
+    rule: str
+    direction: str
+    condition: str
+    statement: int | None
+    detail: str
+
+
+class ExplainResult(Result):
+    connection_name: str
+    would_run: bool
+    blocked_by: list[str] = Field(description="Names of the guardrails that would block it.")
+    findings: list[ExplainFinding] = Field(description="Details, for admins and auditors only.")
+    read_only: bool = Field(description="Whether it would run in a read-only transaction.")
+    guardrails_evaluated: list[str]
+    masking_rules: list[str]
+    unavailable_entities: list[str]
+    review_required: bool
+
+
+@tool(
+    "exec_explain",
+    description=(
+        "Dry run of exec: which guardrails would block the input, whether it runs read-only, which masking rules "
+        "apply to the result, whether a review is needed. Nothing runs; the question is audited."
+    ),
+    args=ExplainArgs,
+    result=ExplainResult,
+    render=lambda r: (
+        ("would run" if r.would_run else "would be BLOCKED by " + ", ".join(r.blocked_by))
+        + (" (read-only)" if r.read_only else "")
+    ),
+)
+async def exec_explain(actor, args: ExplainArgs, ctx) -> ExplainResult:
+    return ExplainResult(
+        **await db(
+            lambda: pipeline.exec_explain(actor=actor, connection_name=args.connection_name, input=args.input)
+        )()
     )

@@ -12,6 +12,11 @@ from sessions import services
 
 
 class SessionOut(Result):
+    guardrails: list[str] = Field(description="Guardrails that blocked it or withheld its result.")
+    guardrail_findings: list[dict[str, Any]] = Field(
+        description="Which rule, which statement (admins, auditors)."
+    )
+    masking: dict[str, int] = Field(description="Values masked per entity type.")
     id: str
     connection: str
     connection_kind: str
@@ -84,7 +89,9 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
             limit=args.limit,
             offset=args.offset,
         )
-        return [services.session_to_dict(s) for s in page], total
+        return [
+            services.session_to_dict(s, privileged=actor.is_admin or actor.is_auditor) for s in page
+        ], total
 
     items, total = await run()
     return ListResult(**page(items, total, args.offset))
@@ -101,7 +108,12 @@ class IdArgs(Args):
     result=SessionOut,
 )
 async def sessions_get(actor, args: IdArgs, ctx) -> SessionOut:
-    data = await db(lambda: services.session_to_dict(services.session_get(actor=actor, session_id=args.id)))()
+    data = await db(
+        lambda: services.session_to_dict(
+            services.session_get(actor=actor, session_id=args.id),
+            privileged=actor.is_admin or actor.is_auditor,
+        )
+    )()
     return SessionOut(**data)
 
 

@@ -1,0 +1,428 @@
+"""Rule services: attributes, guardrail rules and masking rules, for every surface.
+
+Reading rules is for admins and auditors; changing them is for admins. Every change is audited.
+The pipeline reads the rules that bind a connection through `guardrails_for` and `masker_for`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
+
+from gateway.models import NAME_VALIDATOR, Connection
+from governance import guardrails, masking
+from governance.errors import Conflict, InvalidInput, NotFound
+from governance.models import Attribute, GuardrailRule, MaskingRule
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role
+from sessions.audit import audit_record
+
+MAX_LIMIT = 100
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+def _check_name(name: str, what: str) -> str:
+    name = (name or "").strip()
+    try:
+        NAME_VALIDATOR(name)
+    except Exception:
+        raise InvalidInput(f"{what} name: use 1-63 letters, digits, '-', '_' or '.'") from None
+    return name
+
+
+def _connections(actor: Actor, names: list[str] | None) -> list[Connection]:
+    """The actor's org's connections by name; every name must exist there."""
+    if not names:
+        return []
+    found = {c.name: c for c in Connection.objects.filter(org_id=actor.org_id, name__in=names)}
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise NotFound(f'connection "{missing[0]}" not found or not accessible')
+    return [found[n] for n in names]
+
+
+def _attributes(actor: Actor, names: list[str] | None) -> list[Attribute]:
+    if not names:
+        return []
+    found = {a.name: a for a in Attribute.objects.filter(org_id=actor.org_id, name__in=names)}
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise NotFound(f'attribute "{missing[0]}" not found')
+    return [found[n] for n in names]
+
+
+def _by_ref(qs: QuerySet, actor: Actor, ref: str, what: str):
+    """A rule of the actor's org by id or by name."""
+    qs = qs.filter(org_id=actor.org_id)
+    try:
+        obj = qs.filter(pk=uuid.UUID(str(ref))).first()
+    except ValueError:
+        obj = None
+    obj = obj or qs.filter(name=ref).first()
+    if obj is None:
+        raise NotFound(f'{what} "{ref}" not found')
+    return obj
+
+
+def _page(qs: QuerySet, limit: int, offset: int) -> tuple[list, int]:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
+    if offset < 0:
+        raise InvalidInput("offset must not be negative")
+    return list(qs[offset : offset + limit]), qs.count()
+
+
+def _bindings(obj) -> dict:
+    return {
+        "connections": sorted(c.name for c in obj.connections.all()),
+        "attributes": sorted(a.name for a in obj.attributes.all()),
+    }
+
+
+def _save_unique(obj, what: str) -> None:
+    try:
+        with transaction.atomic():
+            obj.save()
+    except IntegrityError:
+        raise Conflict(f'{what} "{obj.name}" already exists') from None
+
+
+# --- attributes --------------------------------------------------------------------------------
+
+
+def attribute_to_dict(attribute: Attribute) -> dict:
+    return {
+        "id": str(attribute.pk),
+        "name": attribute.name,
+        "description": attribute.description,
+        "connections": sorted(c.name for c in attribute.connections.all()),
+        "created_at": attribute.created_at.isoformat(),
+    }
+
+
+def attribute_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[Attribute], int]:
+    require_role(actor, ROLE_ADMIN)
+    qs = Attribute.objects.filter(org_id=actor.org_id).prefetch_related("connections").order_by("name")
+    return _page(qs, limit, offset)
+
+
+def attribute_get(*, actor: Actor, name: str) -> Attribute:
+    require_role(actor, ROLE_ADMIN)
+    return _by_ref(Attribute.objects.prefetch_related("connections"), actor, name, "attribute")
+
+
+def attribute_create(
+    *, actor: Actor, name: str, description: str = "", connections: list[str] | None = None
+) -> Attribute:
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        attribute = Attribute(
+            org_id=actor.org_id, name=_check_name(name, "attribute"), description=description
+        )
+        _save_unique(attribute, "attribute")
+        attribute.connections.set(_connections(actor, connections))
+        audit_record(
+            actor=actor,
+            action="attribute.create",
+            target=attribute,
+            detail={"connections": connections or []},
+        )
+    return attribute
+
+
+def attribute_update(
+    *, actor: Actor, name: str, description: str | None = None, connections: list[str] | None = None
+) -> Attribute:
+    """Change an attribute; `connections`, when given, replaces the whole list."""
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        attribute = _by_ref(Attribute.objects.select_for_update(), actor, name, "attribute")
+        if description is not None:
+            attribute.description = description
+            attribute.save(update_fields=["description"])
+        if connections is not None:
+            attribute.connections.set(_connections(actor, connections))
+        audit_record(actor=actor, action="attribute.update", target=attribute)
+    return attribute
+
+
+def attribute_delete(*, actor: Actor, name: str) -> None:
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        attribute = _by_ref(Attribute.objects.all(), actor, name, "attribute")
+        audit_record(actor=actor, action="attribute.delete", target=attribute)
+        attribute.delete()
+
+
+# --- guardrail rules ---------------------------------------------------------------------------
+
+
+def guardrail_to_dict(rule: GuardrailRule) -> dict:
+    return {
+        "id": str(rule.pk),
+        "name": rule.name,
+        "description": rule.description,
+        "message": rule.message,
+        "enabled": rule.enabled,
+        "input": rule.input_conditions,
+        "output": rule.output_conditions,
+        **_bindings(rule),
+        "created_at": rule.created_at.isoformat(),
+        "updated_at": rule.updated_at.isoformat(),
+    }
+
+
+def guardrail_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[GuardrailRule], int]:
+    require_role(actor, ROLE_AUDITOR)
+    qs = GuardrailRule.objects.filter(org_id=actor.org_id).prefetch_related("connections", "attributes")
+    return _page(qs.order_by("name"), limit, offset)
+
+
+def guardrail_get(*, actor: Actor, ref: str) -> GuardrailRule:
+    require_role(actor, ROLE_AUDITOR)
+    return _by_ref(
+        GuardrailRule.objects.prefetch_related("connections", "attributes"), actor, ref, "guardrail"
+    )
+
+
+def _apply_guardrail(rule: GuardrailRule, actor: Actor, fields: dict) -> list[str]:
+    changed = []
+    if "name" in fields:
+        rule.name = _check_name(fields["name"], "guardrail")
+    for key in ("description", "message", "enabled"):
+        if key in fields:
+            setattr(rule, key, fields[key])
+    if "input" in fields:
+        rule.input_conditions = guardrails.validate_conditions(fields["input"] or {}, direction="input")
+    if "output" in fields:
+        rule.output_conditions = guardrails.validate_conditions(fields["output"] or {}, direction="output")
+    if not rule.input_conditions and not rule.output_conditions:
+        raise InvalidInput("a guardrail needs at least one input or output condition")
+    changed = sorted(k for k in fields if k not in ("connections", "attributes"))
+    _save_unique(rule, "guardrail")
+    if "connections" in fields:
+        rule.connections.set(_connections(actor, fields["connections"]))
+        changed.append("connections")
+    if "attributes" in fields:
+        rule.attributes.set(_attributes(actor, fields["attributes"]))
+        changed.append("attributes")
+    return changed
+
+
+def guardrail_create(*, actor: Actor, name: str, **fields) -> GuardrailRule:
+    """Create a guardrail rule. Fields: description, message, enabled, input, output, connections, attributes."""
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = GuardrailRule(org_id=actor.org_id)
+        _apply_guardrail(rule, actor, {"name": name, **fields})
+        audit_record(actor=actor, action="guardrail.create", target=rule, detail=_bindings(rule))
+    return rule
+
+
+def guardrail_update(*, actor: Actor, ref: str, **fields) -> GuardrailRule:
+    """Change the fields given; `connections` and `attributes` replace their lists."""
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = _by_ref(GuardrailRule.objects.select_for_update(), actor, ref, "guardrail")
+        changed = _apply_guardrail(rule, actor, fields)
+        audit_record(actor=actor, action="guardrail.update", target=rule, detail={"changed": changed})
+    return rule
+
+
+def guardrail_delete(*, actor: Actor, ref: str) -> str:
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = _by_ref(GuardrailRule.objects.all(), actor, ref, "guardrail")
+        name = rule.name
+        audit_record(actor=actor, action="guardrail.delete", target=rule)
+        rule.delete()
+    return name
+
+
+def _bound(qs: QuerySet, connection: Connection) -> QuerySet:
+    return (
+        qs.filter(org_id=connection.org_id, enabled=True)
+        .filter(Q(connections=connection) | Q(attributes__connections=connection))
+        .distinct()
+        .order_by("name")
+    )
+
+
+def guardrail_rules_bound(connection: Connection) -> list[GuardrailRule]:
+    return list(_bound(GuardrailRule.objects.all(), connection))
+
+
+def as_engine_rules(rules: list[GuardrailRule]) -> list[guardrails.Rule]:
+    return [guardrails.Rule(name=r.name, input=r.input_conditions, output=r.output_conditions) for r in rules]
+
+
+def guardrail_test(
+    *,
+    actor: Actor,
+    input: str,
+    ref: str | None = None,
+    connection_name: str | None = None,
+    direction: str = "input",
+    dialect: str | None = None,
+) -> dict:
+    """Evaluate text against one rule, or against every rule bound to a connection. Runs nothing."""
+    require_role(actor, ROLE_AUDITOR)
+    if (ref is None) == (connection_name is None):
+        raise InvalidInput("give either a rule (id or name) or a connection_name")
+    if direction not in ("input", "output"):
+        raise InvalidInput("direction must be input or output")
+    if connection_name is not None:
+        connection = _connections(actor, [connection_name])[0]
+        rules = guardrail_rules_bound(connection)
+        dialect = dialect or guardrails.DIALECTS.get(connection.kind)
+    else:
+        rules = [_by_ref(GuardrailRule.objects.all(), actor, ref, "guardrail")]
+    if dialect is not None and dialect not in guardrails.DIALECTS.values():
+        raise InvalidInput(f"dialect must be one of: {', '.join(sorted(set(guardrails.DIALECTS.values())))}")
+    engine_rules = as_engine_rules(rules)
+    if direction == "input":
+        findings = guardrails.evaluate_input(engine_rules, input, dialect=dialect)
+    else:
+        findings = guardrails.evaluate_output(engine_rules, input)
+    return {
+        "blocked": bool(findings),
+        "rules_evaluated": [r.name for r in rules],
+        "findings": [f.as_dict() for f in findings],
+        "read_only": direction == "input" and guardrails.requires_read_only(engine_rules),
+    }
+
+
+# --- masking rules -----------------------------------------------------------------------------
+
+
+def masking_rule_to_dict(rule: MaskingRule) -> dict:
+    return {
+        "id": str(rule.pk),
+        "name": rule.name,
+        "description": rule.description,
+        "enabled": rule.enabled,
+        "spec": rule.spec,
+        **_bindings(rule),
+        "created_at": rule.created_at.isoformat(),
+        "updated_at": rule.updated_at.isoformat(),
+    }
+
+
+def masking_rule_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[MaskingRule], int]:
+    require_role(actor, ROLE_AUDITOR)
+    qs = MaskingRule.objects.filter(org_id=actor.org_id).prefetch_related("connections", "attributes")
+    return _page(qs.order_by("name"), limit, offset)
+
+
+def masking_rule_get(*, actor: Actor, ref: str) -> MaskingRule:
+    require_role(actor, ROLE_AUDITOR)
+    return _by_ref(
+        MaskingRule.objects.prefetch_related("connections", "attributes"), actor, ref, "masking rule"
+    )
+
+
+def _apply_masking(rule: MaskingRule, actor: Actor, fields: dict) -> list[str]:
+    if "name" in fields:
+        rule.name = _check_name(fields["name"], "masking rule")
+    for key in ("description", "enabled"):
+        if key in fields:
+            setattr(rule, key, fields[key])
+    if "spec" in fields:
+        rule.spec = masking.validate_spec(fields["spec"] or {})
+    changed = sorted(k for k in fields if k not in ("connections", "attributes"))
+    _save_unique(rule, "masking rule")
+    if "connections" in fields:
+        rule.connections.set(_connections(actor, fields["connections"]))
+        changed.append("connections")
+    if "attributes" in fields:
+        rule.attributes.set(_attributes(actor, fields["attributes"]))
+        changed.append("attributes")
+    return changed
+
+
+def masking_rule_create(*, actor: Actor, name: str, spec: dict, **fields) -> MaskingRule:
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = MaskingRule(org_id=actor.org_id)
+        _apply_masking(rule, actor, {"name": name, "spec": spec, **fields})
+        audit_record(actor=actor, action="masking_rule.create", target=rule, detail=_bindings(rule))
+    return rule
+
+
+def masking_rule_update(*, actor: Actor, ref: str, **fields) -> MaskingRule:
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = _by_ref(MaskingRule.objects.select_for_update(), actor, ref, "masking rule")
+        changed = _apply_masking(rule, actor, fields)
+        audit_record(actor=actor, action="masking_rule.update", target=rule, detail={"changed": changed})
+    return rule
+
+
+def masking_rule_delete(*, actor: Actor, ref: str) -> str:
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = _by_ref(MaskingRule.objects.all(), actor, ref, "masking rule")
+        name = rule.name
+        audit_record(actor=actor, action="masking_rule.delete", target=rule)
+        rule.delete()
+    return name
+
+
+def masking_key(org_id) -> bytes:
+    """The org's pseudonym key: stable for the deployment, different per org (so pseudonyms never
+    correlate across orgs)."""
+    base = (settings.MASKING_KEY or settings.SECRET_KEY).encode()
+    return hmac.new(base, f"portcullis-masking:{org_id}".encode(), hashlib.sha256).digest()
+
+
+def masking_rules_bound(connection: Connection) -> list[MaskingRule]:
+    return list(_bound(MaskingRule.objects.all(), connection))
+
+
+def masker_for(connection: Connection) -> tuple[masking.Masker, list[str]]:
+    """The masker for a connection's results, and the names of the rules it applies."""
+    rules = masking_rules_bound(connection)
+    return masking.Masker([r.spec for r in rules], key=masking_key(connection.org_id)), [
+        r.name for r in rules
+    ]
+
+
+def masking_preview(
+    *,
+    actor: Actor,
+    ref: str | None = None,
+    spec: dict | None = None,
+    text: str | None = None,
+    columns: list[str] | None = None,
+    rows: list[list] | None = None,
+) -> dict:
+    """Mask a sample the caller provides with a stored rule or an inline spec. Returns only masked data."""
+    require_role(actor, ROLE_AUDITOR)
+    if (ref is None) == (spec is None):
+        raise InvalidInput("give either a rule (id or name) or an inline spec")
+    if text is None and rows is None:
+        raise InvalidInput("give a sample text, or columns and rows")
+    if rows is not None and (columns is None or any(len(r) != len(columns) for r in rows)):
+        raise InvalidInput("every sample row needs one value per column")
+    checked = masking.validate_spec(spec) if spec is not None else None
+    rule_spec = checked or _by_ref(MaskingRule.objects.all(), actor, ref, "masking rule").spec
+    masker = masking.Masker([rule_spec], key=masking_key(actor.org_id))
+    result: dict = {"counts": {}, "unavailable_entities": masker.unavailable_entities}
+    try:
+        if text is not None:
+            result["text"], counts = masker.mask_text(text)
+            result["counts"] = dict(counts)
+        if rows is not None:
+            result["columns"] = columns
+            result["rows"], counts = masker.mask_rows(columns, rows)
+            for name, count in counts.items():
+                result["counts"][name] = result["counts"].get(name, 0) + count
+    except masking.MaskingError as exc:
+        raise InvalidInput(f"masking failed: {exc}") from None
+    return result

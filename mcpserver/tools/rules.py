@@ -1,0 +1,493 @@
+"""Rules: guardrails_*, datamasking_rules_*, attributes_*. Reading is for admins and auditors
+(attributes: admins), changing is for admins."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from channels.db import database_sync_to_async as db
+from pydantic import Field
+
+from governance import rules
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
+from mcpserver.registry import Args, Result, page, tool
+
+Limit = Annotated[int, Field(ge=1, le=100)]
+Offset = Annotated[int, Field(ge=0, le=10_000)]
+Names = list[Annotated[str, Field(min_length=1, max_length=63)]]
+
+
+class PageArgs(Args):
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+class RefArgs(Args):
+    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+
+
+class Deleted(Result):
+    name: str
+    deleted: bool
+
+
+# --- guardrails --------------------------------------------------------------------------------
+
+CONDITIONS_HELP = (
+    'Input: {"sql": {"deny_statements": ["drop", ...], "require_where": true, "single_statement": true, '
+    '"read_only": true, "deny_tables": ["billing.*"], "deny_schemas": [...], "deny_functions": [...]}, '
+    '"deny_words": [...], "regex": [...]}. Output: {"deny_words": [...], "regex": [...], "secrets": true}. '
+    "SQL conditions are checked on the parsed statements in the connection's dialect; input that does not parse "
+    "is blocked."
+)
+
+
+class GuardrailOut(Result):
+    id: str
+    name: str
+    description: str
+    message: str
+    enabled: bool
+    input: dict[str, Any]
+    output: dict[str, Any]
+    connections: list[str]
+    attributes: list[str]
+    created_at: str
+    updated_at: str
+
+
+class GuardrailList(Result):
+    items: list[GuardrailOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+@tool(
+    "guardrails_list",
+    description="Guardrail rules of your org (admins and auditors).",
+    args=PageArgs,
+    result=GuardrailList,
+    role=ROLE_AUDITOR,
+)
+async def guardrails_list(actor, args: PageArgs, ctx) -> GuardrailList:
+    @db
+    def run():
+        items, total = rules.guardrail_list(actor=actor, limit=args.limit, offset=args.offset)
+        return [rules.guardrail_to_dict(r) for r in items], total
+
+    items, total = await run()
+    return GuardrailList(**page(items, total, args.offset))
+
+
+@tool(
+    "guardrails_get",
+    description="One guardrail rule by id or name (admins and auditors).",
+    args=RefArgs,
+    result=GuardrailOut,
+    role=ROLE_AUDITOR,
+)
+async def guardrails_get(actor, args: RefArgs, ctx) -> GuardrailOut:
+    return GuardrailOut(
+        **await db(lambda: rules.guardrail_to_dict(rules.guardrail_get(actor=actor, ref=args.id)))()
+    )
+
+
+class GuardrailFields(Args):
+    description: str | None = Field(None, max_length=500)
+    message: str | None = Field(None, max_length=500, description="Shown to callers when the rule blocks.")
+    enabled: bool | None = None
+    input: dict[str, Any] | None = Field(None, description=CONDITIONS_HELP)
+    output: dict[str, Any] | None = None
+    connections: Names | None = Field(None, description="Connection names (replaces the list).")
+    attributes: Names | None = Field(None, description="Attribute names (replaces the list).")
+
+
+class GuardrailCreate(GuardrailFields):
+    name: str = Field(min_length=1, max_length=63)
+
+
+class GuardrailUpdate(GuardrailFields):
+    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+    name: str | None = Field(None, min_length=1, max_length=63, description="A new name.")
+
+
+def _fields(args: Args, skip=("id",)) -> dict:
+    return {k: v for k, v in args.model_dump().items() if v is not None and k not in skip}
+
+
+@tool(
+    "guardrails_create",
+    description="Create a guardrail rule (admin). " + CONDITIONS_HELP,
+    args=GuardrailCreate,
+    result=GuardrailOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+)
+async def guardrails_create(actor, args: GuardrailCreate, ctx) -> GuardrailOut:
+    fields = _fields(args, skip=("name",))
+    return GuardrailOut(
+        **await db(
+            lambda: rules.guardrail_to_dict(rules.guardrail_create(actor=actor, name=args.name, **fields))
+        )()
+    )
+
+
+@tool(
+    "guardrails_update",
+    description="Change a guardrail rule (admin); only the fields given change, lists are replaced.",
+    args=GuardrailUpdate,
+    result=GuardrailOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+    idempotent=True,
+)
+async def guardrails_update(actor, args: GuardrailUpdate, ctx) -> GuardrailOut:
+    fields = _fields(args)
+    return GuardrailOut(
+        **await db(
+            lambda: rules.guardrail_to_dict(rules.guardrail_update(actor=actor, ref=args.id, **fields))
+        )()
+    )
+
+
+@tool(
+    "guardrails_delete",
+    description="Delete a guardrail rule (admin).",
+    args=RefArgs,
+    result=Deleted,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+)
+async def guardrails_delete(actor, args: RefArgs, ctx) -> Deleted:
+    return Deleted(name=await db(lambda: rules.guardrail_delete(actor=actor, ref=args.id))(), deleted=True)
+
+
+class GuardrailTestArgs(Args):
+    input: str = Field(min_length=1, description="The SQL, command or output text to evaluate.")
+    id: str | None = Field(None, max_length=100, description="Evaluate this rule (id or name)...")
+    connection_name: str | None = Field(
+        None, max_length=63, description="...or every rule bound to this connection."
+    )
+    direction: Literal["input", "output"] = "input"
+    dialect: Literal["postgres", "mysql", "sqlite"] | None = Field(
+        None, description="SQL dialect when testing a single rule (a connection brings its own)."
+    )
+
+
+class Finding(Result):
+    rule: str
+    direction: str
+    condition: str
+    statement: int | None
+    detail: str
+
+
+class GuardrailTestResult(Result):
+    blocked: bool
+    rules_evaluated: list[str]
+    findings: list[Finding]
+    read_only: bool
+
+
+@tool(
+    "guardrails_test",
+    description="Evaluate text against one guardrail or a connection's guardrails. Runs nothing (admins, auditors).",
+    args=GuardrailTestArgs,
+    result=GuardrailTestResult,
+    role=ROLE_AUDITOR,
+    render=lambda r: (
+        ("BLOCKED: " + ", ".join(sorted({f.rule for f in r.findings}))) if r.blocked else "allowed"
+    ),
+)
+async def guardrails_test(actor, args: GuardrailTestArgs, ctx) -> GuardrailTestResult:
+    result = await db(
+        lambda: rules.guardrail_test(
+            actor=actor,
+            input=args.input,
+            ref=args.id,
+            connection_name=args.connection_name,
+            direction=args.direction,
+            dialect=args.dialect,
+        )
+    )()
+    return GuardrailTestResult(**result)
+
+
+# --- masking -----------------------------------------------------------------------------------
+
+SPEC_HELP = (
+    '{"entities": ["EMAIL_ADDRESS", "CREDIT_CARD", ...], "custom": [{"name": "EMPLOYEE_ID", "regex": "E\\\\d{6}", '
+    '"score": 0.9} or {"name": "PROJECT", "deny_list": [...]}], "columns": ["(?i)e?mail|phone"], '
+    '"score_threshold": 0.5, "method": "redact" | "partial" | "pseudonym", "keep_last": 4, "best_effort": false}'
+)
+
+
+class MaskingOut(Result):
+    id: str
+    name: str
+    description: str
+    enabled: bool
+    spec: dict[str, Any]
+    connections: list[str]
+    attributes: list[str]
+    created_at: str
+    updated_at: str
+
+
+class MaskingList(Result):
+    items: list[MaskingOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+@tool(
+    "datamasking_rules_list",
+    description="Masking rules of your org (admins and auditors).",
+    args=PageArgs,
+    result=MaskingList,
+    role=ROLE_AUDITOR,
+)
+async def datamasking_rules_list(actor, args: PageArgs, ctx) -> MaskingList:
+    @db
+    def run():
+        items, total = rules.masking_rule_list(actor=actor, limit=args.limit, offset=args.offset)
+        return [rules.masking_rule_to_dict(r) for r in items], total
+
+    items, total = await run()
+    return MaskingList(**page(items, total, args.offset))
+
+
+@tool(
+    "datamasking_rules_get",
+    description="One masking rule by id or name (admins and auditors).",
+    args=RefArgs,
+    result=MaskingOut,
+    role=ROLE_AUDITOR,
+)
+async def datamasking_rules_get(actor, args: RefArgs, ctx) -> MaskingOut:
+    return MaskingOut(
+        **await db(lambda: rules.masking_rule_to_dict(rules.masking_rule_get(actor=actor, ref=args.id)))()
+    )
+
+
+class MaskingFields(Args):
+    description: str | None = Field(None, max_length=500)
+    enabled: bool | None = None
+    connections: Names | None = Field(None, description="Connection names (replaces the list).")
+    attributes: Names | None = Field(None, description="Attribute names (replaces the list).")
+
+
+class MaskingCreate(MaskingFields):
+    name: str = Field(min_length=1, max_length=63)
+    spec: dict[str, Any] = Field(description=SPEC_HELP)
+
+
+class MaskingUpdate(MaskingFields):
+    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+    name: str | None = Field(None, min_length=1, max_length=63, description="A new name.")
+    spec: dict[str, Any] | None = Field(None, description=SPEC_HELP)
+
+
+@tool(
+    "datamasking_rules_create",
+    description="Create a masking rule (admin): " + SPEC_HELP,
+    args=MaskingCreate,
+    result=MaskingOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+)
+async def datamasking_rules_create(actor, args: MaskingCreate, ctx) -> MaskingOut:
+    fields = _fields(args, skip=("name", "spec"))
+    return MaskingOut(
+        **await db(
+            lambda: rules.masking_rule_to_dict(
+                rules.masking_rule_create(actor=actor, name=args.name, spec=args.spec, **fields)
+            )
+        )()
+    )
+
+
+@tool(
+    "datamasking_rules_update",
+    description="Change a masking rule (admin); only the fields given change, lists are replaced.",
+    args=MaskingUpdate,
+    result=MaskingOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+    idempotent=True,
+)
+async def datamasking_rules_update(actor, args: MaskingUpdate, ctx) -> MaskingOut:
+    fields = _fields(args)
+    return MaskingOut(
+        **await db(
+            lambda: rules.masking_rule_to_dict(rules.masking_rule_update(actor=actor, ref=args.id, **fields))
+        )()
+    )
+
+
+@tool(
+    "datamasking_rules_delete",
+    description="Delete a masking rule (admin).",
+    args=RefArgs,
+    result=Deleted,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+)
+async def datamasking_rules_delete(actor, args: RefArgs, ctx) -> Deleted:
+    return Deleted(name=await db(lambda: rules.masking_rule_delete(actor=actor, ref=args.id))(), deleted=True)
+
+
+class PreviewArgs(Args):
+    id: str | None = Field(None, max_length=100, description="A stored rule (id or name)...")
+    spec: dict[str, Any] | None = Field(None, description="...or an inline spec to try: " + SPEC_HELP)
+    text: str | None = Field(None, max_length=1_000_000, description="A sample text to mask.")
+    columns: list[str] | None = Field(None, description="Sample result columns...")
+    rows: list[list[Any]] | None = Field(None, max_length=1000, description="...and rows.")
+
+
+class PreviewResult(Result):
+    text: str | None = None
+    columns: list[str] | None = None
+    rows: list[list[Any]] | None = None
+    counts: dict[str, int]
+    unavailable_entities: list[str]
+
+
+@tool(
+    "datamasking_rules_preview",
+    description="Mask a sample you provide with a rule or a draft spec; returns only masked data (admins, auditors).",
+    args=PreviewArgs,
+    result=PreviewResult,
+    role=ROLE_AUDITOR,
+)
+async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewResult:
+    result = await db(
+        lambda: rules.masking_preview(
+            actor=actor, ref=args.id, spec=args.spec, text=args.text, columns=args.columns, rows=args.rows
+        )
+    )()
+    return PreviewResult(**result)
+
+
+# --- attributes --------------------------------------------------------------------------------
+
+
+class AttributeOut(Result):
+    id: str
+    name: str
+    description: str
+    connections: list[str]
+    created_at: str
+
+
+class AttributeList(Result):
+    items: list[AttributeOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+class AttributeRef(Args):
+    name: str = Field(min_length=1, max_length=63)
+
+
+class AttributeCreate(AttributeRef):
+    description: str = Field("", max_length=500)
+    connections: Names | None = None
+
+
+class AttributeUpdate(AttributeRef):
+    description: str | None = Field(None, max_length=500)
+    connections: Names | None = Field(None, description="Replaces the list.")
+
+
+@tool(
+    "attributes_list",
+    description="Attributes (tags binding connections to rules) of your org (admin).",
+    args=PageArgs,
+    result=AttributeList,
+    role=ROLE_ADMIN,
+)
+async def attributes_list(actor, args: PageArgs, ctx) -> AttributeList:
+    @db
+    def run():
+        items, total = rules.attribute_list(actor=actor, limit=args.limit, offset=args.offset)
+        return [rules.attribute_to_dict(a) for a in items], total
+
+    items, total = await run()
+    return AttributeList(**page(items, total, args.offset))
+
+
+@tool(
+    "attributes_get",
+    description="One attribute (admin).",
+    args=AttributeRef,
+    result=AttributeOut,
+    role=ROLE_ADMIN,
+)
+async def attributes_get(actor, args: AttributeRef, ctx) -> AttributeOut:
+    return AttributeOut(
+        **await db(lambda: rules.attribute_to_dict(rules.attribute_get(actor=actor, name=args.name)))()
+    )
+
+
+@tool(
+    "attributes_create",
+    description="Create an attribute and tag connections with it (admin).",
+    args=AttributeCreate,
+    result=AttributeOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+)
+async def attributes_create(actor, args: AttributeCreate, ctx) -> AttributeOut:
+    return AttributeOut(
+        **await db(
+            lambda: rules.attribute_to_dict(
+                rules.attribute_create(
+                    actor=actor, name=args.name, description=args.description, connections=args.connections
+                )
+            )
+        )()
+    )
+
+
+@tool(
+    "attributes_update",
+    description="Change an attribute's description or connections (admin).",
+    args=AttributeUpdate,
+    result=AttributeOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+    idempotent=True,
+)
+async def attributes_update(actor, args: AttributeUpdate, ctx) -> AttributeOut:
+    return AttributeOut(
+        **await db(
+            lambda: rules.attribute_to_dict(
+                rules.attribute_update(
+                    actor=actor, name=args.name, description=args.description, connections=args.connections
+                )
+            )
+        )()
+    )
+
+
+@tool(
+    "attributes_delete",
+    description="Delete an attribute (admin); rules bound through it stop applying to its connections.",
+    args=AttributeRef,
+    result=Deleted,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+)
+async def attributes_delete(actor, args: AttributeRef, ctx) -> Deleted:
+    await db(lambda: rules.attribute_delete(actor=actor, name=args.name))()
+    return Deleted(name=args.name, deleted=True)
