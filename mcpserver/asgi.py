@@ -4,7 +4,7 @@ daphne speaks no ASGI lifespan, so nothing would start the SDK's session manager
 enters `session_manager.run()` in a background task on the first request (or on lifespan
 startup under uvicorn), and daphne's shutdown hook stops it so the process can exit. Each request
 runs in its own `ThreadSensitiveContext`, so ORM calls of concurrent MCP requests use separate
-threads instead of queueing on one.
+threads instead of queueing on one; the threads are reused from a small free list.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
@@ -20,6 +21,7 @@ from django.conf import settings
 logger = logging.getLogger("portcullis.mcp")
 
 SWEEP_EVERY_SECONDS = 60
+MAX_IDLE_THREADS = 32
 
 
 class MCPStarter:
@@ -32,13 +34,23 @@ class MCPStarter:
         self._task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         self._error: BaseException | None = None
+        self._idle: list[ThreadPoolExecutor] = []
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
         await self.ensure_started()
-        async with ThreadSensitiveContext():
-            await self.app(scope, receive, send)
+        # A thread of its own per request (so concurrent requests' ORM calls run in parallel),
+        # taken from a free list instead of created and joined every time.
+        executor = self._idle.pop() if self._idle else ThreadPoolExecutor(1, thread_name_prefix="mcp-request")
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.app(scope, receive, send)
+        finally:
+            if len(self._idle) < MAX_IDLE_THREADS:
+                self._idle.append(executor)
+            else:
+                executor.shutdown(wait=False)
 
     async def ensure_started(self) -> None:
         if self._started is not None and self._started.is_set() and self._error is None:
