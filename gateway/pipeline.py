@@ -80,7 +80,7 @@ def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
     """The connection `actor` may use for `mode` ("exec" or "schema"), or a recorded denial."""
     try:
         connection = get_scoped(
-            Connection.objects.all(),
+            Connection.objects.select_related("org"),
             actor,
             "view",
             not_found=not_found_message(connection_name),
@@ -198,7 +198,7 @@ def exec_start(
     # Input guardrails: every statement of the parsed batch, before anything is recorded as runnable.
     findings, rules = [], []
     if not too_large:
-        rules = rules_service.as_engine_rules(rules_service.guardrail_rules_bound(connection))
+        rules = rules_service.bound_rules(connection).guardrails
         findings = guardrails.evaluate_input(rules, input, dialect=guardrails.DIALECTS.get(connection.kind))
     limits = _limits(connection, max_rows, read_only=guardrails.requires_read_only(rules))
 
@@ -326,7 +326,7 @@ def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
     if preloaded is not None:
         text, connection, rules = preloaded
     else:
-        session = Session.objects.select_related("connection").get(pk=session_id)
+        session = Session.objects.select_related("connection__org").get(pk=session_id)
         text, connection = session.input, session.connection
     result: ExecResult | None = None
     error = ""
@@ -369,12 +369,12 @@ def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=N
 
     Returns (result or None if withheld, output findings, masking info, error).
     """
-    if rules is None:
-        rules = rules_service.as_engine_rules(rules_service.guardrail_rules_bound(connection))
+    bound = rules_service.bound_rules(connection)
+    rules = bound.guardrails if rules is None else rules
     findings = guardrails.evaluate_output(rules, result.output) if rules else []
     if findings:
         return None, findings, {}, _block_message(connection, findings, withheld=True)
-    masker, names = rules_service.masker_for(connection)
+    masker, names = bound.masker, bound.masking_rules
     if not masker.active:
         return result, [], {}, ""
     try:
@@ -654,9 +654,10 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
     connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
     if len(input.encode()) > settings.MAX_INPUT_BYTES:
         raise InvalidInput(f"input is larger than {settings.MAX_INPUT_BYTES} bytes; exec would refuse it")
-    rules = rules_service.as_engine_rules(rules_service.guardrail_rules_bound(connection))
+    bound = rules_service.bound_rules(connection)
+    rules = bound.guardrails
     findings = guardrails.evaluate_input(rules, input, dialect=guardrails.DIALECTS.get(connection.kind))
-    masker, masking_rules = rules_service.masker_for(connection)
+    masker, masking_rules = bound.masker, bound.masking_rules
     privileged = actor.is_admin or actor.is_auditor
     audit_record(
         actor=actor,

@@ -22,6 +22,9 @@ class Organization(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=100, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Bumped by every change to rules, attributes or their bindings, so each process can cache
+    # which rules bind a connection and see a change on its very next request.
+    rules_version = models.PositiveBigIntegerField(default=0, editable=False)
 
     def __str__(self):
         return self.name

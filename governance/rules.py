@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from gateway.models import NAME_VALIDATOR, Connection
 from governance import guardrails, masking
 from governance.errors import Conflict, InvalidInput, NotFound
-from governance.models import Attribute, GuardrailRule, MaskingRule
+from governance.models import Attribute, GuardrailRule, MaskingRule, Organization
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role
 from sessions.audit import audit_record
 
@@ -25,6 +28,12 @@ MAX_LIMIT = 100
 
 
 # --- shared helpers ----------------------------------------------------------------------------
+
+
+def _changed(*, actor: Actor, action: str, target, detail: dict | None = None) -> None:
+    """Audit a change to rules or bindings and bump the org's rules version (same transaction)."""
+    audit_record(actor=actor, action=action, target=target, detail=detail)
+    Organization.objects.filter(pk=actor.org_id).update(rules_version=F("rules_version") + 1)
 
 
 def _check_name(name: str, what: str) -> str:
@@ -127,7 +136,7 @@ def attribute_create(
         )
         _save_unique(attribute, "attribute")
         attribute.connections.set(_connections(actor, connections))
-        audit_record(
+        _changed(
             actor=actor,
             action="attribute.create",
             target=attribute,
@@ -148,7 +157,7 @@ def attribute_update(
             attribute.save(update_fields=["description"])
         if connections is not None:
             attribute.connections.set(_connections(actor, connections))
-        audit_record(actor=actor, action="attribute.update", target=attribute)
+        _changed(actor=actor, action="attribute.update", target=attribute)
     return attribute
 
 
@@ -156,7 +165,7 @@ def attribute_delete(*, actor: Actor, name: str) -> None:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         attribute = _by_ref(Attribute.objects.all(), actor, name, "attribute")
-        audit_record(actor=actor, action="attribute.delete", target=attribute)
+        _changed(actor=actor, action="attribute.delete", target=attribute)
         attribute.delete()
 
 
@@ -221,7 +230,7 @@ def guardrail_create(*, actor: Actor, name: str, **fields) -> GuardrailRule:
     with transaction.atomic():
         rule = GuardrailRule(org_id=actor.org_id)
         _apply_guardrail(rule, actor, {"name": name, **fields})
-        audit_record(actor=actor, action="guardrail.create", target=rule, detail=_bindings(rule))
+        _changed(actor=actor, action="guardrail.create", target=rule, detail=_bindings(rule))
     return rule
 
 
@@ -231,7 +240,7 @@ def guardrail_update(*, actor: Actor, ref: str, **fields) -> GuardrailRule:
     with transaction.atomic():
         rule = _by_ref(GuardrailRule.objects.select_for_update(), actor, ref, "guardrail")
         changed = _apply_guardrail(rule, actor, fields)
-        audit_record(actor=actor, action="guardrail.update", target=rule, detail={"changed": changed})
+        _changed(actor=actor, action="guardrail.update", target=rule, detail={"changed": changed})
     return rule
 
 
@@ -240,7 +249,7 @@ def guardrail_delete(*, actor: Actor, ref: str) -> str:
     with transaction.atomic():
         rule = _by_ref(GuardrailRule.objects.all(), actor, ref, "guardrail")
         name = rule.name
-        audit_record(actor=actor, action="guardrail.delete", target=rule)
+        _changed(actor=actor, action="guardrail.delete", target=rule)
         rule.delete()
     return name
 
@@ -351,7 +360,7 @@ def masking_rule_create(*, actor: Actor, name: str, spec: dict, **fields) -> Mas
     with transaction.atomic():
         rule = MaskingRule(org_id=actor.org_id)
         _apply_masking(rule, actor, {"name": name, "spec": spec, **fields})
-        audit_record(actor=actor, action="masking_rule.create", target=rule, detail=_bindings(rule))
+        _changed(actor=actor, action="masking_rule.create", target=rule, detail=_bindings(rule))
     return rule
 
 
@@ -360,7 +369,7 @@ def masking_rule_update(*, actor: Actor, ref: str, **fields) -> MaskingRule:
     with transaction.atomic():
         rule = _by_ref(MaskingRule.objects.select_for_update(), actor, ref, "masking rule")
         changed = _apply_masking(rule, actor, fields)
-        audit_record(actor=actor, action="masking_rule.update", target=rule, detail={"changed": changed})
+        _changed(actor=actor, action="masking_rule.update", target=rule, detail={"changed": changed})
     return rule
 
 
@@ -369,7 +378,7 @@ def masking_rule_delete(*, actor: Actor, ref: str) -> str:
     with transaction.atomic():
         rule = _by_ref(MaskingRule.objects.all(), actor, ref, "masking rule")
         name = rule.name
-        audit_record(actor=actor, action="masking_rule.delete", target=rule)
+        _changed(actor=actor, action="masking_rule.delete", target=rule)
         rule.delete()
     return name
 
@@ -387,10 +396,43 @@ def masking_rules_bound(connection: Connection) -> list[MaskingRule]:
 
 def masker_for(connection: Connection) -> tuple[masking.Masker, list[str]]:
     """The masker for a connection's results, and the names of the rules it applies."""
-    rules = masking_rules_bound(connection)
-    return masking.Masker([r.spec for r in rules], key=masking_key(connection.org_id)), [
-        r.name for r in rules
-    ]
+    bound = bound_rules(connection)
+    return bound.masker, bound.masking_rules
+
+
+@dataclass(frozen=True)
+class Bound:
+    guardrails: list  # engine rules (governance.guardrails.Rule)
+    masker: masking.Masker
+    masking_rules: list[str]
+
+
+_bound_cache: OrderedDict = OrderedDict()
+_bound_lock = threading.Lock()
+BOUND_CACHE_SIZE = 2048
+
+
+def bound_rules(connection: Connection) -> Bound:
+    """The guardrails and masker that bind `connection`, cached per process by the org's rules
+    version (read with the connection, so a change is seen on the next request everywhere).
+    `connection.org` should be loaded with it (select_related)."""
+    key = (connection.pk, connection.org.rules_version)
+    with _bound_lock:
+        hit = _bound_cache.get(key)
+        if hit is not None:
+            _bound_cache.move_to_end(key)
+            return hit
+    masking_rules = masking_rules_bound(connection)
+    bound = Bound(
+        guardrails=as_engine_rules(guardrail_rules_bound(connection)),
+        masker=masking.Masker([r.spec for r in masking_rules], key=masking_key(connection.org_id)),
+        masking_rules=[r.name for r in masking_rules],
+    )
+    with _bound_lock:
+        _bound_cache[key] = bound
+        while len(_bound_cache) > BOUND_CACHE_SIZE:
+            _bound_cache.popitem(last=False)
+    return bound
 
 
 def masking_preview(
