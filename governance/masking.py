@@ -427,6 +427,7 @@ class _PatternDetector(_Detector):
     def _build_anyone(self) -> None:
         """An alternation of the patterns (same flags): no match anywhere iff no pattern matches.
         Only for patterns without backreferences or inline flags (group numbers shift)."""
+        self.conditional = any(p.needs is not None for p in self.patterns)
         self.anyone = None
         sources = [p.rx.pattern for p in self.patterns]
         flags = {p.rx.flags for p in self.patterns}
@@ -457,9 +458,11 @@ class _PatternDetector(_Detector):
         return clone
 
     def find(self, text, timeout):
-        patterns = [p for p in self.patterns if p.needs is None or p.needs(text)]
-        if not patterns:
-            return []
+        patterns = self.patterns
+        if self.conditional:
+            patterns = [p for p in patterns if p.needs is None or p.needs(text)]
+            if not patterns:
+                return []
         if (
             len(patterns) > 2
             and self.anyone is not None
@@ -526,13 +529,10 @@ class _PhoneDetector(_Detector):
         self.fast = _phone_fast_path(self.regions)
         self.min_nsn = self.fast.min_nsn if self.fast else 1
 
-    def extra(self, text: str) -> bool:
+    def extra(self, text: str, digits: int) -> bool:
         # The national significant number of a valid number has at least `min_nsn` characters,
         # all digits unless the candidate has ASCII letters (vanity numbers).
-        if self.min_nsn <= 1:
-            return True
-        digits = sum(1 for ch in text if ch.isdigit()) if not text.isascii() else _ascii_digits(text)
-        return digits >= self.min_nsn or any("a" <= ch <= "z" or "A" <= ch <= "Z" for ch in text)
+        return digits >= self.min_nsn or _ASCII_LETTER.search(text) is not None
 
     def max_score(self):
         return _boosted(self.score) if self.context else self.score
@@ -557,7 +557,7 @@ class _NerDetector(_Detector):
         self.entities = entities
         self.entity = entities[0]
 
-    def extra(self, text):
+    def extra(self, text, digits):
         return any(ch.isalpha() for ch in text)
 
     def max_score(self):
@@ -600,6 +600,7 @@ def _build_ner(model_name: str):
 # --- the phone fast path -----------------------------------------------------------------------
 
 _NATIONAL_CHARS = frozenset("0123456789 -.()/")
+_ASCII_LETTER = re.compile("[A-Za-z]")
 _PLUS_CHARS = "+\uff0b"
 _ASCII_DIGITS = b"0123456789"
 
@@ -623,6 +624,7 @@ class _PhoneMemo:
         "spans",
         "short",
         "skipped",
+        "sequence",
     )
 
     def __init__(self, text: str):
@@ -635,6 +637,7 @@ class _PhoneMemo:
         self.failed: dict[tuple[str, int], tuple[int, tuple[str, ...]]] = {}
         self.watching = False
         self.trace: list[str] | None = None
+        self.sequence: list[tuple[str, int]] | None = None  # the first pass's candidates
         self.region_clean = True
 
 
@@ -745,6 +748,9 @@ class _PhoneFastPath:
     6'. A candidate that found nothing in one region, having tried national groups (kind 2) and
        groups settled by 1 or 3, finds nothing in another region where 2 rejects each of those
        national groups: it tries the same groups, with the same outcome, in the same tries.
+    7. A region in which every candidate of the first region's pass has the outcome it had there
+       (by 4 or 6'), or lies inside a span found since (6), walks the same candidates and finds
+       nothing new: it is not run.
     6. All phone findings score the same, and one inside another can never outscore it (the
        words between their starts are digits of the number, never context words), so Presidio's
        remove_duplicates drops it. A candidate lying inside a span some region already found can
@@ -838,6 +844,8 @@ class _PhoneFastPath:
 
             def _extract_match(self, candidate, offset):
                 memo = self._fast_memo
+                if memo.sequence is not None:
+                    memo.sequence.append((candidate, offset))
                 if memo.short and memo.spans and fast.inside_found(self.text, candidate, offset, memo.spans):
                     memo.skipped.start, memo.skipped.end = offset, offset + len(candidate)
                     return memo.skipped
@@ -901,14 +909,33 @@ class _PhoneFastPath:
     def find(self, text: str, regions, leniency) -> set[tuple[int, int]]:
         memo = _PhoneMemo(text)
         spans = memo.spans
+        first = None
         for region in regions:
+            if first is not None and self.same_as_first(text, region, first, memo):
+                continue  # shortcut 7
             memo.region_clean = True
+            if first is None:
+                memo.sequence = []
             for match in self.matcher(text, region, leniency, memo):
                 if match is not memo.skipped:
                     spans.add((match.start, match.end))
+            if first is None:
+                first, memo.sequence = memo.sequence, None
             if memo.region_clean:
                 break  # every region's pass finds the same matches (shortcut 5)
         return spans
+
+    def same_as_first(self, text: str, region: str, first, memo: _PhoneMemo) -> bool:
+        for key in first:
+            if key in memo.fixed:
+                continue
+            failed = memo.failed.get(key)
+            if failed is not None and all(self.cannot_be_valid(region, digits) for digits in failed[1]):
+                continue
+            if memo.short and memo.spans and self.inside_found(text, key[0], key[1], memo.spans):
+                continue
+            return False
+        return True
 
     def inside_found(self, text: str, candidate: str, offset: int, spans) -> bool:
         end = offset + len(candidate)
@@ -1182,24 +1209,24 @@ _RECOGNIZER_CLASSES = {
 # folds across scripts).
 _CONDITIONS: dict[str, dict] = {
     "CREDIT_CARD": {"min_nu": 13, "min_len": 13},
-    "CRYPTO": {"min_len": 26, "extra": lambda t: "1" in t or "3" in t},
+    "CRYPTO": {"min_len": 26, "extra": lambda t, nu: "1" in t or "3" in t},
     "DATE_TIME": {"min_nu": 1, "any_first": True},
-    "EMAIL_ADDRESS": {"min_len": 3, "extra": lambda t: "@" in t},
+    "EMAIL_ADDRESS": {"min_len": 3, "extra": lambda t, nu: "@" in t},
     "IBAN_CODE": {"min_nd": 2, "min_len": 12},
-    "IP_ADDRESS": {"min_len": 2, "extra": lambda t: ":" in t or t.count(".") >= 3},
+    "IP_ADDRESS": {"min_len": 2, "extra": lambda t, nu: ":" in t or t.count(".") >= 3},
     "MAC_ADDRESS": {
         "min_len": 14,
-        "extra": lambda t: t.count(":") >= 5 or t.count("-") >= 5 or t.count(".") >= 2,
+        "extra": lambda t, nu: t.count(":") >= 5 or t.count("-") >= 5 or t.count(".") >= 2,
     },
     "MEDICAL_LICENSE": {"min_nu": 7, "min_len": 9},
     "UK_NHS": {"min_nd": 10, "min_len": 10},
-    "URL": {"min_len": 3, "extra": lambda t: "." in t},
+    "URL": {"min_len": 3, "extra": lambda t, nu: "." in t},
     "US_BANK_NUMBER": {"min_nd": 8, "min_len": 8},
     "US_DRIVER_LICENSE": {"min_nd": 1, "min_len": 2},
-    "US_ITIN": {"min_nu": 9, "min_len": 9, "extra": lambda t: "9" in t, "any_first": True},
+    "US_ITIN": {"min_nu": 9, "min_len": 9, "extra": lambda t, nu: "9" in t, "any_first": True},
     "US_PASSPORT": {"min_nd": 8, "min_len": 9},
     "US_SSN": {"min_nd": 9, "min_len": 9},
-    "UUID": {"min_len": 36, "extra": lambda t: t.count("-") >= 4},
+    "UUID": {"min_len": 36, "extra": lambda t, nu: t.count("-") >= 4},
 }
 
 
@@ -1346,6 +1373,8 @@ def _custom_detector(entry: dict) -> _PatternDetector:
 def _remove_duplicates(results: list[tuple[int, int, float, str]]) -> list[tuple[int, int, float, str]]:
     """EntityRecognizer.remove_duplicates: per entity type, drop a result contained in another
     with an equal or higher score (results are (start, end, score, entity))."""
+    if len(results) == 1:
+        return results if results[0][2] != 0 else []
     ordered = sorted(set(results), key=lambda r: (r[3], r[0], r[0] - r[1], -r[2]))
     kept = []
     for _, group in groupby(ordered, key=itemgetter(3)):
@@ -1733,7 +1762,7 @@ class Masker:
         timeout = _REGEX_TIMEOUT + n * _REGEX_TIMEOUT_PER_CHAR
         raw = []
         for min_len, min_nd, min_nu, extra, find, det in self._plan:
-            if n < min_len or nd < min_nd or nu < min_nu or (extra is not None and not extra(text)):
+            if n < min_len or nd < min_nd or nu < min_nu or (extra is not None and not extra(text, nu)):
                 continue
             found = find(text, timeout)
             if found:
@@ -1741,7 +1770,7 @@ class Masker:
         if not raw:
             return []
         results = []
-        words = None
+        words = lowered = None
         thresholds = self._thresholds
         for det, found in raw:
             context_words = det.context
@@ -1751,10 +1780,16 @@ class Masker:
                 explicit = self._explicit.get(key)
                 if explicit is None:
                     explicit = self._explicit[key] = _supported(context_words, (context,))
+            nearby = window
+            if context_words and window and not explicit:
+                # A keyword containing a context word means the text contains it.
+                if lowered is None:
+                    lowered = text.lower()
+                nearby = any(w in lowered for w in context_words)
             for start, end, score, entity in found:
                 if context_words and score < _MAX_SCORE:
                     boost = explicit
-                    if not boost and window:
+                    if not boost and nearby:
                         if words is None:
                             words = _Words(text)
                         boost = _supported(context_words, words.around(start))
@@ -1767,6 +1802,10 @@ class Masker:
     def _render(self, text: str, findings: list[tuple]) -> tuple[str, tuple]:
         """Merge overlapping findings (label: highest score, then longest, then earliest) and
         replace each merged span. Returns the text and ((entity, count), ...)."""
+        if len(findings) == 1:
+            start, end, _, entity = findings[0]
+            replacement = self._replacement(entity, text[start:end], self._how.get(entity, ("redact", 0)))
+            return text[:start] + replacement + text[end:], ((entity, 1),)
         findings = sorted(findings)
         clusters: list[list] = []
         for finding in findings:
