@@ -136,6 +136,10 @@ class AuditEvent(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     detail = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Hash chain, per org: `hash` = SHA-256 of `prev_hash` and this row's content (see
+    # sessions.audit.event_digest). `manage.py audit_verify` walks it.
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64, blank=True)
 
     objects = AppendOnlyQuerySet.as_manager()
 
@@ -152,3 +156,16 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise RuntimeError("audit events are append-only")
+
+
+class AuditChainHead(models.Model):
+    """The newest link of an org's audit chain. Its row lock orders the org's audit writes, and
+    its hash lets `audit_verify` notice when the newest events were deleted."""
+
+    org = models.OneToOneField(Organization, on_delete=models.PROTECT, primary_key=True, related_name="+")
+    last_id = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, blank=True)
+    count = models.BigIntegerField(default=0)
+
+    def __str__(self):
+        return f"audit chain of {self.org_id}: {self.count} events"
