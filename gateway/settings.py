@@ -161,8 +161,14 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": DATA_DIR / "portcullis.sqlite3",
             "CONN_MAX_AGE": 60,
-            # WAL lets the MCP threads read while an exec thread writes its record.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+            # WAL lets the MCP threads read while an exec thread writes its record; IMMEDIATE
+            # transactions take the write lock up front, so the audit chain's head is read and
+            # advanced by one writer at a time (SQLite has no SELECT ... FOR UPDATE).
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL;",
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+            },
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -229,3 +235,20 @@ PROGRESS_INTERVAL_SECONDS = float(env_int("PORTCULLIS_PROGRESS_INTERVAL_SECONDS"
 # Key for masking pseudonyms (HMAC), per org derived from it; defaults to one derived from SECRET_KEY.
 # Changing it changes every pseudonym.
 MASKING_KEY = env_str("PORTCULLIS_MASKING_KEY")
+
+# --- AI risk analysis ----------------------------------------------------------------------
+# Every finished session gets an analysis. The built-in analyzer needs no network; set
+# PORTCULLIS_ANALYZER_URL (an OpenAI-compatible base URL such as https://api.openai.com/v1, or the
+# full .../chat/completions URL) and PORTCULLIS_ANALYZER_MODEL to ask an LLM instead. It receives
+# the input (masked with the connection's masking rules) and the masked output summary; on any
+# failure the built-in analyzer answers and the analysis says why (`fallback_reason`).
+ANALYZER_URL = env_str("PORTCULLIS_ANALYZER_URL").strip()
+ANALYZER_MODEL = env_str("PORTCULLIS_ANALYZER_MODEL").strip()
+# Sent as a bearer token; PORTCULLIS_ANALYZER_KEY_FILE reads it from a file.
+ANALYZER_KEY = env_str("PORTCULLIS_ANALYZER_KEY").strip()
+ANALYZER_TIMEOUT_SECONDS = float(env_int("PORTCULLIS_ANALYZER_TIMEOUT_SECONDS", 20))
+# Analyses lost on the way (broker down, worker killed) are made by a periodic sweep instead.
+CELERY_BEAT_SCHEDULE["sessions-analyze-missing"] = {
+    "task": "sessions.tasks.analysis_sweep_missing",
+    "schedule": 60.0,
+}

@@ -1,9 +1,58 @@
-"""Writing the audit log. Called by services inside their transaction, never by signals."""
+"""Writing and verifying the audit log. Services call `audit_record` inside their transaction,
+never signals.
+
+The log is a hash chain per organization: each event stores the hash of the event before it
+(`prev_hash`) and the SHA-256 of that hash and its own content (`hash`). Appending locks the
+org's `AuditChainHead` row, so concurrent writers of one org are ordered and the chain never
+forks; `audit_verify` recomputes every link and reports the first one that is broken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
 
 from governance.policy import Actor
-from sessions.models import AuditEvent
+from sessions.models import AuditChainHead, AuditEvent
 
 Outcome = AuditEvent.Outcome
+
+
+def event_digest(prev_hash: str, event: AuditEvent) -> str:
+    """The hash of an event: what it says and when, chained to the one before. The actor is
+    covered by its e-mail (kept even when the user is deleted), not by the nullable foreign key."""
+    content = {
+        "org": str(event.org_id),
+        "actor_email": event.actor_email,
+        "surface": event.surface,
+        "client": event.client,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "target_repr": event.target_repr,
+        "outcome": event.outcome,
+        "detail": event.detail,
+        "created_at": event.created_at.isoformat(),
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256((prev_hash + "\n" + canonical).encode()).hexdigest()
+
+
+def _locked_head(org_id) -> AuditChainHead:
+    head = AuditChainHead.objects.select_for_update().filter(pk=org_id).first()
+    if head is None:
+        try:
+            with transaction.atomic():
+                AuditChainHead.objects.create(org_id=org_id)
+        except IntegrityError:  # another writer created it first
+            pass
+        head = AuditChainHead.objects.select_for_update().get(pk=org_id)
+    return head
 
 
 def audit_record(
@@ -19,21 +68,72 @@ def audit_record(
     org_id=None,
     surface: str = "cli",
 ) -> AuditEvent:
-    """Append one event. `actor=None` is the system acting from the CLI (then `org_id` is required)."""
+    """Append one event to the org's chain. `actor=None` is the system (CLI, tasks): then `org_id`
+    is required and `surface` says where it acted from."""
     if target is not None:
         target_type = target_type or target._meta.label_lower
         target_id = target_id or str(target.pk)
         target_repr = target_repr or str(target)
-    return AuditEvent.objects.create(
-        org_id=actor.org_id if actor else org_id,
+    org_id = actor.org_id if actor else org_id
+    event = AuditEvent(
+        org_id=org_id,
         actor=actor.user if actor else None,
         actor_email=actor.user.email if actor else "",
         surface=actor.surface if actor else surface,
         client=actor.client if actor else "",
         action=action,
         target_type=target_type,
-        target_id=target_id,
+        target_id=str(target_id)[:64],
         target_repr=target_repr[:200],
         outcome=outcome,
-        detail=detail or {},
+        # Round-trip through JSON now, so the hash covers exactly what the database will return.
+        detail=json.loads(json.dumps(detail or {}, default=str)),
+        created_at=timezone.now(),
     )
+    with transaction.atomic():
+        head = _locked_head(org_id)
+        event.prev_hash = head.last_hash
+        event.hash = event_digest(head.last_hash, event)
+        event.save()
+        AuditChainHead.objects.filter(pk=org_id).update(
+            last_id=event.pk, last_hash=event.hash, count=F("count") + 1
+        )
+    return event
+
+
+@dataclass
+class ChainReport:
+    org_id: str
+    events: int
+    problem: str = ""  # empty when the chain is whole
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def audit_verify(org_id) -> ChainReport:
+    """Walk one org's chain in order and report the first broken link (constant memory)."""
+    prev_hash, last_id, count = "", None, 0
+    events = AuditEvent.objects.filter(org_id=org_id).order_by("id")
+    for event in events.iterator(chunk_size=2000):
+        if event.prev_hash != prev_hash:
+            where = f"after event #{last_id}" if last_id else "at the start of the chain"
+            return ChainReport(
+                str(org_id),
+                count,
+                f"event #{event.pk} does not follow the event before it ({where}): "
+                "an event was removed, inserted or changed there",
+            )
+        if event_digest(prev_hash, event) != event.hash:
+            return ChainReport(str(org_id), count, f"event #{event.pk} was changed after it was written")
+        prev_hash, last_id, count = event.hash, event.pk, count + 1
+    head = AuditChainHead.objects.filter(pk=org_id).first()
+    if head is not None and (head.last_hash != prev_hash or head.count != count):
+        return ChainReport(
+            str(org_id),
+            count,
+            f"the chain ends at event #{last_id} but {head.count} events were written (last #{head.last_id}): "
+            "the newest events were removed",
+        )
+    return ChainReport(str(org_id), count)

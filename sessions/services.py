@@ -1,19 +1,31 @@
-"""Reading session records, and the sweeper that ends orphans."""
+"""Reading session records, their risk analyses, and the sweepers that end orphans and catch
+analyses that were lost on the way."""
 
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from governance.errors import InvalidInput
 from governance.policy import Actor, get_scoped, scope
-from sessions.models import ACTIVE_STATUSES, AuditEvent, Runner, Session, SessionStatus
-from sessions.wakeup import notify_session_finished
+from sessions.audit import audit_record
+from sessions.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    Analysis,
+    AuditEvent,
+    Runner,
+    Session,
+    SessionStatus,
+)
+from sessions.wakeup import notify_analysis_ready, notify_session_finished
 
 logger = logging.getLogger("portcullis.sessions")
 
@@ -171,19 +183,226 @@ def sessions_sweep_orphans(*, now=None) -> int:
                 f"last seen {seen}); its outcome is unknown"
             )
             session.save(update_fields=["status", "ended_at", "error"])
-            AuditEvent.objects.create(
+            audit_record(
+                actor=None,
                 org_id=session.org_id,
                 surface="task",
                 action="session.orphaned",
-                target_type="records.session",
-                target_id=str(session.pk),
-                target_repr=str(session)[:200],
+                target=session,
                 outcome=AuditEvent.Outcome.FAILED,
                 detail={"runner": session.runner},
             )
             transaction.on_commit(lambda pk=pk: notify_session_finished(pk))
+            analysis_enqueue(session_id=pk)
             swept += 1
     Runner.objects.filter(last_seen_at__lt=now - timedelta(days=1)).delete()
     if swept:
         logger.warning("marked %d orphaned session(s) failed", swept)
     return swept
+
+
+def audit_event_list(
+    *,
+    actor: Actor,
+    actor_email: str | None = None,
+    action: str | None = None,
+    surface: str | None = None,
+    outcome: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[AuditEvent], int]:
+    """Audit events of the actor's org, newest first (admins and auditors)."""
+    from governance.policy import ROLE_AUDITOR, require_role
+
+    require_role(actor, ROLE_AUDITOR)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}; narrow the filters instead")
+    qs = AuditEvent.objects.filter(org_id=actor.org_id)
+    if actor_email:
+        qs = qs.filter(actor_email=actor_email.lower())
+    if action:
+        qs = qs.filter(action__startswith=action) if action.endswith(".") else qs.filter(action=action)
+    if surface:
+        qs = qs.filter(surface=surface)
+    if outcome:
+        qs = qs.filter(outcome=outcome)
+    start, end = _parse_time(start_date, "start_date"), _parse_time(end_date, "end_date")
+    if start:
+        qs = qs.filter(created_at__gte=start)
+    if end:
+        qs = qs.filter(created_at__lt=end)
+    qs = qs.order_by("-id")
+    return list(qs[offset : offset + limit]), qs.count()
+
+
+def audit_event_to_dict(event: AuditEvent) -> dict:
+    return {
+        "id": event.pk,
+        "created_at": event.created_at.isoformat(),
+        "actor_email": event.actor_email,
+        "surface": event.surface,
+        "client": event.client,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "target": event.target_repr,
+        "outcome": event.outcome,
+        "detail": event.detail,
+        "hash": event.hash,
+    }
+
+
+# --- AI risk analysis ------------------------------------------------------------------------------
+
+ANALYSIS_SWEEP_GRACE_SECONDS = 120  # the task had this long to run before the sweep steps in
+ANALYSIS_SWEEP_WINDOW = timedelta(days=1)
+_analysis_pool: ThreadPoolExecutor | None = None
+_analysis_pool_lock = threading.Lock()
+
+
+def analysis_enqueue(*, session_id) -> None:
+    """Have the session analysed once the current transaction commits (call it where a session
+    becomes final). With a broker: the Celery task `session_analyze` on the default queue. In
+    embedded mode (tasks eager): the same task, run on a small background thread of this process,
+    so neither a slow LLM nor an analyzer bug can delay or break the exec that finished.
+    Whatever goes wrong is logged; `analysis_sweep_missing` makes the analyses that got lost."""
+    transaction.on_commit(lambda: _analysis_start(str(session_id)))
+
+
+def _analysis_start(session_id: str) -> None:
+    from sessions.tasks import session_analyze
+
+    try:
+        if settings.CELERY_TASK_ALWAYS_EAGER:
+            _analysis_executor().submit(_analysis_in_background, session_id)
+        else:
+            session_analyze.apply_async(args=[session_id])
+    except Exception:
+        logger.exception("could not enqueue the analysis of session %s; the sweep will make it", session_id)
+
+
+def _analysis_executor() -> ThreadPoolExecutor:
+    global _analysis_pool
+    with _analysis_pool_lock:
+        if _analysis_pool is None:
+            _analysis_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="portcullis-analysis")
+        return _analysis_pool
+
+
+def _analysis_in_background(session_id: str) -> None:
+    from sessions.tasks import session_analyze
+
+    try:
+        session_analyze.apply(args=[session_id], throw=True)
+    except Exception:
+        logger.exception("analysis of session %s failed; the sweep will retry it", session_id)
+    finally:
+        connections.close_all()
+
+
+def analysis_run(*, session_id) -> Analysis | None:
+    """Analyse a finished session and store the verdict, once. Idempotent: an existing analysis is
+    returned as is, and the OneToOne constraint settles a race between two workers (the loser
+    returns the winner's row). Returns None for a session that is gone or not finished yet.
+
+    A system action (no actor): called by the Celery task and the sweep, never by a surface.
+    """
+    existing = Analysis.objects.filter(session_id=session_id).first()
+    if existing is not None:
+        return existing
+    session = Session.objects.select_related("connection__org").filter(pk=session_id).first()
+    if session is None:
+        logger.info("session %s is gone; nothing to analyse", session_id)
+        return None
+    if not session.is_final:
+        logger.warning("session %s is %s, not finished; not analysed yet", session_id, session.status)
+        return None
+    from sessions.analysis import analyze
+
+    verdict = analyze(session)  # outside any transaction: an LLM may take seconds
+    try:
+        with transaction.atomic():
+            analysis, created = Analysis.objects.get_or_create(
+                session=session,
+                defaults={
+                    "risk_level": verdict.risk_level,
+                    "title": verdict.title[:200],
+                    "explanation": verdict.explanation,
+                    "suggested_action": verdict.suggested_action,
+                    "analyzer": verdict.analyzer[:120],
+                    "fallback_reason": verdict.fallback_reason[:300],
+                    "reasons": verdict.reasons,
+                },
+            )
+            if created:
+                transaction.on_commit(lambda: notify_analysis_ready(session.pk))
+    except IntegrityError:  # another worker stored it between our check and our insert
+        analysis = Analysis.objects.get(session=session)
+    return analysis
+
+
+def analysis_get(*, actor: Actor, session_id) -> tuple[Session, Analysis | None]:
+    """A session the actor may read the content of (its owner, admins and auditors) and its
+    analysis, None while pending. Raises NotFound("session not found") for everyone else."""
+    session = session_get(actor=actor, session_id=session_id, action="view_content")
+    return session, Analysis.objects.filter(session_id=session.pk).first()
+
+
+def analysis_to_dict(session_id, analysis: Analysis | None) -> dict:
+    """The agent-facing shape of an analysis (`status` "ready" or "pending")."""
+    if analysis is None:
+        return {
+            "session_id": str(session_id),
+            "status": "pending",
+            "risk_level": None,
+            "title": None,
+            "explanation": None,
+            "suggested_action": None,
+            "analyzer": None,
+            "fallback_reason": None,
+            "reasons": [],
+            "created_at": None,
+        }
+    return {
+        "session_id": str(session_id),
+        "status": "ready",
+        "risk_level": analysis.risk_level,
+        "title": analysis.title,
+        "explanation": analysis.explanation,
+        "suggested_action": analysis.suggested_action,
+        "analyzer": analysis.analyzer,
+        "fallback_reason": analysis.fallback_reason,
+        "reasons": list(analysis.reasons or []),
+        "created_at": analysis.created_at.isoformat(),
+    }
+
+
+def analysis_sweep_missing(*, now=None, limit: int = 200) -> int:
+    """Analyse finished sessions of the last day that have none yet and ended more than
+    ANALYSIS_SWEEP_GRACE_SECONDS ago (their task was lost: broker down, worker killed). Runs from
+    Celery beat every minute, and from the web process in embedded mode. Returns how many it made."""
+    now = now or timezone.now()
+    pending = (
+        Session.objects.filter(
+            status__in=FINAL_STATUSES,
+            created_at__gte=now - ANALYSIS_SWEEP_WINDOW,
+            ended_at__lt=now - timedelta(seconds=ANALYSIS_SWEEP_GRACE_SECONDS),
+            analysis__isnull=True,
+        )
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    made = 0
+    for pk in list(pending):
+        try:
+            if analysis_run(session_id=pk) is not None:
+                made += 1
+        except Exception:
+            logger.exception("the sweep could not analyse session %s", pk)
+    if made:
+        logger.warning("analysed %d session(s) whose analysis task was lost", made)
+    return made

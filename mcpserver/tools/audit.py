@@ -1,0 +1,84 @@
+"""The audit log: audit_events_list (admins and auditors)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from channels.db import database_sync_to_async as db
+from pydantic import Field
+
+from governance.policy import ROLE_AUDITOR
+from mcpserver.registry import Args, Result, page, tool
+from sessions import services
+
+
+class AuditArgs(Args):
+    actor: str | None = Field(None, max_length=254, description="The actor's e-mail.")
+    action: str | None = Field(
+        None, max_length=64, description="An action (exec.request), or a prefix ending in a dot (guardrail.)."
+    )
+    surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
+    outcome: Literal["success", "denied", "blocked", "failed", "invalid"] | None = None
+    start_date: str | None = Field(None, description="RFC 3339, inclusive.")
+    end_date: str | None = Field(None, description="RFC 3339, exclusive.")
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+    offset: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+
+class AuditEventOut(Result):
+    id: int
+    created_at: str
+    actor_email: str
+    surface: str
+    client: str
+    action: str
+    target_type: str
+    target_id: str
+    target: str
+    outcome: str
+    detail: dict[str, Any]
+    hash: str
+
+
+class AuditList(Result):
+    items: list[AuditEventOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+@tool(
+    "audit_events_list",
+    description=(
+        "The org's audit log, newest first: every change and every attempt (denied and blocked ones too) from every "
+        "surface. Filter by actor, action, surface, outcome, dates. Admins and auditors."
+    ),
+    args=AuditArgs,
+    result=AuditList,
+    role=ROLE_AUDITOR,
+    render=lambda r: (
+        "\n".join(
+            f"{e.created_at} {e.actor_email or 'system'} {e.action} {e.target} [{e.surface}] {e.outcome}"
+            for e in r.items
+        )
+        or "no events"
+    ),
+)
+async def audit_events_list(actor, args: AuditArgs, ctx) -> AuditList:
+    @db
+    def run():
+        items, total = services.audit_event_list(
+            actor=actor,
+            actor_email=args.actor,
+            action=args.action,
+            surface=args.surface,
+            outcome=args.outcome,
+            start_date=args.start_date,
+            end_date=args.end_date,
+            limit=args.limit,
+            offset=args.offset,
+        )
+        return [services.audit_event_to_dict(e) for e in items], total
+
+    items, total = await run()
+    return AuditList(**page(items, total, args.offset))
