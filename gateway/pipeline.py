@@ -33,7 +33,8 @@ from governance.errors import ConnectorError, InvalidInput, NotFound, PolicyDeni
 from governance.models import GuardrailRule
 from governance.policy import Actor, get_scoped, scope
 from sessions.audit import Outcome, audit_record
-from sessions.models import Session, SessionStatus, Verb
+from sessions.models import Analysis, Session, SessionStatus, Verb
+from sessions.services import analysis_enqueue, analysis_to_dict
 from sessions.wakeup import notify_session_finished
 
 logger = logging.getLogger("portcullis.pipeline")
@@ -233,6 +234,7 @@ def exec_start(
         if session.status != SessionStatus.OPEN:
             session.ended_at = now
             session.save(update_fields=["status", "error", "ended_at", "guardrail_findings"])
+            analysis_enqueue(session_id=session.pk)  # blocked and refused sessions are analysed too
         audit_record(
             actor=actor,
             action="exec.request",
@@ -313,6 +315,7 @@ def _run(session_id, limits: Limits, preloaded: tuple | None = None) -> None:
         )
         if ended:
             notify_session_finished(session_id)
+            analysis_enqueue(session_id=session_id)
 
 
 def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
@@ -411,7 +414,7 @@ def _finish(
     masking_info: dict | None = None,
 ) -> None:
     with transaction.atomic():
-        session = Session.objects.select_for_update().select_related("user").get(pk=session_id)
+        session = Session.objects.select_for_update(of=("self",)).select_related("user").get(pk=session_id)
         if session.is_final:  # the sweeper gave up on it meanwhile; keep its verdict
             return
         session.ended_at = timezone.now()
@@ -449,8 +452,8 @@ def _finish(
                 "execution_time_ms": elapsed_ms,
             },
         )
-        # AI analysis (sessions issue) is enqueued here, on commit.
         transaction.on_commit(lambda: notify_session_finished(session_id))
+        analysis_enqueue(session_id=session_id)  # on commit, after the wake-up
 
 
 def exec_cancel(*, actor: Actor, session_id: str) -> Session:
@@ -481,6 +484,7 @@ def exec_cancel(*, actor: Actor, session_id: str) -> Session:
             session.error = "cancelled before it ran"
             fields += ["status", "ended_at", "error"]
             transaction.on_commit(lambda: notify_session_finished(session_pk))
+            analysis_enqueue(session_id=session_pk)
         session.save(update_fields=fields)
         audit_record(actor=actor, action="exec.cancel", target=session)
     runner.cancel_local(str(session_pk))
@@ -492,6 +496,20 @@ def parse_id(value, not_found: str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except (ValueError, TypeError):
         raise NotFound(not_found) from None
+
+
+def _loaded_analysis(session: Session) -> dict | None:
+    """The session's analysis if it was loaded with it (select_related("analysis")), else None.
+    Never queries: the envelope is built in async code, and the analysis usually comes later
+    (sessions_get_analysis / sessions_wait_analysis)."""
+    if not Session.analysis.is_cached(session):
+        return None
+    try:
+        analysis = session.analysis
+    except Analysis.DoesNotExist:
+        return None
+    data = analysis_to_dict(session.pk, analysis)
+    return {k: data[k] for k in ("risk_level", "title", "explanation", "suggested_action", "analyzer")}
 
 
 def exec_envelope(session: Session) -> dict:
@@ -523,7 +541,7 @@ def exec_envelope(session: Session) -> dict:
         row_count=session.row_count,
         truncated=session.truncated,
         execution_time_ms=session.execution_time_ms,
-        analysis=None,
+        analysis=_loaded_analysis(session),
     )
     if session.result:
         envelope["columns"] = session.result.get("columns")
@@ -614,6 +632,7 @@ def schema_list(
             target=session,
             detail={"connection": connection.name},
         )
+        analysis_enqueue(session_id=session.pk)
     if error:
         raise ConnectorError(error)
     return items

@@ -167,7 +167,7 @@ def connection_update(
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         connection = get_scoped(
-            Connection.objects.select_for_update(),
+            Connection.objects.select_for_update(of=("self",)),
             actor,
             "manage",
             not_found=pipeline.not_found_message(name),

@@ -63,7 +63,7 @@ class MCPStarter:
                 self._stop = asyncio.Event()
                 self._task = asyncio.create_task(self._run(), name="mcp-session-manager")
                 if settings.CELERY_TASK_ALWAYS_EAGER:
-                    # Embedded mode has no celery beat: sweep orphaned sessions from here.
+                    # Embedded mode has no celery beat: sweep orphaned sessions (and lost analyses) from here.
                     self._sweeper = asyncio.create_task(self._sweep_forever(), name="portcullis-sweeper")
         await self._started.wait()
         if self._error is not None:
@@ -80,13 +80,17 @@ class MCPStarter:
             raise
 
     async def _sweep_forever(self) -> None:
-        from sessions.services import sessions_sweep_orphans
+        from sessions.services import analysis_sweep_missing, sessions_sweep_orphans
 
         while True:
             try:
                 await database_sync_to_async(sessions_sweep_orphans)()
             except Exception:
                 logger.exception("orphan sweep failed")
+            try:  # and the analyses whose background run was lost (a restart in between)
+                await database_sync_to_async(lambda: analysis_sweep_missing(limit=20))()
+            except Exception:
+                logger.exception("analysis sweep failed")
             await asyncio.sleep(SWEEP_EVERY_SECONDS)
 
     async def shutdown(self) -> None:

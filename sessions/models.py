@@ -90,6 +90,43 @@ class Session(models.Model):
         return self.status in FINAL_STATUSES
 
 
+class RiskLevel(models.TextChoices):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+RISK_ORDER = {level: rank for rank, level in enumerate(RiskLevel.values)}
+
+
+class Analysis(models.Model):
+    """The risk analysis of one finished session: written once, by `sessions.services.analysis_run`
+    (from a Celery task after the session ends, or the sweep that catches lost tasks).
+
+    `analyzer` names what produced it ("builtin", "llm:<model>"); `fallback_reason` says why the
+    built-in analyzer answered when an LLM analyzer is configured. `reasons` are short machine-readable
+    codes (e.g. "ddl.drop", "write.no_where") for filtering and statistics.
+    """
+
+    session = models.OneToOneField(Session, on_delete=models.CASCADE, related_name="analysis")
+    risk_level = models.CharField(max_length=16, choices=RiskLevel.choices)
+    title = models.CharField(max_length=200)
+    explanation = models.TextField()
+    suggested_action = models.TextField(blank=True)
+    analyzer = models.CharField(max_length=120)
+    fallback_reason = models.CharField(max_length=300, blank=True)
+    reasons = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "analyses"
+        indexes = [models.Index(fields=["risk_level"])]
+
+    def __str__(self):
+        return f"{self.risk_level}: {self.title}"
+
+
 class Runner(models.Model):
     """A gateway or worker process that runs connectors; its heartbeat tells live from dead."""
 

@@ -1,4 +1,4 @@
-"""Waking waiters when a session ends, across processes.
+"""Waking waiters when a session ends or its analysis is stored, across processes.
 
 The process that finishes a session publishes on a channel-layer group; waiters in any replica
 subscribe to it and then re-check the database, so a lost message costs at most one tick. A
@@ -27,6 +27,10 @@ def _group(session_id) -> str:
     return f"portcullis.session.{session_id}"
 
 
+def _analysis_group(session_id) -> str:
+    return f"portcullis.analysis.{session_id}"
+
+
 def _shared_layer():
     layer = get_channel_layer()
     if layer is None or isinstance(layer, InMemoryChannelLayer):
@@ -51,9 +55,9 @@ class _Publisher:
                 self._loop, self._pid = loop, os.getpid()
             return self._loop
 
-    def publish(self, layer, group: str) -> None:
+    def publish(self, layer, group: str, kind: str = "session.finished") -> None:
         future = asyncio.run_coroutine_threadsafe(
-            layer.group_send(group, {"type": "session.finished"}), self._ensure_loop()
+            layer.group_send(group, {"type": kind}), self._ensure_loop()
         )
         future.add_done_callback(_log_failure)
 
@@ -72,9 +76,16 @@ def notify_session_finished(session_id) -> None:
         _publisher.publish(layer, _group(session_id))
 
 
+def notify_analysis_ready(session_id) -> None:
+    layer = _shared_layer()
+    if layer is not None:
+        _publisher.publish(layer, _analysis_group(session_id), "analysis.ready")
+
+
 @database_sync_to_async
 def _load(session_id) -> Session:
-    return Session.objects.get(pk=session_id)
+    # With its analysis (if any), so the envelope can carry it without another query.
+    return Session.objects.select_related("analysis").get(pk=session_id)
 
 
 async def _receive(layer, channel, timeout: float) -> None:
@@ -132,5 +143,53 @@ async def wait_for_final(session_id, timeout: float, *, on_progress=None, progre
         if channel is not None:
             try:
                 await layer.group_discard(_group(session_id), channel)
+            except Exception:
+                logger.warning("could not leave a wake-up group", exc_info=True)
+
+
+@database_sync_to_async
+def _load_analysis(session_id):
+    from sessions.models import Analysis
+
+    return Analysis.objects.filter(session_id=session_id).first()
+
+
+async def wait_for_analysis(session_id, timeout: float, *, on_progress=None, progress_every: float = 10.0):
+    """Wait until the session's analysis exists or `timeout` passes. Returns (analysis or None, timed_out).
+
+    Wakes on the `portcullis.analysis.<id>` group (published by `analysis_run` on commit) with a
+    database re-check after every wake-up and at least every 5 s; with no shared channel layer
+    (embedded mode, one process) it re-checks the database four times a second.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    last_progress = start
+    layer, channel = None, None
+    try:
+        while True:
+            analysis = await _load_analysis(session_id)
+            now = time.monotonic()
+            if analysis is not None:
+                return analysis, False
+            if now >= deadline:
+                return None, True
+            if on_progress is not None and now - last_progress >= progress_every:
+                last_progress = now
+                await on_progress(now - start, timeout)
+            step = max(min(deadline - now, progress_every - (now - last_progress), 5.0), 0.01)
+            if channel is None and _shared_layer() is not None:
+                # Subscribe, then re-check before the first wait (an analysis stored in between counts).
+                layer = _shared_layer()
+                channel = await layer.new_channel()
+                await layer.group_add(_analysis_group(session_id), channel)
+                continue
+            if channel is not None:
+                await _receive(layer, channel, step)
+            else:
+                await asyncio.sleep(min(step, 0.25))
+    finally:
+        if channel is not None:
+            try:
+                await layer.group_discard(_analysis_group(session_id), channel)
             except Exception:
                 logger.warning("could not leave a wake-up group", exc_info=True)

@@ -1,0 +1,109 @@
+"""AI risk analysis of sessions: sessions_get_analysis, sessions_wait_analysis."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from channels.db import database_sync_to_async as db
+from django.conf import settings
+from pydantic import Field
+
+from mcpserver.registry import Args, Result, tool
+from sessions import services
+from sessions.wakeup import wait_for_analysis
+
+DEFAULT_WAIT = 45.0
+MAX_WAIT = 300.0
+
+
+class AnalysisArgs(Args):
+    id: str = Field(min_length=1, max_length=64, description="Session id.")
+
+
+class AnalysisOut(Result):
+    session_id: str
+    status: Literal["ready", "pending"] = Field(
+        description="pending until the analysis is stored (shortly after the session ends)."
+    )
+    risk_level: Literal["low", "medium", "high", "critical"] | None
+    title: str | None
+    explanation: str | None
+    suggested_action: str | None
+    analyzer: str | None = Field(description='"builtin" or "llm:<model>".')
+    fallback_reason: str | None = Field(
+        description="Why the built-in analyzer answered although an LLM analyzer is configured."
+    )
+    reasons: list[str] = Field(description='Machine-readable reasons, e.g. "ddl.drop", "write.no_where".')
+    created_at: str | None
+
+
+class WaitAnalysisArgs(AnalysisArgs):
+    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
+        DEFAULT_WAIT,
+        description="How long to wait (default 45, max 300; many clients give up on a call at 60 s). "
+        "On expiry the answer has timed_out=true and status pending: call again.",
+    )
+
+
+class WaitAnalysisOut(AnalysisOut):
+    timed_out: bool
+    waited_seconds: float
+
+
+def render(r: AnalysisOut) -> str:
+    if r.status == "pending":
+        return f"analysis of session {r.session_id} is pending" + (
+            " (timed out; call again)" if getattr(r, "timed_out", False) else ""
+        )
+    head = f"[{r.risk_level}] {r.title}"
+    return f"{head}\n{r.explanation}\nSuggested action: {r.suggested_action}"
+
+
+@tool(
+    "sessions_get_analysis",
+    description=(
+        "The AI risk analysis of a session: risk level (low/medium/high/critical), title, explanation and "
+        "suggested action, or status pending while it is being made. Readable by the session's owner, admins "
+        "and auditors."
+    ),
+    args=AnalysisArgs,
+    result=AnalysisOut,
+    render=render,
+)
+async def sessions_get_analysis(actor, args: AnalysisArgs, ctx) -> AnalysisOut:
+    session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.id))()
+    return AnalysisOut(**services.analysis_to_dict(session.pk, analysis))
+
+
+@tool(
+    "sessions_wait_analysis",
+    description=(
+        "Wait until a session's risk analysis is ready and return it (every finished session gets one). "
+        "Long-polls up to timeout_seconds, then answers timed_out=true with status pending so you can call "
+        "again. Sends progress when asked."
+    ),
+    args=WaitAnalysisArgs,
+    result=WaitAnalysisOut,
+    render=render,
+)
+async def sessions_wait_analysis(actor, args: WaitAnalysisArgs, ctx) -> WaitAnalysisOut:
+    started = time.monotonic()
+    session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.id))()
+    timed_out = False
+    if analysis is None:
+
+        async def progress(elapsed, total):
+            await ctx.progress(round(elapsed, 1), total, "analysis pending")
+
+        analysis, timed_out = await wait_for_analysis(
+            session.pk,
+            args.timeout_seconds,
+            on_progress=progress,
+            progress_every=settings.PROGRESS_INTERVAL_SECONDS,
+        )
+    return WaitAnalysisOut(
+        **services.analysis_to_dict(session.pk, analysis),
+        timed_out=timed_out,
+        waited_seconds=round(time.monotonic() - started, 3),
+    )
