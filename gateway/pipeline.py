@@ -1,13 +1,12 @@
 """The one exec path. Every surface that runs anything against a target comes through here, and
 this is the only module that imports the connectors (a test enforces it).
 
-    authorize -> [input guardrails] -> [review gate] -> record the session (input first)
-      -> run in the bounded pool -> [output guardrails] -> [mask] -> finish the record
-      -> [enqueue analysis] -> envelope
+    authorize -> input guardrails -> [review gate] -> record the session (input first)
+      -> run in the bounded pool (read-only when a rule asks) -> output guardrails -> mask
+      -> finish the record -> enqueue analysis -> envelope
 
-The bracketed steps are the seams later issues fill (guardrails and masking, reviews, AI
-analysis); each is marked below where it belongs. Nothing here is a stand-in that pretends to
-check: until a step exists, this pipeline simply does not claim it.
+The review gate (bracketed) is the seam the reviews issue fills; it is marked below where it
+belongs. Nothing here is a stand-in that pretends to check: until it exists, nothing needs review.
 """
 
 from __future__ import annotations
@@ -197,10 +196,19 @@ def exec_start(
     data = input.encode()
     too_large = len(data) > settings.MAX_INPUT_BYTES
     # Input guardrails: every statement of the parsed batch, before anything is recorded as runnable.
-    findings, rules = [], []
+    findings, rules, rules_error = [], [], ""
     if not too_large:
-        rules = rules_service.bound_rules(connection).guardrails
-        findings = guardrails.evaluate_input(rules, input, dialect=guardrails.DIALECTS.get(connection.kind))
+        try:
+            rules = rules_service.bound_rules(connection).guardrails
+            findings = guardrails.evaluate_input(
+                rules, input, dialect=guardrails.DIALECTS.get(connection.kind)
+            )
+        except Exception:  # fail closed, and keep the record
+            logger.exception("loading or evaluating the rules of connection %s failed", connection.pk)
+            rules, rules_error = (
+                [],
+                "the rules bound to this connection could not be evaluated, so nothing ran",
+            )
     limits = _limits(connection, max_rows, read_only=guardrails.requires_read_only(rules))
 
     # The review gate (reviews issue) runs here and may end it as `pending_approval`.
@@ -223,6 +231,10 @@ def exec_start(
             session.guardrail_findings = [f.as_dict() for f in findings]
             session.error = _block_message(connection, findings)
             outcome = Outcome.BLOCKED
+        elif rules_error:
+            session.status = SessionStatus.FAILED
+            session.error = rules_error
+            outcome = Outcome.FAILED
         elif too_large or busy:
             session.status = SessionStatus.FAILED
             session.error = (
@@ -604,16 +616,14 @@ def schema_list(
     items = [{k: json_value(v) for k, v in item.items()} for item in items[: connection.max_rows]]
     masking_info = {}
     if not error:
-        masker, names = rules_service.masker_for(connection)
-        if masker.active:
-            try:
+        try:
+            masker, names = rules_service.masker_for(connection)
+            if masker.active:
                 items, counts = masker.mask_json(items)
                 masking_info = {"rules": names, "counts": dict(counts)}
-            except masking.MaskingError:
-                items, error = (
-                    [],
-                    "masking failed, so the result was withheld (the masking rules are not best-effort)",
-                )
+        except Exception:  # fail closed: nothing unmasked leaves, and the session still ends
+            logger.exception("masking a schema listing of connection %s failed", connection.pk)
+            items, error = [], "masking failed, so the result was withheld"
     with transaction.atomic():
         session.ended_at = timezone.now()
         session.execution_time_ms = int((time.monotonic() - started) * 1000)

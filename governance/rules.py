@@ -1,7 +1,8 @@
 """Rule services: attributes, guardrail rules and masking rules, for every surface.
 
 Reading rules is for admins and auditors; changing them is for admins. Every change is audited.
-The pipeline reads the rules that bind a connection through `guardrails_for` and `masker_for`.
+The pipeline reads the rules that bind a connection through `bound_rules` (cached per process by
+the org's rules version) and `masker_for`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -113,7 +113,20 @@ class ChainReport:
 
 
 def audit_verify(org_id) -> ChainReport:
-    """Walk one org's chain in order and report the first broken link (constant memory)."""
+    """Walk one org's chain in order and report the first broken link (constant memory).
+
+    One snapshot for the events and the head, so writers during the walk are not mistaken for
+    removed events (REPEATABLE READ on PostgreSQL; a SQLite transaction is a snapshot already).
+    """
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if connection.vendor == "postgresql" and outermost:  # only the first statement may set it
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return _walk(org_id)
+
+
+def _walk(org_id) -> ChainReport:
     prev_hash, last_id, count = "", None, 0
     events = AuditEvent.objects.filter(org_id=org_id).order_by("id")
     for event in events.iterator(chunk_size=2000):
