@@ -20,15 +20,18 @@ It is faster than Presidio's `AnalyzerEngine` (see bench/masking.py) without cha
   (after any context boost) is below the threshold is not run at all, since Presidio would drop
   everything it finds before de-duplication;
 * a cheap necessary condition is checked before each recognizer and some patterns: a card needs
-  13 digits, an SSN 9 ASCII digits, an e-mail an '@', an IP three dots or a colon, and so on
-  (each derived from the recognizer's regex, never from letters, so Unicode case folding cannot
-  defeat it);
-* the phone matcher skips `phonenumbers.parse` for candidates that provably cannot be a valid
-  number for the region being tried (national digits only, no prefix that parsing could strip,
-  and no region of that country code whose general pattern matches), and parses an
-  international ("+cc ...") candidate once instead of once per region, because its parse does
-  not depend on the region. Everything else goes through libphonenumber unchanged;
-* results are cached per distinct value (and column) for the life of the `Masker`.
+  13 digits, an SSN 9 ASCII digits, an e-mail an '@', an IP three dots or a colon, a URL a dot
+  followed by a letter, and so on (each read off the recognizer's regex; letters only on ASCII
+  text, where IGNORECASE cannot fold other characters into them); for DATE_TIME and US_ITIN one
+  alternation of all patterns is searched before running them one by one;
+* phone numbers still go through libphonenumber's PhoneNumberMatcher, but with exact shortcuts
+  (see `_PhoneFastPath`): a parse is skipped when the libphonenumber metadata shows the number
+  cannot be valid in that region, an international number is parsed once rather than once per
+  region, and a region whose pass provably repeats an earlier one is not run. They rely on
+  libphonenumber internals, so they are pinned to a fingerprint of its source and switch off
+  (exact, slower) if phonenumbers changes;
+* results are cached per distinct value (and column, or JSON key) for the life of the `Masker`,
+  while the values of that column keep repeating.
 
 Context
 -------
@@ -79,22 +82,26 @@ Column rules (`columns`) mask every non-null cell of a matching column whole, be
 detection, under the entity name `COLUMN`. Strings are analysed; so are numbers (as `str(value)`:
 an int card number is found); a masked number becomes a string; None and booleans are left as
 they are (except under a column rule); lists and dicts in a cell (JSON columns) are masked like
-`mask_json`, with the column name as context.
+`mask_json`, with the column name as context. `mask_json` masks every string and number inside,
+dict keys included (two keys masked alike are kept apart with a trailing '#'); a key matching a
+column rule masks everything under it whole.
 
 Failing closed
 --------------
-If analysing a value raises (a regex exceeds its time budget, a validator fails, the NER model
-errors, ...), the Masker raises `MaskingError`, whose message names the column but never the
-value. Only when every spec is best_effort does it go on, replacing that whole value with
-`<MASKING_ERROR>` (counted as MASKING_ERROR): the value is never passed through unmasked. Stored
-specs are validated again when a Masker is built; an invalid one raises MaskingError too.
+If analysing a value raises (a regex exceeds its time budget of 1 s plus 10 us per character, a
+validator fails, the NER model errors, ...), the Masker raises `MaskingError`, whose message names
+the column but never the value (and chains no exception that could). Only when every spec is
+best_effort does it go on, replacing that whole value with `<MASKING_ERROR>` (counted as
+MASKING_ERROR): the value is never passed through unmasked. A column rule whose regex fails on a
+column name raises too, or with best_effort masks that column whole. Stored specs are validated
+again when a Masker is built; an invalid one raises MaskingError there.
 
 Network
 -------
 Presidio's EmailRecognizer validates domains with tldextract, whose default extractor fetches the
 Public Suffix List from the internet on first use (and has no timeout). Before the first e-mail
-is checked, tldextract's shared extractor is replaced by one that uses only the snapshot bundled
-with the package: no network, no disk cache, no delay.
+is checked, tldextract's shared extractor (process-wide) is replaced by one that uses only the
+snapshot bundled with the package: no network, no disk cache, no delay.
 
 Named entities (PERSON, LOCATION, NRP, ORGANIZATION) need a spaCy English model package
 (en_core_web_lg/md/sm/trf). Without one they are accepted in a spec and reported in
@@ -177,11 +184,13 @@ _SPACY_EN_MODELS = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_co
 _REGEX_TIMEOUT = 1.0
 _REGEX_TIMEOUT_PER_CHAR = 1e-5
 
-# Per-value cache: entries per Masker, and the longest value worth caching. A column (or JSON key,
+# Per-value cache: entries per Masker, and the longest value worth caching (a Masker may live as
+# long as its connection's rules, so this bounds its memory to a few MB). A column (or JSON key,
 # or free text) whose values rarely repeat stops being cached: after _CACHE_PROBE lookups with
 # fewer than _CACHE_MIN_HIT_RATE hits, caching would only cost time.
-_CACHE_ENTRIES = 100_000
-_CACHE_VALUE_MAX_LEN = 2048
+_CACHE_ENTRIES = 20_000
+_CACHE_VALUE_MAX_LEN = 128
+_CONTEXTS_KEPT = 10_000  # column names / keys remembered per Masker (for context and cache use)
 _CACHE_PROBE = 2000
 _CACHE_MIN_HIT_RATE = 0.05
 
@@ -460,9 +469,13 @@ class _PatternDetector(_Detector):
     def find(self, text, timeout):
         patterns = self.patterns
         if self.conditional:
-            patterns = [p for p in patterns if p.needs is None or p.needs(text)]
-            if not patterns:
-                return []
+            if len(patterns) == 1:
+                if not patterns[0].needs(text):
+                    return []
+            else:
+                patterns = [p for p in patterns if p.needs is None or p.needs(text)]
+                if not patterns:
+                    return []
         if (
             len(patterns) > 2
             and self.anyone is not None
@@ -526,7 +539,8 @@ class _PhoneDetector(_Detector):
         self.score = recognizer.SCORE
         self.context = tuple(w.lower() for w in recognizer.context or ())
         self.entity = recognizer.supported_entities[0]
-        self.fast = _phone_fast_path(self.regions)
+        # The shortcuts are derived for leniency VALID, the one PhoneRecognizer uses.
+        self.fast = _phone_fast_path(self.regions) if self.leniency == 1 else None
         self.min_nsn = self.fast.min_nsn if self.fast else 1
 
     def extra(self, text: str, digits: int) -> bool:
@@ -678,6 +692,8 @@ _PHONENUMBERS_FUNCTIONS = (
     "phonenumbermatcher._verify",
     "phonenumbermatcher._contains_only_valid_x_chars",
     "phonenumbermatcher._is_national_prefix_present_if_required",
+    "phonenumberutil._choose_formatting_pattern_for_number",
+    "phonenumberutil._formatting_rule_has_first_group_only",
     "phonenumberutil.parse",
     "phonenumberutil._build_national_number_for_parsing",
     "phonenumberutil._extract_possible_number",
@@ -697,7 +713,7 @@ _PHONENUMBERS_FUNCTIONS = (
     "phonenumberutil._number_type_helper",
     "phonenumberutil._is_number_matching_desc",
 )
-_PHONENUMBERS_FINGERPRINT = "2eb165dc041547acfade9da00a97cc8799d3664cf67ef8b4739fe716bde1338e"
+_PHONENUMBERS_FINGERPRINT = "fa2e97b766e1dbae907ef05a53335b49aad06cce5b4e9730c0cb59648a210c23"
 
 
 def _phonenumbers_fingerprint() -> str:
@@ -719,38 +735,34 @@ def _phonenumbers_fingerprint() -> str:
 class _PhoneFastPath:
     """Exact shortcuts around libphonenumber's PhoneNumberMatcher (leniency VALID and up).
 
-    A "group" is what `_parse_and_verify` is asked about; a "candidate" what `_find` hands to
-    `_extract_match` (which tries the candidate, then groups inside it).
+    Presidio's PhoneRecognizer reports every match of one matcher per region (8 regions). A
+    "candidate" is what the matcher's `_find` hands to `_extract_match`, which tries it whole and
+    then groups inside it; a "group" is what `_parse_and_verify` is asked about. Only leniency
+    VALID is in play. What is skipped is only ever what provably gives the same result:
 
-    1. Checks `_parse_and_verify` makes before parsing (brackets, page references, a Latin letter
-       or '%' or a currency sign next to the group) depend only on the text: same in all regions.
+    1. The checks `_parse_and_verify` makes before parsing (brackets, page references, a Latin
+       letter, '%' or a currency sign next to the group) depend only on the text, not the region.
     2. A group of ASCII digits and " -.()/" only, in region R, whose digits do not start with R's
        international prefix: parse() keeps R's country code, and the national significant number
-       is one of a few strings: the digits, or the digits without R's country code, each with or
-       without a national prefix stripped (or transformed) by R's or the country's main region's
-       rule; they are computed here with the same regular expressions. is_valid_number needs a
-       region of that country code for which _number_type_helper finds a type (general
-       description first: possible lengths, then pattern), and, when the country code was not
-       read from the digits, the matcher's _is_national_prefix_present_if_required (called on a
-       PhoneNumber built as parse() builds it). If no string passes, the group is invalid in
-       R. When the digits do start with R's international
-       prefix (and no 0 follows it), parse() needs more than two digits after it, starting with
-       a known country code, and the rest, with or without that country's national prefix, is
-       checked the same way.
+       is one of a few strings (the digits, or the digits without R's country code, each with or
+       without a national prefix stripped or transformed by R's or the country's main region's
+       rule), computed here with the same regular expressions. is_valid_number then needs a
+       region of that country code where _number_type_helper finds a type (one precompiled
+       alternation per country code and length decides it), and, when the country code was not
+       read from the digits, _is_national_prefix_present_if_required must hold (decided with one
+       ordered alternation of the country's formats). If no string passes, the group is invalid
+       in R, without parsing. When the digits do start with R's international prefix (and no 0
+       follows it), parse() needs more than two digits after it, starting with a known country
+       code, and the rest, with or without that country's national prefix, is checked the same
+       way.
     3. A group "+<digits and ' -.()/'>" whose digits start with a known country code: parse()
        takes the country code from the number, so the outcome is the same whatever the default
        region; it is computed once per text and offset.
-    4. A candidate all of whose groups were settled by 1, 3, or 2 for every region, has the same
-       outcome after the same number of tries in every region: it is computed once, and reused
-       while the region has more tries left than it took (so `max_tries` ends where it would).
+    4. A candidate all of whose groups were settled by 1, 3, or 2 for every region has the same
+       outcome, after the same number of tries, in every region: it is computed once, and reused
+       while a region has more tries left than it took (so `max_tries` ends where it would).
     5. If every candidate of a region's pass was of kind 4, every region finds exactly the same
        matches: the other regions are not run.
-    6'. A candidate that found nothing in one region, having tried national groups (kind 2) and
-       groups settled by 1 or 3, finds nothing in another region where 2 rejects each of those
-       national groups: it tries the same groups, with the same outcome, in the same tries.
-    7. A region in which every candidate of the first region's pass has the outcome it had there
-       (by 4 or 6'), or lies inside a span found since (6), walks the same candidates and finds
-       nothing new: it is not run.
     6. All phone findings score the same, and one inside another can never outscore it (the
        words between their starts are digits of the number, never context words), so Presidio's
        remove_duplicates drops it. A candidate lying inside a span some region already found can
@@ -761,7 +773,16 @@ class _PhoneFastPath:
        trimmed) and too short (20 characters) to reach its repetition limits, so no match can
        start inside it and end beyond it. Only in texts of at most 100 characters, where
        `max_tries` cannot run out, so skipping tries changes nothing.
-    Everything else goes to libphonenumber unchanged. The tests compare with PhoneRecognizer.
+    7. A candidate that found nothing in one region, having tried national groups (kind 2) and
+       groups settled by 1 or 3, finds nothing in another region where 2 rejects each of those
+       national groups: it tries the same groups, with the same outcomes, in the same tries.
+    8. A region in which every candidate of the first region's pass has the outcome it had there
+       (by 4 or 7), or lies inside a span found since (6), walks the same candidates and finds
+       nothing new: it is not run.
+    0. Before any region runs, `nothing_anywhere` looks at the text's candidates: if each is dead
+       for a reason that holds in every region, no region can match.
+    Everything else goes to libphonenumber unchanged. The tests compare with PhoneNumberMatcher
+    and with Presidio.
     """
 
     def __init__(self, regions):
@@ -775,20 +796,66 @@ class _PhoneFastPath:
         )
         from phonenumbers import phonenumbermatcher as pm
         from phonenumbers.phonenumberutil import (
+            _formatting_rule_has_first_group_only,
             _is_number_matching_desc,
+            _maybe_strip_national_prefix_carrier_code,
             _number_type_helper,
             _set_italian_leading_zeros_for_phone_number,
+            normalize_digits_only,
             region_code_for_country_code,
         )
 
-        def prefix_present(code: int, number: str, raw: str) -> bool:
+        def library_prefix_present(code: int, number: str, raw: str) -> bool:
             numobj = PhoneNumber(country_code=code, raw_input=raw)
             _set_italian_leading_zeros_for_phone_number(number, numobj)
             numobj.national_number = int(number)
             numobj.country_code_source = CountryCodeSource.FROM_DEFAULT_COUNTRY
             return pm._is_national_prefix_present_if_required(numobj)
 
+        formats_by_code: dict[int, tuple | None] = {}
+
+        def formats(code: int):
+            """(alternation of the main region's formats in order, one named group each, and
+            whether each requires the national prefix), or None to use the library."""
+            if code in formats_by_code:
+                return formats_by_code[code]
+            result = None
+            metadata = PhoneMetadata.metadata_for_region(region_code_for_country_code(code))
+            if metadata is not None:
+                parts, requires = [], []
+                for i, fmt in enumerate(metadata.number_format):
+                    lead = f"(?=(?:{fmt.leading_digits_pattern[-1]}))" if fmt.leading_digits_pattern else ""
+                    parts.append(f"(?P<f{i}>{lead}(?:{fmt.pattern}))")
+                    rule = fmt.national_prefix_formatting_rule
+                    requires.append(
+                        bool(rule)
+                        and not fmt.national_prefix_optional_when_formatting
+                        and not _formatting_rule_has_first_group_only(rule)
+                    )
+                try:
+                    result = (re.compile("|".join(parts)) if parts else None, requires, metadata)
+                except re.error:
+                    result = None
+            formats_by_code[code] = result
+            return result
+
+        def prefix_present(code: int, number: str, raw: str) -> bool:
+            """_is_national_prefix_present_if_required for a number whose country code came from
+            the default region, `number` its national significant number and `raw` the digits:
+            _choose_formatting_pattern_for_number takes the first format whose last leading-digits
+            pattern matches at the start and whose pattern matches whole, which is the first
+            alternative of the ordered alternation that fullmatches."""
+            known = formats(code)
+            if known is None:
+                return library_prefix_present(code, number, raw)
+            rx, requires, metadata = known
+            match = rx.fullmatch(number) if rx is not None else None
+            if match is None or not requires[int(match.lastgroup[1:])]:
+                return True
+            return _maybe_strip_national_prefix_carrier_code(normalize_digits_only(raw), metadata)[2]
+
         self.prefix_present = prefix_present
+        self.library_prefix_present = library_prefix_present
 
         self.country_codes = frozenset(COUNTRY_CODE_TO_REGION_CODE)
         self.matches_desc = _is_number_matching_desc
@@ -807,6 +874,8 @@ class _PhoneFastPath:
         self.prefix_rule = prefix_rule
         self.descs_by_code: dict[int, tuple | None] = {}
         self.typed_by_key: dict[tuple[int, int], object] = {}
+        self.any_typed_by_length: dict[int, object] = {}
+        self.regions_typed_by_length: dict[int, list] = {}
         self.info = {}
         for region in regions:
             metadata = PhoneMetadata.metadata_for_region(region)
@@ -831,9 +900,10 @@ class _PhoneFastPath:
                 possible = md.general_desc.possible_length if md and md.general_desc else ()
                 lengths.extend([n for n in possible if n > 0] if possible else [1])
         self.min_nsn = min(lengths) if lengths else 1
-        self.kinds = _PureCache(200_000)
-        self.invalid = _PureCache(400_000)
-        self.nowhere = _PureCache(200_000)
+        # Bounded memos of pure functions of digit strings (about 10 MB at most, per process).
+        self.kinds = _PureCache(20_000)
+        self.invalid = _PureCache(50_000)
+        self.nowhere = _PureCache(20_000)
         fast = self
 
         class Matcher(pm.PhoneNumberMatcher):
@@ -860,7 +930,7 @@ class _PhoneFastPath:
                     and self._max_tries > failed[0]
                     and all(fast.cannot_be_valid(self._fast_region, digits) for digits in failed[1])
                 ):
-                    self._max_tries -= failed[0]  # shortcut 6'
+                    self._max_tries -= failed[0]  # shortcut 7
                     memo.region_clean = False
                     return None
                 memo.watching, memo.trace = True, []
@@ -891,11 +961,12 @@ class _PhoneFastPath:
                 if kind[0] == "national":
                     if memo.trace is not None:
                         memo.trace.append(kind[1])
+                    if memo.watching:
+                        if fast.invalid_everywhere(kind[1]):
+                            return None  # here too, and the same in every region
+                        memo.watching = False
                     if fast.cannot_be_valid(self._fast_region, kind[1]):
-                        if memo.watching and not fast.invalid_everywhere(kind[1]):
-                            memo.watching = False
                         return None
-                    memo.watching = False
                     return super()._parse_and_verify(candidate, offset)
                 if kind[0] == "plus":
                     if key not in memo.results:
@@ -907,12 +978,14 @@ class _PhoneFastPath:
         self.matcher = Matcher
 
     def find(self, text: str, regions, leniency) -> set[tuple[int, int]]:
+        if self.nothing_anywhere(text):
+            return set()
         memo = _PhoneMemo(text)
         spans = memo.spans
         first = None
         for region in regions:
             if first is not None and self.same_as_first(text, region, first, memo):
-                continue  # shortcut 7
+                continue  # shortcut 8
             memo.region_clean = True
             if first is None:
                 memo.sequence = []
@@ -945,24 +1018,46 @@ class _PhoneFastPath:
         return match is not None and match.end() == end
 
     def rejected_before_parsing(self, matcher, candidate: str, offset: int) -> bool:
-        """The checks at the top of PhoneNumberMatcher._parse_and_verify, verbatim."""
-        pm = self.pm
+        return self.rejected_at(matcher.text, candidate, offset)
+
+    def rejected_at(self, text: str, candidate: str, offset: int) -> bool:
+        """The checks at the top of PhoneNumberMatcher._parse_and_verify (leniency VALID)."""
+        pm, matcher = self.pm, self.pm.PhoneNumberMatcher
         if not pm.fullmatch(pm._MATCHING_BRACKETS, candidate) or pm._PUB_PAGES.search(candidate):
             return True
-        if matcher.leniency >= self.valid_leniency:
-            text = matcher.text
-            if offset > 0 and not pm._LEAD_PATTERN.match(candidate):
-                previous_char = text[offset - 1]
-                if matcher._is_invalid_punctuation_symbol(previous_char) or matcher._is_latin_letter(
-                    previous_char
-                ):
-                    return True
-            last_char_index = offset + len(candidate)
-            if last_char_index < len(text):
-                next_char = text[last_char_index]
-                if matcher._is_invalid_punctuation_symbol(next_char) or matcher._is_latin_letter(next_char):
-                    return True
+        if offset > 0 and not pm._LEAD_PATTERN.match(candidate):
+            previous_char = text[offset - 1]
+            if matcher._is_invalid_punctuation_symbol(previous_char) or matcher._is_latin_letter(
+                previous_char
+            ):
+                return True
+        last_char_index = offset + len(candidate)
+        if last_char_index < len(text):
+            next_char = text[last_char_index]
+            if matcher._is_invalid_punctuation_symbol(next_char) or matcher._is_latin_letter(next_char):
+                return True
         return False
+
+    def nothing_anywhere(self, text: str) -> bool:
+        """Shortcut 0: no region can match. Without an 'x', the matcher never trims a candidate,
+        so its candidates are exactly the pattern's successive matches. Each one is dead if it
+        has fewer digits than the shortest valid number and no letters (parse() could turn
+        letters into digits), or if it is all ASCII digits, so no group inside it is tried, and
+        that group is rejected before parsing or invalid in every region (shortcut 2)."""
+        if "x" in text or "X" in text or "\uff58" in text or "\uff38" in text:
+            return False
+        for match in self.pm._PATTERN.finditer(text):
+            candidate = match.group()
+            if candidate.isdigit() and candidate.isascii():
+                if len(candidate) < self.min_nsn:
+                    continue
+                if self.rejected_at(text, candidate, match.start()) or self.invalid_everywhere(candidate):
+                    continue
+                return False
+            digits = sum(1 for ch in candidate if ch.isdigit())
+            if digits >= self.min_nsn or _ASCII_LETTER.search(candidate) is not None:
+                return False
+        return True
 
     def classify(self, candidate: str) -> tuple:
         for i, ch in enumerate(candidate):
@@ -986,12 +1081,63 @@ class _PhoneFastPath:
         return ("other",)
 
     def invalid_everywhere(self, digits: str) -> bool:
+        """cannot_be_valid in every region. Where nothing can be stripped from the front of the
+        digits, a region's only national number is the digits themselves: if no region's country
+        code has a type for them (one alternation), those regions are all settled at once."""
         verdict = self.nowhere.get(digits)
-        if verdict is None:
-            verdict = self.nowhere.put(
-                digits, all(self.cannot_be_valid(region, digits) for region in self.info)
-            )
-        return verdict
+        if verdict is not None:
+            return verdict
+        length = len(digits)
+        anywhere = self.any_typed(length)
+        if anywhere is not False and (anywhere is None or anywhere.fullmatch(digits) is None):
+            regions = [r for r, info in self.info.items() if info[4] is None or self.strippable(info, digits)]
+        else:
+            regions = [
+                region
+                for region, info, typed in self.regions_typed(length)
+                if typed is False or self.strippable(info, digits) or (typed and typed.fullmatch(digits))
+            ]
+        return self.nowhere.put(digits, all(self.cannot_be_valid(region, digits) for region in regions))
+
+    def regions_typed(self, length: int) -> list:
+        """[(region, info, typed(its country code, length))], computed once per length."""
+        known = self.regions_typed_by_length.get(length)
+        if known is None:
+            known = self.regions_typed_by_length[length] = [
+                (region, info, self.typed(info[4], length) if info[4] is not None else False)
+                for region, info in self.info.items()
+            ]
+        return known
+
+    @staticmethod
+    def strippable(info, digits: str) -> bool:
+        """Whether parse() could take an international prefix, the country code or a national
+        prefix off the front of the digits in this region (see cannot_be_valid)."""
+        idd, code_text, own_rule, _, _ = info
+        return (
+            (idd is not None and idd.match(digits) is not None)
+            or digits.startswith(code_text)
+            or (own_rule[0] is not None and own_rule[0].match(digits) is not None)
+        )
+
+    def any_typed(self, length: int):
+        """typed() for every country code of the regions, as one alternation (None: no code has
+        a type of this length; False: unknown, check region by region)."""
+        if length in self.any_typed_by_length:
+            return self.any_typed_by_length[length]
+        parts = []
+        result = None
+        for code in dict.fromkeys(info[4] for info in self.info.values()):
+            typed = self.typed(code, length) if code is not None else False
+            if typed is False:
+                result = False
+                break
+            if typed is not None:
+                parts.append(f"(?:{typed.pattern})")
+        else:
+            result = re.compile("|".join(parts)) if parts else None
+        self.any_typed_by_length[length] = result
+        return result
 
     @staticmethod
     def _strip_prefix(rule, number: str) -> str | None:
@@ -1280,6 +1426,7 @@ _PATTERN_NEEDS = {
     ("US_SSN", "SSN1 (very weak)"): lambda t: "-" in t,
     ("US_SSN", "SSN2 (very weak)"): lambda t: "-" in t,
     ("US_SSN", "SSN3 (very weak)"): lambda t: "-" in t,
+    ("US_SSN", "SSN5 (medium)"): lambda t: "-" in t or " " in t or "." in t,
 }
 
 _BUILTINS_LOCK = threading.Lock()
@@ -1488,7 +1635,9 @@ class Masker:
     """Masks SQL rows, text and JSON with the union of the given (validated) specs.
 
     `key` is the HMAC key for pseudonyms. A Masker is cheap to build (detectors are shared per
-    process) and safe to use from several threads; it caches results per distinct value.
+    process; the first one in a process loads Presidio, about 2 s), safe to share between threads
+    and to keep for as long as its specs hold: it caches results per distinct value within fixed
+    bounds (see _CACHE_ENTRIES).
     """
 
     def __init__(self, specs: list[dict], *, key: bytes):
@@ -1652,7 +1801,7 @@ class Masker:
                     plan = (method, keep)
                 elif method == plan[0]:
                     plan = (method, min(keep, plan[1]))
-        if len(self._column_plans) < 10_000:
+        if len(self._column_plans) < _CONTEXTS_KEPT:
             self._column_plans[name] = plan
         return plan
 
@@ -1713,6 +1862,8 @@ class Masker:
         if cacheable:
             use = self._cache_use.get(context)
             if use is None:
+                if len(self._cache_use) >= _CONTEXTS_KEPT:
+                    self._cache_use.clear()
                 use = self._cache_use.setdefault(context, [0, 0])
             if use[0] >= _CACHE_PROBE and use[1] < use[0] * _CACHE_MIN_HIT_RATE:
                 cacheable = False  # values here do not repeat
@@ -1779,6 +1930,8 @@ class Masker:
                 key = (det.entity, context)
                 explicit = self._explicit.get(key)
                 if explicit is None:
+                    if len(self._explicit) >= _CONTEXTS_KEPT:
+                        self._explicit.clear()
                     explicit = self._explicit[key] = _supported(context_words, (context,))
             nearby = window
             if context_words and window and not explicit:

@@ -816,6 +816,16 @@ def test_phone_matching_shortcuts_are_exact():
         assert maximal(fast) == maximal(plain), text
 
 
+def test_the_national_prefix_check_equals_libphonenumbers():
+    fast = masking._builtin_detectors()["PHONE_NUMBER"].fast
+    rnd = random.Random(3)
+    for code in (1, 44, 49, 33, 972, 91, 55, 39, 7, 86):
+        for _ in range(300):
+            number = "".join(str(rnd.randrange(10)) for _ in range(rnd.randrange(4, 14)))
+            raw = rnd.choice(["", "0", "1", "00", "90"]) + number
+            assert fast.prefix_present(code, number, raw) == fast.library_prefix_present(code, number, raw)
+
+
 def test_preceding_words_boost_as_presidios_context_enhancer():
     """Our preceding-words context equals Presidio's LemmaContextAwareEnhancer fed with the same
     tokens (lower-cased words as lemmas, spaCy's English stop words)."""
