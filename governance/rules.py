@@ -436,6 +436,30 @@ def bound_rules(connection: Connection) -> Bound:
     return bound
 
 
+PREVIEW_ROWS = 100
+
+
+def _query_sample(actor: Actor, connection_name: str, input: str) -> tuple[list[str], list[list]]:
+    import time
+
+    from gateway import pipeline  # the pipeline imports this module
+
+    session = pipeline.exec_start(
+        actor=actor, connection_name=connection_name, input=input, max_rows=PREVIEW_ROWS
+    )
+    deadline = time.monotonic() + 60
+    while not session.is_final and time.monotonic() < deadline:
+        time.sleep(0.05)
+        session.refresh_from_db()
+    envelope = pipeline.exec_envelope(session)
+    if envelope["status"] != "completed" or not envelope.get("columns"):
+        raise InvalidInput(
+            f"the preview query did not return rows (status {envelope['status']}, session {session.pk}): "
+            f"{(envelope.get('message') or envelope.get('output') or '')[:300]}"
+        )
+    return envelope["columns"], envelope["rows"]
+
+
 def masking_preview(
     *,
     actor: Actor,
@@ -444,13 +468,27 @@ def masking_preview(
     text: str | None = None,
     columns: list[str] | None = None,
     rows: list[list] | None = None,
+    connection_name: str | None = None,
+    input: str | None = None,
 ) -> dict:
-    """Mask a sample the caller provides with a stored rule or an inline spec. Returns only masked data."""
+    """Mask a sample with a stored rule or an inline spec. Returns only masked data.
+
+    The sample is text, or columns and rows the caller provides, or the first rows of a query
+    (`connection_name` + `input`): the query runs through the exec pipeline like any other, as the
+    caller, with the connection's guardrails, its current masking and the audit log, so nobody
+    sees raw data through a preview.
+    """
     require_role(actor, ROLE_AUDITOR)
     if (ref is None) == (spec is None):
         raise InvalidInput("give either a rule (id or name) or an inline spec")
+    if (connection_name is None) != (input is None):
+        raise InvalidInput("a query preview needs both connection_name and input")
+    if connection_name is not None:
+        if text is not None or rows is not None:
+            raise InvalidInput("give a sample or a query, not both")
+        columns, rows = _query_sample(actor, connection_name, input)
     if text is None and rows is None:
-        raise InvalidInput("give a sample text, or columns and rows")
+        raise InvalidInput("give a sample text, or columns and rows, or a connection_name and input")
     if rows is not None and (columns is None or any(len(r) != len(columns) for r in rows)):
         raise InvalidInput("every sample row needs one value per column")
     checked = masking.validate_spec(spec) if spec is not None else None

@@ -335,3 +335,28 @@ def test_masking_preview_returns_only_masked_data(cast, mcp):
     assert "joe@example.com" not in json.dumps(preview)
     assert preview["counts"]["EMAIL_ADDRESS"] == 2
     assert preview["rows"][1] == [None]
+
+
+def test_masking_preview_of_a_query_runs_it_through_exec_and_returns_masked_rows(cast, shops, mcp):
+    preview = structured(
+        mcp(cast.carol).call(
+            "datamasking_rules_preview",
+            {
+                # the fixture's addresses end in .test, which Presidio's e-mail check rejects
+                "spec": {"custom": [{"name": "ACME_MAIL", "regex": "[a-z]+@acme\\.test"}], "method": "redact"},
+                "connection_name": "shop",
+                "input": "select name, email from customers order by id",
+            },
+        )
+    )
+    assert preview["columns"] == ["name", "email"]
+    assert preview["rows"][0] == ["acme one", "<ACME_MAIL>"]
+    assert preview["counts"] == {"ACME_MAIL": 3}
+    session = Session.objects.get(user=cast.carol.user, verb="exec")  # it ran as carol, recorded and audited
+    assert session.status == SessionStatus.DONE
+    assert AuditEvent.objects.filter(action="exec.request", actor=cast.carol.user).count() == 1
+    assert "both connection_name and input" in error_text(
+        mcp(cast.carol).call(
+            "datamasking_rules_preview", {"spec": {"entities": ["URL"]}, "connection_name": "shop"}
+        )
+    )

@@ -349,6 +349,12 @@ class PreviewArgs(Args):
     text: str | None = Field(None, max_length=1_000_000, description="A sample text to mask.")
     columns: list[str] | None = Field(None, description="Sample result columns...")
     rows: list[list[Any]] | None = Field(None, max_length=1000, description="...and rows.")
+    connection_name: str | None = Field(
+        None, max_length=63, description="...or the first 100 rows of a query on this connection..."
+    )
+    input: str | None = Field(
+        None, description="...this query (it runs through exec: guardrails, masking, audit)."
+    )
 
 
 class PreviewResult(Result):
@@ -361,7 +367,10 @@ class PreviewResult(Result):
 
 @tool(
     "datamasking_rules_preview",
-    description="Mask a sample you provide with a rule or a draft spec; returns only masked data (admins, auditors).",
+    description=(
+        "Mask a sample with a rule or a draft spec: text, rows you give, or a query's first rows (run through exec). "
+        "Returns only masked data (admins, auditors)."
+    ),
     args=PreviewArgs,
     result=PreviewResult,
     role=ROLE_AUDITOR,
@@ -369,7 +378,14 @@ class PreviewResult(Result):
 async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewResult:
     result = await db(
         lambda: rules.masking_preview(
-            actor=actor, ref=args.id, spec=args.spec, text=args.text, columns=args.columns, rows=args.rows
+            actor=actor,
+            ref=args.id,
+            spec=args.spec,
+            text=args.text,
+            columns=args.columns,
+            rows=args.rows,
+            connection_name=args.connection_name,
+            input=args.input,
         )
     )()
     return PreviewResult(**result)
