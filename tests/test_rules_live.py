@@ -343,7 +343,10 @@ def test_masking_preview_of_a_query_runs_it_through_exec_and_returns_masked_rows
             "datamasking_rules_preview",
             {
                 # the fixture's addresses end in .test, which Presidio's e-mail check rejects
-                "spec": {"custom": [{"name": "ACME_MAIL", "regex": "[a-z]+@acme\\.test"}], "method": "redact"},
+                "spec": {
+                    "custom": [{"name": "ACME_MAIL", "regex": "[a-z]+@acme\\.test"}],
+                    "method": "redact",
+                },
                 "connection_name": "shop",
                 "input": "select name, email from customers order by id",
             },
