@@ -55,6 +55,7 @@ def session_list(
     surface: str | None = None,
     start_date: str | None = None,
     end_date: str | None = None,
+    risk_level: str | None = None,
     limit: int = 20,
     offset: int = 0,
 ) -> tuple[list[Session], int]:
@@ -77,6 +78,8 @@ def session_list(
         qs = qs.filter(verb=verb)
     if surface:
         qs = qs.filter(surface=surface)
+    if risk_level:
+        qs = qs.filter(analysis__risk_level=risk_level)
     if start:
         qs = qs.filter(created_at__gte=start)
     if end:
@@ -406,3 +409,68 @@ def analysis_sweep_missing(*, now=None, limit: int = 200) -> int:
     if made:
         logger.warning("analysed %d session(s) whose analysis task was lost", made)
     return made
+
+
+STATS_GROUPS = ("user", "connection", "status", "verb", "surface", "risk_level", "day", "hour", "weekday")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def session_stats(
+    *,
+    actor: Actor,
+    group_by: list[str],
+    start_date: str | None = None,
+    end_date: str | None = None,
+    connection: str | None = None,
+    status: str | None = None,
+) -> dict:
+    """Counts of the sessions the actor may see, grouped by any of STATS_GROUPS (UTC for day, hour
+    and weekday), over an optional date range. One aggregate query."""
+    from django.db.models import Count
+    from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, TruncDate
+
+    if not group_by or len(group_by) > 3 or len(set(group_by)) != len(group_by):
+        raise InvalidInput("group_by takes one to three different groups")
+    unknown = [g for g in group_by if g not in STATS_GROUPS]
+    if unknown:
+        raise InvalidInput(f"unknown group {unknown[0]!r}; use any of: {', '.join(STATS_GROUPS)}")
+    qs = scope(Session.objects.all(), actor, "view")
+    start, end = _parse_time(start_date, "start_date"), _parse_time(end_date, "end_date")
+    if start:
+        qs = qs.filter(created_at__gte=start)
+    if end:
+        qs = qs.filter(created_at__lt=end)
+    if connection:
+        qs = qs.filter(connection_name=connection)
+    if status:
+        qs = qs.filter(status=status)
+    columns = {
+        "user": "user__email",
+        "connection": "connection_name",
+        "status": "status",
+        "verb": "verb",
+        "surface": "surface",
+        "risk_level": "analysis__risk_level",
+    }
+    computed = {
+        "day": TruncDate("created_at"),
+        "hour": ExtractHour("created_at"),
+        "weekday": ExtractIsoWeekDay("created_at"),
+    }
+    qs = qs.annotate(**{f"g_{g}": computed[g] for g in group_by if g in computed})
+    fields = [columns.get(g, f"g_{g}") for g in group_by]
+    rows = (
+        qs.order_by().values(*fields).annotate(count=Count("id", distinct=True)).order_by("-count", *fields)
+    )
+    groups = []
+    for row in rows[:1000]:
+        key = {}
+        for name, field in zip(group_by, fields, strict=True):
+            value = row[field]
+            if name == "day" and value is not None:
+                value = value.isoformat()
+            elif name == "weekday" and value is not None:
+                value = WEEKDAYS[value - 1]
+            key[name] = value
+        groups.append({**key, "count": row["count"]})
+    return {"group_by": group_by, "total": sum(g["count"] for g in groups), "groups": groups}

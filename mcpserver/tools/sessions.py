@@ -46,6 +46,9 @@ class ListArgs(Args):
     )
     verb: Literal["exec", "schema", "runbook", "tool"] | None = None
     surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
+    risk_level: Literal["low", "medium", "high", "critical"] | None = Field(
+        None, description="Of the analysis."
+    )
     start_date: str | None = Field(None, description="RFC 3339, inclusive.")
     end_date: str | None = Field(None, description="RFC 3339, exclusive.")
     limit: Annotated[int, Field(ge=1, le=100)] = 20
@@ -86,6 +89,7 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
             surface=args.surface,
             start_date=args.start_date,
             end_date=args.end_date,
+            risk_level=args.risk_level,
             limit=args.limit,
             offset=args.offset,
         )
@@ -156,3 +160,55 @@ async def sessions_get_content(actor, args: ContentArgs, ctx) -> ContentResult:
         )
     )()
     return ContentResult(**data)
+
+
+StatsGroup = Literal[
+    "user", "connection", "status", "verb", "surface", "risk_level", "day", "hour", "weekday"
+]
+
+
+class StatsArgs(Args):
+    group_by: list[StatsGroup] = Field(
+        min_length=1, max_length=3, description="One to three groups (UTC times)."
+    )
+    start_date: str | None = Field(None, description="RFC 3339, inclusive.")
+    end_date: str | None = Field(None, description="RFC 3339, exclusive.")
+    connection: str | None = Field(None, max_length=63)
+    status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
+        None
+    )
+
+
+class StatsResult(Result):
+    group_by: list[str]
+    total: int
+    groups: list[dict[str, Any]] = Field(description="One object per group: the group values and `count`.")
+
+
+@tool(
+    "sessions_stats",
+    description=(
+        "Count sessions grouped by user, connection, status, verb, surface, risk_level, day, hour or weekday over a "
+        "date range: e.g. what ran on prod-postgres by weekday and hour. Same visibility as sessions_list."
+    ),
+    args=StatsArgs,
+    result=StatsResult,
+    render=lambda r: (
+        "\n".join(
+            ", ".join(f"{k}={v}" for k, v in g.items() if k != "count") + f": {g['count']}" for g in r.groups
+        )
+        or "no sessions"
+    ),
+)
+async def sessions_stats(actor, args: StatsArgs, ctx) -> StatsResult:
+    result = await db(
+        lambda: services.session_stats(
+            actor=actor,
+            group_by=list(args.group_by),
+            start_date=args.start_date,
+            end_date=args.end_date,
+            connection=args.connection,
+            status=args.status,
+        )
+    )()
+    return StatsResult(**result)
