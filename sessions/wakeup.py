@@ -98,42 +98,45 @@ async def _receive(layer, channel, timeout: float) -> None:
         await asyncio.sleep(min(timeout, 1.0))
 
 
-async def wait_for_final(session_id, timeout: float, *, on_progress=None, progress_every: float = 10.0):
-    """Wait until the session is final or `timeout` passes. Returns (session, timed_out).
+async def _wait_until(
+    load, done, group: str, timeout: float, *, local_key=None, on_progress=None, progress_every=10.0
+):
+    """Await `load()` until `done(value)` or `timeout`. Returns (last value, timed_out).
 
-    `on_progress(elapsed, total)` is awaited about every `progress_every` seconds while waiting.
+    Wakes on the job's local future when `local_key` runs in this process, else on the channel
+    layer `group` (subscribing only when needed, then re-checking so nothing in between is
+    missed), with a database re-check after every wake-up and at least every 5 s; with no shared
+    layer (embedded mode) it re-checks four times a second. `on_progress(elapsed, total)` is
+    awaited about every `progress_every` seconds.
     """
     start = time.monotonic()
     deadline = start + timeout
     last_progress = start
     layer, channel = None, None
-    key = str(session_id)
     try:
         while True:
             now = time.monotonic()
-            future = runner.local_future(key)
+            future = runner.local_future(local_key) if local_key else None
             if future is not None:
                 # Runs in this process: its future resolves right after the record is final.
                 step = max(min(deadline - now, progress_every - (now - last_progress)), 0.01)
                 await asyncio.wait({asyncio.wrap_future(future)}, timeout=step)
-            session = await _load(session_id)
+            value = await load()
             now = time.monotonic()
-            if session.is_final:
-                return session, False
+            if done(value):
+                return value, False
             if now >= deadline:
-                return session, True
+                return value, True
             if on_progress is not None and now - last_progress >= progress_every:
                 last_progress = now
                 await on_progress(now - start, timeout)
-            if runner.local_future(key) is not None:
+            if local_key and runner.local_future(local_key) is not None:
                 continue
             step = max(min(deadline - now, progress_every - (now - last_progress), 5.0), 0.01)
             if channel is None and _shared_layer() is not None:
-                # Another process runs it: subscribe, then re-check before the first wait so an
-                # end that happened in between is not missed.
                 layer = _shared_layer()
                 channel = await layer.new_channel()
-                await layer.group_add(_group(session_id), channel)
+                await layer.group_add(group, channel)
                 continue
             if channel is not None:
                 await _receive(layer, channel, step)
@@ -142,9 +145,22 @@ async def wait_for_final(session_id, timeout: float, *, on_progress=None, progre
     finally:
         if channel is not None:
             try:
-                await layer.group_discard(_group(session_id), channel)
+                await layer.group_discard(group, channel)
             except Exception:
                 logger.warning("could not leave a wake-up group", exc_info=True)
+
+
+async def wait_for_final(session_id, timeout: float, *, on_progress=None, progress_every: float = 10.0):
+    """Wait until the session is final or `timeout` passes. Returns (session, timed_out)."""
+    return await _wait_until(
+        lambda: _load(session_id),
+        lambda session: session.is_final,
+        _group(session_id),
+        timeout,
+        local_key=str(session_id),
+        on_progress=on_progress,
+        progress_every=progress_every,
+    )
 
 
 @database_sync_to_async
@@ -157,39 +173,13 @@ def _load_analysis(session_id):
 async def wait_for_analysis(session_id, timeout: float, *, on_progress=None, progress_every: float = 10.0):
     """Wait until the session's analysis exists or `timeout` passes. Returns (analysis or None, timed_out).
 
-    Wakes on the `portcullis.analysis.<id>` group (published by `analysis_run` on commit) with a
-    database re-check after every wake-up and at least every 5 s; with no shared channel layer
-    (embedded mode, one process) it re-checks the database four times a second.
+    Wakes on the `portcullis.analysis.<id>` group, published by `analysis_run` on commit.
     """
-    start = time.monotonic()
-    deadline = start + timeout
-    last_progress = start
-    layer, channel = None, None
-    try:
-        while True:
-            analysis = await _load_analysis(session_id)
-            now = time.monotonic()
-            if analysis is not None:
-                return analysis, False
-            if now >= deadline:
-                return None, True
-            if on_progress is not None and now - last_progress >= progress_every:
-                last_progress = now
-                await on_progress(now - start, timeout)
-            step = max(min(deadline - now, progress_every - (now - last_progress), 5.0), 0.01)
-            if channel is None and _shared_layer() is not None:
-                # Subscribe, then re-check before the first wait (an analysis stored in between counts).
-                layer = _shared_layer()
-                channel = await layer.new_channel()
-                await layer.group_add(_analysis_group(session_id), channel)
-                continue
-            if channel is not None:
-                await _receive(layer, channel, step)
-            else:
-                await asyncio.sleep(min(step, 0.25))
-    finally:
-        if channel is not None:
-            try:
-                await layer.group_discard(_analysis_group(session_id), channel)
-            except Exception:
-                logger.warning("could not leave a wake-up group", exc_info=True)
+    return await _wait_until(
+        lambda: _load_analysis(session_id),
+        lambda analysis: analysis is not None,
+        _analysis_group(session_id),
+        timeout,
+        on_progress=on_progress,
+        progress_every=progress_every,
+    )

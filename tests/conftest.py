@@ -21,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,6 +270,31 @@ def gateway_server(django_db_setup, django_db_blocker, tmp_path_factory):
         process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@contextmanager
+def celery_worker_process(queue: str, log_dir: Path, *, purge: bool = False):
+    """A real `celery -A gateway worker -Q <queue>` on this run's test database and Redis broker."""
+    if not django_settings.REDIS_URL:
+        pytest.skip("a Celery worker needs a Redis broker (REDIS_URL)")
+    log = log_dir / "worker.log"
+    argv = [sys.executable, "-m", "celery", "-A", "gateway", "worker", "-Q", queue, "-c", "2", "-l", "info"]
+    argv += ["--without-heartbeat", "--without-gossip", "--without-mingle"] + (["--purge"] if purge else [])
+    with open(log, "wb") as fh:
+        process = subprocess.Popen(argv, cwd=ROOT, env=gateway_env(), stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 class MCP:

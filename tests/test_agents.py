@@ -2,15 +2,12 @@
 not in the gateway. The worker here is a real `celery worker` process on the Redis broker."""
 
 import subprocess
-import sys
-import time
 
 import pytest
-from django.conf import settings
 
 from gateway.services import connection_create_headless
 from sessions.models import Runner, Session
-from tests.conftest import ROOT, error_text, gateway_env, structured
+from tests.conftest import celery_worker_process, error_text, structured
 
 pytestmark = pytest.mark.live
 
@@ -18,44 +15,8 @@ pytestmark = pytest.mark.live
 @pytest.fixture
 def agent_worker(cast, tmp_path_factory):
     """A worker for acme's agent queue "near-db" (queues are named agent.<org id>.<name>)."""
-    if not settings.REDIS_URL:
-        pytest.skip("agent queues need a Redis broker (REDIS_URL)")
-    log = tmp_path_factory.mktemp("agent") / "worker.log"
-    with open(log, "wb") as fh:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "gateway",
-                "worker",
-                "-Q",
-                f"agent.{cast.acme.pk}.near-db",
-                "-c",
-                "2",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "info",
-            ],
-            cwd=ROOT,
-            env=gateway_env(),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while "ready" not in log.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the agent worker did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with celery_worker_process(f"agent.{cast.acme.pk}.near-db", tmp_path_factory.mktemp("agent")) as process:
+        yield process
 
 
 @pytest.fixture

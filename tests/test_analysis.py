@@ -5,8 +5,6 @@ gateway with a real Celery worker."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,7 @@ from gateway.services import connection_create_headless
 from sessions import analysis as analyzer
 from sessions.models import Analysis, Session, SessionStatus
 from sessions.services import analysis_run, analysis_sweep_missing
-from tests.conftest import ROOT, error_text, gateway_env, structured
+from tests.conftest import celery_worker_process, error_text, structured
 
 NOON = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -415,45 +413,9 @@ def test_embedded_mode_analyses_after_commit_without_delaying_or_breaking_the_ex
 @pytest.fixture
 def celery_worker(cast, tmp_path_factory):
     """A `celery worker` on the default queue, as in production (docker-compose's `worker`)."""
-    if not django_settings.REDIS_URL:
-        pytest.skip("the live analysis test needs a Redis broker (REDIS_URL)")
-    log = tmp_path_factory.mktemp("analysis") / "worker.log"
-    with open(log, "wb") as fh:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "gateway",
-                "worker",
-                "-Q",
-                django_settings.CELERY_TASK_DEFAULT_QUEUE,
-                "-c",
-                "2",
-                "--purge",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "info",
-            ],
-            cwd=ROOT,
-            env=gateway_env(),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while "ready" not in log.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the worker did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
+    with celery_worker_process(queue, tmp_path_factory.mktemp("analysis"), purge=True) as process:
+        yield process
 
 
 @pytest.fixture
