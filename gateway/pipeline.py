@@ -30,7 +30,7 @@ from governance import guardrails, masking
 from governance import rules as rules_service
 from governance.errors import ConnectorError, InvalidInput, NotFound, PolicyDenied, PortcullisError
 from governance.models import GuardrailRule
-from governance.policy import Actor, get_scoped, scope
+from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, scope
 from sessions.audit import Outcome, audit_record
 from sessions.models import Analysis, Session, SessionStatus, Verb
 from sessions.services import analysis_enqueue, analysis_to_dict
@@ -687,7 +687,7 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
     rules = bound.guardrails
     findings = guardrails.evaluate_input(rules, input, dialect=guardrails.DIALECTS.get(connection.kind))
     masker, masking_rules = bound.masker, bound.masking_rules
-    privileged = actor.is_admin or actor.is_auditor
+    privileged = has_role(actor, ROLE_AUDITOR)
     audit_record(
         actor=actor,
         action="exec.explain",

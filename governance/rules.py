@@ -201,8 +201,39 @@ def guardrail_get(*, actor: Actor, ref: str) -> GuardrailRule:
     )
 
 
+def _save_with_bindings(rule, actor: Actor, fields: dict, what: str) -> list[str]:
+    """Save a rule, then set the bindings given (lists replace); returns the changed field names."""
+    changed = sorted(k for k in fields if k not in ("connections", "attributes"))
+    _save_unique(rule, what)
+    if "connections" in fields:
+        rule.connections.set(_connections(actor, fields["connections"]))
+        changed.append("connections")
+    if "attributes" in fields:
+        rule.attributes.set(_attributes(actor, fields["attributes"]))
+        changed.append("attributes")
+    return changed
+
+
+def _rule_update(model, what: str, action: str, apply, *, actor: Actor, ref: str, fields: dict):
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = _by_ref(model.objects.select_for_update(), actor, ref, what)
+        changed = apply(rule, actor, fields)
+        _changed(actor=actor, action=action, target=rule, detail={"changed": changed})
+    return rule
+
+
+def _rule_delete(model, what: str, action: str, *, actor: Actor, ref: str) -> str:
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = _by_ref(model.objects.all(), actor, ref, what)
+        name = rule.name
+        _changed(actor=actor, action=action, target=rule)
+        rule.delete()
+    return name
+
+
 def _apply_guardrail(rule: GuardrailRule, actor: Actor, fields: dict) -> list[str]:
-    changed = []
     if "name" in fields:
         rule.name = _check_name(fields["name"], "guardrail")
     for key in ("description", "message", "enabled"):
@@ -214,15 +245,7 @@ def _apply_guardrail(rule: GuardrailRule, actor: Actor, fields: dict) -> list[st
         rule.output_conditions = guardrails.validate_conditions(fields["output"] or {}, direction="output")
     if not rule.input_conditions and not rule.output_conditions:
         raise InvalidInput("a guardrail needs at least one input or output condition")
-    changed = sorted(k for k in fields if k not in ("connections", "attributes"))
-    _save_unique(rule, "guardrail")
-    if "connections" in fields:
-        rule.connections.set(_connections(actor, fields["connections"]))
-        changed.append("connections")
-    if "attributes" in fields:
-        rule.attributes.set(_attributes(actor, fields["attributes"]))
-        changed.append("attributes")
-    return changed
+    return _save_with_bindings(rule, actor, fields, "guardrail")
 
 
 def guardrail_create(*, actor: Actor, name: str, **fields) -> GuardrailRule:
@@ -237,22 +260,13 @@ def guardrail_create(*, actor: Actor, name: str, **fields) -> GuardrailRule:
 
 def guardrail_update(*, actor: Actor, ref: str, **fields) -> GuardrailRule:
     """Change the fields given; `connections` and `attributes` replace their lists."""
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = _by_ref(GuardrailRule.objects.select_for_update(), actor, ref, "guardrail")
-        changed = _apply_guardrail(rule, actor, fields)
-        _changed(actor=actor, action="guardrail.update", target=rule, detail={"changed": changed})
-    return rule
+    return _rule_update(
+        GuardrailRule, "guardrail", "guardrail.update", _apply_guardrail, actor=actor, ref=ref, fields=fields
+    )
 
 
 def guardrail_delete(*, actor: Actor, ref: str) -> str:
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = _by_ref(GuardrailRule.objects.all(), actor, ref, "guardrail")
-        name = rule.name
-        _changed(actor=actor, action="guardrail.delete", target=rule)
-        rule.delete()
-    return name
+    return _rule_delete(GuardrailRule, "guardrail", "guardrail.delete", actor=actor, ref=ref)
 
 
 def _bound(qs: QuerySet, connection: Connection) -> QuerySet:
@@ -345,15 +359,7 @@ def _apply_masking(rule: MaskingRule, actor: Actor, fields: dict) -> list[str]:
             setattr(rule, key, fields[key])
     if "spec" in fields:
         rule.spec = masking.validate_spec(fields["spec"] or {})
-    changed = sorted(k for k in fields if k not in ("connections", "attributes"))
-    _save_unique(rule, "masking rule")
-    if "connections" in fields:
-        rule.connections.set(_connections(actor, fields["connections"]))
-        changed.append("connections")
-    if "attributes" in fields:
-        rule.attributes.set(_attributes(actor, fields["attributes"]))
-        changed.append("attributes")
-    return changed
+    return _save_with_bindings(rule, actor, fields, "masking rule")
 
 
 def masking_rule_create(*, actor: Actor, name: str, spec: dict, **fields) -> MaskingRule:
@@ -366,22 +372,19 @@ def masking_rule_create(*, actor: Actor, name: str, spec: dict, **fields) -> Mas
 
 
 def masking_rule_update(*, actor: Actor, ref: str, **fields) -> MaskingRule:
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = _by_ref(MaskingRule.objects.select_for_update(), actor, ref, "masking rule")
-        changed = _apply_masking(rule, actor, fields)
-        _changed(actor=actor, action="masking_rule.update", target=rule, detail={"changed": changed})
-    return rule
+    return _rule_update(
+        MaskingRule,
+        "masking rule",
+        "masking_rule.update",
+        _apply_masking,
+        actor=actor,
+        ref=ref,
+        fields=fields,
+    )
 
 
 def masking_rule_delete(*, actor: Actor, ref: str) -> str:
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = _by_ref(MaskingRule.objects.all(), actor, ref, "masking rule")
-        name = rule.name
-        _changed(actor=actor, action="masking_rule.delete", target=rule)
-        rule.delete()
-    return name
+    return _rule_delete(MaskingRule, "masking rule", "masking_rule.delete", actor=actor, ref=ref)
 
 
 def masking_key(org_id) -> bytes:

@@ -45,6 +45,35 @@ def _parse_time(value: str | None, field: str) -> datetime | None:
     return parsed
 
 
+def _visible_sessions(
+    actor: Actor,
+    *,
+    user_email=None,
+    connection=None,
+    status=None,
+    verb=None,
+    surface=None,
+    risk_level=None,
+    start_date=None,
+    end_date=None,
+):
+    """The sessions `actor` may see, filtered: the one filter path of sessions_list and sessions_stats."""
+    if status and status not in SessionStatus.values:
+        raise InvalidInput(f"unknown status {status!r}; use one of: {', '.join(SessionStatus.values)}")
+    start, end = _parse_time(start_date, "start_date"), _parse_time(end_date, "end_date")
+    filters = {
+        "user__email": user_email.lower() if user_email else None,
+        "connection_name": connection,
+        "status": status,
+        "verb": verb,
+        "surface": surface,
+        "analysis__risk_level": risk_level,
+        "created_at__gte": start,
+        "created_at__lt": end,
+    }
+    return scope(Session.objects.all(), actor, "view").filter(**{k: v for k, v in filters.items() if v})
+
+
 def session_list(
     *,
     actor: Actor,
@@ -64,26 +93,17 @@ def session_list(
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
     if not 0 <= offset <= MAX_OFFSET:
         raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}; narrow the filters instead")
-    if status and status not in SessionStatus.values:
-        raise InvalidInput(f"unknown status {status!r}; use one of: {', '.join(SessionStatus.values)}")
-    qs = scope(Session.objects.all(), actor, "view")
-    start, end = _parse_time(start_date, "start_date"), _parse_time(end_date, "end_date")
-    if user_email:
-        qs = qs.filter(user__email=user_email.lower())
-    if connection:
-        qs = qs.filter(connection_name=connection)
-    if status:
-        qs = qs.filter(status=status)
-    if verb:
-        qs = qs.filter(verb=verb)
-    if surface:
-        qs = qs.filter(surface=surface)
-    if risk_level:
-        qs = qs.filter(analysis__risk_level=risk_level)
-    if start:
-        qs = qs.filter(created_at__gte=start)
-    if end:
-        qs = qs.filter(created_at__lt=end)
+    qs = _visible_sessions(
+        actor,
+        user_email=user_email,
+        connection=connection,
+        status=status,
+        verb=verb,
+        surface=surface,
+        risk_level=risk_level,
+        start_date=start_date,
+        end_date=end_date,
+    )
     qs = qs.select_related("user").order_by("-created_at", "-pk")
     total = qs.count()
     return list(qs[offset : offset + limit]), total
@@ -99,9 +119,12 @@ def session_get(*, actor: Actor, session_id, action: str = "view") -> Session:
     )
 
 
-def session_to_dict(session: Session, *, privileged: bool = False) -> dict:
-    """Metadata of a session, without its content. Guardrail findings (which rule, which statement,
-    what matched) are for admins and auditors (`privileged`); everyone sees the rules' names."""
+def session_to_dict(session: Session, *, actor: Actor) -> dict:
+    """Metadata of a session, without its content, as `actor` may see it: guardrail findings (which
+    rule, which statement, what matched) are for admins and auditors; everyone sees the rules' names."""
+    from governance.policy import ROLE_AUDITOR, has_role
+
+    privileged = has_role(actor, ROLE_AUDITOR)
     findings = session.guardrail_findings or []
     return {
         "guardrails": sorted({f["rule"] for f in findings}),
@@ -434,16 +457,9 @@ def session_stats(
     unknown = [g for g in group_by if g not in STATS_GROUPS]
     if unknown:
         raise InvalidInput(f"unknown group {unknown[0]!r}; use any of: {', '.join(STATS_GROUPS)}")
-    qs = scope(Session.objects.all(), actor, "view")
-    start, end = _parse_time(start_date, "start_date"), _parse_time(end_date, "end_date")
-    if start:
-        qs = qs.filter(created_at__gte=start)
-    if end:
-        qs = qs.filter(created_at__lt=end)
-    if connection:
-        qs = qs.filter(connection_name=connection)
-    if status:
-        qs = qs.filter(status=status)
+    qs = _visible_sessions(
+        actor, connection=connection, status=status, start_date=start_date, end_date=end_date
+    )
     columns = {
         "user": "user__email",
         "connection": "connection_name",

@@ -93,9 +93,7 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
             limit=args.limit,
             offset=args.offset,
         )
-        return [
-            services.session_to_dict(s, privileged=actor.is_admin or actor.is_auditor) for s in page
-        ], total
+        return [services.session_to_dict(s, actor=actor) for s in page], total
 
     items, total = await run()
     return ListResult(**page(items, total, args.offset))
@@ -115,7 +113,7 @@ async def sessions_get(actor, args: IdArgs, ctx) -> SessionOut:
     data = await db(
         lambda: services.session_to_dict(
             services.session_get(actor=actor, session_id=args.id),
-            privileged=actor.is_admin or actor.is_auditor,
+            actor=actor,
         )
     )()
     return SessionOut(**data)
