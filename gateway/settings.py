@@ -123,6 +123,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "gateway.urls"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
 ASGI_APPLICATION = "gateway.asgi.application"
 WSGI_APPLICATION = None
 
