@@ -21,6 +21,7 @@ class ConnectionKind(models.TextChoices):
     MYSQL = "mysql"
     SQLITE = "sqlite"
     COMMAND = "command"
+    MCP = "mcp"
 
 
 def _default_max_rows():
@@ -92,3 +93,65 @@ class Connection(models.Model):
         clean = {k: v for k, v in values.items() if v not in (None, "")}
         self.secrets_encrypted = crypto.encrypt_json(clean) if clean else ""
         self.secret_keys = sorted(clean)
+
+
+# --- upstream MCP servers (connection kind "mcp") ------------------------------------------------
+
+
+class ContractStatus(models.TextChoices):
+    ACCEPTED = "accepted"  # the upstream shows exactly the pinned contract
+    CHANGED = "changed"  # its description or a schema differs from the pinned one: blocked
+    ADDED = "added"  # appeared after the first listing: blocked until an admin accepts it
+    REMOVED = "removed"  # no longer listed by the upstream
+
+
+class UpstreamTool(models.Model):
+    """The pinned contract of one tool of an upstream MCP server (trust on first sight).
+
+    `pinned` is what an admin accepted (or what the first listing showed); `observed` is what
+    the upstream showed last. A tool is callable only while its status is `accepted`; any drift
+    blocks it until `upstream_contract_accept` pins the observed contract.
+    """
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="upstream_tools")
+    name = models.CharField(max_length=128)
+    status = models.CharField(max_length=16, choices=ContractStatus.choices)
+    pinned = models.JSONField(null=True, blank=True)
+    pinned_sha256 = models.CharField(max_length=64, blank=True)
+    observed = models.JSONField(default=dict, blank=True)
+    observed_sha256 = models.CharField(max_length=64, blank=True)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "name"], name="upstream_tool_unique_per_connection")
+        ]
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} ({self.status})"
+
+
+class UpstreamRateWindow(models.Model):
+    """Calls counted per connection, policy key and fixed window, in the database so every
+    replica sees the same count (rate limits of upstream tools)."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=200)
+    window_start = models.BigIntegerField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "key", "window_start"], name="upstream_rate_window_unique"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.key}@{self.window_start}: {self.count}"
