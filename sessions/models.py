@@ -206,3 +206,88 @@ class AuditChainHead(models.Model):
 
     def __str__(self):
         return f"audit chain of {self.org_id}: {self.count} events"
+
+
+class WebhookEndpoint(models.Model):
+    """Where an org's outbound events are POSTed, signed with the endpoint's HMAC secret.
+
+    The secret is encrypted at rest like connection secrets and write-only: no page, API or tool
+    renders it back (`has_secret` says whether one is set). `event_types` empty means every type.
+    Private, loopback and link-local targets are refused unless `allow_private_network` is set.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    name = models.CharField(max_length=63)
+    url = models.URLField(max_length=2000)
+    event_types = models.JSONField(default=list, blank=True, help_text="Empty: every event type.")
+    secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    enabled = models.BooleanField(default=True)
+    allow_private_network = models.BooleanField(
+        default=False, help_text="Allow private, loopback and link-local addresses (an SSRF risk)."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="webhook_unique_name_per_org")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.secret_encrypted)
+
+    def get_secret(self) -> str:
+        """The plaintext HMAC key, for signing only. Never render or return this."""
+        from gateway import crypto
+
+        return crypto.decrypt_json(self.secret_encrypted).get("secret", "")
+
+    def set_secret(self, value: str) -> None:
+        from gateway import crypto
+
+        self.secret_encrypted = crypto.encrypt_json({"secret": value})
+
+    def wants(self, event_type: str) -> bool:
+        return not self.event_types or event_type in self.event_types
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"  # not tried yet
+    DELIVERED = "delivered"  # a 2xx answer
+    FAILED = "failed"  # the last attempt failed; another is scheduled at next_attempt_at
+    DEAD = "dead"  # gave up after WEBHOOK_MAX_ATTEMPTS; an admin may retry it
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint: its payload, and how delivering it went. Written by
+    `sessions.delivery` only; the admin shows it read-only (with a retry action)."""
+
+    id = models.BigAutoField(primary_key=True)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event_id = models.UUIDField()
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    response_code = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "event_id"], name="webhook_delivery_once_per_event")
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+
+    def __str__(self):
+        return f"{self.event_type} to {self.endpoint_id}: {self.status}"
