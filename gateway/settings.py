@@ -105,6 +105,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "oauth2_provider",  # the built-in OAuth 2.1 authorization server (docs/oauth.md)
     "governance",
     "gateway",
     "reviews",
@@ -254,4 +255,39 @@ ANALYZER_TIMEOUT_SECONDS = float(env_int("PORTCULLIS_ANALYZER_TIMEOUT_SECONDS", 
 CELERY_BEAT_SCHEDULE["sessions-analyze-missing"] = {
     "task": "sessions.tasks.analysis_sweep_missing",
     "schedule": 60.0,
+}
+
+# --- OAuth 2.1 for MCP clients (docs/oauth.md) -----------------------------------------------
+# Whether OAuth is on, the resource URI, the external issuer and the groups claim live in the
+# database (`manage.py mcp_auth`); these are the built-in authorization server's fixed rules.
+OAUTH_ACCESS_TOKEN_SECONDS = env_int("PORTCULLIS_OAUTH_ACCESS_TOKEN_SECONDS", 3600)
+OAUTH_REFRESH_TOKEN_SECONDS = env_int("PORTCULLIS_OAUTH_REFRESH_TOKEN_SECONDS", 30 * 24 * 3600)
+# Private-use URI schemes (RFC 8252 §7.1) that native clients may register as redirect URIs,
+# besides https and http on a loopback address (for example Cursor's `cursor://...`).
+OAUTH_REDIRECT_SCHEMES = env_list("PORTCULLIS_OAUTH_REDIRECT_SCHEMES", ["cursor", "vscode", "vscode-insiders"])
+OAUTH2_PROVIDER = {
+    "SCOPES": {
+        "mcp:read": "Read: list and inspect connections, sessions, schemas and rules",
+        "mcp:exec": "Execute: run queries and commands on connections (exec)",
+        "mcp:admin": "Administer: create, change and delete connections and rules",
+    },
+    "DEFAULT_SCOPES": ["mcp:read"],
+    "PKCE_REQUIRED": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,  # S256 only; `plain` (or no method) is refused
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,  # tokens hashed at rest
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,  # a replayed refresh token revokes its whole family
+    "ACCESS_TOKEN_EXPIRE_SECONDS": OAUTH_ACCESS_TOKEN_SECONDS,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": OAUTH_REFRESH_TOKEN_SECONDS,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["http", "https", *OAUTH_REDIRECT_SCHEMES],
+    "REQUEST_APPROVAL_PROMPT": "force",  # the consent page every time a client asks
+    "OIDC_ISS_ENDPOINT": PUBLIC_BASE_URL,  # the issuer (and the base of every endpoint) in RFC 8414 metadata
+    "DCR_ENABLED": True,  # open to anyone while OAuth is on (governance.oauth_views checks that)
+    "DCR_REGISTRATION_PERMISSION_CLASSES": ("oauth2_provider.dcr.AllowAllDCRPermission",),
+    "OAUTH2_RESPONSE_TYPES_SUPPORTED": ["code"],
+    "OAUTH2_GRANT_TYPES_SUPPORTED": ["authorization_code", "refresh_token"],
+    "OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED": ["none", "client_secret_basic", "client_secret_post"],
 }

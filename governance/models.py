@@ -183,3 +183,49 @@ class MaskingRule(BoundRule):
         constraints = [
             models.UniqueConstraint(fields=["org", "name"], name="maskingrule_unique_name_per_org")
         ]
+
+
+class MCPAuthSettings(models.Model):
+    """How MCP callers may authenticate at /api/mcp besides API tokens (which always work).
+
+    One row (pk 1) for the gateway, since /api/mcp is one endpoint: OAuth on or off, the canonical
+    resource URI tokens must be issued for (RFC 8707), and either the built-in authorization server
+    (`issuer` empty) or an external issuer whose JWTs are checked against its JWKS. Users an external
+    issuer vouches for that the gateway does not know are created in `create_users_org` only.
+    Changed only through `governance.oauth` (audited).
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    enabled = models.BooleanField(default=False)
+    resource_uri = models.URLField(max_length=500, blank=True, help_text="Empty: <public URL>/api/mcp.")
+    issuer = models.URLField(max_length=500, blank=True, help_text="Empty: the built-in authorization server.")
+    jwks_uri = models.URLField(max_length=500, blank=True)
+    groups_claim = models.CharField(max_length=100, blank=True)
+    create_users_org = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "MCP auth settings"
+        verbose_name_plural = "MCP auth settings"
+
+    def __str__(self):
+        return "MCP auth settings"
+
+
+class ExternalIdentity(models.Model):
+    """A user as an external issuer knows them: (issuer, subject) -> user, fixed at first sight."""
+
+    issuer = models.CharField(max_length=500)
+    subject = models.CharField(max_length=255)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="external_identities")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="externalidentity_unique_subject")
+        ]
+
+    def __str__(self):
+        return f"{self.subject} @ {self.issuer}"
