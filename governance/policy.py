@@ -106,9 +106,66 @@ def _session_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     return qs.none()
 
 
+def _directory_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """Users and groups: every member sees their org's directory (as hoop's users_list and
+    usergroups_list do); only admins change it."""
+    qs = qs.filter(org_id=actor.org_id)
+    if action == "view" or (action == "manage" and actor.is_admin):
+        return qs
+    return qs.none()
+
+
+def _token_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """API tokens: admins and auditors see the org's (never their values), admins revoke any;
+    everyone sees and revokes their own."""
+    qs = qs.filter(user__org_id=actor.org_id)
+    if actor.is_admin or (actor.is_auditor and action == "view"):
+        return qs
+    if action in ("view", "manage"):
+        return qs.filter(user_id=actor.user.pk)
+    return qs.none()
+
+
+def _rule_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """Guardrail and masking rules: admins and auditors read, admins change."""
+    qs = qs.filter(org_id=actor.org_id)
+    if actor.is_admin or (actor.is_auditor and action == "view"):
+        return qs
+    return qs.none()
+
+
+def _admin_only_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """Attributes: admins only, reading included (as `governance.rules` decides)."""
+    return qs.filter(org_id=actor.org_id) if actor.is_admin else qs.none()
+
+
+def _audit_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """The audit log: admins and auditors read it; nobody changes it."""
+    if action == "view" and (actor.is_admin or actor.is_auditor):
+        return qs.filter(org_id=actor.org_id)
+    return qs.none()
+
+
+def _analysis_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """An analysis is visible with its session; nobody changes it."""
+    if action != "view":
+        return qs.none()
+    from sessions.models import Session
+
+    return qs.filter(session__in=_session_scope(Session.objects.all(), actor, "view").values("pk"))
+
+
 _SCOPES = {
     "gateway.connection": _connection_scope,
     "records.session": _session_scope,
+    "governance.user": _directory_scope,
+    "governance.usergroup": _directory_scope,
+    "governance.apitoken": _token_scope,
+    "governance.guardrailrule": _rule_scope,
+    "governance.maskingrule": _rule_scope,
+    "governance.attribute": _admin_only_scope,
+    "records.auditevent": _audit_scope,
+    "records.analysis": _analysis_scope,
 }
 
 
@@ -118,6 +175,12 @@ def scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     if scoper is None:
         return qs.none()
     return scoper(qs, actor, action)
+
+
+def may(actor: Actor, action: str, model) -> bool:
+    """True if `actor` may `action` at least some rows of `model` (their role allows it at all).
+    Asks `scope` itself, so it can never disagree with it; runs no query."""
+    return not scope(model._default_manager.all(), actor, action).query.is_empty()
 
 
 def can(actor: Actor, action: str, target) -> bool:

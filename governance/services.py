@@ -8,15 +8,27 @@ reach takes `actor=` and checks it through the policy module.
 from __future__ import annotations
 
 import secrets
+import uuid
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from governance.errors import Conflict, InvalidInput, NotFound
-from governance.models import RESERVED_GROUPS, ApiToken, Organization, User, UserGroup, token_digest
+from governance.models import (
+    ADMIN_GROUP,
+    AUDITOR_GROUP,
+    RESERVED_GROUPS,
+    ApiToken,
+    Organization,
+    User,
+    UserGroup,
+    token_digest,
+)
+from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
 
 
 def _audit_system(org_id, action: str, target, detail: dict | None = None) -> None:
@@ -25,6 +37,12 @@ def _audit_system(org_id, action: str, target, detail: dict | None = None) -> No
     from sessions.audit import audit_record
 
     audit_record(actor=None, org_id=org_id, action=action, target=target, detail=detail)
+
+
+def _audit_actor(actor: Actor, action: str, target, detail: dict | None = None) -> None:
+    from sessions.audit import audit_record
+
+    audit_record(actor=actor, action=action, target=target, detail=detail)
 
 
 def org_create(*, name: str) -> Organization:
@@ -53,24 +71,50 @@ def org_get(*, name: str) -> Organization:
 
 
 def user_create(
-    *, org: Organization, email: str, name: str = "", groups: list[str] = (), password: str | None = None
+    *,
+    org: Organization | None = None,
+    actor: Actor | None = None,
+    email: str,
+    name: str = "",
+    groups: list[str] = (),
+    password: str | None = None,
 ) -> User:
-    """Create a user in `org`, adding them to `groups` (created in the org if missing)."""
+    """Create a user, adding them to `groups`.
+
+    With `actor=` (every surface): an admin creates the user in their own org; the groups must
+    exist there. With `org=` and no actor (headless setup, CLI and tests only): groups missing in
+    the org are created, and the system is the actor in the audit log.
+    Raises InvalidInput, Conflict (e-mail taken), NotFound (group), PolicyDenied."""
+    if (org is None) == (actor is None):
+        raise InvalidInput("give either an actor or an organization")
+    if actor is not None:
+        require_role(actor, ROLE_ADMIN)
+        org = actor.user.org
     email = (email or "").strip().lower()
     try:
         validate_email(email)
     except ValidationError:
         raise InvalidInput(f"{email!r} is not a valid email address") from None
+    if len(name or "") > 150:
+        raise InvalidInput("name must be at most 150 characters")
     for group in groups:
         if not group or len(group) > 100:
             raise InvalidInput("group names must be 1-100 characters")
     try:
         with transaction.atomic():
+            existing = _groups_by_name(actor, list(groups)) if actor is not None else None
             user = User.objects.create_user(email, password, org=org, name=name)
             for group in groups:
-                user_group, _ = UserGroup.objects.get_or_create(org=org, name=group)
+                if existing is None:
+                    user_group, _ = UserGroup.objects.get_or_create(org=org, name=group)
+                    user_group.members.add(user)
+            for user_group in existing or []:
                 user_group.members.add(user)
-            _audit_system(org.pk, "user.create", user, {"groups": sorted(groups)})
+            detail = {"groups": sorted(groups)}
+            if actor is not None:
+                _audit_actor(actor, "user.create", user, detail)
+            else:
+                _audit_system(org.pk, "user.create", user, detail)
     except IntegrityError:
         raise Conflict(f"a user with email {email} already exists") from None
     return user
@@ -119,3 +163,301 @@ def token_authenticate(raw: str) -> tuple[User, ApiToken] | None:
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user, token
+
+
+# --- users and groups, for admins and agents (actor-first) --------------------------------------
+#
+# Who may do what is decided by `governance.policy` ("view": every member of the org sees its
+# users and groups, as in hoop's users_list/usergroups_list; "manage": admins). Every change is
+# audited in its transaction. Two safety rules hold whatever the surface:
+#   * the reserved groups `admin` and `auditor` cannot be deleted or renamed;
+#   * an org always keeps at least one active admin (no removal, deactivation or demotion of the
+#     last one). Changes that could break it lock the org's admin group row first, so two
+#     concurrent demotions cannot both pass the check.
+
+MAX_LIMIT = 100
+
+
+def _page(qs, limit: int, offset: int) -> tuple[list, int]:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
+    if offset < 0:
+        raise InvalidInput("offset must not be negative")
+    return list(qs[offset : offset + limit]), qs.count()
+
+
+def _check_group_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 100 or not name.isprintable():
+        raise InvalidInput("group name must be 1-100 printable characters")
+    return name
+
+
+def _lock_admin_group(org_id) -> None:
+    """Serialize every change that could leave the org without an active admin."""
+    list(UserGroup.objects.select_for_update().filter(org_id=org_id, name=ADMIN_GROUP).values_list("pk"))
+
+
+def _ensure_an_admin_remains(org_id) -> None:
+    """Raise (rolling the caller's transaction back) if the org has no active admin left."""
+    if not User.objects.filter(
+        org_id=org_id, is_active=True, user_groups__org_id=org_id, user_groups__name=ADMIN_GROUP
+    ).exists():
+        raise Conflict("an organization must keep at least one active admin; make someone else admin first")
+
+
+def _users_by_email(actor: Actor, emails: list[str]) -> list[User]:
+    """Users of the actor's org by e-mail; every address must exist there (same answer otherwise)."""
+    wanted = [(e or "").strip().lower() for e in emails]
+    found = {u.email: u for u in User.objects.filter(org_id=actor.org_id, email__in=wanted)}
+    for email in wanted:
+        if email not in found:
+            raise NotFound(f'user "{email}" not found')
+    return [found[e] for e in dict.fromkeys(wanted)]
+
+
+def _groups_by_name(actor: Actor, names: list[str]) -> list[UserGroup]:
+    found = {g.name: g for g in UserGroup.objects.filter(org_id=actor.org_id, name__in=names)}
+    for name in names:
+        if name not in found:
+            raise NotFound(f'group "{name}" not found')
+    return [found[n] for n in dict.fromkeys(names)]
+
+
+def user_to_dict(user: User) -> dict:
+    """The public shape of a user (never a password hash or token)."""
+    groups = sorted(g.name for g in user.user_groups.all() if g.org_id == user.org_id)
+    return {
+        "id": str(user.pk),
+        "email": user.email,
+        "name": user.name,
+        "status": "active" if user.is_active else "inactive",
+        "groups": groups,
+        "is_admin": ADMIN_GROUP in groups,
+        "is_auditor": AUDITOR_GROUP in groups,
+        "date_joined": user.date_joined.isoformat(),
+    }
+
+
+def user_list(
+    *,
+    actor: Actor,
+    search: str | None = None,
+    group: str | None = None,
+    active: bool | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[User], int]:
+    """Users of the actor's org (any member may list them), by e-mail. Returns (page, total)."""
+    qs = scope(User.objects.all(), actor, "view")
+    if search:
+        qs = qs.filter(Q(email__icontains=search) | Q(name__icontains=search))
+    if group:
+        qs = qs.filter(user_groups__org_id=actor.org_id, user_groups__name=group)
+    if active is not None:
+        qs = qs.filter(is_active=active)
+    qs = qs.distinct().prefetch_related("user_groups").order_by("email")
+    return _page(qs, limit, offset)
+
+
+def user_get(*, actor: Actor, ref: str) -> User:
+    """One user of the actor's org by e-mail or id. Raises NotFound("user not found") otherwise."""
+    ref = (ref or "").strip()
+    lookup = Q(email=ref.lower())
+    try:
+        lookup |= Q(pk=uuid.UUID(ref))
+    except ValueError:
+        pass
+    user = scope(User.objects.prefetch_related("user_groups"), actor, "view").filter(lookup).first()
+    if user is None:
+        raise NotFound("user not found")
+    return user
+
+
+def user_update(
+    *,
+    actor: Actor,
+    ref: str,
+    name: str | None = None,
+    is_active: bool | None = None,
+    groups: list[str] | None = None,
+) -> User:
+    """Change a user of the actor's org (admins). `groups`, when given, replaces their groups.
+
+    Raises NotFound, PolicyDenied, InvalidInput, Conflict (the last active admin)."""
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        _lock_admin_group(actor.org_id)
+        user = user_get(actor=actor, ref=ref)
+        user = User.objects.select_for_update().get(pk=user.pk)
+        detail: dict = {}
+        if name is not None:
+            if len(name) > 150:
+                raise InvalidInput("name must be at most 150 characters")
+            user.name = name
+            detail["name"] = name
+        if is_active is not None and is_active != user.is_active:
+            user.is_active = is_active
+            detail["is_active"] = is_active
+        user.save(update_fields=["name", "is_active"])
+        if groups is not None:
+            wanted = _groups_by_name(actor, [_check_group_name(g) for g in groups])
+            current = set(user.user_groups.filter(org_id=actor.org_id))
+            added, removed = set(wanted) - current, current - set(wanted)
+            for group in added:
+                group.members.add(user)
+            for group in removed:
+                group.members.remove(user)
+            if added or removed:
+                detail["groups_added"] = sorted(g.name for g in added)
+                detail["groups_removed"] = sorted(g.name for g in removed)
+        _ensure_an_admin_remains(actor.org_id)
+        action = "user.deactivate" if detail.get("is_active") is False else "user.update"
+        _audit_actor(actor, action, user, detail)
+    return user
+
+
+def user_deactivate(*, actor: Actor, ref: str) -> User:
+    """Deactivate a user (admins): they can no longer log in or use their tokens. Their records stay."""
+    return user_update(actor=actor, ref=ref, is_active=False)
+
+
+def usergroup_to_dict(group: UserGroup) -> dict:
+    return {
+        "id": str(group.pk),
+        "name": group.name,
+        "reserved": group.name in RESERVED_GROUPS,
+        "members": sorted(u.email for u in group.members.all() if u.org_id == group.org_id),
+        "connections": sorted(c.name for c in group.connections.all()),
+        "created_at": group.created_at.isoformat(),
+    }
+
+
+def usergroup_list(
+    *, actor: Actor, search: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[UserGroup], int]:
+    """Groups of the actor's org (any member may list them), by name."""
+    qs = scope(UserGroup.objects.all(), actor, "view")
+    if search:
+        qs = qs.filter(name__icontains=search)
+    return _page(qs.prefetch_related("members", "connections").order_by("name"), limit, offset)
+
+
+def usergroup_get(*, actor: Actor, name: str, action: str = "view") -> UserGroup:
+    return get_scoped(
+        UserGroup.objects.prefetch_related("members", "connections"),
+        actor,
+        action,
+        not_found=f'group "{name}" not found',
+        name=name,
+    )
+
+
+def usergroup_create(*, actor: Actor, name: str, members: list[str] | None = None) -> UserGroup:
+    """Create a group in the actor's org (admins), optionally with members (e-mails).
+
+    Binding a group to connections is access control's job (`access_control_set`), so creating a
+    group never changes who may use a connection. Raises InvalidInput, Conflict, NotFound."""
+    require_role(actor, ROLE_ADMIN)
+    name = _check_group_name(name)
+    with transaction.atomic():
+        users = _users_by_email(actor, members or [])
+        try:
+            with transaction.atomic():
+                group = UserGroup.objects.create(org_id=actor.org_id, name=name)
+        except IntegrityError:
+            raise Conflict(f'group "{name}" already exists') from None
+        group.members.add(*users)
+        _audit_actor(actor, "usergroup.create", group, {"members": [u.email for u in users]})
+    return group
+
+
+def usergroup_rename(*, actor: Actor, name: str, new_name: str) -> UserGroup:
+    """Rename a group (admins). Reserved groups keep their names."""
+    require_role(actor, ROLE_ADMIN)
+    new_name = _check_group_name(new_name)
+    with transaction.atomic():
+        group = usergroup_get(actor=actor, name=name, action="manage")
+        if new_name == group.name:
+            return group
+        if group.name in RESERVED_GROUPS or new_name in RESERVED_GROUPS:
+            raise InvalidInput(f"the reserved groups ({', '.join(RESERVED_GROUPS)}) cannot be renamed")
+        if UserGroup.objects.filter(org_id=actor.org_id, name=new_name).exists():
+            raise Conflict(f'group "{new_name}" already exists')
+        old, group.name = group.name, new_name
+        group.save(update_fields=["name"])
+        _audit_actor(actor, "usergroup.rename", group, {"from": old, "to": new_name})
+    return group
+
+
+def usergroup_delete(*, actor: Actor, name: str) -> str:
+    """Delete a group (admins). The reserved groups cannot be deleted, and neither can a group that
+    is the only access group of a connection: deleting it would silently open that connection to
+    the whole org. Raises InvalidInput, Conflict, NotFound."""
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        group = usergroup_get(actor=actor, name=name, action="manage")
+        if group.name in RESERVED_GROUPS:
+            raise InvalidInput(f"cannot delete the {group.name} group")
+        # Count every access group of the group's connections, not only this one (a fresh
+        # queryset: counting through `group.connections` would count the filtered join).
+        from gateway.models import Connection  # gateway's models import ours
+
+        bound = Connection.objects.filter(pk__in=group.connections.values("pk"))
+        sole = sorted(c.name for c in bound.annotate(n=Count("access_groups")).filter(n=1))
+        if sole:
+            raise Conflict(
+                f'group "{group.name}" is the only access group of connection(s) {", ".join(sole)}; '
+                "change their access control first"
+            )
+        _audit_actor(
+            actor,
+            "usergroup.delete",
+            group,
+            {"members": sorted(u.email for u in group.members.all())},
+        )
+        group.delete()
+    return name
+
+
+def usergroup_set_members(
+    *,
+    actor: Actor,
+    name: str,
+    members: list[str] | None = None,
+    add: list[str] | None = None,
+    remove: list[str] | None = None,
+) -> UserGroup:
+    """Change a group's members (admins): `members` replaces the list, `add`/`remove` edit it.
+
+    Raises NotFound (group or user), InvalidInput, Conflict (the last active admin)."""
+    require_role(actor, ROLE_ADMIN)
+    if members is None and not add and not remove:
+        raise InvalidInput("give members, or users to add or remove")
+    with transaction.atomic():
+        _lock_admin_group(actor.org_id)
+        group = usergroup_get(actor=actor, name=name, action="manage")
+        current = set(group.members.filter(org_id=actor.org_id))
+        wanted = set(_users_by_email(actor, members)) if members is not None else set(current)
+        wanted |= set(_users_by_email(actor, add or []))
+        wanted -= set(_users_by_email(actor, remove or []))
+        added, removed = wanted - current, current - wanted
+        group.members.add(*added)
+        group.members.remove(*removed)
+        if group.name == ADMIN_GROUP:
+            _ensure_an_admin_remains(actor.org_id)
+        _audit_actor(
+            actor,
+            "usergroup.members",
+            group,
+            {"added": sorted(u.email for u in added), "removed": sorted(u.email for u in removed)},
+        )
+    return group
+
+
+def usergroup_add_members(*, actor: Actor, name: str, members: list[str]) -> UserGroup:
+    return usergroup_set_members(actor=actor, name=name, add=members)
+
+
+def usergroup_remove_members(*, actor: Actor, name: str, members: list[str]) -> UserGroup:
+    return usergroup_set_members(actor=actor, name=name, remove=members)
