@@ -407,6 +407,14 @@ def analysis_to_dict(session_id, analysis: Analysis | None) -> dict:
     }
 
 
+def analysis_risk_levels(*, actor: Actor, sessions: list[Session]) -> dict[str, str]:
+    """Risk level per session id for a page of sessions a list gave the actor (one query; the
+    sessions are scoped again, so a forged list cannot reveal another's verdict)."""
+    visible = scope(Session.objects.filter(pk__in=[s.pk for s in sessions]), actor, "view")
+    rows = Analysis.objects.filter(session__in=visible).values_list("session_id", "risk_level")
+    return {str(pk): level for pk, level in rows}
+
+
 def analysis_sweep_missing(*, now=None, limit: int = 200) -> int:
     """Analyse finished sessions of the last day that have none yet and ended more than
     ANALYSIS_SWEEP_GRACE_SECONDS ago (their task was lost: broker down, worker killed). Runs from
