@@ -408,9 +408,9 @@ def analysis_to_dict(session_id, analysis: Analysis | None) -> dict:
 
 
 def analysis_risk_levels(*, actor: Actor, sessions: list[Session]) -> dict[str, str]:
-    """Risk level per session id for a page of sessions a list gave the actor (one query; the
-    sessions are scoped again, so a forged list cannot reveal another's verdict)."""
-    visible = scope(Session.objects.filter(pk__in=[s.pk for s in sessions]), actor, "view")
+    """Risk level per session id for a page of sessions a list gave the actor (one query). Only the
+    sessions whose analysis the actor may read (`view_content`, as `analysis_get`) are answered."""
+    visible = scope(Session.objects.filter(pk__in=[s.pk for s in sessions]), actor, "view_content")
     rows = Analysis.objects.filter(session__in=visible).values_list("session_id", "risk_level")
     return {str(pk): level for pk, level in rows}
 
