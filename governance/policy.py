@@ -10,6 +10,11 @@ What anyone but an admin may run on a target is decided by access groups alone, 
 Access control on connections: a connection with no access groups is usable by every member of
 its org; once an admin names groups on a connection, only members of those groups (and admins)
 may use it. Naming groups on one connection never changes who sees any other connection.
+
+Token capability (the ceiling an API token puts on its user): `Actor.capability` is `admin` (no
+ceiling: web, admin, CLI, and tokens issued as admin), `read_write` (the admin and auditor roles
+do not count: `is_admin`/`is_auditor` are False, so the user acts as a standard member) or
+`read_only` (that, and no writes: `capability_allows`; exec runs reads only, see `gateway.pipeline`).
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ from dataclasses import dataclass, field
 from django.db.models import Q, QuerySet
 
 from governance.errors import NotFound, PolicyDenied
-from governance.models import ADMIN_GROUP, AUDITOR_GROUP, User
+from governance.models import ADMIN_GROUP, AUDITOR_GROUP, TokenCapability, User
 
 SURFACES = ("web", "admin", "api", "mcp", "task", "cli")
 
 ROLE_ANY = "any"
 ROLE_AUDITOR = "auditor"  # auditors and admins
 ROLE_ADMIN = "admin"
+
+CAPABILITIES = tuple(TokenCapability.values)  # weakest first: read_only, read_write, admin
 
 
 @dataclass(frozen=True)
@@ -38,10 +45,13 @@ class Actor:
     group_ids: frozenset[int] = frozenset()
     client: str = ""
     token_id: str | None = field(default=None, compare=False)
+    capability: str = TokenCapability.ADMIN  # no ceiling unless a token sets one
 
     def __post_init__(self):
         if self.surface not in SURFACES:
             raise ValueError(f"unknown surface {self.surface!r}")
+        if self.capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {self.capability!r}")
 
     @property
     def org_id(self):
@@ -49,14 +59,27 @@ class Actor:
 
     @property
     def is_admin(self) -> bool:
-        return ADMIN_GROUP in self.groups
+        return ADMIN_GROUP in self.groups and self.capability == TokenCapability.ADMIN
 
     @property
     def is_auditor(self) -> bool:
-        return AUDITOR_GROUP in self.groups
+        return AUDITOR_GROUP in self.groups and self.capability == TokenCapability.ADMIN
+
+    @property
+    def read_only(self) -> bool:
+        """A read-only token: no writes anywhere, exec of reads only."""
+        return self.capability == TokenCapability.READ_ONLY
 
     @classmethod
-    def for_user(cls, user: User, *, surface: str, client: str = "", token_id: str | None = None) -> Actor:
+    def for_user(
+        cls,
+        user: User,
+        *,
+        surface: str,
+        client: str = "",
+        token_id: str | None = None,
+        capability: str = TokenCapability.ADMIN,
+    ) -> Actor:
         # Only groups of the user's own org count, whatever the membership table says.
         rows = list(user.user_groups.filter(org_id=user.org_id).values_list("pk", "name"))
         return cls(
@@ -66,6 +89,18 @@ class Actor:
             surface=surface,
             client=client[:200],
             token_id=token_id,
+            capability=str(capability),
+        )
+
+    @classmethod
+    def for_token(cls, user: User, token, *, surface: str) -> Actor:
+        """The actor of an API token: its user, capped by the token's capability."""
+        return cls.for_user(
+            user,
+            surface=surface,
+            client=f"token:{token.name}",
+            token_id=str(token.pk),
+            capability=token.capability,
         )
 
 
@@ -79,11 +114,32 @@ def has_role(actor: Actor, role: str) -> bool:
     return False  # an unknown role is a deny, never a guess
 
 
+def capability_allows(actor: Actor, needed: str) -> bool:
+    """True if the actor's token capability reaches `needed` (unknown: deny)."""
+    if needed not in CAPABILITIES:
+        return False
+    return CAPABILITIES.index(actor.capability) >= CAPABILITIES.index(needed)
+
+
+def capability_message(needed: str) -> str:
+    return f"this token's capability does not allow it ({needed} needed)"
+
+
+def require_capability(actor: Actor, needed: str) -> None:
+    if not capability_allows(actor, needed):
+        raise PolicyDenied(capability_message(needed))
+
+
+def role_denied_message(actor: Actor, role: str) -> str:
+    message = "admin access required" if role == ROLE_ADMIN else "admin or auditor access required"
+    if actor.capability != TokenCapability.ADMIN and actor.groups & {ADMIN_GROUP, AUDITOR_GROUP}:
+        message += f" (this token's capability is {actor.capability}; issue one with capability admin)"
+    return message
+
+
 def require_role(actor: Actor, role: str) -> None:
     if not has_role(actor, role):
-        raise PolicyDenied(
-            "admin access required" if role == ROLE_ADMIN else "admin or auditor access required"
-        )
+        raise PolicyDenied(role_denied_message(actor, role))
 
 
 def _connection_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:

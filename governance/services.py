@@ -24,6 +24,7 @@ from governance.models import (
     RESERVED_GROUPS,
     ApiToken,
     Organization,
+    TokenCapability,
     User,
     UserGroup,
     token_digest,
@@ -121,9 +122,16 @@ def user_create(
 
 
 def token_issue(
-    *, user: User, name: str = "default", expires_days: int | None = None
+    *,
+    user: User,
+    name: str = "default",
+    expires_days: int | None = None,
+    capability: str = TokenCapability.READ_WRITE,
 ) -> tuple[ApiToken, str]:
     """Issue an API token. Returns (token row, raw value); the raw value is never stored or shown again."""
+    # `capability` caps the token below its user's roles (never above them); see TokenCapability.
+    if capability not in TokenCapability.values:
+        raise InvalidInput(f"capability must be one of: {', '.join(TokenCapability.values)}")
     if expires_days is not None and not 1 <= expires_days <= 3650:
         raise InvalidInput("expires-days must be between 1 and 3650")
     if not name or len(name) > 100:
@@ -134,10 +142,14 @@ def token_issue(
         name=name,
         prefix=raw[:12],
         digest=token_digest(raw),
+        capability=capability,
         expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
     )
     _audit_system(
-        user.org_id, "token.issue", token, {"user": user.email, "expires_at": str(token.expires_at)}
+        user.org_id,
+        "token.issue",
+        token,
+        {"user": user.email, "expires_at": str(token.expires_at), "capability": capability},
     )
     return token, raw
 
