@@ -122,7 +122,7 @@ def seed(*, postgres_dsn: str) -> dict:
             admin = user_create(
                 org=org, email=DEMO_ADMIN, name="Demo Admin", groups=["admin"], password=password
             )
-            _, token = token_issue(user=admin, name="make-run")
+            _, token = token_issue(user=admin, name="make-run", capability="admin")
         report.update(created=True, email=DEMO_ADMIN, password=password, token=token)
     if not Connection.objects.filter(org=org, name="demo-sqlite").exists():
         connection_create_headless(

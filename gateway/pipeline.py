@@ -26,7 +26,7 @@ from gateway import runner
 from gateway.connectors import REGISTRY, ExecResult, Limits
 from gateway.connectors.base import cap_text, json_value, render_table
 from gateway.models import Connection
-from governance import guardrails, masking
+from governance import capability, guardrails, masking
 from governance import rules as rules_service
 from governance.errors import ConnectorError, InvalidInput, NotFound, PolicyDenied, PortcullisError
 from governance.models import GuardrailRule
@@ -209,6 +209,8 @@ def exec_start(
                 [],
                 "the rules bound to this connection could not be evaluated, so nothing ran",
             )
+    if not too_large and not rules_error:  # a read-only token's ceiling: one more read_only rule
+        rules, findings = capability.apply_exec_ceiling(actor, connection.kind, input, rules, findings)
     limits = _limits(connection, max_rows, read_only=guardrails.requires_read_only(rules))
 
     # The review gate (reviews issue) runs here and may end it as `pending_approval`.

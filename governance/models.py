@@ -93,6 +93,19 @@ def token_digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+class TokenCapability(models.TextChoices):
+    """The ceiling a token puts on its user's powers (never a raise above them).
+
+    `read_only`: reads, and exec only of statements that read (checked on the parsed SQL, then run
+    in a read-only transaction; no command connections). `read_write`: what the user may do as a
+    standard member, no admin or auditor role. `admin`: the user's own roles, uncapped.
+    """
+
+    READ_ONLY = "read_only"
+    READ_WRITE = "read_write"
+    ADMIN = "admin"
+
+
 class ApiToken(models.Model):
     """A personal API token. Only its SHA-256 is stored; the value is shown once at issue."""
 
@@ -107,6 +120,11 @@ class ApiToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Least privilege by default (and for tokens issued before capabilities existed): an admin's
+    # token uses the admin role only when issued with capability "admin".
+    capability = models.CharField(
+        max_length=16, choices=TokenCapability.choices, default=TokenCapability.READ_WRITE
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -198,7 +216,9 @@ class MCPAuthSettings(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
     enabled = models.BooleanField(default=False)
     resource_uri = models.URLField(max_length=500, blank=True, help_text="Empty: <public URL>/api/mcp.")
-    issuer = models.URLField(max_length=500, blank=True, help_text="Empty: the built-in authorization server.")
+    issuer = models.URLField(
+        max_length=500, blank=True, help_text="Empty: the built-in authorization server."
+    )
     jwks_uri = models.URLField(max_length=500, blank=True)
     groups_claim = models.CharField(max_length=100, blank=True)
     create_users_org = models.ForeignKey(

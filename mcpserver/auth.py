@@ -30,7 +30,7 @@ def _resolve(raw: str):
     if found is None:
         return None
     user, token = found
-    actor = Actor.for_user(user, surface="mcp", client=f"token:{token.name}", token_id=str(token.pk))
+    actor = Actor.for_token(user, token, surface="mcp")
     return actor, token
 
 

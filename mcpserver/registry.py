@@ -11,6 +11,7 @@ from typing import Any
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict
 
+from governance.models import TokenCapability
 from governance.policy import ROLE_ANY
 
 
@@ -44,6 +45,9 @@ class ToolSpec:
     idempotent: bool = False
     render: Callable[[Result], str] | None = None
     title: str | None = None
+    # The token capability a caller needs (see governance.policy): read-only tools need read_only,
+    # writes read_write, unless the tool enforces the ceiling itself (exec runs reads only).
+    capability: str = TokenCapability.READ_WRITE
 
     @property
     def annotations(self) -> ToolAnnotations:
@@ -71,6 +75,7 @@ def tool(
     idempotent: bool = False,
     render: Callable[[Any], str] | None = None,
     title: str | None = None,
+    capability: str | None = None,
 ):
     """Register `handler(actor, args, ctx) -> result` as the MCP tool `name`."""
 
@@ -89,6 +94,7 @@ def tool(
             idempotent=idempotent,
             render=render,
             title=title,
+            capability=capability or (TokenCapability.READ_ONLY if read_only else TokenCapability.READ_WRITE),
         )
         return handler
 

@@ -24,7 +24,7 @@ from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextConte
 from pydantic import ValidationError
 
 from governance.errors import PortcullisError
-from governance.policy import Actor, has_role
+from governance.policy import Actor, capability_allows, capability_message, has_role, role_denied_message
 from mcpserver import tools  # noqa: F401  (registers every tool)
 from mcpserver.auth import GatewayTokenVerifier
 from mcpserver.registry import TOOLS, ToolSpec
@@ -78,10 +78,15 @@ def _current_actor(ctx) -> Actor | None:
     return dataclasses.replace(actor, client=client[:200])
 
 
+def _allowed(actor: Actor, spec: ToolSpec) -> bool:
+    """The caller's role and their token's capability both reach the tool."""
+    return has_role(actor, spec.role) and capability_allows(actor, spec.capability)
+
+
 async def list_tools(ctx, params) -> ListToolsResult:
     actor = _current_actor(ctx)
     visible = [
-        _DEFINITIONS[name] for name, spec in TOOLS.items() if actor is not None and has_role(actor, spec.role)
+        _DEFINITIONS[name] for name, spec in TOOLS.items() if actor is not None and _allowed(actor, spec)
     ]
     return ListToolsResult(tools=visible)
 
@@ -115,7 +120,10 @@ async def call_tool(ctx, params) -> CallToolResult:
         return _error("unauthorized: missing auth context")
     if not has_role(actor, spec.role):
         await _audit_denied(actor, spec.name)
-        return _error("admin access required" if spec.role == "admin" else "admin or auditor access required")
+        return _error(role_denied_message(actor, spec.role))
+    if not capability_allows(actor, spec.capability):
+        await _audit_denied(actor, spec.name)
+        return _error(capability_message(spec.capability))
     try:
         args = spec.args.model_validate(params.arguments or {})
     except ValidationError as exc:

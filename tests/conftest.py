@@ -81,7 +81,8 @@ class Cast:
 
 def _person(org, email, groups):
     user = user_create(org=org, email=email, name=email.split("@")[0].title(), groups=groups)
-    _, raw = token_issue(user=user, name="pytest")
+    # The cast's tokens carry no ceiling (capability admin), so each person acts with their own role.
+    _, raw = token_issue(user=user, name="pytest", capability="admin")
     return Person(user=user, token=raw)
 
 

@@ -50,6 +50,8 @@ class ExecEnvelope(Result):
         None, description="How many values of each entity type were masked."
     )
     rule: str | None = Field(None, description="The guardrail that blocked it (its name only).")
+    review_id: str | None = Field(None, description="With pending_approval: the review to wait for.")
+    review_url: str | None = Field(None, description="With pending_approval: the reviewers' web page.")
     message: str | None = None
     next_step: str | None = None
     timed_out: bool | None = None
@@ -81,13 +83,15 @@ async def _wait(session_id, timeout: float, ctx):
         "Run SQL or a command on a connection through the gateway's policy path (access control, a recorded "
         "session, audit); this tool bypasses none of it. Branch on `status`: completed | failed (output holds the "
         "error) | blocked | pending_approval | running (call sessions_wait with session_id). Results are capped by "
-        "the connection's row and byte limits (`truncated`)."
+        "the connection's row and byte limits (`truncated`). With a read_only token only reads run (others are "
+        "`blocked`), in a read-only transaction, and command connections are refused."
     ),
     args=ExecArgs,
     result=ExecEnvelope,
     read_only=False,
     destructive=True,
     render=render_envelope,
+    capability="read_only",  # the pipeline applies the token's ceiling itself
 )
 async def exec_tool(actor, args: ExecArgs, ctx) -> ExecEnvelope:
     session = await db(
@@ -151,6 +155,7 @@ class CancelResult(Result):
     read_only=False,
     destructive=True,
     render=lambda r: r.message,
+    capability="read_only",  # stopping one's own session changes no data
 )
 async def exec_cancel(actor, args: CancelArgs, ctx) -> CancelResult:
     session = await db(lambda: pipeline.exec_cancel(actor=actor, session_id=args.session_id))()
@@ -187,6 +192,8 @@ class ExplainResult(Result):
     masking_rules: list[str]
     unavailable_entities: list[str]
     review_required: bool
+    review_rule: str | None = Field(None, description="The access request rule that asks for a review.")
+    risk: dict[str, Any] | None = Field(None, description="The built-in analyzer's verdict on this input.")
 
 
 @tool(
