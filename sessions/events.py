@@ -80,3 +80,59 @@ def _dispatch(event: dict) -> None:
         delivery.event_enqueue(event)
     except Exception:  # noqa: BLE001
         log.exception("event %s %s could not be queued", event["type"], event["id"])
+
+
+def session_event_data(session) -> dict:
+    """What a session event says: who ran what verb where and how it ended, the input's hash and
+    size (never the input or output: those stay behind the gateway's content permissions)."""
+    return {
+        "session_id": str(session.pk),
+        "user_email": session.user.email,
+        "connection": session.connection_name,
+        "connection_kind": session.connection_kind,
+        "verb": session.verb,
+        "surface": session.surface,
+        "client": session.client,
+        "status": session.status,
+        "exit_code": session.exit_code,
+        "row_count": session.row_count,
+        "input_sha256": session.input_sha256,
+        "input_bytes": session.input_bytes,
+        "error": session.error,
+        "guardrails": sorted({f["rule"] for f in session.guardrail_findings or []}),
+        "created_at": session.created_at,
+        "ended_at": session.ended_at,
+        "execution_time_ms": session.execution_time_ms,
+    }
+
+
+def emit_session(session, *types: str) -> None:
+    """Emit session events for `session` as it is now: `session.started`, `session.finished`,
+    `session.blocked`; `guardrail.violation` adds the findings. Never raises."""
+    try:
+        data = session_event_data(session)
+    except Exception:  # noqa: BLE001
+        log.exception("session %s: events dropped", getattr(session, "pk", None))
+        return
+    for type in types:
+        extra = {"findings": list(session.guardrail_findings or [])} if type == GUARDRAIL_VIOLATION else {}
+        emit(org_id=session.org_id, type=type, data={**data, **extra})
+
+
+def emit_session_end(session) -> None:
+    """The events of a session that just became final (a Session, or its id): `session.blocked`
+    (plus `guardrail.violation` when guardrails blocked it) or `session.finished`. Never raises."""
+    try:
+        if not hasattr(session, "pk"):
+            from sessions.models import Session
+
+            session = Session.objects.select_related("user").get(pk=session)
+    except Exception:  # noqa: BLE001
+        log.exception("session %s: end events dropped", session)
+        return
+    if session.status != "blocked":
+        emit_session(session, SESSION_FINISHED)
+    elif session.guardrail_findings:
+        emit_session(session, SESSION_BLOCKED, GUARDRAIL_VIOLATION)
+    else:
+        emit_session(session, SESSION_BLOCKED)

@@ -46,8 +46,9 @@ def _parse_time(value: str | None, field: str) -> datetime | None:
 
 
 def _visible_sessions(
-    actor: Actor,
+    actor: Actor | None,
     *,
+    org_id=None,
     user_email=None,
     connection=None,
     status=None,
@@ -57,7 +58,8 @@ def _visible_sessions(
     start_date=None,
     end_date=None,
 ):
-    """The sessions `actor` may see, filtered: the one filter path of sessions_list and sessions_stats."""
+    """The sessions `actor` may see, filtered: the one filter path of sessions_list, sessions_stats
+    and exports. `actor=None` is the system (CLI): every session of `org_id`."""
     if status and status not in SessionStatus.values:
         raise InvalidInput(f"unknown status {status!r}; use one of: {', '.join(SessionStatus.values)}")
     start, end = _parse_time(start_date, "start_date"), _parse_time(end_date, "end_date")
@@ -71,7 +73,12 @@ def _visible_sessions(
         "created_at__gte": start,
         "created_at__lt": end,
     }
-    return scope(Session.objects.all(), actor, "view").filter(**{k: v for k, v in filters.items() if v})
+    base = (
+        scope(Session.objects.all(), actor, "view")
+        if actor is not None
+        else Session.objects.filter(org_id=org_id)
+    )
+    return base.filter(**{k: v for k, v in filters.items() if v})
 
 
 def session_list(
@@ -240,14 +247,42 @@ def audit_event_list(
     offset: int = 0,
 ) -> tuple[list[AuditEvent], int]:
     """Audit events of the actor's org, newest first (admins and auditors)."""
-    from governance.policy import ROLE_AUDITOR, require_role
-
-    require_role(actor, ROLE_AUDITOR)
+    qs = _visible_audit_events(
+        actor,
+        actor_email=actor_email,
+        action=action,
+        surface=surface,
+        outcome=outcome,
+        start_date=start_date,
+        end_date=end_date,
+    )
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
     if not 0 <= offset <= MAX_OFFSET:
         raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}; narrow the filters instead")
-    qs = AuditEvent.objects.filter(org_id=actor.org_id)
+    qs = qs.order_by("-id")
+    return list(qs[offset : offset + limit]), qs.count()
+
+
+def _visible_audit_events(
+    actor: Actor | None,
+    *,
+    org_id=None,
+    actor_email=None,
+    action=None,
+    surface=None,
+    outcome=None,
+    start_date=None,
+    end_date=None,
+):
+    """The audit events `actor` may read (admins and auditors: their org's), filtered: the one
+    filter path of audit_events_list and exports. `actor=None` is the system (CLI): `org_id`'s."""
+    from governance.policy import ROLE_AUDITOR, require_role
+
+    if actor is not None:
+        require_role(actor, ROLE_AUDITOR)
+        org_id = actor.org_id
+    qs = AuditEvent.objects.filter(org_id=org_id)
     if actor_email:
         qs = qs.filter(actor_email=actor_email.lower())
     if action:
@@ -261,8 +296,7 @@ def audit_event_list(
         qs = qs.filter(created_at__gte=start)
     if end:
         qs = qs.filter(created_at__lt=end)
-    qs = qs.order_by("-id")
-    return list(qs[offset : offset + limit]), qs.count()
+    return qs
 
 
 def audit_event_to_dict(event: AuditEvent) -> dict:

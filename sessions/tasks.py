@@ -19,3 +19,34 @@ def session_analyze(session_id: str) -> None:
 @shared_task(name="sessions.tasks.analysis_sweep_missing")
 def analysis_sweep_missing() -> int:
     return services.analysis_sweep_missing()
+
+
+@shared_task(name="sessions.tasks.events_fanout", ignore_result=True)
+def events_fanout(event: dict) -> None:
+    """Write one committed event to the sinks and create its webhook deliveries."""
+    from sessions import delivery
+
+    delivery.event_fanout(event)
+
+
+@shared_task(name="sessions.tasks.webhook_deliver", ignore_result=True)
+def webhook_deliver(delivery_id: int) -> None:
+    """Attempt one webhook delivery (it schedules its own retry)."""
+    from sessions import delivery
+
+    delivery.webhook_deliver(delivery_id)
+
+
+@shared_task(name="sessions.tasks.webhooks_retry_due")
+def webhooks_retry_due() -> int:
+    from sessions import delivery
+
+    return delivery.webhooks_retry_due()
+
+
+@shared_task(name="sessions.tasks.audit_heads_publish")
+def audit_heads_publish() -> int:
+    """Send every org's audit chain head out as an `audit.head` event (sinks and webhooks)."""
+    from sessions import export
+
+    return export.audit_heads_publish()

@@ -1,0 +1,176 @@
+"""Services for webhook endpoints and their deliveries: admins of an org configure them; every
+change is audited in its transaction. The HMAC secret is write-only: it goes in, never out."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from urllib.parse import urlsplit
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from governance.errors import Conflict, InvalidInput, NotFound
+from governance.policy import ROLE_ADMIN, Actor, require_role
+from sessions.audit import audit_record
+from sessions.events import EVENT_TYPES
+from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+MIN_SECRET_CHARS = 16
+
+
+def _clean(*, name=None, url=None, event_types=None, secret=None) -> dict:
+    values = {}
+    if name is not None:
+        if not NAME_RE.match(name):
+            raise InvalidInput(
+                "name: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+            )
+        values["name"] = name
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidInput("url must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise InvalidInput("url must not carry credentials; the HMAC signature authenticates the gateway")
+        if len(url) > 2000:
+            raise InvalidInput("url is longer than 2000 characters")
+        values["url"] = url
+    if event_types is not None:
+        if not isinstance(event_types, list | tuple) or not all(isinstance(t, str) for t in event_types):
+            raise InvalidInput("event_types must be a list of event type names")
+        unknown = [t for t in event_types if t not in EVENT_TYPES]
+        if unknown:
+            raise InvalidInput(f"unknown event type {unknown[0]!r}; use any of: {', '.join(EVENT_TYPES)}")
+        values["event_types"] = sorted(set(event_types))
+    if secret is not None and len(secret) < MIN_SECRET_CHARS:
+        raise InvalidInput(f"secret must be at least {MIN_SECRET_CHARS} characters")
+    return values
+
+
+def _get(actor: Actor, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:
+    qs = WebhookEndpoint.objects.filter(org_id=actor.org_id)
+    if lock:
+        qs = qs.select_for_update()
+    try:
+        pk = uuid.UUID(str(endpoint_id))
+    except ValueError:  # a malformed id is "not found", like a missing one
+        raise NotFound("webhook endpoint not found") from None
+    endpoint = qs.filter(pk=pk).first()
+    if endpoint is None:
+        raise NotFound("webhook endpoint not found")
+    return endpoint
+
+
+def webhook_endpoint_create(
+    *,
+    actor: Actor,
+    name: str,
+    url: str,
+    secret: str,
+    event_types: list[str] | None = None,
+    enabled: bool = True,
+    allow_private_network: bool = False,
+) -> WebhookEndpoint:
+    """Add an endpoint to the actor's org (admins). Raises PolicyDenied, InvalidInput, Conflict."""
+    require_role(actor, ROLE_ADMIN)
+    if not secret:
+        raise InvalidInput("secret is required: receivers verify the signature with it")
+    values = _clean(name=name, url=url, event_types=event_types or [], secret=secret)
+    endpoint = WebhookEndpoint(
+        org_id=actor.org_id, enabled=enabled, allow_private_network=allow_private_network, **values
+    )
+    endpoint.set_secret(secret)
+    try:
+        with transaction.atomic():
+            endpoint.save()
+            audit_record(actor=actor, action="webhook.create", target=endpoint, detail=_detail(endpoint))
+    except IntegrityError:
+        raise Conflict(f'a webhook endpoint named "{name}" exists already') from None
+    return endpoint
+
+
+def webhook_endpoint_update(
+    *, actor: Actor, endpoint_id, secret: str | None = None, **changes
+) -> WebhookEndpoint:
+    """Change an endpoint (admins). `secret` None or empty keeps the current one. Changes may be
+    name, url, event_types, enabled, allow_private_network."""
+    require_role(actor, ROLE_ADMIN)
+    allowed = {"name", "url", "event_types", "enabled", "allow_private_network"}
+    if set(changes) - allowed:
+        raise InvalidInput(f"unknown field {sorted(set(changes) - allowed)[0]!r}")
+    values = _clean(
+        name=changes.get("name"),
+        url=changes.get("url"),
+        event_types=changes.get("event_types"),
+        secret=secret or None,
+    )
+    try:
+        with transaction.atomic():
+            endpoint = _get(actor, endpoint_id, lock=True)
+            for field in ("enabled", "allow_private_network"):
+                if field in changes:
+                    values[field] = bool(changes[field])
+            for field, value in values.items():
+                setattr(endpoint, field, value)
+            if secret:
+                endpoint.set_secret(secret)
+            endpoint.save()
+            detail = {**_detail(endpoint), "changed": sorted(values) + (["secret"] if secret else [])}
+            audit_record(actor=actor, action="webhook.update", target=endpoint, detail=detail)
+    except IntegrityError:
+        raise Conflict(f'a webhook endpoint named "{changes.get("name")}" exists already') from None
+    return endpoint
+
+
+def webhook_endpoint_delete(*, actor: Actor, endpoint_id) -> None:
+    """Remove an endpoint and its delivery records (admins)."""
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        endpoint = _get(actor, endpoint_id, lock=True)
+        audit_record(actor=actor, action="webhook.delete", target=endpoint, detail=_detail(endpoint))
+        endpoint.delete()
+
+
+def webhook_delivery_retry(*, actor: Actor, delivery_ids) -> int:
+    """Send failed or dead deliveries of the actor's org again, with a fresh set of attempts
+    (admins). Deliveries of other orgs are ignored as if missing. Returns how many were queued."""
+    from sessions.delivery import _schedule
+
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        ids = list(
+            WebhookDelivery.objects.select_for_update()
+            .filter(
+                org_id=actor.org_id,
+                pk__in=list(delivery_ids),
+                status__in=(DeliveryStatus.FAILED, DeliveryStatus.DEAD),
+            )
+            .values_list("pk", flat=True)
+        )
+        if not ids:
+            return 0
+        WebhookDelivery.objects.filter(pk__in=ids).update(
+            status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=timezone.now()
+        )
+        audit_record(
+            actor=actor,
+            action="webhook.retry",
+            target_type="records.webhookdelivery",
+            target_repr=f"{len(ids)} deliveries",
+            detail={"deliveries": ids},
+        )
+        for pk in ids:
+            transaction.on_commit(lambda pk=pk: _schedule(pk, 0))
+    return len(ids)
+
+
+def _detail(endpoint: WebhookEndpoint) -> dict:
+    """What the audit log keeps about an endpoint: never the secret."""
+    return {
+        "url": endpoint.url,
+        "event_types": endpoint.event_types,
+        "enabled": endpoint.enabled,
+        "allow_private_network": endpoint.allow_private_network,
+    }
