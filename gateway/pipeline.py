@@ -31,6 +31,7 @@ from governance import rules as rules_service
 from governance.errors import ConnectorError, InvalidInput, NotFound, PolicyDenied, PortcullisError
 from governance.models import GuardrailRule
 from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, scope
+from sessions import events
 from sessions.audit import Outcome, audit_record
 from sessions.models import Analysis, Session, SessionStatus, Verb
 from sessions.services import analysis_enqueue, analysis_to_dict
@@ -261,6 +262,10 @@ def exec_start(
                 **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
             },
         )
+        if session.status == SessionStatus.OPEN:
+            events.emit_session(session, events.SESSION_STARTED)
+        elif session.is_final:
+            events.emit_session_end(session)
     if session.status != SessionStatus.OPEN:
         return session
     _dispatch(session, connection, limits, rules)
@@ -330,6 +335,7 @@ def _run(session_id, limits: Limits, preloaded: tuple | None = None) -> None:
         if ended:
             notify_session_finished(session_id)
             analysis_enqueue(session_id=session_id)
+            events.emit_session_end(session_id)
 
 
 def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
@@ -466,6 +472,7 @@ def _finish(
                 "execution_time_ms": elapsed_ms,
             },
         )
+        events.emit_session_end(session)
         transaction.on_commit(lambda: notify_session_finished(session_id))
         analysis_enqueue(session_id=session_id)  # on commit, after the wake-up
 
@@ -501,6 +508,8 @@ def exec_cancel(*, actor: Actor, session_id: str) -> Session:
             analysis_enqueue(session_id=session_pk)
         session.save(update_fields=fields)
         audit_record(actor=actor, action="exec.cancel", target=session)
+        if session.is_final:
+            events.emit_session_end(session)
     runner.cancel_local(str(session_pk))
     return session
 
@@ -645,6 +654,7 @@ def schema_list(
             detail={"connection": connection.name},
         )
         analysis_enqueue(session_id=session.pk)
+        events.emit_session_end(session)
     if error:
         raise ConnectorError(error)
     return items

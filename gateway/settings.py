@@ -291,3 +291,24 @@ OAUTH2_PROVIDER = {
     "OAUTH2_GRANT_TYPES_SUPPORTED": ["authorization_code", "refresh_token"],
     "OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED": ["none", "client_secret_basic", "client_secret_post"],
 }
+
+# --- Outbound events: webhooks, JSON lines, syslog (docs/events-and-export.md) ---------------
+# A failed webhook delivery is retried after WEBHOOK_BACKOFF_SECONDS, doubling each time (capped
+# at WEBHOOK_BACKOFF_MAX_SECONDS), and is dead after WEBHOOK_MAX_ATTEMPTS attempts.
+WEBHOOK_MAX_ATTEMPTS = env_int("PORTCULLIS_WEBHOOK_MAX_ATTEMPTS", 8)
+WEBHOOK_BACKOFF_SECONDS = float(env_int("PORTCULLIS_WEBHOOK_BACKOFF_SECONDS", 30))
+WEBHOOK_BACKOFF_MAX_SECONDS = float(env_int("PORTCULLIS_WEBHOOK_BACKOFF_MAX_SECONDS", 6 * 3600))
+WEBHOOK_TIMEOUT_SECONDS = float(env_int("PORTCULLIS_WEBHOOK_TIMEOUT_SECONDS", 10))
+# Every event as one JSON line appended to this file (off when empty).
+EVENTS_JSONL_PATH = env_str("PORTCULLIS_EVENTS_JSONL_PATH").strip()
+# Every event as an RFC 5424 syslog message: "udp://host:514" or "tcp://host:601" (off when empty).
+SYSLOG_ADDRESS = env_str("PORTCULLIS_SYSLOG_ADDRESS").strip()
+SYSLOG_FACILITY = env_int("PORTCULLIS_SYSLOG_FACILITY", 13)  # 13: log audit
+# Each org's audit chain head goes out as an `audit.head` event this often (0: never).
+AUDIT_HEADS_INTERVAL_SECONDS = env_int("PORTCULLIS_AUDIT_HEADS_INTERVAL_SECONDS", 3600)
+CELERY_BEAT_SCHEDULE["webhooks-retry-due"] = {"task": "sessions.tasks.webhooks_retry_due", "schedule": 60.0}
+if AUDIT_HEADS_INTERVAL_SECONDS > 0:
+    CELERY_BEAT_SCHEDULE["audit-heads-publish"] = {
+        "task": "sessions.tasks.audit_heads_publish",
+        "schedule": float(AUDIT_HEADS_INTERVAL_SECONDS),
+    }
