@@ -71,7 +71,9 @@ def test_it_lets_only_admins_change_the_directory(cast):
 
 
 def test_it_creates_a_user_in_the_admins_org_with_an_audit_event(cast):
-    user = user_create(actor=cast.alice.actor("admin"), email="Frank@Acme.test", name="Frank", groups=["engineering"])
+    user = user_create(
+        actor=cast.alice.actor("admin"), email="Frank@Acme.test", name="Frank", groups=["engineering"]
+    )
     assert user.org == cast.acme and user.email == "frank@acme.test"
     assert user_to_dict(user)["groups"] == ["engineering"]
     event = _events(cast.acme, "user.create").get(actor=cast.alice.user)

@@ -1,3 +1,13 @@
 """MCP tools, one module per domain. Importing this package registers them all."""
 
-from mcpserver.tools import analysis, audit, connections, execution, identity, rules, schema, sessions  # noqa: F401
+from mcpserver.tools import (  # noqa: F401
+    analysis,
+    audit,
+    connections,
+    execution,
+    identity,
+    rules,
+    schema,
+    sessions,
+    users,
+)

@@ -1,0 +1,173 @@
+"""Users and groups: users_list, users_get, usergroups_list (any member of the org, as in hoop),
+usergroups_create and usergroups_delete (admins). Thin calls into `governance.services`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from channels.db import database_sync_to_async as db
+from pydantic import Field
+
+from governance import services
+from governance.policy import ROLE_ADMIN
+from mcpserver.registry import Args, Result, page, tool
+
+Limit = Annotated[int, Field(ge=1, le=100)]
+Offset = Annotated[int, Field(ge=0, le=10_000)]
+Email = Annotated[str, Field(min_length=3, max_length=254)]
+
+
+class UserOut(Result):
+    id: str
+    email: str
+    name: str
+    status: str
+    groups: list[str]
+    is_admin: bool
+    is_auditor: bool
+    date_joined: str
+
+
+class UsersListArgs(Args):
+    search: str | None = Field(None, max_length=100, description="Part of an e-mail or name.")
+    group: str | None = Field(None, max_length=100, description="Only members of this group.")
+    active: bool | None = Field(None, description="Only active (true) or inactive (false) users.")
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+class UsersList(Result):
+    items: list[UserOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+@tool(
+    "users_list",
+    description="Users of your organization (id, e-mail, name, status, groups), by e-mail; paginated.",
+    args=UsersListArgs,
+    result=UsersList,
+    render=lambda r: f"{r.total} users: " + ", ".join(u.email for u in r.items),
+)
+async def users_list(actor, args: UsersListArgs, ctx) -> UsersList:
+    @db
+    def run():
+        items, total = services.user_list(
+            actor=actor,
+            search=args.search,
+            group=args.group,
+            active=args.active,
+            limit=args.limit,
+            offset=args.offset,
+        )
+        return [services.user_to_dict(u) for u in items], total
+
+    items, total = await run()
+    return UsersList(**page(items, total, args.offset))
+
+
+class UsersGetArgs(Args):
+    email: str = Field(min_length=1, max_length=254, description="The user's e-mail (or id).")
+
+
+@tool(
+    "users_get",
+    description='One user of your organization by e-mail or id, or "user not found".',
+    args=UsersGetArgs,
+    result=UserOut,
+)
+async def users_get(actor, args: UsersGetArgs, ctx) -> UserOut:
+    return UserOut(
+        **await db(lambda: services.user_to_dict(services.user_get(actor=actor, ref=args.email)))()
+    )
+
+
+class GroupOut(Result):
+    id: str
+    name: str
+    reserved: bool
+    members: list[str]
+    connections: list[str] = Field(description="Connections this group may use (access control).")
+    created_at: str
+
+
+class GroupsListArgs(Args):
+    search: str | None = Field(None, max_length=100, description="Part of a group name.")
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+class GroupsList(Result):
+    items: list[GroupOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+@tool(
+    "usergroups_list",
+    description="Groups of your organization with their members; `admin` and `auditor` are reserved "
+    "and give those roles. Paginated.",
+    args=GroupsListArgs,
+    result=GroupsList,
+    render=lambda r: f"{r.total} groups: " + ", ".join(g.name for g in r.items),
+)
+async def usergroups_list(actor, args: GroupsListArgs, ctx) -> GroupsList:
+    @db
+    def run():
+        items, total = services.usergroup_list(
+            actor=actor, search=args.search, limit=args.limit, offset=args.offset
+        )
+        return [services.usergroup_to_dict(g) for g in items], total
+
+    items, total = await run()
+    return GroupsList(**page(items, total, args.offset))
+
+
+class GroupCreateArgs(Args):
+    name: str = Field(min_length=1, max_length=100)
+    members: list[Email] | None = Field(None, description="E-mails of users of your org to add.")
+
+
+@tool(
+    "usergroups_create",
+    description="Create a user group (admin), optionally with members. It does not change who may use "
+    "any connection: bind groups to connections with access_control_set.",
+    args=GroupCreateArgs,
+    result=GroupOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+)
+async def usergroups_create(actor, args: GroupCreateArgs, ctx) -> GroupOut:
+    @db
+    def run():
+        group = services.usergroup_create(actor=actor, name=args.name, members=args.members)
+        return services.usergroup_to_dict(services.usergroup_get(actor=actor, name=group.name))
+
+    return GroupOut(**await run())
+
+
+class GroupDeleteArgs(Args):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class GroupDeleted(Result):
+    name: str
+    deleted: bool
+
+
+@tool(
+    "usergroups_delete",
+    description="Delete a user group (admin). The reserved admin and auditor groups cannot be deleted, "
+    "nor a group that is the only access group of a connection (that would open the connection to "
+    "everyone; change its access control first).",
+    args=GroupDeleteArgs,
+    result=GroupDeleted,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+)
+async def usergroups_delete(actor, args: GroupDeleteArgs, ctx) -> GroupDeleted:
+    name = await db(lambda: services.usergroup_delete(actor=actor, name=args.name))()
+    return GroupDeleted(name=name, deleted=True)
