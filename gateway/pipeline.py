@@ -718,3 +718,393 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
         # Human review is not part of this gateway yet: nothing needs approval.
         "review_required": False,
     }
+
+
+# --- upstream MCP tools (connection kind "mcp") ---------------------------------------------------
+#
+#   authorize -> tool policy (allow/deny per group) -> argument guardrails -> [approval] ->
+#   rate limit -> record the session (masked arguments first) -> upstream: list tools, check the
+#   pinned contract, call -> size limit -> output guardrails -> mask every content block and the
+#   structured content -> finish the record -> enqueue analysis -> envelope
+
+
+def _tool_not_found(connection_name: str, tool: str) -> str:
+    # One answer for "no such tool", "denied to you" and "removed": existence never leaks.
+    return f'tool "{tool}" not found or not accessible on connection "{connection_name}"'
+
+
+def _upstream_connection(*, actor: Actor, connection_name: str) -> Connection:
+    connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
+    if connection.kind != "mcp":
+        raise InvalidInput(f'connection "{connection_name}" is not an mcp connection')
+    if actor.read_only:
+        raise PolicyDenied("a read-only token cannot call upstream tools")
+    return connection
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+async def _upstream_listing(connection: Connection, limits: Limits):
+    """(connector, the upstream's tools) within the connection's time limit; ConnectorError else."""
+    import anyio
+
+    connector = _connector(connection, limits)
+    try:
+        with anyio.fail_after(limits.timeout_seconds):
+            async with connector.client() as client:
+                return connector, await connector.list_tools(client)
+    except Exception as exc:  # every failure is a clear, secret-free message
+        raise ConnectorError(connector.describe_failure(exc)) from None
+
+
+def _observe(connection: Connection, tools: list) -> dict:
+    from django.db import IntegrityError
+
+    from gateway import upstream
+
+    try:
+        return upstream.contracts_observe(connection, tools)
+    except IntegrityError:  # a concurrent first listing pinned them: compare with that
+        return upstream.contracts_observe(connection, tools)
+
+
+async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dict]:
+    """The upstream tools `actor` may call now, with their pinned contracts: allowed to them by the
+    tool policy and with an accepted contract. Fetching the listing also pins or compares the
+    contracts (a drifted tool drops out of this list until an admin accepts it).
+
+    Raises NotFound/PolicyDenied (audited) for the connection, ConnectorError when the upstream fails."""
+    from channels.db import database_sync_to_async as db
+
+    from gateway import upstream
+    from gateway.models import ContractStatus
+
+    connection = await db(lambda: _upstream_connection(actor=actor, connection_name=connection_name))()
+    _, tools = await _upstream_listing(connection, _limits(connection))
+    rows = await db(lambda: _observe(connection, tools))()
+    visible = []
+    for name in sorted(rows):
+        row = rows[name]
+        if row.status != ContractStatus.ACCEPTED:
+            continue
+        rule = upstream.tool_rule_for(connection, actor, name)
+        if rule is None:
+            continue
+        visible.append({**row.pinned, "requires_approval": rule.requires_approval})
+    return visible
+
+
+def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: dict):
+    """Everything before the upstream is reached; returns (session, connection, rule, limits).
+    The session is already final when the call was refused (blocked, rate-limited, invalid)."""
+    from gateway import upstream
+
+    if not isinstance(tool, str) or not tool or len(tool) > 128:
+        raise InvalidInput("tool must be a tool name of 1-128 characters")
+    if not isinstance(arguments, dict):
+        raise InvalidInput("arguments must be an object")
+    connection = _upstream_connection(actor=actor, connection_name=connection_name)
+    rule = upstream.tool_rule_for(connection, actor, tool)
+    if rule is None:
+        audit_record(
+            actor=actor,
+            action="tool.request",
+            outcome=Outcome.DENIED,
+            target=connection,
+            detail={"tool": tool[:128], "reason": "denied by the connection's tool policy"},
+        )
+        raise NotFound(_tool_not_found(connection.name, tool))
+    arguments_json = _canonical(arguments)
+    size = len(arguments_json.encode())
+    max_arguments = min(rule.max_argument_bytes or settings.MAX_INPUT_BYTES, settings.MAX_INPUT_BYTES)
+    max_result = min(rule.max_result_bytes or connection.max_output_bytes, connection.max_output_bytes)
+    limits = dataclasses.replace(_limits(connection), max_output_bytes=max_result)
+
+    findings, error, outcome, stored_arguments, masking_info = [], "", Outcome.SUCCESS, None, {}
+    try:
+        bound = rules_service.bound_rules(connection)
+        if size <= max_arguments:
+            findings = upstream.argument_findings(rule, bound.guardrails, arguments, arguments_json)
+        stored_arguments, counts = (
+            bound.masker.mask_json(arguments) if bound.masker.active else (arguments, {})
+        )
+        if counts:
+            masking_info = {"input_counts": dict(counts)}
+    except Exception:  # fail closed, and keep the record (without the unchecked arguments)
+        logger.exception("checking a tool call on connection %s failed", connection.pk)
+        error, outcome = (
+            "the rules bound to this connection could not be evaluated, so nothing ran",
+            Outcome.FAILED,
+        )
+        stored_arguments = {"[withheld]": "the arguments could not be masked"}
+    if not error and size > max_arguments:
+        error, outcome = (
+            f"the arguments are {size} bytes; tool {tool!r} accepts at most {max_arguments} bytes",
+            Outcome.INVALID,
+        )
+    elif not error and findings:
+        error, outcome = _block_message(connection, findings), Outcome.BLOCKED
+    elif not error and rule.requires_approval:
+        # The review engine does not run tool sessions yet: refuse rather than pretend.
+        error, outcome = (
+            f"tool {tool!r} requires approval; approvals for upstream tools are not available yet",
+            Outcome.DENIED,
+        )
+    elif not error:
+        error = upstream.rate_limit_take(connection, rule, tool)
+        outcome = Outcome.DENIED if error else Outcome.SUCCESS
+
+    stored = _canonical({"tool": tool, "arguments": stored_arguments})
+    now = timezone.now()
+    with transaction.atomic():
+        session = _record(
+            actor,
+            connection,
+            Verb.TOOL,
+            _canonical({"tool": tool, "arguments": arguments}),
+            stored,
+            status=SessionStatus.RUNNING,
+            started_at=now,
+            metadata={"tool": tool},
+            masking=masking_info,
+        )
+        if error:
+            session.status = (
+                SessionStatus.BLOCKED
+                if outcome in (Outcome.BLOCKED, Outcome.DENIED)
+                else SessionStatus.FAILED
+            )
+            session.error = error
+            session.ended_at = now
+            session.guardrail_findings = [f.as_dict() for f in findings]
+            session.save(update_fields=["status", "error", "ended_at", "guardrail_findings"])
+            analysis_enqueue(session_id=session.pk)
+            events.emit_session_end(session)
+        else:
+            events.emit_session(session, events.SESSION_STARTED)
+        audit_record(
+            actor=actor,
+            action="tool.request",
+            outcome=outcome,
+            target=session,
+            detail={
+                "connection": connection.name,
+                "tool": tool,
+                "arguments_bytes": size,
+                "input_sha256": session.input_sha256,
+                **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
+            },
+        )
+    return session, connection, rule, limits
+
+
+_BINARY_WITHHELD = "[portcullis: {kind} content withheld: masking rules apply to this connection and binary content cannot be checked]"
+
+
+def _mask_tool_result(masker, result: dict) -> tuple[dict, dict]:
+    """Mask every text content block, embedded text resource, resource link and the structured
+    content of a wire-format CallToolResult. Binary blocks are withheld when masking is active."""
+    counts: dict = {}
+
+    def add(more):
+        for key, value in more.items():
+            counts[key] = counts.get(key, 0) + value
+
+    content = []
+    for block in result.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            text, c = masker.mask_text(block.get("text") or "")
+            add(c)
+            content.append({**block, "text": text})
+        elif kind == "resource" and isinstance(block.get("resource"), dict) and "text" in block["resource"]:
+            text, c = masker.mask_text(block["resource"]["text"] or "")
+            add(c)
+            content.append({**block, "resource": {**block["resource"], "text": text}})
+        elif kind == "resource_link":
+            masked, c = masker.mask_json(block)
+            add(c)
+            content.append(masked)
+        else:
+            content.append({"type": "text", "text": _BINARY_WITHHELD.format(kind=kind)})
+    out = {**result, "content": content}
+    if result.get("structuredContent") is not None:
+        out["structuredContent"], c = masker.mask_json(result["structuredContent"])
+        add(c)
+    return out, counts
+
+
+def _tool_text(result: dict) -> str:
+    """The text rendering of a tool result (stored as the session's output, checked by guardrails)."""
+    parts = []
+    for block in result.get("content") or []:
+        if block.get("type") == "text":
+            parts.append(block.get("text") or "")
+        elif block.get("type") == "resource" and isinstance(block.get("resource"), dict):
+            parts.append(block["resource"].get("text") or "")
+    if result.get("structuredContent") is not None:
+        parts.append(_canonical(result["structuredContent"]))
+    return "\n".join(p for p in parts if p)
+
+
+def _tool_finish(
+    session_id,
+    *,
+    connection: Connection,
+    limits: Limits,
+    tool: str,
+    result: dict | None,
+    error: str,
+    blocked: str,
+    elapsed_ms: int,
+) -> Session:
+    findings, masking_info = [], {}
+    if result is not None and not error:
+        size = len(_canonical(result).encode())
+        if size > limits.max_output_bytes:
+            result, error = (
+                None,
+                (
+                    f"the upstream answer is {size} bytes; tool {tool!r} may return at most {limits.max_output_bytes} bytes"
+                ),
+            )
+    if result is not None and not error:
+        try:
+            bound = rules_service.bound_rules(connection)
+            findings = (
+                guardrails.evaluate_output(bound.guardrails, _tool_text(result)) if bound.guardrails else []
+            )
+            if findings:
+                result, blocked = None, _block_message(connection, findings, withheld=True)
+            elif bound.masker.active:
+                result, counts = _mask_tool_result(bound.masker, result)
+                masking_info = {"rules": bound.masking_rules, "counts": dict(counts)}
+        except Exception:  # never store or return what could not be checked
+            logger.exception("output protection failed on tool session %s", session_id)
+            result, error = (
+                None,
+                "the result could not be checked and was withheld; the gateway log has details",
+            )
+    with transaction.atomic():
+        session = Session.objects.select_for_update(of=("self",)).select_related("user").get(pk=session_id)
+        if session.is_final:
+            return session
+        previous = session.masking or {}
+        session.ended_at = timezone.now()
+        session.execution_time_ms = elapsed_ms
+        session.masking = {**previous, **masking_info}
+        if findings:
+            session.guardrail_findings = [f.as_dict() for f in findings]
+        if blocked:
+            session.status, session.error = SessionStatus.BLOCKED, blocked
+        elif error or result is None:
+            session.status, session.error = SessionStatus.FAILED, error or "the upstream gave no result"
+        else:
+            session.status = SessionStatus.DONE
+            session.exit_code = 1 if result.get("isError") else 0
+            session.result = result
+            session.output, session.truncated = cap_text(_tool_text(result), limits.max_output_bytes)
+        session.save()
+        audit_record(
+            actor=Actor(
+                user=session.user, groups=frozenset(), surface=session.surface, client=session.client
+            ),
+            action="tool.finish",
+            outcome=(
+                Outcome.BLOCKED
+                if session.status == SessionStatus.BLOCKED
+                else Outcome.SUCCESS
+                if session.status == SessionStatus.DONE and session.exit_code == 0
+                else Outcome.FAILED
+            ),
+            target=session,
+            detail={"tool": tool, "status": session.status, "execution_time_ms": elapsed_ms},
+        )
+        transaction.on_commit(lambda: notify_session_finished(session_id))
+        analysis_enqueue(session_id=session_id)
+        events.emit_session_end(session)
+    return session
+
+
+async def tool_call(
+    *, actor: Actor, connection_name: str, tool: str, arguments: dict | None = None
+) -> Session:
+    """Call one tool of an upstream MCP server through the policy path; returns the final session.
+
+    Raises NotFound/PolicyDenied (audited) when the actor may not use the connection or the tool
+    (one answer for both), InvalidInput for malformed arguments. Everything after that is a
+    recorded session: blocked (guardrail, contract drift, approval, rate limit), failed (upstream
+    down, slow, protocol error, oversize answer) or done (exit code 1 when the tool said isError).
+    """
+    import anyio
+    from channels.db import database_sync_to_async as db
+
+    from gateway import upstream
+    from gateway.models import ContractStatus
+
+    arguments = {} if arguments is None else arguments
+    session, connection, rule, limits = await db(
+        lambda: _tool_prepare(actor=actor, connection_name=connection_name, tool=tool, arguments=arguments)
+    )()
+    if session.is_final:
+        return session
+    connector = _connector(connection, limits)
+    result, error, blocked = None, "", ""
+    started = time.monotonic()
+    try:
+        with anyio.fail_after(limits.timeout_seconds):
+            async with connector.client() as client:
+                listing = await connector.list_tools(client)
+                rows = await db(lambda: _observe(connection, listing))()
+                row = rows.get(tool)
+                if row is None or row.status != ContractStatus.ACCEPTED:
+                    blocked = upstream.contract_block_message(connection, row, tool)
+                else:
+                    answer = await client.call_tool(tool, arguments)
+                    result = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+    except Exception as exc:  # down, slow, protocol error, oversize: a clear message, recorded
+        error = connector.describe_failure(exc)
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+    return await db(
+        lambda: _tool_finish(
+            session.pk,
+            connection=connection,
+            limits=limits,
+            tool=tool,
+            result=result,
+            error=error,
+            blocked=blocked,
+            elapsed_ms=elapsed_ms,
+        )
+    )()
+
+
+def tool_envelope(session: Session) -> dict:
+    """The agent-facing answer for a tool session; `status` is what the agent branches on."""
+    result = session.result if isinstance(session.result, dict) else {}
+    completed = session.status == SessionStatus.DONE and session.exit_code == 0
+    status = (
+        "blocked"
+        if session.status == SessionStatus.BLOCKED
+        else "completed"
+        if completed
+        else "running"
+        if session.status in (SessionStatus.OPEN, SessionStatus.RUNNING)
+        else "failed"
+    )
+    return {
+        "status": status,
+        "session_id": str(session.pk),
+        "session_status": session.status,
+        "connection_name": session.connection_name,
+        "tool": (session.metadata or {}).get("tool", ""),
+        "content": result.get("content") or [],
+        "structured_content": result.get("structuredContent"),
+        "is_error": bool(result.get("isError")) or status in ("failed", "blocked"),
+        "message": session.error or None,
+        "execution_time_ms": session.execution_time_ms,
+        "masking": (session.masking or {}).get("counts") or None,
+        "rule": session.guardrail_findings[0]["rule"] if session.guardrail_findings else None,
+    }

@@ -1,0 +1,331 @@
+"""Upstream MCP servers: one outbound MCP client for a connection of kind `mcp`.
+
+Either a Streamable HTTP `url` (with `headers` and a `bearer_token`, both secret) or, when
+command connections are enabled, a stdio `command` (argv; its `env` is secret). The gateway is
+the only holder of the upstream credential.
+
+Outbound HTTP goes through `GuardedBackend`, which resolves the host itself, refuses the whole
+connection when any address is private, loopback, link-local or otherwise not global (unless the
+connection sets `allow_private_network`), and then connects to the address it checked, so a DNS
+answer that changes between the check and the connect (rebinding) cannot reach an internal host.
+Every call has a deadline (the connection's `timeout_seconds`) and the response body is capped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import anyio
+import httpcore2
+import httpx2
+from django.conf import settings
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from gateway.connectors.base import Connector
+from governance.errors import ConnectorError, InvalidInput
+
+MAX_HEADERS = 32
+MAX_LIST_PAGES = 20
+# Room for the JSON-RPC envelope and SSE framing around a result of the allowed size.
+FRAMING_ALLOWANCE = 256 * 1024
+# Headers the gateway sets itself; an admin may not override them.
+RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "mcp-session-id"}
+
+
+class UpstreamRefused(ConnectorError):
+    """The upstream address is not allowed for this connection (nothing was sent)."""
+
+
+class ResponseTooLarge(ConnectorError):
+    pass
+
+
+def address_refusal(address: str) -> str | None:
+    """Why an IP address is refused without `allow_private_network`, or None if it is global."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for label, flag in (
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("private", ip.is_private),
+        ("multicast", ip.is_multicast),
+        ("reserved", ip.is_reserved),
+        ("unspecified", ip.is_unspecified),
+    ):
+        if flag:
+            return label
+    if not ip.is_global:
+        return "non-global"
+    return None
+
+
+async def resolve_checked(host: str, port: int, *, allow_private: bool) -> list[str]:
+    """Every address `host` resolves to, or UpstreamRefused naming the first one not allowed."""
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectorError(f"could not resolve the upstream host {host!r}: {exc.strerror or exc}") from None
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    if not addresses:
+        raise ConnectorError(f"the upstream host {host!r} has no address")
+    if not allow_private:
+        for address in addresses:
+            reason = address_refusal(address)
+            if reason:
+                raise UpstreamRefused(
+                    f"refused: the upstream host {host!r} resolves to a {reason} address ({address}); "
+                    "this connection does not allow private network addresses (allow_private_network)"
+                )
+    return addresses
+
+
+class GuardedBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore's network backend, connecting only to addresses it has checked itself."""
+
+    def __init__(self, *, allow_private: bool):
+        self.allow_private = allow_private
+        self.inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        try:
+            addresses = await resolve_checked(host, port, allow_private=self.allow_private)
+        except ConnectorError as exc:
+            raise httpcore2.ConnectError(exc.message) from None
+        return await self.inner.connect_tcp(
+            addresses[0], port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise httpcore2.ConnectError("unix sockets are not allowed for upstream MCP servers")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class _CappedStream(httpx2.AsyncByteStream):
+    def __init__(self, stream, cap: int, on_exceeded):
+        self.stream, self.cap, self.on_exceeded, self.seen = stream, cap, on_exceeded, 0
+
+    async def __aiter__(self):
+        async for chunk in self.stream:
+            self.seen += len(chunk)
+            if self.seen > self.cap:
+                self.on_exceeded(self.seen)
+                raise httpx2.ReadError(f"the upstream answer exceeded {self.cap} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class GuardedTransport(httpx2.AsyncHTTPTransport):
+    """No proxies from the environment (they would bypass the address check), the guarded
+    backend, and a cap on every response body."""
+
+    def __init__(self, *, allow_private: bool, max_response_bytes: int, on_exceeded):
+        super().__init__(trust_env=False, retries=0)
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            max_connections=8,
+            network_backend=GuardedBackend(allow_private=allow_private),
+        )
+        self.max_response_bytes = max_response_bytes
+        self.on_exceeded = on_exceeded
+
+    async def handle_async_request(self, request):
+        response = await super().handle_async_request(request)
+        response.stream = _CappedStream(response.stream, self.max_response_bytes, self.on_exceeded)
+        return response
+
+
+class MCPConnector(Connector):
+    kind = "mcp"
+    optional_keys = ("url", "command", "cwd", "allow_private_network", "tools")
+    secret_keys = ("headers", "bearer_token", "env")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exceeded_bytes: int | None = None
+
+    # --- settings ---------------------------------------------------------------------------
+    @classmethod
+    def validate_values(cls, values: dict) -> None:
+        from gateway.upstream import validate_tool_policy  # the policy lives beside the pipeline
+
+        url, command = values.get("url"), values.get("command")
+        if (url is None) == (command is None):
+            raise InvalidInput(
+                "an mcp connection needs exactly one of 'url' (Streamable HTTP) or 'command' (stdio)"
+            )
+        if url is not None:
+            if not isinstance(url, str):
+                raise InvalidInput("setting 'url' must be a string")
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InvalidInput("setting 'url' must be an http:// or https:// URL with a host")
+            if parts.username or parts.password:
+                raise InvalidInput(
+                    "setting 'url' must not carry credentials; use 'headers' or 'bearer_token'"
+                )
+            for key in ("command", "env", "cwd"):
+                if values.get(key) is not None:
+                    raise InvalidInput(f"setting {key!r} applies to stdio (command) connections only")
+        else:
+            if not settings.COMMAND_CONNECTIONS_ENABLED:
+                raise InvalidInput(
+                    "stdio mcp connections run a command on the gateway host, and command connections are "
+                    "disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)"
+                )
+            if (
+                not isinstance(command, list)
+                or not command
+                or not all(isinstance(a, str) and a for a in command)
+            ):
+                raise InvalidInput("setting 'command' must be a non-empty list of non-empty strings")
+            for key in ("headers", "bearer_token"):
+                if values.get(key) is not None:
+                    raise InvalidInput(f"setting {key!r} applies to url connections only")
+        headers = values.get("headers")
+        if headers is not None:
+            if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
+                raise InvalidInput(
+                    f"setting 'headers' must be an object of at most {MAX_HEADERS} string values"
+                )
+            for name, value in headers.items():
+                if not isinstance(value, str) or not name or any(c in name for c in " :\r\n"):
+                    raise InvalidInput("setting 'headers' must map header names to string values")
+                if name.lower() in RESERVED_HEADERS or "\n" in value or "\r" in value:
+                    raise InvalidInput(f"header {name!r} may not be set")
+        token = values.get("bearer_token")
+        if token is not None and (not isinstance(token, str) or any(c in token for c in "\r\n ")):
+            raise InvalidInput("setting 'bearer_token' must be a string without spaces")
+        env = values.get("env")
+        if env is not None and (
+            not isinstance(env, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        ):
+            raise InvalidInput("setting 'env' must be an object of string values")
+        if values.get("cwd") is not None and not isinstance(values["cwd"], str):
+            raise InvalidInput("setting 'cwd' must be a string")
+        allow = values.get("allow_private_network")
+        if allow is not None and not isinstance(allow, bool):
+            raise InvalidInput("setting 'allow_private_network' must be true or false")
+        validate_tool_policy(values.get("tools"))
+
+    # --- running ----------------------------------------------------------------------------
+    def _on_exceeded(self, seen: int) -> None:
+        self.exceeded_bytes = seen
+
+    @asynccontextmanager
+    async def client(self) -> AsyncIterator[Client]:
+        """A connected MCP client session to the upstream (one per call: upstreams are stateless
+        to us). Errors of the transport and protocol become ConnectorError."""
+        if "command" in self.config:
+            if not settings.COMMAND_CONNECTIONS_ENABLED:
+                raise ConnectorError(
+                    "command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)"
+                )
+            argv = self.config["command"]
+            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+            env.update(self.secrets.get("env") or {})
+            params = StdioServerParameters(
+                command=argv[0], args=argv[1:], env=env, cwd=self.config.get("cwd") or None
+            )
+            with open(os.devnull, "w") as errlog:
+                from mcp.client.stdio import stdio_client
+
+                async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
+                    yield client
+            return
+        url = self.config["url"]
+        parts = urlsplit(url)
+        allow_private = bool(self.config.get("allow_private_network"))
+        # Checked here first, so a refusal is a clear error before anything is sent.
+        await resolve_checked(
+            parts.hostname,
+            parts.port or (443 if parts.scheme == "https" else 80),
+            allow_private=allow_private,
+        )
+        headers = dict(self.secrets.get("headers") or {})
+        if self.secrets.get("bearer_token"):
+            headers["Authorization"] = f"Bearer {self.secrets['bearer_token']}"
+        transport = GuardedTransport(
+            allow_private=allow_private,
+            max_response_bytes=self.limits.max_output_bytes + FRAMING_ALLOWANCE,
+            on_exceeded=self._on_exceeded,
+        )
+        timeout = self.limits.timeout_seconds
+        http = httpx2.AsyncClient(
+            transport=transport,
+            headers=headers,
+            timeout=httpx2.Timeout(timeout, read=timeout),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        async with (
+            http,
+            Client(
+                streamable_http_client(
+                    url, http_client=http, max_sse_event_size=transport.max_response_bytes
+                ),
+                mode="auto",
+                read_timeout_seconds=timeout,
+                cache=None,
+            ) as client,
+        ):
+            yield client
+
+    def describe_failure(self, exc: BaseException) -> str:
+        """A short, secret-free reason for a failed upstream exchange."""
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if self.exceeded_bytes is not None:
+            return (
+                f"the upstream answer was larger than {self.limits.max_output_bytes} bytes "
+                "(this connection's max_output_bytes), so it was refused"
+            )
+        if isinstance(exc, ConnectorError):
+            return exc.message
+        if isinstance(exc, TimeoutError):
+            return f"the upstream did not answer within {self.limits.timeout_seconds}s"
+        if isinstance(exc, MCPError):
+            return f"the upstream answered with a protocol error: {str(exc)[:300]}"
+        if isinstance(exc, httpx2.ConnectError | OSError):
+            text = str(exc).strip() or type(exc).__name__
+            return f"could not reach the upstream MCP server: {text.splitlines()[0][:300]}"
+        if isinstance(exc, httpx2.HTTPError):
+            return f"the upstream exchange failed: {type(exc).__name__}"
+        return f"the upstream exchange failed: {type(exc).__name__}"
+
+    async def list_tools(self, client: Client) -> list:
+        tools, cursor = [], None
+        for _ in range(MAX_LIST_PAGES):
+            page = await client.list_tools(cursor=cursor)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return tools
+
+    def test(self) -> str:
+        return anyio.run(self._test)
+
+    async def _test(self) -> str:
+        try:
+            with anyio.fail_after(self.limits.timeout_seconds):
+                async with self.client() as client:
+                    tools = await self.list_tools(client)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a clear message
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise ConnectorError(self.describe_failure(exc)) from None
+        return f"MCP server with {len(tools)} tool(s)"

@@ -1,0 +1,452 @@
+"""Upstream MCP servers: the per-tool policy, pinned tool contracts and rate limits.
+
+The pipeline (`gateway.pipeline.upstream_*` and `tool_call`) is the only caller of the checks
+here; the admin services at the bottom (contracts list/accept) are called by the MCP tools.
+
+The tool policy is the `tools` setting of an `mcp` connection: an ordered list of rules, the
+first rule that matches the tool (by name or glob) and applies to the caller (no `groups`, or a
+group of theirs) decides. No `tools` setting: every tool is allowed to whoever may use the
+connection. A `tools` list that no rule of matches: denied (fail closed).
+
+    {"match": "delete_*", "effect": "deny"}
+    {"match": ["query", "explain"], "groups": ["engineering"], "requires_approval": false,
+     "guardrails": {"deny_words": ["drop"], "regex": ["(?i)password"],
+                    "sql": {"read_only": true}, "sql_arguments": ["sql"], "sql_dialect": "postgres"},
+     "max_argument_bytes": 10000, "max_result_bytes": 100000,
+     "rate_limit": {"calls": 30, "per_seconds": 60}}
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from gateway.models import Connection, ConnectionKind, ContractStatus, UpstreamRateWindow, UpstreamTool
+from governance import guardrails
+from governance.errors import InvalidInput, NotFound
+from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role
+from sessions.audit import audit_record
+from sessions.events import UPSTREAM_CONTRACT_CHANGED, emit
+
+MAX_RULES = 100
+RULE_KEYS = {
+    "match",
+    "effect",
+    "groups",
+    "requires_approval",
+    "guardrails",
+    "max_argument_bytes",
+    "max_result_bytes",
+    "rate_limit",
+}
+GUARDRAIL_KEYS = {"deny_words", "regex", "sql", "sql_arguments", "sql_dialect"}
+MAX_RATE_WINDOW = 86_400
+
+
+# --- the tool policy ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolRule:
+    index: int
+    match: tuple[str, ...]
+    effect: str = "allow"
+    groups: frozenset[str] = frozenset()
+    requires_approval: bool = False
+    conditions: dict = field(default_factory=dict)  # normalized input conditions for the engine
+    sql_arguments: tuple[str, ...] = ()
+    sql_dialect: str = "postgres"
+    max_argument_bytes: int | None = None
+    max_result_bytes: int | None = None
+    rate_calls: int | None = None
+    rate_seconds: int | None = None
+
+    def matches(self, tool: str) -> bool:
+        return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.match)
+
+    def applies_to(self, actor: Actor) -> bool:
+        return not self.groups or bool(self.groups & actor.groups)
+
+    @property
+    def label(self) -> str:
+        return f"tools[{self.index}]"
+
+    def engine_rule(self) -> guardrails.Rule:
+        return guardrails.Rule(
+            name=f"{self.label} ({','.join(self.match)})", input=self.conditions, output={}
+        )
+
+
+ALLOW_ALL = ToolRule(index=-1, match=("*",))
+
+
+def _positive_int(value, where: str, *, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInput(f"{where} must be an integer between 1 and {maximum}")
+    return value
+
+
+def _parse_rule(index: int, raw) -> ToolRule:
+    where = f"tools[{index}]"
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where} must be an object")
+    unknown = sorted(set(raw) - RULE_KEYS)
+    if unknown:
+        raise InvalidInput(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(RULE_KEYS))}")
+    match = raw.get("match")
+    patterns = [match] if isinstance(match, str) else match
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise InvalidInput(f"{where}.match must be a tool name or glob, or a non-empty list of them")
+    effect = raw.get("effect", "allow")
+    if effect not in ("allow", "deny"):
+        raise InvalidInput(f"{where}.effect must be 'allow' or 'deny'")
+    groups = raw.get("groups") or []
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise InvalidInput(f"{where}.groups must be a list of group names")
+    approval = raw.get("requires_approval", False)
+    if not isinstance(approval, bool):
+        raise InvalidInput(f"{where}.requires_approval must be true or false")
+    fields: dict = {}
+    spec = raw.get("guardrails")
+    if spec is not None:
+        if not isinstance(spec, dict):
+            raise InvalidInput(f"{where}.guardrails must be an object")
+        unknown = sorted(set(spec) - GUARDRAIL_KEYS)
+        if unknown:
+            raise InvalidInput(
+                f"{where}.guardrails: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(GUARDRAIL_KEYS))}"
+            )
+        try:
+            conditions = guardrails.validate_conditions(
+                {k: spec[k] for k in ("deny_words", "regex", "sql") if k in spec}, direction="input"
+            )
+        except InvalidInput as exc:
+            raise InvalidInput(f"{where}.guardrails: {exc.message}") from None
+        sql_arguments = spec.get("sql_arguments") or []
+        if not isinstance(sql_arguments, list) or not all(isinstance(a, str) and a for a in sql_arguments):
+            raise InvalidInput(f"{where}.guardrails.sql_arguments must be a list of argument names")
+        dialect = spec.get("sql_dialect", "postgres")
+        if dialect not in set(guardrails.DIALECTS.values()):
+            raise InvalidInput(
+                f"{where}.guardrails.sql_dialect must be one of: {', '.join(sorted(set(guardrails.DIALECTS.values())))}"
+            )
+        if (conditions.get("sql") and any(conditions["sql"].values())) and not sql_arguments:
+            raise InvalidInput(
+                f"{where}.guardrails: sql conditions need sql_arguments (which arguments are SQL)"
+            )
+        fields.update(conditions=conditions, sql_arguments=tuple(sql_arguments), sql_dialect=dialect)
+    for key in ("max_argument_bytes", "max_result_bytes"):
+        if raw.get(key) is not None:
+            fields[key] = _positive_int(raw[key], f"{where}.{key}", maximum=64 * 1024 * 1024)
+    rate = raw.get("rate_limit")
+    if rate is not None:
+        if not isinstance(rate, dict) or set(rate) != {"calls", "per_seconds"}:
+            raise InvalidInput(f"{where}.rate_limit must be an object with 'calls' and 'per_seconds'")
+        fields["rate_calls"] = _positive_int(rate["calls"], f"{where}.rate_limit.calls", maximum=1_000_000)
+        fields["rate_seconds"] = _positive_int(
+            rate["per_seconds"], f"{where}.rate_limit.per_seconds", maximum=MAX_RATE_WINDOW
+        )
+    return ToolRule(
+        index=index,
+        match=tuple(patterns),
+        effect=effect,
+        groups=frozenset(groups),
+        requires_approval=approval,
+        **fields,
+    )
+
+
+def validate_tool_policy(raw) -> list[ToolRule]:
+    """Parse the `tools` setting; raise InvalidInput naming the first problem."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidInput("setting 'tools' must be a list of rules")
+    if len(raw) > MAX_RULES:
+        raise InvalidInput(f"setting 'tools' has {len(raw)} rules; at most {MAX_RULES} are allowed")
+    return [_parse_rule(i, rule) for i, rule in enumerate(raw)]
+
+
+def tool_rule_for(connection: Connection, actor: Actor, tool: str) -> ToolRule | None:
+    """The rule deciding `tool` for `actor`, or None when the tool is denied to them."""
+    raw = connection.config.get("tools")
+    if raw is None:
+        return ALLOW_ALL
+    for rule in validate_tool_policy(raw):
+        if rule.matches(tool) and rule.applies_to(actor):
+            return rule if rule.effect == "allow" else None
+    return None
+
+
+def argument_findings(rule: ToolRule, bound_rules: list, arguments: dict, arguments_json: str) -> list:
+    """Guardrail findings on a call's arguments: the connection's bound guardrails (deny words and
+    regex over the JSON arguments), the tool rule's own conditions, and SQL rules on the
+    arguments the rule names as SQL (a missing or non-string SQL argument is a finding: fail closed)."""
+    findings = (
+        list(guardrails.evaluate_input(bound_rules, arguments_json, dialect=None)) if bound_rules else []
+    )
+    if rule.conditions:
+        engine_rule = rule.engine_rule()
+        findings += guardrails.evaluate_input([engine_rule], arguments_json, dialect=None)
+        sql = rule.conditions.get("sql") or {}
+        if any(sql.values()):
+            for name in rule.sql_arguments:
+                value = arguments.get(name)
+                if value is None:
+                    continue
+                if not isinstance(value, str):
+                    findings.append(
+                        guardrails.Finding(
+                            engine_rule.name,
+                            "input",
+                            "sql.parse_error",
+                            None,
+                            f"argument {name!r} is not a string",
+                        )
+                    )
+                    continue
+                findings += guardrails.evaluate_input([engine_rule], value, dialect=rule.sql_dialect)
+    return list(dict.fromkeys(findings))
+
+
+def rate_limit_take(connection: Connection, rule: ToolRule, tool: str) -> str:
+    """Count one call against the rule's limit for this tool; '' if allowed, else why not.
+
+    Fixed windows counted in the database (one row per window), so every replica shares them."""
+    if not rule.rate_calls:
+        return ""
+    window = int(time.time()) // rule.rate_seconds * rule.rate_seconds
+    key = f"{rule.label}:{tool}"[:200]
+    with transaction.atomic():
+        updated = UpstreamRateWindow.objects.filter(
+            connection=connection, key=key, window_start=window, count__lt=rule.rate_calls
+        ).update(count=F("count") + 1)
+        if not updated:
+            if UpstreamRateWindow.objects.filter(
+                connection=connection, key=key, window_start=window
+            ).exists():
+                return (
+                    f"rate limit: tool {tool!r} allows {rule.rate_calls} call(s) per {rule.rate_seconds}s "
+                    "on this connection; try again later"
+                )
+            try:
+                with transaction.atomic():
+                    UpstreamRateWindow.objects.create(
+                        connection=connection, key=key, window_start=window, count=1
+                    )
+            except IntegrityError:  # another replica opened the window first: count there
+                return rate_limit_take(connection, rule, tool)
+            UpstreamRateWindow.objects.filter(
+                connection=connection, key=key, window_start__lt=window
+            ).delete()
+    return ""
+
+
+# --- pinned contracts --------------------------------------------------------------------------
+
+
+def tool_contract(tool) -> dict:
+    """What is pinned of an upstream tool (an `mcp.types.Tool`): everything an agent reads."""
+    return {
+        "name": tool.name,
+        "title": tool.title,
+        "description": tool.description,
+        "input_schema": tool.input_schema,
+        "output_schema": tool.output_schema,
+        "annotations": tool.annotations.model_dump(mode="json", exclude_none=True)
+        if tool.annotations
+        else None,
+    }
+
+
+def contract_sha256(contract: dict) -> str:
+    canonical = json.dumps(contract, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def contracts_observe(connection: Connection, tools: list) -> dict[str, UpstreamTool]:
+    """Compare an upstream listing with the pinned contracts and record what changed.
+
+    The first listing of a connection pins every tool (trust on first sight). Later, a new tool is
+    `added`, a changed one `changed`, a missing one `removed`; each transition is audited once and
+    announced as `upstream.contract_changed`. Returns the rows by name."""
+    now = timezone.now()
+    seen = {}
+    for tool in tools:
+        contract = tool_contract(tool)
+        seen[tool.name] = (contract, contract_sha256(contract))
+    with transaction.atomic():
+        rows = {
+            row.name: row for row in UpstreamTool.objects.select_for_update().filter(connection=connection)
+        }
+        first_sight = not rows
+        changes = []
+        for name, (contract, digest) in seen.items():
+            row = rows.get(name)
+            if row is None:
+                status = ContractStatus.ACCEPTED if first_sight else ContractStatus.ADDED
+                row = UpstreamTool.objects.create(
+                    connection=connection,
+                    name=name,
+                    status=status,
+                    pinned=contract if first_sight else None,
+                    pinned_sha256=digest if first_sight else "",
+                    observed=contract,
+                    observed_sha256=digest,
+                    first_seen_at=now,
+                    last_seen_at=now,
+                    accepted_at=now if first_sight else None,
+                )
+                rows[name] = row
+                if not first_sight:
+                    changes.append((row, "added"))
+                continue
+            status = (
+                ContractStatus.ACCEPTED
+                if digest == row.pinned_sha256
+                else (ContractStatus.ADDED if not row.pinned_sha256 else ContractStatus.CHANGED)
+            )
+            if status != row.status or digest != row.observed_sha256:
+                if status != ContractStatus.ACCEPTED and digest != row.observed_sha256:
+                    changes.append((row, "changed" if row.pinned_sha256 else "added"))
+                row.status, row.observed, row.observed_sha256 = status, contract, digest
+            row.last_seen_at = now
+            row.save(update_fields=["status", "observed", "observed_sha256", "last_seen_at"])
+        for name, row in rows.items():
+            if name not in seen and row.status != ContractStatus.REMOVED:
+                row.status = ContractStatus.REMOVED
+                row.save(update_fields=["status"])
+                changes.append((row, "removed"))
+        if first_sight:
+            audit_record(
+                actor=None,
+                org_id=connection.org_id,
+                surface="task",
+                action="upstream.contract_pin",
+                target=connection,
+                detail={"tools": sorted(seen)},
+            )
+        for row, change in changes:
+            detail = {
+                "connection": connection.name,
+                "tool": row.name,
+                "change": change,
+                "pinned_sha256": row.pinned_sha256,
+                "observed_sha256": row.observed_sha256,
+            }
+            audit_record(
+                actor=None,
+                org_id=connection.org_id,
+                surface="task",
+                action="upstream.contract_changed",
+                target_type="gateway.upstreamtool",
+                target_id=str(row.pk),
+                target_repr=f"{connection.name}/{row.name}"[:200],
+                detail=detail,
+            )
+            emit(org_id=connection.org_id, type=UPSTREAM_CONTRACT_CHANGED, data=detail)
+    return rows
+
+
+def contract_block_message(connection: Connection, row: UpstreamTool | None, tool: str) -> str:
+    if row is None or row.status == ContractStatus.REMOVED:
+        return f'tool "{tool}" not found or not accessible on connection "{connection.name}"'
+    what = (
+        "is new since the contract was pinned"
+        if row.status == ContractStatus.ADDED
+        else "changed its contract"
+    )
+    return (
+        f'tool "{tool}" {what} (description or schema); it is blocked until an admin reviews and accepts '
+        "the new contract (upstream_contracts_list, upstream_contracts_accept)"
+    )
+
+
+def _connection_for_admin(actor: Actor, connection_name: str) -> Connection:
+    require_role(actor, ROLE_ADMIN)
+    connection = get_scoped(
+        Connection.objects.select_related("org"),
+        actor,
+        "manage",
+        not_found=f'connection "{connection_name}" not found or not accessible',
+        name=connection_name,
+    )
+    if connection.kind != ConnectionKind.MCP:
+        raise InvalidInput(f'connection "{connection_name}" is not an mcp connection')
+    return connection
+
+
+def contract_to_dict(row: UpstreamTool) -> dict:
+    return {
+        "connection_name": row.connection.name,
+        "tool": row.name,
+        "status": row.status,
+        "pinned_sha256": row.pinned_sha256 or None,
+        "observed_sha256": row.observed_sha256,
+        "pinned": row.pinned,
+        "observed": row.observed,
+        "first_seen_at": row.first_seen_at.isoformat(),
+        "last_seen_at": row.last_seen_at.isoformat(),
+        "accepted_at": row.accepted_at.isoformat() if row.accepted_at else None,
+    }
+
+
+def contracts_list(*, actor: Actor, connection_name: str, status: str | None = None) -> list[UpstreamTool]:
+    """The pinned contracts of an mcp connection (admin), optionally by status."""
+    connection = _connection_for_admin(actor, connection_name)
+    qs = UpstreamTool.objects.filter(connection=connection).select_related("connection")
+    if status:
+        if status not in ContractStatus.values:
+            raise InvalidInput(f"status must be one of: {', '.join(ContractStatus.values)}")
+        qs = qs.filter(status=status)
+    return list(qs.order_by("name"))
+
+
+def contracts_accept(
+    *, actor: Actor, connection_name: str, tools: list[str], observed_sha256: dict | None = None
+) -> list[UpstreamTool]:
+    """Pin the observed contract of `tools` (admin). `observed_sha256` (tool -> hash), when given,
+    must equal what is observed now, so an admin accepts exactly the version they reviewed.
+    Raises NotFound for unknown tools, InvalidInput for a hash mismatch or a removed tool."""
+    if not tools:
+        raise InvalidInput("name at least one tool to accept")
+    with transaction.atomic():
+        connection = _connection_for_admin(actor, connection_name)
+        rows = {
+            row.name: row
+            for row in UpstreamTool.objects.select_for_update().filter(connection=connection, name__in=tools)
+        }
+        missing = [t for t in tools if t not in rows]
+        if missing:
+            raise NotFound(f'tool "{missing[0]}" has no contract on connection "{connection_name}"')
+        now = timezone.now()
+        for name in tools:
+            row = rows[name]
+            if row.status == ContractStatus.REMOVED:
+                raise InvalidInput(f'tool "{name}" is no longer listed by the upstream; nothing to accept')
+            expected = (observed_sha256 or {}).get(name)
+            if expected is not None and expected != row.observed_sha256:
+                raise InvalidInput(
+                    f'tool "{name}" changed again since you reviewed it (observed {row.observed_sha256[:12]}); '
+                    "list the contracts again"
+                )
+            previous = row.pinned_sha256
+            row.pinned, row.pinned_sha256 = row.observed, row.observed_sha256
+            row.status, row.accepted_at, row.accepted_by = ContractStatus.ACCEPTED, now, actor.user
+            row.save(update_fields=["pinned", "pinned_sha256", "status", "accepted_at", "accepted_by"])
+            audit_record(
+                actor=actor,
+                action="upstream.contract_accept",
+                target_type="gateway.upstreamtool",
+                target_id=str(row.pk),
+                target_repr=f"{connection.name}/{name}"[:200],
+                detail={"previous_sha256": previous, "pinned_sha256": row.pinned_sha256},
+            )
+    return [rows[name] for name in tools]
