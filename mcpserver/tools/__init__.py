@@ -1,6 +1,7 @@
 """MCP tools, one module per domain. Importing this package registers them all."""
 
 from mcpserver.tools import (  # noqa: F401
+    access_control,
     analysis,
     audit,
     connections,

@@ -1,0 +1,120 @@
+"""Access control: access_control_get and _list (admins and auditors), _set and _unset (admins).
+Thin calls into `governance.access`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from channels.db import database_sync_to_async as db
+from pydantic import Field
+
+from governance import access
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
+from mcpserver.registry import Args, Result, page, tool
+
+BEHAVIOUR = (
+    "A connection with no access groups is usable by every member of the organization; naming groups on a "
+    "connection restricts that connection only (members of those groups, and admins, may use it) and never "
+    "hides any other connection. Auditors see every connection but run only where their groups allow."
+)
+
+
+class AccessControlOut(Result):
+    connection_name: str
+    connection_id: str
+    allowed_groups: list[str]
+    restricted: bool = Field(description="False: open to every member of the organization.")
+    note: str
+
+
+class ConnectionArgs(Args):
+    connection_name: str = Field(min_length=1, max_length=63)
+
+
+class SetArgs(ConnectionArgs):
+    groups: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        min_length=1, max_length=access.MAX_GROUPS, description="Group names; replaces the current list."
+    )
+
+
+class ListArgs(Args):
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+    offset: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+
+class ListResult(Result):
+    items: list[AccessControlOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+def _render(r: AccessControlOut) -> str:
+    if not r.restricted:
+        return f"{r.connection_name}: open to every member of the organization"
+    return f"{r.connection_name}: only {', '.join(r.allowed_groups)} (and admins)"
+
+
+@tool(
+    "access_control_get",
+    description="Which groups may use one connection (admins and auditors). " + BEHAVIOUR,
+    args=ConnectionArgs,
+    result=AccessControlOut,
+    role=ROLE_AUDITOR,
+    render=_render,
+)
+async def access_control_get(actor, args: ConnectionArgs, ctx) -> AccessControlOut:
+    data = await db(lambda: access.access_control_get(actor=actor, connection_name=args.connection_name))()
+    return AccessControlOut(**data)
+
+
+@tool(
+    "access_control_list",
+    description="The connections that have access groups, by name, paginated (admins and auditors); every "
+    "connection not listed is open to all members. " + BEHAVIOUR,
+    args=ListArgs,
+    result=ListResult,
+    role=ROLE_AUDITOR,
+    render=lambda r: "\n".join(_render(i) for i in r.items) or "no connection has access groups",
+)
+async def access_control_list(actor, args: ListArgs, ctx) -> ListResult:
+    items, total = await db(
+        lambda: access.access_control_list(actor=actor, limit=args.limit, offset=args.offset)
+    )()
+    return ListResult(**page(items, total, args.offset))
+
+
+@tool(
+    "access_control_set",
+    description="Restrict one connection to these groups (admin); replaces its list; audited. " + BEHAVIOUR,
+    args=SetArgs,
+    result=AccessControlOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+    idempotent=True,
+    render=_render,
+)
+async def access_control_set(actor, args: SetArgs, ctx) -> AccessControlOut:
+    data = await db(
+        lambda: access.access_control_set(
+            actor=actor, connection_name=args.connection_name, groups=args.groups
+        )
+    )()
+    return AccessControlOut(**data)
+
+
+@tool(
+    "access_control_unset",
+    description="Remove every access group of one connection (admin): it becomes usable by every member of "
+    "the organization; audited. " + BEHAVIOUR,
+    args=ConnectionArgs,
+    result=AccessControlOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+    render=_render,
+)
+async def access_control_unset(actor, args: ConnectionArgs, ctx) -> AccessControlOut:
+    data = await db(lambda: access.access_control_unset(actor=actor, connection_name=args.connection_name))()
+    return AccessControlOut(**data)
