@@ -47,6 +47,6 @@ def webhooks_retry_due() -> int:
 @shared_task(name="sessions.tasks.audit_heads_publish")
 def audit_heads_publish() -> int:
     """Send every org's audit chain head out as an `audit.head` event (sinks and webhooks)."""
-    from sessions import export
+    from sessions import heads
 
-    return export.audit_heads_publish()
+    return heads.audit_heads_publish()
