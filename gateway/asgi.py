@@ -1,5 +1,6 @@
-"""The ASGI application: Channels routes /api/mcp (and its OAuth metadata) to the MCP app and
-everything else to Django. Served by daphne; uvicorn works too (the starter speaks lifespan)."""
+"""The ASGI application: Channels routes /api/mcp to the MCP app and everything else to Django
+(including the OAuth metadata documents, which follow the settings in the database). Served by
+daphne; uvicorn works too (the starter speaks lifespan)."""
 
 import os
 
@@ -23,7 +24,6 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 re_path(r"^api/mcp/?$", mcp_app),
-                re_path(r"^\.well-known/oauth-protected-resource/api/mcp$", mcp_app),
                 re_path(r"", django_asgi_app),
             ]
         ),

@@ -27,7 +27,9 @@ from governance.errors import PortcullisError
 from governance.policy import Actor, capability_allows, capability_message, has_role, role_denied_message
 from mcpserver import tools  # noqa: F401  (registers every tool)
 from mcpserver.auth import GatewayTokenVerifier
+from mcpserver.challenge import BearerChallenge
 from mcpserver.registry import TOOLS, ToolSpec
+from mcpserver.scopes import insufficient_scope_message, scope_allows
 from sessions.audit import Outcome, audit_record
 
 logger = logging.getLogger("portcullis.mcp")
@@ -83,10 +85,17 @@ def _allowed(actor: Actor, spec: ToolSpec) -> bool:
     return has_role(actor, spec.role) and capability_allows(actor, spec.capability)
 
 
+def _token_scopes() -> list[str]:
+    return list(getattr(get_access_token(), "scopes", None) or [])
+
+
 async def list_tools(ctx, params) -> ListToolsResult:
     actor = _current_actor(ctx)
+    scopes = _token_scopes()
     visible = [
-        _DEFINITIONS[name] for name, spec in TOOLS.items() if actor is not None and _allowed(actor, spec)
+        _DEFINITIONS[name]
+        for name, spec in TOOLS.items()
+        if actor is not None and _allowed(actor, spec) and scope_allows(scopes, spec)
     ]
     return ListToolsResult(tools=visible)
 
@@ -124,6 +133,9 @@ async def call_tool(ctx, params) -> CallToolResult:
     if not capability_allows(actor, spec.capability):
         await _audit_denied(actor, spec.name)
         return _error(capability_message(spec.capability))
+    if not scope_allows(_token_scopes(), spec):  # OAuth scopes are tool groups (mcpserver.scopes)
+        await _audit_denied(actor, spec.name)
+        return _error(insufficient_scope_message(spec))
     try:
         args = spec.args.model_validate(params.arguments or {})
     except ValidationError as exc:
@@ -187,7 +199,7 @@ def build() -> tuple[Server, object]:
         ),
         token_verifier=GatewayTokenVerifier(),
     )
-    return server, app
+    return server, BearerChallenge(app)
 
 
 def _version() -> str:
