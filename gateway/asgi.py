@@ -19,10 +19,18 @@ mcp_server, mcp_http_app = build()
 mcp_app = MCPStarter(mcp_http_app, mcp_server.session_manager)
 mcp_app.install_daphne_shutdown_hook()
 
+# /api/mcp/c/<connection>: an upstream MCP server's tools under their own names (mcpserver.proxy).
+from mcpserver.proxy import build as build_proxy  # noqa: E402
+
+proxy_server, proxy_http_app = build_proxy()
+proxy_app = MCPStarter(proxy_http_app, proxy_server.session_manager)
+proxy_app.install_daphne_shutdown_hook()
+
 application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
+                re_path(r"^api/mcp/c/[^/]+/?$", proxy_app),
                 re_path(r"^api/mcp/?$", mcp_app),
                 re_path(r"", django_asgi_app),
             ]

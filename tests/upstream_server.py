@@ -80,7 +80,7 @@ async def call_tool(ctx, params) -> CallToolResult:
         return _text("slept")
     if name == "pii":
         record = {"name": "Jane Roe", "email": "jane.roe@example.com", "phone": "+1 212-555-0187"}
-        return _text(f"Customer Jane Roe, jane.roe@example.com, +1 212-555-0187", record)
+        return _text("Customer Jane Roe, jane.roe@example.com, phone: +1 212-555-0187", record)
     if name == "big":
         return _text("x" * int(args.get("n", 10)))
     if name == "run_sql":

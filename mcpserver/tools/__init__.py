@@ -10,5 +10,6 @@ from mcpserver.tools import (  # noqa: F401
     rules,
     schema,
     sessions,
+    upstream,
     users,
 )

@@ -11,11 +11,13 @@ from gateway import pipeline, services
 from governance.policy import ROLE_ADMIN
 from mcpserver.registry import Args, Result, page, tool
 
-Kind = Literal["postgres", "mysql", "sqlite", "command"]
+Kind = Literal["postgres", "mysql", "sqlite", "command", "mcp"]
 SETTINGS_HELP = (
     "Settings of the target, secrets included (they are stored encrypted and never returned): "
     "postgres/mysql: host, port, database, user, password (secret), sslmode (postgres) or ssl_mode and ssl_ca (mysql); "
-    "sqlite: path; command: argv (list), cwd, env (object, secret)."
+    "sqlite: path; command: argv (list), cwd, env (object, secret); "
+    "mcp: url, headers (object, secret), bearer_token (secret), allow_private_network, tools (per-tool policy), "
+    "or command (list) with cwd and env (secret) for a stdio server."
 )
 
 

@@ -1,0 +1,126 @@
+"""The per-connection MCP endpoint, /api/mcp/c/<connection>: an upstream MCP server's tools,
+served under their own names, through the gateway.
+
+Existing MCP clients need nothing but the new URL. `tools/list` shows exactly the upstream tools
+the caller may use (tool policy, accepted contract) with their pinned schemas; `tools/call` goes
+through `gateway.pipeline.tool_call` like `upstream_call` on /api/mcp, so every call is a
+recorded, guarded, masked session. Same authentication as /api/mcp (the same token verifier).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent, Tool
+
+from gateway import pipeline
+from governance.errors import PortcullisError
+from mcpserver.auth import GatewayTokenVerifier
+from mcpserver.server import _current_actor, _transport_security, _version
+
+logger = logging.getLogger("portcullis.mcp")
+
+PATH = "/api/mcp/c/{connection}"
+SCOPE_READ, SCOPE_EXEC = "mcp:read", "mcp:exec"
+
+
+def _error(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+def _connection_name(ctx) -> str:
+    request = getattr(ctx, "request", None)
+    name = request.path_params.get("connection") if request is not None else None
+    if not name:
+        raise MCPError(INVALID_PARAMS, "no connection in the URL (/api/mcp/c/<connection>)")
+    return name
+
+
+def _has_scope(scope: str) -> bool:
+    return scope in (getattr(get_access_token(), "scopes", None) or ())
+
+
+async def list_tools(ctx, params) -> ListToolsResult:
+    actor = _current_actor(ctx)
+    if actor is None or not _has_scope(SCOPE_READ):
+        return ListToolsResult(tools=[])
+    try:
+        items = await pipeline.upstream_tools_list(actor=actor, connection_name=_connection_name(ctx))
+    except PortcullisError as exc:  # the connection is not theirs, or the upstream failed
+        raise MCPError(INVALID_PARAMS, exc.message) from None
+    return ListToolsResult(
+        tools=[
+            Tool(
+                name=item["name"],
+                title=item.get("title"),
+                description=item.get("description"),
+                input_schema=item["input_schema"],
+                output_schema=item.get("output_schema"),
+                annotations=item.get("annotations"),
+            )
+            for item in items
+        ]
+    )
+
+
+async def call_tool(ctx, params) -> CallToolResult:
+    actor = _current_actor(ctx)
+    if actor is None:
+        return _error("unauthorized: missing auth context")
+    if not _has_scope(SCOPE_EXEC):
+        return _error(f"insufficient_scope: calling upstream tools needs {SCOPE_EXEC}")
+    try:
+        session = await pipeline.tool_call(
+            actor=actor,
+            connection_name=_connection_name(ctx),
+            tool=params.name,
+            arguments=params.arguments or {},
+        )
+    except PortcullisError as exc:
+        return _error(exc.message)
+    except MCPError:
+        raise
+    except Exception:
+        logger.exception("proxied call of %s crashed", params.name)
+        return _error("internal error; the gateway log has details")
+    envelope = pipeline.tool_envelope(session)
+    if envelope["status"] != "completed" and not (session.result and envelope["content"]):
+        return _error(f"[{envelope['status']}] {envelope['message'] or 'the call did not complete'}")
+    return CallToolResult.model_validate(
+        {
+            "content": envelope["content"],
+            "structuredContent": envelope["structured_content"],
+            "isError": bool((session.result or {}).get("isError")),
+        }
+    )
+
+
+def build() -> tuple[Server, object]:
+    """A fresh proxy server and its Starlette app (one per process and event loop)."""
+    server = Server(
+        "portcullis-upstream",
+        version=_version(),
+        instructions="Tools of an upstream MCP server, reached through the Portcullis gateway.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+    app = server.streamable_http_app(
+        streamable_http_path=PATH,
+        stateless_http=True,
+        json_response=False,
+        max_request_body_size=settings.MCP_MAX_REQUEST_BYTES,
+        transport_security=_transport_security(),
+        auth=AuthSettings(
+            issuer_url=settings.PUBLIC_BASE_URL,
+            resource_server_url=f"{settings.PUBLIC_BASE_URL}/api/mcp",
+            required_scopes=None,
+            validate_token_resource=False,
+        ),
+        token_verifier=GatewayTokenVerifier(),
+    )
+    return server, app

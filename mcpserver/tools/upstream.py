@@ -1,0 +1,192 @@
+"""Upstream MCP servers: list and call their tools through the gateway; admins review contracts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from channels.db import database_sync_to_async as db
+from pydantic import Field
+
+from gateway import pipeline, upstream
+from governance.policy import ROLE_ADMIN
+from mcpserver.registry import Args, Result, tool
+
+
+class ConnectionArgs(Args):
+    connection_name: str = Field(min_length=1, max_length=63, description="An mcp connection.")
+
+
+class UpstreamToolOut(Result):
+    name: str
+    title: str | None = None
+    description: str | None = None
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
+    annotations: dict[str, Any] | None = None
+    requires_approval: bool
+
+
+class ToolsListResult(Result):
+    connection_name: str
+    items: list[UpstreamToolOut]
+    total: int
+
+
+def _render_tools(r: ToolsListResult) -> str:
+    if not r.items:
+        return f"no tools you may call on {r.connection_name}"
+    return "\n".join(
+        f"{t.name}" + (" (requires approval)" if t.requires_approval else "") + f" - {t.description or ''}"
+        for t in r.items
+    )
+
+
+@tool(
+    "upstream_tools_list",
+    description=(
+        "Tools of an upstream MCP server (a connection of kind mcp) that you may call through the gateway, with "
+        "their pinned schemas. Tools the connection's policy denies you, and tools whose contract changed since an "
+        "admin accepted it, are not listed."
+    ),
+    args=ConnectionArgs,
+    result=ToolsListResult,
+    render=_render_tools,
+)
+async def upstream_tools_list(actor, args: ConnectionArgs, ctx) -> ToolsListResult:
+    items = await pipeline.upstream_tools_list(actor=actor, connection_name=args.connection_name)
+    return ToolsListResult(connection_name=args.connection_name, items=items, total=len(items))
+
+
+class CallArgs(ConnectionArgs):
+    tool: str = Field(min_length=1, max_length=128, description="The upstream tool's name.")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="The tool's arguments.")
+
+
+class ToolEnvelope(Result):
+    status: Literal["completed", "failed", "blocked", "pending_approval", "running"]
+    session_id: str
+    session_status: str
+    connection_name: str
+    tool: str
+    content: list[dict[str, Any]] = Field(description="The upstream's content blocks, masked.")
+    structured_content: Any = Field(None, description="The upstream's structured content, masked.")
+    is_error: bool
+    message: str | None = None
+    execution_time_ms: int | None = None
+    masking: dict[str, int] | None = Field(
+        None, description="How many values of each entity type were masked."
+    )
+    rule: str | None = Field(None, description="The guardrail that blocked it (its name only).")
+
+
+def _render_envelope(r: ToolEnvelope) -> str:
+    head = f"[{r.status}] session {r.session_id}: {r.tool} on {r.connection_name}"
+    texts = [b.get("text", "") for b in r.content if b.get("type") == "text"]
+    body = "\n".join(texts) if r.status == "completed" else (r.message or "\n".join(texts))
+    return f"{head}\n{body}".rstrip()
+
+
+@tool(
+    "upstream_call",
+    description=(
+        "Call a tool of an upstream MCP server through the gateway's policy path: the connection's tool policy, "
+        "argument guardrails, rate limits, the pinned contract, masking of the result, and a recorded session. "
+        "Branch on `status`: completed | failed (the upstream failed or the tool reported an error) | blocked "
+        "(policy, guardrail, changed contract or rate limit; see message)."
+    ),
+    args=CallArgs,
+    result=ToolEnvelope,
+    read_only=False,
+    destructive=True,
+    render=_render_envelope,
+)
+async def upstream_call(actor, args: CallArgs, ctx) -> ToolEnvelope:
+    session = await pipeline.tool_call(
+        actor=actor, connection_name=args.connection_name, tool=args.tool, arguments=args.arguments
+    )
+    return ToolEnvelope(**pipeline.tool_envelope(session))
+
+
+class ContractsListArgs(ConnectionArgs):
+    status: Literal["accepted", "changed", "added", "removed"] | None = Field(
+        None, description="Only contracts in this state (changed and added ones are blocked)."
+    )
+
+
+class ContractOut(Result):
+    connection_name: str
+    tool: str
+    status: str
+    pinned_sha256: str | None
+    observed_sha256: str
+    pinned: dict[str, Any] | None = Field(
+        description="The accepted contract (null for a tool never accepted)."
+    )
+    observed: dict[str, Any] = Field(description="What the upstream showed last.")
+    first_seen_at: str
+    last_seen_at: str
+    accepted_at: str | None
+
+
+class ContractsListResult(Result):
+    items: list[ContractOut]
+    total: int
+
+
+@tool(
+    "upstream_contracts_list",
+    description=(
+        "Pinned tool contracts of an mcp connection (admin): status accepted, changed (blocked), added (blocked "
+        "until accepted) or removed, with the pinned and the observed contract to compare."
+    ),
+    args=ContractsListArgs,
+    result=ContractsListResult,
+    role=ROLE_ADMIN,
+    render=lambda r: "\n".join(f"{c.tool}: {c.status}" for c in r.items) or "no contracts pinned yet",
+)
+async def upstream_contracts_list(actor, args: ContractsListArgs, ctx) -> ContractsListResult:
+    @db
+    def run():
+        rows = upstream.contracts_list(actor=actor, connection_name=args.connection_name, status=args.status)
+        return [upstream.contract_to_dict(r) for r in rows]
+
+    items = await run()
+    return ContractsListResult(items=items, total=len(items))
+
+
+class AcceptArgs(ConnectionArgs):
+    tools: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=100)
+    ]
+    observed_sha256: dict[str, str] | None = Field(
+        None,
+        description="Tool -> the observed_sha256 you reviewed; refused if the upstream changed it again since.",
+    )
+
+
+@tool(
+    "upstream_contracts_accept",
+    description=(
+        "Accept the observed contract of changed or added upstream tools (admin): they become callable again "
+        "under the new contract. Audited."
+    ),
+    args=AcceptArgs,
+    result=ContractsListResult,
+    role=ROLE_ADMIN,
+    read_only=False,
+    idempotent=True,
+    render=lambda r: "accepted: " + ", ".join(c.tool for c in r.items),
+)
+async def upstream_contracts_accept(actor, args: AcceptArgs, ctx) -> ContractsListResult:
+    @db
+    def run():
+        rows = upstream.contracts_accept(
+            actor=actor,
+            connection_name=args.connection_name,
+            tools=args.tools,
+            observed_sha256=args.observed_sha256,
+        )
+        return [upstream.contract_to_dict(r) for r in rows]
+
+    items = await run()
+    return ContractsListResult(items=items, total=len(items))

@@ -1,0 +1,417 @@
+"""Gateway in front of upstream MCP servers: per-tool policy, guardrails on arguments, masking of
+results, pinned contracts, SSRF refusal, upstream failures, secrets, cross-org, and the
+per-connection endpoint, against real upstream servers started here on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from gateway import pipeline, upstream
+from gateway.connectors.mcp import address_refusal
+from gateway.models import UpstreamRateWindow, UpstreamTool
+from gateway.services import connection_create_headless, connection_get, connection_to_dict
+from governance import rules
+from governance.errors import InvalidInput, NotFound
+from sessions.models import AuditEvent, Session, SessionStatus
+
+ROOT = Path(__file__).resolve().parent.parent
+BEARER = "upstream-s3cret-bearer-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def upstream_server(bearer: str | None = BEARER):
+    port = _free_port()
+    argv = [sys.executable, "-m", "tests.upstream_server", str(port)] + ([bearer] if bearer else [])
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("the upstream test server did not start") from None
+            time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def upstream_url():
+    with upstream_server() as url:
+        yield url
+
+
+def make_mcp_connection(org, url, *, name="tools", tools=None, allow_private=True, options=None, **extra):
+    settings = {"url": url, "bearer_token": BEARER, **extra}
+    if allow_private:
+        settings["allow_private_network"] = True
+    if tools is not None:
+        settings["tools"] = tools
+    return connection_create_headless(
+        org=org, name=name, kind="mcp", settings=settings, options=options or {}
+    )
+
+
+def call(person, connection, tool, arguments=None):
+    session = asyncio.run(
+        pipeline.tool_call(
+            actor=person.actor(), connection_name=connection, tool=tool, arguments=arguments or {}
+        )
+    )
+    return pipeline.tool_envelope(session)
+
+
+def tool_names(person, connection):
+    return [
+        t["name"]
+        for t in asyncio.run(pipeline.upstream_tools_list(actor=person.actor(), connection_name=connection))
+    ]
+
+
+POLICY = [
+    {"match": "delete_*", "effect": "deny"},
+    {"match": "run_sql", "groups": ["engineering"]},
+    {"match": ["echo", "pii", "sleep", "big", "whoami", "mutate"]},
+]
+
+
+# --- the path through the pipeline -------------------------------------------------------------
+
+
+def test_it_calls_an_upstream_tool_and_records_a_session(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url)
+    envelope = call(cast.bob, "tools", "echo", {"text": "hello"})
+    assert envelope["status"] == "completed"
+    assert envelope["content"] == [{"type": "text", "text": "hello"}]
+    assert envelope["structured_content"] == {"echo": "hello"}
+    session = Session.objects.get(pk=envelope["session_id"])
+    assert session.verb == "tool" and session.status == SessionStatus.DONE and session.exit_code == 0
+    assert session.input == '{"arguments":{"text":"hello"},"tool":"echo"}'
+    assert session.output == 'hello\n{"echo":"hello"}'
+    assert (
+        session.user == cast.bob.user and session.client == "pytest" and session.execution_time_ms is not None
+    )
+    actions = sorted(AuditEvent.objects.filter(target_id=str(session.pk)).values_list("action", flat=True))
+    assert actions == ["tool.finish", "tool.request"]
+
+
+def test_the_gateway_alone_holds_the_upstream_credential_and_never_returns_it(
+    cast, upstream_url, transactional_db
+):
+    make_mcp_connection(cast.acme, upstream_url, headers={"X-Team": "platform"})
+    # The upstream refuses requests without the bearer: the gateway sent it.
+    envelope = call(cast.bob, "tools", "whoami")
+    assert envelope["status"] == "completed"
+    shown = connection_to_dict(connection_get(actor=cast.alice.actor(), name="tools"))
+    assert shown["secret_keys"] == ["bearer_token", "headers"]
+    assert BEARER not in json.dumps(shown) and "platform" not in json.dumps(shown)
+    assert BEARER not in json.dumps(list(AuditEvent.objects.values("detail", "target_repr")))
+    # A connection without the bearer is refused by the upstream, and the error holds no secret.
+    connection_create_headless(
+        org=cast.acme,
+        name="nobearer",
+        kind="mcp",
+        settings={"url": upstream_url, "allow_private_network": True},
+        options={},
+    )
+    failed = call(cast.bob, "nobearer", "echo", {"text": "x"})
+    assert failed["status"] == "failed"
+    assert BEARER not in (failed["message"] or "")
+
+
+def test_the_tool_policy_allows_and_denies_per_group(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url, tools=POLICY)
+    assert call(cast.bob, "tools", "run_sql", {"sql": "select 1"})["status"] == "completed"
+    with pytest.raises(NotFound) as denied:
+        call(cast.dave, "tools", "run_sql", {"sql": "select 1"})
+    assert str(denied.value) == 'tool "run_sql" not found or not accessible on connection "tools"'
+    with pytest.raises(NotFound) as missing:
+        call(cast.dave, "tools", "no_such_tool")
+    assert str(missing.value) == 'tool "no_such_tool" not found or not accessible on connection "tools"'
+    for person in (cast.alice, cast.bob):  # a deny applies to admins too
+        with pytest.raises(NotFound):
+            call(person, "tools", "delete_everything")
+    assert AuditEvent.objects.filter(action="tool.request", outcome="denied").count() == 4
+    assert "run_sql" in tool_names(cast.bob, "tools")
+    dave_sees = tool_names(cast.dave, "tools")
+    assert "run_sql" not in dave_sees and "delete_everything" not in dave_sees and "echo" in dave_sees
+
+
+def test_argument_guardrails_block_before_the_upstream_is_reached(cast, upstream_url, transactional_db):
+    policy = [
+        {
+            "match": "run_sql",
+            "guardrails": {"deny_words": ["password"], "sql": {"read_only": True}, "sql_arguments": ["sql"]},
+        },
+        {"match": "*"},
+    ]
+    make_mcp_connection(cast.acme, upstream_url, tools=policy)
+    rules.guardrail_create(
+        actor=cast.alice.actor(),
+        name="no-rm",
+        message="no rm here",
+        connections=["tools"],
+        input={"deny_words": ["rm"]},
+    )
+    assert call(cast.bob, "tools", "run_sql", {"sql": "select * from t"})["status"] == "completed"
+    blocked = call(cast.bob, "tools", "run_sql", {"sql": "drop table customers"})
+    assert blocked["status"] == "blocked" and "tools[0]" in blocked["rule"]
+    session = Session.objects.get(pk=blocked["session_id"])
+    assert (
+        session.status == SessionStatus.BLOCKED
+        and session.guardrail_findings[0]["condition"] == "sql.read_only"
+    )
+    assert session.started_at is not None and session.output == ""
+    assert call(cast.bob, "tools", "run_sql", {"sql": "select password from users"})["status"] == "blocked"
+    bound = call(cast.bob, "tools", "echo", {"text": "please rm -rf /"})
+    assert bound["status"] == "blocked" and bound["message"] == "no rm here (guardrail: no-rm)"
+    assert AuditEvent.objects.filter(action="tool.request", outcome="blocked").count() == 3
+
+
+def test_results_are_masked_in_text_and_structured_content(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url)
+    rules.masking_rule_create(
+        actor=cast.alice.actor(),
+        name="pii",
+        spec={"entities": ["EMAIL_ADDRESS", "PHONE_NUMBER"]},
+        connections=["tools"],
+    )
+    envelope = call(cast.bob, "tools", "pii", {"note": "write to jane.roe@example.com"})
+    assert envelope["status"] == "completed"
+    text = json.dumps(envelope)
+    assert "jane.roe@example.com" not in text and "555-0187" not in text
+    assert envelope["structured_content"]["name"] == "Jane Roe"
+    assert envelope["masking"]["EMAIL_ADDRESS"] >= 2
+    session = Session.objects.get(pk=envelope["session_id"])
+    stored = session.input + session.output + json.dumps(session.result)
+    assert "jane.roe@example.com" not in stored and "555-0187" not in stored
+
+
+def test_requires_approval_refuses_clearly_until_approvals_exist(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url, tools=[{"match": "echo", "requires_approval": True}])
+    envelope = call(cast.bob, "tools", "echo", {"text": "hi"})
+    assert envelope["status"] == "blocked"
+    assert (
+        envelope["message"]
+        == "tool 'echo' requires approval; approvals for upstream tools are not available yet"
+    )
+    assert Session.objects.get(pk=envelope["session_id"]).status == SessionStatus.BLOCKED
+
+
+def test_size_and_rate_limits_per_tool(cast, upstream_url, transactional_db):
+    policy = [
+        {"match": "echo", "max_argument_bytes": 100, "rate_limit": {"calls": 2, "per_seconds": 3600}},
+        {"match": "big", "max_result_bytes": 1000},
+    ]
+    make_mcp_connection(cast.acme, upstream_url, tools=policy)
+    assert call(cast.bob, "tools", "echo", {"text": "x" * 200})["message"].startswith("the arguments are")
+    assert call(cast.bob, "tools", "echo", {"text": "one"})["status"] == "completed"
+    assert call(cast.dave, "tools", "echo", {"text": "two"})["status"] == "completed"
+    limited = call(cast.bob, "tools", "echo", {"text": "three"})
+    assert limited["status"] == "blocked" and limited["message"].startswith(
+        "rate limit: tool 'echo' allows 2 call(s)"
+    )
+    assert UpstreamRateWindow.objects.get().count == 2
+    assert call(cast.bob, "tools", "big", {"n": 100})["status"] == "completed"
+    oversize = call(cast.bob, "tools", "big", {"n": 5000})
+    assert oversize["status"] == "failed" and "may return at most 1000 bytes" in oversize["message"]
+
+
+def test_cross_org_callers_get_the_same_answer_as_for_a_missing_connection(
+    cast, upstream_url, transactional_db
+):
+    make_mcp_connection(cast.acme, upstream_url)
+    with pytest.raises(NotFound) as other_org:
+        call(cast.eve, "tools", "echo", {"text": "x"})
+    with pytest.raises(NotFound) as missing:
+        call(cast.eve, "nothing-here", "echo", {"text": "x"})
+    assert str(other_org.value) == 'connection "tools" not found or not accessible'
+    assert str(missing.value) == 'connection "nothing-here" not found or not accessible'
+    with pytest.raises(NotFound):
+        asyncio.run(pipeline.upstream_tools_list(actor=cast.eve.actor(), connection_name="tools"))
+    with pytest.raises(NotFound):
+        upstream.contracts_list(actor=cast.eve.actor(), connection_name="tools")
+    assert not Session.objects.filter(org=cast.globex).exists()
+
+
+# --- pinned contracts --------------------------------------------------------------------------
+
+
+def test_a_changed_contract_blocks_the_tool_until_an_admin_accepts_it(cast, transactional_db):
+    with upstream_server() as url:
+        make_mcp_connection(cast.acme, url)
+        assert call(cast.bob, "tools", "echo", {"text": "before"})["status"] == "completed"
+        assert UpstreamTool.objects.filter(status="accepted").count() == 8  # pinned on first sight
+        assert call(cast.bob, "tools", "mutate")["status"] == "completed"
+        blocked = call(cast.bob, "tools", "echo", {"text": "after"})
+        assert blocked["status"] == "blocked"
+        assert (
+            "changed its contract" in blocked["message"] and "upstream_contracts_accept" in blocked["message"]
+        )
+        assert "echo" not in tool_names(cast.bob, "tools") and "pii" in tool_names(cast.bob, "tools")
+        changed = AuditEvent.objects.get(action="upstream.contract_changed")
+        assert changed.detail["tool"] == "echo" and changed.detail["change"] == "changed"
+        [row] = upstream.contracts_list(actor=cast.alice.actor(), connection_name="tools", status="changed")
+        assert "send_to" in json.dumps(row.observed) and "send_to" not in json.dumps(row.pinned)
+        with pytest.raises(Exception, match="admin access required"):
+            upstream.contracts_accept(actor=cast.bob.actor(), connection_name="tools", tools=["echo"])
+        with pytest.raises(InvalidInput, match="changed again"):
+            upstream.contracts_accept(
+                actor=cast.alice.actor(),
+                connection_name="tools",
+                tools=["echo"],
+                observed_sha256={"echo": "0" * 64},
+            )
+        upstream.contracts_accept(
+            actor=cast.alice.actor(),
+            connection_name="tools",
+            tools=["echo"],
+            observed_sha256={"echo": row.observed_sha256},
+        )
+        assert (
+            AuditEvent.objects.filter(action="upstream.contract_accept", actor=cast.alice.user).count() == 1
+        )
+        assert call(cast.bob, "tools", "echo", {"text": "accepted"})["status"] == "completed"
+
+
+# --- outbound safety and failures --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address, refused",
+    [
+        ("127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.10", "private"),
+        ("169.254.169.254", "link-local"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("fe80::1", "link-local"),
+        ("0.0.0.0", "unspecified"),
+        ("100.64.0.1", "non-global"),
+        ("8.8.8.8", None),
+        ("2001:4860:4860::8888", None),
+    ],
+)
+def test_it_knows_which_addresses_are_private(address, refused):
+    reason = address_refusal(address)
+    assert (reason is None) if refused is None else (reason is not None)
+
+
+def test_loopback_is_refused_unless_the_connection_allows_it(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url, allow_private=False)
+    localhost = upstream_url.replace("127.0.0.1", "localhost")
+    make_mcp_connection(cast.acme, localhost, name="byname", allow_private=False)
+    for name in ("tools", "byname"):
+        envelope = call(cast.bob, name, "whoami")
+        assert envelope["status"] == "failed"
+        assert "loopback address" in envelope["message"] and "allow_private_network" in envelope["message"]
+    with pytest.raises(Exception, match="loopback address"):
+        asyncio.run(pipeline.upstream_tools_list(actor=cast.bob.actor(), connection_name="tools"))
+
+
+def test_an_upstream_that_is_down_is_a_clear_failure(cast, transactional_db):
+    with upstream_server() as url:
+        pass  # started and stopped: nothing listens there now
+    make_mcp_connection(cast.acme, url)
+    envelope = call(cast.bob, "tools", "echo", {"text": "x"})
+    assert envelope["status"] == "failed" and "could not reach the upstream MCP server" in envelope["message"]
+    assert Session.objects.get(pk=envelope["session_id"]).status == SessionStatus.FAILED
+
+
+def test_a_slow_upstream_fails_at_the_connection_timeout(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url, options={"timeout_seconds": 1})
+    envelope = call(cast.bob, "tools", "sleep", {"seconds": 30})
+    assert envelope["status"] == "failed"
+    assert envelope["message"] == "the upstream did not answer within 1s"
+
+
+def test_an_oversize_answer_is_cut_off_at_the_transport(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url, options={"max_output_bytes": 2048})
+    envelope = call(cast.bob, "tools", "big", {"n": 2 * 1024 * 1024})
+    assert envelope["status"] == "failed"
+    assert "larger than 2048 bytes" in envelope["message"]
+
+
+def test_a_protocol_error_is_reported(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url.replace("/mcp", "/not-mcp"))
+    envelope = call(cast.bob, "tools", "echo", {"text": "x"})
+    assert envelope["status"] == "failed" and envelope["message"]
+
+
+@pytest.mark.parametrize(
+    "settings_, message",
+    [
+        ({}, "exactly one of 'url'"),
+        ({"url": "ftp://x"}, "http:// or https://"),
+        ({"url": "http://u:p@example.com/mcp"}, "must not carry credentials"),
+        ({"url": "http://example.com/mcp", "headers": {"Host": "x"}}, "may not be set"),
+        ({"url": "http://example.com/mcp", "allow_private_network": "yes"}, "true or false"),
+        ({"url": "http://example.com/mcp", "tools": {"match": "x"}}, "must be a list"),
+        ({"url": "http://example.com/mcp", "tools": [{"match": "x", "effect": "maybe"}]}, "tools[0].effect"),
+        (
+            {"url": "http://example.com/mcp", "tools": [{"match": "x", "guardrails": {"regex": ["("]}}]},
+            "tools[0].guardrails",
+        ),
+        (
+            {
+                "url": "http://example.com/mcp",
+                "tools": [{"match": "x", "guardrails": {"sql": {"read_only": True}}}],
+            },
+            "need sql_arguments",
+        ),
+        (
+            {
+                "url": "http://example.com/mcp",
+                "tools": [{"match": "x", "rate_limit": {"calls": 0, "per_seconds": 1}}],
+            },
+            "rate_limit.calls",
+        ),
+        ({"command": ["x"]}, "command connections are disabled"),
+    ],
+)
+def test_bad_settings_get_a_clear_error(cast, settings_, message):
+    with pytest.raises(InvalidInput) as raised:
+        connection_create_headless(org=cast.acme, name="bad", kind="mcp", settings=settings_, options={})
+    assert message in str(raised.value)
+
+
+def test_a_published_server_runs_over_stdio(cast, transactional_db, settings):
+    settings.COMMAND_CONNECTIONS_ENABLED = True
+    connection_create_headless(
+        org=cast.acme,
+        name="time",
+        kind="mcp",
+        settings={"command": [sys.executable, "-m", "mcp_server_time", "--local-timezone", "UTC"]},
+        options={},
+    )
+    assert "get_current_time" in tool_names(cast.bob, "time")
+    envelope = call(cast.bob, "time", "get_current_time", {"timezone": "Europe/Paris"})
+    assert envelope["status"] == "completed", envelope
+    assert "Europe/Paris" in json.dumps(envelope["structured_content"] or envelope["content"])
+    settings.COMMAND_CONNECTIONS_ENABLED = False
+    refused = call(cast.bob, "time", "get_current_time", {"timezone": "UTC"})
+    assert refused["status"] == "failed" and "command connections are disabled" in refused["message"]
