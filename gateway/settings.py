@@ -97,7 +97,7 @@ CSRF_TRUSTED_ORIGINS = env_list("PORTCULLIS_CSRF_TRUSTED_ORIGINS", [PUBLIC_BASE_
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "governance.admin_apps.PortcullisAdminConfig",  # django.contrib.admin with our site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
