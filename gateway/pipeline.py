@@ -1,12 +1,13 @@
 """The one exec path. Every surface that runs anything against a target comes through here, and
 this is the only module that imports the connectors (a test enforces it).
 
-    authorize -> input guardrails -> [review gate] -> record the session (input first)
+    authorize -> input guardrails -> review gate -> record the session (input first)
       -> run in the bounded pool (read-only when a rule asks) -> output guardrails -> mask
       -> finish the record -> enqueue analysis -> envelope
 
-The review gate (bracketed) is the seam the reviews issue fills; it is marked below where it
-belongs. Nothing here is a stand-in that pretends to check: until it exists, nothing needs review.
+The review gate asks `reviews.services.command_gate` whether an access request rule makes the
+input wait for people; then the session is recorded as `pending_review` with its `Review`, and
+`exec_reviewed` later runs exactly that stored input, once (see `reviews.services.review_execute`).
 """
 
 from __future__ import annotations
@@ -214,9 +215,14 @@ def exec_start(
         rules, findings = capability.apply_exec_ceiling(actor, connection.kind, input, rules, findings)
     limits = _limits(connection, max_rows, read_only=guardrails.requires_read_only(rules))
 
-    # The review gate (reviews issue) runs here and may end it as `pending_approval`.
+    # The review gate: a rule may make this input wait for people (`pending_approval`).
+    gate = None
+    if not findings and not rules_error and not too_large:
+        from reviews.services import command_gate
 
-    busy = runner.busy()
+        gate = command_gate(actor=actor, connection=connection, input=input)
+
+    busy = runner.busy() if gate is None else False
     now = timezone.now()
     with transaction.atomic():
         session = _record(
@@ -238,6 +244,15 @@ def exec_start(
             session.status = SessionStatus.FAILED
             session.error = rules_error
             outcome = Outcome.FAILED
+        elif gate is not None:
+            session.status = SessionStatus.PENDING_REVIEW
+            session.save(update_fields=["status"])
+            from reviews.services import review_open
+
+            rule, risk = gate
+            session.pending_review = review_open(
+                actor=actor, session=session, connection=connection, rule=rule, risk=risk
+            )
         elif too_large or busy:
             session.status = SessionStatus.FAILED
             session.error = (
@@ -246,7 +261,7 @@ def exec_start(
                 else "the gateway is at capacity; try again shortly"
             )
             outcome = Outcome.INVALID if too_large else Outcome.FAILED
-        if session.status != SessionStatus.OPEN:
+        if session.status not in (SessionStatus.OPEN, SessionStatus.PENDING_REVIEW):
             session.ended_at = now
             session.save(update_fields=["status", "error", "ended_at", "guardrail_findings"])
             analysis_enqueue(session_id=session.pk)  # blocked and refused sessions are analysed too
@@ -260,6 +275,7 @@ def exec_start(
                 "input_bytes": len(data),
                 "input_sha256": session.input_sha256,
                 **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
+                **({"review_id": str(session.pending_review.pk)} if gate is not None else {}),
             },
         )
         if session.status == SessionStatus.OPEN:
@@ -268,6 +284,50 @@ def exec_start(
             events.emit_session_end(session)
     if session.status != SessionStatus.OPEN:
         return session
+    _dispatch(session, connection, limits, rules)
+    return session
+
+
+def exec_reviewed(*, actor: Actor, review) -> Session:
+    """Run the input a one-time review approved, exactly as stored (called by `reviews_execute`
+    inside its transaction, after it claimed the review APPROVED -> EXECUTED).
+
+    The actor must still be allowed on the connection, and the input passes the guardrails as
+    they are now: an approval never overrides a rule added since. The session's input must still
+    hash to what was approved, so nothing swapped in the database can run.
+    """
+    from governance.errors import Conflict
+
+    session = Session.objects.select_for_update(of=("self",)).get(pk=review.session_id)
+    connection = authorize(actor=actor, connection_name=review.connection_name, mode="exec")
+    if session.status != SessionStatus.PENDING_REVIEW:
+        raise Conflict(f"the session of this review is {session.status}, not waiting for its review")
+    if (
+        hashlib.sha256(session.input.encode()).hexdigest() != review.input_sha256
+        or session.input != review.input
+        or session.connection_id != connection.pk
+    ):
+        logger.error("session %s no longer matches its approved review %s", session.pk, review.pk)
+        raise Conflict("the session's input no longer matches what was approved; nothing ran")
+    rules = rules_service.bound_rules(connection).guardrails
+    findings = guardrails.evaluate_input(
+        rules, session.input, dialect=guardrails.DIALECTS.get(connection.kind)
+    )
+    rules, findings = capability.apply_exec_ceiling(actor, connection.kind, session.input, rules, findings)
+    limits = _limits(connection, read_only=guardrails.requires_read_only(rules))
+    if findings:
+        session.status = SessionStatus.BLOCKED
+        session.guardrail_findings = [f.as_dict() for f in findings]
+        session.error = _block_message(connection, findings)
+        session.ended_at = timezone.now()
+        session.save(update_fields=["status", "guardrail_findings", "error", "ended_at"])
+        analysis_enqueue(session_id=session.pk)
+        transaction.on_commit(lambda: notify_session_finished(session.pk))
+        events.emit_session_end(session)
+        return session
+    session.status = SessionStatus.OPEN
+    session.save(update_fields=["status"])
+    events.emit_session(session, events.SESSION_STARTED)
     _dispatch(session, connection, limits, rules)
     return session
 
@@ -535,6 +595,18 @@ def _loaded_analysis(session: Session) -> dict | None:
     return {k: data[k] for k in ("risk_level", "title", "explanation", "suggested_action", "analyzer")}
 
 
+def _loaded_review_id(session: Session) -> str | None:
+    """The review's id if it was loaded with the session (select_related("review")); never queries."""
+    from reviews.models import Review
+
+    if not Session.review.is_cached(session):
+        return None
+    try:
+        return str(session.review.pk)
+    except Review.DoesNotExist:
+        return None
+
+
 def exec_envelope(session: Session) -> dict:
     """The agent-facing answer for a session; `status` is what the agent branches on."""
     envelope: dict = {"session_id": str(session.pk), "session_status": session.status}
@@ -543,6 +615,20 @@ def exec_envelope(session: Session) -> dict:
             status="running",
             message="still running; the gateway keeps running it and records the result",
             next_step="call sessions_wait with session_id until it finishes, or exec_cancel to stop it",
+        )
+        return envelope
+    if session.status == SessionStatus.PENDING_REVIEW:
+        review = getattr(session, "pending_review", None)
+        review_id = str(review.pk) if review is not None else _loaded_review_id(session)
+        envelope.update(
+            status="pending_approval",
+            review_id=review_id,
+            review_url=f"{settings.PUBLIC_BASE_URL}/reviews/{review_id}/" if review_id else None,
+            message="approval required before this execution can run; nothing has run",
+            next_step=(
+                "call reviews_wait with review_id (long-polls until the reviewers decide); once its status "
+                "is APPROVED call reviews_execute with review_id to run exactly this input"
+            ),
         )
         return envelope
     if session.status == SessionStatus.BLOCKED:
@@ -700,6 +786,10 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
     findings = guardrails.evaluate_input(rules, input, dialect=guardrails.DIALECTS.get(connection.kind))
     masker, masking_rules = bound.masker, bound.masking_rules
     privileged = has_role(actor, ROLE_AUDITOR)
+    from reviews.services import command_gate, input_risk
+
+    review = None if findings else command_gate(actor=actor, connection=connection, input=input)
+    risk = review[1] if review is not None else input_risk(connection, input)
     audit_record(
         actor=actor,
         action="exec.explain",
@@ -715,8 +805,9 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
         "guardrails_evaluated": [r.name for r in rules],
         "masking_rules": masking_rules,
         "unavailable_entities": masker.unavailable_entities,
-        # Human review is not part of this gateway yet: nothing needs approval.
-        "review_required": False,
+        "review_required": review is not None,
+        "review_rule": review[0].name if review is not None else None,
+        "risk": risk,
     }
 
 

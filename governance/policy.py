@@ -157,6 +157,11 @@ def _session_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     qs = qs.filter(org_id=actor.org_id)
     if actor.is_admin or (actor.is_auditor and action in ("view", "view_content")):
         return qs
+    if action == "view" and actor.group_ids:
+        # Sessions waiting for (or decided by) a review the actor's groups are reviewers of: their
+        # metadata, not their content (that stays with the owner, admins and auditors).
+        reviewable = qs.filter(review__eligible_groups__in=actor.group_ids).values("pk")
+        return qs.filter(Q(user_id=actor.user.pk) | Q(pk__in=reviewable))
     if action in ("view", "view_content", "cancel"):
         return qs.filter(user_id=actor.user.pk)
     return qs.none()

@@ -87,6 +87,12 @@ class MCPStarter:
                 await database_sync_to_async(sessions_sweep_orphans)()
             except Exception:
                 logger.exception("orphan sweep failed")
+            try:  # reviews and JIT grants past their deadline
+                from reviews.services import reviews_expire
+
+                await database_sync_to_async(reviews_expire)()
+            except Exception:
+                logger.exception("review expiry sweep failed")
             try:  # and the analyses whose background run was lost (a restart in between)
                 await database_sync_to_async(lambda: analysis_sweep_missing(limit=20))()
             except Exception:

@@ -98,6 +98,8 @@ class Review(models.Model):
     rule_name = models.CharField(max_length=100, blank=True)
     reviewer_groups = models.JSONField(default=list, help_text="[{id, name}] at creation")
     force_approval_groups = models.JSONField(default=list, blank=True)
+    # The reviewer and force-approval groups again, as rows: what visibility queries join on.
+    eligible_groups = models.ManyToManyField(UserGroup, blank=True, related_name="+")
     all_groups_must_approve = models.BooleanField(default=False)
     min_approvals = models.PositiveSmallIntegerField(default=1)
     window_start = models.TimeField(null=True, blank=True)
@@ -150,7 +152,7 @@ class ReviewDecision(models.Model):
         ordering = ["created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["review", "reviewer", "group_name"], name="reviewdecision_once_per_group"
+                fields=["review", "reviewer", "group_name", "decision"], name="reviewdecision_once_per_group"
             )
         ]
 

@@ -183,3 +183,26 @@ async def wait_for_analysis(session_id, timeout: float, *, on_progress=None, pro
         on_progress=on_progress,
         progress_every=progress_every,
     )
+
+
+def _review_group(review_id) -> str:
+    return f"portcullis.review.{review_id}"
+
+
+def notify_review_changed(review_id) -> None:
+    layer = _shared_layer()
+    if layer is not None:
+        _publisher.publish(layer, _review_group(review_id), "review.changed")
+
+
+async def wait_for_review(load, review_id, timeout: float, *, on_progress=None, progress_every: float = 10.0):
+    """Wait until `load()` (the review) is no longer PENDING or `timeout` passes. Returns (review,
+    timed_out). Wakes on the `portcullis.review.<id>` group, published by every transition on commit."""
+    return await _wait_until(
+        load,
+        lambda review: review.status != "PENDING",
+        _review_group(review_id),
+        timeout,
+        on_progress=on_progress,
+        progress_every=progress_every,
+    )

@@ -7,6 +7,7 @@ from mcpserver.tools import (  # noqa: F401
     connections,
     execution,
     identity,
+    reviews,
     rules,
     schema,
     sessions,

@@ -65,7 +65,8 @@ def render_envelope(r: ExecEnvelope) -> str:
         if r.exit_code not in (None, 0):
             head += f", exit code {r.exit_code}"
         return f"{head}\n{r.output or ''}".rstrip()
-    return f"[{r.status}] session {r.session_id}: {r.message or ''} {r.next_step or ''}".strip()
+    review = f" (review {r.review_id}: {r.review_url})" if r.review_id else ""
+    return f"[{r.status}] session {r.session_id}{review}: {r.message or ''} {r.next_step or ''}".strip()
 
 
 async def _wait(session_id, timeout: float, ctx):

@@ -1,0 +1,441 @@
+"""Human approval over MCP: reviews_list|get|update|wait|execute, access_request, and the admin
+tools access_request_rules_list|get|create|update|delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from channels.db import database_sync_to_async as db
+from django.conf import settings
+from pydantic import Field
+
+from gateway import pipeline
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
+from mcpserver.registry import Args, Result, page, tool
+from mcpserver.tools.execution import DEFAULT_WAIT, MAX_WAIT, ExecEnvelope, _wait, render_envelope
+from mcpserver.tools.rules import Deleted, Limit, Names, Offset, RefArgs, _fields
+from reviews import services
+from reviews.models import Review
+from sessions.wakeup import wait_for_review
+
+ReviewId = Annotated[
+    str, Field(min_length=1, max_length=64, description="The review's id (or its session's id).")
+]
+
+
+class Decision(Result):
+    group: str
+    decision: str
+    reviewer_email: str
+    reason: str
+    forced: bool
+    decided_at: str
+
+
+class ReviewOut(Result):
+    id: str
+    session_id: str | None
+    type: Literal["onetime", "jit"]
+    status: str = Field(description="PENDING, APPROVED, REJECTED, REVOKED, EXECUTED or EXPIRED.")
+    connection_name: str
+    requester_email: str
+    reason: str
+    access_request_rule_name: str | None
+    reviewer_groups: list[str]
+    force_approval_groups: list[str]
+    quorum: str
+    min_approvals: int | None
+    all_groups_must_approve: bool
+    decisions: list[Decision]
+    time_window: dict[str, str] | None
+    duration_seconds: int | None
+    access_until: str | None
+    expires_at: str
+    created_at: str
+    decided_at: str | None
+    executed_at: str | None
+    rejection_reason: str | None
+    review_url: str
+    you_can_decide: bool
+    input: str | None = Field(
+        None, description="The exact input under review (requester, eligible reviewers, admins, auditors)."
+    )
+    input_sha256: str | None = None
+    risk: dict[str, Any] | None = Field(None, description="The built-in analyzer's verdict on the input.")
+    timed_out: bool | None = None
+    waited_seconds: float | None = None
+
+
+def _render(r: ReviewOut) -> str:
+    text = f"review {r.id} ({r.type}) on {r.connection_name} by {r.requester_email}: {r.status}"
+    if r.timed_out:
+        text += " (still pending; call reviews_wait again)"
+    if r.input:
+        text += f"\n{r.input[:2000]}"
+    return text
+
+
+class ReviewList(Result):
+    items: list[ReviewOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+class ListArgs(Args):
+    status: Literal["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"] | None = None
+    type: Literal["onetime", "jit"] | None = None
+    connection: str | None = Field(None, max_length=63)
+    waiting_for_me: bool = Field(False, description="Only pending reviews you may still decide.")
+    limit: Limit = 20
+    offset: Offset = 0
+
+
+@tool(
+    "reviews_list",
+    description=(
+        "Reviews you may see: your own requests and those your groups review (admins and auditors: all of the "
+        "org), newest first, paginated. waiting_for_me=true lists what awaits your decision."
+    ),
+    args=ListArgs,
+    result=ReviewList,
+)
+async def reviews_list(actor, args: ListArgs, ctx) -> ReviewList:
+    @db
+    def run():
+        items, total = services.review_list(
+            actor=actor,
+            status=args.status,
+            type=args.type,
+            connection=args.connection,
+            waiting_for_me=args.waiting_for_me,
+            limit=args.limit,
+            offset=args.offset,
+        )
+        return [services.review_to_dict(r, actor=actor) for r in items], total
+
+    items, total = await run()
+    return ReviewList(**page(items, total, args.offset))
+
+
+class GetArgs(Args):
+    id: ReviewId
+
+
+@tool(
+    "reviews_get",
+    description=(
+        "One review by its id or its session's id. Eligible reviewers, the requester, admins and auditors see the "
+        "exact input and its risk analysis."
+    ),
+    args=GetArgs,
+    result=ReviewOut,
+    render=_render,
+)
+async def reviews_get(actor, args: GetArgs, ctx) -> ReviewOut:
+    return ReviewOut(
+        **await db(
+            lambda: services.review_to_dict(services.review_get(actor=actor, review_id=args.id), actor=actor)
+        )()
+    )
+
+
+class UpdateArgs(Args):
+    id: ReviewId
+    status: Literal["APPROVED", "REJECTED", "REVOKED"]
+    reason: str | None = Field(None, max_length=1000, description="Required to reject.")
+    force: bool = Field(False, description="Approve alone, as a member of a force-approval group.")
+
+
+@tool(
+    "reviews_update",
+    description=(
+        "Decide a review: APPROVED or REJECTED (with a reason) while it is PENDING, REVOKED for an approved one. "
+        "Only eligible reviewers decide, nobody approves their own request, and decisions over MCP are refused "
+        "unless an admin turned them on for the org (otherwise decide on the review_url page)."
+    ),
+    args=UpdateArgs,
+    result=ReviewOut,
+    read_only=False,
+    destructive=True,
+    render=_render,
+)
+async def reviews_update(actor, args: UpdateArgs, ctx) -> ReviewOut:
+    @db
+    def run():
+        review = services.review_decide(
+            actor=actor, review_id=args.id, status=args.status, reason=args.reason or "", force=args.force
+        )
+        return services.review_to_dict(services.review_get(actor=actor, review_id=review.pk), actor=actor)
+
+    return ReviewOut(**await run())
+
+
+class WaitArgs(Args):
+    id: ReviewId
+    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
+        DEFAULT_WAIT,
+        description="How long to wait (default 45, max 300; many clients give up on a call at 60 s). "
+        "On expiry the answer has timed_out=true: call again.",
+    )
+
+
+@tool(
+    "reviews_wait",
+    description=(
+        "Wait until a review is decided (no longer PENDING) and return it; long-polls up to timeout_seconds, then "
+        "answers timed_out=true so you can call again. Once APPROVED, call reviews_execute."
+    ),
+    args=WaitArgs,
+    result=ReviewOut,
+    render=_render,
+)
+async def reviews_wait(actor, args: WaitArgs, ctx) -> ReviewOut:
+    import time
+
+    started = time.monotonic()
+    review = await db(lambda: services.review_get(actor=actor, review_id=args.id))()
+
+    @db
+    def load():
+        return Review.objects.get(pk=review.pk)
+
+    async def progress(elapsed, total):
+        await ctx.progress(round(elapsed, 1), total, "waiting for reviewers")
+
+    _, timed_out = await wait_for_review(
+        load,
+        review.pk,
+        args.timeout_seconds,
+        on_progress=progress,
+        progress_every=settings.PROGRESS_INTERVAL_SECONDS,
+    )
+    data = await db(
+        lambda: services.review_to_dict(services.review_get(actor=actor, review_id=review.pk), actor=actor)
+    )()
+    return ReviewOut(**data, timed_out=timed_out, waited_seconds=round(time.monotonic() - started, 3))
+
+
+class ExecuteArgs(Args):
+    id: ReviewId
+    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
+        None, description="Wait this long for the result before answering `running` (default: 50 s)."
+    )
+
+
+@tool(
+    "reviews_execute",
+    description=(
+        "Run exactly the input an APPROVED one-time review approved, once (a second call is refused), within its "
+        "time window; only the requester may. Same envelope as exec."
+    ),
+    args=ExecuteArgs,
+    result=ExecEnvelope,
+    read_only=False,
+    destructive=True,
+    render=render_envelope,
+    capability="read_only",  # the pipeline applies the token's ceiling to what runs
+)
+async def reviews_execute(actor, args: ExecuteArgs, ctx) -> ExecEnvelope:
+    session = await db(lambda: services.review_execute(actor=actor, review_id=args.id))()
+    if not session.is_final:
+        session, _ = await _wait(session.pk, args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS, ctx)
+    return ExecEnvelope(**pipeline.exec_envelope(session))
+
+
+class AccessRequestArgs(Args):
+    connection_name: str = Field(min_length=1, max_length=63)
+    reason: str = Field(min_length=1, max_length=1000, description="Why you need access.")
+    duration_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = Field(
+        None, description="How long (default 1 hour, at most the rule's maximum)."
+    )
+
+
+@tool(
+    "access_request",
+    description=(
+        "Ask for just-in-time access to a connection for a while, with a reason. Once reviewers approve "
+        "(reviews_wait), exec on that connection skips per-command review until the grant expires or is revoked."
+    ),
+    args=AccessRequestArgs,
+    result=ReviewOut,
+    read_only=False,
+    render=_render,
+)
+async def access_request(actor, args: AccessRequestArgs, ctx) -> ReviewOut:
+    @db
+    def run():
+        review = services.access_request(
+            actor=actor,
+            connection_name=args.connection_name,
+            duration_seconds=args.duration_seconds,
+            reason=args.reason,
+        )
+        return services.review_to_dict(services.review_get(actor=actor, review_id=review.pk), actor=actor)
+
+    return ReviewOut(**await run())
+
+
+# --- access request rules (admin) ------------------------------------------------------------------
+
+RULE_HELP = (
+    "access_type: command (each exec waits for a one-time review), jit (time-bound access) or jit_command (both). "
+    "approval_required_groups empty = applies to everyone except skip_review_groups. Quorum: "
+    "all_groups_must_approve, or min_approvals distinct reviewers. Bound to connections and/or attributes."
+)
+
+
+class RuleOut(Result):
+    id: str
+    name: str
+    description: str
+    enabled: bool
+    access_type: Literal["command", "jit", "jit_command"]
+    approval_required_groups: list[str]
+    skip_review_groups: list[str]
+    reviewer_groups: list[str]
+    force_approval_groups: list[str]
+    all_groups_must_approve: bool
+    min_approvals: int | None
+    max_jit_duration_seconds: int | None
+    time_window: dict[str, str] | None
+    min_risk: str | None
+    connections: list[str]
+    attributes: list[str]
+    created_at: str
+    updated_at: str
+
+
+class RuleList(Result):
+    items: list[RuleOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+class RulePage(Args):
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+@tool(
+    "access_request_rules_list",
+    description="Access request rules of your org (admins and auditors).",
+    args=RulePage,
+    result=RuleList,
+    role=ROLE_AUDITOR,
+)
+async def access_request_rules_list(actor, args: RulePage, ctx) -> RuleList:
+    @db
+    def run():
+        items, total = services.access_rule_list(actor=actor, limit=args.limit, offset=args.offset)
+        return [services.access_rule_to_dict(r) for r in items], total
+
+    items, total = await run()
+    return RuleList(**page(items, total, args.offset))
+
+
+@tool(
+    "access_request_rules_get",
+    description="One access request rule by id or name (admins and auditors).",
+    args=RefArgs,
+    result=RuleOut,
+    role=ROLE_AUDITOR,
+)
+async def access_request_rules_get(actor, args: RefArgs, ctx) -> RuleOut:
+    return RuleOut(
+        **await db(lambda: services.access_rule_to_dict(services.access_rule_get(actor=actor, ref=args.id)))()
+    )
+
+
+class TimeWindow(Args):
+    start_time: str = Field(pattern=r"^\d{2}:\d{2}$", description="HH:MM, UTC")
+    end_time: str = Field(pattern=r"^\d{2}:\d{2}$", description="HH:MM, UTC")
+
+
+GroupNames = list[Annotated[str, Field(min_length=1, max_length=100)]]
+
+
+class RuleFields(Args):
+    description: str | None = Field(None, max_length=500)
+    enabled: bool | None = None
+    connections: Names | None = Field(None, description="Connection names (replaces the list).")
+    attributes: Names | None = Field(None, description="Attribute names (replaces the list).")
+    approval_required_groups: GroupNames | None = None
+    skip_review_groups: GroupNames | None = None
+    reviewer_groups: GroupNames | None = None
+    force_approval_groups: GroupNames | None = None
+    all_groups_must_approve: bool | None = None
+    min_approvals: Annotated[int, Field(ge=1, le=100)] | None = None
+    max_jit_duration_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None
+    time_window: TimeWindow | None = Field(
+        None, description="Reviewed work runs only inside this daily window."
+    )
+    min_risk: Literal["low", "medium", "high", "critical"] | None = Field(
+        None, description="Pre-execution analysis: review only input the analyzer rates at least this risky."
+    )
+
+
+class RuleCreate(RuleFields):
+    name: str = Field(min_length=1, max_length=63)
+    access_type: Literal["command", "jit", "jit_command"]
+    reviewer_groups: GroupNames = Field(min_length=1)
+
+
+class RuleUpdate(RuleFields):
+    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+    name: str | None = Field(None, min_length=1, max_length=63)
+    access_type: Literal["command", "jit", "jit_command"] | None = None
+
+
+@tool(
+    "access_request_rules_create",
+    description="Create an access request rule (admin). " + RULE_HELP,
+    args=RuleCreate,
+    result=RuleOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+)
+async def access_request_rules_create(actor, args: RuleCreate, ctx) -> RuleOut:
+    fields = _fields(args, skip=("name",))
+    return RuleOut(
+        **await db(
+            lambda: services.access_rule_to_dict(
+                services.access_rule_create(actor=actor, name=args.name, **fields)
+            )
+        )()
+    )
+
+
+@tool(
+    "access_request_rules_update",
+    description="Change an access request rule (admin); only the fields given change, lists are replaced.",
+    args=RuleUpdate,
+    result=RuleOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+)
+async def access_request_rules_update(actor, args: RuleUpdate, ctx) -> RuleOut:
+    fields = _fields(args)
+    return RuleOut(
+        **await db(
+            lambda: services.access_rule_to_dict(
+                services.access_rule_update(actor=actor, ref=args.id, **fields)
+            )
+        )()
+    )
+
+
+@tool(
+    "access_request_rules_delete",
+    description="Delete an access request rule (admin). Open reviews keep the reviewers they were created with.",
+    args=RefArgs,
+    result=Deleted,
+    role=ROLE_ADMIN,
+    read_only=False,
+    destructive=True,
+)
+async def access_request_rules_delete(actor, args: RefArgs, ctx) -> Deleted:
+    name = await db(lambda: services.access_rule_delete(actor=actor, ref=args.id))()
+    return Deleted(name=name, deleted=True)
