@@ -13,7 +13,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2
 import pytest
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from gateway import pipeline, upstream
 from gateway.connectors.mcp import address_refusal
@@ -22,6 +25,7 @@ from gateway.services import connection_create_headless, connection_get, connect
 from governance import rules
 from governance.errors import InvalidInput, NotFound
 from sessions.models import AuditEvent, Session, SessionStatus
+from tests.conftest import error_text, structured
 
 ROOT = Path(__file__).resolve().parent.parent
 BEARER = "upstream-s3cret-bearer-token"
@@ -415,3 +419,152 @@ def test_a_published_server_runs_over_stdio(cast, transactional_db, settings):
     settings.COMMAND_CONNECTIONS_ENABLED = False
     refused = call(cast.bob, "time", "get_current_time", {"timezone": "UTC"})
     assert refused["status"] == "failed" and "command connections are disabled" in refused["message"]
+
+
+# --- over real HTTP: /api/mcp/c/<connection> and /api/mcp, with the official SDK client -------------
+
+
+def proxy(server, person, connection: str, fn, mode: str = "auto"):
+    async def run():
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {person.token}"}, timeout=httpx2.Timeout(30, read=60)
+        )
+        url = f"{server.url}/api/mcp/c/{connection}"
+        async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+            return await fn(client)
+
+    try:
+        return asyncio.run(run())
+    except BaseExceptionGroup as group:
+        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+            group = group.exceptions[0]
+        raise group from None
+
+
+async def _listing(client):
+    return {t.name: t for t in (await client.list_tools()).tools}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+def test_the_connection_endpoint_lists_only_allowed_tools_and_proxies_calls(
+    cast, mcp, gateway_server, upstream_url, mode
+):
+    make_mcp_connection(cast.acme, upstream_url, tools=POLICY)
+    bob_tools = proxy(gateway_server, cast.bob, "tools", _listing, mode)
+    assert set(bob_tools) == {"echo", "pii", "sleep", "big", "whoami", "mutate", "run_sql"}
+    assert bob_tools["echo"].input_schema["required"] == ["text"]
+    assert "run_sql" not in proxy(gateway_server, cast.dave, "tools", _listing, mode)
+
+    async def calls(client):
+        await client.list_tools()
+        return (
+            await client.call_tool("echo", {"text": "through the gateway"}),
+            await client.call_tool("delete_everything", {}),
+        )
+
+    echo, denied = proxy(gateway_server, cast.bob, "tools", calls, mode)
+    assert not echo.is_error and echo.content[0].text == "through the gateway"
+    assert echo.structured_content == {"echo": "through the gateway"}
+    assert denied.is_error
+    assert (
+        denied.content[0].text == 'tool "delete_everything" not found or not accessible on connection "tools"'
+    )
+    session = Session.objects.filter(verb="tool", status=SessionStatus.DONE).get()
+    assert session.surface == "mcp" and session.user == cast.bob.user and "token:pytest" in session.client
+
+
+@pytest.mark.live
+def test_the_connection_endpoint_masks_results(cast, mcp, gateway_server, upstream_url):
+    make_mcp_connection(cast.acme, upstream_url)
+    rules.masking_rule_create(
+        actor=cast.alice.actor(), name="pii", spec={"entities": ["EMAIL_ADDRESS"]}, connections=["tools"]
+    )
+
+    async def pii(client):
+        await client.list_tools()
+        return await client.call_tool("pii", {})
+
+    result = proxy(gateway_server, cast.bob, "tools", pii)
+    assert not result.is_error
+    assert "jane.roe@example.com" not in result.content[0].text
+    assert result.structured_content["email"] != "jane.roe@example.com"
+
+
+@pytest.mark.live
+def test_a_changed_schema_is_blocked_over_http_until_an_admin_accepts_it(cast, mcp, gateway_server):
+    with upstream_server() as url:
+        make_mcp_connection(cast.acme, url)
+        assert "echo" in proxy(gateway_server, cast.bob, "tools", _listing)
+
+        async def mutate(client):
+            await client.list_tools()
+            return await client.call_tool("mutate", {})
+
+        assert not proxy(gateway_server, cast.bob, "tools", mutate).is_error
+        assert "echo" not in proxy(gateway_server, cast.bob, "tools", _listing)
+        refused = mcp(cast.bob).call(
+            "upstream_call", {"connection_name": "tools", "tool": "echo", "arguments": {"text": "x"}}
+        )
+        assert structured(refused)["status"] == "blocked"
+        assert "changed its contract" in structured(refused)["message"]
+        assert error_text(mcp(cast.bob).call("upstream_contracts_list", {"connection_name": "tools"})) == (
+            "admin access required"
+        )
+        listed = structured(
+            mcp(cast.alice).call("upstream_contracts_list", {"connection_name": "tools", "status": "changed"})
+        )
+        assert [c["tool"] for c in listed["items"]] == ["echo"]
+        digest = listed["items"][0]["observed_sha256"]
+        accepted = structured(
+            mcp(cast.alice).call(
+                "upstream_contracts_accept",
+                {"connection_name": "tools", "tools": ["echo"], "observed_sha256": {"echo": digest}},
+            )
+        )
+        assert accepted["items"][0]["status"] == "accepted"
+        tools = proxy(gateway_server, cast.bob, "tools", _listing)
+        assert "send_to" in tools["echo"].input_schema["properties"]
+
+
+@pytest.mark.live
+def test_upstream_tools_on_the_main_endpoint(cast, mcp, gateway_server, upstream_url):
+    make_mcp_connection(cast.acme, upstream_url, tools=POLICY)
+    listed = structured(mcp(cast.dave).call("upstream_tools_list", {"connection_name": "tools"}))
+    assert "run_sql" not in [t["name"] for t in listed["items"]] and listed["total"] == len(listed["items"])
+    envelope = structured(
+        mcp(cast.bob, "legacy").call(
+            "upstream_call", {"connection_name": "tools", "tool": "echo", "arguments": {"text": "hi"}}
+        )
+    )
+    assert envelope["status"] == "completed" and envelope["content"][0]["text"] == "hi"
+    assert (
+        error_text(
+            mcp(cast.dave).call(
+                "upstream_call", {"connection_name": "tools", "tool": "run_sql", "arguments": {}}
+            )
+        )
+        == 'tool "run_sql" not found or not accessible on connection "tools"'
+    )
+
+
+@pytest.mark.live
+def test_an_outage_and_other_orgs_are_reported_cleanly_over_http(cast, mcp, gateway_server, upstream_url):
+    from mcp.shared.exceptions import MCPError
+
+    with upstream_server() as url:
+        pass
+    make_mcp_connection(cast.acme, url, name="down")
+    make_mcp_connection(cast.acme, upstream_url)
+    with pytest.raises(MCPError, match="could not reach the upstream MCP server"):
+        proxy(gateway_server, cast.bob, "down", _listing)
+    envelope = structured(
+        mcp(cast.bob).call("upstream_call", {"connection_name": "down", "tool": "echo", "arguments": {}})
+    )
+    assert envelope["status"] == "failed" and "could not reach" in envelope["message"]
+    with pytest.raises(MCPError, match='connection "tools" not found or not accessible'):
+        proxy(gateway_server, cast.eve, "tools", _listing)
+    response = httpx2.post(
+        f"{gateway_server.url}/api/mcp/c/tools", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    )
+    assert response.status_code == 401
