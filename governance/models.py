@@ -42,13 +42,20 @@ class UserManager(BaseUserManager):
         return user
 
     def create_superuser(self, email, password=None, **extra):
-        # `createsuperuser` has no org prompt: superusers land in the first org (or a new one).
+        """`createsuperuser`: an admin (member of the reserved `admin` group) of the first org, or
+        of a new org "default" (it has no org prompt). Roles come from groups only: the superuser
+        flag gives nothing beyond them (see governance.admin_base)."""
+        from governance.services import org_create, user_create  # the services import this module
+
         org = extra.pop("org", None) or Organization.objects.order_by("created_at").first()
-        if org is None:
-            org = Organization.objects.create(name="default")
-        extra.setdefault("is_staff", True)
-        extra.setdefault("is_superuser", True)
-        return self.create_user(email, password, org=org, **extra)
+        org = org or org_create(name="default")
+        user = user_create(
+            org=org, email=email, password=password, name=extra.pop("name", ""), groups=["admin"]
+        )
+        user.is_staff = extra.get("is_staff", True)
+        user.is_superuser = extra.get("is_superuser", True)
+        user.save(update_fields=["is_staff", "is_superuser"])
+        return user
 
 
 class User(AbstractBaseUser, PermissionsMixin):

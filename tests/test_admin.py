@@ -514,3 +514,19 @@ def test_it_rolls_back_a_confirmed_import_that_became_invalid(cast):
     html = alice.post("/admin/gateway/connection/import-csv/", {"payload": payload}).content.decode()
     assert "the data changed since the preview" in html
     assert Connection.objects.filter(org=cast.acme, name="late").count() == 1
+
+
+def test_it_makes_createsuperuser_an_admin_of_an_org(db):
+    from django.core.management import call_command
+
+    call_command("createsuperuser", "--noinput", "--email", "root@example.test", verbosity=0)
+    from governance.models import User
+
+    root = User.objects.get(email="root@example.test")
+    assert root.org.name == "default" and root.is_superuser
+    assert sorted(g.name for g in root.user_groups.all()) == ["admin"]
+    assert sorted(root.org.groups.values_list("name", flat=True)) == ["admin", "auditor"]
+    assert Client().get("/admin/").status_code == 302
+    client = Client()
+    client.force_login(root)
+    assert client.get("/admin/").status_code == 200
