@@ -23,11 +23,13 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 from oauth2_provider import views as dot_views
+from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.models import get_application_model
 from oauth2_provider.views.dynamic_client_registration import (
     DynamicClientRegistrationManagementView,
     DynamicClientRegistrationView,
 )
+from oauthlib.common import add_params_to_uri
 
 from gateway.web import web_actor
 from governance.errors import NotFound
@@ -199,6 +201,21 @@ class AuthorizationView(BuiltinOnly, dot_views.AuthorizationView):
                 },
                 status=400,
             )
+        try:
+            _, credentials = self.validate_authorization_request(request)
+        except OAuthToolkitError:
+            return super().get(request, *args, **kwargs)  # django-oauth-toolkit answers the error
+        if credentials.get("code_challenge_method") != "S256":
+            # Refused before anyone is asked to consent (the toolkit would only refuse `plain`
+            # when issuing the code, after the consent page).
+            application = get_application_model().objects.get(client_id=credentials["client_id"])
+            params = [
+                ("error", "invalid_request"),
+                ("error_description", 'PKCE with code_challenge_method "S256" is required'),
+            ]
+            if credentials.get("state"):
+                params.append(("state", credentials["state"]))
+            return self.redirect(add_params_to_uri(credentials["redirect_uri"], params), application)
         return super().get(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs):
