@@ -271,6 +271,25 @@ def contract_sha256(contract: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+LAST_SEEN_EVERY = 60  # seconds between refreshes of last_seen_at on an unchanged listing
+
+
+def _unchanged(rows: dict, seen: dict) -> bool:
+    """True if a listing shows exactly what the rows already record (statuses included)."""
+    for name, row in rows.items():
+        if name not in seen:
+            if row.status != ContractStatus.REMOVED:
+                return False
+            continue
+        digest = seen[name][1]
+        if digest != row.observed_sha256:
+            return False
+        expected = ContractStatus.ACCEPTED if digest == row.pinned_sha256 else row.status
+        if row.status != expected or row.status == ContractStatus.REMOVED:
+            return False
+    return all(name in rows for name in seen)
+
+
 def contracts_observe(connection: Connection, tools: list) -> dict[str, UpstreamTool]:
     """Compare an upstream listing with the pinned contracts and record what changed.
 
@@ -282,6 +301,13 @@ def contracts_observe(connection: Connection, tools: list) -> dict[str, Upstream
     for tool in tools:
         contract = tool_contract(tool)
         seen[tool.name] = (contract, contract_sha256(contract))
+    # The usual case, nothing changed: one read, no row lock, no write (but a stale last_seen_at).
+    current = {row.name: row for row in UpstreamTool.objects.filter(connection=connection)}
+    if current and _unchanged(current, seen):
+        stale = [r.pk for r in current.values() if (now - r.last_seen_at).total_seconds() > LAST_SEEN_EVERY]
+        if stale:
+            UpstreamTool.objects.filter(pk__in=stale).update(last_seen_at=now)
+        return current
     with transaction.atomic():
         rows = {
             row.name: row for row in UpstreamTool.objects.select_for_update().filter(connection=connection)
