@@ -3,10 +3,13 @@ analyses that were lost on the way."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connections, transaction
@@ -21,6 +24,7 @@ from sessions.models import (
     FINAL_STATUSES,
     Analysis,
     AuditEvent,
+    RiskLevel,
     Runner,
     Session,
     SessionStatus,
@@ -33,9 +37,11 @@ MAX_LIMIT = 100
 MAX_OFFSET = 10_000
 
 
-def _parse_time(value: str | None, field: str) -> datetime | None:
+def _parse_time(value: str | datetime | None, field: str) -> datetime | None:
     if not value:
         return None
+    if isinstance(value, datetime):
+        return value
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -59,9 +65,15 @@ def _visible_sessions(
     end_date=None,
 ):
     """The sessions `actor` may see, filtered: the one filter path of sessions_list, sessions_stats
-    and exports. `actor=None` is the system (CLI): every session of `org_id`."""
+    and exports. `actor=None` is the system (CLI): every session of `org_id`.
+
+    Every filter is a column of the session (risk_level is the session's copy of its analysis'),
+    each with an index that ends in created_at (see Session.Meta): no join, pages read in order.
+    """
     if status and status not in SessionStatus.values:
         raise InvalidInput(f"unknown status {status!r}; use one of: {', '.join(SessionStatus.values)}")
+    if risk_level and risk_level not in RiskLevel.values:
+        raise InvalidInput(f"unknown risk level {risk_level!r}; use one of: {', '.join(RiskLevel.values)}")
     start, end = _parse_time(start_date, "start_date"), _parse_time(end_date, "end_date")
     filters = {
         "user__email": user_email.lower() if user_email else None,
@@ -69,7 +81,7 @@ def _visible_sessions(
         "status": status,
         "verb": verb,
         "surface": surface,
-        "analysis__risk_level": risk_level,
+        "risk_level": risk_level,
         "created_at__gte": start,
         "created_at__lt": end,
     }
@@ -94,12 +106,18 @@ def session_list(
     risk_level: str | None = None,
     limit: int = 20,
     offset: int = 0,
+    cursor: str | None = None,
 ) -> tuple[list[Session], int]:
-    """Sessions the actor may see (own; all in the org for admins and auditors), newest first."""
+    """Sessions the actor may see (own; all in the org for admins and auditors), newest first, and
+    how many match the filters. Pages by `offset` (up to MAX_OFFSET) or by `cursor`, the
+    `session_cursor` of the last session of the previous page, which reads any depth at the cost
+    of the first page. Raises InvalidInput for a bad filter, limit, offset or cursor."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
     if not 0 <= offset <= MAX_OFFSET:
-        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}; narrow the filters instead")
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}; use the cursor or narrow the filters")
+    if cursor and offset:
+        raise InvalidInput("give either cursor or offset, not both")
     qs = _visible_sessions(
         actor,
         user_email=user_email,
@@ -111,9 +129,31 @@ def session_list(
         start_date=start_date,
         end_date=end_date,
     )
-    qs = qs.select_related("user").order_by("-created_at", "-pk")
     total = qs.count()
+    if cursor:
+        qs = _after_cursor(qs, cursor)
+    qs = qs.select_related("user").order_by("-created_at", "-pk")
     return list(qs[offset : offset + limit]), total
+
+
+def session_cursor(session: Session) -> str:
+    """The opaque cursor of the page that follows `session` in session_list's order (newest first)."""
+    raw = f"{session.created_at.isoformat()}|{session.pk}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _after_cursor(qs, cursor: str):
+    """The sessions after the cursor's one: keyset pagination on (created_at, id), both descending."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when_text, pk_text = raw.split("|")
+        when, pk = datetime.fromisoformat(when_text), uuid.UUID(pk_text)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput("invalid cursor; pass next_cursor from the previous page unchanged") from None
+    # created_at <= when bounds the index range; the OR breaks ties between equal times by id.
+    return qs.filter(created_at__lte=when).filter(Q(created_at__lt=when) | Q(created_at=when, pk__lt=pk))
 
 
 def session_get(*, actor: Actor, session_id, action: str = "view") -> Session:
@@ -478,6 +518,10 @@ def analysis_sweep_missing(*, now=None, limit: int = 200) -> int:
 
 STATS_GROUPS = ("user", "connection", "status", "verb", "surface", "risk_level", "day", "hour", "weekday")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# Counting scans every session of the range (an index-only scan of Session's "stats" index): the
+# range is bounded so that one call stays fast at millions of sessions (bench/sessions_scale.py).
+STATS_DEFAULT_DAYS = 30  # without start_date: the last 30 days (up to end_date, or now)
+STATS_MAX_DAYS = 92  # a quarter; longer ranges are refused, ask per quarter instead
 
 
 def session_stats(
@@ -490,7 +534,9 @@ def session_stats(
     status: str | None = None,
 ) -> dict:
     """Counts of the sessions the actor may see, grouped by any of STATS_GROUPS (UTC for day, hour
-    and weekday), over an optional date range. One aggregate query."""
+    and weekday), over a date range of at most STATS_MAX_DAYS (the last STATS_DEFAULT_DAYS when no
+    start_date is given; `start_date` and `end_date` in the answer say which). One aggregate query.
+    Raises InvalidInput for a bad group, date or range."""
     from django.db.models import Count
     from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, TruncDate
 
@@ -499,16 +545,15 @@ def session_stats(
     unknown = [g for g in group_by if g not in STATS_GROUPS]
     if unknown:
         raise InvalidInput(f"unknown group {unknown[0]!r}; use any of: {', '.join(STATS_GROUPS)}")
-    qs = _visible_sessions(
-        actor, connection=connection, status=status, start_date=start_date, end_date=end_date
-    )
+    start, end = _stats_range(start_date, end_date)
+    qs = _visible_sessions(actor, connection=connection, status=status, start_date=start, end_date=end)
     columns = {
         "user": "user__email",
         "connection": "connection_name",
         "status": "status",
         "verb": "verb",
         "surface": "surface",
-        "risk_level": "analysis__risk_level",
+        "risk_level": "risk_level",
     }
     computed = {
         "day": TruncDate("created_at"),
@@ -518,7 +563,8 @@ def session_stats(
     qs = qs.annotate(**{f"g_{g}": computed[g] for g in group_by if g in computed})
     fields = [columns.get(g, f"g_{g}") for g in group_by]
     rows = (
-        qs.order_by().values(*fields).annotate(count=Count("id", distinct=True)).order_by("-count", *fields)
+        # count(*), not count(DISTINCT id): every join here is to one row (user), so no row repeats
+        qs.order_by().values(*fields).annotate(count=Count("pk")).order_by("-count", *fields)
     )
     groups = []
     for row in rows[:1000]:
@@ -531,4 +577,25 @@ def session_stats(
                 value = WEEKDAYS[value - 1]
             key[name] = value
         groups.append({**key, "count": row["count"]})
-    return {"group_by": group_by, "total": sum(g["count"] for g in groups), "groups": groups}
+    return {
+        "group_by": group_by,
+        "start_date": start.isoformat().replace("+00:00", "Z"),
+        "end_date": end.isoformat().replace("+00:00", "Z"),
+        "total": sum(g["count"] for g in groups),
+        "groups": groups,
+    }
+
+
+def _stats_range(start_date: str | None, end_date: str | None) -> tuple[datetime, datetime]:
+    """The [start, end) range of a sessions_stats call: the last STATS_DEFAULT_DAYS up to `end_date`
+    (or now) without `start_date`, and never longer than STATS_MAX_DAYS."""
+    end = _parse_time(end_date, "end_date") or timezone.now()
+    start = _parse_time(start_date, "start_date") or end - timedelta(days=STATS_DEFAULT_DAYS)
+    if end <= start:
+        raise InvalidInput("end_date must be after start_date")
+    if end - start > timedelta(days=STATS_MAX_DAYS):
+        raise InvalidInput(
+            f"the date range is longer than {STATS_MAX_DAYS} days; ask for at most {STATS_MAX_DAYS} days "
+            "at a time (start_date and end_date)"
+        )
+    return start.astimezone(UTC), end.astimezone(UTC)

@@ -43,20 +43,24 @@ def history(cast):
     )  # fmt: skip
 
 
+# The history's month: sessions_stats counts the last 30 days unless given a range.
+NOVEMBER = {"start_date": "2026-11-01T00:00:00Z", "end_date": "2026-12-01T00:00:00Z"}
+
+
 def _counts(result):
     return {tuple(v for k, v in g.items() if k != "count"): g["count"] for g in result["groups"]}
 
 
 def test_counts_match_hand_computed_answers(cast, history):
     alice = cast.alice.actor()
-    assert _counts(session_stats(actor=alice, group_by=["user"])) == {
+    assert _counts(session_stats(actor=alice, group_by=["user"], **NOVEMBER)) == {
         ("bob@acme.test",): 3,
         ("dave@acme.test",): 2,
     }
-    on_prod = session_stats(actor=alice, group_by=["weekday", "hour"], connection="prod-pg")
+    on_prod = session_stats(actor=alice, group_by=["weekday", "hour"], connection="prod-pg", **NOVEMBER)
     assert _counts(on_prod) == {("tuesday", 9): 2, ("tuesday", 10): 1, ("friday", 9): 1}
     assert on_prod["total"] == 4
-    assert _counts(session_stats(actor=alice, group_by=["risk_level"])) == {
+    assert _counts(session_stats(actor=alice, group_by=["risk_level"], **NOVEMBER)) == {
         ("high",): 2,
         ("low",): 1,
         ("critical",): 1,
@@ -73,9 +77,13 @@ def test_counts_match_hand_computed_answers(cast, history):
 
 def test_visibility_follows_sessions_list(cast, history):
     bob = cast.bob.actor()
-    assert _counts(session_stats(actor=bob, group_by=["user"])) == {("bob@acme.test",): 3}
-    assert session_stats(actor=cast.carol.actor(), group_by=["status"])["total"] == 5  # auditor: the org
-    assert session_stats(actor=cast.eve.actor(), group_by=["status"])["total"] == 1  # her own org only
+    assert _counts(session_stats(actor=bob, group_by=["user"], **NOVEMBER)) == {("bob@acme.test",): 3}
+    assert (
+        session_stats(actor=cast.carol.actor(), group_by=["status"], **NOVEMBER)["total"] == 5
+    )  # auditor: the org
+    assert (
+        session_stats(actor=cast.eve.actor(), group_by=["status"], **NOVEMBER)["total"] == 1
+    )  # her own org only
     high, total = session_list(actor=cast.alice.actor(), risk_level="high")
     assert total == 2 and {s.user.email for s in high} == {"bob@acme.test", "dave@acme.test"}
 
@@ -91,7 +99,9 @@ def test_bad_groups_are_refused(cast, history):
 
 @pytest.mark.live
 def test_sessions_stats_over_mcp(cast, history, mcp):
-    result = structured(mcp(cast.carol).call("sessions_stats", {"group_by": ["connection", "status"]}))
+    result = structured(
+        mcp(cast.carol).call("sessions_stats", {"group_by": ["connection", "status"], **NOVEMBER})
+    )
     assert {(g["connection"], g["status"]): g["count"] for g in result["groups"]} == {
         ("prod-pg", "done"): 3,
         ("prod-pg", "blocked"): 1,

@@ -53,6 +53,11 @@ class ListArgs(Args):
     end_date: str | None = Field(None, description="RFC 3339, exclusive.")
     limit: Annotated[int, Field(ge=1, le=100)] = 20
     offset: Annotated[int, Field(ge=0, le=10_000)] = 0
+    cursor: str | None = Field(
+        None,
+        max_length=200,
+        description="next_cursor of the previous page; reads any depth (offset stops at 10000).",
+    )
 
 
 class ListResult(Result):
@@ -60,6 +65,7 @@ class ListResult(Result):
     total: int
     has_next_page: bool
     next_offset: int | None
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page.")
 
 
 @tool(
@@ -92,11 +98,24 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
             risk_level=args.risk_level,
             limit=args.limit,
             offset=args.offset,
+            cursor=args.cursor,
         )
-        return [services.session_to_dict(s, actor=actor) for s in page], total
+        # A full page may have more after it; with a cursor the position is unknown, so the last
+        # page can come back empty.
+        cursor = services.session_cursor(page[-1]) if len(page) == args.limit else None
+        return [services.session_to_dict(s, actor=actor) for s in page], total, cursor
 
-    items, total = await run()
-    return ListResult(**page(items, total, args.offset))
+    items, total, next_cursor = await run()
+    if args.cursor:
+        return ListResult(
+            items=items,
+            total=total,
+            has_next_page=next_cursor is not None,
+            next_offset=None,
+            next_cursor=next_cursor,
+        )
+    listed = page(items, total, args.offset)
+    return ListResult(**listed, next_cursor=next_cursor if listed["has_next_page"] else None)
 
 
 class IdArgs(Args):
@@ -169,8 +188,13 @@ class StatsArgs(Args):
     group_by: list[StatsGroup] = Field(
         min_length=1, max_length=3, description="One to three groups (UTC times)."
     )
-    start_date: str | None = Field(None, description="RFC 3339, inclusive.")
-    end_date: str | None = Field(None, description="RFC 3339, exclusive.")
+    start_date: str | None = Field(
+        None, description=f"RFC 3339, inclusive; default: {services.STATS_DEFAULT_DAYS} days before end_date."
+    )
+    end_date: str | None = Field(
+        None,
+        description=f"RFC 3339, exclusive; default: now. At most {services.STATS_MAX_DAYS} days after start_date.",
+    )
     connection: str | None = Field(None, max_length=63)
     status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
         None
@@ -179,6 +203,8 @@ class StatsArgs(Args):
 
 class StatsResult(Result):
     group_by: list[str]
+    start_date: str = Field(description="The range counted: from (inclusive) ...")
+    end_date: str = Field(description="... to (exclusive).")
     total: int
     groups: list[dict[str, Any]] = Field(description="One object per group: the group values and `count`.")
 
@@ -187,7 +213,9 @@ class StatsResult(Result):
     "sessions_stats",
     description=(
         "Count sessions grouped by user, connection, status, verb, surface, risk_level, day, hour or weekday over a "
-        "date range: e.g. what ran on prod-postgres by weekday and hour. Same visibility as sessions_list."
+        "date range: e.g. what ran on prod-postgres by weekday and hour. Same visibility as sessions_list. The range "
+        f"is at most {services.STATS_MAX_DAYS} days (ask again for the next range); without start_date it is the "
+        f"last {services.STATS_DEFAULT_DAYS} days."
     ),
     args=StatsArgs,
     result=StatsResult,
