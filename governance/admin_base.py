@@ -45,6 +45,8 @@ added, changed or deleted by anyone.
 
 from __future__ import annotations
 
+import logging
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -55,6 +57,8 @@ from django.urls import reverse
 
 from governance.errors import PortcullisError
 from governance.policy import _SCOPES, Actor, can, has_role, may, scope
+
+logger = logging.getLogger("portcullis.admin")
 
 ADMIN_SITE_ROLE = "auditor"  # policy.ROLE_AUDITOR: admins and auditors
 
@@ -101,6 +105,15 @@ class PortcullisAdminSite(admin.AdminSite):
 
     def has_permission(self, request):
         return may_use_admin(request)
+
+    def register(self, model_or_iterable, admin_class=None, **options):
+        """Serve only governed pages. Third-party apps (django.contrib.auth's Group,
+        django-oauth-toolkit's applications and tokens) register plain `ModelAdmin`s, which
+        trust Django's permission flags and see every org: they are left out, fail closed."""
+        if admin_class is None or not issubclass(admin_class, GovernedModelAdmin | ReadOnlyModelAdmin):
+            logger.info("admin: not serving %s (not a governed ModelAdmin)", model_or_iterable)
+            return
+        super().register(model_or_iterable, admin_class, **options)
 
 
 class ServiceRejected(Exception):

@@ -530,3 +530,20 @@ def test_it_makes_createsuperuser_an_admin_of_an_org(db):
     client = Client()
     client.force_login(root)
     assert client.get("/admin/").status_code == 200
+
+
+def test_it_serves_only_governed_pages(cast):
+    from django.contrib import admin
+
+    from governance.admin_base import GovernedModelAdmin, ReadOnlyModelAdmin
+
+    assert admin.site._registry, "the governed pages are registered"
+    for model, model_admin in admin.site._registry.items():
+        assert isinstance(model_admin, GovernedModelAdmin | ReadOnlyModelAdmin), model
+    # Django's auth groups and the OAuth toolkit's tokens (plain ModelAdmins that trust the
+    # superuser flag and see every org) are not served, not even to a superuser.
+    cast.alice.user.is_superuser = True
+    cast.alice.user.save()
+    alice = client_for(cast.alice)
+    assert alice.get("/admin/auth/group/").status_code == 404
+    assert alice.get("/admin/oauth2_provider/accesstoken/").status_code == 404
