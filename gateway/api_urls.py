@@ -1,1 +1,38 @@
-urlpatterns = []
+"""/api/v1/: the REST API (gateway/api/), its OpenAPI schema and its docs page."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from gateway.api import views
+
+urlpatterns = [
+    path("me/", views.MeView.as_view(), name="api-me"),
+    path("connections/", views.ConnectionListView.as_view(), name="api-connections"),
+    path("connections/<str:name>/", views.ConnectionDetailView.as_view(), name="api-connection"),
+    path(
+        "connections/<str:name>/access-control/",
+        views.AccessControlView.as_view(),
+        name="api-connection-access-control",
+    ),
+    path("access-control/", views.AccessControlListView.as_view(), name="api-access-control"),
+    path("users/", views.UserListView.as_view(), name="api-users"),
+    path("users/<str:ref>/", views.UserDetailView.as_view(), name="api-user"),
+    path("groups/", views.GroupListView.as_view(), name="api-groups"),
+    path("groups/<str:name>/", views.GroupDetailView.as_view(), name="api-group"),
+    path("guardrails/", views.GuardrailListView.as_view(), name="api-guardrails"),
+    path("guardrails/<str:ref>/", views.GuardrailDetailView.as_view(), name="api-guardrail"),
+    path("masking-rules/", views.MaskingRuleListView.as_view(), name="api-masking-rules"),
+    path("masking-rules/<str:ref>/", views.MaskingRuleDetailView.as_view(), name="api-masking-rule"),
+    path("attributes/", views.AttributeListView.as_view(), name="api-attributes"),
+    path("attributes/<str:name>/", views.AttributeDetailView.as_view(), name="api-attribute"),
+    path("sessions/", views.SessionListView.as_view(), name="api-sessions"),
+    path("sessions/<str:session_id>/", views.SessionDetailView.as_view(), name="api-session"),
+    path(
+        "sessions/<str:session_id>/content/", views.SessionContentView.as_view(), name="api-session-content"
+    ),
+    path("sessions/<str:session_id>/cancel/", views.SessionCancelView.as_view(), name="api-session-cancel"),
+    path("audit-events/", views.AuditEventListView.as_view(), name="api-audit-events"),
+    path("exec/", views.ExecView.as_view(), name="api-exec"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

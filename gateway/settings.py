@@ -105,6 +105,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from here, so the docs page works offline
     "oauth2_provider",  # the built-in OAuth 2.1 authorization server (docs/oauth.md)
     "governance",
     "gateway",
@@ -208,6 +210,30 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+
+# The REST API (/api/v1/, gateway/api/): bearer API tokens only, JSON only, one error format.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["gateway.api.auth.TokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["gateway.api.auth.ActorPermission"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "gateway.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "gateway.api.schema.PortcullisAutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Portcullis REST API",
+    "DESCRIPTION": "The same services, policy and audit as the MCP endpoint and the admin. "
+    "Authenticate with `Authorization: Bearer pcu_…` (manage.py token_issue).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
 
 LOGGING = {
     "version": 1,

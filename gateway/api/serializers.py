@@ -1,0 +1,385 @@
+"""Input serializers (strict: unknown keys refused) and output shapes (for the OpenAPI schema; the
+bodies themselves are the services' `*_to_dict`)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers as s
+
+from gateway.api.base import Char, StrictSerializer, page_serializer
+from gateway.models import ConnectionKind
+from sessions.models import SessionStatus
+
+NAME = {"min_length": 1, "max_length": 63}
+GROUP = {"min_length": 1, "max_length": 100}
+
+
+class Names(s.ListField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("child", Char(**GROUP))
+        kwargs.setdefault("max_length", 500)
+        super().__init__(**kwargs)
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+class ConnectionOptions(StrictSerializer):
+    description = Char(max_length=500, required=False, allow_blank=True)
+    max_rows = s.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    max_output_bytes = s.IntegerField(min_value=1024, max_value=64 * 1024 * 1024, required=False)
+    timeout_seconds = s.IntegerField(min_value=1, max_value=86_400, required=False)
+    exec_enabled = s.BooleanField(required=False)
+    schema_enabled = s.BooleanField(required=False)
+    agent_queue = Char(max_length=63, required=False, allow_blank=True)
+
+
+class ConnectionCreate(ConnectionOptions):
+    name = Char(**NAME)
+    kind = s.ChoiceField(choices=ConnectionKind.choices)
+    settings = s.DictField(
+        help_text="Settings of the target, secrets included (stored encrypted, never returned): "
+        "postgres/mysql: host, port, database, user, password; sqlite: path; command: argv, cwd, env."
+    )
+
+
+class ConnectionUpdate(ConnectionOptions):
+    settings = s.DictField(
+        required=False,
+        help_text="Keys to change; a key set to null is removed; a secret given replaces only that secret.",
+    )
+
+
+class ConnectionOut(s.Serializer):
+    id = s.UUIDField()
+    name = Char()
+    kind = Char()
+    description = Char()
+    config = s.DictField(help_text="Non-secret settings.")
+    secret_keys = s.ListField(child=Char(), help_text="Names of the secrets that are set; never values.")
+    access_groups = s.ListField(child=Char())
+    max_rows = s.IntegerField()
+    max_output_bytes = s.IntegerField()
+    timeout_seconds = s.IntegerField()
+    exec_enabled = s.BooleanField()
+    schema_enabled = s.BooleanField()
+    agent_queue = Char()
+    created_at = s.DateTimeField()
+    updated_at = s.DateTimeField()
+
+
+class ConnectionQuery(StrictSerializer):
+    search = Char(max_length=100, required=False)
+    kind = s.ChoiceField(choices=ConnectionKind.choices, required=False)
+    limit = s.IntegerField(min_value=1, max_value=100, default=50)
+    cursor = Char(max_length=100, required=False)
+
+
+# --- access control ------------------------------------------------------------------------------
+
+
+class AccessControlSet(StrictSerializer):
+    groups = Names(min_length=1, help_text="Group names; replaces the current list.")
+
+
+class AccessControlOut(s.Serializer):
+    connection_name = Char()
+    connection_id = s.UUIDField()
+    allowed_groups = s.ListField(child=Char())
+    restricted = s.BooleanField(help_text="False: every member of the organization may use it.")
+    note = Char()
+
+
+# --- users and groups ----------------------------------------------------------------------------
+
+
+class UserCreate(StrictSerializer):
+    email = s.EmailField(max_length=254)
+    name = Char(max_length=150, required=False, allow_blank=True, default="")
+    groups = Names(required=False, default=list)
+
+
+class UserUpdate(StrictSerializer):
+    name = Char(max_length=150, required=False, allow_blank=True)
+    is_active = s.BooleanField(required=False)
+    groups = Names(required=False, help_text="Replaces the user's groups.")
+
+
+class UserOut(s.Serializer):
+    id = s.UUIDField()
+    email = s.EmailField()
+    name = Char()
+    status = s.ChoiceField(choices=["active", "inactive"])
+    groups = s.ListField(child=Char())
+    is_admin = s.BooleanField()
+    is_auditor = s.BooleanField()
+    date_joined = s.DateTimeField()
+
+
+class UserQuery(StrictSerializer):
+    search = Char(max_length=100, required=False)
+    group = Char(max_length=100, required=False)
+    active = s.BooleanField(required=False, allow_null=True, default=None)
+    limit = s.IntegerField(min_value=1, max_value=100, default=50)
+    cursor = Char(max_length=100, required=False)
+
+
+class GroupCreate(StrictSerializer):
+    name = Char(**GROUP)
+    members = s.ListField(child=s.EmailField(), required=False, max_length=1000, help_text="E-mails.")
+
+
+class GroupUpdate(StrictSerializer):
+    name = Char(required=False, help_text="A new name (reserved groups keep theirs).", **GROUP)
+    members = s.ListField(
+        child=s.EmailField(), required=False, max_length=1000, help_text="Replaces members."
+    )
+    add = s.ListField(child=s.EmailField(), required=False, max_length=1000)
+    remove = s.ListField(child=s.EmailField(), required=False, max_length=1000)
+
+
+class GroupOut(s.Serializer):
+    id = Char()
+    name = Char()
+    reserved = s.BooleanField()
+    members = s.ListField(child=s.EmailField())
+    connections = s.ListField(child=Char(), help_text="Connections this group guards.")
+    created_at = s.DateTimeField()
+
+
+class SearchQuery(StrictSerializer):
+    search = Char(max_length=100, required=False)
+    limit = s.IntegerField(min_value=1, max_value=100, default=50)
+    cursor = Char(max_length=100, required=False)
+
+
+# --- rules and attributes ------------------------------------------------------------------------
+
+
+class Bindings(StrictSerializer):
+    connections = Names(required=False, help_text="Connection names; replaces the list.")
+    attributes = Names(required=False, help_text="Attribute names; replaces the list.")
+
+
+class GuardrailCreate(Bindings):
+    name = Char(**NAME)
+    description = Char(max_length=500, required=False, allow_blank=True)
+    message = Char(max_length=500, required=False, allow_blank=True)
+    enabled = s.BooleanField(required=False)
+    input = s.DictField(required=False, allow_null=True, help_text="Input conditions (see docs/guardrails).")
+    output = s.DictField(required=False, allow_null=True, help_text="Output conditions.")
+
+
+class GuardrailUpdate(GuardrailCreate):
+    name = Char(required=False, **NAME)
+
+
+class GuardrailOut(s.Serializer):
+    id = s.UUIDField()
+    name = Char()
+    description = Char()
+    message = Char()
+    enabled = s.BooleanField()
+    input = s.DictField()
+    output = s.DictField()
+    connections = s.ListField(child=Char())
+    attributes = s.ListField(child=Char())
+    created_at = s.DateTimeField()
+    updated_at = s.DateTimeField()
+
+
+class MaskingCreate(Bindings):
+    name = Char(**NAME)
+    description = Char(max_length=500, required=False, allow_blank=True)
+    enabled = s.BooleanField(required=False)
+    spec = s.DictField(help_text="What to mask and how (see docs/guardrails-and-masking.md).")
+
+
+class MaskingUpdate(MaskingCreate):
+    name = Char(required=False, **NAME)
+    spec = s.DictField(required=False)
+
+
+class MaskingOut(s.Serializer):
+    id = s.UUIDField()
+    name = Char()
+    description = Char()
+    enabled = s.BooleanField()
+    spec = s.DictField()
+    connections = s.ListField(child=Char())
+    attributes = s.ListField(child=Char())
+    created_at = s.DateTimeField()
+    updated_at = s.DateTimeField()
+
+
+class AttributeCreate(StrictSerializer):
+    name = Char(**NAME)
+    description = Char(max_length=500, required=False, allow_blank=True, default="")
+    connections = Names(required=False)
+
+
+class AttributeUpdate(StrictSerializer):
+    description = Char(max_length=500, required=False, allow_blank=True)
+    connections = Names(required=False, help_text="Replaces the list.")
+
+
+class AttributeOut(s.Serializer):
+    id = s.UUIDField()
+    name = Char()
+    description = Char()
+    connections = s.ListField(child=Char())
+    created_at = s.DateTimeField()
+
+
+class PageOnly(StrictSerializer):
+    limit = s.IntegerField(min_value=1, max_value=100, default=50)
+    cursor = Char(max_length=100, required=False)
+
+
+# --- sessions, audit, exec -----------------------------------------------------------------------
+
+
+class SessionQuery(StrictSerializer):
+    user_email = Char(max_length=254, required=False)
+    connection = Char(max_length=63, required=False)
+    status = s.ChoiceField(choices=SessionStatus.choices, required=False)
+    verb = Char(max_length=16, required=False)
+    surface = Char(max_length=16, required=False)
+    risk_level = s.ChoiceField(choices=["low", "medium", "high", "critical"], required=False)
+    start_date = Char(max_length=40, required=False, help_text="RFC 3339, inclusive.")
+    end_date = Char(max_length=40, required=False, help_text="RFC 3339, exclusive.")
+    limit = s.IntegerField(min_value=1, max_value=100, default=20)
+    cursor = Char(max_length=100, required=False)
+
+
+class SessionOut(s.Serializer):
+    id = s.UUIDField()
+    connection = Char()
+    connection_kind = Char()
+    user_email = s.EmailField()
+    surface = Char()
+    client = Char()
+    verb = Char()
+    status = Char()
+    exit_code = s.IntegerField(allow_null=True)
+    row_count = s.IntegerField(allow_null=True)
+    truncated = s.BooleanField()
+    input_bytes = s.IntegerField()
+    input_sha256 = Char()
+    error = Char()
+    metadata = s.DictField()
+    guardrails = s.ListField(child=Char())
+    guardrail_findings = s.ListField(child=s.DictField(), help_text="Admins and auditors only.")
+    masking = s.DictField(child=s.IntegerField())
+    created_at = s.DateTimeField()
+    started_at = s.DateTimeField(allow_null=True)
+    ended_at = s.DateTimeField(allow_null=True)
+    execution_time_ms = s.IntegerField(allow_null=True)
+
+
+class ContentQuery(StrictSerializer):
+    offset = s.IntegerField(min_value=0, default=0, help_text="Byte offset into the output.")
+    max_bytes = s.IntegerField(min_value=1, max_value=1024 * 1024, default=64 * 1024)
+
+
+class ContentOut(s.Serializer):
+    id = s.UUIDField()
+    connection = Char()
+    status = Char()
+    verb = Char()
+    input = Char()
+    input_truncated = s.BooleanField()
+    output = Char()
+    output_offset = s.IntegerField()
+    output_total_bytes = s.IntegerField()
+    next_offset = s.IntegerField(allow_null=True)
+    columns = s.ListField(child=Char(), allow_null=True)
+    rows = s.ListField(child=s.ListField(), allow_null=True)
+    exit_code = s.IntegerField(allow_null=True)
+    error = Char()
+
+
+class AuditQuery(StrictSerializer):
+    actor_email = Char(max_length=254, required=False)
+    action = Char(max_length=100, required=False, help_text="Exact, or a prefix ending in '.'.")
+    surface = Char(max_length=16, required=False)
+    outcome = Char(max_length=16, required=False)
+    start_date = Char(max_length=40, required=False)
+    end_date = Char(max_length=40, required=False)
+    limit = s.IntegerField(min_value=1, max_value=100, default=50)
+    cursor = Char(max_length=100, required=False)
+
+
+class AuditEventOut(s.Serializer):
+    id = s.IntegerField()
+    created_at = s.DateTimeField()
+    actor_email = Char()
+    surface = Char()
+    client = Char()
+    action = Char()
+    target_type = Char()
+    target_id = Char()
+    target = Char()
+    outcome = Char()
+    detail = s.DictField()
+    hash = Char()
+
+
+class ExecIn(StrictSerializer):
+    connection_name = Char(**NAME)
+    input = Char(trim_whitespace=False, help_text="SQL, or stdin for command connections.")
+    max_rows = s.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    metadata = s.DictField(required=False, help_text="Attached to the session record.")
+    timeout_seconds = s.FloatField(
+        min_value=0,
+        max_value=300,
+        required=False,
+        help_text="Wait this long for the result before answering `running` (default: the gateway's handoff).",
+    )
+
+
+class ExecOut(s.Serializer):
+    status = s.ChoiceField(choices=["completed", "failed", "blocked", "pending_approval", "running"])
+    session_id = s.UUIDField()
+    session_status = Char()
+    output = Char(required=False)
+    columns = s.ListField(child=Char(), required=False)
+    rows = s.ListField(child=s.ListField(), required=False)
+    row_count = s.IntegerField(required=False, allow_null=True)
+    truncated = s.BooleanField(required=False)
+    exit_code = s.IntegerField(required=False, allow_null=True)
+    execution_time_ms = s.IntegerField(required=False, allow_null=True)
+    analysis = s.DictField(required=False, allow_null=True)
+    masking = s.DictField(child=s.IntegerField(), required=False)
+    rule = Char(required=False, allow_null=True, help_text="The guardrail that blocked it (name only).")
+    message = Char(required=False)
+    next_step = Char(required=False)
+    review_id = Char(required=False, allow_null=True)
+    review_url = Char(required=False, allow_null=True)
+    timed_out = s.BooleanField(required=False)
+
+
+class MeOut(s.Serializer):
+    user_id = s.UUIDField()
+    user_email = s.EmailField()
+    org_name = Char()
+    groups = s.ListField(child=Char())
+    is_admin = s.BooleanField()
+    is_auditor = s.BooleanField()
+    capability = s.ChoiceField(choices=["read_only", "read_write", "admin"])
+    client = Char()
+
+
+class Deleted(s.Serializer):
+    name = Char()
+    deleted = s.BooleanField()
+
+
+ConnectionPage = page_serializer("ConnectionPage", ConnectionOut)
+AccessControlPage = page_serializer("AccessControlPage", AccessControlOut)
+UserPage = page_serializer("UserPage", UserOut)
+GroupPage = page_serializer("GroupPage", GroupOut)
+GuardrailPage = page_serializer("GuardrailPage", GuardrailOut)
+MaskingPage = page_serializer("MaskingRulePage", MaskingOut)
+AttributePage = page_serializer("AttributePage", AttributeOut)
+SessionPage = page_serializer("SessionPage", SessionOut)
+AuditEventPage = page_serializer("AuditEventPage", AuditEventOut)

@@ -1,0 +1,542 @@
+"""REST views: parse -> one service call with `actor=` -> the service's dict. No permission logic
+here: roles and capabilities are declared (`roles`, `capabilities`) and the services decide."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+
+from gateway import pipeline
+from gateway import services as connections
+from gateway.api import schema  # noqa: F401  (registers the OpenAPI extensions)
+from gateway.api import serializers as io
+from gateway.api.base import ServiceView, decode_cursor, page_body, parse
+from governance import access, rules
+from governance import services as directory
+from governance.models import TokenCapability
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
+from sessions import services as records
+from sessions.models import SessionStatus
+from sessions.wakeup import wait_for_final
+
+ERRORS = {
+    400: OpenApiResponse(description="Invalid input: `{error: {code, message, fields}}`"),
+    401: OpenApiResponse(description="Missing or refused token"),
+    403: OpenApiResponse(description="Not allowed (role or token capability)"),
+    404: OpenApiResponse(description="Not found, or not visible to you (the same answer)"),
+}
+WRITE_ERRORS = {**ERRORS, 409: OpenApiResponse(description="Conflict (exists, last admin, ...)")}
+
+
+def _responses(ok, code: int = 200, errors=ERRORS) -> dict:
+    return {code: ok, **errors}
+
+
+def _query_params(serializer) -> list[OpenApiParameter]:
+    return [serializer]  # drf-spectacular expands a serializer into query parameters
+
+
+def _listed(request, view: ServiceView, serializer, fetch, render) -> Response:
+    """The shape of every list endpoint: strict query, cursor -> offset, page body."""
+    query = view.query(serializer)
+    offset = decode_cursor(query.pop("cursor", None))
+    limit = query.pop("limit")
+    items, total = fetch(limit=limit, offset=offset, **query)
+    return Response(page_body(request, [render(i) for i in items], total, offset))
+
+
+# --- me ------------------------------------------------------------------------------------------
+
+
+class MeView(ServiceView):
+    @extend_schema(
+        responses=_responses(io.MeOut), summary="Who you are: user, groups, roles, token capability"
+    )
+    def get(self, request):
+        actor = self.actor
+        return Response(
+            {
+                "user_id": str(actor.user.pk),
+                "user_email": actor.user.email,
+                "org_name": actor.user.org.name,
+                "groups": sorted(actor.groups),
+                "is_admin": actor.is_admin,
+                "is_auditor": actor.is_auditor,
+                "capability": actor.capability,
+                "client": actor.client,
+            }
+        )
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+def _options(data: dict) -> dict:
+    return {k: data[k] for k in connections.OPTION_FIELDS if k in data}
+
+
+class ConnectionListView(ServiceView):
+    roles = {"POST": ROLE_ADMIN}
+
+    @extend_schema(
+        parameters=_query_params(io.ConnectionQuery),
+        responses=_responses(io.ConnectionPage),
+        summary="Connections you may see, by name",
+    )
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.ConnectionQuery,
+            lambda **q: connections.connection_list(actor=self.actor, **q),
+            connections.connection_to_dict,
+        )
+
+    @extend_schema(
+        request=io.ConnectionCreate,
+        responses=_responses(io.ConnectionOut, 201, WRITE_ERRORS),
+        summary="Create a connection (admin); secrets are write-only",
+    )
+    def post(self, request):
+        data = parse(io.ConnectionCreate, request.data)
+        connection = connections.connection_create(
+            actor=self.actor,
+            name=data["name"],
+            kind=data["kind"],
+            settings=data["settings"],
+            options=_options(data),
+        )
+        return Response(connections.connection_to_dict(connection), status=status.HTTP_201_CREATED)
+
+
+class ConnectionDetailView(ServiceView):
+    roles = {"PATCH": ROLE_ADMIN, "DELETE": ROLE_ADMIN}
+
+    @extend_schema(responses=_responses(io.ConnectionOut), summary="One connection (never a secret value)")
+    def get(self, request, name):
+        return Response(
+            connections.connection_to_dict(connections.connection_get(actor=self.actor, name=name))
+        )
+
+    @extend_schema(
+        request=io.ConnectionUpdate,
+        responses=_responses(io.ConnectionOut, 200, WRITE_ERRORS),
+        summary="Change a connection (admin); only the fields sent change",
+    )
+    def patch(self, request, name):
+        data = parse(io.ConnectionUpdate, request.data)
+        connection = connections.connection_update(
+            actor=self.actor, name=name, settings=data.get("settings"), options=_options(data)
+        )
+        return Response(connections.connection_to_dict(connection))
+
+    @extend_schema(responses=_responses(None, 204), summary="Delete a connection (admin); its sessions stay")
+    def delete(self, request, name):
+        connections.connection_delete(actor=self.actor, name=name)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- access control ------------------------------------------------------------------------------
+
+ACCESS_BEHAVIOUR = (
+    "A connection with no access groups is usable by every member of the organization; naming groups "
+    "restricts that connection only and never hides any other connection."
+)
+
+
+class AccessControlListView(ServiceView):
+    roles = {"*": ROLE_AUDITOR}
+
+    @extend_schema(
+        parameters=_query_params(io.PageOnly),
+        responses=_responses(io.AccessControlPage),
+        summary="Connections that have access groups (admins, auditors)",
+        description=ACCESS_BEHAVIOUR,
+    )
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.PageOnly,
+            lambda **q: access.access_control_list(actor=self.actor, **q),
+            lambda item: item,
+        )
+
+
+class AccessControlView(ServiceView):
+    roles = {"GET": ROLE_AUDITOR, "PUT": ROLE_ADMIN, "DELETE": ROLE_ADMIN}
+
+    @extend_schema(
+        responses=_responses(io.AccessControlOut),
+        summary="Which groups may use a connection",
+        description=ACCESS_BEHAVIOUR,
+    )
+    def get(self, request, name):
+        return Response(access.access_control_get(actor=self.actor, connection_name=name))
+
+    @extend_schema(
+        request=io.AccessControlSet,
+        responses=_responses(io.AccessControlOut),
+        summary="Restrict a connection to these groups (admin)",
+        description=ACCESS_BEHAVIOUR,
+    )
+    def put(self, request, name):
+        data = parse(io.AccessControlSet, request.data)
+        return Response(
+            access.access_control_set(actor=self.actor, connection_name=name, groups=data["groups"])
+        )
+
+    @extend_schema(
+        responses=_responses(io.AccessControlOut, 200, WRITE_ERRORS),
+        summary="Open a connection to every member again (admin)",
+        description=ACCESS_BEHAVIOUR,
+    )
+    def delete(self, request, name):
+        return Response(access.access_control_unset(actor=self.actor, connection_name=name))
+
+
+# --- users and groups ----------------------------------------------------------------------------
+
+
+class UserListView(ServiceView):
+    roles = {"POST": ROLE_ADMIN}
+
+    @extend_schema(parameters=_query_params(io.UserQuery), responses=_responses(io.UserPage), summary="Users")
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.UserQuery,
+            lambda **q: directory.user_list(actor=self.actor, **q),
+            directory.user_to_dict,
+        )
+
+    @extend_schema(
+        request=io.UserCreate,
+        responses=_responses(io.UserOut, 201, WRITE_ERRORS),
+        summary="Create a user (admin); they log in through SSO or a password set by the CLI",
+    )
+    def post(self, request):
+        data = parse(io.UserCreate, request.data)
+        user = directory.user_create(
+            actor=self.actor, email=data["email"], name=data["name"], groups=data["groups"]
+        )
+        return Response(directory.user_to_dict(user), status=status.HTTP_201_CREATED)
+
+
+class UserDetailView(ServiceView):
+    roles = {"PATCH": ROLE_ADMIN}
+
+    @extend_schema(responses=_responses(io.UserOut), summary="One user, by e-mail or id")
+    def get(self, request, ref):
+        return Response(directory.user_to_dict(directory.user_get(actor=self.actor, ref=ref)))
+
+    @extend_schema(
+        request=io.UserUpdate,
+        responses=_responses(io.UserOut, 200, WRITE_ERRORS),
+        summary="Change a user (admin): name, active, groups",
+    )
+    def patch(self, request, ref):
+        data = parse(io.UserUpdate, request.data)
+        user = directory.user_update(actor=self.actor, ref=ref, **data)
+        return Response(directory.user_to_dict(directory.user_get(actor=self.actor, ref=str(user.pk))))
+
+
+class GroupListView(ServiceView):
+    roles = {"POST": ROLE_ADMIN}
+
+    @extend_schema(
+        parameters=_query_params(io.SearchQuery), responses=_responses(io.GroupPage), summary="Groups"
+    )
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.SearchQuery,
+            lambda **q: directory.usergroup_list(actor=self.actor, **q),
+            directory.usergroup_to_dict,
+        )
+
+    @extend_schema(
+        request=io.GroupCreate,
+        responses=_responses(io.GroupOut, 201, WRITE_ERRORS),
+        summary="Create a group (admin); binding it to connections is access control's job",
+    )
+    def post(self, request):
+        data = parse(io.GroupCreate, request.data)
+        group = directory.usergroup_create(actor=self.actor, name=data["name"], members=data.get("members"))
+        group = directory.usergroup_get(actor=self.actor, name=group.name)
+        return Response(directory.usergroup_to_dict(group), status=status.HTTP_201_CREATED)
+
+
+class GroupDetailView(ServiceView):
+    roles = {"PATCH": ROLE_ADMIN, "DELETE": ROLE_ADMIN}
+
+    @extend_schema(responses=_responses(io.GroupOut), summary="One group")
+    def get(self, request, name):
+        return Response(directory.usergroup_to_dict(directory.usergroup_get(actor=self.actor, name=name)))
+
+    @extend_schema(
+        request=io.GroupUpdate,
+        responses=_responses(io.GroupOut, 200, WRITE_ERRORS),
+        summary="Rename a group or change its members (admin)",
+    )
+    def patch(self, request, name):
+        data = parse(io.GroupUpdate, request.data)
+        if "name" in data:
+            name = directory.usergroup_rename(actor=self.actor, name=name, new_name=data["name"]).name
+        if any(k in data for k in ("members", "add", "remove")):
+            directory.usergroup_set_members(
+                actor=self.actor,
+                name=name,
+                members=data.get("members"),
+                add=data.get("add"),
+                remove=data.get("remove"),
+            )
+        return Response(directory.usergroup_to_dict(directory.usergroup_get(actor=self.actor, name=name)))
+
+    @extend_schema(
+        responses=_responses(None, 204, WRITE_ERRORS),
+        summary="Delete a group (admin); not the reserved ones, not a connection's only access group",
+    )
+    def delete(self, request, name):
+        directory.usergroup_delete(actor=self.actor, name=name)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- rules and attributes ------------------------------------------------------------------------
+
+
+def _rule_views(*, label: str, page, out, create, update, service: dict):
+    """List/create and get/update/delete views for one kind of rule, over its services."""
+
+    class ListView(ServiceView):
+        roles = {"GET": ROLE_AUDITOR, "POST": ROLE_ADMIN}
+
+        @extend_schema(parameters=_query_params(io.PageOnly), responses=_responses(page), summary=f"{label}s")
+        def get(self, request):
+            return _listed(
+                request,
+                self,
+                io.PageOnly,
+                lambda **q: service["list"](actor=self.actor, **q),
+                service["dict"],
+            )
+
+        @extend_schema(
+            request=create, responses=_responses(out, 201, WRITE_ERRORS), summary=f"Create a {label} (admin)"
+        )
+        def post(self, request):
+            data = dict(parse(create, request.data))
+            rule = service["create"](actor=self.actor, **data)
+            return Response(service["dict"](service["get"](actor=self.actor, ref=str(rule.pk))), status=201)
+
+    class DetailView(ServiceView):
+        roles = {"GET": ROLE_AUDITOR, "PATCH": ROLE_ADMIN, "DELETE": ROLE_ADMIN}
+
+        @extend_schema(responses=_responses(out), summary=f"One {label}, by name or id")
+        def get(self, request, ref):
+            return Response(service["dict"](service["get"](actor=self.actor, ref=ref)))
+
+        @extend_schema(
+            request=update,
+            responses=_responses(out, 200, WRITE_ERRORS),
+            summary=f"Change a {label} (admin); binding lists replace",
+        )
+        def patch(self, request, ref):
+            data = dict(parse(update, request.data))
+            rule = service["update"](actor=self.actor, ref=ref, **data)
+            return Response(service["dict"](service["get"](actor=self.actor, ref=str(rule.pk))))
+
+        @extend_schema(responses=_responses(None, 204, WRITE_ERRORS), summary=f"Delete a {label} (admin)")
+        def delete(self, request, ref):
+            service["delete"](actor=self.actor, ref=ref)
+            return Response(status=204)
+
+    name = label.title().replace(" ", "")
+    ListView.__name__ = ListView.__qualname__ = f"{name}ListView"
+    DetailView.__name__ = DetailView.__qualname__ = f"{name}DetailView"
+    return ListView, DetailView
+
+
+GuardrailListView, GuardrailDetailView = _rule_views(
+    label="guardrail rule",
+    page=io.GuardrailPage,
+    out=io.GuardrailOut,
+    create=io.GuardrailCreate,
+    update=io.GuardrailUpdate,
+    service={
+        "list": rules.guardrail_list,
+        "get": rules.guardrail_get,
+        "create": rules.guardrail_create,
+        "update": rules.guardrail_update,
+        "delete": rules.guardrail_delete,
+        "dict": rules.guardrail_to_dict,
+    },
+)
+MaskingRuleListView, MaskingRuleDetailView = _rule_views(
+    label="masking rule",
+    page=io.MaskingPage,
+    out=io.MaskingOut,
+    create=io.MaskingCreate,
+    update=io.MaskingUpdate,
+    service={
+        "list": rules.masking_rule_list,
+        "get": rules.masking_rule_get,
+        "create": rules.masking_rule_create,
+        "update": rules.masking_rule_update,
+        "delete": rules.masking_rule_delete,
+        "dict": rules.masking_rule_to_dict,
+    },
+)
+
+
+class AttributeListView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(
+        parameters=_query_params(io.PageOnly), responses=_responses(io.AttributePage), summary="Attributes"
+    )
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.PageOnly,
+            lambda **q: rules.attribute_list(actor=self.actor, **q),
+            rules.attribute_to_dict,
+        )
+
+    @extend_schema(
+        request=io.AttributeCreate,
+        responses=_responses(io.AttributeOut, 201, WRITE_ERRORS),
+        summary="Create an attribute (admin)",
+    )
+    def post(self, request):
+        data = parse(io.AttributeCreate, request.data)
+        attribute = rules.attribute_create(actor=self.actor, **data)
+        return Response(
+            rules.attribute_to_dict(rules.attribute_get(actor=self.actor, name=attribute.name)), status=201
+        )
+
+
+class AttributeDetailView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(responses=_responses(io.AttributeOut), summary="One attribute")
+    def get(self, request, name):
+        return Response(rules.attribute_to_dict(rules.attribute_get(actor=self.actor, name=name)))
+
+    @extend_schema(
+        request=io.AttributeUpdate,
+        responses=_responses(io.AttributeOut, 200, WRITE_ERRORS),
+        summary="Change an attribute (admin); `connections` replaces the list",
+    )
+    def patch(self, request, name):
+        data = parse(io.AttributeUpdate, request.data)
+        rules.attribute_update(actor=self.actor, name=name, **data)
+        return Response(rules.attribute_to_dict(rules.attribute_get(actor=self.actor, name=name)))
+
+    @extend_schema(responses=_responses(None, 204, WRITE_ERRORS), summary="Delete an attribute (admin)")
+    def delete(self, request, name):
+        rules.attribute_delete(actor=self.actor, name=name)
+        return Response(status=204)
+
+
+# --- sessions, audit, exec -----------------------------------------------------------------------
+
+
+class SessionListView(ServiceView):
+    @extend_schema(
+        parameters=_query_params(io.SessionQuery),
+        responses=_responses(io.SessionPage),
+        summary="Sessions: your own; the org's for admins and auditors; newest first",
+    )
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.SessionQuery,
+            lambda **q: records.session_list(actor=self.actor, **q),
+            lambda session: records.session_to_dict(session, actor=self.actor),
+        )
+
+
+class SessionDetailView(ServiceView):
+    @extend_schema(responses=_responses(io.SessionOut), summary="One session's record, without content")
+    def get(self, request, session_id):
+        session = records.session_get(actor=self.actor, session_id=session_id)
+        return Response(records.session_to_dict(session, actor=self.actor))
+
+
+class SessionContentView(ServiceView):
+    @extend_schema(
+        parameters=_query_params(io.ContentQuery),
+        responses=_responses(io.ContentOut),
+        summary="A session's input and (masked) output, the output paged by bytes",
+    )
+    def get(self, request, session_id):
+        query = self.query(io.ContentQuery)
+        return Response(records.session_content(actor=self.actor, session_id=session_id, **query))
+
+
+class SessionCancelView(ServiceView):
+    capabilities = {"POST": TokenCapability.READ_ONLY}  # stopping one's own session changes no data
+
+    @extend_schema(
+        request=None, responses=_responses(io.SessionOut, 200, WRITE_ERRORS), summary="Cancel a session"
+    )
+    def post(self, request, session_id):
+        session = pipeline.exec_cancel(actor=self.actor, session_id=session_id)
+        session = records.session_get(actor=self.actor, session_id=session.pk)
+        return Response(records.session_to_dict(session, actor=self.actor))
+
+
+class AuditEventListView(ServiceView):
+    roles = {"*": ROLE_AUDITOR}
+
+    @extend_schema(
+        parameters=_query_params(io.AuditQuery),
+        responses=_responses(io.AuditEventPage),
+        summary="The audit log, newest first (admins, auditors)",
+    )
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.AuditQuery,
+            lambda **q: records.audit_event_list(actor=self.actor, **q),
+            records.audit_event_to_dict,
+        )
+
+
+class ExecView(ServiceView):
+    # The pipeline applies a read-only token's ceiling itself (reads only, in a read-only transaction).
+    capabilities = {"POST": TokenCapability.READ_ONLY}
+
+    @extend_schema(
+        request=io.ExecIn,
+        responses=_responses(io.ExecOut),
+        summary="Run SQL or a command through the gateway (the MCP exec envelope)",
+        description="Branch on `status`: completed | failed | blocked | pending_approval | running (then poll "
+        "GET /api/v1/sessions/{id}/). The same pipeline as MCP: access control, guardrails, review, masking, audit.",
+    )
+    def post(self, request):
+        data = parse(io.ExecIn, request.data)
+        session = pipeline.exec_start(
+            actor=self.actor,
+            connection_name=data["connection_name"],
+            input=data["input"],
+            max_rows=data.get("max_rows"),
+            metadata=data.get("metadata"),
+        )
+        timed_out = False
+        if session.status in (SessionStatus.OPEN, SessionStatus.RUNNING):
+            wait = data.get("timeout_seconds", settings.EXEC_HANDOFF_SECONDS)
+            session, timed_out = async_to_sync(wait_for_final)(session.pk, wait)
+        envelope = pipeline.exec_envelope(session)
+        if envelope["status"] == "running" and timed_out:
+            envelope["next_step"] = f"poll GET /api/v1/sessions/{session.pk}/ until status is final"
+        return Response(envelope)
