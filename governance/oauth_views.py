@@ -12,6 +12,7 @@ consent page says plainly which client asks for which scopes.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -19,6 +20,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import Http404, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
@@ -117,6 +119,15 @@ def redirect_uri_problem(uri) -> str | None:
 
 def registration_problem(request) -> JsonResponse | None:
     """Bounded, checked client metadata before django-oauth-toolkit sees it."""
+    recent = get_application_model().objects.filter(created__gte=timezone.now() - timedelta(hours=1))
+    if recent.count() >= settings.OAUTH_REGISTRATIONS_PER_HOUR:
+        return JsonResponse(
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "too many registrations; try again later",
+            },
+            status=429,
+        )
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:

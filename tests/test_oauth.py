@@ -136,6 +136,14 @@ def test_it_refuses_oversize_and_non_json_registrations(builtin):
     assert not get_application_model().objects.exists()
 
 
+def test_it_bounds_registrations_per_hour(builtin, settings):
+    settings.OAUTH_REGISTRATIONS_PER_HOUR = 2
+    assert register(Client())[0] == 201 and register(Client())[0] == 201
+    status, body = register(Client())
+    assert status == 429 and body["error"] == "temporarily_unavailable"
+    assert get_application_model().objects.count() == 2
+
+
 def test_it_never_takes_a_registration_token_for_an_mcp_token(builtin):
     _, body = register(Client())
     assert body["registration_access_token"]
@@ -334,7 +342,7 @@ def test_it_refuses_bad_external_tokens(cast, external, case):
         )
     elif case == "unknown_kid":
         token = external.token(**good, key=external.other_key, kid="someone-elses")
-    elif case == "hs256":  # the public key's bytes as an HMAC secret: the classic confusion attack
+    elif case == "hs256":  # a symmetric algorithm is never accepted from an issuer (key confusion)
         import jwt as pyjwt
 
         token = pyjwt.encode(
@@ -345,7 +353,7 @@ def test_it_refuses_bad_external_tokens(cast, external, case):
                 "exp": 4102444800,
                 "email": "bob@acme.test",
             },
-            "secret",
+            "a-shared-secret-that-is-long-enough-for-hs256",
             algorithm="HS256",
             headers={"kid": external.kid},
         )

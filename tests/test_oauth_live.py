@@ -257,3 +257,32 @@ def test_it_challenges_per_rfc_6750_and_9728(gateway_server, cast, oauth_on):
     assert server["registration_endpoint"] == f"{gateway_server.url}/oauth/register/"
     assert server["revocation_endpoint"] == f"{gateway_server.url}/oauth/revoke/"
     assert set(server["grant_types_supported"]) == {"authorization_code", "refresh_token"}
+
+
+def test_it_accepts_an_external_issuers_jwt_for_this_resource_only(
+    gateway_server, cast, mcp, transactional_db
+):
+    from tests.oauth_helpers import Issuer
+
+    issuer = Issuer()
+    try:
+        mcp_auth_update(
+            enabled=True, issuer=issuer.url, resource_uri=gateway_server.mcp_url, groups_claim="groups"
+        )
+        metadata = httpx2.get(f"{gateway_server.url}/.well-known/oauth-protected-resource/api/mcp").json()
+        assert metadata["authorization_servers"] == [issuer.url]
+        token = issuer.token(
+            audience=gateway_server.mcp_url, email="bob@acme.test", extra={"groups": ["engineering"]}
+        )
+        me = structured(mcp(token).call("me_get"))
+        assert me["user_email"] == "bob@acme.test" and me["groups"] == ["engineering"]
+        assert me["client"].startswith("oauth:test-agent")
+        other = issuer.token(audience="https://other.example.com/api/mcp", email="bob@acme.test")
+        refused = _bearer(gateway_server, other)
+        assert refused.status_code == 401 and 'error="invalid_token"' in refused.headers["www-authenticate"]
+        assert (
+            structured(mcp(cast.bob).call("me_get"))["user_email"] == "bob@acme.test"
+        )  # API tokens still work
+    finally:
+        mcp_auth_update(enabled=False, issuer="", resource_uri="", groups_claim="")
+        issuer.close()
