@@ -50,7 +50,7 @@ def client_configs(mcp_url: str, token: str) -> list[dict]:
         {
             "id": "mcp-json",
             "title": "Project .mcp.json (Claude Code, shared with your team)",
-            "hint": "Commit the file without the token and let each person use their own.",
+            "hint": "At the root of a project. Keep any file that holds a token out of version control.",
             "text": json.dumps(mcp_json, indent=2),
         },
         {

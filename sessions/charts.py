@@ -117,7 +117,7 @@ def stacked_bars(
     """Horizontal bars, one per row label, stacked by key, with the total at the end."""
     if not rows:
         return mark_safe('<p class="empty">No sessions in this range.</p>')
-    row_h, gap, label_w, width = 22, 10, 190, 760
+    row_h, gap, label_w, width = 22, 10, 150, 520
     top = 6
     height = top + len(rows) * (row_h + gap)
     plot_w = width - label_w - 56
@@ -125,10 +125,10 @@ def stacked_bars(
     body: list[str] = []
     for i, (name, values) in enumerate(rows):
         y = top + i * (row_h + gap)
-        short = name if len(name) <= 28 else name[:27] + "…"
+        short = name if len(name) <= 22 else name[:21] + "…"
         body.append(
             format_html(
-                '<text x="{}" y="{}" text-anchor="end" font-size="12" fill="{}"><title>{}</title>{}</text>',
+                '<text x="{}" y="{}" text-anchor="end" font-size="13" fill="{}"><title>{}</title>{}</text>',
                 label_w - 10,
                 f"{y + row_h / 2 + 4:.1f}",
                 INK,
@@ -150,7 +150,7 @@ def stacked_bars(
             x += w
         total = sum(values.values())
         body.append(
-            f'<text x="{x + 8:.1f}" y="{y + row_h / 2 + 4:.1f}" font-size="12" font-weight="600" '
+            f'<text x="{x + 8:.1f}" y="{y + row_h / 2 + 4:.1f}" font-size="13" font-weight="600" '
             f'fill="{INK}">{total}</text>'
         )
     return _svg(width, height, body, label)

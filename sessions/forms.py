@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from django import forms
 
 from sessions.models import RiskLevel, SessionStatus, Verb
+from sessions.services import STATS_MAX_DAYS
 
 SURFACES = ("web", "admin", "api", "mcp", "task", "cli")
 FILTER_PARAMS = ("user", "connection", "status", "verb", "surface", "risk_level", "start_date", "end_date")
@@ -112,10 +113,10 @@ class SessionFilterForm(forms.Form):
 
 
 class DashboardRangeForm(forms.Form):
-    """The dashboard's date range: the last 14 days unless the viewer picks one (at most 120 days,
-    so the per-day chart stays readable and within one stats query's 1000 groups)."""
+    """The dashboard's date range: the last 14 days unless the viewer picks one (at most what
+    `session_stats` answers for, STATS_MAX_DAYS, which also keeps the per-day chart readable)."""
 
-    MAX_DAYS = 120
+    MAX_DAYS = STATS_MAX_DAYS
     DEFAULT_DAYS = 14
 
     start_date = DayOrTimeField(label="From")

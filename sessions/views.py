@@ -103,33 +103,26 @@ def _export_dates(form: SessionFilterForm) -> dict:
     return {k: filters[k] for k in ("start_date", "end_date") if k in filters}
 
 
-def _timeline(meta: dict, analysis) -> list[dict]:
-    """What happened to the session, in order, from its own timestamps."""
-    events = [{"label": "Recorded", "when": meta["created_at"], "note": f"via {meta['surface']}", "tone": ""}]
-    if meta["started_at"]:
-        events.append({"label": "Started", "when": meta["started_at"], "note": "", "tone": ""})
-    if meta["ended_at"]:
-        status = meta["status"]
-        tone = "ok" if status == "done" else "bad" if status in ("blocked", "failed") else ""
-        note = f"exit code {meta['exit_code']}" if meta["exit_code"] is not None else ""
+def _timeline(session, analysis) -> list[dict]:
+    """What happened to the session, in order, from its own timestamps, each with the time since
+    the one before. (The reviews app adds its decisions here when reviews exist.)"""
+    events = [("Recorded", session.created_at, f"via {session.surface}", "")]
+    if session.started_at:
+        events.append(("Started", session.started_at, "", ""))
+    if session.ended_at:
+        tone = "ok" if session.status == "done" else "bad" if session.status in ("blocked", "failed") else ""
+        note = f"exit code {session.exit_code}" if session.exit_code is not None else ""
         events.append(
-            {
-                "label": status.replace("_", " ").capitalize(),
-                "when": meta["ended_at"],
-                "note": note,
-                "tone": tone,
-            }
+            (session.get_status_display().replace("_", " ").capitalize(), session.ended_at, note, tone)
         )
     if analysis is not None:
-        events.append(
-            {
-                "label": "Analysed",
-                "when": analysis.created_at.isoformat(),
-                "note": analysis.analyzer,
-                "tone": "",
-            }
-        )
-    return events
+        events.append(("Analysed", analysis.created_at, analysis.analyzer, ""))
+    timeline, previous = [], None
+    for label, when, note, tone in events:
+        delta_ms = round((when - previous).total_seconds() * 1000) if previous else None
+        timeline.append({"label": label, "when": when, "note": note, "tone": tone, "delta_ms": delta_ms})
+        previous = when
+    return timeline
 
 
 def _offset(request) -> int:
@@ -165,7 +158,7 @@ def session_detail_view(request, session_id):
         "highlight_css": HIGHLIGHT_CSS,
         "rows": rows[:MAX_TABLE_ROWS],
         "rows_cut": max(0, len(rows) - MAX_TABLE_ROWS),
-        "timeline": _timeline(meta, analysis),
+        "timeline": _timeline(session, analysis),
         "replayable": session.connection_kind == "command" and content is not None,
         "review": None,  # the reviews app fills this in when a session went through review
     }
@@ -228,7 +221,6 @@ def dashboard_view(request):
         for level in charts.RISK_ORDER
     ]
     high_risk = risk_counts.get("high", 0) + risk_counts.get("critical", 0)
-    start, end = form.cleaned_data["range"]
     context.update(
         total=total,
         kpis=[
@@ -258,9 +250,9 @@ def dashboard_view(request):
             for name, count, color in risk_parts
         ],
         connections_chart=charts.stacked_bars(connections, label="Top connections"),
+        start_value=days[0].isoformat(),
+        end_value=days[-1].isoformat(),
         sessions_query=_query({"start_date": days[0].isoformat(), "end_date": days[-1].isoformat()}),
-        start=start,
-        end=end,
     )
     return _page(request, "sessions/dashboard.html", actor, "dashboard", context)
 
