@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from governance.errors import Conflict, InvalidInput, NotFound
+from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import (
     ADMIN_GROUP,
     AUDITOR_GROUP,
@@ -126,38 +126,70 @@ def token_issue(
     user: User,
     name: str = "default",
     expires_days: int | None = None,
+    actor: Actor | None = None,
     capability: str = TokenCapability.READ_WRITE,
 ) -> tuple[ApiToken, str]:
-    """Issue an API token. Returns (token row, raw value); the raw value is never stored or shown again."""
+    """Issue an API token. Returns (token row, raw value); the raw value is never stored or shown again.
+
+    With `actor` (a surface such as the web page "Connect your agent"), people issue tokens for
+    themselves only (PolicyDenied otherwise) and the audit event names them; without, the CLI acts
+    as the system."""
+    if actor is not None and actor.user.pk != user.pk:
+        raise PolicyDenied("you can only issue tokens for yourself")
     # `capability` caps the token below its user's roles (never above them); see TokenCapability.
     if capability not in TokenCapability.values:
         raise InvalidInput(f"capability must be one of: {', '.join(TokenCapability.values)}")
     if expires_days is not None and not 1 <= expires_days <= 3650:
         raise InvalidInput("expires-days must be between 1 and 3650")
+    name = (name or "").strip()
     if not name or len(name) > 100:
         raise InvalidInput("token name must be 1-100 characters")
     raw = ApiToken.PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(
-        user=user,
-        name=name,
-        prefix=raw[:12],
-        digest=token_digest(raw),
-        capability=capability,
-        expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
-    )
-    _audit_system(
-        user.org_id,
-        "token.issue",
-        token,
-        {"user": user.email, "expires_at": str(token.expires_at), "capability": capability},
-    )
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            user=user,
+            name=name,
+            prefix=raw[:12],
+            digest=token_digest(raw),
+            capability=capability,
+            expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
+        )
+        detail = {"user": user.email, "expires_at": str(token.expires_at), "capability": capability}
+        if actor is None:
+            _audit_system(user.org_id, "token.issue", token, detail)
+        else:
+            _audit_actor(actor, "token.issue", token, detail)
     return token, raw
 
 
-def token_revoke(*, token: ApiToken) -> None:
-    token.revoked_at = timezone.now()
-    token.save(update_fields=["revoked_at"])
-    _audit_system(token.user.org_id, "token.revoke", token)
+def token_list(*, actor: Actor) -> list[ApiToken]:
+    """The actor's own API tokens, newest first, revoked and expired ones included (never a digest
+    or raw value: only the prefix identifies a token)."""
+    return list(ApiToken.objects.filter(user_id=actor.user.pk).order_by("-created_at"))
+
+
+def token_revoke(*, token: ApiToken | None = None, actor: Actor | None = None, token_id=None) -> ApiToken:
+    """Revoke a token. The CLI passes `token` and acts as the system; a surface passes `actor` and
+    `token_id`, and may revoke only the actor's own tokens (NotFound("token not found") for any
+    other, so tokens of others are not revealed). Revoking a revoked token changes nothing."""
+    with transaction.atomic():
+        if actor is not None:
+            try:
+                pk = uuid.UUID(str(token_id))
+            except ValueError:
+                raise NotFound("token not found") from None
+            token = ApiToken.objects.select_for_update().filter(pk=pk, user_id=actor.user.pk).first()
+            if token is None:
+                raise NotFound("token not found")
+        if token.revoked_at is not None:
+            return token
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        if actor is None:
+            _audit_system(token.user.org_id, "token.revoke", token)
+        else:
+            _audit_actor(actor, "token.revoke", token)
+    return token
 
 
 def token_authenticate(raw: str) -> tuple[User, ApiToken] | None:
