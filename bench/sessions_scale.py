@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import exec_latency as common  # noqa: E402  (the shared bench helpers: databases, daphne, percentiles)
 
 RESULTS_DIR = ROOT / "bench" / "results"
-GENERATOR_VERSION = 1  # bump when the generated data changes, so old databases are reloaded
+GENERATOR_VERSION = 2  # bump when the generated data changes, so old databases are reloaded
 META_TABLE = "bench_scale_meta"
 
 # Who works where: (org, share of all sessions, users, connections). 50 users, 20 connections.
@@ -301,6 +301,7 @@ def _session_row(rng, org_choice, by_org, created_at: datetime, recent: bool) ->
         "started_at": created_at + timedelta(milliseconds=3) if ran else None,
         "ended_at": ended_at,
         "execution_time_ms": int(duration) if ran else None,
+        "risk_level": risk,  # the session's copy of its analysis' risk level
         "_analysis": risk,
     }
 
@@ -314,6 +315,8 @@ def ensure_data(args, params: dict) -> dict:
     if meta and not args.reload and all(meta.get(k) == v for k, v in wanted.items()):
         print(f"reusing {args.db_name}: {args.count:,} sessions, seed {args.seed}; migrating ...", flush=True)
         call_command("migrate", "--noinput", verbosity=0)  # indexes added since the load are built here
+        with psycopg.connect(**params, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE records_session")  # after a migration's backfill, if any
         return meta
     print(f"creating {args.db_name} and loading {args.count:,} sessions (seed {args.seed}) ...", flush=True)
     common.recreate_database(args.pg_url, args.db_name)
@@ -346,13 +349,17 @@ class Case:
 
 def cases(meta: dict, params: dict) -> list[Case]:
     """Realistic questions, over dates relative to the end of the generated year."""
+    from sessions import services
+
     anchor = datetime.fromisoformat(meta["anchor"])
 
     def iso(days_ago: float) -> str:
         return (anchor - timedelta(days=days_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    week, month, quarter, year = (iso(7), iso(0)), (iso(30), iso(0)), (iso(90), iso(0)), (iso(365), iso(0))
+    week, month, quarter = (iso(7), iso(0)), (iso(30), iso(0)), (iso(90), iso(0))
+    year = {"start_date": iso(365), "end_date": iso(0)}  # split into allowed ranges by `call`
     old_week = (iso(100), iso(93))
+    widest = (iso(getattr(services, "STATS_MAX_DAYS", 120) - 1), iso(0))  # up to now: a day to spare
     out = [
         Case("list newest page", "admin", "list", {}, mcp=True),
         Case("list by user (agent, heavy)", "admin", "list", {"user_email": "agent-ci@acme.test"}),
@@ -368,14 +375,17 @@ def cases(meta: dict, params: dict) -> list[Case]:
         Case("list standard user, risk critical", "standard", "list", {"risk_level": "critical"}),
         Case("list standard user, other's email", "standard", "list", {"user_email": "agent-ci@acme.test"}),
         Case("list deep page (offset 10000)", "admin", "list", {"offset": 10_000}),
+        *deep_cursor_cases(meta["count"]),
         Case("stats by user (no range)", "admin", "stats", {"group_by": ["user"]}, mcp=True),
         Case("stats by user, last 30 days", "admin", "stats", {"group_by": ["user"], "start_date": month[0]}),
-        Case("stats by user, last year", "auditor", "stats", {"group_by": ["user"], "start_date": year[0]}),
+        Case("stats by user, widest range", "admin", "stats", {"group_by": ["user"], "start_date": widest[0]}),
+        Case("stats by weekday, widest range", "auditor", "stats", {"group_by": ["weekday"], "start_date": widest[0]}),
+        Case("stats by user, last year", "auditor", "stats", {"group_by": ["user"], **year}),
         Case("stats by weekday (no range)", "auditor", "stats", {"group_by": ["weekday"]}, mcp=True),
         Case("stats by weekday, last month", "admin", "stats", {"group_by": ["weekday"], "start_date": month[0]}),
-        Case("stats by weekday, last year", "admin", "stats", {"group_by": ["weekday"], "start_date": year[0]}),
+        Case("stats by weekday, last year", "admin", "stats", {"group_by": ["weekday"], **year}),
         Case("stats by day, last month", "admin", "stats", {"group_by": ["day"], "start_date": month[0]}),
-        Case("stats by day, last year", "auditor", "stats", {"group_by": ["day"], "start_date": year[0]}),
+        Case("stats by day, last year", "auditor", "stats", {"group_by": ["day"], **year}),
         Case(
             "stats weekday+hour on prod-postgres, 90 days",
             "admin",
@@ -383,11 +393,30 @@ def cases(meta: dict, params: dict) -> list[Case]:
             {"group_by": ["weekday", "hour"], "connection": "prod-postgres", "start_date": quarter[0]},
         ),
         Case("stats by risk, last week", "auditor", "stats", {"group_by": ["risk_level"], "start_date": week[0]}),
-        Case("stats by risk+user, last year", "auditor", "stats", {"group_by": ["risk_level", "user"], "start_date": year[0]}),
+        Case("stats by risk+user, last year", "auditor", "stats", {"group_by": ["risk_level", "user"], **year}),
         Case("stats by user, standard user", "standard", "stats", {"group_by": ["user"]}),
-        Case("stats by weekday, standard user, year", "standard", "stats", {"group_by": ["weekday"], "start_date": year[0]}),
+        Case("stats by weekday, standard user, year", "standard", "stats", {"group_by": ["weekday"], **year}),
     ]  # fmt: skip
     return out
+
+
+def deep_cursor_cases(count: int) -> list[Case]:
+    """Pages far down the list, by cursor (where the services have one): 50,000 sessions into the
+    admin's list, 5,000 into the standard user's own (for a million sessions; in scale for fewer)."""
+    from sessions import services
+    from sessions.models import Session
+
+    if not hasattr(services, "session_cursor"):
+        return []
+    newest = Session.objects.order_by("-created_at", "-pk")
+    deep, own = count // 20, count // 200
+    admin_at = newest.filter(org__name="acme")[deep - 1]
+    own_at = newest.filter(user__email="dev05@acme.test")[own - 1]
+    cursor = services.session_cursor
+    return [
+        Case(f"list deep page (cursor, {deep} in)", "admin", "list", {"cursor": cursor(admin_at)}),
+        Case(f"list standard user, cursor {own} in", "standard", "list", {"cursor": cursor(own_at)}),
+    ]
 
 
 def actors() -> dict:
@@ -414,7 +443,28 @@ def call(case: Case, actor) -> int:
             actor=actor, limit=case.kwargs.get("limit", 50), **_list_kwargs(case)
         )
         return len([services.session_to_dict(s, actor=actor) for s in page])
-    return len(services.session_stats(actor=actor, **case.kwargs)["groups"])
+    counts: dict = {}
+    for window in _stats_windows(case.kwargs, getattr(services, "STATS_MAX_DAYS", None)):
+        for g in services.session_stats(actor=actor, **window)["groups"]:
+            key = tuple(v for k, v in g.items() if k != "count")
+            counts[key] = counts.get(key, 0) + g["count"]
+    return len(counts)
+
+
+def _stats_windows(kwargs: dict, max_days: int | None) -> list[dict]:
+    """One call's arguments, or consecutive ranges of at most `max_days` covering it: what an agent
+    does for a year when the service bounds the range. The counts of the windows are added up."""
+    if not (max_days and kwargs.get("start_date") and kwargs.get("end_date")):
+        return [kwargs]
+    start, end = (
+        datetime.fromisoformat(kwargs[k].replace("Z", "+00:00")) for k in ("start_date", "end_date")
+    )
+    windows = []
+    while start < end:
+        stop = min(start + timedelta(days=max_days), end)
+        windows.append({**kwargs, "start_date": start.isoformat(), "end_date": stop.isoformat()})
+        start = stop
+    return windows
 
 
 def _list_kwargs(case: Case) -> dict:

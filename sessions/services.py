@@ -521,7 +521,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 # Counting scans every session of the range (an index-only scan of Session's "stats" index): the
 # range is bounded so that one call stays fast at millions of sessions (bench/sessions_scale.py).
 STATS_DEFAULT_DAYS = 30  # without start_date: the last 30 days (up to end_date, or now)
-STATS_MAX_DAYS = 92  # a quarter; longer ranges are refused, ask per quarter instead
+STATS_MAX_DAYS = 120  # four months (the dashboard's widest range); longer ranges are refused
 
 
 def session_stats(
