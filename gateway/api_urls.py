@@ -33,6 +33,9 @@ urlpatterns = [
     path("sessions/<str:session_id>/cancel/", views.SessionCancelView.as_view(), name="api-session-cancel"),
     path("audit-events/", views.AuditEventListView.as_view(), name="api-audit-events"),
     path("exec/", views.ExecView.as_view(), name="api-exec"),
+    path("reviews/", views.ReviewListView.as_view(), name="api-reviews"),
+    path("reviews/<str:review_id>/", views.ReviewDetailView.as_view(), name="api-review"),
+    path("reviews/<str:review_id>/execute/", views.ReviewExecuteView.as_view(), name="api-review-execute"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -485,3 +485,49 @@ def test_it_works_over_real_http_through_the_live_gateway(cast, gateway_server, 
     assert httpx2.get(f"{gateway_server.url}{API}/docs/").status_code == 200
     event = AuditEvent.objects.filter(action="exec.request", surface="api").get()
     assert event.client.startswith("token:pytest")
+
+
+# --- reviews -------------------------------------------------------------------------------------
+
+
+def test_reviews_over_rest_gate_decide_and_execute_once(cast, transactional_db, shops):
+    from governance.services import user_create
+    from reviews import services as reviews
+
+    frank = user_create(org=cast.acme, email="frank@acme.test", groups=["dba"])
+    reviews.access_rule_create(
+        actor=cast.alice.actor(),
+        name="prod",
+        access_type="command",
+        connections=["shop"],
+        reviewer_groups=["dba"],
+        min_approvals=1,
+    )
+    bob, dave = client_for(cast.bob), client_for(cast.dave)
+    frank_rw = client_for(token_issue(user=frank, name="f")[1])
+    frank_ro = client_for(token_issue(user=frank, name="f-ro", capability="read_only")[1])
+    pending = bob.post(
+        f"{API}/exec/",
+        {"connection_name": "shop", "input": "delete from customers where id = 1"},
+        format="json",
+    ).json()
+    assert pending["status"] == "pending_approval" and pending["review_id"]
+    review_url = f"{API}/reviews/{pending['review_id']}/"
+    assert bob.get(review_url).json()["input"] == "delete from customers where id = 1"
+    assert error(dave.get(review_url), 404)["code"] == "not_found"
+    assert frank_rw.get(f"{API}/reviews/?waiting_for_me=true").json()["total"] == 1
+    assert error(bob.patch(review_url, {"status": "APPROVED"}, format="json"), 403)["code"] == "denied"
+    assert (
+        "read_write needed"
+        in error(frank_ro.patch(review_url, {"status": "APPROVED"}, format="json"), 403)["message"]
+    )
+    assert error(frank_rw.patch(review_url, {"status": "MAYBE"}, format="json"), 400)["fields"]["status"]
+    approved = frank_rw.patch(review_url, {"status": "APPROVED", "reason": "ok"}, format="json")
+    assert approved.status_code == 200 and approved.json()["status"] == "APPROVED"
+    assert error(frank_rw.post(f"{review_url}execute/"), 403)["code"] == "denied"  # only the requester
+    ran = bob.post(f"{review_url}execute/").json()
+    assert ran["status"] == "completed" and ran["session_id"] == pending["session_id"]
+    again = bob.post(f"{review_url}execute/")
+    assert again.status_code in (403, 409) and error(again, again.status_code)["message"]
+    approvals = AuditEvent.objects.filter(surface="api", action="review.approve", outcome="success")
+    assert list(approvals.values_list("actor_email", flat=True)) == ["frank@acme.test"]

@@ -383,3 +383,64 @@ MaskingPage = page_serializer("MaskingRulePage", MaskingOut)
 AttributePage = page_serializer("AttributePage", AttributeOut)
 SessionPage = page_serializer("SessionPage", SessionOut)
 AuditEventPage = page_serializer("AuditEventPage", AuditEventOut)
+
+
+# --- reviews -------------------------------------------------------------------------------------
+
+
+class ReviewQuery(StrictSerializer):
+    status = Char(max_length=16, required=False, help_text="PENDING, APPROVED, REJECTED, ...")
+    type = s.ChoiceField(choices=["onetime", "jit"], required=False)
+    connection = Char(max_length=63, required=False)
+    waiting_for_me = s.BooleanField(required=False, default=False)
+    mine = s.BooleanField(required=False, default=False)
+    limit = s.IntegerField(min_value=1, max_value=100, default=20)
+    cursor = Char(max_length=100, required=False)
+
+
+class ReviewDecide(StrictSerializer):
+    status = s.ChoiceField(choices=["APPROVED", "REJECTED", "REVOKED"])
+    reason = Char(max_length=1000, required=False, allow_blank=True, default="")
+    force = s.BooleanField(required=False, default=False, help_text="Force-approval groups only.")
+
+
+class ReviewDecision(s.Serializer):
+    group = Char()
+    decision = Char()
+    reviewer_email = s.EmailField()
+    reason = Char()
+    forced = s.BooleanField()
+    decided_at = s.DateTimeField()
+
+
+class ReviewOut(s.Serializer):
+    id = s.UUIDField()
+    session_id = s.UUIDField(allow_null=True)
+    type = Char()
+    status = Char()
+    connection_name = Char()
+    requester_email = s.EmailField()
+    reason = Char()
+    access_request_rule_name = Char(allow_null=True)
+    reviewer_groups = s.ListField(child=Char())
+    force_approval_groups = s.ListField(child=Char())
+    quorum = Char()
+    min_approvals = s.IntegerField(allow_null=True)
+    all_groups_must_approve = s.BooleanField()
+    decisions = ReviewDecision(many=True)
+    time_window = s.DictField(allow_null=True)
+    duration_seconds = s.IntegerField(allow_null=True)
+    access_until = s.DateTimeField(allow_null=True)
+    expires_at = s.DateTimeField()
+    created_at = s.DateTimeField()
+    decided_at = s.DateTimeField(allow_null=True)
+    executed_at = s.DateTimeField(allow_null=True)
+    rejection_reason = Char(allow_null=True)
+    review_url = Char()
+    you_can_decide = s.BooleanField()
+    input = Char(required=False, help_text="Reviewers, the requester, admins and auditors only.")
+    input_sha256 = Char(required=False, allow_null=True)
+    risk = s.DictField(required=False, allow_null=True)
+
+
+ReviewPage = page_serializer("ReviewPage", ReviewOut)

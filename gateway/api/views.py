@@ -18,6 +18,7 @@ from governance import access, rules
 from governance import services as directory
 from governance.models import TokenCapability
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
+from reviews import services as reviews
 from sessions import services as records
 from sessions.models import SessionStatus
 from sessions.wakeup import wait_for_final
@@ -512,6 +513,18 @@ class AuditEventListView(ServiceView):
         )
 
 
+def _exec_answer(session, timeout: float | None) -> dict:
+    """The MCP exec envelope for a session, after waiting up to `timeout` for it to finish."""
+    timed_out = False
+    if session.status in (SessionStatus.OPEN, SessionStatus.RUNNING):
+        wait = settings.EXEC_HANDOFF_SECONDS if timeout is None else timeout
+        session, timed_out = async_to_sync(wait_for_final)(session.pk, wait)
+    envelope = pipeline.exec_envelope(session)
+    if envelope["status"] == "running" and timed_out:
+        envelope["next_step"] = f"poll GET /api/v1/sessions/{session.pk}/ until its status is final"
+    return envelope
+
+
 class ExecView(ServiceView):
     # The pipeline applies a read-only token's ceiling itself (reads only, in a read-only transaction).
     capabilities = {"POST": TokenCapability.READ_ONLY}
@@ -532,11 +545,55 @@ class ExecView(ServiceView):
             max_rows=data.get("max_rows"),
             metadata=data.get("metadata"),
         )
-        timed_out = False
-        if session.status in (SessionStatus.OPEN, SessionStatus.RUNNING):
-            wait = data.get("timeout_seconds", settings.EXEC_HANDOFF_SECONDS)
-            session, timed_out = async_to_sync(wait_for_final)(session.pk, wait)
-        envelope = pipeline.exec_envelope(session)
-        if envelope["status"] == "running" and timed_out:
-            envelope["next_step"] = f"poll GET /api/v1/sessions/{session.pk}/ until status is final"
-        return Response(envelope)
+        return Response(_exec_answer(session, data.get("timeout_seconds")))
+
+
+# --- reviews -------------------------------------------------------------------------------------
+
+
+class ReviewListView(ServiceView):
+    @extend_schema(
+        parameters=_query_params(io.ReviewQuery),
+        responses=_responses(io.ReviewPage),
+        summary="Reviews you may see: your requests, those your groups review (admins, auditors: all)",
+    )
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.ReviewQuery,
+            lambda **q: reviews.review_list(actor=self.actor, **q),
+            lambda review: reviews.review_to_dict(review, actor=self.actor),
+        )
+
+
+class ReviewDetailView(ServiceView):
+    @extend_schema(responses=_responses(io.ReviewOut), summary="One review, by its id or its session's id")
+    def get(self, request, review_id):
+        review = reviews.review_get(actor=self.actor, review_id=review_id)
+        return Response(reviews.review_to_dict(review, actor=self.actor))
+
+    @extend_schema(
+        request=io.ReviewDecide,
+        responses=_responses(io.ReviewOut, 200, WRITE_ERRORS),
+        summary="Decide a review: APPROVED or REJECTED while pending, REVOKED once approved",
+        description="Only eligible reviewers decide and nobody approves their own request (the reviews service).",
+    )
+    def patch(self, request, review_id):
+        data = parse(io.ReviewDecide, request.data)
+        review = reviews.review_decide(actor=self.actor, review_id=review_id, **data)
+        review = reviews.review_get(actor=self.actor, review_id=review.pk)
+        return Response(reviews.review_to_dict(review, actor=self.actor))
+
+
+class ReviewExecuteView(ServiceView):
+    capabilities = {"POST": TokenCapability.READ_ONLY}  # the pipeline applies the token's ceiling
+
+    @extend_schema(
+        request=None,
+        responses=_responses(io.ExecOut, 200, WRITE_ERRORS),
+        summary="Run exactly the input an approved one-time review approved, once (the requester)",
+    )
+    def post(self, request, review_id):
+        session = reviews.review_execute(actor=self.actor, review_id=review_id)
+        return Response(_exec_answer(session, None))
