@@ -20,6 +20,7 @@ from django.urls import path, reverse
 
 from gateway import crypto, pipeline, services
 from gateway.models import Connection
+from governance import access
 from governance.admin_base import GovernedModelAdmin, SecretField, admin_actor
 from governance.errors import InvalidInput, PortcullisError
 
@@ -54,6 +55,7 @@ class ConnectionForm(forms.ModelForm):
             "kind",
             "description",
             "config",
+            "access_groups",
             *[f for f in OPTION_FORM_FIELDS if f != "description"],
         )
         help_texts = {
@@ -134,11 +136,11 @@ class ConnectionAdmin(GovernedModelAdmin):
                     )
                 },
             ),
-            ("Bindings", {"fields": ("access", "attribute_names")}),
+            ("Access control and attributes", {"fields": ("access_groups", "attribute_names")}),
         ]
 
     def get_readonly_fields(self, request, obj=None):
-        fixed = ("secrets_set", "access", "attribute_names")
+        fixed = ("secrets_set", "attribute_names")
         if obj is not None and self.has_change_permission(request, obj):
             return ("name", "kind", *fixed)  # the services do not rename or change kinds
         return fixed
@@ -165,20 +167,33 @@ class ConnectionAdmin(GovernedModelAdmin):
         if not isinstance(config, dict):
             raise InvalidInput("config: must be a JSON object")
         if not change:
-            return services.connection_create(
+            connection = services.connection_create(
                 actor=actor,
                 name=data["name"],
                 kind=data["kind"],
                 settings={**config, **{k: v for k, v in form.secrets().items() if v is not None}},
                 options=options,
             )
-        old = Connection.objects.get(pk=form.instance.pk)
-        settings = {k: v for k, v in config.items() if old.config.get(k, object()) != v}
-        settings.update({k: None for k in old.config if k not in config})
-        settings.update(form.secrets())
-        return services.connection_update(
-            actor=actor, name=old.name, settings=settings or None, options=options
-        )
+        else:
+            old = Connection.objects.get(pk=form.instance.pk)
+            settings = {k: v for k, v in config.items() if old.config.get(k, object()) != v}
+            settings.update({k: None for k in old.config if k not in config})
+            settings.update(form.secrets())
+            options = {k: v for k, v in options.items() if getattr(old, k) != v}
+            connection = old
+            if settings or options:  # an unchanged form writes nothing (and audits nothing)
+                connection = services.connection_update(
+                    actor=actor, name=old.name, settings=settings or None, options=options or None
+                )
+        if "access_groups" in data:  # absent when the field is read-only
+            groups = sorted(g.name for g in data["access_groups"])
+            current = sorted(connection.access_groups.values_list("name", flat=True))
+            if groups != current:
+                if groups:
+                    access.access_control_set(actor=actor, connection_name=connection.name, groups=groups)
+                else:
+                    access.access_control_unset(actor=actor, connection_name=connection.name)
+        return connection
 
     def delete_through_service(self, request, actor, obj):
         services.connection_delete(actor=actor, name=obj.name)

@@ -547,3 +547,30 @@ def test_it_serves_only_governed_pages(cast):
     alice = client_for(cast.alice)
     assert alice.get("/admin/auth/group/").status_code == 404
     assert alice.get("/admin/oauth2_provider/accesstoken/").status_code == 404
+
+
+def test_it_sets_access_groups_through_the_access_control_service(cast, pg):
+    alice = client_for(cast.alice)
+    url = f"/admin/gateway/connection/{pg.pk}/change/"
+    config = '{"host": "db.acme.test", "database": "app", "user": "ro"}'
+    current = {k: str(getattr(pg, k)) for k in ("max_rows", "max_output_bytes", "timeout_seconds")}
+    engineering = UserGroup.objects.get(org=cast.acme, name="engineering")
+    response = alice.post(
+        url, connection_form(name="pg", config=config, **current, access_groups=[str(engineering.pk)])
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert [g.name for g in pg.access_groups.all()] == ["engineering"]
+    event = AuditEvent.objects.get(org=cast.acme, action="access_control.set")
+    assert event.surface == "admin" and event.detail == {"groups": ["engineering"], "previous": []}
+    assert not AuditEvent.objects.filter(
+        org=cast.acme, action="connection.update"
+    ).exists()  # nothing else changed
+    # Another org's group is not a valid choice.
+    globex_admins = UserGroup.objects.get(org=cast.globex, name="admin")
+    response = alice.post(
+        url, connection_form(name="pg", config=config, **current, access_groups=[str(globex_admins.pk)])
+    )
+    assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
+    assert alice.post(url, connection_form(name="pg", config=config, **current)).status_code == 302
+    assert pg.access_groups.count() == 0
+    assert AuditEvent.objects.get(org=cast.acme, action="access_control.unset").surface == "admin"
