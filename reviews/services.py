@@ -517,6 +517,7 @@ def review_list(
     type: str | None = None,
     connection: str | None = None,
     waiting_for_me: bool = False,
+    mine: bool = False,
     limit: int = 20,
     offset: int = 0,
 ) -> tuple[list[Review], int]:
@@ -531,6 +532,8 @@ def review_list(
         qs = qs.filter(type=type)
     if connection:
         qs = qs.filter(connection_name=connection)
+    if mine:
+        qs = qs.filter(requester_id=actor.user.pk)
     if waiting_for_me:
         qs = qs.filter(status=ReviewStatus.PENDING).exclude(requester_id=actor.user.pk)
         ids = [r.pk for r in qs if is_eligible_reviewer(actor, r) and not _decided_by(r, actor)]

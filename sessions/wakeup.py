@@ -85,7 +85,7 @@ def notify_analysis_ready(session_id) -> None:
 @database_sync_to_async
 def _load(session_id) -> Session:
     # With its analysis (if any), so the envelope can carry it without another query.
-    return Session.objects.select_related("analysis").get(pk=session_id)
+    return Session.objects.select_related("analysis", "review").get(pk=session_id)
 
 
 async def _receive(layer, channel, timeout: float) -> None:
@@ -151,10 +151,12 @@ async def _wait_until(
 
 
 async def wait_for_final(session_id, timeout: float, *, on_progress=None, progress_every: float = 10.0):
-    """Wait until the session is final or `timeout` passes. Returns (session, timed_out)."""
+    """Wait until the session is final (or waits for a review) or `timeout` passes. Returns
+    (session, timed_out)."""
     return await _wait_until(
         lambda: _load(session_id),
-        lambda session: session.is_final,
+        # A session waiting for its review is not running: answer at once (reviews_wait waits for that).
+        lambda session: session.is_final or session.status == "pending_review",
         _group(session_id),
         timeout,
         local_key=str(session_id),
@@ -195,12 +197,21 @@ def notify_review_changed(review_id) -> None:
         _publisher.publish(layer, _review_group(review_id), "review.changed")
 
 
-async def wait_for_review(load, review_id, timeout: float, *, on_progress=None, progress_every: float = 10.0):
-    """Wait until `load()` (the review) is no longer PENDING or `timeout` passes. Returns (review,
-    timed_out). Wakes on the `portcullis.review.<id>` group, published by every transition on commit."""
+async def wait_for_review(
+    load,
+    review_id,
+    timeout: float,
+    *,
+    status: str = "PENDING",
+    on_progress=None,
+    progress_every: float = 10.0,
+):
+    """Wait until `load()` (the review) is no longer in `status` or `timeout` passes. Returns
+    (review, timed_out). Wakes on the `portcullis.review.<id>` group, published by every transition
+    on commit."""
     return await _wait_until(
         load,
-        lambda review: review.status != "PENDING",
+        lambda review: review.status != status,
         _review_group(review_id),
         timeout,
         on_progress=on_progress,

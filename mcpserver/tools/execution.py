@@ -104,7 +104,7 @@ async def exec_tool(actor, args: ExecArgs, ctx) -> ExecEnvelope:
             metadata=args.metadata,
         )
     )()
-    if not session.is_final:
+    if not session.is_final and session.status != "pending_review":
         handoff = args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS
         session, _ = await _wait(session.pk, handoff, ctx)
     return ExecEnvelope(**pipeline.exec_envelope(session))
