@@ -18,15 +18,25 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from gateway.web import role_label, web_actor, web_view
+from governance.models import TokenCapability
 from governance.services import token_issue, token_list, token_revoke
 
 EXPIRY_CHOICES = [("30", "30 days"), ("90", "90 days"), ("365", "1 year"), ("", "Never")]
 PLACEHOLDER = "<your token>"
 
 
+CAPABILITY_CHOICES = [
+    (TokenCapability.READ_ONLY, "Read only"),
+    (TokenCapability.READ_WRITE, "Read and write"),
+    (TokenCapability.ADMIN, "All my roles (admin, auditor)"),
+]
+
+
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, initial="my-agent")
     expires_days = forms.ChoiceField(choices=EXPIRY_CHOICES, required=False, initial="90", label="Expires")
+    # A ceiling under the user's own roles, never above them (see TokenCapability).
+    capability = forms.ChoiceField(choices=CAPABILITY_CHOICES, initial=TokenCapability.READ_WRITE)
 
 
 def client_configs(mcp_url: str, token: str) -> list[dict]:
@@ -99,6 +109,7 @@ def connect_view(request):
         actor=actor,
         name=form.cleaned_data["name"],
         expires_days=int(days) if days else None,
+        capability=form.cleaned_data["capability"],
     )
     messages.success(request, f'Token "{token.name}" issued. Copy it now: it will not be shown again.')
     return _render(request, actor, TokenForm(), new_token=raw)

@@ -9,6 +9,7 @@ from django.test import Client
 from governance.models import ApiToken
 from governance.services import token_authenticate, token_issue
 from sessions.models import Analysis, AuditEvent, Session
+from sessions.services import STATS_MAX_DAYS
 
 DAY = datetime(2026, 11, 17, 9, 15, tzinfo=UTC)  # a Tuesday
 
@@ -335,8 +336,8 @@ def test_dashboard_defaults_to_the_last_two_weeks(cast):
     "query, message",
     [
         ("start_date=2026-02-30", "Enter a date"),
-        ("start_date=2026-01-01&end_date=2026-11-01", "at most 92 days"),
-        ("start_date=2026-08-01&end_date=2026-11-20", "at most 92 days"),
+        ("start_date=2026-01-01&end_date=2026-11-01", f"at most {STATS_MAX_DAYS} days"),
+        ("start_date=2025-11-01&end_date=2026-11-20", f"at most {STATS_MAX_DAYS} days"),
         ("start_date=2026-11-20&end_date=2026-11-01", "The end must come after the start."),
         ("end_date=tomorrow", "Enter a date"),
     ],
@@ -359,13 +360,16 @@ def test_connect_page_shows_the_mcp_url_and_client_configs(cast, settings):
 
 def test_issuing_a_token_shows_it_once_and_audits_it(cast):
     client = login(cast.bob)
-    response = client.post("/connect/", {"name": "laptop agent", "expires_days": "30"})
+    response = client.post(
+        "/connect/", {"name": "laptop agent", "expires_days": "30", "capability": "read_only"}
+    )
     assert response.status_code == 200 and response["Cache-Control"].startswith("max-age=0")
     raw = response.context["new_token"]
     assert raw.startswith("pcu_") and raw in response.content.decode()
     assert f"Bearer {raw}" in response.content.decode()  # the configs carry it, ready to paste
     user, token = token_authenticate(raw)
     assert user == cast.bob.user and token.name == "laptop agent" and token.expires_at is not None
+    assert token.capability == "read_only"
     event = AuditEvent.objects.filter(action="token.issue", target_id=str(token.pk)).get()
     assert (event.actor_email, event.surface) == ("bob@acme.test", "web")
     again = client.get("/connect/").content.decode()
@@ -374,7 +378,12 @@ def test_issuing_a_token_shows_it_once_and_audits_it(cast):
 
 def test_bad_token_requests_get_a_clear_400(cast):
     client = login(cast.bob)
-    for data in ({"name": "", "expires_days": "30"}, {"name": "x", "expires_days": "7"}, {"name": "y" * 101}):
+    for data in (
+        {"name": "", "expires_days": "30"},
+        {"name": "x", "expires_days": "7"},
+        {"name": "y" * 101},
+        {"name": "z", "capability": "root"},
+    ):
         response = client.post("/connect/", data)
         assert response.status_code == 400 and response.context["new_token"] is None
     assert not ApiToken.objects.filter(user=cast.bob.user).exclude(name="pytest").exists()
