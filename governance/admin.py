@@ -8,7 +8,13 @@ from django.contrib import admin
 from django.db.models import Count
 
 from governance import rules, services
-from governance.admin_base import GovernedInline, GovernedModelAdmin, ReadOnlyModelAdmin, inline_values
+from governance.admin_base import (
+    GovernedInline,
+    GovernedModelAdmin,
+    ReadOnlyModelAdmin,
+    SecretField,
+    inline_values,
+)
 from governance.models import (
     RESERVED_GROUPS,
     ApiToken,
@@ -61,6 +67,14 @@ class UserAddForm(forms.ModelForm):
         fields = ("email", "name")
 
 
+class UserChangeForm(forms.ModelForm):
+    new_password = SecretField(help_text="Write-only: type a new password to replace the current one.")
+
+    class Meta:
+        model = User
+        fields = ("name", "is_active")
+
+
 @admin.register(User)
 class UserAdmin(GovernedModelAdmin):
     list_display = ("email", "name", "is_active", "group_names", "date_joined", "last_login")
@@ -78,14 +92,13 @@ class UserAdmin(GovernedModelAdmin):
         return ", ".join(sorted(g.name for g in obj.user_groups.all() if g.org_id == obj.org_id))
 
     def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = UserAddForm
+        kwargs["form"] = UserAddForm if obj is None else UserChangeForm
         return super().get_form(request, obj, change, **kwargs)
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("email", "name", "password")
-        return ("email", "name", "is_active", "date_joined", "last_login")
+        return ("email", "name", "is_active", "new_password", "date_joined", "last_login")
 
     def get_readonly_fields(self, request, obj=None):
         return ("email", "date_joined", "last_login") if obj is not None else ()
@@ -101,6 +114,7 @@ class UserAdmin(GovernedModelAdmin):
                 name=data.get("name", ""),
                 is_active=data.get("is_active"),
                 groups=names,
+                password=data.get("new_password") or None,
             )
         return services.user_create(
             actor=actor,

@@ -11,6 +11,7 @@ import secrets
 import uuid
 from datetime import timedelta
 
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
@@ -101,6 +102,11 @@ def user_create(
     for group in groups:
         if not group or len(group) > 100:
             raise InvalidInput("group names must be 1-100 characters")
+    if password and actor is not None:  # the CLI checks its own input before calling
+        try:
+            validate_password(password)
+        except ValidationError as exc:
+            raise InvalidInput("password: " + " ".join(exc.messages)) from None
     try:
         with transaction.atomic():
             existing = _groups_by_name(actor, list(groups)) if actor is not None else None
@@ -325,8 +331,11 @@ def user_update(
     name: str | None = None,
     is_active: bool | None = None,
     groups: list[str] | None = None,
+    password: str | None = None,
 ) -> User:
-    """Change a user of the actor's org (admins). `groups`, when given, replaces their groups.
+    """Change a user of the actor's org (admins). `groups`, when given, replaces their groups;
+    `password` sets a new one (checked by the configured password validators; its value is never
+    audited, only that it changed).
 
     Raises NotFound, PolicyDenied, InvalidInput, Conflict (the last active admin)."""
     require_role(actor, ROLE_ADMIN)
@@ -335,7 +344,7 @@ def user_update(
         user = user_get(actor=actor, ref=ref)
         user = User.objects.select_for_update().get(pk=user.pk)
         detail: dict = {}
-        if name is not None:
+        if name is not None and name != user.name:
             if len(name) > 150:
                 raise InvalidInput("name must be at most 150 characters")
             user.name = name
@@ -343,7 +352,14 @@ def user_update(
         if is_active is not None and is_active != user.is_active:
             user.is_active = is_active
             detail["is_active"] = is_active
-        user.save(update_fields=["name", "is_active"])
+        if password:
+            try:
+                validate_password(password, user)
+            except ValidationError as exc:
+                raise InvalidInput("password: " + " ".join(exc.messages)) from None
+            user.set_password(password)
+            detail["password"] = "changed"
+        user.save(update_fields=["name", "is_active", "password"])
         if groups is not None:
             wanted = _groups_by_name(actor, [_check_group_name(g) for g in groups])
             current = set(user.user_groups.filter(org_id=actor.org_id))

@@ -574,3 +574,29 @@ def test_it_sets_access_groups_through_the_access_control_service(cast, pg):
     assert alice.post(url, connection_form(name="pg", config=config, **current)).status_code == 302
     assert pg.access_groups.count() == 0
     assert AuditEvent.objects.get(org=cast.acme, action="access_control.unset").surface == "admin"
+
+
+def test_it_sets_a_password_write_only_and_validated(cast):
+    alice = client_for(cast.alice)
+    url = f"/admin/governance/user/{cast.bob.user.pk}/change/"
+    page = alice.get(url).content.decode()
+    prefix = management_prefix(page)
+    membership = UserGroup.members.through.objects.get(user=cast.bob.user)
+    base = {
+        "name": "Bob",
+        "is_active": "on",
+        **inline_data(prefix, "usergroup", [membership.usergroup_id], initial=1),
+    }
+    base[f"{prefix}-0-id"] = str(membership.pk)
+    base[f"{prefix}-0-user"] = str(cast.bob.user.pk)
+    response = alice.post(url, {**base, "new_password": "short"})
+    assert response.status_code == 200 and "This password is too short" in response.content.decode()
+    assert "short" not in re.findall(r'name="new_password"[^>]*>', response.content.decode())[0]
+    response = alice.post(url, {**base, "new_password": "a-long-enough-passphrase"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    cast.bob.user.refresh_from_db()
+    assert cast.bob.user.check_password("a-long-enough-passphrase")
+    event = AuditEvent.objects.get(org=cast.acme, action="user.update", target_id=str(cast.bob.user.pk))
+    assert event.surface == "admin" and event.detail == {"password": "changed"}
+    page = alice.get(url).content.decode()
+    assert "a-long-enough-passphrase" not in page and cast.bob.user.password not in page
