@@ -88,19 +88,12 @@ def session_list_view(request):
         last_shown=(page - 1) * PAGE_SIZE + len(sessions),
         prev_query=_query({**filters, "page": page - 1}) if page > 1 else None,
         next_query=_query({**filters, "page": page + 1}) if page < last_page else None,
-        # Downloads take the same parameters, dates already in RFC 3339.
-        export_query=_query(
-            {**{k: v for k, v in request.GET.items() if k in FILTER_PARAMS}, **_export_dates(form)}
-        ),
+        # The downloads (sessions/export_urls.py) take the service's filter names, dates in RFC 3339.
+        export_query=_query(form.service_filters()),
         is_filtered=form.is_filtered,
         risks=analysis_risk_levels(actor=actor, sessions=sessions),
     )
     return _page(request, "sessions/list.html", actor, "sessions", context)
-
-
-def _export_dates(form: SessionFilterForm) -> dict:
-    filters = form.service_filters()
-    return {k: filters[k] for k in ("start_date", "end_date") if k in filters}
 
 
 def _timeline(session, analysis) -> list[dict]:

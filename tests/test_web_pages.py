@@ -1,6 +1,7 @@
 """The security team's web pages with Django's test client: who sees what (per role, across orgs),
 filters, bad input (a clear 400, never a 500), the "Connect your agent" tokens, CSRF."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -209,16 +210,21 @@ def test_it_paginates(cast):
     assert not ids(first) & ids(second)
 
 
-def test_download_links_carry_the_filters_with_rfc3339_dates(cast, history):
-    page = (
-        login(cast.carol)
-        .get("/sessions/?status=done&start_date=2026-11-17&end_date=2026-11-17")
-        .content.decode()
+def test_download_links_carry_the_filters_and_download_what_the_page_shows(cast, history):
+    client = login(cast.carol)
+    page = client.get(
+        "/sessions/?user=bob@acme.test&start_date=2026-11-17&end_date=2026-11-18"
+    ).content.decode()
+    link = re.search(r'href="(/sessions/export\.csv\?[^"]+)"', page).group(1).replace("&amp;", "&")
+    assert link == (
+        "/sessions/export.csv?user_email=bob%40acme.test"
+        "&start_date=2026-11-17T00%3A00%3A00Z&end_date=2026-11-19T00%3A00%3A00Z"
     )
-    assert (
-        "/sessions/export.csv?status=done&amp;start_date=2026-11-17T00%3A00%3A00Z&amp;end_date=2026-11-18T00%3A00%3A00Z"
-        in page
-    )
+    download = client.get(link)
+    assert download.status_code == 200, download.content
+    body = b"".join(download.streaming_content).decode()
+    assert str(history["rows"].pk) in body and str(history["blocked"].pk) in body
+    assert str(history["command"].pk) not in body and str(history["staging"].pk) not in body
     assert "/audit/export.jsonl" in page
     assert (
         "/audit/export.csv" not in login(cast.bob).get("/sessions/").content.decode()
