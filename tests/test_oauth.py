@@ -408,3 +408,33 @@ def test_it_refuses_external_tokens_for_inactive_users_and_when_off(cast, extern
     cast.bob.user.is_active = False
     cast.bob.user.save()
     assert verify_oauth_token(token) is None
+
+
+def test_it_bounds_registration_updates_alike(builtin):
+    _, app = register(Client())
+    url = f"/oauth/register/{app['client_id']}/"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {app['registration_access_token']}"}
+    evil = {"client_name": "agent", "redirect_uris": ["http://evil.example.com/cb"]}
+    response = Client().put(url, data=json.dumps(evil), content_type="application/json", **auth)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_redirect_uri"
+    assert get_application_model().objects.get(client_id=app["client_id"]).redirect_uris == REDIRECT
+    good = {"client_name": "renamed", "redirect_uris": ["https://ok.example.com/cb"]}
+    response = Client().put(url, data=json.dumps(good), content_type="application/json", **auth)
+    assert response.status_code == 200 and response.json()["client_name"] == "renamed"
+
+
+def test_it_records_a_denied_consent_and_tells_the_client(cast, builtin):
+    _, app = register(Client(), client_name="Cursor")
+    browser = _browser(cast.bob)
+    page = _authorize(browser, app["client_id"])
+    form = {field: page.context["form"][field].value() for field in page.context["form"].fields}
+    form = {k: v for k, v in form.items() if v not in (None, False)}
+    answer = browser.post("/oauth/authorize/", form)  # no "allow"
+    assert answer.status_code == 302 and "error=access_denied" in answer["Location"]
+    event = AuditEvent.objects.get(action="oauth.authorize")
+    assert (
+        event.outcome == "denied" and event.actor_email == "bob@acme.test" and "Cursor" in event.target_repr
+    )
+    form["allow"] = "Authorize"
+    form["resource"] = "https://other.example.com/api"  # a tampered hidden field
+    assert browser.post("/oauth/authorize/", form).status_code == 400
