@@ -1,0 +1,241 @@
+"""The parity matrix: the same scenario through the REST API, MCP (live, the official SDK client)
+and the Django admin gives the same outcome and exactly one audit event with the right surface.
+
+Each surface is a small adapter that performs an operation as a person and reports a normalized
+outcome: "ok", "denied", "not_found", "blocked" (plus, for exec, the envelope status).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+from gateway.models import Connection
+from governance import rules
+from governance.models import GuardrailRule
+from governance.services import token_issue
+from sessions.models import AuditEvent
+
+pytestmark = pytest.mark.live
+
+API = "/api/v1"
+
+
+class Rest:
+    name = "api"
+
+    def __init__(self, mcp):
+        self.mcp = mcp
+
+    def _client(self, who):
+        client = APIClient()
+        token = who if isinstance(who, str) else who.token
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        return client
+
+    @staticmethod
+    def _outcome(response) -> str:
+        return {200: "ok", 201: "ok", 204: "ok", 403: "denied", 404: "not_found", 400: "invalid"}[
+            response.status_code
+        ]
+
+    def create_guardrail(self, who, name, connection):
+        body = {"name": name, "input": {"deny_words": ["zebra"]}, "connections": [connection]}
+        return self._outcome(self._client(who).post(f"{API}/guardrails/", body, format="json"))
+
+    def update_guardrail(self, who, rule_id):
+        response = self._client(who).patch(
+            f"{API}/guardrails/{rule_id}/", {"message": "changed"}, format="json"
+        )
+        return self._outcome(response)
+
+    def exec(self, who, connection, text):
+        response = self._client(who).post(
+            f"{API}/exec/", {"connection_name": connection, "input": text}, format="json"
+        )
+        return response.json()["status"] if response.status_code == 200 else self._outcome(response)
+
+
+class Mcp:
+    name = "mcp"
+
+    def __init__(self, mcp):
+        self.mcp = mcp
+
+    @staticmethod
+    def _outcome(result) -> str:
+        if not result.is_error:
+            return "ok"
+        text = result.content[0].text
+        if "not found" in text:
+            return "not_found"
+        if "access required" in text or "capability" in text:
+            return "denied"
+        return f"error: {text}"
+
+    def create_guardrail(self, who, name, connection):
+        args = {"name": name, "input": {"deny_words": ["zebra"]}, "connections": [connection]}
+        return self._outcome(self.mcp(who).call("guardrails_create", args))
+
+    def update_guardrail(self, who, rule_id):
+        return self._outcome(self.mcp(who).call("guardrails_update", {"id": rule_id, "message": "changed"}))
+
+    def exec(self, who, connection, text):
+        result = self.mcp(who).call("exec", {"connection_name": connection, "input": text})
+        return result.structured_content["status"] if not result.is_error else self._outcome(result)
+
+
+class Admin:
+    name = "admin"
+
+    def __init__(self, mcp):
+        self.mcp = mcp
+
+    @staticmethod
+    def _client(who):
+        client = Client()
+        client.force_login(who.user)
+        return client
+
+    @staticmethod
+    def _outcome(response) -> str:
+        if response.status_code == 302 and "/login/" not in response.get("Location", ""):
+            return "ok"
+        return {403: "denied", 404: "not_found", 302: "denied"}.get(
+            response.status_code, str(response.status_code)
+        )
+
+    def _form(self, name, connection_pk, message=""):
+        return {
+            "name": name,
+            "message": message,
+            "enabled": "on",
+            "input_conditions": '{"deny_words": ["zebra"]}',
+            "output_conditions": "{}",
+            "connections": [str(connection_pk)] if connection_pk else [],
+        }
+
+    def create_guardrail(self, who, name, connection):
+        pk = Connection.objects.filter(org=who.user.org, name=connection).values_list("pk", flat=True).first()
+        response = self._client(who).post("/admin/governance/guardrailrule/add/", self._form(name, pk))
+        return self._outcome(response)
+
+    def update_guardrail(self, who, rule_id):
+        rule = GuardrailRule.objects.filter(pk=rule_id).first()
+        form = self._form(rule.name if rule else "x", None, message="changed")
+        response = self._client(who).post(f"/admin/governance/guardrailrule/{rule_id}/change/", form)
+        return self._outcome(response)
+
+    exec = None  # the admin runs nothing
+
+
+SURFACES = [Rest, Mcp, Admin]
+
+
+@pytest.fixture
+def surfaces(mcp):
+    return {cls.name: cls(mcp) for cls in SURFACES}
+
+
+@pytest.fixture
+def world(cast, shops):
+    """acme's "shop" with a guardrail blocking deletes; an acme rule eve will try to reach."""
+    admin = cast.alice.actor()
+    rules.guardrail_create(
+        actor=admin, name="no-deletes", input={"sql": {"deny_statements": ["delete"]}}, connections=["shop"]
+    )
+    target = rules.guardrail_create(actor=admin, name="acme-rule", input={"deny_words": ["zebra"]})
+    return {"rule_id": str(target.pk)}
+
+
+def _events(org, since: int):
+    return list(AuditEvent.objects.filter(org=org, id__gt=since).order_by("id"))
+
+
+def _last_id() -> int:
+    return AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+ADMIN_DOES_NOT_AUDIT_REFUSALS = pytest.mark.xfail(
+    reason="the Django admin answers a refused change without an audit event (REST and MCP record one)",
+    strict=True,
+)
+
+
+@pytest.mark.parametrize("surface", ["api", "mcp", "admin"])
+def test_allowed_an_admin_creates_a_guardrail(cast, surfaces, world, surface):
+    since = _last_id()
+    name = f"rule-{surface}"
+    assert surfaces[surface].create_guardrail(cast.alice, name, "shop") == "ok"
+    rule = GuardrailRule.objects.get(org=cast.acme, name=name)
+    assert [c.name for c in rule.connections.all()] == ["shop"]
+    events = _events(cast.acme, since)
+    assert [(e.action, e.outcome, e.surface, e.actor_email) for e in events] == [
+        ("guardrail.create", "success", surface, "alice@acme.test")
+    ]
+
+
+@pytest.mark.parametrize(
+    "surface", ["api", "mcp", pytest.param("admin", marks=ADMIN_DOES_NOT_AUDIT_REFUSALS)]
+)
+def test_denied_an_auditor_cannot_create_a_guardrail(cast, surfaces, world, surface):
+    since = _last_id()
+    assert surfaces[surface].create_guardrail(cast.carol, "sneaky", "shop") == "denied"
+    assert not GuardrailRule.objects.filter(name="sneaky").exists()
+    events = _events(cast.acme, since)
+    assert len(events) == 1 and events[0].outcome == "denied" and events[0].surface == surface
+    assert events[0].actor_email == "carol@acme.test"
+
+
+@pytest.mark.parametrize("surface", ["api", "mcp", "admin"])
+def test_cross_org_an_outsider_cannot_reach_another_orgs_rule(cast, surfaces, world, surface):
+    since = _last_id()
+    assert surfaces[surface].update_guardrail(cast.eve, world["rule_id"]) == "not_found"
+    missing = surfaces[surface].update_guardrail(cast.eve, str(uuid.uuid4()))
+    assert missing == "not_found"  # the same answer as for a rule that does not exist
+    assert GuardrailRule.objects.get(pk=world["rule_id"]).message == ""
+    assert _events(cast.acme, since) == []  # nothing of acme's changed, and eve's probe is not acme's
+
+
+@pytest.mark.parametrize("surface", ["api", "mcp"])
+def test_cross_org_exec_is_not_found_and_audited_once(cast, surfaces, world, tmp_path, surface):
+    from gateway.services import connection_create_headless
+    from tests.conftest import make_shop_sqlite
+
+    path = make_shop_sqlite(tmp_path / "only-acme.sqlite3", "x")
+    connection_create_headless(
+        org=cast.acme, name="only-acme", kind="sqlite", settings={"path": str(path)}, options={}
+    )
+    since = _last_id()
+    assert surfaces[surface].exec(cast.eve, "only-acme", "select 1") == "not_found"
+    assert _events(cast.acme, since) == []
+    events = _events(cast.globex, since)
+    assert [(e.action, e.outcome, e.surface) for e in events] == [("exec.request", "denied", surface)]
+
+
+@pytest.mark.parametrize("surface", ["api", "mcp"])
+def test_blocked_a_guardrail_refuses_a_delete_and_nothing_runs(cast, surfaces, world, surface):
+    since = _last_id()
+    assert surfaces[surface].exec(cast.bob, "shop", "delete from customers") == "blocked"
+    assert surfaces[surface].exec(cast.bob, "shop", "select count(*) from customers") == "completed"
+    events = _events(cast.acme, since)
+    requests = [(e.action, e.outcome, e.surface) for e in events if e.action == "exec.request"]
+    assert requests == [("exec.request", "blocked", surface), ("exec.request", "success", surface)]
+    assert all(e.surface == surface and e.actor_email == "bob@acme.test" for e in events)
+
+
+@pytest.mark.parametrize("surface", ["api", "mcp"])
+def test_a_read_only_token_is_blocked_alike(cast, surfaces, world, surface):
+    _, raw = token_issue(user=cast.alice.user, name=f"ro-{surface}", capability="read_only")
+    since = _last_id()
+    assert surfaces[surface].exec(raw, "shop", "update customers set name = 'x' where id = 1") == "blocked"
+    assert surfaces[surface].create_guardrail(raw, "nope", "shop") == "denied"
+    events = _events(cast.acme, since)
+    assert [(e.action, e.outcome, e.surface) for e in events] == [
+        ("exec.request", "blocked", surface),
+        ("api.request" if surface == "api" else "mcp.tool", "denied", surface),
+    ]
+    assert all(e.client.startswith(f"token:ro-{surface}") for e in events)
