@@ -127,14 +127,26 @@ class _CappedStream(httpx2.AsyncByteStream):
         await self.stream.aclose()
 
 
+_SSL_CONTEXT = None
+
+
+def _ssl_context():
+    """One verifying TLS context per process: loading the CA bundle costs ~50 ms, per call it would
+    dominate the gateway's overhead. An SSLContext is safe to share between connections."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = httpx2.create_ssl_context(trust_env=False)
+    return _SSL_CONTEXT
+
+
 class GuardedTransport(httpx2.AsyncHTTPTransport):
     """No proxies from the environment (they would bypass the address check), the guarded
     backend, and a cap on every response body."""
 
     def __init__(self, *, allow_private: bool, max_response_bytes: int, on_exceeded):
-        super().__init__(trust_env=False, retries=0)
+        super().__init__(verify=_ssl_context(), trust_env=False, retries=0)
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            ssl_context=_ssl_context(),
             max_connections=8,
             network_backend=GuardedBackend(allow_private=allow_private),
         )
@@ -145,6 +157,16 @@ class GuardedTransport(httpx2.AsyncHTTPTransport):
         response = await super().handle_async_request(request)
         response.stream = _CappedStream(response.stream, self.max_response_bytes, self.on_exceeded)
         return response
+
+
+_NEGOTIATED: dict[str, tuple] = {}
+MAX_NEGOTIATED = 1024
+
+
+def _remember(url: str, negotiated: tuple) -> None:
+    if len(_NEGOTIATED) >= MAX_NEGOTIATED:
+        _NEGOTIATED.clear()
+    _NEGOTIATED[url] = negotiated
 
 
 class MCPConnector(Connector):
@@ -271,18 +293,30 @@ class MCPConnector(Connector):
             follow_redirects=False,
             trust_env=False,
         )
-        async with (
-            http,
-            Client(
-                streamable_http_client(
-                    url, http_client=http, max_sse_event_size=transport.max_response_bytes
-                ),
-                mode="auto",
-                read_timeout_seconds=timeout,
-                cache=None,
-            ) as client,
-        ):
-            yield client
+        # The protocol era the upstream answered with last time: skips the `server/discover` probe
+        # (one round trip per call); forgotten when an exchange fails.
+        known = _NEGOTIATED.get(url)
+        mode, prior = known if known else ("auto", None)
+        try:
+            async with (
+                http,
+                Client(
+                    streamable_http_client(
+                        url, http_client=http, max_sse_event_size=transport.max_response_bytes
+                    ),
+                    mode=mode,
+                    prior_discover=prior,
+                    read_timeout_seconds=timeout,
+                    cache=None,
+                ) as client,
+            ):
+                if known is None:
+                    discovered = client.session.discover_result
+                    _remember(url, (client.protocol_version, discovered) if discovered else ("legacy", None))
+                yield client
+        except BaseException:
+            _NEGOTIATED.pop(url, None)
+            raise
 
     def describe_failure(self, exc: BaseException) -> str:
         """A short, secret-free reason for a failed upstream exchange."""

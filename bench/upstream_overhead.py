@@ -1,0 +1,196 @@
+"""How much latency does the gateway add to a call of an upstream MCP tool?
+
+One run:
+  1. creates its own gateway database (dropped at the end), seeds an org, an admin, a token and
+     an `mcp` connection to the test upstream server (`tests/upstream_server.py`, an SDK server
+     under uvicorn on loopback, started here);
+  2. starts daphne on a free port, as `make run` does;
+  3. measures p50/p95 of a trivial tool call (`echo`), in the same run:
+       * direct: the official SDK client -> the upstream, one connected client, `call_tool` timed;
+       * through the gateway: the same client -> /api/mcp/c/<connection> -> the pipeline -> the
+         upstream (a fresh upstream session per call: list, check the pinned contract, call);
+  4. prints the overhead (gateway p50 - direct p50) and writes JSON to bench/results/.
+
+    .venv/bin/python bench/upstream_overhead.py [--n 200] [--warmup 20] [--mode auto|legacy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx2
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from exec_latency import (  # noqa: E402  (the same setup as the exec bench)
+    EMAIL,
+    ORG,
+    describe_environment,
+    free_port,
+    gateway,
+    manage,
+    pg_params,
+    pg_url_for,
+    recreate_database,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+CONNECTION = "bench-mcp"
+BEARER = "bench-upstream-bearer"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=200, help="measured calls per series (default 200)")
+    p.add_argument("--warmup", type=int, default=20, help="unmeasured calls before each series (default 20)")
+    p.add_argument("--mode", default="auto", choices=["auto", "legacy"], help="client protocol era")
+    p.add_argument(
+        "--pg-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    p.add_argument("--db-name", default="portcullis_bench_upstream")
+    p.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
+    return p.parse_args(argv)
+
+
+def start_upstream(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.upstream_server", str(port), BEARER],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx2.get(f"http://127.0.0.1:{port}/", timeout=0.5)
+            return proc
+        except httpx2.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the upstream server did not start") from None
+            time.sleep(0.1)
+
+
+def seed(env: dict, upstream_url: str) -> str:
+    manage(env, "migrate", "--noinput", "-v", "0")
+    manage(env, "org_create", ORG)
+    manage(env, "user_create", "--org", ORG, "--email", EMAIL, "--groups", "admin")
+    token = manage(env, "token_issue", "--email", EMAIL, "--name", "bench")
+    config = {"url": upstream_url, "bearer_token": BEARER, "allow_private_network": True}
+    manage(
+        env,
+        *("connection_create", "--org", ORG, "--name", CONNECTION, "--kind", "mcp", "--config-stdin"),
+        stdin=json.dumps(config),
+    )
+    return token
+
+
+async def measure(url: str, headers: dict, mode: str, n: int, warmup: int) -> list[float]:
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60))
+    samples = []
+    async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+        await client.list_tools()
+        for i in range(warmup + n):
+            started = time.perf_counter()
+            result = await client.call_tool("echo", {"text": "ping"})
+            elapsed = time.perf_counter() - started
+            if result.is_error or result.content[0].text != "ping":
+                raise RuntimeError(f"unexpected result: {result}")
+            if i >= warmup:
+                samples.append(elapsed)
+    return samples
+
+
+def summarize(samples: list[float]) -> dict:
+    ms = sorted(s * 1000 for s in samples)
+    q = statistics.quantiles(ms, n=100)
+    return {
+        "n": len(ms),
+        "p50": round(q[49], 2),
+        "p95": round(q[94], 2),
+        "mean": round(statistics.fmean(ms), 2),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data_dir = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
+    port, upstream_port = free_port(), free_port()
+    upstream_url = f"http://127.0.0.1:{upstream_port}/mcp"
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=pg_url_for(pg_params(args.pg_url, args.db_name)),
+        REDIS_URL=args.redis_url,
+        PORT=str(port),
+        PORTCULLIS_DATA_DIR=str(data_dir),
+    )
+    upstream = start_upstream(upstream_port)
+    results = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "args": vars(args),
+        "environment": describe_environment(args.pg_url),
+    }
+    try:
+        recreate_database(args.pg_url, args.db_name)
+        token = seed(env, upstream_url)
+        with gateway(env, port, data_dir / "daphne.log") as (url, _proc):
+            direct = summarize(
+                asyncio.run(
+                    measure(
+                        upstream_url, {"Authorization": f"Bearer {BEARER}"}, args.mode, args.n, args.warmup
+                    )
+                )
+            )
+            through = summarize(
+                asyncio.run(
+                    measure(
+                        f"{url}/api/mcp/c/{CONNECTION}",
+                        {"Authorization": f"Bearer {token}"},
+                        args.mode,
+                        args.n,
+                        args.warmup,
+                    )
+                )
+            )
+        results.update(
+            direct=direct, gateway=through, overhead_p50_ms=round(through["p50"] - direct["p50"], 2)
+        )
+        print(f"{'series':<34}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
+        for label, row in (
+            ("direct (SDK client -> upstream)", direct),
+            ("through /api/mcp/c/<conn>", through),
+        ):
+            print(f"{label:<34}{row['n']:>5}{row['p50']:>10}{row['p95']:>10}{row['mean']:>10}")
+        print(f"overhead at p50: {results['overhead_p50_ms']} ms")
+        if not args.no_json:
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            path = RESULTS_DIR / f"upstream_overhead-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+            path.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"results written to {path.relative_to(ROOT)}")
+        return 0
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=10)
+        try:
+            recreate_database(args.pg_url, args.db_name, create=False)
+        except Exception as exc:
+            print(f"warning: could not drop database {args.db_name}: {exc}", file=sys.stderr)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
