@@ -229,8 +229,8 @@ def _verify_builtin(raw: str, row: MCPAuthSettings) -> OAuthCaller | None:
     if token is None or token.user is None or token.application is None or token.is_expired():
         return None
     resource = resource_uri_of(row)
-    if token.resource and resource not in token.resource:
-        return None
+    if token.resource and resource.rstrip("/") not in {str(r).rstrip("/") for r in token.resource}:
+        return None  # issued for another resource (RFC 8707)
     if not token.user.is_active:
         return None
     scopes = _scopes_in(token.scope)
@@ -254,7 +254,8 @@ _jwks_clients: dict[str, jwt.PyJWKClient] = {}
 
 def _jwks_client(uri: str) -> jwt.PyJWKClient:
     """One client per JWKS URI per process: it caches the issuer's public keys (5 minutes) and
-    refetches when a token names an unknown key id."""
+    refetches for an unknown key id at most every 30 s (PyJWT's cooldown), so junk tokens cannot
+    make the gateway hammer the issuer."""
     with _jwks_lock:
         client = _jwks_clients.get(uri)
         if client is None:

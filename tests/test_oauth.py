@@ -252,13 +252,17 @@ def test_it_exchanges_a_code_only_with_its_verifier(cast, builtin):
 # --- the authorized clients page ---------------------------------------------------------------
 
 
-def _grant(person, name="agent") -> str:
+def _grant(person, name="agent", resource=None) -> str:
     app = get_application_model().objects.create(
         name=name, client_type="public", authorization_grant_type="authorization-code", redirect_uris=REDIRECT
     )
     raw = f"raw-{person.user.email}-{name}"
     token = get_access_token_model()(
-        user=person.user, application=app, scope="mcp:read", expires=timezone.now() + timedelta(hours=1)
+        user=person.user,
+        application=app,
+        scope="mcp:read",
+        expires=timezone.now() + timedelta(hours=1),
+        resource=resource or [],
     )
     set_token_value(token, raw)
     token.save()
@@ -438,3 +442,11 @@ def test_it_records_a_denied_consent_and_tells_the_client(cast, builtin):
     form["allow"] = "Authorize"
     form["resource"] = "https://other.example.com/api"  # a tampered hidden field
     assert browser.post("/oauth/authorize/", form).status_code == 400
+
+
+def test_it_takes_built_in_tokens_only_for_this_resource(cast, builtin):
+    assert verify_oauth_token(_grant(cast.bob, "mine", resource=[builtin + "/"])) is not None
+    assert (
+        verify_oauth_token(_grant(cast.bob, "elsewhere", resource=["https://other.example.com/api/mcp"]))
+        is None
+    )
