@@ -194,5 +194,5 @@ def test_a_read_write_admin_token_acts_as_a_standard_member(cast, mcp, shops):
     tools = set(client.tools())
     assert "exec" in tools and "connections_create" not in tools
     me = structured(client.call("me_get"))
-    assert me["is_admin"] is False and "admin" in me["groups"]
+    assert me["is_admin"] is False and "admin" in me["groups"] and me["capability"] == "read_write"
     assert set(mcp(cast.alice).tools()) > tools  # the uncapped token sees more

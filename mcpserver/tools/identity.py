@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from pydantic import Field
 
 from mcpserver.registry import Args, Result, tool
 
@@ -20,6 +21,9 @@ class MeResult(Result):
     groups: list[str]
     is_admin: bool
     is_auditor: bool
+    capability: str = Field(
+        description="The token's ceiling: read_only, read_write or admin (roles count only with admin)."
+    )
     client: str
 
 
@@ -41,6 +45,7 @@ async def me_get(actor, args, ctx) -> MeResult:
         groups=sorted(actor.groups),
         is_admin=actor.is_admin,
         is_auditor=actor.is_auditor,
+        capability=actor.capability,
         client=actor.client,
     )
 
