@@ -169,6 +169,10 @@ def test_an_auditor_browses_filters_and_opens_sessions(gateway_server, chromium,
         assert statuses and set(statuses) == {"blocked"}
         assert "status=blocked" in page.get_attribute("a:has-text('Download CSV')", "href")
         shot(page, "sessions-filtered")
+        page.locator("#session-table tbody tr a").first.click()
+        page.wait_for_selector("#analysis")
+        assert "critical" in page.locator("#analysis .badge").inner_text()
+        shot(page, "session-blocked")
 
         # the agent's real query, found by its filters, opened
         page.goto(gateway_server.url + "/sessions/?connection=shop&surface=mcp&verb=exec&user=bob@acme.test")
