@@ -450,3 +450,16 @@ def test_it_takes_built_in_tokens_only_for_this_resource(cast, builtin):
         verify_oauth_token(_grant(cast.bob, "elsewhere", resource=["https://other.example.com/api/mcp"]))
         is None
     )
+
+
+def test_it_changes_behaviour_with_the_commands(cast):
+    raw = _grant(cast.bob, "agent")
+    assert register(Client())[0] == 404 and verify_oauth_token(raw) is None
+    mcp_auth("enable")
+    assert register(Client())[0] == 201 and verify_oauth_token(raw) is not None
+    mcp_auth("configure", "--resource-uri", "https://gw.example.com/api/mcp")
+    prm = Client().get("/.well-known/oauth-protected-resource").json()
+    assert prm["resource"] == "https://gw.example.com/api/mcp"
+    mcp_auth("disable")
+    assert register(Client())[0] == 404 and verify_oauth_token(raw) is None
+    assert "authorization_servers" not in Client().get("/.well-known/oauth-protected-resource").json()
