@@ -49,7 +49,7 @@ import logging
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.admin.forms import AdminAuthenticationForm, AdminPasswordChangeForm
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import Http404, HttpResponseRedirect
@@ -97,11 +97,43 @@ class RoleAuthenticationForm(AdminAuthenticationForm):
             raise ValidationError(self.error_messages["invalid_login"], code="invalid_login")
 
 
+class OwnPasswordChangeForm(AdminPasswordChangeForm):
+    """The admin's "change password": Django's checks, then the service saves and audits it."""
+
+    def save(self, commit=True):
+        from governance.services import user_set_own_password
+
+        actor = Actor.for_user(self.user, surface="admin", client="admin")
+        try:
+            self.user = user_set_own_password(
+                actor=actor,
+                old_password=self.cleaned_data["old_password"],
+                new_password=self.cleaned_data["new_password1"],
+            )
+        except PortcullisError as exc:  # the form checked the same things; keep the request whole
+            raise ServiceRejected(exc.message) from exc
+        return self.user
+
+
 class PortcullisAdminSite(admin.AdminSite):
     site_header = "Portcullis administration"
     site_title = "Portcullis admin"
     index_title = "Your organization"
     login_form = RoleAuthenticationForm
+
+    def password_change(self, request, extra_context=None):
+        """Django's view, with a form whose save goes through the service."""
+        from django.contrib.auth.views import PasswordChangeView
+
+        defaults = {
+            "form_class": OwnPasswordChangeForm,
+            "success_url": reverse("admin:password_change_done", current_app=self.name),
+            "extra_context": {**self.each_context(request), **(extra_context or {})},
+        }
+        if self.password_change_template is not None:
+            defaults["template_name"] = self.password_change_template
+        request.current_app = self.name
+        return PasswordChangeView.as_view(**defaults)(request)
 
     def has_permission(self, request):
         return may_use_admin(request)

@@ -521,3 +521,20 @@ def usergroup_add_members(*, actor: Actor, name: str, members: list[str]) -> Use
 
 def usergroup_remove_members(*, actor: Actor, name: str, members: list[str]) -> UserGroup:
     return usergroup_set_members(actor=actor, name=name, remove=members)
+
+
+def user_set_own_password(*, actor: Actor, old_password: str, new_password: str) -> User:
+    """Change the actor's own password (any member, on any surface that has a login). The old
+    password must match and the new one pass the password validators. Raises InvalidInput."""
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=actor.user.pk)
+        if not user.check_password(old_password or ""):
+            raise InvalidInput("old_password: your old password was entered incorrectly")
+        try:
+            validate_password(new_password or "", user)
+        except ValidationError as exc:
+            raise InvalidInput("new_password: " + " ".join(exc.messages)) from None
+        user.set_password(new_password)
+        user.save(update_fields=["password"])
+        _audit_actor(actor, "user.password_change", user, {})
+    return user

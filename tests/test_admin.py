@@ -600,3 +600,35 @@ def test_it_sets_a_password_write_only_and_validated(cast):
     assert event.surface == "admin" and event.detail == {"password": "changed"}
     page = alice.get(url).content.decode()
     assert "a-long-enough-passphrase" not in page and cast.bob.user.password not in page
+
+
+def test_it_changes_ones_own_password_through_the_service(cast):
+    cast.carol.user.set_password("carol-old-passphrase")
+    cast.carol.user.save()
+    carol = client_for(cast.carol)
+    url = "/admin/password_change/"
+    response = carol.post(
+        url,
+        {
+            "old_password": "wrong",
+            "new_password1": "carol-new-passphrase",
+            "new_password2": "carol-new-passphrase",
+        },
+    )
+    assert (
+        response.status_code == 200
+        and "Your old password was entered incorrectly" in response.content.decode()
+    )
+    response = carol.post(
+        url,
+        {
+            "old_password": "carol-old-passphrase",
+            "new_password1": "carol-new-passphrase",
+            "new_password2": "carol-new-passphrase",
+        },
+    )
+    assert response.status_code == 302
+    cast.carol.user.refresh_from_db()
+    assert cast.carol.user.check_password("carol-new-passphrase")
+    event = AuditEvent.objects.get(org=cast.acme, action="user.password_change")
+    assert event.surface == "admin" and event.actor_email == "carol@acme.test" and event.detail == {}
