@@ -20,7 +20,7 @@ from django.db.models import Exists, OuterRef, Q
 from governance.errors import InvalidInput
 from governance.policy import Actor, scope
 from sessions.audit import audit_record
-from sessions.models import Analysis, Session
+from sessions.models import Session
 from sessions.services import _visible_audit_events, _visible_sessions
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
@@ -107,7 +107,8 @@ def sessions_export(*, actor: Actor | None, format: str, org_id=None, **filters)
     if actor is not None:
         readable = scope(Session.objects.all(), actor, "view_content").filter(pk=OuterRef("pk"))
         qs = qs.annotate(content_ok=Exists(readable))
-    qs = qs.select_related("user", "analysis", *(["review"] if _has_review() else []))
+    review = ["review__id", "review__status"] if _has_review() else []
+    qs = qs.values(*SESSION_FIELDS, *review, *(["content_ok"] if actor is not None else []))
     _audit_export(actor, org_id, "sessions", format, filters)
     rows = (_session_row(s) for s in _keyset(qs))
     return Export(f"sessions.{format}", FORMATS[format], _render(rows, SESSION_COLUMNS, format))
@@ -128,8 +129,8 @@ def _has_review() -> bool:
     return any(f.name == "review" for f in Session._meta.get_fields())
 
 
-def _keyset(qs) -> Iterator[Session]:
-    """Every row of `qs` oldest first, PAGE_SIZE at a time, each page after the last one's key."""
+def _keyset(qs) -> Iterator[dict]:
+    """Every row of `qs` (values) oldest first, PAGE_SIZE at a time, each page after the last one's key."""
     qs = qs.order_by("created_at", "pk")
     last = None
     while True:
@@ -140,7 +141,7 @@ def _keyset(qs) -> Iterator[Session]:
         yield from page
         if len(page) < PAGE_SIZE:
             return
-        last = (page[-1].created_at, page[-1].pk)
+        last = (page[-1]["created_at"], page[-1]["pk"])
 
 
 def _keyset_by_id(qs):
@@ -158,38 +159,59 @@ def _iso(value):
     return value.isoformat() if value else None
 
 
-def _session_row(session: Session) -> dict:
-    try:
-        analysis = session.analysis
-    except Analysis.DoesNotExist:
-        analysis = None
-    # The review outcome (reviews.Review, OneToOne `session.review`) when the session had one.
-    review = getattr(session, "review", None) if _has_review() else None
+SESSION_FIELDS = (
+    "pk",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "user__email",
+    "connection_name",
+    "connection_kind",
+    "verb",
+    "surface",
+    "client",
+    "status",
+    "exit_code",
+    "row_count",
+    "truncated",
+    "execution_time_ms",
+    "input",
+    "input_sha256",
+    "input_bytes",
+    "error",
+    "guardrail_findings",
+    "analysis__risk_level",
+    "analysis__title",
+)
+
+
+def _session_row(row: dict) -> dict:
     return {
-        "id": str(session.pk),
-        "created_at": _iso(session.created_at),
-        "started_at": _iso(session.started_at),
-        "ended_at": _iso(session.ended_at),
-        "user_email": session.user.email,
-        "connection": session.connection_name,
-        "connection_kind": session.connection_kind,
-        "verb": session.verb,
-        "surface": session.surface,
-        "client": session.client,
-        "status": session.status,
-        "exit_code": session.exit_code,
-        "row_count": session.row_count,
-        "truncated": session.truncated,
-        "execution_time_ms": session.execution_time_ms,
-        "input": session.input if getattr(session, "content_ok", True) else None,
-        "input_sha256": session.input_sha256,
-        "input_bytes": session.input_bytes,
-        "error": session.error,
-        "guardrails": sorted({f["rule"] for f in session.guardrail_findings or []}),
-        "risk_level": analysis.risk_level if analysis else None,
-        "analysis_title": analysis.title if analysis else None,
-        "review_id": str(review.pk) if review else None,
-        "review_status": review.status if review else None,
+        "id": str(row["pk"]),
+        "created_at": _iso(row["created_at"]),
+        "started_at": _iso(row["started_at"]),
+        "ended_at": _iso(row["ended_at"]),
+        "user_email": row["user__email"],
+        "connection": row["connection_name"],
+        "connection_kind": row["connection_kind"],
+        "verb": row["verb"],
+        "surface": row["surface"],
+        "client": row["client"],
+        "status": row["status"],
+        "exit_code": row["exit_code"],
+        "row_count": row["row_count"],
+        "truncated": row["truncated"],
+        "execution_time_ms": row["execution_time_ms"],
+        "input": row["input"] if row.get("content_ok", True) else None,
+        "input_sha256": row["input_sha256"],
+        "input_bytes": row["input_bytes"],
+        "error": row["error"],
+        "guardrails": sorted({f["rule"] for f in row["guardrail_findings"] or []}),
+        "risk_level": row["analysis__risk_level"],
+        "analysis_title": row["analysis__title"],
+        # The review outcome (reviews.Review, OneToOne `session.review`) when the session had one.
+        "review_id": str(row["review__id"]) if row.get("review__id") else None,
+        "review_status": row.get("review__status"),
     }
 
 

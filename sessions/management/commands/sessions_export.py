@@ -1,5 +1,3 @@
-import sys
-
 from django.core.management.base import BaseCommand, CommandError
 
 from governance.errors import PortcullisError
@@ -39,10 +37,10 @@ class Command(BaseCommand):
             )
         except PortcullisError as exc:
             raise CommandError(exc.message) from None
-        out = open(options["output"], "w", encoding="utf-8", newline="") if options["output"] else sys.stdout
-        try:
+        if not options["output"]:
+            for chunk in started.chunks:
+                self.stdout.write(chunk, ending="")
+            return
+        with open(options["output"], "w", encoding="utf-8", newline="") as out:
             for chunk in started.chunks:
                 out.write(chunk)
-        finally:
-            if out is not sys.stdout:
-                out.close()
