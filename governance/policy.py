@@ -227,6 +227,9 @@ _SCOPES = {
     "governance.attribute": _admin_only_scope,
     "records.auditevent": _audit_scope,
     "records.analysis": _analysis_scope,
+    # Webhook endpoints and deliveries: admins and auditors read, admins change (and retry).
+    "records.webhookendpoint": _rule_scope,
+    "records.webhookdelivery": _rule_scope,
 }
 
 
