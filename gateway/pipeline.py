@@ -830,6 +830,7 @@ def _upstream_connection(*, actor: Actor, connection_name: str) -> Connection:
         raise InvalidInput(f'connection "{connection_name}" is not an mcp connection')
     if actor.read_only:
         raise PolicyDenied("a read-only token cannot call upstream tools")
+    _refuse_agent_connection(connection, "calling upstream tools")
     return connection
 
 
@@ -850,15 +851,15 @@ async def _upstream_listing(connection: Connection, limits: Limits):
         raise ConnectorError(connector.describe_failure(exc)) from None
 
 
-def _observe(connection: Connection, tools: list) -> dict:
+def _observe(connection: Connection, tools: list, surface: str) -> dict:
     from django.db import IntegrityError
 
     from gateway import upstream
 
     try:
-        return upstream.contracts_observe(connection, tools)
+        return upstream.contracts_observe(connection, tools, surface=surface)
     except IntegrityError:  # a concurrent first listing pinned them: compare with that
-        return upstream.contracts_observe(connection, tools)
+        return upstream.contracts_observe(connection, tools, surface=surface)
 
 
 async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dict]:
@@ -874,7 +875,7 @@ async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dic
 
     connection = await db(lambda: _upstream_connection(actor=actor, connection_name=connection_name))()
     _, tools = await _upstream_listing(connection, _limits(connection))
-    rows = await db(lambda: _observe(connection, tools))()
+    rows = await db(lambda: _observe(connection, tools, actor.surface))()
     visible = []
     for name in sorted(rows):
         row = rows[name]
@@ -1148,7 +1149,7 @@ async def tool_call(
         with anyio.fail_after(limits.timeout_seconds):
             async with connector.client() as client:
                 listing = await connector.list_tools(client)
-                rows = await db(lambda: _observe(connection, listing))()
+                rows = await db(lambda: _observe(connection, listing, actor.surface))()
                 row = rows.get(tool)
                 if row is None or row.status != ContractStatus.ACCEPTED:
                     blocked = upstream.contract_block_message(connection, row, tool)

@@ -290,12 +290,15 @@ def _unchanged(rows: dict, seen: dict) -> bool:
     return all(name in rows for name in seen)
 
 
-def contracts_observe(connection: Connection, tools: list) -> dict[str, UpstreamTool]:
+def contracts_observe(
+    connection: Connection, tools: list, *, surface: str = "task"
+) -> dict[str, UpstreamTool]:
     """Compare an upstream listing with the pinned contracts and record what changed.
 
     The first listing of a connection pins every tool (trust on first sight). Later, a new tool is
     `added`, a changed one `changed`, a missing one `removed`; each transition is audited once and
-    announced as `upstream.contract_changed`. Returns the rows by name."""
+    announced as `upstream.contract_changed` (by the system: the gateway observed it, on the
+    `surface` of the request that fetched the listing). Returns the rows by name."""
     now = timezone.now()
     seen = {}
     for tool in tools:
@@ -354,7 +357,7 @@ def contracts_observe(connection: Connection, tools: list) -> dict[str, Upstream
             audit_record(
                 actor=None,
                 org_id=connection.org_id,
-                surface="task",
+                surface=surface,
                 action="upstream.contract_pin",
                 target=connection,
                 detail={"tools": sorted(seen)},
@@ -370,7 +373,7 @@ def contracts_observe(connection: Connection, tools: list) -> dict[str, Upstream
             audit_record(
                 actor=None,
                 org_id=connection.org_id,
-                surface="task",
+                surface=surface,
                 action="upstream.contract_changed",
                 target_type="gateway.upstreamtool",
                 target_id=str(row.pk),

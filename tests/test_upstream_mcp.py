@@ -568,3 +568,23 @@ def test_an_outage_and_other_orgs_are_reported_cleanly_over_http(cast, mcp, gate
         f"{gateway_server.url}/api/mcp/c/tools", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     )
     assert response.status_code == 401
+
+
+def test_connections_test_reaches_the_upstream(cast, upstream_url, transactional_db):
+    make_mcp_connection(cast.acme, upstream_url)
+    report = pipeline.connection_test(actor=cast.bob.actor(), connection_name="tools")
+    assert report["ok"] is True and report["message"] == "MCP server with 8 tool(s)"
+    make_mcp_connection(cast.acme, upstream_url, name="guarded", allow_private=False)
+    refused = pipeline.connection_test(actor=cast.bob.actor(), connection_name="guarded")
+    assert refused["ok"] is False and "loopback address" in refused["message"]
+
+
+def test_a_read_only_token_cannot_call_upstream_tools(cast, upstream_url, transactional_db):
+    import dataclasses
+
+    from governance.errors import PolicyDenied
+
+    make_mcp_connection(cast.acme, upstream_url)
+    read_only = dataclasses.replace(cast.bob.actor(), capability="read_only")
+    with pytest.raises(PolicyDenied, match="read-only token"):
+        asyncio.run(pipeline.tool_call(actor=read_only, connection_name="tools", tool="echo", arguments={}))
