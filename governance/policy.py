@@ -216,8 +216,24 @@ def _analysis_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     return qs.filter(session__in=_session_scope(Session.objects.all(), actor, "view").values("pk"))
 
 
+def _review_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """Reviews: admins and auditors see all of their org's; others see their own requests and those
+    their groups review. Decisions are not a row permission: `reviews.services` checks eligibility
+    (reviewer groups, no self-approval) on every decision; nobody edits a review row."""
+    if action != "view":
+        return qs.none()
+    qs = qs.filter(org_id=actor.org_id)
+    if actor.is_admin or actor.is_auditor:
+        return qs
+    mine = Q(requester_id=actor.user.pk) | Q(eligible_groups__in=actor.group_ids)
+    return qs.filter(pk__in=qs.model._default_manager.filter(mine).values("pk"))
+
+
 _SCOPES = {
     "gateway.connection": _connection_scope,
+    "reviews.accessrequestrule": _rule_scope,
+    "reviews.reviewsettings": _rule_scope,
+    "reviews.review": _review_scope,
     "records.session": _session_scope,
     "governance.user": _directory_scope,
     "governance.usergroup": _directory_scope,

@@ -51,7 +51,7 @@ def dispatch(review_id, event: str) -> None:
     try:
         if settings.CELERY_TASK_ALWAYS_EAGER:
             # Embedded mode: an eager task would run (and retry) inside the request; use a thread.
-            _background().submit(_run_logged, tasks.review_notify.apply, str(review_id), event)
+            _background().submit(_run_logged, tasks.run_with_retries, str(review_id), event)
         else:
             tasks.review_notify.delay(str(review_id), event)
     except Exception:  # a broker outage must not fail the decision that was already committed
@@ -70,11 +70,11 @@ def _background():
     return _executor
 
 
-def _run_logged(apply, review_id: str, event: str) -> None:
+def _run_logged(run, review_id: str, event: str) -> None:
     from django.db import close_old_connections
 
     try:
-        apply(args=[review_id, event])
+        run(review_id, event)
     except Exception:
         logger.exception("notifications for review %s failed", review_id)
     finally:

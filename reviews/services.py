@@ -27,7 +27,7 @@ from gateway.models import Connection
 from governance import rules as rule_helpers
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import UserGroup
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, has_role, require_role
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, has_role, require_role, scope
 from reviews.models import (
     AccessRequestRule,
     AccessType,
@@ -484,13 +484,8 @@ def is_eligible_reviewer(actor: Actor, review: Review) -> bool:
 
 
 def _visible(actor: Actor):
-    """Reviews the actor may see: all of the org for admins and auditors; otherwise their own and
-    those their groups review."""
-    qs = Review.objects.filter(org_id=actor.org_id)
-    if has_role(actor, ROLE_AUDITOR):
-        return qs
-    mine = Q(requester_id=actor.user.pk) | Q(eligible_groups__in=actor.group_ids)
-    return qs.filter(pk__in=Review.objects.filter(mine).values("pk"))
+    """Reviews the actor may see (the policy decides: see `governance.policy._review_scope`)."""
+    return scope(Review.objects.all(), actor, "view")
 
 
 def _parse_review_id(review_id):

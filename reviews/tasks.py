@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx2
 from celery import shared_task
+from celery.exceptions import Retry
 from django.conf import settings
 from django.core.mail import send_mail
 
@@ -45,6 +47,24 @@ def review_notify(self, review_id: str, event: str, channels: list[str] | None =
     if failures:
         countdown = min(2 ** (self.request.retries + 1), 300)
         raise self.retry(args=[review_id, event, failures], countdown=countdown)
+
+
+def run_with_retries(review_id: str, event: str, *, sleep=time.sleep) -> int:
+    """Run `review_notify` here, retrying as a worker would (same backoff, failed channels only).
+    Embedded mode has no worker, so its background thread uses this. Returns the retries used."""
+    args, retries = [review_id, event], 0
+    while True:
+        try:
+            review_notify.apply(args=args, retries=retries, throw=True)
+            return retries
+        except Retry as retry:
+            if retries >= review_notify.max_retries:
+                logger.error(
+                    "notifications for review %s (%s) gave up after %d retries", review_id, event, retries
+                )
+                return retries
+            args, retries = list(retry.sig.args), retries + 1
+            sleep(retry.sig.options.get("countdown", 1))
 
 
 def _recipients(review, event: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from channels.db import database_sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpResponseNotAllowed, StreamingHttpResponse
@@ -137,7 +137,7 @@ async def review_events_view(request, review_id):
         raise Http404("review not found")
     known = request.GET.get("status", "")
 
-    @database_sync_to_async
+    @sync_to_async
     def load_visible():
         actor = web_actor(request)
         actor_review = services.review_get(actor=actor, review_id=review_id)
@@ -148,7 +148,7 @@ async def review_events_view(request, review_id):
     except NotFound:
         raise Http404("review not found") from None
 
-    @database_sync_to_async
+    @sync_to_async
     def load():
         return Review.objects.get(pk=pk)
 
