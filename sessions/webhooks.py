@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from governance.errors import Conflict, InvalidInput, NotFound
-from governance.policy import ROLE_ADMIN, Actor, require_role
+from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
 from sessions.audit import audit_record
 from sessions.events import EVENT_TYPES
 from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
@@ -50,17 +50,13 @@ def _clean(*, name=None, url=None, event_types=None, secret=None) -> dict:
 
 
 def _get(actor: Actor, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:
-    qs = WebhookEndpoint.objects.filter(org_id=actor.org_id)
-    if lock:
-        qs = qs.select_for_update()
+    """An endpoint the actor may manage, or NotFound for missing, malformed and forbidden alike."""
     try:
         pk = uuid.UUID(str(endpoint_id))
-    except ValueError:  # a malformed id is "not found", like a missing one
+    except ValueError:
         raise NotFound("webhook endpoint not found") from None
-    endpoint = qs.filter(pk=pk).first()
-    if endpoint is None:
-        raise NotFound("webhook endpoint not found")
-    return endpoint
+    qs = WebhookEndpoint.objects.select_for_update() if lock else WebhookEndpoint.objects.all()
+    return get_scoped(qs, actor, "manage", not_found="webhook endpoint not found", pk=pk)
 
 
 def webhook_endpoint_create(
@@ -141,12 +137,8 @@ def webhook_delivery_retry(*, actor: Actor, delivery_ids) -> int:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         ids = list(
-            WebhookDelivery.objects.select_for_update()
-            .filter(
-                org_id=actor.org_id,
-                pk__in=list(delivery_ids),
-                status__in=(DeliveryStatus.FAILED, DeliveryStatus.DEAD),
-            )
+            scope(WebhookDelivery.objects.select_for_update(), actor, "manage")
+            .filter(pk__in=list(delivery_ids), status__in=(DeliveryStatus.FAILED, DeliveryStatus.DEAD))
             .values_list("pk", flat=True)
         )
         if not ids:

@@ -346,3 +346,80 @@ def test_the_pipeline_emits_session_and_guardrail_events_after_commit(
     violation = by_type["guardrail.violation"][0]
     assert violation["guardrails"] == ["no-drop"] and violation["findings"][0]["rule"] == "no-drop"
     assert "input" not in violation and "drop table" not in json.dumps(by_type)  # no content leaves
+
+
+# --- the admin -----------------------------------------------------------------------------------
+
+
+def _admin(person):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(person.user)
+    return client
+
+
+def _endpoint_form(**overrides):
+    data = {
+        "name": "siem",
+        "url": "https://siem.acme.test/hook",
+        "event_types": ["session.blocked", "guardrail.violation"],
+        "enabled": "on",
+        "secret": SECRET,
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_admins_manage_endpoints_in_the_admin_through_the_service_and_the_secret_never_comes_back(cast):
+    from sessions.models import WebhookEndpoint
+
+    alice = _admin(cast.alice)
+    response = alice.post("/admin/records/webhookendpoint/add/", _endpoint_form(secret="short"))
+    assert response.status_code == 200 and b"at least 16 characters" in response.content
+    response = alice.post("/admin/records/webhookendpoint/add/", _endpoint_form())
+    assert response.status_code == 302, response.content[:2000]
+    endpoint = WebhookEndpoint.objects.get(org=cast.acme, name="siem")
+    assert endpoint.get_secret() == SECRET and endpoint.event_types == [
+        "guardrail.violation",
+        "session.blocked",
+    ]
+    page = alice.get(f"/admin/records/webhookendpoint/{endpoint.pk}/change/").content.decode()
+    assert SECRET not in page and endpoint.secret_encrypted not in page
+    response = alice.post(
+        f"/admin/records/webhookendpoint/{endpoint.pk}/change/",
+        _endpoint_form(secret="", url="https://siem2.acme.test/h"),
+    )
+    assert response.status_code == 302
+    endpoint.refresh_from_db()
+    assert endpoint.url == "https://siem2.acme.test/h" and endpoint.get_secret() == SECRET
+    events_logged = AuditEvent.objects.filter(
+        action__in=["webhook.create", "webhook.update"], surface="admin"
+    )
+    assert events_logged.count() == 2
+    # Auditors read, standard members and other orgs see nothing.
+    carol = _admin(cast.carol)
+    assert carol.get(f"/admin/records/webhookendpoint/{endpoint.pk}/change/").status_code == 200
+    assert carol.post("/admin/records/webhookendpoint/add/", _endpoint_form(name="x")).status_code == 403
+    assert _admin(cast.eve).get(f"/admin/records/webhookendpoint/{endpoint.pk}/change/").status_code == 404
+    assert _admin(cast.bob).get("/admin/records/webhookendpoint/").status_code == 302  # to the admin login
+
+
+def test_deliveries_are_read_only_in_the_admin_with_a_retry_action_for_admins(
+    cast, receiver, scheduled, settings
+):
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    r = receiver(codes=[500])
+    _endpoint(cast, r.url)
+    [pk] = delivery.event_fanout(_event(cast))
+    assert delivery.webhook_deliver(pk).status == "dead"
+    alice, carol = _admin(cast.alice), _admin(cast.carol)
+    assert alice.get(f"/admin/records/webhookdelivery/{pk}/change/").status_code == 200
+    assert alice.get("/admin/records/webhookdelivery/add/").status_code == 403
+    assert b"retry" not in carol.get("/admin/records/webhookdelivery/").content
+    response = carol.post("/admin/records/webhookdelivery/", {"action": "retry", "_selected_action": [pk]})
+    assert WebhookDelivery.objects.get(pk=pk).status == "dead"  # auditors cannot retry
+    response = alice.post("/admin/records/webhookdelivery/", {"action": "retry", "_selected_action": [pk]})
+    assert response.status_code == 302
+    assert WebhookDelivery.objects.get(pk=pk).status == "pending" and scheduled[-1] == (pk, 0)
+    assert _admin(cast.eve).get(f"/admin/records/webhookdelivery/{pk}/change/").status_code == 404
