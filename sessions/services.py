@@ -563,8 +563,9 @@ def session_stats(
     qs = qs.annotate(**{f"g_{g}": computed[g] for g in group_by if g in computed})
     fields = [columns.get(g, f"g_{g}") for g in group_by]
     rows = (
-        # count(*), not count(DISTINCT id): every join here is to one row (user), so no row repeats
-        qs.order_by().values(*fields).annotate(count=Count("pk")).order_by("-count", *fields)
+        # count(*), not count(DISTINCT id): every join here is to one row (the user), so no row
+        # repeats, and count(*) needs no column outside the "stats" index (an index-only scan).
+        qs.order_by().values(*fields).annotate(count=Count("*")).order_by("-count", *fields)
     )
     groups = []
     for row in rows[:1000]:
