@@ -423,3 +423,31 @@ def test_deliveries_are_read_only_in_the_admin_with_a_retry_action_for_admins(
     assert response.status_code == 302
     assert WebhookDelivery.objects.get(pk=pk).status == "pending" and scheduled[-1] == (pk, 0)
     assert _admin(cast.eve).get(f"/admin/records/webhookdelivery/{pk}/change/").status_code == 404
+
+
+def test_secrets_rotate_re_encrypts_webhook_secrets(cast, settings):
+    import io
+
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    from gateway import crypto
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.ENCRYPTION_KEYS = [old]
+    crypto._fernet.cache_clear()
+    try:
+        endpoint = webhook_endpoint_create(
+            actor=cast.alice.actor(), name="siem", url="https://siem.acme.test/h", secret=SECRET
+        )
+        settings.ENCRYPTION_KEYS = [new, old]
+        crypto._fernet.cache_clear()
+        out = io.StringIO()
+        call_command("secrets_rotate", stdout=out)
+        assert out.getvalue().strip() == "1"
+        settings.ENCRYPTION_KEYS = [new]  # the old key can go now
+        crypto._fernet.cache_clear()
+        endpoint.refresh_from_db()
+        assert endpoint.get_secret() == SECRET
+    finally:
+        crypto._fernet.cache_clear()
