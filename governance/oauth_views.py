@@ -23,7 +23,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods
 from oauth2_provider import views as dot_views
 from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.models import get_application_model
@@ -59,20 +59,35 @@ def _not_active() -> JsonResponse:
     )
 
 
+def open_cors(response):
+    """Browser-based MCP clients (the MCP Inspector) call the metadata, registration, token and
+    revocation endpoints from their own origin. Those requests carry no cookies (credentials go in
+    headers or the body), so any origin may call them."""
+    response["Access-Control-Allow-Origin"] = "*"
+    response["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+    response["Access-Control-Allow-Headers"] = "Authorization, Content-Type, MCP-Protocol-Version"
+    response["Access-Control-Max-Age"] = "3600"
+    return response
+
+
 class BuiltinOnly:
     """Answer 404 unless OAuth is on with the built-in authorization server."""
 
+    cors = True
+
     def dispatch(self, request, *args, **kwargs):
         if not builtin_server_active():
-            return _not_active()
-        return super().dispatch(request, *args, **kwargs)
+            response = _not_active()
+        else:
+            response = super().dispatch(request, *args, **kwargs)
+        return open_cors(response) if self.cors else response
 
 
 class ServerMetadataView(BuiltinOnly, dot_views.OAuthServerMetadataView):
     """RFC 8414 metadata at /.well-known/oauth-authorization-server."""
 
 
-@require_GET
+@require_http_methods(["GET", "OPTIONS"])
 def protected_resource_metadata(request):
     """RFC 9728 metadata for /api/mcp, always served: it names the authorization server only while
     OAuth is on (API tokens need none)."""
@@ -86,9 +101,7 @@ def protected_resource_metadata(request):
     }
     if row.enabled:
         data["authorization_servers"] = [row.issuer or settings.PUBLIC_BASE_URL]
-    response = JsonResponse(data)
-    response["Access-Control-Allow-Origin"] = "*"
-    return response
+    return open_cors(JsonResponse(data))
 
 
 def _invalid(description: str, status: int = 400) -> JsonResponse:
@@ -190,6 +203,8 @@ class RegistrationManagementView(BuiltinOnly, DynamicClientRegistrationManagemen
 
 class AuthorizationView(BuiltinOnly, dot_views.AuthorizationView):
     """Login, then the consent page naming the client and the scopes it asks for."""
+
+    cors = False  # a page for people, with their session cookie
 
     template_name = "oauth/consent.html"
 

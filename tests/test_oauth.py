@@ -463,3 +463,17 @@ def test_it_changes_behaviour_with_the_commands(cast):
     mcp_auth("disable")
     assert register(Client())[0] == 404 and verify_oauth_token(raw) is None
     assert "authorization_servers" not in Client().get("/.well-known/oauth-protected-resource").json()
+
+
+def test_it_lets_browser_based_clients_call_the_endpoints_cross_origin(builtin):
+    client = Client()
+    preflight = client.options("/oauth/token/", HTTP_ORIGIN="http://localhost:6274")
+    assert (
+        preflight["Access-Control-Allow-Origin"] == "*"
+        and "Authorization" in preflight["Access-Control-Allow-Headers"]
+    )
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource/api/mcp"):
+        assert client.get(path)["Access-Control-Allow-Origin"] == "*"
+    status, _ = register(client)
+    assert status == 201
+    assert "Access-Control-Allow-Origin" not in client.get("/oauth/authorize/", {"client_id": "x"})  # a page
