@@ -451,3 +451,56 @@ def test_secrets_rotate_re_encrypts_webhook_secrets(cast, settings):
         assert endpoint.get_secret() == SECRET
     finally:
         crypto._fernet.cache_clear()
+
+
+def test_embedded_mode_delivers_without_holding_up_the_caller(cast, transactional_db, settings):
+    """Eager tasks, no broker: the receiver answers only after the caller has returned, which
+    would deadlock (and record False) if delivery ran in the caller's thread."""
+    from django.db import transaction
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    returned = threading.Event()
+    seen = []
+
+    r = Receiver()
+    original = r.server.RequestHandlerClass.do_POST
+
+    def do_post(handler):
+        seen.append(returned.wait(10))
+        original(handler)
+
+    r.server.RequestHandlerClass.do_POST = do_post
+    try:
+        _endpoint(cast, r.url)
+        with transaction.atomic():
+            events.emit(org_id=cast.acme.pk, type=events.REVIEW_CREATED, data={"review_id": "r1"})
+        returned.set()
+        assert r.wait_for(1) and seen == [True] and r.requests[0]["verified"]
+    finally:
+        r.server.shutdown()
+        r.server.server_close()
+
+
+def test_a_celery_worker_fans_out_and_delivers_with_a_broker(
+    cast, transactional_db, receiver, tmp_path_factory
+):
+    from django.conf import settings as django_settings
+    from django.db import transaction
+
+    from tests.conftest import celery_worker_process
+
+    r = receiver()
+    _endpoint(cast, r.url)
+    queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
+    with celery_worker_process(queue, tmp_path_factory.mktemp("events"), purge=True):
+        if django_settings.CELERY_TASK_ALWAYS_EAGER:
+            pytest.skip("needs a broker")
+        with transaction.atomic():
+            events.emit(org_id=cast.acme.pk, type=events.SESSION_FINISHED, data={"session_id": "w1"})
+        got = r.wait_for(1, timeout=60)
+        deadline = time.monotonic() + 30
+        while WebhookDelivery.objects.filter(status="delivered").count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert got and got[0]["verified"] and json.loads(got[0]["body"])["data"] == {"session_id": "w1"}
+    row = WebhookDelivery.objects.get(org=cast.acme)
+    assert (row.status, row.attempts, row.response_code) == ("delivered", 1, 200)
