@@ -325,7 +325,10 @@ def csv_import(*, actor, text: str, commit: bool) -> ImportReport:
     (`commit=False`) or any failing row rolls everything back, so nothing is ever half-imported.
     Each row's problem is reported by line."""
     reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in reader.fieldnames or []]
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+    except csv.Error as exc:
+        return ImportReport(rows=[], error=f"the file is not valid CSV ({exc})")
     missing = [c for c in ("name", "kind") if c not in header]
     if missing:
         return ImportReport(
@@ -366,6 +369,8 @@ def csv_import(*, actor, text: str, commit: bool) -> ImportReport:
                 raise _Rollback
     except _Rollback:
         pass
+    except csv.Error as exc:  # raised while reading a row; the transaction has rolled back
+        report.error = f"the file is not valid CSV near line {reader.line_num + 1} ({exc})"
     return report
 
 

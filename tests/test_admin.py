@@ -502,6 +502,17 @@ def test_it_imports_nothing_when_one_row_is_bad(cast, pg):
     # A bad header is one clear error.
     assert "must have the columns name and kind" in _upload(alice, "title,type\nx,y\n").content.decode()
     assert "the file has no rows" in _upload(alice, "name,kind\n").content.decode()
+    assert (
+        "must not contain NUL characters"
+        in _upload(alice, "name,kind,path\nx,sqlite,/tmp/\0x\n").content.decode()
+    )
+    huge = "name,kind,description\nx,sqlite," + "d" * 200_000 + "\n"
+    assert "not valid CSV near line 2" in _upload(alice, huge).content.decode()
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    not_utf8 = SimpleUploadedFile("c.csv", b"name,kind\n\xff\xfe,x\n", content_type="text/csv")
+    html = alice.post("/admin/gateway/connection/import-csv/", {"file": not_utf8}).content.decode()
+    assert "The file is not UTF-8 text." in html
 
 
 def test_it_rolls_back_a_confirmed_import_that_became_invalid(cast):

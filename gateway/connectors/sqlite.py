@@ -93,6 +93,8 @@ class SQLiteConnector(Connector):
         path = values.get("path")
         if not isinstance(path, str):
             raise InvalidInput("setting 'path' must be a string")
+        if "\0" in path:  # the OS refuses it (ValueError), so say so here
+            raise InvalidInput("setting 'path' must not contain NUL characters")
         resolved = Path(path).expanduser().resolve()
         data_dir = Path(settings.DATA_DIR).resolve()
         gateway_db = settings.DATABASES["default"]["NAME"]
