@@ -49,9 +49,10 @@ def nice_max(value: int) -> tuple[int, int]:
     return step * math.ceil(value / step), step
 
 
-def _svg(width: int, height: int, body: list[str], label: str) -> SafeString:
+def _svg(width: int, height: int, body: list[str], label: str, css: str = "") -> SafeString:
+    """The SVG element; `css` classes set a minimum width on phones (the card scrolls instead)."""
     return mark_safe(
-        f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" {FONT} '
+        f'<svg class="{css}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" {FONT} '
         f'xmlns="http://www.w3.org/2000/svg">{"".join(body)}</svg>'
     )
 
@@ -108,7 +109,7 @@ def stacked_columns(
     body.append(
         f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="{AXIS}"/>'
     )
-    return _svg(width, height, body, "Sessions per day by status")
+    return _svg(width, height, body, "Sessions per day by status", "wide")
 
 
 def stacked_bars(
@@ -153,7 +154,7 @@ def stacked_bars(
             f'<text x="{x + 8:.1f}" y="{y + row_h / 2 + 4:.1f}" font-size="13" font-weight="600" '
             f'fill="{INK}">{total}</text>'
         )
-    return _svg(width, height, body, label)
+    return _svg(width, height, body, label, "bars")
 
 
 def donut(parts: list[tuple[str, int, str]], *, center_label: str = "sessions") -> SafeString:

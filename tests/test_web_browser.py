@@ -81,9 +81,11 @@ def with_password(person):
     return person.user.email
 
 
-def log_in(page, server, email, path="/sessions/"):
+def log_in(page, server, email, path="/sessions/", screenshot: str | None = None):
     page.goto(server.url + path)
     assert "/login/" in page.url  # anonymous: sent to the login page first
+    if screenshot:
+        shot(page, screenshot)
     page.fill("#id_username", email)
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
@@ -113,28 +115,60 @@ def activity(cast, shops, mcp):
         "cancelled",
     ]
     risks = ["low", "low", "medium", "critical", "low", "high", None, "medium", "low", None]
+    verdicts = {
+        "low": ("A read by primary key", "Reads one row of orders by its id.", ""),
+        "medium": (
+            "Reads a whole table",
+            "Reads every row of orders; no filter limits it.",
+            "Check it is needed.",
+        ),
+        "high": ("A write that failed", "An UPDATE of orders failed on the server.", "Look at the error."),
+        "critical": (
+            "Drops a table",
+            "DROP TABLE orders removes the table and all of its data; a guardrail blocked it before it ran.",
+            "Talk to the person who asked for it; use a migration with a review instead.",
+        ),
+    }
+    finding = {
+        "rule": "no-drops-on-prod",
+        "direction": "input",
+        "condition": "sql.deny_statements",
+        "statement": 1,
+        "detail": "DROP TABLE orders",
+    }
     n = 0
     for day in range(13, -1, -1):
         for i in range(3 + (day * 7) % 5):
             n += 1
             name, kind = connections[(n + day) % 3]
+            status, risk = statuses[n % 10], risks[n % 10]
+            created = now - timedelta(days=day, hours=i * 2 + 1)
+            text = "drop table orders" if status == "blocked" else f"select * from orders where id = {n}"
             session = Session.objects.create(
                 org=cast.acme,
                 user=people[(n * 5 + day) % 3],
                 connection_name=name,
                 connection_kind=kind,
                 surface="mcp" if n % 4 else "web",
-                status=statuses[n % 10],
-                input=f"select * from orders where id = {n}"
-                if statuses[n % 10] != "blocked"
-                else "drop table orders",
+                status=status,
+                input=text,
+                input_bytes=len(text),
                 input_sha256="x",
-                created_at=now - timedelta(days=day, hours=i * 2 + 1),
+                created_at=created,
+                ended_at=None if status == "pending_review" else created + timedelta(milliseconds=20 + n),
                 execution_time_ms=20 + n,
+                guardrail_findings=[finding] if status == "blocked" else [],
             )
-            if risks[n % 10]:
+            if risk:
+                title, explanation, action = verdicts[risk]
                 Analysis.objects.create(
-                    session=session, risk_level=risks[n % 10], title="t", explanation="e", analyzer="builtin"
+                    session=session,
+                    risk_level=risk,
+                    title=title,
+                    explanation=explanation,
+                    suggested_action=action,
+                    analyzer="builtin",
+                    created_at=created + timedelta(seconds=2),
                 )
     Session.objects.create(
         org=cast.acme,
@@ -157,7 +191,7 @@ def test_an_auditor_browses_filters_and_opens_sessions(gateway_server, chromium,
     email, session_id = with_password(cast.carol), activity["session_id"]
 
     def browse(page):
-        log_in(page, gateway_server, email)
+        log_in(page, gateway_server, email, screenshot="login")
         assert page.locator("#session-table tbody tr").count() == 25  # a full first page
         shot(page, "sessions-list")
 
@@ -188,6 +222,9 @@ def test_an_auditor_browses_filters_and_opens_sessions(gateway_server, chromium,
         # bad input answers with a message, not a crash
         response = page.goto(gateway_server.url + "/sessions/?start_date=2026-13-45")
         assert response.status == 400 and "Enter a date" in page.content()
+        response = page.goto(gateway_server.url + "/sessions/00000000-0000-4000-8000-000000000000/")
+        assert response.status == 404 and "session not found" in page.content()
+        shot(page, "not-found")
 
     in_browser(browse)
 

@@ -5,7 +5,9 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from governance.models import ApiToken
 from governance.services import token_authenticate, token_issue
@@ -128,6 +130,12 @@ def test_it_logs_in_with_email_and_password(cast):
     assert client.get("/", follow=True).redirect_chain[-1][0] == "/sessions/"
 
 
+def test_logging_out_ends_the_web_session(cast):
+    client = login(cast.bob)
+    assert client.post("/logout/").status_code == 302
+    assert client.get("/sessions/").status_code == 302
+
+
 # --- the session browser ----------------------------------------------------------------------------
 
 
@@ -208,6 +216,21 @@ def test_it_paginates(cast):
     second = client.get("/sessions/?page=2")
     assert len(second.context["sessions"]) == 5 and second.context["next_query"] is None
     assert not ids(first) & ids(second)
+
+
+def test_the_list_costs_the_same_queries_for_a_short_or_a_full_page(cast):
+    def queries_for_page():
+        client = login(cast.alice)
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/sessions/").status_code == 200
+        return len(captured)
+
+    for i in range(3):
+        _session(cast.acme, cast.bob.user, when=DAY + timedelta(minutes=i))
+    few = queries_for_page()
+    for i in range(40):
+        _session(cast.acme, cast.dave.user, when=DAY + timedelta(hours=1, minutes=i))
+    assert queries_for_page() == few  # no query per row (users, risk levels are joined or batched)
 
 
 def test_download_links_carry_the_filters_and_download_what_the_page_shows(cast, history):

@@ -50,7 +50,7 @@ def risk_badge(level):
 
 @register.filter
 def duration_ms(value):
-    """1234 -> "1.23 s", 87 -> "87 ms"."""
+    """87 -> "87 ms", 1234 -> "1.23 s", 75_000 -> "1 min 15 s", 5_400_000 -> "1 h 30 min", days too."""
     if value is None or value == "":
         return "—"
     value = int(value)
@@ -58,7 +58,12 @@ def duration_ms(value):
         return f"{value} ms"
     if value < 60_000:
         return f"{value / 1000:.2f} s"
-    return f"{value // 60_000} min {value % 60_000 // 1000} s"
+    seconds = value // 1000
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
 @register.filter
