@@ -48,9 +48,9 @@ def _provider(server, browser, storage=None, scope=None):
     return provider, handlers
 
 
-async def _session(server, provider, fn):
+async def _session(server, provider, fn, mode="auto"):
     http = httpx2.AsyncClient(auth=provider, timeout=httpx2.Timeout(30, read=60))
-    async with http, Client(streamable_http_client(server.mcp_url, http_client=http)) as client:
+    async with http, Client(streamable_http_client(server.mcp_url, http_client=http), mode=mode) as client:
         await client.list_tools()
         return await fn(client)
 
@@ -115,6 +115,14 @@ def test_it_lets_the_sdk_oauth_client_in_with_nothing_but_the_url(gateway_server
     refused = _bearer(gateway_server, second.access_token)
     assert refused.status_code == 401
     assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    browser.close()
+
+
+def test_it_lets_the_sdk_oauth_client_in_on_the_handshake_era_too(gateway_server, cast, oauth_on):
+    browser = Browser(gateway_server.url, "dave@acme.test")
+    provider, handlers = _provider(gateway_server, browser)
+    me = run(_session(gateway_server, provider, lambda c: c.call_tool("me_get", {}), mode="legacy"))
+    assert structured(me)["user_email"] == "dave@acme.test" and handlers.authorizations == 1
     browser.close()
 
 
