@@ -477,14 +477,36 @@ def measure(case: Case, actor, runs: int, warmup: int) -> dict:
 
     for _ in range(warmup):
         call(case, actor)
+    # CPU per call, of this process and of its PostgreSQL backend: on a busy machine the wall-clock
+    # figures mostly measure the wait for a core; the CPU is what a call costs. (Parallel workers
+    # of a parallel plan are other processes, so their CPU is not counted.)
+    backend = _backend_pid()
+    own_cpu, server_cpu = time.process_time(), common.process_cpu_seconds(backend)
     samples = []
     for _ in range(runs):
         t0 = time.perf_counter()
         rows = call(case, actor)
         samples.append(time.perf_counter() - t0)
+    own_cpu = time.process_time() - own_cpu
+    server_ms = common.cpu_per_call(backend, server_cpu, runs) if _backend_pid() == backend else None
     with CaptureQueriesContext(connection) as queries:
         call(case, actor)
-    return {**common.summarize({"samples": samples}), "rows": rows, "queries": len(queries)}
+    cpu_ms = None if server_ms is None else 1000 * own_cpu / runs + server_ms
+    return {
+        **common.summarize({"samples": samples}),
+        "rows": rows,
+        "queries": len(queries),
+        "cpu_ms": cpu_ms,
+        "server_cpu_ms": server_ms,
+    }
+
+
+def _backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
 
 
 def explain(case: Case, actor) -> None:
@@ -557,7 +579,7 @@ def report(results: dict, aim: float) -> None:
         f"PostgreSQL {env['postgres']}; {results['data']['count']:,} sessions, "
         f"{results['data']['analyses']:,} analyses"
     )
-    header = f"{'case':<46} {'role':<8} {'n':>3} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} {'rows':>5} {'q':>2}  aim"
+    header = f"{'case':<46} {'role':<8} {'n':>3} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} {'rows':>5} {'q':>2} {'cpu':>6}  aim"
     for title, series in (
         ("services (in process)", results["services"]),
         ("MCP (/api/mcp, plain JSON-RPC)", results["mcp"]),
@@ -569,13 +591,20 @@ def report(results: dict, aim: float) -> None:
             verdict = "ok" if s["p95"] < aim else "MISSED"
             print(
                 f"{name:<46} {s.get('role', ''):<8} {s['n']:>3} {s['p50']:>8.1f} {s['p95']:>8.1f} {s['p99']:>8.1f} "
-                f"{s['max']:>8.1f} {s.get('rows', ''):>5} {s.get('queries', ''):>2}  {verdict}"
+                f"{s['max']:>8.1f} {s.get('rows', ''):>5} {s.get('queries', ''):>2} {_ms(s.get('cpu_ms')):>6}  {verdict}"
             )
+    print(
+        "rows: of the page or groups; q: SQL queries per call; cpu: CPU ms per call (this process and its PostgreSQL backend)"
+    )
     missed = [n for n, s in results["services"].items() if s["p95"] >= aim]
     print(
         f"\naim: p95 < {aim:g} ms: {'met by every case' if not missed else f'missed by {len(missed)}: ' + '; '.join(missed)}"
     )
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def _ms(value) -> str:
+    return "" if value is None else f"{value:.1f}"
 
 
 def main(argv=None) -> int:
@@ -606,7 +635,7 @@ def main(argv=None) -> int:
         print(f"  {case.name} ({case.role}) ...", end=" ", flush=True)
         s = measure(case, roles[case.role], args.runs, args.warmup)
         results["services"][case.name] = {"role": case.role, **s}
-        print(f"p95 {s['p95']:.1f} ms", flush=True)
+        print(f"p95 {s['p95']:.1f} ms, CPU {_ms(s['cpu_ms'])} ms/call", flush=True)
     if args.mcp:
         mcp_cases = [c for c in selected if c.mcp]
         for name, s in measure_mcp(args, database_url, mcp_cases, roles).items():
