@@ -531,3 +531,53 @@ def test_reviews_over_rest_gate_decide_and_execute_once(cast, transactional_db, 
     assert again.status_code in (403, 409) and error(again, again.status_code)["message"]
     approvals = AuditEvent.objects.filter(surface="api", action="review.approve", outcome="success")
     assert list(approvals.values_list("actor_email", flat=True)) == ["frank@acme.test"]
+
+
+# --- query counts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/connections/", "/groups/", "/users/", "/guardrails/", "/sessions/", "/audit-events/"]
+)
+def test_list_endpoints_do_not_query_per_item(cast, api, tmp_path, path):
+    """A page of 12 costs the same number of queries as a page of 2 (no N+1)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from governance.services import user_create
+
+    admin = cast.alice.actor()
+
+    def grow(start, end):
+        for i in range(start, end):
+            c = connection_create_headless(
+                org=cast.acme,
+                name=f"c{i}",
+                kind="sqlite",
+                settings={"path": str(tmp_path / f"{i}.db")},
+                options={},
+            )
+            user_create(actor=admin, email=f"u{i}@acme.test", groups=["engineering"])
+            access.access_control_set(actor=admin, connection_name=c.name, groups=["engineering"])
+            rules.guardrail_create(
+                actor=admin, name=f"g{i}", input={"deny_words": ["x"]}, connections=[c.name]
+            )
+            Session.objects.create(
+                org=cast.acme,
+                user=cast.alice.user,
+                connection_name=c.name,
+                connection_kind="sqlite",
+                surface="api",
+            )
+
+    def count():
+        with CaptureQueriesContext(connection) as queries:
+            response = api["alice"].get(f"{API}{path}?limit=12")
+        assert response.status_code == 200
+        return len(queries)
+
+    grow(0, 2)
+    count()  # the token's first use of the minute also writes last_used_at
+    small = count()
+    grow(2, 14)
+    assert count() == small
