@@ -90,7 +90,7 @@ def _check_url(value: str, what: str) -> str:
         raise InvalidInput(f"{what} must use https (http only on a loopback address)")
     if parts.fragment or "@" in parts.netloc or "#" in value:
         raise InvalidInput(f"{what} must not carry a fragment or credentials")
-    return value.rstrip("/") if parts.path in ("", "/") else value
+    return value  # kept exactly: an issuer's `iss` is compared as a string (some end in "/")
 
 
 def discover_jwks_uri(issuer: str) -> str:
