@@ -245,6 +245,7 @@ def test_it_exchanges_a_code_only_with_its_verifier(cast, builtin):
     caller = verify_oauth_token(token["access_token"])
     assert caller.actor.user == cast.bob.user and caller.scopes == ("mcp:read",)
     assert caller.actor.client == f"oauth:agent ({app['client_id']})"
+    assert get_access_token_model().objects.get(user=cast.bob.user).resource == [builtin]  # bound (RFC 8707)
     mcp_auth_update(enabled=False)
     assert verify_oauth_token(token["access_token"]) is None  # OAuth off: only API tokens
 
