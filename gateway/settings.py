@@ -327,6 +327,8 @@ WEBHOOK_MAX_ATTEMPTS = env_int("PORTCULLIS_WEBHOOK_MAX_ATTEMPTS", 8)
 WEBHOOK_BACKOFF_SECONDS = float(env_int("PORTCULLIS_WEBHOOK_BACKOFF_SECONDS", 30))
 WEBHOOK_BACKOFF_MAX_SECONDS = float(env_int("PORTCULLIS_WEBHOOK_BACKOFF_MAX_SECONDS", 6 * 3600))
 WEBHOOK_TIMEOUT_SECONDS = float(env_int("PORTCULLIS_WEBHOOK_TIMEOUT_SECONDS", 10))
+# Delivered webhook records are deleted after this many days (0: kept); failed and dead ones stay.
+WEBHOOK_RETENTION_DAYS = env_int("PORTCULLIS_WEBHOOK_RETENTION_DAYS", 30)
 # Every event as one JSON line appended to this file (off when empty).
 EVENTS_JSONL_PATH = env_str("PORTCULLIS_EVENTS_JSONL_PATH").strip()
 # Every event as an RFC 5424 syslog message: "udp://host:514" or "tcp://host:601" (off when empty).

@@ -322,7 +322,8 @@ def webhook_deliver(delivery_id: int, *, now=None) -> WebhookDelivery | None:
 
 def webhooks_retry_due(*, now=None, grace_seconds: int = 60, limit: int = 500) -> int:
     """Start deliveries that are overdue by more than `grace_seconds` (their scheduled attempt was
-    lost: worker killed, process restarted). Celery beat runs it every minute."""
+    lost: worker killed, process restarted), and prune delivered rows older than
+    WEBHOOK_RETENTION_DAYS. Celery beat runs it every minute."""
     now = now or timezone.now()
     due = WebhookDelivery.objects.filter(
         status__in=(DeliveryStatus.PENDING, DeliveryStatus.FAILED),
@@ -331,4 +332,10 @@ def webhooks_retry_due(*, now=None, grace_seconds: int = 60, limit: int = 500) -
     ids = list(due)
     for pk in ids:
         _schedule(pk, 0)
+    if settings.WEBHOOK_RETENTION_DAYS > 0:  # delivered rows are history; failed and dead ones stay
+        old = WebhookDelivery.objects.filter(
+            status=DeliveryStatus.DELIVERED,
+            delivered_at__lt=now - timedelta(days=settings.WEBHOOK_RETENTION_DAYS),
+        ).values_list("pk", flat=True)[:5000]
+        WebhookDelivery.objects.filter(pk__in=list(old)).delete()
     return len(ids)

@@ -504,3 +504,19 @@ def test_a_celery_worker_fans_out_and_delivers_with_a_broker(
     assert got and got[0]["verified"] and json.loads(got[0]["body"])["data"] == {"session_id": "w1"}
     row = WebhookDelivery.objects.get(org=cast.acme)
     assert (row.status, row.attempts, row.response_code) == ("delivered", 1, 200)
+
+
+def test_the_sweep_restarts_lost_deliveries_and_prunes_old_delivered_ones(
+    cast, receiver, scheduled, settings
+):
+    settings.WEBHOOK_RETENTION_DAYS = 30
+    r = receiver()
+    _endpoint(cast, r.url)
+    lost, fresh, done = (delivery.event_fanout(_event(cast))[0] for _ in range(3))
+    scheduled.clear()
+    now = timezone.now()
+    WebhookDelivery.objects.filter(pk=lost).update(next_attempt_at=now - timedelta(minutes=5))
+    WebhookDelivery.objects.filter(pk=done).update(status="delivered", delivered_at=now - timedelta(days=31))
+    assert delivery.webhooks_retry_due(now=now) == 1
+    assert scheduled == [(lost, 0)]  # the fresh one is not overdue yet
+    assert set(WebhookDelivery.objects.values_list("pk", flat=True)) == {lost, fresh}
