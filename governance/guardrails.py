@@ -213,7 +213,9 @@ STATEMENT_KINDS = (
     "other",
 )
 
-INPUT_CONDITIONS = ("sql", "deny_words", "regex")
+INPUT_CONDITIONS = ("sql", "deny_words", "regex", "risk_at_least")
+# Pre-execution analysis: block input the built-in analyzer rates at least this risky.
+RISK_LEVELS = ("low", "medium", "high", "critical")
 OUTPUT_CONDITIONS = ("deny_words", "regex", "secrets")
 SQL_CONDITIONS = (
     "deny_statements",
@@ -770,6 +772,11 @@ def validate_conditions(conditions: dict, *, direction: str) -> dict:
         out["sql"] = _validate_sql(conditions.get("sql"))
     out["deny_words"] = _validate_words(conditions.get("deny_words"), "deny_words")
     out["regex"] = _validate_regexes(conditions.get("regex"), "regex")
+    if direction == "input" and conditions.get("risk_at_least") is not None:
+        level = conditions["risk_at_least"]
+        if level not in RISK_LEVELS:
+            raise InvalidInput(f"risk_at_least must be one of: {', '.join(RISK_LEVELS)}")
+        out["risk_at_least"] = level
     if direction == "output":
         out["secrets"] = _validate_bool(conditions.get("secrets", False), "secrets")
 
@@ -2557,9 +2564,13 @@ def _regex_findings(rule: Rule, direction: str, patterns: list[str], views: _Vie
     return out
 
 
-def evaluate_input(rules: list[Rule], text: str, *, dialect: str | None) -> list[Finding]:
+def evaluate_input(rules: list[Rule], text: str, *, dialect: str | None, assess_risk=None) -> list[Finding]:
     """All findings of all rules for an input. `dialect` is a sqlglot dialect name, or None for
-    command connections (SQL conditions do not apply there; deny_words and regex do)."""
+    command connections (SQL conditions do not apply there; deny_words and regex do).
+
+    `assess_risk()` returns the built-in analyzer's verdict on the input ({"risk_level", "title"});
+    it is called at most once, and only when a rule has `risk_at_least`. Without it such a rule
+    blocks (fail closed): this module cannot rate risk by itself."""
     if dialect is not None and dialect not in DIALECTS.values():
         raise InvalidInput(
             f"unknown SQL dialect {dialect!r}; use one of: {', '.join(sorted(set(DIALECTS.values())))}"
@@ -2568,6 +2579,7 @@ def evaluate_input(rules: list[Rule], text: str, *, dialect: str | None) -> list
         raise InvalidInput("input must be a string")
     findings: list[Finding] = []
     analysis: _Analysis | None = None
+    verdict: dict | None = None
     views = _Views(text, shell=dialect is None)
     for rule in rules:
         conds = rule.input or {}
@@ -2578,6 +2590,17 @@ def evaluate_input(rules: list[Rule], text: str, *, dialect: str | None) -> list
             findings.extend(_sql_findings(rule, sql, analysis, dialect))
         findings.extend(_word_findings(rule, "input", conds.get("deny_words") or [], views))
         findings.extend(_regex_findings(rule, "input", conds.get("regex") or [], views))
+        if conds.get("risk_at_least"):
+            if verdict is None:
+                verdict = assess_risk() if assess_risk is not None else {}
+            level = verdict.get("risk_level")
+            if level not in RISK_LEVELS:
+                findings.append(
+                    Finding(rule.name, "input", "risk.at_least", None, "the risk could not be assessed")
+                )
+            elif RISK_LEVELS.index(level) >= RISK_LEVELS.index(conds["risk_at_least"]):
+                detail = f"rated {level} by the analyzer: {verdict.get('title', '')}".rstrip(": ")
+                findings.append(Finding(rule.name, "input", "risk.at_least", None, detail))
     return _dedup(findings)
 
 

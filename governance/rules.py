@@ -311,7 +311,14 @@ def guardrail_test(
         raise InvalidInput(f"dialect must be one of: {', '.join(sorted(set(guardrails.DIALECTS.values())))}")
     engine_rules = as_engine_rules(rules)
     if direction == "input":
-        findings = guardrails.evaluate_input(engine_rules, input, dialect=dialect)
+        from sessions.analysis import analyze_input
+
+        kind = next((k for k, d in guardrails.DIALECTS.items() if d == dialect), "command")
+
+        def assess_risk():
+            return analyze_input(connection_name=connection_name or "test", connection_kind=kind, text=input)
+
+        findings = guardrails.evaluate_input(engine_rules, input, dialect=dialect, assess_risk=assess_risk)
     else:
         findings = guardrails.evaluate_output(engine_rules, input)
     return {

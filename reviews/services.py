@@ -297,24 +297,9 @@ def active_grant(*, user_id, connection_id, now=None) -> Review | None:
 
 def input_risk(connection: Connection, text: str) -> dict:
     """The built-in analyzer's verdict on input that has not run (no network, no queries)."""
-    from sessions.analysis import analyze_builtin
+    from sessions.analysis import analyze_input
 
-    probe = Session(
-        connection_name=connection.name,
-        connection_kind=connection.kind,
-        verb="exec",
-        status=SessionStatus.PENDING_REVIEW,
-        input=text,
-    )
-    verdict = analyze_builtin(probe, history=(0, 0))
-    return {
-        "risk_level": verdict.risk_level,
-        "title": verdict.title,
-        "explanation": verdict.explanation,
-        "suggested_action": verdict.suggested_action,
-        "reasons": verdict.reasons,
-        "analyzer": verdict.analyzer,
-    }
+    return analyze_input(connection_name=connection.name, connection_kind=connection.kind, text=text)
 
 
 def command_gate(
@@ -503,6 +488,11 @@ def review_get(*, actor: Actor, review_id) -> Review:
     if review is None:
         raise NotFound(NOT_FOUND)
     return review
+
+
+def review_reload(review: Review) -> Review:
+    """A fresh copy of a review the caller already got through `review_get` (for waiting loops)."""
+    return Review.objects.get(pk=review.pk)
 
 
 def review_list(

@@ -482,6 +482,28 @@ def analyze_builtin(session: Session, *, history: tuple[int, int] | None = None)
     )
 
 
+def analyze_input(*, connection_name: str, connection_kind: str, text: str) -> dict:
+    """The built-in verdict on input that has not run: what reviewers see beside a pending
+    statement, and what the guardrail condition `risk_at_least` and the access request rules'
+    `min_risk` compare. No network, no queries."""
+    probe = Session(
+        connection_name=connection_name,
+        connection_kind=connection_kind,
+        verb=Verb.EXEC,
+        status=SessionStatus.PENDING_REVIEW,
+        input=text,
+    )
+    verdict = analyze_builtin(probe, history=(0, 0))
+    return {
+        "risk_level": verdict.risk_level,
+        "title": verdict.title,
+        "explanation": verdict.explanation,
+        "suggested_action": verdict.suggested_action,
+        "reasons": verdict.reasons,
+        "analyzer": verdict.analyzer,
+    }
+
+
 # --- the LLM analyzer -------------------------------------------------------------------------------
 
 

@@ -61,6 +61,7 @@ def _visible_sessions(
     verb=None,
     surface=None,
     risk_level=None,
+    review_status=None,
     start_date=None,
     end_date=None,
 ):
@@ -74,8 +75,17 @@ def _visible_sessions(
         raise InvalidInput(f"unknown status {status!r}; use one of: {', '.join(SessionStatus.values)}")
     if risk_level and risk_level not in RiskLevel.values:
         raise InvalidInput(f"unknown risk level {risk_level!r}; use one of: {', '.join(RiskLevel.values)}")
+    if review_status:
+        from reviews.models import ReviewStatus
+
+        review_status = review_status.upper()
+        if review_status not in ReviewStatus.values:
+            raise InvalidInput(
+                f"unknown review status {review_status!r}; use one of: {', '.join(ReviewStatus.values)}"
+            )
     start, end = _parse_time(start_date, "start_date"), _parse_time(end_date, "end_date")
     filters = {
+        "review__status": review_status,
         "user__email": user_email.lower() if user_email else None,
         "connection_name": connection,
         "status": status,
@@ -104,6 +114,7 @@ def session_list(
     start_date: str | None = None,
     end_date: str | None = None,
     risk_level: str | None = None,
+    review_status: str | None = None,
     limit: int = 20,
     offset: int = 0,
     cursor: str | None = None,
@@ -126,6 +137,7 @@ def session_list(
         verb=verb,
         surface=surface,
         risk_level=risk_level,
+        review_status=review_status,
         start_date=start_date,
         end_date=end_date,
     )
@@ -224,7 +236,43 @@ def session_content(*, actor: Actor, session_id, offset: int = 0, max_bytes: int
         "rows": (session.result or {}).get("rows") if offset == 0 else None,
         "exit_code": session.exit_code,
         "error": session.error,
+        "timeline": session_timeline(session),
     }
+
+
+def session_timeline(session: Session) -> list[dict]:
+    """What happened to a session, in order: recorded, queued for review, each decision, approved
+    or rejected, run requested, started, finished, analysed. Two queries at most."""
+    from reviews.models import Review
+
+    events = [("recorded", session.created_at, f"via {session.surface}")]
+    review = Review.objects.filter(session_id=session.pk).first()
+    if review is not None:
+        events.append(("queued_for_review", review.created_at, f"review {review.pk}"))
+        for decision in review.decisions.select_related("reviewer"):
+            note = f"{decision.reviewer.email} for {decision.group_name}" + (
+                f": {decision.reason}" if decision.reason else ""
+            )
+            events.append((f"review_{decision.decision.lower()}", decision.created_at, note))
+        if review.decided_at and review.status != "PENDING":
+            outcome = (
+                "approved" if review.executed_at or review.status == "APPROVED" else review.status.lower()
+            )
+            events.append(
+                (outcome, review.decided_at, "the review's quorum was met" if outcome == "approved" else "")
+            )
+        if review.executed_at:
+            events.append(("run_requested", review.executed_at, "reviews_execute"))
+    if session.started_at:
+        events.append(("started", session.started_at, ""))
+    if session.ended_at:
+        note = f"exit code {session.exit_code}" if session.exit_code is not None else session.error[:200]
+        events.append((session.status if session.status != "done" else "finished", session.ended_at, note))
+    analysis = Analysis.objects.filter(session_id=session.pk).values_list("created_at", "risk_level").first()
+    if analysis:
+        events.append(("analysed", analysis[0], f"risk {analysis[1]}"))
+    events.sort(key=lambda e: e[1])
+    return [{"event": name, "at": at.isoformat(), "detail": detail} for name, at, detail in events]
 
 
 def sessions_sweep_orphans(*, now=None) -> int:

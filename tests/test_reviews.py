@@ -512,3 +512,53 @@ def test_review_list_visibility_and_inbox(cast, team):
         services.review_list(actor=frank, status="MAYBE")
     services.review_decide(actor=grace, review_id=mine.pk, status="APPROVED")
     assert services.review_list(actor=frank, waiting_for_me=True)[1] == 0
+
+
+def test_a_guardrail_blocks_high_risk_input_before_it_runs(cast, team):
+    from governance.rules import guardrail_create, guardrail_test
+
+    with pytest.raises(InvalidInput, match="risk_at_least must be one of"):
+        guardrail_create(
+            actor=cast.alice.actor(), name="bad", input={"risk_at_least": "extreme"}, connections=["shop"]
+        )
+    guardrail_create(
+        actor=cast.alice.actor(),
+        name="no-high-risk",
+        message="High-risk statements need a change ticket.",
+        input={"risk_at_least": "high"},
+        connections=["shop"],
+    )
+    blocked = _exec(cast.bob, "delete from customers")
+    assert blocked.status == SessionStatus.BLOCKED
+    assert blocked.guardrail_findings[0]["condition"] == "risk.at_least"
+    assert "rated" in blocked.guardrail_findings[0]["detail"]
+    assert pipeline.exec_envelope(blocked)["message"].startswith("High-risk statements need a change ticket.")
+    assert _exec(cast.bob, "select name from customers where id = 1").status == SessionStatus.OPEN
+    assert _rows(team["shop"]) == 3
+    # the dry runs agree
+    tested = guardrail_test(actor=cast.alice.actor(), input="drop table customers", connection_name="shop")
+    assert tested["blocked"] and tested["findings"][0]["condition"] == "risk.at_least"
+    explained = pipeline.exec_explain(
+        actor=cast.bob.actor(), connection_name="shop", input="drop table customers"
+    )
+    assert explained["would_run"] is False and explained["blocked_by"] == ["no-high-risk"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_session_timeline_and_review_status_filter(cast, team):
+    from sessions.services import session_content, session_list
+
+    _rule(cast)
+    session = _exec(cast.bob, "update customers set name = 'z' where id = 3")
+    other = _exec(cast.bob, "update customers set name = 'w' where id = 2")
+    services.review_decide(actor=_actor(team["frank"]), review_id=session.pk, status="APPROVED", reason="ok")
+    services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+    _wait_final(session.pk)
+    bob = cast.bob.actor()
+    events = [e["event"] for e in session_content(actor=bob, session_id=session.pk)["timeline"]]
+    assert events[:5] == ["recorded", "queued_for_review", "review_approved", "approved", "run_requested"]
+    assert events[5:7] == ["started", "finished"]
+    assert [s.pk for s in session_list(actor=bob, review_status="EXECUTED")[0]] == [session.pk]
+    assert [s.pk for s in session_list(actor=bob, review_status="pending")[0]] == [other.pk]
+    with pytest.raises(InvalidInput, match="unknown review status"):
+        session_list(actor=bob, review_status="MAYBE")

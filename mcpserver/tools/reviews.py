@@ -15,7 +15,6 @@ from mcpserver.registry import Args, Result, page, tool
 from mcpserver.tools.execution import DEFAULT_WAIT, MAX_WAIT, ExecEnvelope, _wait, render_envelope
 from mcpserver.tools.rules import Deleted, Limit, Names, Offset, RefArgs, _fields
 from reviews import services
-from reviews.models import Review
 from sessions.wakeup import wait_for_review
 
 ReviewId = Annotated[
@@ -198,7 +197,7 @@ async def reviews_wait(actor, args: WaitArgs, ctx) -> ReviewOut:
 
     @db
     def load():
-        return Review.objects.get(pk=review.pk)
+        return services.review_reload(review)
 
     async def progress(elapsed, total):
         await ctx.progress(round(elapsed, 1), total, "waiting for reviewers")

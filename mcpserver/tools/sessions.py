@@ -49,6 +49,9 @@ class ListArgs(Args):
     risk_level: Literal["low", "medium", "high", "critical"] | None = Field(
         None, description="Of the analysis."
     )
+    review_status: Literal["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"] | None = (
+        Field(None, description="Of the session's review (sessions that went through one).")
+    )
     start_date: str | None = Field(None, description="RFC 3339, inclusive.")
     end_date: str | None = Field(None, description="RFC 3339, exclusive.")
     limit: Annotated[int, Field(ge=1, le=100)] = 20
@@ -71,8 +74,8 @@ class ListResult(Result):
 @tool(
     "sessions_list",
     description=(
-        "Session records (metadata, no content), newest first, filtered and paginated. You see your own; "
-        "admins and auditors see the whole org."
+        "Session records (metadata, no content), newest first, filtered and paginated. You see your own and "
+        "those waiting for (or decided by) reviews your groups review; admins and auditors see the whole org."
     ),
     args=ListArgs,
     result=ListResult,
@@ -96,6 +99,7 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
             start_date=args.start_date,
             end_date=args.end_date,
             risk_level=args.risk_level,
+            review_status=args.review_status,
             limit=args.limit,
             offset=args.offset,
             cursor=args.cursor,
@@ -143,6 +147,12 @@ class ContentArgs(IdArgs):
     max_bytes: Annotated[int, Field(ge=1, le=1024 * 1024)] = 64 * 1024
 
 
+class TimelineEvent(Result):
+    event: str
+    at: str
+    detail: str
+
+
 class ContentResult(Result):
     id: str
     connection: str
@@ -158,13 +168,17 @@ class ContentResult(Result):
     rows: list[list[Any]] | None
     exit_code: int | None
     error: str
+    timeline: list[TimelineEvent] = Field(
+        description="What happened, in order: recorded, queued_for_review, review decisions, approved, "
+        "run_requested, started, finished (or blocked/failed/cancelled), analysed."
+    )
 
 
 @tool(
     "sessions_get_content",
     description=(
-        "A session's input and output as the caller saw it; the output is paged by bytes (offset, max_bytes, next_offset). "
-        "Only the session's owner, admins and auditors may read it."
+        "A session's input and output as the caller saw it, with its event timeline; the output is paged by bytes "
+        "(offset, max_bytes, next_offset). Only the session's owner, admins and auditors may read it."
     ),
     args=ContentArgs,
     result=ContentResult,
