@@ -130,10 +130,10 @@ def redirect_uri_problem(uri) -> str | None:
     return f"redirect URI scheme {parts.scheme!r} is not allowed"
 
 
-def registration_problem(request) -> JsonResponse | None:
+def registration_problem(request, *, creating: bool = True) -> JsonResponse | None:
     """Bounded, checked client metadata before django-oauth-toolkit sees it."""
     recent = get_application_model().objects.filter(created__gte=timezone.now() - timedelta(hours=1))
-    if recent.count() >= settings.OAUTH_REGISTRATIONS_PER_HOUR:
+    if creating and recent.count() >= settings.OAUTH_REGISTRATIONS_PER_HOUR:
         return JsonResponse(
             {
                 "error": "temporarily_unavailable",
@@ -149,7 +149,7 @@ def registration_problem(request) -> JsonResponse | None:
         return _invalid(f"registration requests are limited to {MAX_REGISTRATION_BYTES} bytes", status=413)
     try:
         data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return _invalid("request body must be valid JSON")
     if not isinstance(data, dict):
         return _invalid("request body must be a JSON object")
@@ -172,6 +172,7 @@ def registration_problem(request) -> JsonResponse | None:
     grant_types = data.get("grant_types", ["authorization_code"])
     if (
         not isinstance(grant_types, list)
+        or not all(isinstance(g, str) for g in grant_types)
         or not set(grant_types) <= GRANT_TYPES
         or "authorization_code" not in grant_types
     ):
@@ -198,7 +199,7 @@ class RegistrationManagementView(BuiltinOnly, DynamicClientRegistrationManagemen
     """RFC 7592 read/update/delete with the registration access token; updates are bounded alike."""
 
     def put(self, request, *args, **kwargs):
-        return registration_problem(request) or super().put(request, *args, **kwargs)
+        return registration_problem(request, creating=False) or super().put(request, *args, **kwargs)
 
 
 class AuthorizationView(BuiltinOnly, dot_views.AuthorizationView):

@@ -130,7 +130,13 @@ def test_it_refuses_oversize_and_non_json_registrations(builtin):
     big = {"client_name": "a", "redirect_uris": [REDIRECT], "junk": "x" * 9000}
     response = client.post("/oauth/register/", data=json.dumps(big), content_type="application/json")
     assert response.status_code == 413 and response.json()["error"] == "invalid_client_metadata"
-    for body in ("{not json", "[1, 2]", "\xff"):
+    for body in (
+        "{not json",
+        "[1, 2]",
+        "\xff",
+        "[" * 5000,
+        '{"redirect_uris": ["https://a.example/cb"], "grant_types": [{}]}',
+    ):
         response = client.post("/oauth/register/", data=body, content_type="application/json")
         assert response.status_code == 400
     assert not get_application_model().objects.exists()
