@@ -8,7 +8,7 @@ from django.db import models
 from django.utils import timezone
 
 from gateway import crypto
-from governance.models import Organization, UserGroup
+from governance.models import BoundRule, Organization, UserGroup
 
 NAME_VALIDATOR = RegexValidator(
     r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
@@ -69,6 +69,7 @@ class Connection(models.Model):
     )
     exec_enabled = models.BooleanField(default=True)
     schema_enabled = models.BooleanField(default=True)
+    runbooks_enabled = models.BooleanField(default=True)
     agent_queue = models.CharField(
         max_length=63,
         blank=True,
@@ -155,3 +156,42 @@ class UpstreamRateWindow(models.Model):
 
     def __str__(self):
         return f"{self.key}@{self.window_start}: {self.count}"
+
+
+class Runbook(models.Model):
+    """A parameterized, pre-approved script for one connection (see `gateway.runbooks`).
+
+    `template` holds `{{ name }}` placeholders; `parameters` declares each one's type and limits.
+    Rendered values are quoted for the target (SQL literals in the connection's dialect, shell words
+    for command connections), so a parameter cannot change what the script does.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="runbooks")
+    name = models.CharField(max_length=63, validators=[NAME_VALIDATOR])
+    description = models.CharField(max_length=500, blank=True)
+    template = models.TextField()
+    parameters = models.JSONField(default=list, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "name"], name="runbook_unique_name_per_connection")
+        ]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class RunbookRule(BoundRule):
+    """Which groups may run which runbooks (names or globs) on the connections it binds."""
+
+    groups = models.ManyToManyField(UserGroup, related_name="+")
+    runbooks = models.JSONField(default=list, help_text='Runbook names or globs, e.g. ["restart-*"].')
+
+    class Meta(BoundRule.Meta):
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="runbookrule_unique_name_per_org")]
