@@ -446,3 +446,8 @@ def test_state_changes_need_a_csrf_token(cast):
     assert client.post(f"/connect/tokens/{token.pk}/revoke/").status_code == 403
     assert client.post("/connect/", {"name": "csrf"}).status_code == 403
     assert token_authenticate(cast.bob.token) is not None
+
+
+def test_unknown_pages_get_the_styled_404(cast):
+    response = login(cast.bob).get("/no-such-page/")
+    assert response.status_code == 404 and "There is no page at this address." in response.content.decode()
