@@ -196,10 +196,28 @@ class UserGroupAdmin(GovernedModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(ReadOnlyModelAdmin):
-    list_display = ("name", "user", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at")
-    list_filter = (("user", RelatedOnly),)
+    list_display = (
+        "name",
+        "user",
+        "prefix",
+        "capability",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    list_filter = ("capability", ("user", RelatedOnly))
     search_fields = ("name", "prefix", "user__email")
-    fields = ("name", "user", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at")
+    fields = (
+        "name",
+        "user",
+        "prefix",
+        "capability",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    )
     list_select_related = ("user",)
 
 

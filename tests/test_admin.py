@@ -643,3 +643,19 @@ def test_it_changes_ones_own_password_through_the_service(cast):
     assert cast.carol.user.check_password("carol-new-passphrase")
     event = AuditEvent.objects.get(org=cast.acme, action="user.password_change")
     assert event.surface == "admin" and event.actor_email == "carol@acme.test" and event.detail == {}
+
+
+def test_it_lists_tokens_read_only_without_their_digest(cast):
+    from governance.models import ApiToken
+
+    token = ApiToken.objects.get(user=cast.bob.user)
+    for person in (cast.alice, cast.carol):
+        client = client_for(person)
+        listing = client.get("/admin/governance/apitoken/").content.decode()
+        page = client.get(f"/admin/governance/apitoken/{token.pk}/change/").content.decode()
+        for html in (listing, page):
+            assert token.prefix in html
+            assert token.digest not in html and cast.bob.token not in html
+        assert 'name="_save"' not in page
+    assert client_for(cast.alice).get("/admin/governance/apitoken/add/").status_code == 403
+    assert client_for(cast.eve).get(f"/admin/governance/apitoken/{token.pk}/change/").status_code == 404
