@@ -1,7 +1,8 @@
 """CSV / JSON Lines downloads of sessions and audit events: thin views over `sessions.export`.
 
 Query parameters are the filters of `sessions_list` / `audit_events_list`; unknown ones are
-refused (a typo must not silently export everything). The body is streamed: under ASGI (daphne)
+refused (a typo must not silently export everything). Errors are rendered by `gateway.web.web_view`
+like on every page (400 bad filter, 403 not allowed). The body is streamed: under ASGI (daphne)
 through an async iterator that pulls one chunk at a time from the export on a worker thread, so
 the response never holds more than a chunk.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.urls import path
 from django.views.decorators.http import require_GET
 
-from gateway.web import login_required, web_actor
-from governance.errors import NotFound, PolicyDenied, PortcullisError
+from gateway.web import web_actor, web_view
+from governance.errors import InvalidInput
 from sessions.export import audit_events_export, sessions_export
 
 SESSION_FILTERS = (
@@ -52,17 +53,9 @@ def _stream(request, chunks):
 def _download(request, export, names: tuple[str, ...], format: str):
     unknown = sorted(set(request.GET) - set(names))
     if unknown:
-        return HttpResponse(
-            f"unknown filter {unknown[0]!r}; use any of: {', '.join(names)}\n",
-            status=400,
-            content_type="text/plain",
-        )
+        raise InvalidInput(f"unknown filter {unknown[0]!r}; use any of: {', '.join(names)}")
     filters = {name: request.GET.get(name) or None for name in names}
-    try:
-        started = export(actor=web_actor(request), format=format, **filters)
-    except PortcullisError as exc:
-        status = 404 if isinstance(exc, NotFound) else 403 if isinstance(exc, PolicyDenied) else 400
-        return HttpResponse(exc.message + "\n", status=status, content_type="text/plain")
+    started = export(actor=web_actor(request), format=format, **filters)  # errors: web_view renders them
     response = StreamingHttpResponse(_stream(request, started.chunks), content_type=started.content_type)
     response["Content-Disposition"] = f'attachment; filename="{started.filename}"'
     response["Cache-Control"] = "no-store"
@@ -71,13 +64,13 @@ def _download(request, export, names: tuple[str, ...], format: str):
 
 
 @require_GET
-@login_required
+@web_view
 def sessions_download(request, format: str):
     return _download(request, sessions_export, SESSION_FILTERS, format)
 
 
 @require_GET
-@login_required
+@web_view
 def audit_download(request, format: str):
     return _download(request, audit_events_export, AUDIT_FILTERS, format)
 

@@ -229,7 +229,11 @@ def test_web_downloads_need_a_login_and_follow_the_roles(cast, some, client):
     response = client.get("/sessions/export.jsonl?status=exploded")
     assert response.status_code == 400 and b"unknown status" in response.content
     response = client.get("/sessions/export.jsonl?stauts=done")
-    assert response.status_code == 400 and b"unknown filter 'stauts'" in response.content
+    assert (
+        response.status_code == 400
+        and b"unknown filter" in response.content
+        and b"stauts" in response.content
+    )
     assert client.post("/sessions/export.csv").status_code == 405
     client.force_login(cast.eve.user)
     rows = [
