@@ -451,14 +451,18 @@ def oauth_client_revoke(*, actor: Actor, user_id, application_id) -> int:
     return len(refresh) + len(access)
 
 
-def oauth_authorize_record(*, actor: Actor, application, scopes: list[str], allowed: bool) -> None:
-    """Record a consent decision (the grant itself is django-oauth-toolkit's, same transaction)."""
+def oauth_authorize_record(
+    *, actor: Actor, application, scopes: list[str], allowed: bool, issued: bool
+) -> None:
+    """Record a consent decision (the grant itself is django-oauth-toolkit's, same transaction):
+    success when a code was issued, denied when the user said no, invalid when the request failed."""
     from sessions.audit import Outcome, audit_record
 
+    outcome = Outcome.DENIED if not allowed else Outcome.SUCCESS if issued else Outcome.INVALID
     audit_record(
         actor=actor,
         action="oauth.authorize",
-        outcome=Outcome.SUCCESS if allowed else Outcome.DENIED,
+        outcome=outcome,
         target_type="oauth2_provider.application",
         target_id=str(application.pk),
         target_repr=f"{application.name or 'unnamed client'} ({application.client_id})",

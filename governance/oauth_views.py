@@ -275,6 +275,7 @@ class AuthorizationView(BuiltinOnly, dot_views.AuthorizationView):
                     application=application,
                     scopes=(form.cleaned_data.get("scope") or "").split(),
                     allowed=bool(form.cleaned_data.get("allow")),
+                    issued="code=" in (response.get("Location") or ""),
                 )
         return response
 

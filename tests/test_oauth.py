@@ -239,6 +239,7 @@ def test_it_exchanges_a_code_only_with_its_verifier(cast, builtin):
     form["allow"] = "Authorize"
     answer = browser.post("/oauth/authorize/", form)
     code = answer["Location"].split("code=")[1].split("&")[0]
+    assert AuditEvent.objects.get(action="oauth.authorize").outcome == "success"
     exchange = {
         "grant_type": "authorization_code",
         "code": code,
