@@ -143,6 +143,29 @@ def test_session_rows_carry_analysis_guardrails_and_the_review_slot(cast, some):
     assert "review_status" in first and first["review_status"] is None
 
 
+def test_session_rows_carry_the_review_outcome(cast, some):
+    from django.utils import timezone
+
+    from reviews.models import Review
+
+    review = Review.objects.create(
+        org=cast.acme,
+        type="onetime",
+        status="REJECTED",
+        session=some[2],
+        requester=cast.dave.user,
+        connection_name="shop",
+        input="select 3",
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    rows = {r["id"]: r for r in _csv(sessions_export(actor=cast.alice.actor(), format="csv"))}
+    assert (rows[str(some[2].pk)]["review_id"], rows[str(some[2].pk)]["review_status"]) == (
+        str(review.pk),
+        "REJECTED",
+    )
+    assert rows[str(some[3].pk)]["review_status"] == ""
+
+
 def test_filters_are_those_of_sessions_list_and_bad_ones_are_clear_errors(cast, some):
     rows = _jsonl(sessions_export(actor=cast.alice.actor(), format="jsonl", status="blocked"))
     assert [r["id"] for r in rows] == [str(some[1].pk)]
