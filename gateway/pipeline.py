@@ -889,7 +889,7 @@ async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dic
 
 
 def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: dict):
-    """Everything before the upstream is reached; returns (session, connection, rule, limits).
+    """Everything before the upstream is reached; returns (session, connection, limits).
     The session is already final when the call was refused (blocked, rate-limited, invalid)."""
     from gateway import upstream
 
@@ -944,6 +944,8 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
             f"tool {tool!r} requires approval; approvals for upstream tools are not available yet",
             Outcome.DENIED,
         )
+    elif not error and runner.busy():
+        error, outcome = "the gateway is at capacity; try again shortly", Outcome.FAILED
     elif not error:
         error = upstream.rate_limit_take(connection, rule, tool)
         outcome = Outcome.DENIED if error else Outcome.SUCCESS
@@ -957,8 +959,6 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
             Verb.TOOL,
             _canonical({"tool": tool, "arguments": arguments}),
             stored,
-            status=SessionStatus.RUNNING,
-            started_at=now,
             metadata={"tool": tool},
             masking=masking_info,
         )
@@ -989,7 +989,7 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
                 **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
             },
         )
-    return session, connection, rule, limits
+    return session, connection, limits
 
 
 _BINARY_WITHHELD = "[portcullis: {kind} content withheld: masking rules apply to this connection and binary content cannot be checked]"
@@ -1089,7 +1089,10 @@ def _tool_finish(
         session.masking = {**previous, **masking_info}
         if findings:
             session.guardrail_findings = [f.as_dict() for f in findings]
-        if blocked:
+        if session.cancel_requested:
+            session.status, session.error = SessionStatus.CANCELLED, error or "cancelled"
+            session.result = None
+        elif blocked:
             session.status, session.error = SessionStatus.BLOCKED, blocked
         elif error or result is None:
             session.status, session.error = SessionStatus.FAILED, error or "the upstream gave no result"
@@ -1128,49 +1131,133 @@ async def tool_call(
     Raises NotFound/PolicyDenied (audited) when the actor may not use the connection or the tool
     (one answer for both), InvalidInput for malformed arguments. Everything after that is a
     recorded session: blocked (guardrail, contract drift, approval, rate limit), failed (upstream
-    down, slow, protocol error, oversize answer) or done (exit code 1 when the tool said isError).
+    down, slow, protocol error, oversize answer), cancelled (exec_cancel) or done (exit code 1 when
+    the tool itself answered isError). The upstream exchange runs in the runner's bounded pool,
+    like exec: heartbeats, exec_cancel from any replica and the deadline apply; if the caller goes
+    away, the call still finishes and is recorded.
     """
-    import anyio
+    import asyncio
+
     from channels.db import database_sync_to_async as db
 
-    from gateway import upstream
-    from gateway.models import ContractStatus
-
     arguments = {} if arguments is None else arguments
-    session, connection, rule, limits = await db(
+    session, connection, limits = await db(
         lambda: _tool_prepare(actor=actor, connection_name=connection_name, tool=tool, arguments=arguments)
     )()
     if session.is_final:
         return session
-    connector = _connector(connection, limits)
-    result, error, blocked = None, "", ""
-    started = time.monotonic()
+    future = await db(  # the runner beats its heartbeat in the database: not from the event loop
+        lambda: tool_dispatch(session, connection, limits, tool=tool, arguments=arguments, surface=actor.surface)
+    )()
     try:
-        with anyio.fail_after(limits.timeout_seconds):
-            async with connector.client() as client:
-                listing = await connector.list_tools(client)
-                rows = await db(lambda: _observe(connection, listing, actor.surface))()
-                row = rows.get(tool)
-                if row is None or row.status != ContractStatus.ACCEPTED:
-                    blocked = upstream.contract_block_message(connection, row, tool)
-                else:
-                    answer = await client.call_tool(tool, arguments)
-                    result = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
-    except Exception as exc:  # down, slow, protocol error, oversize: a clear message, recorded
-        error = connector.describe_failure(exc)
-    elapsed_ms = int((time.monotonic() - started) * 1000)
-    return await db(
-        lambda: _tool_finish(
-            session.pk,
+        await asyncio.shield(asyncio.wrap_future(future))
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the job records its own failure; read what it left
+        pass
+    return await db(lambda: Session.objects.select_related("user").get(pk=session.pk))()
+
+
+def tool_dispatch(
+    session: Session, connection: Connection, limits: Limits, *, tool: str, arguments: dict, surface: str
+):
+    """Run a recorded (open) tool session in the runner's pool; returns the job's future."""
+    return runner.submit(
+        str(session.pk),
+        lambda: _tool_run(session.pk, connection, limits, tool, arguments, surface),
+        timeout_seconds=limits.timeout_seconds,
+    )
+
+
+def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arguments: dict, surface: str):
+    """Pool-thread body: claim the session, talk to the upstream, finish the record. Whatever goes
+    wrong, the session does not stay open."""
+    import anyio
+
+    try:
+        close_old_connections()
+        claimed = Session.objects.filter(
+            pk=session_id, status=SessionStatus.OPEN, cancel_requested=False
+        ).update(status=SessionStatus.RUNNING, started_at=timezone.now(), runner=runner.runner_id())
+        if not claimed:
+            return  # cancelled while queued; exec_cancel already finished the record
+        connector = _connector(connection, limits)
+        outcome = {"result": None, "error": "", "blocked": ""}
+        started = time.monotonic()
+        try:
+            anyio.run(
+                _tool_exchange, session_id, connector, connection, limits, tool, arguments, surface, outcome
+            )
+        except Exception as exc:  # down, slow, protocol error, oversize: a clear message, recorded
+            outcome["error"] = connector.describe_failure(exc)
+        _tool_finish(
+            session_id,
             connection=connection,
             limits=limits,
             tool=tool,
-            result=result,
-            error=error,
-            blocked=blocked,
-            elapsed_ms=elapsed_ms,
+            elapsed_ms=int((time.monotonic() - started) * 1000),
+            **outcome,
         )
-    )()
+    except Exception:
+        logger.exception("tool session %s failed before finishing its record", session_id)
+        ended = Session.objects.filter(
+            pk=session_id, status__in=(SessionStatus.OPEN, SessionStatus.RUNNING)
+        ).update(
+            status=SessionStatus.FAILED,
+            ended_at=timezone.now(),
+            error="internal error while calling the upstream; the gateway log has details",
+        )
+        if ended:
+            notify_session_finished(session_id)
+            analysis_enqueue(session_id=session_id)
+
+
+async def _tool_exchange(
+    session_id, connector, connection, limits, tool, arguments, surface, outcome
+) -> None:
+    """One upstream session: list the tools, check the pinned contract, call. Cancellable from
+    another thread (exec_cancel) and bounded by the connection's deadline."""
+    import anyio
+    import anyio.from_thread
+    import anyio.lowlevel
+    import anyio.to_thread
+
+    from gateway import upstream
+    from gateway.models import ContractStatus
+
+    with anyio.CancelScope() as scope:
+        token = anyio.lowlevel.current_token()
+
+        def cancel():
+            try:
+                anyio.from_thread.run_sync(scope.cancel, token=token)
+            except RuntimeError:  # the exchange already ended
+                pass
+
+        runner.set_cancel_callback(str(session_id), cancel)
+        with anyio.fail_after(limits.timeout_seconds):
+            async with connector.client() as client:
+                listing = await connector.list_tools(client)
+                rows = await anyio.to_thread.run_sync(
+                    lambda: _observe_in_thread(connection, listing, surface)
+                )
+                row = rows.get(tool)
+                if row is None or row.status != ContractStatus.ACCEPTED:
+                    outcome["blocked"] = upstream.contract_block_message(connection, row, tool)
+                    return
+                answer = await client.call_tool(tool, arguments)
+                outcome["result"] = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if scope.cancelled_caught:
+        outcome["error"] = "cancelled while the upstream was answering"
+
+
+def _observe_in_thread(connection: Connection, listing: list, surface: str) -> dict:
+    from django.db import connections
+
+    try:
+        return _observe(connection, listing, surface)
+    finally:
+        connections.close_all()  # a short-lived helper thread must not keep a database connection
 
 
 def tool_envelope(session: Session) -> dict:

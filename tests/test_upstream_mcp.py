@@ -188,7 +188,7 @@ def test_argument_guardrails_block_before_the_upstream_is_reached(cast, upstream
         session.status == SessionStatus.BLOCKED
         and session.guardrail_findings[0]["condition"] == "sql.read_only"
     )
-    assert session.started_at is not None and session.output == ""
+    assert session.started_at is None and session.output == ""  # nothing ran
     assert call(cast.bob, "tools", "run_sql", {"sql": "select password from users"})["status"] == "blocked"
     bound = call(cast.bob, "tools", "echo", {"text": "please rm -rf /"})
     assert bound["status"] == "blocked" and bound["message"] == "no rm here (guardrail: no-rm)"
@@ -588,3 +588,26 @@ def test_a_read_only_token_cannot_call_upstream_tools(cast, upstream_url, transa
     read_only = dataclasses.replace(cast.bob.actor(), capability="read_only")
     with pytest.raises(PolicyDenied, match="read-only token"):
         asyncio.run(pipeline.tool_call(actor=read_only, connection_name="tools", tool="echo", arguments={}))
+
+
+def test_a_running_tool_call_can_be_cancelled(cast, upstream_url, transactional_db):
+    from channels.db import database_sync_to_async as db
+
+    make_mcp_connection(cast.acme, upstream_url)
+    actor = cast.bob.actor()
+
+    async def scenario():
+        task = asyncio.create_task(
+            pipeline.tool_call(actor=actor, connection_name="tools", tool="sleep", arguments={"seconds": 60})
+        )
+        running = db(lambda: Session.objects.filter(verb="tool", status=SessionStatus.RUNNING).first())
+        deadline = time.monotonic() + 30
+        while (session := await running()) is None:
+            assert time.monotonic() < deadline, "the tool call never started"
+            await asyncio.sleep(0.05)
+        await db(lambda: pipeline.exec_cancel(actor=actor, session_id=str(session.pk)))()
+        return await asyncio.wait_for(task, 30)
+
+    session = asyncio.run(scenario())
+    assert session.status == SessionStatus.CANCELLED and session.cancel_requested
+    assert pipeline.tool_envelope(session)["status"] == "failed"
