@@ -7,7 +7,7 @@ PORT   ?= 8000
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/portcullis
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test install lint bench bench-sessions clean
+.PHONY: run test install lint bench bench-review bench-sessions clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Portcullis needs Python >= 3.11 (set PYTHON=python3.x)") if sys.version_info < (3, 11) else None'
@@ -39,6 +39,10 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/exec_latency.py
+
+# A review decided in one daphne process -> reviews_wait returning in another (aim: 100 ms).
+bench-review: install
+	$(BIN)/python bench/review_wake.py $(BENCH_ARGS)
 
 # A million sessions in PostgreSQL (database portcullis_bench_scale, loaded once, kept between runs).
 bench-sessions: install
