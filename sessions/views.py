@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.shortcuts import redirect, render
+from django.utils.html import format_html
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import BashLexer, JsonLexer, MySqlLexer, PostgresLexer, SqlLexer, TextLexer
@@ -35,6 +36,7 @@ from sessions.services import (
 OUTPUT_PAGE_BYTES = 64 * 1024
 REPLAY_MAX_BYTES = 1024 * 1024
 MAX_TABLE_ROWS = 500
+MAX_HIGHLIGHT_CHARS = 100_000
 LEXERS = {
     "postgres": PostgresLexer,
     "mysql": MySqlLexer,
@@ -47,7 +49,10 @@ HIGHLIGHT_CSS = _FORMATTER.get_style_defs(".highlight")
 
 
 def highlight_input(text: str, kind: str) -> str:
-    """The input as syntax-highlighted HTML (Pygments escapes it), by the connection's kind."""
+    """The input as syntax-highlighted HTML (Pygments escapes it), by the connection's kind. Inputs
+    over MAX_HIGHLIGHT_CHARS are shown plain: a regex lexer over a megabyte would stall the page."""
+    if len(text) > MAX_HIGHLIGHT_CHARS:
+        return format_html('<div class="highlight"><pre><code>{}</code></pre></div>', text)
     return highlight(text, LEXERS.get(kind, TextLexer)(), _FORMATTER)
 
 
@@ -171,8 +176,6 @@ def session_replay_view(request, session_id):
         "session": session,
         "meta": session_to_dict(session, actor=actor),
         "content": content,
-        "input_html": highlight_input(content["input"], "command"),
-        "highlight_css": HIGHLIGHT_CSS,
     }
     return _page(request, "sessions/replay.html", actor, "sessions", context)
 

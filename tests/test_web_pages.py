@@ -451,3 +451,9 @@ def test_state_changes_need_a_csrf_token(cast):
 def test_unknown_pages_get_the_styled_404(cast):
     response = login(cast.bob).get("/no-such-page/")
     assert response.status_code == 404 and "There is no page at this address." in response.content.decode()
+
+
+def test_a_huge_input_is_shown_plain_and_escaped(cast):
+    huge = _session(cast.acme, cast.bob.user, input="select '<b>x</b>' " + "-- pad\n" * 20_000)
+    page = login(cast.bob).get(f"/sessions/{huge.pk}/").content.decode()
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
