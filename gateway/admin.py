@@ -415,3 +415,6 @@ def _export_cell(value) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value)
     return str(value)
+
+
+from gateway import admin_runbooks  # noqa: E402,F401  (runbook pages; kept in their own module)

@@ -79,7 +79,7 @@ def not_found_message(name: str) -> str:
 
 
 def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
-    """The connection `actor` may use for `mode` ("exec" or "schema"), or a recorded denial."""
+    """The connection `actor` may use for `mode` ("exec", "schema" or "runbooks"), or a recorded denial."""
     try:
         connection = get_scoped(
             Connection.objects.select_related("org"),
@@ -92,7 +92,11 @@ def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
         if actor.is_auditor and not actor.is_admin:
             if not scope(Connection.objects.filter(pk=connection.pk), actor, "exec").exists():
                 raise PolicyDenied(f'you may not run anything on connection "{connection_name}"')
-        enabled = connection.exec_enabled if mode == "exec" else connection.schema_enabled
+        enabled = {
+            "exec": connection.exec_enabled,
+            "schema": connection.schema_enabled,
+            "runbooks": connection.runbooks_enabled,
+        }[mode]
         if not enabled:
             raise PolicyDenied(f"{mode} is disabled for this connection")
     except (NotFound, PolicyDenied) as exc:
@@ -132,6 +136,13 @@ def _block_message(connection: Connection, findings, *, withheld: bool = False) 
     default = "the result was withheld by a guardrail" if withheld else "blocked by a guardrail"
     message = rule.message if rule is not None and rule.message else default
     return f"{message} (guardrail: {first})"
+
+
+def _risk_of(connection: Connection, text: str):
+    """The analyzer's verdict on `text`, for guardrails with `risk_at_least` (called lazily)."""
+    from sessions.analysis import analyze_input
+
+    return lambda: analyze_input(connection_name=connection.name, connection_kind=connection.kind, text=text)
 
 
 def _connector(connection: Connection, limits: Limits):
@@ -181,8 +192,10 @@ def exec_start(
     input: str,
     max_rows: int | None = None,
     metadata: dict | None = None,
+    verb: str = Verb.EXEC,
 ) -> Session:
-    """Authorize, record and start one exec. Returns the session (final already if refused).
+    """Authorize, record and start one exec (or a rendered runbook: verb `runbook`). Returns the
+    session (final already if refused).
 
     Raises NotFound/PolicyDenied (recorded in the audit log) when the actor may not use the
     connection, InvalidInput for malformed arguments. An oversize input is not an exception: it
@@ -193,7 +206,9 @@ def exec_start(
     if max_rows is not None and max_rows < 1:
         raise InvalidInput("max_rows must be at least 1")
     metadata = _check_metadata(metadata)
-    connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
+    connection = authorize(
+        actor=actor, connection_name=connection_name, mode="runbooks" if verb == Verb.RUNBOOK else "exec"
+    )
 
     data = input.encode()
     too_large = len(data) > settings.MAX_INPUT_BYTES
@@ -203,7 +218,10 @@ def exec_start(
         try:
             rules = rules_service.bound_rules(connection).guardrails
             findings = guardrails.evaluate_input(
-                rules, input, dialect=guardrails.DIALECTS.get(connection.kind)
+                rules,
+                input,
+                dialect=guardrails.DIALECTS.get(connection.kind),
+                assess_risk=_risk_of(connection, input),
             )
         except Exception:  # fail closed, and keep the record
             logger.exception("loading or evaluating the rules of connection %s failed", connection.pk)
@@ -228,7 +246,7 @@ def exec_start(
         session = _record(
             actor,
             connection,
-            Verb.EXEC,
+            verb,
             input,
             data[: settings.MAX_INPUT_BYTES].decode(errors="ignore") if too_large else input,
             input_truncated=too_large,
@@ -299,7 +317,8 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
     from governance.errors import Conflict
 
     session = Session.objects.select_for_update(of=("self",)).get(pk=review.session_id)
-    connection = authorize(actor=actor, connection_name=review.connection_name, mode="exec")
+    mode = "runbooks" if session.verb == Verb.RUNBOOK else "exec"
+    connection = authorize(actor=actor, connection_name=review.connection_name, mode=mode)
     if session.status != SessionStatus.PENDING_REVIEW:
         raise Conflict(f"the session of this review is {session.status}, not waiting for its review")
     if (
@@ -311,7 +330,10 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
         raise Conflict("the session's input no longer matches what was approved; nothing ran")
     rules = rules_service.bound_rules(connection).guardrails
     findings = guardrails.evaluate_input(
-        rules, session.input, dialect=guardrails.DIALECTS.get(connection.kind)
+        rules,
+        session.input,
+        dialect=guardrails.DIALECTS.get(connection.kind),
+        assess_risk=_risk_of(connection, session.input),
     )
     rules, findings = capability.apply_exec_ceiling(actor, connection.kind, session.input, rules, findings)
     limits = _limits(connection, read_only=guardrails.requires_read_only(rules))
@@ -783,7 +805,12 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
         raise InvalidInput(f"input is larger than {settings.MAX_INPUT_BYTES} bytes; exec would refuse it")
     bound = rules_service.bound_rules(connection)
     rules = bound.guardrails
-    findings = guardrails.evaluate_input(rules, input, dialect=guardrails.DIALECTS.get(connection.kind))
+    findings = guardrails.evaluate_input(
+        rules,
+        input,
+        dialect=guardrails.DIALECTS.get(connection.kind),
+        assess_risk=_risk_of(connection, input),
+    )
     masker, masking_rules = bound.masker, bound.masking_rules
     privileged = has_role(actor, ROLE_AUDITOR)
     from reviews.services import command_gate, input_risk
@@ -1147,14 +1174,18 @@ async def tool_call(
     if session.is_final:
         return session
     future = await db(  # the runner beats its heartbeat in the database: not from the event loop
-        lambda: tool_dispatch(session, connection, limits, tool=tool, arguments=arguments, surface=actor.surface)
+        lambda: tool_dispatch(
+            session, connection, limits, tool=tool, arguments=arguments, surface=actor.surface
+        )
     )()
     try:
-        await asyncio.shield(asyncio.wrap_future(future))
+        finished = await asyncio.shield(asyncio.wrap_future(future))
     except asyncio.CancelledError:
         raise
     except Exception:  # the job records its own failure; read what it left
-        pass
+        finished = None
+    if finished is not None:
+        return finished
     return await db(lambda: Session.objects.select_related("user").get(pk=session.pk))()
 
 
@@ -1190,7 +1221,7 @@ def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arg
             )
         except Exception as exc:  # down, slow, protocol error, oversize: a clear message, recorded
             outcome["error"] = connector.describe_failure(exc)
-        _tool_finish(
+        return _tool_finish(
             session_id,
             connection=connection,
             limits=limits,

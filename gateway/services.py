@@ -24,6 +24,7 @@ OPTION_FIELDS = (
     "timeout_seconds",
     "exec_enabled",
     "schema_enabled",
+    "runbooks_enabled",
     "agent_queue",
 )
 _OPTION_TYPES = {
@@ -34,6 +35,7 @@ _OPTION_TYPES = {
     "timeout_seconds": int,
     "exec_enabled": bool,
     "schema_enabled": bool,
+    "runbooks_enabled": bool,
 }
 
 
@@ -79,6 +81,7 @@ def connection_to_dict(connection: Connection) -> dict:
         "timeout_seconds": connection.timeout_seconds,
         "exec_enabled": connection.exec_enabled,
         "schema_enabled": connection.schema_enabled,
+        "runbooks_enabled": connection.runbooks_enabled,
         "agent_queue": connection.agent_queue,
         "created_at": connection.created_at.isoformat(),
         "updated_at": connection.updated_at.isoformat(),

@@ -234,6 +234,8 @@ _SCOPES = {
     "reviews.accessrequestrule": _rule_scope,
     "reviews.reviewsettings": _rule_scope,
     "reviews.review": _review_scope,
+    "gateway.runbook": _rule_scope,
+    "gateway.runbookrule": _rule_scope,
     "records.session": _session_scope,
     "governance.user": _directory_scope,
     "governance.usergroup": _directory_scope,

@@ -9,6 +9,7 @@ from mcpserver.tools import (  # noqa: F401
     identity,
     reviews,
     rules,
+    runbooks,
     schema,
     sessions,
     upstream,

@@ -36,6 +36,7 @@ class ConnectionOut(Result):
     timeout_seconds: int
     exec_enabled: bool
     schema_enabled: bool
+    runbooks_enabled: bool
     agent_queue: str
     created_at: str
     updated_at: str
@@ -127,6 +128,7 @@ class Options(Args):
     timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] | None = None
     exec_enabled: bool | None = None
     schema_enabled: bool | None = None
+    runbooks_enabled: bool | None = None
     agent_queue: str | None = Field(None, max_length=63)
 
 
