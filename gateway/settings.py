@@ -278,6 +278,19 @@ ANALYZER_MODEL = env_str("PORTCULLIS_ANALYZER_MODEL").strip()
 ANALYZER_KEY = env_str("PORTCULLIS_ANALYZER_KEY").strip()
 ANALYZER_TIMEOUT_SECONDS = float(env_int("PORTCULLIS_ANALYZER_TIMEOUT_SECONDS", 20))
 # Analyses lost on the way (broker down, worker killed) are made by a periodic sweep instead.
+CELERY_BEAT_SCHEDULE["reviews-expire"] = {"task": "reviews.tasks.reviews_expire", "schedule": 30.0}
+
+# Review notifications: e-mail through Django's backend (console unless configured), and an
+# optional Slack incoming webhook.
+EMAIL_BACKEND = env_str("PORTCULLIS_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("PORTCULLIS_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("PORTCULLIS_EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("PORTCULLIS_EMAIL_USER")
+EMAIL_HOST_PASSWORD = env_str("PORTCULLIS_EMAIL_PASSWORD")
+EMAIL_USE_TLS = env_bool("PORTCULLIS_EMAIL_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("PORTCULLIS_EMAIL_FROM", "portcullis@localhost")
+SLACK_WEBHOOK_URL = env_str("PORTCULLIS_SLACK_WEBHOOK_URL")
+
 CELERY_BEAT_SCHEDULE["sessions-analyze-missing"] = {
     "task": "sessions.tasks.analysis_sweep_missing",
     "schedule": 60.0,
