@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -372,6 +373,9 @@ def cases(meta: dict, params: dict) -> list[Case]:
         Case("list risk high, last 30 days", "auditor", "list", {"risk_level": "high", "start_date": month[0]}),
         Case("list verb+surface", "admin", "list", {"verb": "runbook", "surface": "web"}),
         Case("list standard user, own", "standard", "list", {}),
+        Case("list standard user in no group, own", "own-only", "list", {}),
+        Case("list standard user in no group, blocked", "own-only", "list", {"status": "blocked"}),
+        Case("stats by user, standard user in no group", "own-only", "stats", {"group_by": ["user"]}),
         Case("list standard user, blocked", "standard", "list", {"status": "blocked"}),
         Case("list standard user, risk critical", "standard", "list", {"risk_level": "critical"}),
         Case("list standard user, other's email", "standard", "list", {"user_email": "agent-ci@acme.test"}),
@@ -432,6 +436,9 @@ def actors() -> dict:
         "admin": actor("admin@acme.test"),
         "auditor": actor("auditor@acme.test"),
         "standard": actor("dev05@acme.test"),
+        # The same user as if in no group: the policy's "own sessions only" path, without the
+        # "or reviewable by my groups" subquery, to show what that subquery costs.
+        "own-only": dataclasses.replace(actor("dev05@acme.test"), groups=frozenset(), group_ids=frozenset()),
     }
 
 
