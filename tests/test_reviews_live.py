@@ -205,3 +205,25 @@ def test_jit_over_mcp_and_rule_tools(cast, reviewed_shop, mcp):
     updated = structured(alice.call("access_request_rules_update", {"id": "shop-writes", "min_approvals": 2}))
     assert updated["min_approvals"] == 2
     assert structured(alice.call("access_request_rules_delete", {"id": "shop-writes"}))["deleted"]
+
+
+def test_the_review_page_on_a_phone(cast, reviewed_shop, mcp, gateway_server, chromium):  # noqa: F811
+    review_id = structured(
+        mcp(cast.bob).call(
+            "exec", {"connection_name": "shop", "input": "update customers set name = 'p' where id = 1"}
+        )
+    )["review_id"]
+
+    def look(page):
+        page.goto(f"{gateway_server.url}/login/?next=/reviews/{review_id}/")
+        page.fill("input[name=username]", "frank@acme.test")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#statement")
+        # nothing wider than the screen: the statement and the buttons stay reachable
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        shot(page, "review-page-phone")
+        return overflow, page.is_visible("#approve")
+
+    overflow, approve_visible = in_browser(look, width=390, height=844, is_mobile=True, device_scale_factor=2)
+    assert overflow <= 0 and approve_visible
