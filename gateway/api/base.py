@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.views import APIView
@@ -71,19 +70,6 @@ def decode_cursor(cursor: str | None) -> int:
     if kind != "o" or not 0 <= offset <= MAX_OFFSET:
         raise InvalidInput("invalid cursor; pass the next_cursor of the previous page")
     return offset
-
-
-class PageQuery(StrictSerializer):
-    limit = serializers.IntegerField(min_value=1, max_value=MAX_LIMIT, default=DEFAULT_LIMIT)
-    cursor = serializers.CharField(
-        required=False, max_length=100, help_text="next_cursor of the previous page"
-    )
-
-
-PAGE_PARAMETERS = [
-    OpenApiParameter("limit", int, description=f"Items per page, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})."),
-    OpenApiParameter("cursor", str, description="The `next_cursor` of the previous page."),
-]
 
 
 def page_body(request, items: list, total: int, offset: int) -> dict:

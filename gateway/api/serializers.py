@@ -20,6 +20,13 @@ class Names(s.ListField):
         super().__init__(**kwargs)
 
 
+class PageOnly(StrictSerializer):
+    """The query of every list: `limit` (1-100) and the `cursor` of the previous page."""
+
+    limit = s.IntegerField(min_value=1, max_value=100, default=50)
+    cursor = Char(max_length=100, required=False, help_text="The next_cursor of the previous page.")
+
+
 # --- connections ---------------------------------------------------------------------------------
 
 
@@ -67,11 +74,9 @@ class ConnectionOut(s.Serializer):
     updated_at = s.DateTimeField()
 
 
-class ConnectionQuery(StrictSerializer):
+class ConnectionQuery(PageOnly):
     search = Char(max_length=100, required=False)
     kind = s.ChoiceField(choices=ConnectionKind.choices, required=False)
-    limit = s.IntegerField(min_value=1, max_value=100, default=50)
-    cursor = Char(max_length=100, required=False)
 
 
 # --- access control ------------------------------------------------------------------------------
@@ -115,12 +120,10 @@ class UserOut(s.Serializer):
     date_joined = s.DateTimeField()
 
 
-class UserQuery(StrictSerializer):
+class UserQuery(PageOnly):
     search = Char(max_length=100, required=False)
     group = Char(max_length=100, required=False)
     active = s.BooleanField(required=False, allow_null=True, default=None)
-    limit = s.IntegerField(min_value=1, max_value=100, default=50)
-    cursor = Char(max_length=100, required=False)
 
 
 class GroupCreate(StrictSerializer):
@@ -146,10 +149,8 @@ class GroupOut(s.Serializer):
     created_at = s.DateTimeField()
 
 
-class SearchQuery(StrictSerializer):
+class SearchQuery(PageOnly):
     search = Char(max_length=100, required=False)
-    limit = s.IntegerField(min_value=1, max_value=100, default=50)
-    cursor = Char(max_length=100, required=False)
 
 
 # --- rules and attributes ------------------------------------------------------------------------
@@ -230,15 +231,10 @@ class AttributeOut(s.Serializer):
     created_at = s.DateTimeField()
 
 
-class PageOnly(StrictSerializer):
-    limit = s.IntegerField(min_value=1, max_value=100, default=50)
-    cursor = Char(max_length=100, required=False)
-
-
 # --- sessions, audit, exec -----------------------------------------------------------------------
 
 
-class SessionQuery(StrictSerializer):
+class SessionQuery(PageOnly):
     user_email = Char(max_length=254, required=False)
     connection = Char(max_length=63, required=False)
     status = s.ChoiceField(choices=SessionStatus.choices, required=False)
@@ -248,7 +244,6 @@ class SessionQuery(StrictSerializer):
     start_date = Char(max_length=40, required=False, help_text="RFC 3339, inclusive.")
     end_date = Char(max_length=40, required=False, help_text="RFC 3339, exclusive.")
     limit = s.IntegerField(min_value=1, max_value=100, default=20)
-    cursor = Char(max_length=100, required=False)
 
 
 class SessionOut(s.Serializer):
@@ -298,15 +293,13 @@ class ContentOut(s.Serializer):
     error = Char()
 
 
-class AuditQuery(StrictSerializer):
+class AuditQuery(PageOnly):
     actor_email = Char(max_length=254, required=False)
     action = Char(max_length=100, required=False, help_text="Exact, or a prefix ending in '.'.")
     surface = Char(max_length=16, required=False)
     outcome = Char(max_length=16, required=False)
     start_date = Char(max_length=40, required=False)
     end_date = Char(max_length=40, required=False)
-    limit = s.IntegerField(min_value=1, max_value=100, default=50)
-    cursor = Char(max_length=100, required=False)
 
 
 class AuditEventOut(s.Serializer):
@@ -388,14 +381,13 @@ AuditEventPage = page_serializer("AuditEventPage", AuditEventOut)
 # --- reviews -------------------------------------------------------------------------------------
 
 
-class ReviewQuery(StrictSerializer):
+class ReviewQuery(PageOnly):
     status = Char(max_length=16, required=False, help_text="PENDING, APPROVED, REJECTED, ...")
     type = s.ChoiceField(choices=["onetime", "jit"], required=False)
     connection = Char(max_length=63, required=False)
     waiting_for_me = s.BooleanField(required=False, default=False)
     mine = s.BooleanField(required=False, default=False)
     limit = s.IntegerField(min_value=1, max_value=100, default=20)
-    cursor = Char(max_length=100, required=False)
 
 
 class ReviewDecide(StrictSerializer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
@@ -36,7 +36,7 @@ def _responses(ok, code: int = 200, errors=ERRORS) -> dict:
     return {code: ok, **errors}
 
 
-def _query_params(serializer) -> list[OpenApiParameter]:
+def _query_params(serializer) -> list:
     return [serializer]  # drf-spectacular expands a serializer into query parameters
 
 
