@@ -482,7 +482,7 @@ def test_every_session_gets_an_analysis_over_mcp(cast, pg, shops, celery_worker,
 @pytest.mark.live
 def test_waiting_for_an_analysis_always_ends_and_reports_progress(cast, pg, celery_worker, mcp):
     bob = mcp(cast.bob)
-    envelope = structured(bob.call("exec", {"connection_name": "pg", "input": "select pg_sleep(5), 1"}))
+    envelope = structured(bob.call("exec", {"connection_name": "pg", "input": "select pg_sleep(12), 1"}))
     assert envelope["status"] == "running"
     progress = []
 

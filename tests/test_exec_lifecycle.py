@@ -97,7 +97,7 @@ def test_exec_cancel_stops_a_running_query(cast, pg, mcp):
 
 def test_nobody_else_can_cancel_or_wait_on_my_session(cast, pg, mcp):
     envelope = structured(
-        mcp(cast.bob).call("exec", {"connection_name": "pg", "input": "select pg_sleep(3)"})
+        mcp(cast.bob).call("exec", {"connection_name": "pg", "input": "select pg_sleep(30)"})
     )
     for outsider in (cast.dave, cast.eve):
         assert error_text(mcp(outsider).call("exec_cancel", {"session_id": envelope["session_id"]})) == (
