@@ -94,6 +94,16 @@ PORT = env_int("PORT", 8000)
 PUBLIC_BASE_URL = env_str("PORTCULLIS_PUBLIC_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
 ALLOWED_HOSTS = env_list("PORTCULLIS_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("PORTCULLIS_CSRF_TRUSTED_ORIGINS", [PUBLIC_BASE_URL])
+# Cookies of the web app and the admin: Secure whenever the public URL is https; behind a TLS
+# proxy, PORTCULLIS_TRUST_PROXY_TLS=true trusts its X-Forwarded-Proto header.
+_HTTPS = PUBLIC_BASE_URL.startswith("https://")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _HTTPS
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = env_int("PORTCULLIS_SESSION_COOKIE_AGE", 12 * 3600)
+if env_bool("PORTCULLIS_TRUST_PROXY_TLS", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
     "daphne",
