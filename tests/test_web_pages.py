@@ -457,3 +457,36 @@ def test_a_huge_input_is_shown_plain_and_escaped(cast):
     huge = _session(cast.acme, cast.bob.user, input="select '<b>x</b>' " + "-- pad\n" * 20_000)
     page = login(cast.bob).get(f"/sessions/{huge.pk}/").content.decode()
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
+
+
+def test_a_reviewer_sees_the_record_but_not_the_content(cast, history):
+    """The policy lets the reviewer groups of a session's review see its record (`view`), never its
+    content (`view_content`): the page shows the metadata and says why the rest is hidden."""
+    from django.utils import timezone
+
+    from governance.models import UserGroup
+    from reviews.models import Review
+
+    review = Review.objects.create(
+        org=cast.acme,
+        type="onetime",
+        status="PENDING",
+        session=history["blocked"],
+        requester=cast.bob.user,
+        connection_name="prod-pg",
+        input="drop table customers",
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    reviewers = UserGroup.objects.create(org=cast.acme, name="dba")
+    reviewers.members.add(cast.dave.user)
+    review.eligible_groups.add(reviewers)
+    dave = login(cast.dave)
+    assert str(history["blocked"].pk) in ids(dave.get("/sessions/"))
+    response = dave.get(f"/sessions/{history['blocked'].pk}/")
+    page = response.content.decode()
+    assert response.status_code == 200 and response.context["content_hidden"]
+    assert 'id="content-hidden"' in page and "drop table customers" not in page
+    assert "Drops a table" not in page  # nor the analysis
+    rows = dave.get("/sessions/").context["risks"]
+    assert str(history["blocked"].pk) not in rows  # nor its risk level in the list
+    assert dave.get(f"/sessions/{history['rows'].pk}/").status_code == 404  # not under review: nothing
