@@ -160,7 +160,15 @@ def _session_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     if action == "view" and actor.group_ids:
         # Sessions waiting for (or decided by) a review the actor's groups are reviewers of: their
         # metadata, not their content (that stays with the owner, admins and auditors).
-        reviewable = qs.filter(review__eligible_groups__in=actor.group_ids).values("pk")
+        # Fetched first (a short list, from the reviews' group index), so the visibility filter is
+        # `user_id = me OR id = ANY(ids)`: two index lookups instead of a scan of the org.
+        reviewable = list(
+            qs.model._default_manager.filter(org_id=actor.org_id, review__eligible_groups__in=actor.group_ids)
+            .values_list("pk", flat=True)
+            .distinct()
+        )
+        if not reviewable:
+            return qs.filter(user_id=actor.user.pk)
         return qs.filter(Q(user_id=actor.user.pk) | Q(pk__in=reviewable))
     if action in ("view", "view_content", "cancel"):
         return qs.filter(user_id=actor.user.pk)
