@@ -127,6 +127,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -223,6 +224,9 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+# Static files (the admin's, the API docs') come from the apps directly: no collectstatic step,
+# and they are served by the gateway itself under daphne, with or without DEBUG.
+WHITENOISE_USE_FINDERS = True
 
 # The REST API (/api/v1/, gateway/api/): bearer API tokens only, JSON only, one error format.
 REST_FRAMEWORK = {
