@@ -227,6 +227,7 @@ STATIC_ROOT = DATA_DIR / "static"
 # Static files (the admin's, the API docs') come from the apps directly: no collectstatic step,
 # and they are served by the gateway itself under daphne, with or without DEBUG.
 WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise also looks here (collectstatic's target)
 
 # The REST API (/api/v1/, gateway/api/): bearer API tokens only, JSON only, one error format.
 REST_FRAMEWORK = {

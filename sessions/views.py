@@ -8,7 +8,7 @@ its guardrail findings is decided by those services (through `governance.policy`
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date
+from datetime import date, datetime
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -30,6 +30,7 @@ from sessions.services import (
     session_get,
     session_list,
     session_stats,
+    session_timeline,
     session_to_dict,
 )
 
@@ -101,26 +102,56 @@ def session_list_view(request):
     return _page(request, "sessions/list.html", actor, "sessions", context)
 
 
-def _timeline(session, analysis) -> list[dict]:
-    """What happened to the session, in order, from its own timestamps, each with the time since
-    the one before. (The reviews app adds its decisions here when reviews exist.)"""
-    events = [("Recorded", session.created_at, f"via {session.surface}", "")]
-    if session.started_at:
-        events.append(("Started", session.started_at, "", ""))
-    if session.ended_at:
-        tone = "ok" if session.status == "done" else "bad" if session.status in ("blocked", "failed") else ""
-        note = f"exit code {session.exit_code}" if session.exit_code is not None else ""
-        events.append(
-            (session.get_status_display().replace("_", " ").capitalize(), session.ended_at, note, tone)
-        )
-    if analysis is not None:
-        events.append(("Analysed", analysis.created_at, analysis.analyzer, ""))
+TIMELINE_LABELS = {
+    "recorded": "Recorded",
+    "queued_for_review": "Queued for review",
+    "review_approved": "Approved by a reviewer",
+    "review_rejected": "Rejected by a reviewer",
+    "review_revoked": "Revoked by a reviewer",
+    "approved": "Approved",
+    "rejected": "Rejected",
+    "expired": "Review expired",
+    "revoked": "Approval revoked",
+    "run_requested": "Run requested",
+    "started": "Started",
+    "finished": "Done",
+    "analysed": "Analysed",
+}
+TIMELINE_TONES = {"finished": "ok", "approved": "ok", "blocked": "bad", "failed": "bad", "rejected": "bad"}
+
+
+def _timeline(session, content_visible: bool) -> list[dict]:
+    """What happened to the session, in order (`session_timeline`: its own timestamps and its
+    review's decisions), each with the time since the one before. The analysis' verdict is content:
+    viewers who may not read it see only that it was analysed."""
     timeline, previous = [], None
-    for label, when, note, tone in events:
+    for event in session_timeline(session):
+        when = datetime.fromisoformat(event["at"])
+        name = event["event"]
+        note = event["detail"] if content_visible or name != "analysed" else ""
         delta_ms = round((when - previous).total_seconds() * 1000) if previous else None
-        timeline.append({"label": label, "when": when, "note": note, "tone": tone, "delta_ms": delta_ms})
+        timeline.append(
+            {
+                "label": TIMELINE_LABELS.get(name, name.replace("_", " ").capitalize()),
+                "when": when,
+                "note": note,
+                "tone": TIMELINE_TONES.get(name, ""),
+                "delta_ms": delta_ms,
+            }
+        )
         previous = when
     return timeline
+
+
+def _review(actor, session) -> dict | None:
+    """The session's review as the viewer may see it (None without one, or if they may not)."""
+    from reviews.services import review_get, review_to_dict
+
+    try:
+        review = review_get(actor=actor, review_id=session.pk)
+    except NotFound:
+        return None
+    return {**review_to_dict(review, actor=actor), "template": "reviews/_session_review.html"}
 
 
 def _offset(request) -> int:
@@ -156,9 +187,9 @@ def session_detail_view(request, session_id):
         "highlight_css": HIGHLIGHT_CSS,
         "rows": rows[:MAX_TABLE_ROWS],
         "rows_cut": max(0, len(rows) - MAX_TABLE_ROWS),
-        "timeline": _timeline(session, analysis),
+        "timeline": _timeline(session, content is not None),
         "replayable": session.connection_kind == "command" and content is not None,
-        "review": None,  # the reviews app fills this in when a session went through review
+        "review": _review(actor, session),
     }
     return _page(request, "sessions/detail.html", actor, "sessions", context)
 

@@ -264,3 +264,24 @@ def test_a_failing_slack_is_retried_alone(cast, pending, smtp_server, slack_serv
     assert retries == 2 and countdowns == [2, 4]  # exponential backoff, as a worker would wait
     assert len(slack_server["posts"]) == 3  # two failures, then delivered
     assert [e.rcpt_tos for e in received] == [["bob@acme.test"]]  # e-mail went once, to the requester
+
+
+def test_the_session_page_shows_its_review_and_timeline(cast, pending):
+    review = pending["review"]
+    services.review_decide(
+        actor=Actor.for_user(pending["frank"], surface="web"),
+        review_id=review.pk,
+        status="APPROVED",
+        reason="fine",
+    )
+    page = _client(cast.bob.user).get(f"/sessions/{review.session_id}/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert 'id="review"' in body and "frank@acme.test" in body and f"/reviews/{review.pk}/" in body
+    labels = [e["label"] for e in page.context["timeline"]]
+    assert labels[:4] == ["Recorded", "Queued for review", "Approved by a reviewer", "Approved"]
+    # the reviewer sees the record and its review, not the content
+    as_frank = _client(pending["frank"]).get(f"/sessions/{review.session_id}/")
+    assert as_frank.status_code == 200 and 'id="content-hidden"' in as_frank.content.decode()
+    # someone who may not see the review gets no review block (and here no session either)
+    assert _client(cast.dave.user).get(f"/sessions/{review.session_id}/").status_code == 404
