@@ -168,7 +168,8 @@ class ReviewSettings(models.Model):
         default=False, help_text="Let reviewers (admins included) approve their own requests."
     )
     mcp_decisions_enabled = models.BooleanField(
-        default=False, help_text="Let reviewers approve or reject over MCP (reviews_update)."
+        default=False,
+        help_text="Let reviewers approve or reject with a token: over MCP (reviews_update) and the REST API.",
     )
     review_ttl_seconds = models.PositiveIntegerField(
         default=24 * 3600, help_text="How long a review waits for a decision, and then for execution."

@@ -43,6 +43,8 @@ from sessions.models import RISK_ORDER, RiskLevel, Session, SessionStatus
 logger = logging.getLogger("portcullis.reviews")
 
 NOT_FOUND = "review not found"
+# Surfaces an agent reaches with a token: decisions there are off unless the org turns them on.
+TOKEN_SURFACES = ("mcp", "api")
 MAX_LIMIT = 100
 MAX_JIT_SECONDS = 30 * 24 * 3600
 DEFAULT_JIT_SECONDS = 3600
@@ -631,10 +633,10 @@ def review_decide(*, actor: Actor, review_id, status: str, reason: str = "", for
     if len(reason) > 1000:
         raise InvalidInput("reason is longer than 1000 characters")
     org_settings = review_settings(actor.org_id)
-    if actor.surface == "mcp" and not org_settings.mcp_decisions_enabled:
+    if actor.surface in TOKEN_SURFACES and not org_settings.mcp_decisions_enabled:
         raise PolicyDenied(
-            "review decisions over MCP are turned off for this organization: decide in the web app "
-            "(an admin can turn them on)"
+            f"review decisions over {'MCP' if actor.surface == 'mcp' else 'the API'} are turned off for this "
+            "organization: decide in the web app (an admin can turn them on)"
         )
     if status == ReviewStatus.REVOKED:
         with transaction.atomic():

@@ -98,7 +98,7 @@ def _audit_export(actor: Actor | None, org_id, what: str, format: str, filters: 
 
 def sessions_export(*, actor: Actor | None, format: str, org_id=None, **filters) -> Export:
     """Start an export of the sessions `actor` may see, filtered like `sessions_list` (user_email,
-    connection, status, verb, surface, risk_level, start_date, end_date). `actor=None` is the
+    connection, status, verb, surface, risk_level, review_status, start_date, end_date). `actor=None` is the
     system (the CLI): every session of `org_id`. Raises InvalidInput for a bad format or filter,
     before anything is audited or streamed. The input column is filled only where the actor may
     read the session's content."""

@@ -26,6 +26,7 @@ SESSION_FILTERS = (
     "verb",
     "surface",
     "risk_level",
+    "review_status",
     "start_date",
     "end_date",
 )

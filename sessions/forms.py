@@ -18,7 +18,17 @@ from sessions.models import RiskLevel, SessionStatus, Verb
 from sessions.services import STATS_MAX_DAYS
 
 SURFACES = ("web", "admin", "api", "mcp", "task", "cli")
-FILTER_PARAMS = ("user", "connection", "status", "verb", "surface", "risk_level", "start_date", "end_date")
+FILTER_PARAMS = (
+    "user",
+    "connection",
+    "status",
+    "verb",
+    "surface",
+    "risk_level",
+    "review_status",
+    "start_date",
+    "end_date",
+)
 PAGE_SIZE = 25
 MAX_PAGE = 10_000 // PAGE_SIZE + 1  # the services page up to offset 10 000
 
@@ -76,6 +86,11 @@ class SessionFilterForm(forms.Form):
     verb = forms.ChoiceField(required=False, choices=_choices(Verb.values))
     surface = forms.ChoiceField(required=False, choices=_choices(SURFACES))
     risk_level = forms.ChoiceField(required=False, choices=_choices(RiskLevel.values), label="Risk")
+    review_status = forms.ChoiceField(
+        required=False,
+        label="Review",
+        choices=_choices(("PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED")),
+    )
     start_date = DayOrTimeField(label="From")
     end_date = DayOrTimeField(label="To", end_of_day=True)
     page = forms.IntegerField(required=False, min_value=1, max_value=MAX_PAGE)
@@ -98,6 +113,7 @@ class SessionFilterForm(forms.Form):
             "verb": data.get("verb") or None,
             "surface": data.get("surface") or None,
             "risk_level": data.get("risk_level") or None,
+            "review_status": data.get("review_status") or None,
             "start_date": _rfc3339(data.get("start_date")),
             "end_date": _rfc3339(data.get("end_date")),
         }

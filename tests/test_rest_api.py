@@ -522,6 +522,12 @@ def test_reviews_over_rest_gate_decide_and_execute_once(cast, transactional_db, 
         in error(frank_ro.patch(review_url, {"status": "APPROVED"}, format="json"), 403)["message"]
     )
     assert error(frank_rw.patch(review_url, {"status": "MAYBE"}, format="json"), 400)["fields"]["status"]
+    # decisions with a token are off until an admin turns them on (as over MCP)
+    assert (
+        "turned off"
+        in error(frank_rw.patch(review_url, {"status": "APPROVED"}, format="json"), 403)["message"]
+    )
+    reviews.review_settings_update(actor=cast.alice.actor(), mcp_decisions_enabled=True)
     approved = frank_rw.patch(review_url, {"status": "APPROVED", "reason": "ok"}, format="json")
     assert approved.status_code == 200 and approved.json()["status"] == "APPROVED"
     assert error(frank_rw.post(f"{review_url}execute/"), 403)["code"] == "denied"  # only the requester

@@ -285,3 +285,14 @@ def test_the_session_page_shows_its_review_and_timeline(cast, pending):
     assert as_frank.status_code == 200 and 'id="content-hidden"' in as_frank.content.decode()
     # someone who may not see the review gets no review block (and here no session either)
     assert _client(cast.dave.user).get(f"/sessions/{review.session_id}/").status_code == 404
+
+
+def test_the_session_browser_and_its_download_filter_by_review_status(cast, pending):
+    alice = _client(cast.alice.user)
+    page = alice.get("/sessions/?review_status=PENDING")
+    assert page.status_code == 200
+    assert [s.pk for s in page.context["sessions"]] == [pending["review"].session_id]
+    assert alice.get("/sessions/?review_status=EXECUTED").context["sessions"] == []
+    assert alice.get("/sessions/?review_status=MAYBE").status_code in (200, 400)  # a form error, never a 500
+    download = alice.get("/sessions/export.jsonl?review_status=PENDING")
+    assert download.status_code == 200
