@@ -50,13 +50,13 @@ import logging
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm, AdminPasswordChangeForm
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404, HttpResponseRedirect
 from django.urls import reverse
 
 from governance.errors import PortcullisError
-from governance.policy import _SCOPES, Actor, can, has_role, may, scope
+from governance.policy import _SCOPES, ROLE_ADMIN, Actor, can, has_role, may, role_denied_message, scope
 
 logger = logging.getLogger("portcullis.admin")
 
@@ -163,6 +163,32 @@ def _scoped_choices(db_field, request):
     if model._meta.label_lower not in _SCOPES:
         return qs.none()
     return scope(qs, admin_actor(request), "view")
+
+
+def _audited_refusal(request, view, *args, **kwargs):
+    """Run an admin view; a refused change (PermissionDenied on a POST) is written to the audit
+    log as denied, as REST and MCP record their refusals, then answered 403. Its own transaction:
+    the view's has rolled back by now."""
+    try:
+        return view(request, *args, **kwargs)
+    except PermissionDenied:
+        if request.method == "POST" and may_use_admin(request):
+            from sessions.audit import Outcome, audit_record
+
+            actor = admin_actor(request)
+            audit_record(
+                actor=actor,
+                action="admin.request",
+                outcome=Outcome.DENIED,
+                target_type="admin.page",
+                target_repr=f"POST {request.path}"[:200],
+                detail={
+                    "reason": "read-only here for everyone"
+                    if actor.is_admin
+                    else role_denied_message(actor, ROLE_ADMIN)
+                },
+            )
+        raise
 
 
 def _add_service_error(form, message: str) -> None:
@@ -280,12 +306,13 @@ class GovernedModelAdmin(_ScopedRelationsMixin, admin.ModelAdmin):
         return Rejected
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        view = super().changeform_view
         try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
+            return _audited_refusal(request, view, object_id, form_url, extra_context)
         except ServiceRejected as exc:
             # The view's transaction has rolled back; render the same form again with the error.
             request._portcullis_service_error = exc.message
-            return super().changeform_view(request, object_id, form_url, extra_context)
+            return view(request, object_id, form_url, extra_context)
 
     # --- deleting through services ---------------------------------------------------------
     def delete_model(self, request, obj):
@@ -306,7 +333,7 @@ class GovernedModelAdmin(_ScopedRelationsMixin, admin.ModelAdmin):
 
     def delete_view(self, request, object_id, extra_context=None):
         try:
-            return super().delete_view(request, object_id, extra_context)
+            return _audited_refusal(request, super().delete_view, object_id, extra_context)
         except ServiceRejected as exc:
             self.message_user(request, exc.message, messages.ERROR)
             opts = self.model._meta
@@ -316,9 +343,12 @@ class GovernedModelAdmin(_ScopedRelationsMixin, admin.ModelAdmin):
             return HttpResponseRedirect(url)
 
     def response_action(self, request, queryset):
-        try:
+        def run(request, queryset):
             with transaction.atomic():
-                return super().response_action(request, queryset)
+                return super(GovernedModelAdmin, self).response_action(request, queryset)
+
+        try:
+            return _audited_refusal(request, run, queryset)
         except ServiceRejected as exc:
             self.message_user(request, exc.message, messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
@@ -385,6 +415,12 @@ class ReadOnlyModelAdmin(_ScopedRelationsMixin, admin.ModelAdmin):
 
     def has_module_permission(self, request):
         return may_use_admin(request) and may(admin_actor(request), "view", self.model)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return _audited_refusal(request, super().changeform_view, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        return _audited_refusal(request, super().delete_view, object_id, extra_context)
 
     def has_view_permission(self, request, obj=None):
         if not may_use_admin(request):

@@ -659,3 +659,37 @@ def test_it_lists_tokens_read_only_without_their_digest(cast):
         assert 'name="_save"' not in page
     assert client_for(cast.alice).get("/admin/governance/apitoken/add/").status_code == 403
     assert client_for(cast.eve).get(f"/admin/governance/apitoken/{token.pk}/change/").status_code == 404
+
+
+def test_it_audits_a_refused_change_as_denied(cast, pg, session_row):
+    carol = client_for(cast.carol)
+    before = AuditEvent.objects.filter(org=cast.acme).count()
+    assert carol.post("/admin/gateway/connection/add/", connection_form()).status_code == 403
+    assert carol.post(f"/admin/gateway/connection/{pg.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert (
+        client_for(cast.alice).post(f"/admin/records/session/{session_row.pk}/change/", {}).status_code == 403
+    )
+    events = list(AuditEvent.objects.filter(org=cast.acme).order_by("id"))[before:]
+    assert [(e.action, e.outcome, e.surface, e.actor_email, e.target_repr) for e in events] == [
+        ("admin.request", "denied", "admin", "carol@acme.test", "POST /admin/gateway/connection/add/"),
+        (
+            "admin.request",
+            "denied",
+            "admin",
+            "carol@acme.test",
+            f"POST /admin/gateway/connection/{pg.pk}/delete/",
+        ),
+        (
+            "admin.request",
+            "denied",
+            "admin",
+            "alice@acme.test",
+            f"POST /admin/records/session/{session_row.pk}/change/",
+        ),
+    ]
+    assert [e.detail["reason"] for e in events] == ["admin access required"] * 2 + [
+        "read-only here for everyone"
+    ]
+    # Reading is not an attempt to change anything: no event.
+    carol.get(f"/admin/gateway/connection/{pg.pk}/change/")
+    assert AuditEvent.objects.filter(org=cast.acme).count() == before + 3

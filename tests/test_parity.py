@@ -159,12 +159,6 @@ def _last_id() -> int:
     return AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
 
-ADMIN_DOES_NOT_AUDIT_REFUSALS = pytest.mark.xfail(
-    reason="the Django admin answers a refused change without an audit event (REST and MCP record one)",
-    strict=True,
-)
-
-
 @pytest.mark.parametrize("surface", ["api", "mcp", "admin"])
 def test_allowed_an_admin_creates_a_guardrail(cast, surfaces, world, surface):
     since = _last_id()
@@ -178,9 +172,7 @@ def test_allowed_an_admin_creates_a_guardrail(cast, surfaces, world, surface):
     ]
 
 
-@pytest.mark.parametrize(
-    "surface", ["api", "mcp", pytest.param("admin", marks=ADMIN_DOES_NOT_AUDIT_REFUSALS)]
-)
+@pytest.mark.parametrize("surface", ["api", "mcp", "admin"])
 def test_denied_an_auditor_cannot_create_a_guardrail(cast, surfaces, world, surface):
     since = _last_id()
     assert surfaces[surface].create_guardrail(cast.carol, "sneaky", "shop") == "denied"
