@@ -234,6 +234,7 @@ def gateway_env(port: int | None = None) -> dict:
         PORTCULLIS_COMMAND_CONNECTIONS="true",
         PORTCULLIS_EXEC_HANDOFF_SECONDS="2",
         PORTCULLIS_PROGRESS_INTERVAL_SECONDS="1",
+        PYTHONUNBUFFERED="1",  # the process log is complete even when the test stops it
     )
     if port is not None:
         env["PORT"] = str(port)

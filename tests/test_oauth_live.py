@@ -294,3 +294,11 @@ def test_it_accepts_an_external_issuers_jwt_for_this_resource_only(
     finally:
         mcp_auth_update(enabled=False, issuer="", resource_uri="", groups_claim="")
         issuer.close()
+
+
+def test_serverinfo_names_the_auth_methods(cast, mcp):
+    from governance.oauth import mcp_auth_update
+
+    assert structured(mcp(cast.bob).call("serverinfo_get"))["auth_methods"] == ["api_token"]
+    mcp_auth_update(enabled=True)
+    assert structured(mcp(cast.bob).call("serverinfo_get"))["auth_methods"] == ["api_token", "oauth"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import Field
 
@@ -62,6 +63,16 @@ class ServerInfoResult(Result):
     max_input_bytes: int
 
 
+def _auth_methods() -> list[str]:
+    """API tokens always; OAuth when `manage.py mcp_auth enable` turned it on (built-in or external)."""
+    from governance.oauth import mcp_auth_get
+
+    row = mcp_auth_get()
+    if not row.enabled:
+        return ["api_token"]
+    return ["api_token", "oauth_external" if row.issuer else "oauth"]
+
+
 @tool(
     "serverinfo_get",
     description="Gateway facts: version, URLs, enabled connection kinds and limits.",
@@ -77,7 +88,7 @@ async def serverinfo_get(actor, args, ctx) -> ServerInfoResult:
         version=_version(),
         api_url=settings.PUBLIC_BASE_URL,
         mcp_url=f"{settings.PUBLIC_BASE_URL}/api/mcp",
-        auth_methods=["api_token"],
+        auth_methods=await db(_auth_methods)(),
         connection_kinds=[
             k for k in connection_kinds() if k != "command" or settings.COMMAND_CONNECTIONS_ENABLED
         ],
