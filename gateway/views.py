@@ -72,6 +72,14 @@ def client_configs(mcp_url: str, token: str) -> list[dict]:
     ]
 
 
+def _oauth_mode() -> str:
+    """"builtin", "external" or "" (off): whether clients can sign in without a token."""
+    from governance.oauth import mcp_auth_get
+
+    row = mcp_auth_get()
+    return ("external" if row.issuer else "builtin") if row.enabled else ""
+
+
 def _render(request, actor, form, new_token: str | None = None, status: int = 200):
     mcp_url = settings.PUBLIC_BASE_URL + "/api/mcp"
     now = timezone.now()
@@ -87,6 +95,7 @@ def _render(request, actor, form, new_token: str | None = None, status: int = 20
             "new_token": new_token,
             "form": form,
             "tokens": tokens,
+            "oauth": _oauth_mode(),
         },
         status=status,
     )
