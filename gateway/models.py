@@ -194,4 +194,6 @@ class RunbookRule(BoundRule):
     runbooks = models.JSONField(default=list, help_text='Runbook names or globs, e.g. ["restart-*"].')
 
     class Meta(BoundRule.Meta):
-        constraints = [models.UniqueConstraint(fields=["org", "name"], name="runbookrule_unique_name_per_org")]
+        constraints = [
+            models.UniqueConstraint(fields=["org", "name"], name="runbookrule_unique_name_per_org")
+        ]

@@ -318,16 +318,23 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
 
     session = Session.objects.select_for_update(of=("self",)).get(pk=review.session_id)
     mode = "runbooks" if session.verb == Verb.RUNBOOK else "exec"
-    connection = authorize(actor=actor, connection_name=review.connection_name, mode=mode)
+    if session.verb == Verb.TOOL:
+        connection = _upstream_connection(actor=actor, connection_name=review.connection_name)
+    else:
+        connection = authorize(actor=actor, connection_name=review.connection_name, mode=mode)
     if session.status != SessionStatus.PENDING_REVIEW:
         raise Conflict(f"the session of this review is {session.status}, not waiting for its review")
+    approved_hash = hashlib.sha256(review.input.encode()).hexdigest()
     if (
-        hashlib.sha256(session.input.encode()).hexdigest() != review.input_sha256
-        or session.input != review.input
+        approved_hash != review.input_sha256
+        or session.input_sha256 != review.input_sha256
+        or (session.verb != Verb.TOOL and session.input != review.input)  # tool sessions store it masked
         or session.connection_id != connection.pk
     ):
         logger.error("session %s no longer matches its approved review %s", session.pk, review.pk)
         raise Conflict("the session's input no longer matches what was approved; nothing ran")
+    if session.verb == Verb.TOOL:
+        return _tool_reviewed(actor, review, session, connection)
     rules = rules_service.bound_rules(connection).guardrails
     findings = guardrails.evaluate_input(
         rules,
@@ -966,11 +973,7 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
     elif not error and findings:
         error, outcome = _block_message(connection, findings), Outcome.BLOCKED
     elif not error and rule.requires_approval:
-        # The review engine does not run tool sessions yet: refuse rather than pretend.
-        error, outcome = (
-            f"tool {tool!r} requires approval; approvals for upstream tools are not available yet",
-            Outcome.DENIED,
-        )
+        pass  # recorded below as pending_review, with a review of the exact call
     elif not error and runner.busy():
         error, outcome = "the gateway is at capacity; try again shortly", Outcome.FAILED
     elif not error:
@@ -978,18 +981,24 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
         outcome = Outcome.DENIED if error else Outcome.SUCCESS
 
     stored = _canonical({"tool": tool, "arguments": stored_arguments})
+    exact = _canonical({"tool": tool, "arguments": arguments})
     now = timezone.now()
     with transaction.atomic():
         session = _record(
             actor,
             connection,
             Verb.TOOL,
-            _canonical({"tool": tool, "arguments": arguments}),
+            exact,
             stored,
             metadata={"tool": tool},
             masking=masking_info,
         )
-        if error:
+        if not error and rule.requires_approval:
+            error = _tool_review_open(actor, session, connection, rule, exact)
+            outcome = Outcome.DENIED if error else Outcome.SUCCESS
+        if session.status == SessionStatus.PENDING_REVIEW:
+            pass
+        elif error:
             session.status = (
                 SessionStatus.BLOCKED
                 if outcome in (Outcome.BLOCKED, Outcome.DENIED)
@@ -1171,7 +1180,7 @@ async def tool_call(
     session, connection, limits = await db(
         lambda: _tool_prepare(actor=actor, connection_name=connection_name, tool=tool, arguments=arguments)
     )()
-    if session.is_final:
+    if session.is_final or session.status == SessionStatus.PENDING_REVIEW:
         return session
     future = await db(  # the runner beats its heartbeat in the database: not from the event loop
         lambda: tool_dispatch(
@@ -1187,6 +1196,66 @@ async def tool_call(
     if finished is not None:
         return finished
     return await db(lambda: Session.objects.select_related("user").get(pk=session.pk))()
+
+
+def _tool_review_open(actor: Actor, session: Session, connection: Connection, rule, exact: str) -> str:
+    """Make a tool call wait for its reviewers: the session becomes pending_review, with a review
+    of the exact call (the session itself stores the masked arguments). Returns an error instead
+    when none of the rule's reviewer groups exists (nobody could ever approve it)."""
+    from governance.models import UserGroup
+    from reviews.services import review_open
+
+    groups = list(UserGroup.objects.filter(org_id=actor.org_id, name__in=rule.reviewers))
+    if not groups:
+        return (
+            f"tool {session.metadata.get('tool')!r} requires approval, but none of its reviewer groups exists"
+        )
+    session.status = SessionStatus.PENDING_REVIEW
+    session.save(update_fields=["status"])
+    session.pending_review = review_open(
+        actor=actor,
+        session=session,
+        connection=connection,
+        reviewer_groups=groups,
+        min_approvals=rule.min_approvals,
+        input=exact,
+    )
+    return ""
+
+
+def _tool_reviewed(actor: Actor, review, session: Session, connection: Connection) -> Session:
+    """`exec_reviewed` for a tool call: the tool policy and argument guardrails as they are now,
+    then the exact approved call (from the review; the session holds it masked) in the pool."""
+    from gateway import upstream
+
+    call = json.loads(review.input)
+    tool, arguments = call["tool"], call["arguments"]
+    rule = upstream.tool_rule_for(connection, actor, tool)
+    if rule is None:
+        raise NotFound(_tool_not_found(connection.name, tool))
+    findings = upstream.argument_findings(
+        rule, rules_service.bound_rules(connection).guardrails, arguments, review.input
+    )
+    max_result = min(rule.max_result_bytes or connection.max_output_bytes, connection.max_output_bytes)
+    limits = dataclasses.replace(_limits(connection), max_output_bytes=max_result)
+    if findings:
+        session.status = SessionStatus.BLOCKED
+        session.guardrail_findings = [f.as_dict() for f in findings]
+        session.error = _block_message(connection, findings)
+        session.ended_at = timezone.now()
+        session.save(update_fields=["status", "guardrail_findings", "error", "ended_at"])
+        analysis_enqueue(session_id=session.pk)
+        transaction.on_commit(lambda: notify_session_finished(session.pk))
+        events.emit_session_end(session)
+        return session
+    session.status = SessionStatus.OPEN
+    session.save(update_fields=["status"])
+    events.emit_session(session, events.SESSION_STARTED)
+    surface = actor.surface
+    transaction.on_commit(
+        lambda: tool_dispatch(session, connection, limits, tool=tool, arguments=arguments, surface=surface)
+    )
+    return session
 
 
 def tool_dispatch(
@@ -1294,6 +1363,29 @@ def _observe_in_thread(connection: Connection, listing: list, surface: str) -> d
 def tool_envelope(session: Session) -> dict:
     """The agent-facing answer for a tool session; `status` is what the agent branches on."""
     result = session.result if isinstance(session.result, dict) else {}
+    if session.status == SessionStatus.PENDING_REVIEW:
+        review = getattr(session, "pending_review", None)
+        review_id = str(review.pk) if review is not None else _loaded_review_id(session)
+        url = f"{settings.PUBLIC_BASE_URL}/reviews/{review_id}/"
+        return {
+            "status": "pending_approval",
+            "session_id": str(session.pk),
+            "session_status": session.status,
+            "connection_name": session.connection_name,
+            "tool": (session.metadata or {}).get("tool", ""),
+            "content": [],
+            "structured_content": None,
+            "is_error": True,
+            "message": (
+                f"approval required before this call can run (review {review_id}, {url}); nothing has run. "
+                "Call reviews_wait with the review_id, then reviews_execute once it is APPROVED"
+            ),
+            "review_id": review_id,
+            "review_url": url,
+            "execution_time_ms": None,
+            "masking": None,
+            "rule": None,
+        }
     completed = session.status == SessionStatus.DONE and session.exit_code == 0
     status = (
         "blocked"

@@ -321,7 +321,9 @@ OAUTH_ACCESS_TOKEN_SECONDS = env_int("PORTCULLIS_OAUTH_ACCESS_TOKEN_SECONDS", 36
 OAUTH_REFRESH_TOKEN_SECONDS = env_int("PORTCULLIS_OAUTH_REFRESH_TOKEN_SECONDS", 30 * 24 * 3600)
 # Private-use URI schemes (RFC 8252 §7.1) that native clients may register as redirect URIs,
 # besides https and http on a loopback address (for example Cursor's `cursor://...`).
-OAUTH_REDIRECT_SCHEMES = env_list("PORTCULLIS_OAUTH_REDIRECT_SCHEMES", ["cursor", "vscode", "vscode-insiders"])
+OAUTH_REDIRECT_SCHEMES = env_list(
+    "PORTCULLIS_OAUTH_REDIRECT_SCHEMES", ["cursor", "vscode", "vscode-insiders"]
+)
 # Dynamic client registration is open (RFC 7591); this bounds how many clients it creates per hour.
 OAUTH_REGISTRATIONS_PER_HOUR = env_int("PORTCULLIS_OAUTH_REGISTRATIONS_PER_HOUR", 200)
 OAUTH2_PROVIDER = {

@@ -9,6 +9,7 @@ group of theirs) decides. No `tools` setting: every tool is allowed to whoever m
 connection. A `tools` list that no rule of matches: denied (fail closed).
 
     {"match": "delete_*", "effect": "deny"}
+    {"match": "run_*", "requires_approval": true, "reviewers": ["dba"], "min_approvals": 1}
     {"match": ["query", "explain"], "groups": ["engineering"], "requires_approval": false,
      "guardrails": {"deny_words": ["drop"], "regex": ["(?i)password"],
                     "sql": {"read_only": true}, "sql_arguments": ["sql"], "sql_dialect": "postgres"},
@@ -41,6 +42,8 @@ RULE_KEYS = {
     "effect",
     "groups",
     "requires_approval",
+    "reviewers",
+    "min_approvals",
     "guardrails",
     "max_argument_bytes",
     "max_result_bytes",
@@ -60,6 +63,8 @@ class ToolRule:
     effect: str = "allow"
     groups: frozenset[str] = frozenset()
     requires_approval: bool = False
+    reviewers: tuple[str, ...] = ()  # groups that approve calls, when requires_approval
+    min_approvals: int = 1
     conditions: dict = field(default_factory=dict)  # normalized input conditions for the engine
     sql_arguments: tuple[str, ...] = ()
     sql_dialect: str = "postgres"
@@ -114,6 +119,15 @@ def _parse_rule(index: int, raw) -> ToolRule:
     if not isinstance(approval, bool):
         raise InvalidInput(f"{where}.requires_approval must be true or false")
     fields: dict = {}
+    reviewers = raw.get("reviewers") or []
+    if not isinstance(reviewers, list) or not all(isinstance(g, str) and g for g in reviewers):
+        raise InvalidInput(f"{where}.reviewers must be a list of group names")
+    if approval and not reviewers:
+        raise InvalidInput(f"{where}: requires_approval needs reviewers (the groups that approve the calls)")
+    if reviewers:
+        fields["reviewers"] = tuple(dict.fromkeys(reviewers))
+    if raw.get("min_approvals") is not None:
+        fields["min_approvals"] = _positive_int(raw["min_approvals"], f"{where}.min_approvals", maximum=100)
     spec = raw.get("guardrails")
     if spec is not None:
         if not isinstance(spec, dict):

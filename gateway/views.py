@@ -73,7 +73,7 @@ def client_configs(mcp_url: str, token: str) -> list[dict]:
 
 
 def _oauth_mode() -> str:
-    """"builtin", "external" or "" (off): whether clients can sign in without a token."""
+    """ "builtin", "external" or "" (off): whether clients can sign in without a token."""
     from governance.oauth import mcp_auth_get
 
     row = mcp_auth_get()

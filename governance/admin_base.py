@@ -143,7 +143,7 @@ class PortcullisAdminSite(admin.AdminSite):
         django-oauth-toolkit's applications and tokens) register plain `ModelAdmin`s, which
         trust Django's permission flags and see every org: they are left out, fail closed."""
         if admin_class is None or not issubclass(admin_class, GovernedModelAdmin | ReadOnlyModelAdmin):
-            logger.info("admin: not serving %s (not a governed ModelAdmin)", model_or_iterable)
+            logger.debug("admin: not serving %s (not a governed ModelAdmin)", model_or_iterable)
             return
         super().register(model_or_iterable, admin_class, **options)
 

@@ -348,11 +348,16 @@ def review_open(
     all_groups_must_approve: bool = False,
     force_approval_groups=(),
     risk: dict | None = None,
+    input: str | None = None,
 ) -> Review:
     """Open a one-time review for `session`, which the caller has just recorded as pending_review
     (inside the caller's transaction). Reviewers and quorum come from `rule`, or are given directly
-    (per-tool approval of upstream MCP tools)."""
+    (per-tool approval of upstream MCP tools). `input` is the exact input to approve when the
+    session stores it masked (tool calls); it must hash to the session's `input_sha256`."""
     now = timezone.now()
+    input = session.input if input is None else input
+    if hashlib.sha256(input.encode()).hexdigest() != session.input_sha256:
+        raise InvalidInput("the input to review is not the session's input")
     if rule is not None:
         reviewer_groups = list(rule.reviewer_groups.all())
         force_approval_groups = list(rule.force_approval_groups.all())
@@ -366,8 +371,8 @@ def review_open(
         requester=actor.user,
         connection=connection,
         connection_name=connection.name,
-        input=session.input,
-        input_sha256=hashlib.sha256(session.input.encode()).hexdigest(),
+        input=input,
+        input_sha256=session.input_sha256,
         rule=rule,
         rule_name=rule.name if rule else "",
         reviewer_groups=_group_snapshot(reviewer_groups),

@@ -214,15 +214,47 @@ def test_results_are_masked_in_text_and_structured_content(cast, upstream_url, t
     assert "jane.roe@example.com" not in stored and "555-0187" not in stored
 
 
-def test_requires_approval_refuses_clearly_until_approvals_exist(cast, upstream_url, transactional_db):
-    make_mcp_connection(cast.acme, upstream_url, tools=[{"match": "echo", "requires_approval": True}])
-    envelope = call(cast.bob, "tools", "echo", {"text": "hi"})
-    assert envelope["status"] == "blocked"
-    assert (
-        envelope["message"]
-        == "tool 'echo' requires approval; approvals for upstream tools are not available yet"
+def test_a_tool_that_requires_approval_runs_exactly_the_approved_call_once(
+    cast, upstream_url, transactional_db
+):
+    import time as _time
+
+    from governance.errors import Conflict, InvalidInput
+    from governance.policy import Actor
+    from governance.rules import masking_rule_create
+    from governance.services import user_create
+    from reviews import services as reviews
+
+    with pytest.raises(InvalidInput, match="requires_approval needs reviewers"):
+        make_mcp_connection(cast.acme, upstream_url, tools=[{"match": "echo", "requires_approval": True}])
+    make_mcp_connection(
+        cast.acme, upstream_url, tools=[{"match": "echo", "requires_approval": True, "reviewers": ["dba"]}]
     )
-    assert Session.objects.get(pk=envelope["session_id"]).status == SessionStatus.BLOCKED
+    masking_rule_create(
+        actor=cast.alice.actor(), name="emails", spec={"entities": ["EMAIL_ADDRESS"]}, connections=["tools"]
+    )
+    frank = user_create(org=cast.acme, email="frank@acme.test", groups=["dba"])
+    envelope = call(cast.bob, "tools", "echo", {"text": "mail jane.roe@example.com"})
+    assert envelope["status"] == "pending_approval" and envelope["review_id"]
+    session = Session.objects.get(pk=envelope["session_id"])
+    assert session.status == SessionStatus.PENDING_REVIEW and session.started_at is None
+    assert "jane.roe@example.com" not in session.input  # the record keeps the arguments masked
+    review = reviews.review_get(actor=Actor.for_user(frank, surface="web"), review_id=envelope["review_id"])
+    assert "jane.roe@example.com" in review.input  # the reviewer sees (and approves) the exact call
+    reviews.review_decide(actor=Actor.for_user(frank, surface="web"), review_id=review.pk, status="APPROVED")
+    ran = reviews.review_execute(actor=cast.bob.actor(), review_id=review.pk)
+    deadline = _time.monotonic() + 30
+    while not ran.is_final and _time.monotonic() < deadline:
+        _time.sleep(0.1)
+        ran = Session.objects.get(pk=ran.pk)
+    finished = pipeline.tool_envelope(ran)
+    assert finished["status"] == "completed", finished["message"]
+    text = finished["content"][0]["text"]
+    assert (
+        text.startswith("mail ") and "jane.roe@example.com" not in text
+    )  # the exact call ran; its result is masked
+    with pytest.raises(Conflict, match="not approved or already executed"):
+        reviews.review_execute(actor=cast.bob.actor(), review_id=review.pk)
 
 
 def test_size_and_rate_limits_per_tool(cast, upstream_url, transactional_db):

@@ -77,6 +77,8 @@ class ToolEnvelope(Result):
         None, description="How many values of each entity type were masked."
     )
     rule: str | None = Field(None, description="The guardrail that blocked it (its name only).")
+    review_id: str | None = Field(None, description="With pending_approval: the review to wait for.")
+    review_url: str | None = Field(None, description="With pending_approval: the reviewers' web page.")
 
 
 def _render_envelope(r: ToolEnvelope) -> str:
@@ -92,7 +94,8 @@ def _render_envelope(r: ToolEnvelope) -> str:
         "Call a tool of an upstream MCP server through the gateway's policy path: the connection's tool policy, "
         "argument guardrails, rate limits, the pinned contract, masking of the result, and a recorded session. "
         "Branch on `status`: completed | failed (the upstream failed or the tool reported an error) | blocked "
-        "(policy, guardrail, changed contract or rate limit; see message)."
+        "(policy, guardrail, changed contract or rate limit; see message) | pending_approval (the tool needs a "
+        "reviewer: reviews_wait with review_id, then reviews_execute runs exactly this call, once)."
     ),
     args=CallArgs,
     result=ToolEnvelope,
