@@ -306,6 +306,25 @@ def exec_start(
     return session
 
 
+def _release_reviewed(session: Session, connection: Connection, findings) -> bool:
+    """A reviewed session leaves `pending_review`: blocked (and finished) when today's guardrails
+    find something, else open for dispatch. Returns True when it may run."""
+    if findings:
+        session.status = SessionStatus.BLOCKED
+        session.guardrail_findings = [f.as_dict() for f in findings]
+        session.error = _block_message(connection, findings)
+        session.ended_at = timezone.now()
+        session.save(update_fields=["status", "guardrail_findings", "error", "ended_at"])
+        analysis_enqueue(session_id=session.pk)
+        transaction.on_commit(lambda: notify_session_finished(session.pk))
+        events.emit_session_end(session)
+        return False
+    session.status = SessionStatus.OPEN
+    session.save(update_fields=["status"])
+    events.emit_session(session, events.SESSION_STARTED)
+    return True
+
+
 def exec_reviewed(*, actor: Actor, review) -> Session:
     """Run the input a one-time review approved, exactly as stored (called by `reviews_execute`
     inside its transaction, after it claimed the review APPROVED -> EXECUTED).
@@ -344,19 +363,8 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
     )
     rules, findings = capability.apply_exec_ceiling(actor, connection.kind, session.input, rules, findings)
     limits = _limits(connection, read_only=guardrails.requires_read_only(rules))
-    if findings:
-        session.status = SessionStatus.BLOCKED
-        session.guardrail_findings = [f.as_dict() for f in findings]
-        session.error = _block_message(connection, findings)
-        session.ended_at = timezone.now()
-        session.save(update_fields=["status", "guardrail_findings", "error", "ended_at"])
-        analysis_enqueue(session_id=session.pk)
-        transaction.on_commit(lambda: notify_session_finished(session.pk))
-        events.emit_session_end(session)
+    if not _release_reviewed(session, connection, findings):
         return session
-    session.status = SessionStatus.OPEN
-    session.save(update_fields=["status"])
-    events.emit_session(session, events.SESSION_STARTED)
     _dispatch(session, connection, limits, rules)
     return session
 
@@ -1238,19 +1246,8 @@ def _tool_reviewed(actor: Actor, review, session: Session, connection: Connectio
     )
     max_result = min(rule.max_result_bytes or connection.max_output_bytes, connection.max_output_bytes)
     limits = dataclasses.replace(_limits(connection), max_output_bytes=max_result)
-    if findings:
-        session.status = SessionStatus.BLOCKED
-        session.guardrail_findings = [f.as_dict() for f in findings]
-        session.error = _block_message(connection, findings)
-        session.ended_at = timezone.now()
-        session.save(update_fields=["status", "guardrail_findings", "error", "ended_at"])
-        analysis_enqueue(session_id=session.pk)
-        transaction.on_commit(lambda: notify_session_finished(session.pk))
-        events.emit_session_end(session)
+    if not _release_reviewed(session, connection, findings):
         return session
-    session.status = SessionStatus.OPEN
-    session.save(update_fields=["status"])
-    events.emit_session(session, events.SESSION_STARTED)
     surface = actor.surface
     transaction.on_commit(
         lambda: tool_dispatch(session, connection, limits, tool=tool, arguments=arguments, surface=surface)

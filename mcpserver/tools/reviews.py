@@ -10,10 +10,10 @@ from django.conf import settings
 from pydantic import Field
 
 from gateway import pipeline
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, tool
 from mcpserver.tools.execution import DEFAULT_WAIT, MAX_WAIT, ExecEnvelope, _wait, render_envelope
-from mcpserver.tools.rules import Deleted, Limit, Names, Offset, RefArgs, _fields
+from mcpserver.tools.rule_crud import RuleServices, rule_tools
+from mcpserver.tools.rules import Limit, Names, Offset
 from reviews import services
 from sessions.wakeup import wait_for_review
 
@@ -305,48 +305,6 @@ class RuleOut(Result):
     updated_at: str
 
 
-class RuleList(Result):
-    items: list[RuleOut]
-    total: int
-    has_next_page: bool
-    next_offset: int | None
-
-
-class RulePage(Args):
-    limit: Limit = 50
-    offset: Offset = 0
-
-
-@tool(
-    "access_request_rules_list",
-    description="Access request rules of your org (admins and auditors).",
-    args=RulePage,
-    result=RuleList,
-    role=ROLE_AUDITOR,
-)
-async def access_request_rules_list(actor, args: RulePage, ctx) -> RuleList:
-    @db
-    def run():
-        items, total = services.access_rule_list(actor=actor, limit=args.limit, offset=args.offset)
-        return [services.access_rule_to_dict(r) for r in items], total
-
-    items, total = await run()
-    return RuleList(**page(items, total, args.offset))
-
-
-@tool(
-    "access_request_rules_get",
-    description="One access request rule by id or name (admins and auditors).",
-    args=RefArgs,
-    result=RuleOut,
-    role=ROLE_AUDITOR,
-)
-async def access_request_rules_get(actor, args: RefArgs, ctx) -> RuleOut:
-    return RuleOut(
-        **await db(lambda: services.access_rule_to_dict(services.access_rule_get(actor=actor, ref=args.id)))()
-    )
-
-
 class TimeWindow(Args):
     start_time: str = Field(pattern=r"^\d{2}:\d{2}$", description="HH:MM, UTC")
     end_time: str = Field(pattern=r"^\d{2}:\d{2}$", description="HH:MM, UTC")
@@ -387,54 +345,20 @@ class RuleUpdate(RuleFields):
     access_type: Literal["command", "jit", "jit_command"] | None = None
 
 
-@tool(
-    "access_request_rules_create",
-    description="Create an access request rule (admin). " + RULE_HELP,
-    args=RuleCreate,
-    result=RuleOut,
-    role=ROLE_ADMIN,
-    read_only=False,
+rule_tools(
+    "access_request_rules",
+    "access request rule",
+    services=RuleServices(
+        to_dict=services.access_rule_to_dict,
+        list=services.access_rule_list,
+        get=services.access_rule_get,
+        create=services.access_rule_create,
+        update=services.access_rule_update,
+        delete=services.access_rule_delete,
+    ),
+    out=RuleOut,
+    create_args=RuleCreate,
+    update_args=RuleUpdate,
+    create_help="Create an access request rule (admin). " + RULE_HELP,
+    delete_help="Open reviews keep the reviewers they were created with.",
 )
-async def access_request_rules_create(actor, args: RuleCreate, ctx) -> RuleOut:
-    fields = _fields(args, skip=("name",))
-    return RuleOut(
-        **await db(
-            lambda: services.access_rule_to_dict(
-                services.access_rule_create(actor=actor, name=args.name, **fields)
-            )
-        )()
-    )
-
-
-@tool(
-    "access_request_rules_update",
-    description="Change an access request rule (admin); only the fields given change, lists are replaced.",
-    args=RuleUpdate,
-    result=RuleOut,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-)
-async def access_request_rules_update(actor, args: RuleUpdate, ctx) -> RuleOut:
-    fields = _fields(args)
-    return RuleOut(
-        **await db(
-            lambda: services.access_rule_to_dict(
-                services.access_rule_update(actor=actor, ref=args.id, **fields)
-            )
-        )()
-    )
-
-
-@tool(
-    "access_request_rules_delete",
-    description="Delete an access request rule (admin). Open reviews keep the reviewers they were created with.",
-    args=RefArgs,
-    result=Deleted,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-)
-async def access_request_rules_delete(actor, args: RefArgs, ctx) -> Deleted:
-    name = await db(lambda: services.access_rule_delete(actor=actor, ref=args.id))()
-    return Deleted(name=name, deleted=True)

@@ -10,10 +10,10 @@ from django.conf import settings
 from pydantic import Field
 
 from gateway import pipeline, runbooks
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
-from mcpserver.registry import Args, Result, page, tool
+from mcpserver.registry import Args, Result, tool
 from mcpserver.tools.execution import MAX_WAIT, ExecEnvelope, _wait, render_envelope
-from mcpserver.tools.rules import Deleted, Limit, Names, Offset, RefArgs, _fields
+from mcpserver.tools.rule_crud import RuleServices, rule_tools
+from mcpserver.tools.rules import Names
 
 
 class RunbookOut(Result):
@@ -107,50 +107,6 @@ class RuleOut(Result):
     updated_at: str
 
 
-class RuleList(Result):
-    items: list[RuleOut]
-    total: int
-    has_next_page: bool
-    next_offset: int | None
-
-
-class RulePage(Args):
-    limit: Limit = 50
-    offset: Offset = 0
-
-
-@tool(
-    "runbook_rules_list",
-    description="Runbook rules of your org: which groups may run which runbooks on which connections (admins, auditors).",
-    args=RulePage,
-    result=RuleList,
-    role=ROLE_AUDITOR,
-)
-async def runbook_rules_list(actor, args: RulePage, ctx) -> RuleList:
-    @db
-    def run():
-        items, total = runbooks.runbook_rule_list(actor=actor, limit=args.limit, offset=args.offset)
-        return [runbooks.runbook_rule_to_dict(r) for r in items], total
-
-    items, total = await run()
-    return RuleList(**page(items, total, args.offset))
-
-
-@tool(
-    "runbook_rules_get",
-    description="One runbook rule by id or name (admins, auditors).",
-    args=RefArgs,
-    result=RuleOut,
-    role=ROLE_AUDITOR,
-)
-async def runbook_rules_get(actor, args: RefArgs, ctx) -> RuleOut:
-    return RuleOut(
-        **await db(
-            lambda: runbooks.runbook_rule_to_dict(runbooks.runbook_rule_get(actor=actor, ref=args.id))
-        )()
-    )
-
-
 GroupNames = list[Annotated[str, Field(min_length=1, max_length=100)]]
 Patterns = list[Annotated[str, Field(min_length=1, max_length=63)]]
 
@@ -175,54 +131,19 @@ class RuleUpdate(RuleFields):
     name: str | None = Field(None, min_length=1, max_length=63)
 
 
-@tool(
-    "runbook_rules_create",
-    description="Let groups run runbooks (names or globs) on connections or attributes (admin).",
-    args=RuleCreate,
-    result=RuleOut,
-    role=ROLE_ADMIN,
-    read_only=False,
+rule_tools(
+    "runbook_rules",
+    "runbook rule",
+    services=RuleServices(
+        to_dict=runbooks.runbook_rule_to_dict,
+        list=runbooks.runbook_rule_list,
+        get=runbooks.runbook_rule_get,
+        create=runbooks.runbook_rule_create,
+        update=runbooks.runbook_rule_update,
+        delete=runbooks.runbook_rule_delete,
+    ),
+    out=RuleOut,
+    create_args=RuleCreate,
+    update_args=RuleUpdate,
+    create_help="Let groups run runbooks (names or globs) on connections or attributes (admin).",
 )
-async def runbook_rules_create(actor, args: RuleCreate, ctx) -> RuleOut:
-    fields = _fields(args, skip=("name",))
-    return RuleOut(
-        **await db(
-            lambda: runbooks.runbook_rule_to_dict(
-                runbooks.runbook_rule_create(actor=actor, name=args.name, **fields)
-            )
-        )()
-    )
-
-
-@tool(
-    "runbook_rules_update",
-    description="Change a runbook rule (admin); only the fields given change, lists are replaced.",
-    args=RuleUpdate,
-    result=RuleOut,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-)
-async def runbook_rules_update(actor, args: RuleUpdate, ctx) -> RuleOut:
-    fields = _fields(args)
-    return RuleOut(
-        **await db(
-            lambda: runbooks.runbook_rule_to_dict(
-                runbooks.runbook_rule_update(actor=actor, ref=args.id, **fields)
-            )
-        )()
-    )
-
-
-@tool(
-    "runbook_rules_delete",
-    description="Delete a runbook rule (admin).",
-    args=RefArgs,
-    result=Deleted,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-)
-async def runbook_rules_delete(actor, args: RefArgs, ctx) -> Deleted:
-    name = await db(lambda: runbooks.runbook_rule_delete(actor=actor, ref=args.id))()
-    return Deleted(name=name, deleted=True)
