@@ -92,6 +92,9 @@ class Session(models.Model):
             models.Index(fields=["org", "connection_name", "-created_at"], name="records_session_org_conn"),
             models.Index(fields=["org", "status", "-created_at"], name="records_session_org_status"),
             models.Index(fields=["org", "risk_level", "-created_at"], name="records_session_org_risk"),
+            models.Index(
+                fields=["org", "verb", "surface", "-created_at"], name="records_session_org_verb_surf"
+            ),
             models.Index(fields=["status"]),
         ]
 
