@@ -12,8 +12,7 @@ from pydantic import Field
 from gateway import pipeline
 from mcpserver.registry import Args, Result, page, tool
 from mcpserver.tools.execution import DEFAULT_WAIT, MAX_WAIT, ExecEnvelope, _wait, render_envelope
-from mcpserver.tools.rule_crud import RuleServices, rule_tools
-from mcpserver.tools.rules import Limit, Names, Offset
+from mcpserver.tools.rule_crud import Limit, Names, Offset, RuleServices, rule_tools
 from reviews import services
 from sessions.wakeup import wait_for_review
 

@@ -7,13 +7,36 @@ passes its services, its result model and its create/update argument models; the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from channels.db import database_sync_to_async as db
-from pydantic import create_model
+from pydantic import Field, create_model
 
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
-from mcpserver.registry import Result, page, tool
-from mcpserver.tools.rules import Deleted, PageArgs, RefArgs, _fields
+from mcpserver.registry import Args, Result, page, tool
+
+Limit = Annotated[int, Field(ge=1, le=100)]
+Offset = Annotated[int, Field(ge=0, le=10_000)]
+Names = list[Annotated[str, Field(min_length=1, max_length=63)]]
+
+
+class PageArgs(Args):
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+class RefArgs(Args):
+    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+
+
+class Deleted(Result):
+    name: str
+    deleted: bool
+
+
+def fields_of(args: Args, skip=("id",)) -> dict:
+    """The arguments given (not None), without `skip`: what a create/update service takes."""
+    return {k: v for k, v in args.model_dump().items() if v is not None and k not in skip}
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,7 @@ def rule_tools(
     update_args,
     create_help: str,
     delete_help: str = "",
+    list_help: str = "",
 ) -> None:
     """Register the five tools of one kind of rule (`what` names it in descriptions)."""
     listed = create_model(
@@ -60,13 +84,13 @@ def rule_tools(
         return out(**await db(lambda: services.to_dict(services.get(actor=actor, ref=args.id)))())
 
     async def create_rule(actor, args, ctx):
-        fields = _fields(args, skip=("name",))
+        fields = fields_of(args, skip=("name",))
         return out(
             **await db(lambda: services.to_dict(services.create(actor=actor, name=args.name, **fields)))()
         )
 
     async def update_rule(actor, args, ctx):
-        fields = _fields(args)
+        fields = fields_of(args)
         return out(
             **await db(lambda: services.to_dict(services.update(actor=actor, ref=args.id, **fields)))()
         )
@@ -104,6 +128,7 @@ def rule_tools(
         role=ROLE_ADMIN,
         read_only=False,
         destructive=True,
+        idempotent=True,
     )(update_rule)
     tool(
         f"{prefix}_delete",

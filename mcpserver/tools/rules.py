@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from channels.db import database_sync_to_async as db
 from pydantic import Field
@@ -11,25 +11,7 @@ from pydantic import Field
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, tool
-
-Limit = Annotated[int, Field(ge=1, le=100)]
-Offset = Annotated[int, Field(ge=0, le=10_000)]
-Names = list[Annotated[str, Field(min_length=1, max_length=63)]]
-
-
-class PageArgs(Args):
-    limit: Limit = 50
-    offset: Offset = 0
-
-
-class RefArgs(Args):
-    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
-
-
-class Deleted(Result):
-    name: str
-    deleted: bool
-
+from mcpserver.tools.rule_crud import Deleted, Names, PageArgs, RuleServices, rule_tools
 
 # --- guardrails --------------------------------------------------------------------------------
 
@@ -56,43 +38,6 @@ class GuardrailOut(Result):
     updated_at: str
 
 
-class GuardrailList(Result):
-    items: list[GuardrailOut]
-    total: int
-    has_next_page: bool
-    next_offset: int | None
-
-
-@tool(
-    "guardrails_list",
-    description="Guardrail rules of your org (admins and auditors).",
-    args=PageArgs,
-    result=GuardrailList,
-    role=ROLE_AUDITOR,
-)
-async def guardrails_list(actor, args: PageArgs, ctx) -> GuardrailList:
-    @db
-    def run():
-        items, total = rules.guardrail_list(actor=actor, limit=args.limit, offset=args.offset)
-        return [rules.guardrail_to_dict(r) for r in items], total
-
-    items, total = await run()
-    return GuardrailList(**page(items, total, args.offset))
-
-
-@tool(
-    "guardrails_get",
-    description="One guardrail rule by id or name (admins and auditors).",
-    args=RefArgs,
-    result=GuardrailOut,
-    role=ROLE_AUDITOR,
-)
-async def guardrails_get(actor, args: RefArgs, ctx) -> GuardrailOut:
-    return GuardrailOut(
-        **await db(lambda: rules.guardrail_to_dict(rules.guardrail_get(actor=actor, ref=args.id)))()
-    )
-
-
 class GuardrailFields(Args):
     description: str | None = Field(None, max_length=500)
     message: str | None = Field(None, max_length=500, description="Shown to callers when the rule blocks.")
@@ -112,57 +57,23 @@ class GuardrailUpdate(GuardrailFields):
     name: str | None = Field(None, min_length=1, max_length=63, description="A new name.")
 
 
-def _fields(args: Args, skip=("id",)) -> dict:
-    return {k: v for k, v in args.model_dump().items() if v is not None and k not in skip}
-
-
-@tool(
-    "guardrails_create",
-    description="Create a guardrail rule (admin). " + CONDITIONS_HELP,
-    args=GuardrailCreate,
-    result=GuardrailOut,
-    role=ROLE_ADMIN,
-    read_only=False,
+rule_tools(
+    "guardrails",
+    "guardrail rule",
+    services=RuleServices(
+        to_dict=rules.guardrail_to_dict,
+        list=rules.guardrail_list,
+        get=rules.guardrail_get,
+        create=rules.guardrail_create,
+        update=rules.guardrail_update,
+        delete=rules.guardrail_delete,
+    ),
+    out=GuardrailOut,
+    create_args=GuardrailCreate,
+    update_args=GuardrailUpdate,
+    create_help="Create a guardrail rule (admin). " + CONDITIONS_HELP,
+    list_help="Guardrail rules of your org (admins and auditors).",
 )
-async def guardrails_create(actor, args: GuardrailCreate, ctx) -> GuardrailOut:
-    fields = _fields(args, skip=("name",))
-    return GuardrailOut(
-        **await db(
-            lambda: rules.guardrail_to_dict(rules.guardrail_create(actor=actor, name=args.name, **fields))
-        )()
-    )
-
-
-@tool(
-    "guardrails_update",
-    description="Change a guardrail rule (admin); only the fields given change, lists are replaced.",
-    args=GuardrailUpdate,
-    result=GuardrailOut,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-    idempotent=True,
-)
-async def guardrails_update(actor, args: GuardrailUpdate, ctx) -> GuardrailOut:
-    fields = _fields(args)
-    return GuardrailOut(
-        **await db(
-            lambda: rules.guardrail_to_dict(rules.guardrail_update(actor=actor, ref=args.id, **fields))
-        )()
-    )
-
-
-@tool(
-    "guardrails_delete",
-    description="Delete a guardrail rule (admin).",
-    args=RefArgs,
-    result=Deleted,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-)
-async def guardrails_delete(actor, args: RefArgs, ctx) -> Deleted:
-    return Deleted(name=await db(lambda: rules.guardrail_delete(actor=actor, ref=args.id))(), deleted=True)
 
 
 class GuardrailTestArgs(Args):
@@ -237,43 +148,6 @@ class MaskingOut(Result):
     updated_at: str
 
 
-class MaskingList(Result):
-    items: list[MaskingOut]
-    total: int
-    has_next_page: bool
-    next_offset: int | None
-
-
-@tool(
-    "datamasking_rules_list",
-    description="Masking rules of your org (admins and auditors).",
-    args=PageArgs,
-    result=MaskingList,
-    role=ROLE_AUDITOR,
-)
-async def datamasking_rules_list(actor, args: PageArgs, ctx) -> MaskingList:
-    @db
-    def run():
-        items, total = rules.masking_rule_list(actor=actor, limit=args.limit, offset=args.offset)
-        return [rules.masking_rule_to_dict(r) for r in items], total
-
-    items, total = await run()
-    return MaskingList(**page(items, total, args.offset))
-
-
-@tool(
-    "datamasking_rules_get",
-    description="One masking rule by id or name (admins and auditors).",
-    args=RefArgs,
-    result=MaskingOut,
-    role=ROLE_AUDITOR,
-)
-async def datamasking_rules_get(actor, args: RefArgs, ctx) -> MaskingOut:
-    return MaskingOut(
-        **await db(lambda: rules.masking_rule_to_dict(rules.masking_rule_get(actor=actor, ref=args.id)))()
-    )
-
-
 class MaskingFields(Args):
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None
@@ -292,55 +166,23 @@ class MaskingUpdate(MaskingFields):
     spec: dict[str, Any] | None = Field(None, description=SPEC_HELP)
 
 
-@tool(
-    "datamasking_rules_create",
-    description="Create a masking rule (admin): " + SPEC_HELP,
-    args=MaskingCreate,
-    result=MaskingOut,
-    role=ROLE_ADMIN,
-    read_only=False,
+rule_tools(
+    "datamasking_rules",
+    "masking rule",
+    services=RuleServices(
+        to_dict=rules.masking_rule_to_dict,
+        list=rules.masking_rule_list,
+        get=rules.masking_rule_get,
+        create=rules.masking_rule_create,
+        update=rules.masking_rule_update,
+        delete=rules.masking_rule_delete,
+    ),
+    out=MaskingOut,
+    create_args=MaskingCreate,
+    update_args=MaskingUpdate,
+    create_help="Create a masking rule (admin): " + SPEC_HELP,
+    list_help="Masking rules of your org (admins and auditors).",
 )
-async def datamasking_rules_create(actor, args: MaskingCreate, ctx) -> MaskingOut:
-    fields = _fields(args, skip=("name", "spec"))
-    return MaskingOut(
-        **await db(
-            lambda: rules.masking_rule_to_dict(
-                rules.masking_rule_create(actor=actor, name=args.name, spec=args.spec, **fields)
-            )
-        )()
-    )
-
-
-@tool(
-    "datamasking_rules_update",
-    description="Change a masking rule (admin); only the fields given change, lists are replaced.",
-    args=MaskingUpdate,
-    result=MaskingOut,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-    idempotent=True,
-)
-async def datamasking_rules_update(actor, args: MaskingUpdate, ctx) -> MaskingOut:
-    fields = _fields(args)
-    return MaskingOut(
-        **await db(
-            lambda: rules.masking_rule_to_dict(rules.masking_rule_update(actor=actor, ref=args.id, **fields))
-        )()
-    )
-
-
-@tool(
-    "datamasking_rules_delete",
-    description="Delete a masking rule (admin).",
-    args=RefArgs,
-    result=Deleted,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-)
-async def datamasking_rules_delete(actor, args: RefArgs, ctx) -> Deleted:
-    return Deleted(name=await db(lambda: rules.masking_rule_delete(actor=actor, ref=args.id))(), deleted=True)
 
 
 class PreviewArgs(Args):

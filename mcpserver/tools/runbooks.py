@@ -12,8 +12,7 @@ from pydantic import Field
 from gateway import pipeline, runbooks
 from mcpserver.registry import Args, Result, tool
 from mcpserver.tools.execution import MAX_WAIT, ExecEnvelope, _wait, render_envelope
-from mcpserver.tools.rule_crud import RuleServices, rule_tools
-from mcpserver.tools.rules import Names
+from mcpserver.tools.rule_crud import Names, RuleServices, rule_tools
 
 
 class RunbookOut(Result):
