@@ -132,6 +132,7 @@ class ConnectionAdmin(GovernedModelAdmin):
                         "timeout_seconds",
                         "exec_enabled",
                         "schema_enabled",
+                        "runbooks_enabled",
                         "agent_queue",
                     )
                 },
