@@ -64,6 +64,7 @@ def connection_form(**overrides) -> dict:
         "timeout_seconds": "60",
         "exec_enabled": "on",
         "schema_enabled": "on",
+        "runbooks_enabled": "on",
         "agent_queue": "",
     }
     data.update(overrides)
