@@ -643,3 +643,43 @@ def test_a_running_tool_call_can_be_cancelled(cast, upstream_url, transactional_
     session = asyncio.run(scenario())
     assert session.status == SessionStatus.CANCELLED and session.cancel_requested
     assert pipeline.tool_envelope(session)["status"] == "failed"
+
+
+@pytest.mark.live
+def test_an_approval_required_tool_goes_through_review_over_http(cast, mcp, gateway_server, upstream_url):
+    """Through /api/mcp/c/<name>: the call waits for a reviewer; on /api/mcp the agent waits for the
+    decision and runs exactly the approved call, once."""
+    import re
+
+    from governance.policy import Actor
+    from governance.services import user_create
+    from reviews import services as reviews
+
+    make_mcp_connection(
+        cast.acme,
+        upstream_url,
+        tools=[{"match": "echo", "requires_approval": True, "reviewers": ["dba"]}, {"match": "*"}],
+    )
+    frank = user_create(org=cast.acme, email="frank@acme.test", groups=["dba"])
+
+    async def ask(client):
+        await client.list_tools()
+        return await client.call_tool("echo", {"text": "approved words"})
+
+    pending = proxy(gateway_server, cast.bob, "tools", ask)
+    assert pending.is_error and "approval required" in pending.content[0].text
+    review_id = re.search(r"review ([0-9a-f-]{36})", pending.content[0].text).group(1)
+    session = Session.objects.get(review__pk=review_id)
+    assert session.status == SessionStatus.PENDING_REVIEW and session.started_at is None
+
+    bob = mcp(cast.bob)
+    assert structured(bob.call("reviews_wait", {"id": review_id, "timeout_seconds": 1}))["timed_out"]
+    reviews.review_decide(actor=Actor.for_user(frank, surface="web"), review_id=review_id, status="APPROVED")
+    assert structured(bob.call("reviews_wait", {"id": review_id}))["status"] == "APPROVED"
+    ran = structured(bob.call("reviews_execute", {"id": review_id}))
+    assert ran["status"] == "completed" and "approved words" in ran["output"]
+    assert (
+        error_text(bob.call("reviews_execute", {"id": review_id}))
+        == "review not approved or already executed"
+    )
+    assert Session.objects.get(pk=session.pk).status == SessionStatus.DONE
