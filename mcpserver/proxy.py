@@ -21,6 +21,7 @@ from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextConte
 from gateway import pipeline
 from governance.errors import PortcullisError
 from mcpserver.auth import GatewayTokenVerifier
+from mcpserver.challenge import BearerChallenge
 from mcpserver.server import _current_actor, _transport_security, _version
 
 logger = logging.getLogger("portcullis.mcp")
@@ -123,4 +124,5 @@ def build() -> tuple[Server, object]:
         ),
         token_verifier=GatewayTokenVerifier(),
     )
-    return server, app
+    # The same protected resource as /api/mcp (one gateway, one policy): the same 401 challenge.
+    return server, BearerChallenge(app)

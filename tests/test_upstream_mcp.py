@@ -600,6 +600,14 @@ def test_an_outage_and_other_orgs_are_reported_cleanly_over_http(cast, mcp, gate
         f"{gateway_server.url}/api/mcp/c/tools", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     )
     assert response.status_code == 401
+    challenge = response.headers["www-authenticate"]
+    assert "resource_metadata=" in challenge and "error=" not in challenge  # no token sent: no error code
+    bad = httpx2.post(
+        f"{gateway_server.url}/api/mcp/c/tools",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Authorization": "Bearer pcu_not-a-token"},
+    )
+    assert bad.status_code == 401 and 'error="invalid_token"' in bad.headers["www-authenticate"]
 
 
 def test_connections_test_reaches_the_upstream(cast, upstream_url, transactional_db):
