@@ -526,15 +526,12 @@ def review_list(
         qs = qs.filter(connection_name=connection)
     if mine:
         qs = qs.filter(requester_id=actor.user.pk)
-    if waiting_for_me:
-        qs = qs.filter(status=ReviewStatus.PENDING).exclude(requester_id=actor.user.pk)
-        ids = [r.pk for r in qs if is_eligible_reviewer(actor, r) and not _decided_by(r, actor)]
-        qs = qs.filter(pk__in=ids)
+    if waiting_for_me:  # pending, for one of my groups, asked by someone else, not yet decided by me
+        waiting = Review.objects.filter(
+            org_id=actor.org_id, status=ReviewStatus.PENDING, eligible_groups__in=actor.group_ids
+        ).exclude(requester_id=actor.user.pk)
+        qs = qs.filter(pk__in=waiting.values("pk")).exclude(decisions__reviewer_id=actor.user.pk)
     return rule_helpers._page(qs.order_by("-created_at", "-pk"), limit, offset)
-
-
-def _decided_by(review: Review, actor: Actor) -> bool:
-    return review.decisions.filter(reviewer_id=actor.user.pk).exists()
 
 
 def can_see_input(actor: Actor, review: Review) -> bool:
@@ -587,6 +584,7 @@ def review_to_dict(review: Review, *, actor: Actor) -> dict:
         "rejection_reason": review.rejection_reason or None,
         "review_url": review_url(review),
         "you_can_decide": review.status == ReviewStatus.PENDING and _may_decide(actor, review),
+        "you_can_revoke": review.status == ReviewStatus.APPROVED and may_revoke(actor, review),
     }
     if can_see_input(actor, review):
         data["input"] = review.input
@@ -732,14 +730,19 @@ def review_decide(*, actor: Actor, review_id, status: str, reason: str = "", for
     return review
 
 
-def _revoke(actor: Actor, review: Review, reason: str) -> Review:
-    if review.status != ReviewStatus.APPROVED:
-        raise Conflict(f"review is in wrong state: it is {review.status}")
-    if not (
+def may_revoke(actor: Actor, review: Review) -> bool:
+    """An approval can be withdrawn by its reviewers, an admin, or the requester."""
+    return (
         is_eligible_reviewer(actor, review)
         or has_role(actor, ROLE_ADMIN)
         or review.requester_id == actor.user.pk
-    ):
+    )
+
+
+def _revoke(actor: Actor, review: Review, reason: str) -> Review:
+    if review.status != ReviewStatus.APPROVED:
+        raise Conflict(f"review is in wrong state: it is {review.status}")
+    if not may_revoke(actor, review):
         raise PolicyDenied("not eligible for review")
     now = timezone.now()
     review.status = ReviewStatus.REVOKED

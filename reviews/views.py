@@ -91,8 +91,6 @@ def review_detail_view(request, review_id):
         else "",
         "highlight_css": HIGHLIGHT_CSS,
         "rules": rules,
-        "can_revoke": review.status == ReviewStatus.APPROVED
-        and (services.is_eligible_reviewer(actor, review) or review.requester_id == actor.user.pk),
         "events_url": f"/reviews/{review.pk}/events",
     }
     return _page(request, "reviews/detail.html", actor, "reviews", context)

@@ -96,6 +96,28 @@ def test_approve_and_reject_from_the_page(cast, pending):
     assert _client(pending["frank"]).get("/reviews/?page=-1").status_code == 400
 
 
+def test_who_sees_the_revoke_button_is_who_may_revoke(cast, pending):
+    review = pending["review"]
+    services.review_decide(
+        actor=Actor.for_user(pending["frank"], surface="web"), review_id=review.pk, status="APPROVED"
+    )
+    for person, shown in (
+        (pending["frank"], True),
+        (cast.alice.user, True),
+        (cast.bob.user, True),
+        (cast.carol.user, False),
+    ):
+        page = _client(person).get(f"/reviews/{review.pk}/").content.decode()
+        assert ('id="revoke-form"' in page) is shown, person
+    refused = _client(cast.carol.user).post(
+        f"/reviews/{review.pk}/decide", {"decision": "REVOKED"}, follow=True
+    )
+    assert "not eligible for review" in refused.content.decode()
+    _client(cast.alice.user).post(f"/reviews/{review.pk}/decide", {"decision": "REVOKED", "reason": "x"})
+    review.refresh_from_db()
+    assert review.status == "REVOKED"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_event_stream_says_changed_when_the_status_moved(cast, pending):
     frank = _client(pending["frank"])

@@ -430,6 +430,7 @@ class ReviewOut(s.Serializer):
     rejection_reason = Char(allow_null=True)
     review_url = Char()
     you_can_decide = s.BooleanField()
+    you_can_revoke = s.BooleanField()
     input = Char(required=False, help_text="Reviewers, the requester, admins and auditors only.")
     input_sha256 = Char(required=False, allow_null=True)
     risk = s.DictField(required=False, allow_null=True)

@@ -55,6 +55,7 @@ class ReviewOut(Result):
     rejection_reason: str | None
     review_url: str
     you_can_decide: bool
+    you_can_revoke: bool
     input: str | None = Field(
         None, description="The exact input under review (requester, eligible reviewers, admins, auditors)."
     )
