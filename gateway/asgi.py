@@ -26,7 +26,7 @@ proxy_server, proxy_http_app = build_proxy()
 proxy_app = MCPStarter(proxy_http_app, proxy_server.session_manager)
 proxy_app.install_daphne_shutdown_hook()
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
@@ -38,3 +38,11 @@ application = ProtocolTypeRouter(
         "lifespan": mcp_app,
     }
 )
+
+
+async def application(scope, receive, send):
+    """The router, with the MCP starter (and so this process's maintenance sweep) started on the
+    first request of any kind: daphne sends no lifespan event."""
+    if scope["type"] == "http":
+        await mcp_app.ensure_started()
+    return await router(scope, receive, send)

@@ -20,7 +20,7 @@ from django.conf import settings
 
 logger = logging.getLogger("portcullis.mcp")
 
-SWEEP_EVERY_SECONDS = 60
+_sweeping = False  # one sweeper per process, however many MCP apps it serves
 MAX_IDLE_THREADS = 32
 
 
@@ -62,8 +62,11 @@ class MCPStarter:
                 self._started = asyncio.Event()
                 self._stop = asyncio.Event()
                 self._task = asyncio.create_task(self._run(), name="mcp-session-manager")
-                if settings.CELERY_TASK_ALWAYS_EAGER:
-                    # Embedded mode has no celery beat: sweep orphaned sessions (and lost analyses) from here.
+                # Every replica sweeps lapsed leases and the outbox (gateway.maintenance): recovery needs
+                # neither the broker nor one particular process.
+                global _sweeping
+                if not _sweeping:
+                    _sweeping = True
                     self._sweeper = asyncio.create_task(self._sweep_forever(), name="portcullis-sweeper")
         await self._started.wait()
         if self._error is not None:
@@ -80,24 +83,14 @@ class MCPStarter:
             raise
 
     async def _sweep_forever(self) -> None:
-        from sessions.services import analysis_sweep_missing, sessions_sweep_orphans
+        from gateway import maintenance
 
         while True:
             try:
-                await database_sync_to_async(sessions_sweep_orphans)()
+                await database_sync_to_async(maintenance.tick, thread_sensitive=False)()
             except Exception:
-                logger.exception("orphan sweep failed")
-            try:  # reviews and JIT grants past their deadline
-                from reviews.services import reviews_expire
-
-                await database_sync_to_async(reviews_expire)()
-            except Exception:
-                logger.exception("review expiry sweep failed")
-            try:  # and the analyses whose background run was lost (a restart in between)
-                await database_sync_to_async(lambda: analysis_sweep_missing(limit=20))()
-            except Exception:
-                logger.exception("analysis sweep failed")
-            await asyncio.sleep(SWEEP_EVERY_SECONDS)
+                logger.exception("maintenance sweep failed")
+            await asyncio.sleep(settings.SWEEP_SECONDS)
 
     async def shutdown(self) -> None:
         if self._sweeper is not None:

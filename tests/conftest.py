@@ -48,7 +48,9 @@ def _stop_exec_pool(django_db_setup):
     from django.db import connections
 
     from gateway import runner
+    from sessions import outbox
 
+    outbox.stop()
     runner.shutdown()
     for connection in connections.all():
         connection.close()

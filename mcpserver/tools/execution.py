@@ -16,6 +16,16 @@ DEFAULT_WAIT = 45.0
 MAX_WAIT = 300.0
 
 
+def idempotency_key_field():
+    return Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Any unique string (e.g. a UUID) for this request. If the answer is lost, call again with the "
+        "same key: you get the first attempt's session back and nothing runs twice.",
+    )
+
+
 class ExecArgs(Args):
     connection_name: str = Field(min_length=1, max_length=63)
     input: str = Field(
@@ -32,6 +42,7 @@ class ExecArgs(Args):
         description="Wait this long for the result before answering `running` (default: the gateway's handoff, "
         "50 s). The statement itself keeps running under the connection's own time limit.",
     )
+    idempotency_key: str | None = idempotency_key_field()
 
 
 class ExecEnvelope(Result):
@@ -85,7 +96,8 @@ async def _wait(session_id, timeout: float, ctx):
         "session, audit); this tool bypasses none of it. Branch on `status`: completed | failed (output holds the "
         "error) | blocked | pending_approval | running (call sessions_wait with session_id). Results are capped by "
         "the connection's row and byte limits (`truncated`). With a read_only token only reads run (others are "
-        "`blocked`), in a read-only transaction, and command connections are refused."
+        "`blocked`), in a read-only transaction, and command connections are refused. Pass an idempotency_key and "
+        "retry with it after a transport error: a retry never runs the statement twice."
     ),
     args=ExecArgs,
     result=ExecEnvelope,
@@ -102,6 +114,7 @@ async def exec_tool(actor, args: ExecArgs, ctx) -> ExecEnvelope:
             input=args.input,
             max_rows=args.max_rows,
             metadata=args.metadata,
+            idempotency_key=args.idempotency_key,
         )
     )()
     if not session.is_final and session.status != "pending_review":

@@ -11,7 +11,14 @@ from pydantic import Field
 
 from gateway import pipeline
 from mcpserver.registry import Args, Result, page, tool
-from mcpserver.tools.execution import DEFAULT_WAIT, MAX_WAIT, ExecEnvelope, _wait, render_envelope
+from mcpserver.tools.execution import (
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    ExecEnvelope,
+    _wait,
+    idempotency_key_field,
+    render_envelope,
+)
 from mcpserver.tools.rule_crud import Limit, Names, Offset, RuleServices, rule_tools
 from reviews import services
 from sessions.wakeup import wait_for_review
@@ -220,13 +227,15 @@ class ExecuteArgs(Args):
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None, description="Wait this long for the result before answering `running` (default: 50 s)."
     )
+    idempotency_key: str | None = idempotency_key_field()
 
 
 @tool(
     "reviews_execute",
     description=(
         "Run exactly the input an APPROVED one-time review approved, once (a second call is refused), within its "
-        "time window; only the requester may. Same envelope as exec."
+        "time window; only the requester may. Same envelope as exec. Pass an idempotency_key: a retry with it "
+        "after a lost answer returns the same session."
     ),
     args=ExecuteArgs,
     result=ExecEnvelope,
@@ -236,7 +245,9 @@ class ExecuteArgs(Args):
     capability="read_only",  # the pipeline applies the token's ceiling to what runs
 )
 async def reviews_execute(actor, args: ExecuteArgs, ctx) -> ExecEnvelope:
-    session = await db(lambda: services.review_execute(actor=actor, review_id=args.id))()
+    session = await db(
+        lambda: services.review_execute(actor=actor, review_id=args.id, idempotency_key=args.idempotency_key)
+    )()
     if not session.is_final:
         session, _ = await _wait(session.pk, args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS, ctx)
     return ExecEnvelope(**pipeline.exec_envelope(session))

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from gateway import pipeline, runbooks
 from mcpserver.registry import Args, Result, tool
-from mcpserver.tools.execution import MAX_WAIT, ExecEnvelope, _wait, render_envelope
+from mcpserver.tools.execution import MAX_WAIT, ExecEnvelope, _wait, idempotency_key_field, render_envelope
 from mcpserver.tools.rule_crud import Names, RuleServices, rule_tools
 
 
@@ -64,6 +64,7 @@ class RunArgs(Args):
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None, description="Wait this long for the result before answering `running` (default 50 s)."
     )
+    idempotency_key: str | None = idempotency_key_field()
 
 
 @tool(
@@ -82,7 +83,11 @@ class RunArgs(Args):
 async def runbooks_run(actor, args: RunArgs, ctx) -> ExecEnvelope:
     session = await db(
         lambda: runbooks.runbook_run(
-            actor=actor, connection_name=args.connection_name, name=args.runbook, parameters=args.parameters
+            actor=actor,
+            connection_name=args.connection_name,
+            name=args.runbook,
+            parameters=args.parameters,
+            idempotency_key=args.idempotency_key,
         )
     )()
     if not session.is_final and session.status != "pending_review":
