@@ -375,7 +375,6 @@ def _release_reviewed(actor: Actor, session: Session, connection: Connection, fi
     )
     if "agent_queue" in spec:
         outbox_put("dispatch", {"session_id": str(session.pk), "queue": spec["agent_queue"]})
-    session.status = SessionStatus.OPEN
     return True
 
 
@@ -420,8 +419,9 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
     rules, findings = capability.apply_exec_ceiling(actor, connection.kind, session.input, rules, findings)
     limits = _limits(connection, read_only=guardrails.requires_read_only(rules))
     spec = _run_spec(connection, limits)
-    if not _release_reviewed(actor, session, connection, findings, spec):
-        session.refresh_from_db()
+    released = _release_reviewed(actor, session, connection, findings, spec)
+    session.refresh_from_db()
+    if not released:
         return session
     if "agent_queue" not in spec:
         preloaded = (session.input, connection, rules)
@@ -1355,8 +1355,9 @@ def _tool_reviewed(actor: Actor, review, session: Session, connection: Connectio
     max_result = min(rule.max_result_bytes or connection.max_output_bytes, connection.max_output_bytes)
     limits = dataclasses.replace(_limits(connection), max_output_bytes=max_result)
     # No run spec: an upstream call is not resumed by another process (see _tool_prepare).
-    if not _release_reviewed(actor, session, connection, findings, {}):
-        session.refresh_from_db()
+    released = _release_reviewed(actor, session, connection, findings, {})
+    session.refresh_from_db()
+    if not released:
         return session
     surface = actor.surface
     transaction.on_commit(

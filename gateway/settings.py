@@ -169,7 +169,8 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": env_int("PORTCULLIS_DB_POOL_MIN", 2),
             "max_size": env_int("PORTCULLIS_DB_POOL_MAX", 40),
-            "timeout": 10,
+            # How long a request waits for a connection before a 503 (gateway.unavailable).
+            "timeout": env_int("PORTCULLIS_DB_POOL_TIMEOUT", 5),
         }
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -280,6 +281,10 @@ COMMAND_CONNECTIONS_ENABLED = env_bool("PORTCULLIS_COMMAND_CONNECTIONS", False)
 EXEC_HANDOFF_SECONDS = float(env_int("PORTCULLIS_EXEC_HANDOFF_SECONDS", 50))
 # The bounded pool that runs connectors in each gateway process.
 EXEC_WORKERS = env_int("PORTCULLIS_EXEC_WORKERS", 16)
+# Idle target connections kept per connection and session options (gateway.connectors.pool);
+# 0 turns reuse off. An idle connection older than TARGET_POOL_IDLE_SECONDS is closed.
+TARGET_POOL_MAX_IDLE = env_int("PORTCULLIS_TARGET_POOL_MAX_IDLE", 4)
+TARGET_POOL_IDLE_SECONDS = float(env_int("PORTCULLIS_TARGET_POOL_IDLE_SECONDS", 120))
 # Per-connection defaults; each connection may lower or raise its own.
 DEFAULT_MAX_ROWS = env_int("PORTCULLIS_DEFAULT_MAX_ROWS", 1000)
 DEFAULT_MAX_OUTPUT_BYTES = env_int("PORTCULLIS_DEFAULT_MAX_OUTPUT_BYTES", 1024 * 1024)

@@ -7,6 +7,8 @@ def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
+handler500 = "gateway.unavailable.handler500"  # 503 + Retry-After when the database is away
+
 # Each area owns its URL module; the web pages share `templates/base.html` and `/login/`.
 urlpatterns = [
     path("admin/", admin.site.urls),

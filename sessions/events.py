@@ -135,7 +135,7 @@ def emit_session_end(session) -> None:
     except Exception:  # noqa: BLE001
         log.exception("session %s: end events dropped", session)
         return
-    if session.status != "blocked":
+    if session.status not in ("blocked", "rejected"):  # refused before it ran: blocked
         emit_session(session, SESSION_FINISHED)
     elif session.guardrail_findings:
         emit_session(session, SESSION_BLOCKED, GUARDRAIL_VIOLATION)

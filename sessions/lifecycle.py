@@ -118,14 +118,16 @@ def record(
         session.started_at = timezone.now()
     if session.is_final and session.ended_at is None:
         session.ended_at = timezone.now()
-    with transaction.atomic():
+    if lease is not None:
+        session.lease_expires_at = db_now_plus(lease)  # evaluated by the INSERT
+    with transaction.atomic(savepoint=False):
         session.save(force_insert=True)
-        if lease is not None:
-            Session.objects.filter(pk=session.pk).update(lease_expires_at=db_now_plus(lease))
-        audit_record(actor=actor, action=action, outcome=outcome, target=session, detail=detail or {})
+        session.lease_expires_at = None  # (the expression is not a value; read it from the database)
         _emit_for(session, None)
         if session.is_final:
             _after_final(session)
+        # Last: appending locks the org's chain head until commit, so it is held for as short as can be.
+        audit_record(actor=actor, action=action, outcome=outcome, target=session, detail=detail or {})
     return session
 
 
@@ -181,7 +183,7 @@ def transition(
     None when it is no longer in a state this move may leave (`expect`, default: every state that
     may go to `to`) or, with `runner`, no longer held by that runner: a late writer never
     overwrites the verdict of another."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         session = Session.objects.select_for_update(of=("self",)).select_related("user").get(pk=session_id)
         previous = session.status
         if callable(to):
@@ -199,20 +201,21 @@ def transition(
             session.ended_at = session.ended_at or timezone.now()
             session.lease_expires_at = None
             update += ["ended_at", "lease_expires_at"]
-        session.save(update_fields=sorted(set(update)))
         if lease is not None:
-            Session.objects.filter(pk=session.pk).update(lease_expires_at=db_now_plus(lease))
+            session.lease_expires_at = db_now_plus(lease)
+            update.append("lease_expires_at")
+        session.save(update_fields=sorted(set(update)))
         if as_owner:
             actor = Actor(
                 user=session.user, groups=frozenset(), surface=session.surface, client=session.client
             )
-        actor_fields = _system_actor_fields(session, actor)
-        audit_record(**actor_fields, action=action, outcome=outcome, target=session, detail=detail or {})
         _emit_for(session, previous)
         if session.is_final:
             _after_final(session)
         elif previous == SessionStatus.PENDING_REVIEW:
             transaction.on_commit(lambda: notify_session_finished(session.pk))
+        actor_fields = _system_actor_fields(session, actor)  # last: the chain head's lock is held to commit
+        audit_record(**actor_fields, action=action, outcome=outcome, target=session, detail=detail or {})
     return session
 
 
