@@ -350,7 +350,20 @@ def mcp(gateway_server, transactional_db):
         token = who.token if isinstance(who, Person) else who
         return MCP(gateway_server, token, mode)
 
-    return make
+    yield make
+    _settle_live_sessions()
+
+
+def _settle_live_sessions() -> None:
+    """Before the test's tables are flushed: stop what the live gateway still runs for this test and
+    wait until it has written its last record, so the flush never races (and deadlocks with) it."""
+    from sessions.models import ACTIVE_STATUSES, Session
+
+    active = Session.objects.filter(status__in=ACTIVE_STATUSES)
+    active.update(cancel_requested=True)
+    deadline = time.monotonic() + 120  # cleanup only: a live gateway cancels within a second or two
+    while active.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def structured(result) -> dict:

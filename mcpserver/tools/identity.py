@@ -7,6 +7,7 @@ from django.conf import settings
 from pydantic import Field
 
 from mcpserver.registry import Args, Result, tool
+from sessions import outbox
 
 
 class NoArgs(Args):
@@ -61,6 +62,11 @@ class ServerInfoResult(Result):
     command_connections_enabled: bool
     exec_handoff_seconds: float
     max_input_bytes: int
+    outbox_backlog: dict[str, dict[str, float]] | None = Field(
+        None,
+        description="Admins: messages waiting to leave (events, analyses, agent dispatches) per kind, with the "
+        "age of the oldest in seconds. A growing backlog means the broker or a sink is down; nothing is lost.",
+    )
 
 
 def _auth_methods() -> list[str]:
@@ -95,4 +101,5 @@ async def serverinfo_get(actor, args, ctx) -> ServerInfoResult:
         command_connections_enabled=settings.COMMAND_CONNECTIONS_ENABLED,
         exec_handoff_seconds=settings.EXEC_HANDOFF_SECONDS,
         max_input_bytes=settings.MAX_INPUT_BYTES,
+        outbox_backlog=await db(outbox.backlog)() if actor.is_admin else None,
     )
