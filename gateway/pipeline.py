@@ -498,8 +498,8 @@ def _run(session_id, limits: Limits, preloaded: tuple | None = None, *, claimed:
     try:
         close_old_connections()
         if not claimed and not lifecycle.claim(session_id, runner=runner.runner_id()):
-            return  # cancelled while queued, or another process took it
-        _run_claimed(session_id, limits, preloaded)
+            return None  # cancelled while queued, or another process took it
+        return _run_claimed(session_id, limits, preloaded)  # the final session: a local waiter's answer
     except Exception:
         logger.exception("exec job for session %s failed before finishing its record", session_id)
         _finish_with_retry(
@@ -544,7 +544,7 @@ def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
                 None,
                 "the result could not be checked and was withheld; the gateway log has details",
             )
-    _finish(
+    return _finish(
         session_id,
         result=result,
         error=error,
@@ -634,7 +634,7 @@ def _finish(
     max_bytes: int,
     findings=(),
     masking_info: dict | None = None,
-) -> None:
+) -> Session | None:
     fields = {"execution_time_ms": elapsed_ms, "error": error, "masking": masking_info or {}}
     if result is not None:
         output, cut = cap_text(result.output, max_bytes)
@@ -658,7 +658,7 @@ def _finish(
         return SessionStatus.DONE if result is not None else SessionStatus.FAILED
 
     ok = result is not None and not findings and result.exit_code == 0
-    _finish_with_retry(
+    return _finish_with_retry(
         session_id,
         status_of,
         fields,

@@ -121,11 +121,17 @@ async def _wait_until(
         while True:
             now = time.monotonic()
             future = runner.local_future(local_key) if local_key else None
+            value = None
             if future is not None:
-                # Runs in this process: its future resolves right after the record is final.
+                # Runs in this process: its future resolves right after the record is final, with
+                # the final record itself (no reload needed).
                 step = max(min(deadline - now, progress_every - (now - last_progress)), 0.01)
                 await asyncio.wait({asyncio.wrap_future(future)}, timeout=step)
-            value = await load()
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    finished = future.result()
+                    value = finished if finished is not None and done(finished) else None
+            if value is None:
+                value = await load()
             now = time.monotonic()
             if done(value):
                 return value, False

@@ -358,7 +358,8 @@ def test_postgres_connections_are_reused_and_reset_between_sessions(cast, pg_tar
         **{k: v for k, v in pg_target.items() if k != "database"}, dbname=pg_target["database"]
     ) as c:
         stale = c.execute(
-            "select count(*) from pg_stat_activity where state like 'idle in transaction%'"
+            "select count(*) from pg_stat_activity where datname = %s and state like 'idle in transaction%%'",
+            (pg_target["database"],),
         ).fetchone()
     assert stale[0] == 0
     pool.clear()

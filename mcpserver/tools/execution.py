@@ -68,14 +68,26 @@ class ExecEnvelope(Result):
     timed_out: bool | None = None
 
 
+TEXT_PREVIEW_BYTES = 64 * 1024
+
+
 def render_envelope(r: ExecEnvelope) -> str:
+    """The short text rendering beside the structured envelope. A large result is previewed: its
+    rows are in the structured content once, not a second time here."""
     if r.status in ("completed", "failed"):
         head = f"[{r.status}] session {r.session_id}"
         if r.row_count is not None:
             head += f", {r.row_count} row(s)" + (" (truncated)" if r.truncated else "")
         if r.exit_code not in (None, 0):
             head += f", exit code {r.exit_code}"
-        return f"{head}\n{r.output or ''}".rstrip()
+        output = r.output or ""
+        if len(output) > TEXT_PREVIEW_BYTES:
+            cut = output.encode()[:TEXT_PREVIEW_BYTES].decode(errors="ignore")
+            output = cut[: cut.rfind("\n") + 1 or len(cut)] + (
+                f"[… {len(output.encode()) - len(cut.encode())} more bytes: the whole result is in the structured "
+                "content (rows), and sessions_get_content pages through it]"
+            )
+        return f"{head}\n{output}".rstrip()
     review = f" (review {r.review_id}: {r.review_url})" if r.review_id else ""
     return f"[{r.status}] session {r.session_id}{review}: {r.message or ''} {r.next_step or ''}".strip()
 
