@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = shutil.which("docker-compose")
 
 pytestmark = pytest.mark.skipif(
-    COMPOSE is None and not os.environ.get("CI"), reason="docker-compose is not installed (.ci/run installs it)"
+    COMPOSE is None and not os.environ.get("CI"),
+    reason="docker-compose is not installed (.ci/run installs it)",
 )
 
 REQUIRED = {
@@ -91,7 +92,11 @@ def test_every_documented_setting_in_dotenv_reaches_web_and_worker(tmp_path):
     for name, value in MAIL_AND_SLACK.items():
         assert web[name] == value and worker[name] == value
     # Pool sizes per process kind, not whatever .env said for all of them.
-    assert (web["PORTCULLIS_DB_POOL_MAX"], worker["PORTCULLIS_DB_POOL_MAX"], beat["PORTCULLIS_DB_POOL_MAX"]) == (
+    assert (
+        web["PORTCULLIS_DB_POOL_MAX"],
+        worker["PORTCULLIS_DB_POOL_MAX"],
+        beat["PORTCULLIS_DB_POOL_MAX"],
+    ) == (
         "30",
         "4",
         "2",
@@ -99,7 +104,9 @@ def test_every_documented_setting_in_dotenv_reaches_web_and_worker(tmp_path):
 
 
 def test_defaults_persistence_healthchecks_and_pgbouncer_routing(tmp_path):
-    result = render(tmp_path, {**REQUIRED, "PORTCULLIS_DB_HOST": "pgbouncer", "PORTCULLIS_DB_PGBOUNCER": "true"})
+    result = render(
+        tmp_path, {**REQUIRED, "PORTCULLIS_DB_HOST": "pgbouncer", "PORTCULLIS_DB_PGBOUNCER": "true"}
+    )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]
@@ -116,7 +123,10 @@ def test_defaults_persistence_healthchecks_and_pgbouncer_routing(tmp_path):
     # The pgbouncer service exists only under its profile.
     with_profile = render(tmp_path, REQUIRED, "--profile", "pgbouncer")
     assert with_profile.returncode == 0, with_profile.stderr
-    assert yaml.safe_load(with_profile.stdout)["services"]["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
+    assert (
+        yaml.safe_load(with_profile.stdout)["services"]["pgbouncer"]["environment"]["POOL_MODE"]
+        == "transaction"
+    )
 
 
 def test_compose_refuses_to_start_without_a_required_secret(tmp_path):

@@ -57,7 +57,11 @@ class Command(BaseCommand):
                     self.stdout.write(f'organization "{org.name}" already has an admin; nothing changed')
                     return
                 user = user_create(
-                    org=org, email=options["email"], name=options["name"], groups=[ADMIN_GROUP], password=password
+                    org=org,
+                    email=options["email"],
+                    name=options["name"],
+                    groups=[ADMIN_GROUP],
+                    password=password,
                 )
         except PortcullisError as exc:
             raise CommandError(exc.message) from None
