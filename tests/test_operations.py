@@ -269,3 +269,34 @@ def test_rest_and_mcp_answer_429_with_retry_after_per_token_and_per_org(
         assert value(samples, "portcullis_rate_limited_total", limit="mcp_token") >= 2
     finally:
         stop(server.process)
+
+
+def test_admin_bootstrap_creates_the_first_admin_once(db, monkeypatch):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    from governance.models import User
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery staple\n"))
+    out = io.StringIO()
+    call_command(
+        "admin_bootstrap", "--org", "initech", "--email", "Ops@Initech.test", "--password-stdin", stdout=out
+    )
+    assert 'created admin ops@initech.test in organization "initech"' in out.getvalue()
+    user = User.objects.get(email="ops@initech.test")
+    assert user.check_password("correct horse battery staple")
+    assert list(user.user_groups.values_list("name", flat=True)) == ["admin"]
+    # Again (a deploy script runs it every time): nothing changes, exit 0, no second admin.
+    again = io.StringIO()
+    call_command("admin_bootstrap", "--org", "initech", "--email", "other@initech.test", stdout=again)
+    assert "already has an admin; nothing changed" in again.getvalue()
+    assert not User.objects.filter(email="other@initech.test").exists()
+    # A generated password is printed once and works.
+    printed = io.StringIO()
+    call_command("admin_bootstrap", "--org", "hooli", "--email", "root@hooli.test", stdout=printed)
+    password = printed.getvalue().rsplit(": ", 1)[1].strip()
+    assert User.objects.get(email="root@hooli.test").check_password(password)
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    with pytest.raises(CommandError, match="too short"):
+        call_command("admin_bootstrap", "--org", "x", "--email", "a@x.test", "--password-stdin")
