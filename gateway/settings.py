@@ -119,6 +119,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from here, so the docs page works offline
     "oauth2_provider",  # the built-in OAuth 2.1 authorization server (docs/oauth.md)
+    "axes",  # failed-login throttling and lockout (docs/sso.md)
     "governance",
     "gateway",
     "reviews",
@@ -136,6 +137,7 @@ MIDDLEWARE = [
     "gateway.observe.bind_user_middleware",  # the signed-in user in the log context
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out login with governance.auth's page
 ]
 
 ROOT_URLCONF = "gateway.urls"
@@ -382,6 +384,30 @@ if AUDIT_HEADS_INTERVAL_SECONDS > 0:
         "task": "sessions.tasks.audit_heads_publish",
         "schedule": float(AUDIT_HEADS_INTERVAL_SECONDS),
     }
+
+# --- Sign-in: SSO (OpenID Connect), SCIM, throttling (docs/sso.md) --------------------------
+# The axes backend first: it refuses a locked-out username+address before any password is checked.
+# SSO sign-ins are logged in through governance.auth.SSOBackend (it never checks a password).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "governance.auth.PasswordBackend",
+    "governance.auth.SSOBackend",
+]
+AXES_ENABLED = env_bool("PORTCULLIS_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = env_int("PORTCULLIS_LOGIN_FAILURE_LIMIT", 5)
+# Hours a username+address pair stays locked after the limit (fractions allowed via minutes).
+AXES_COOLOFF_TIME = env_int("PORTCULLIS_LOGIN_LOCKOUT_MINUTES", 15) / 60
+# Locked per username *and* client address: a guesser is stopped, and nobody can lock a colleague
+# out from elsewhere by typing wrong passwords for them.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "governance.auth.axes_username"
+AXES_CLIENT_IP_CALLABLE = "governance.auth.axes_client_ip"
+AXES_LOCKOUT_CALLABLE = "governance.auth.lockout_response"
+AXES_VERBOSE = False
+# How long the IdP's discovery document and keys are cached by each process (seconds).
+SSO_METADATA_CACHE_SECONDS = env_int("PORTCULLIS_SSO_METADATA_CACHE_SECONDS", 300)
+SSO_HTTP_TIMEOUT_SECONDS = float(env_int("PORTCULLIS_SSO_HTTP_TIMEOUT_SECONDS", 10))
 
 # --- Operations: metrics, rate limits, beat (docs/operations.md) ----------------------------
 # /metrics answers a bearer token equal to PORTCULLIS_METRICS_TOKEN, or any caller whose address is
