@@ -68,6 +68,12 @@ def emit(*, org_id, type: str, data: dict) -> None:
     org. Never raises into its caller: an event must never break the change it describes."""
     try:
         event = event_build(org_id=org_id, type=type, data=data)
+        from django.db import transaction
+
+        from gateway import metrics
+
+        # Counted once committed (sessions, review decisions), delivered or not; never raises.
+        transaction.on_commit(lambda: metrics.event_observed(event))
         if not _deliverable(org_id):
             return
         from sessions.outbox import outbox_put
