@@ -88,6 +88,12 @@ def busy() -> bool:
         return len(_running) >= settings.EXEC_WORKERS * 4
 
 
+def running_here() -> int:
+    """How many jobs this process tracks (queued or running)."""
+    with _lock:
+        return len(_running)
+
+
 def has_idle_worker() -> bool:
     """True when a job submitted now starts at once (no queue in front of it)."""
     with _lock:

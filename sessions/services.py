@@ -377,6 +377,7 @@ ANALYSIS_SWEEP_GRACE_SECONDS = 120  # the task had this long to run before the s
 ANALYSIS_SWEEP_WINDOW = timedelta(days=1)
 _analysis_pool: ThreadPoolExecutor | None = None
 _analysis_pool_lock = threading.Lock()
+_analysis_pending = 0
 
 
 def analysis_enqueue(*, session_id) -> None:
@@ -396,6 +397,9 @@ def _analysis_start(payload: dict) -> None:
 
     session_id = payload["session_id"]
     if settings.CELERY_TASK_ALWAYS_EAGER:
+        global _analysis_pending
+        with _analysis_pool_lock:
+            _analysis_pending += 1
         _analysis_executor().submit(_analysis_in_background, session_id)
     else:
         session_analyze.apply_async(args=[session_id])
@@ -412,12 +416,21 @@ def _analysis_executor() -> ThreadPoolExecutor:
 def _analysis_in_background(session_id: str) -> None:
     from sessions.tasks import session_analyze
 
+    global _analysis_pending
     try:
         session_analyze.apply(args=[session_id], throw=True)
     except Exception:
         logger.exception("analysis of session %s failed; the sweep will retry it", session_id)
     finally:
         connections.close_all()
+        with _analysis_pool_lock:
+            _analysis_pending -= 1
+
+
+def analyses_in_background() -> int:
+    """How many embedded-mode analyses are queued or running in this process (tests wait for 0)."""
+    with _analysis_pool_lock:
+        return _analysis_pending
 
 
 def analysis_run(*, session_id) -> Analysis | None:

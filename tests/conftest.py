@@ -58,6 +58,28 @@ def _stop_exec_pool(django_db_setup):
             connection.close_pool()
 
 
+@pytest.fixture(autouse=True)
+def _settle_background_writers(request):
+    """Tests on committed data (transactional_db): before their tables are flushed, let this
+    process's background writers (the exec pool, the outbox relay, embedded-mode analyses) finish,
+    so the flush never races them into a deadlock or leaves rows behind for the next test."""
+    if "transactional_db" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("transactional_db")  # set up first, so this tears down first
+    yield
+    from gateway import runner
+    from sessions import outbox
+    from sessions.services import analyses_in_background
+
+    deadline = time.monotonic() + 120  # cleanup only
+    while runner.running_here() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    outbox.stop()  # after its current round, which may start analyses
+    while analyses_in_background() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 # --- the cast ----------------------------------------------------------------------------------
 
 
