@@ -17,8 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MCP, ROOT, LiveServer, _free_port, gateway_env, structured
+from tests import test_reviews
+from tests.test_reviews import _actor, _exec, _rule
 
 pytestmark = pytest.mark.live
+
+team = test_reviews.team  # the reviewers fixture (frank, grace, heidi)
 
 METRICS_TOKEN = "metrics-" + uuid.uuid4().hex
 
@@ -300,3 +304,52 @@ def test_admin_bootstrap_creates_the_first_admin_once(db, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     with pytest.raises(CommandError, match="too short"):
         call_command("admin_bootstrap", "--org", "x", "--email", "a@x.test", "--password-stdin")
+
+
+def test_review_decisions_and_waits_are_counted_once_committed(
+    cast, team, client, django_capture_on_commit_callbacks
+):
+    from prometheus_client import REGISTRY
+
+    from reviews import services
+
+    def counted(name, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def pending_gauge() -> float:
+        response = client.get("/metrics")  # the test client's address is 127.0.0.1: allowed
+        assert response.status_code == 200
+        return value(
+            {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(response.content.decode())
+                for s in f.samples
+            },
+            "portcullis_reviews_pending",
+        )
+
+    _rule(cast)
+    approved, rejected = (
+        counted("portcullis_review_decisions_total", decision="approved", type="onetime"),
+        counted("portcullis_review_decisions_total", decision="rejected", type="onetime"),
+    )
+    waits = counted("portcullis_review_wait_seconds_count", decision="approved")
+    pending_before = pending_gauge()
+    with django_capture_on_commit_callbacks(execute=True):
+        first = _exec(cast.bob, "update customers set name = 'x'")
+        second = _exec(cast.bob, "delete from customers")
+    assert pending_gauge() == pending_before + 2
+    # Nothing is counted before the decision's transaction commits; then each decision once.
+    with django_capture_on_commit_callbacks(execute=False) as uncommitted:
+        services.review_decide(actor=_actor(team["frank"]), review_id=first.pk, status="APPROVED")
+    assert counted("portcullis_review_decisions_total", decision="approved", type="onetime") == approved
+    for callback in uncommitted:  # the commit
+        callback()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.review_decide(
+            actor=_actor(team["frank"]), review_id=second.pk, status="REJECTED", reason="no"
+        )
+    assert counted("portcullis_review_decisions_total", decision="approved", type="onetime") == approved + 1
+    assert counted("portcullis_review_decisions_total", decision="rejected", type="onetime") == rejected + 1
+    assert counted("portcullis_review_wait_seconds_count", decision="approved") == waits + 1
+    assert pending_gauge() == pending_before
