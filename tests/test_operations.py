@@ -16,8 +16,8 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MCP, ROOT, LiveServer, _free_port, gateway_env, structured
 from tests import test_reviews
+from tests.conftest import MCP, ROOT, LiveServer, _free_port, gateway_env, structured
 from tests.test_reviews import _actor, _exec, _rule
 
 pytestmark = pytest.mark.live
