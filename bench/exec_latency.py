@@ -684,7 +684,8 @@ def report(results: dict, args) -> None:
     dirty = " (with uncommitted changes)" if env["uncommitted_changes"] else ""
     busy = f", load average at start {load[0]:.2f}" if load else ""
     print(
-        f"Portcullis {env['revision']}{dirty}, Python {env['python']}, PostgreSQL {env['postgres']},"
+        f"{results['started_at']}: Portcullis {env['revision']}{dirty}, Python {env['python']},"
+        f" PostgreSQL {env['postgres']},"
         f" {env['cpus']} CPUs{busy}"
     )
     print()

@@ -505,7 +505,8 @@ def report(results: dict, summary: dict, args) -> None:
     print()
     dirty = " (with uncommitted changes)" if env["uncommitted_changes"] else ""
     print(
-        f"Portcullis {env['revision']}{dirty} vs {PEER_PACKAGE} {PEER_VERSION}, Python {env['python']},"
+        f"{results['started_at']}: Portcullis {env['revision']}{dirty} vs {PEER_PACKAGE} {PEER_VERSION},"
+        f" Python {env['python']},"
         f" PostgreSQL {env['postgres']}, {env['cpus']} CPUs, load average at start"
         f" {' '.join(f'{x:.2f}' for x in load)}, at end {' '.join(f'{x:.2f}' for x in results['load_at_end'])}"
     )
