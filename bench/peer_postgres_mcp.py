@@ -63,11 +63,13 @@ VENVS_DIR = ROOT / "bench" / ".venvs"
 
 PEER_PACKAGE = "postgres-mcp"
 PEER_VERSION = "0.3.0"
-# postgres-mcp 0.3.0 imports mcp.server.fastmcp, which mcp 2 removed; its own pins allow any mcp >= 1.5.
-PEER_CONSTRAINTS = ["mcp[cli]>=1.5.0,<2"]
-# Its declared dependencies, for the fallback install when its exact pglast pin (7.2.0) is not on
-# the index: the same pglast major (libpg_query 17), used only to parse SQL in restricted mode.
-PEER_DEPENDENCIES = [
+# The stack it was released with (its uv.lock at the tag), as pip constraints: `--peer-deps release`.
+PEER_RELEASE_CONSTRAINTS = ROOT / "bench" / f"{PEER_PACKAGE}-{PEER_VERSION}.constraints.txt"
+# Its declared requirements. Its exact pglast pin (7.2.0) may be missing from the index; the
+# fallback install relaxes it to the same major (libpg_query 17), used only to parse SQL in
+# restricted mode. `--peer-deps latest` also caps mcp below 2: the package imports
+# mcp.server.fastmcp, which mcp 2 removed, though its own pin allows any mcp >= 1.5.
+PEER_REQUIREMENTS = [
     "attrs>=25.3.0",
     "humanize>=4.8.0",
     "instructor>=1.7.9",
@@ -120,7 +122,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=os.environ.get("BENCH_PEER_PYTHON"),
         help="Python >= 3.12 for postgres-mcp's venv (default: python3.13/python3.12 on PATH or pyenv)",
     )
-    p.add_argument("--peer-venv", type=Path, default=VENVS_DIR / f"{PEER_PACKAGE}-{PEER_VERSION}")
+    p.add_argument(
+        "--peer-deps",
+        choices=["release", "latest"],
+        default="release",
+        help="postgres-mcp's dependencies: the versions it was released with (default) or today's newest",
+    )
+    p.add_argument("--peer-venv", type=Path, help="default bench/.venvs/postgres-mcp-0.3.0-<peer-deps>")
     p.add_argument(
         "--pg-url",
         default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
@@ -135,6 +143,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.rounds < 1 or args.n < 2 or args.warmup < 0 or args.fresh_n < 0 or args.big_runs < 0:
         p.error("--rounds >= 1, --n >= 2; --warmup, --fresh-n and --big-runs not negative")
     args.access_mode = list(dict.fromkeys(args.access_mode or ["unrestricted", "restricted"]))
+    args.peer_venv = args.peer_venv or VENVS_DIR / f"{PEER_PACKAGE}-{PEER_VERSION}-{args.peer_deps}"
     return args
 
 
@@ -161,25 +170,32 @@ def find_peer_python(explicit: str | None) -> str:
     )
 
 
-def ensure_peer(venv: Path, python: str | None) -> dict:
-    """Install postgres-mcp into its own venv once; returns what was installed (for the results)."""
+def ensure_peer(venv: Path, python: str | None, deps: str) -> dict:
+    """Install postgres-mcp into its own venv once; returns what was installed (for the results).
+
+    `release`: the versions of its release lock (mcp 1.6.0 ...), which is how it shipped.
+    `latest`: the newest versions its requirements allow today (mcp 1.x, since 2 lacks FastMCP).
+    """
     marker = venv / "bench-installed.json"
     if marker.exists():
         return json.loads(marker.read_text())
-    print(f"installing {PEER_PACKAGE}=={PEER_VERSION} into {venv.relative_to(ROOT)} ...", flush=True)
+    print(
+        f"installing {PEER_PACKAGE}=={PEER_VERSION} ({deps} deps) into {venv.relative_to(ROOT)} ...",
+        flush=True,
+    )
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([find_peer_python(python), "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    how = "as declared, with mcp < 2"
-    first = subprocess.run(
-        [*pip, f"{PEER_PACKAGE}=={PEER_VERSION}", *PEER_CONSTRAINTS], capture_output=True, text=True
-    )
+    constraints = ["-c", str(PEER_RELEASE_CONSTRAINTS)] if deps == "release" else []
+    package = f"{PEER_PACKAGE}=={PEER_VERSION}"
+    how = f"{deps} versions, as declared"
+    first = subprocess.run([*pip, *constraints, package, "mcp[cli]<2"], capture_output=True, text=True)
     if first.returncode != 0:
-        # The index may lack its exact pglast pin; install the package alone and its requirements with
-        # pglast relaxed to the same major. Said in the results, so a reader can tell.
-        subprocess.run([*pip, "--no-deps", f"{PEER_PACKAGE}=={PEER_VERSION}"], check=True)
-        subprocess.run([*pip, *PEER_DEPENDENCIES], check=True)
-        how = "package --no-deps, then its requirements with pglast relaxed to >=7.2,<8 and mcp < 2"
+        # The index lacks its exact pglast pin: the package alone, then its requirements with
+        # pglast relaxed to the same major. Recorded, so a reader can tell.
+        subprocess.run([*pip, "--no-deps", package], check=True)
+        subprocess.run([*pip, *constraints, *PEER_REQUIREMENTS], check=True)
+        how = f"{deps} versions, with pglast relaxed to >=7.2,<8 (7.2.0 is not on the index)"
     freeze = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
@@ -271,14 +287,16 @@ def raise_sse_event_cap() -> None:
 class McpContender:
     """One MCP server, reached with the official SDK client; `call` returns seconds, or raises."""
 
-    def __init__(self, label: str, transport, tool: str, arguments: dict, check, pid: int):
+    def __init__(
+        self, label: str, transport, tool: str, arguments: dict, check, pid: int, mode: str = "auto"
+    ):
         self.label, self.transport, self.tool, self.arguments = label, transport, tool, arguments
-        self.check, self.pid = check, pid
+        self.check, self.pid, self.mode = check, pid, mode
         self.client: Client | None = None
         self._stack = AsyncExitStack()
 
     async def open(self) -> None:
-        self.client = await self._stack.enter_async_context(Client(self.transport(), mode="auto"))
+        self.client = await self._stack.enter_async_context(Client(self.transport(), mode=self.mode))
         await self.client.list_tools()  # as an agent does; the modern client checks results against it
 
     async def close(self) -> None:
@@ -294,7 +312,7 @@ class McpContender:
     async def fresh_call(self) -> float:
         """Connect, call once, disconnect: what a client without a kept session pays."""
         started = time.perf_counter()
-        async with Client(self.transport(), mode="auto") as client:
+        async with Client(self.transport(), mode=self.mode) as client:
             result = await client.call_tool(self.tool, self.arguments)
         elapsed = time.perf_counter() - started
         self.check(result)
@@ -579,6 +597,9 @@ async def measure(mcp_url: str, token: str, peer_urls: dict, echo_url: str, pids
             {"sql": SELECT_1},
             check_peer_select_1,
             pids[peer_label(mode)],
+            # The handshake era: mcp 1.6 (its release stack) drops the connection on the modern
+            # client's `server/discover` probe instead of answering an error the client falls back on.
+            mode="legacy",
         )
         for mode, url in peer_urls.items()
     ]
@@ -610,7 +631,7 @@ async def measure(mcp_url: str, token: str, peer_urls: dict, echo_url: str, pids
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    peer_info = ensure_peer(args.peer_venv, args.peer_python)
+    peer_info = ensure_peer(args.peer_venv, args.peer_python, args.peer_deps)
     raise_sse_event_cap()
     target = pg_params(args.pg_url, "postgres")
     data_dir = Path(tempfile.mkdtemp(prefix="portcullis-bench-peer-"))
