@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult, wrap_connect_error
+from gateway.connectors.base import BatchResult, Connector, ExecResult, enforce_ceiling, wrap_connect_error
 from governance.errors import InvalidInput
 
 
@@ -64,12 +64,42 @@ class PostgresConnector(Connector):
                 pass
 
     def execute(self, text: str) -> ExecResult:
+        if self.limits.max_affected_rows is not None:
+            return self._execute_with_ceiling(text)
         with self._connect() as conn, conn.cursor() as cur:
             try:
                 cur.execute(text.encode(), prepare=False)
             except psycopg.Error as exc:
                 return ExecResult(output=_describe_error(exc), exit_code=1)
             return self._collect(cur)
+
+    # Rows this transaction inserted, updated or deleted in every user table: statements, data-
+    # modifying CTEs, functions, triggers, rules and cascades alike (the per-statement row count
+    # would miss all but the first).
+    _TOUCHED = (
+        "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_xact_user_tables"
+    )
+
+    def _execute_with_ceiling(self, text: str) -> ExecResult:
+        with self._connect() as conn:
+            conn.autocommit = False  # one transaction, committed only when the count is within the ceiling
+            try:
+                with conn.cursor() as cur:
+                    try:
+                        cur.execute(text.encode(), prepare=False)
+                        result = self._collect(cur)
+                    except psycopg.Error as exc:
+                        conn.rollback()
+                        return ExecResult(output=_describe_error(exc), exit_code=1)
+                    cur.execute(self._TOUCHED)
+                    touched = int(cur.fetchone()[0])
+                enforce_ceiling(self.limits, touched, conn.rollback)
+                conn.commit()
+            except psycopg.Error as exc:
+                conn.rollback()
+                return ExecResult(output=_describe_error(exc), exit_code=1)
+            result.extra["affected_rows"] = touched
+            return result
 
     def _collect(self, cur) -> ExecResult:
         # With several statements psycopg keeps one result per statement.

@@ -15,7 +15,7 @@ from django.conf import settings
 from sqlglot.dialects.sqlite import SQLite
 from sqlglot.tokens import TokenType
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult
+from gateway.connectors.base import BatchResult, Connector, ExecResult, enforce_ceiling
 from governance.errors import ConnectorError, InvalidInput
 
 
@@ -139,8 +139,11 @@ class SQLiteConnector(Connector):
 
     def execute(self, text: str) -> ExecResult:
         conn = self._connect()
+        ceiling = self.limits.max_affected_rows is not None
         try:
             batch = BatchResult(self.limits)
+            if ceiling:
+                conn.execute("BEGIN")  # total_changes counts trigger writes too
             for statement in split_statements(text) or [text]:
                 try:
                     cur = conn.execute(statement)
@@ -155,7 +158,13 @@ class SQLiteConnector(Connector):
                     message = str(exc)
                     if message == "interrupted" and not self.cancelled.is_set():
                         message = f"statement timed out after {self.limits.timeout_seconds}s"
+                    if ceiling and conn.in_transaction:
+                        conn.rollback()
                     return ExecResult(output=f"ERROR: {message}", exit_code=1)
+            if ceiling:
+                enforce_ceiling(self.limits, conn.total_changes, conn.rollback)
+                if conn.in_transaction:
+                    conn.commit()
             return batch.result()
         finally:
             conn.close()
