@@ -15,4 +15,5 @@ urlpatterns = [
     path("", include("sessions.export_urls")),  # CSV / JSON Lines downloads
     path("", include("reviews.urls")),  # reviewers' inbox and review pages
     path("", include("governance.urls")),  # OAuth authorization server and authorized clients
+    path("", include("governance.scim_urls")),  # SCIM 2.0 provisioning per organization (docs/sso.md)
 ]

@@ -562,7 +562,7 @@ def sign_in(idp: IdentityProvider, claims: dict) -> tuple[User, dict]:
                 )
             if user is None:
                 name = claims.get("name") if isinstance(claims.get("name"), str) else ""
-                user = user_create(org=idp.org, email=email, name=name[:150])
+                user = user_create(org=idp.org, email=email, name=name[:150], surface="web")
                 changes["created"] = True
             ExternalIdentity.objects.create(issuer=idp.issuer, subject=subject, user=user)
             changes["linked"] = subject

@@ -99,6 +99,20 @@ class Connector:
     def list_columns(self, database: str, table: str, schema: str | None) -> list[dict]:
         raise InvalidInput(f"listing columns is not supported for connection kind {self.kind!r}")
 
+    def schema_columns(self) -> dict[str, dict[str, dict[str, str]]]:
+        """Every table's columns in the connection's database, {schema: {table: {column: type}}}
+        (lower case): what masking's lineage resolves names against."""
+        raise InvalidInput(f"reading the schema is not supported for connection kind {self.kind!r}")
+
+
+def nest_columns(rows) -> dict[str, dict[str, dict[str, str]]]:
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for schema, table, column, type_ in rows:
+        out.setdefault(str(schema).lower(), {}).setdefault(str(table).lower(), {})[str(column).lower()] = str(
+            type_
+        )
+    return out
+
 
 def json_value(value):
     """A JSON-safe rendering of a database value that keeps numbers as numbers where exact."""

@@ -10,7 +10,14 @@ from pymysql.constants import CLIENT
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult, enforce_ceiling, wrap_connect_error
+from gateway.connectors.base import (
+    BatchResult,
+    Connector,
+    ExecResult,
+    enforce_ceiling,
+    nest_columns,
+    wrap_connect_error,
+)
 from gateway.connectors.postgres import PostgresConnector
 from governance.errors import InvalidInput
 
@@ -162,6 +169,16 @@ class MySQLConnector(Connector):
             "FROM information_schema.tables WHERE table_schema = %s ORDER BY 2",
             (schema or database,),
         )
+
+    def schema_columns(self):
+        rows = self._query(
+            "SELECT c.table_schema, c.table_name, c.column_name, "
+            "CONCAT(IF(t.table_type = 'VIEW', 'view:', ''), c.data_type) "
+            "FROM information_schema.columns c JOIN information_schema.tables t "
+            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+            "WHERE c.table_schema = DATABASE() ORDER BY c.table_name, c.ordinal_position"
+        )
+        return nest_columns(tuple(r.values()) for r in rows)
 
     def list_columns(self, database, table, schema):
         rows = self._query(

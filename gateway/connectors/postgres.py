@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import psycopg
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult, enforce_ceiling, wrap_connect_error
+from gateway.connectors.base import (
+    BatchResult,
+    Connector,
+    ExecResult,
+    enforce_ceiling,
+    nest_columns,
+    wrap_connect_error,
+)
 from governance.errors import InvalidInput
 
 
@@ -133,6 +140,17 @@ class PostgresConnector(Connector):
             sql += " and table_schema = %s"
             params = (schema,)
         return self._query(sql + " order by 1, 2", params, database=database)
+
+    def schema_columns(self):
+        rows = self._query(
+            "select c.table_schema as s, c.table_name as t, c.column_name as c, "
+            "case when t.table_type = 'VIEW' then 'view:' else '' end || c.data_type as d "
+            "from information_schema.columns c join information_schema.tables t "
+            "on t.table_schema = c.table_schema and t.table_name = c.table_name "
+            "where c.table_schema not in ('pg_catalog', 'information_schema') "
+            "order by c.table_schema, c.table_name, c.ordinal_position"
+        )
+        return nest_columns((r["s"], r["t"], r["c"], r["d"]) for r in rows)
 
     def list_columns(self, database, table, schema):
         return self._query(
