@@ -42,6 +42,8 @@ def surface_of(path: str) -> str:
         return "admin"
     if path.startswith(("/oauth/", "/.well-known/")):
         return "oauth"
+    if path.startswith("/scim/"):
+        return "scim"
     if path in ("/healthz", "/readyz", "/metrics"):
         return "ops"
     if path.startswith("/static/"):

@@ -26,7 +26,7 @@ from gateway import runner
 from gateway.connectors import REGISTRY, ExecResult, Limits
 from gateway.connectors.base import cap_text, json_value, render_table
 from gateway.models import Connection
-from governance import capability, guardrails, masking
+from governance import capability, guardrails, masking, masking_lineage
 from governance import rules as rules_service
 from governance.errors import (
     AffectedRowsExceeded,
@@ -557,7 +557,7 @@ def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
     findings, masking_info = ceiling_findings, {}
     if result is not None and connection is not None:
         try:
-            result, findings, masking_info, error = _protect(connection, result, limits, rules)
+            result, findings, masking_info, error = _protect(connection, result, limits, rules, sql=text)
         except Exception:  # never store or return what could not be checked
             logger.exception("output protection crashed on session %s", session_id)
             result, error = (
@@ -575,7 +575,7 @@ def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
     )
 
 
-def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=None):
+def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=None, sql: str | None = None):
     """Output guardrails, then masking, on a result before it is stored or leaves the gateway.
 
     Returns (result or None if withheld, output findings, masking info, error).
@@ -590,7 +590,8 @@ def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=N
         return result, [], {}, ""
     try:
         if result.columns is not None:
-            rows, counts = masker.mask_rows(result.columns, result.rows or [])
+            plans = _lineage_plans(connection, masker, sql, limits, len(result.columns))  # issue 14
+            rows, counts = masker.mask_rows(result.columns, result.rows or [], plans=plans)
             text, cut = render_table(result.columns, rows, limits.max_output_bytes)
             result = dataclasses.replace(result, rows=rows, output=text, truncated=result.truncated or cut)
         else:
@@ -643,6 +644,24 @@ def _finish_with_retry(session_id, to, fields: dict, **audit) -> Session | None:
             delay = min(delay * 2, 5.0)
         except DatabaseError:
             raise
+
+
+def _lineage_plans(connection: Connection, masker, sql: str | None, limits: Limits, width: int):
+    """Issue 14: whole-value masking for output columns fed by masked columns (any expression)."""
+    dialect = guardrails.DIALECTS.get(connection.kind)
+    if sql is None or dialect is None or not masker.follows_lineage:
+        return None
+    return masking_lineage.derived_plans(
+        masker,
+        sql,
+        dialect,
+        key=connection.pk,
+        loader=lambda: _connector(connection, dataclasses.replace(limits, read_only=True)).schema_columns(),
+        width=width,
+        default_db=(connection.config.get("database") or "").lower() or None
+        if connection.kind == "mysql"
+        else None,
+    )
 
 
 def _finish(

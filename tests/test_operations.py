@@ -16,9 +16,13 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import test_reviews
 from tests.conftest import MCP, ROOT, LiveServer, _free_port, gateway_env, structured
+from tests.test_reviews import _actor, _exec, _rule
 
 pytestmark = pytest.mark.live
+
+team = test_reviews.team  # the reviewers fixture (frank, grace, heidi)
 
 METRICS_TOKEN = "metrics-" + uuid.uuid4().hex
 
@@ -300,3 +304,151 @@ def test_admin_bootstrap_creates_the_first_admin_once(db, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     with pytest.raises(CommandError, match="too short"):
         call_command("admin_bootstrap", "--org", "x", "--email", "a@x.test", "--password-stdin")
+
+
+def test_review_decisions_and_waits_are_counted_once_committed(
+    cast, team, client, django_capture_on_commit_callbacks
+):
+    from prometheus_client import REGISTRY
+
+    from reviews import services
+
+    def counted(name, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def pending_gauge() -> float:
+        response = client.get("/metrics")  # the test client's address is 127.0.0.1: allowed
+        assert response.status_code == 200
+        return value(
+            {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(response.content.decode())
+                for s in f.samples
+            },
+            "portcullis_reviews_pending",
+        )
+
+    _rule(cast)
+    approved, rejected = (
+        counted("portcullis_review_decisions_total", decision="approved", type="onetime"),
+        counted("portcullis_review_decisions_total", decision="rejected", type="onetime"),
+    )
+    waits = counted("portcullis_review_wait_seconds_count", decision="approved")
+    pending_before = pending_gauge()
+    with django_capture_on_commit_callbacks(execute=True):
+        first = _exec(cast.bob, "update customers set name = 'x'")
+        second = _exec(cast.bob, "delete from customers")
+    assert pending_gauge() == pending_before + 2
+    # Nothing is counted before the decision's transaction commits; then each decision once.
+    with django_capture_on_commit_callbacks(execute=False) as uncommitted:
+        services.review_decide(actor=_actor(team["frank"]), review_id=first.pk, status="APPROVED")
+    assert counted("portcullis_review_decisions_total", decision="approved", type="onetime") == approved
+    for callback in uncommitted:  # the commit
+        callback()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.review_decide(
+            actor=_actor(team["frank"]), review_id=second.pk, status="REJECTED", reason="no"
+        )
+    assert counted("portcullis_review_decisions_total", decision="approved", type="onetime") == approved + 1
+    assert counted("portcullis_review_decisions_total", decision="rejected", type="onetime") == rejected + 1
+    assert counted("portcullis_review_wait_seconds_count", decision="approved") == waits + 1
+    assert pending_gauge() == pending_before
+
+
+def test_multiprocess_mode_adds_up_every_process_of_a_host(cast, tmp_path, transactional_db):
+    """Two daphne processes and a Celery worker's prefork children share one
+    PROMETHEUS_MULTIPROC_DIR: either daphne's /metrics counts the other's requests, and the
+    worker's own /metrics counts the webhook attempts its children made."""
+    from sessions import delivery, events
+    from sessions.webhooks import webhook_endpoint_create
+    from tests.test_events import Receiver
+
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    a = start_daphne(tmp_path / "a.log", PROMETHEUS_MULTIPROC_DIR=str(shared))
+    b = start_daphne(tmp_path / "b.log", PROMETHEUS_MULTIPROC_DIR=str(shared))
+    worker = None
+    try:
+        before = value(scrape(b, token=None), "portcullis_http_requests_total", surface="rest")
+        for _ in range(3):
+            httpx2.get(f"{a.url}/api/v1/me/", headers={"Authorization": f"Bearer {cast.bob.token}"})
+        wait_until(
+            lambda: (
+                value(scrape(b, token=None), "portcullis_http_requests_total", surface="rest") >= before + 3
+            ),
+            "b to count a's requests",
+        )
+        assert not any(n.endswith("_total") and "pid" in dict(ls) for n, ls in scrape(b, token=None))
+
+        # The worker: its children deliver a webhook; its main process serves the sum.
+        receiver = Receiver(secret="a-webhook-secret-0123")
+        webhook_endpoint_create(
+            actor=cast.alice.actor("web"),
+            name="siem",
+            url=receiver.url,
+            secret="a-webhook-secret-0123",
+            allow_private_network=True,
+        )
+        port = _free_port()
+        env = gateway_env()
+        env.update(PROMETHEUS_MULTIPROC_DIR=str(shared), PORTCULLIS_WORKER_METRICS_PORT=str(port))
+        log = tmp_path / "worker.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "gateway",
+            "worker",
+            "-Q",
+            "portcullis",
+            "-c",
+            "2",
+            "-l",
+            "info",
+        ]
+        argv += ["--without-heartbeat", "--without-gossip", "--without-mingle"]
+        with open(log, "wb") as fh:
+            worker = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        wait_until(lambda: "ready" in log.read_text() or worker.poll() is not None, "the worker")
+        assert worker.poll() is None, log.read_text()[-3000:]
+        delivery.event_enqueue(events.event_build(org_id=cast.acme.pk, type=events.SESSION_FINISHED, data={}))
+        receiver.wait_for(1, timeout=120)
+        assert receiver.requests and receiver.requests[0]["verified"]
+
+        def worker_counted():
+            response = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(response.text)
+                for s in f.samples
+            }
+            return value(samples, "portcullis_webhook_attempts_total", outcome="delivered") >= 1 and samples
+
+        samples = wait_until(worker_counted, "the worker's metrics to count the delivery")
+        assert value(samples, "portcullis_webhook_deliveries", status="delivered") >= 1
+    finally:
+        for process in (a.process, b.process, worker):
+            if process is not None:
+                stop(process)
+
+
+def test_mcp_tool_calls_are_limited_per_org(cast, tmp_path, transactional_db):
+    server = start_daphne(
+        tmp_path / "org.log", PORTCULLIS_MCP_RATE_PER_ORG="2/minute", PORTCULLIS_MCP_RATE_PER_TOKEN="off"
+    )
+    try:
+        assert structured(MCP(server, cast.bob.token).call("me_get"))["user_email"] == "bob@acme.test"
+        assert structured(MCP(server, cast.dave.token).call("me_get"))["user_email"] == "dave@acme.test"
+        refused = MCP(server, cast.bob.token).call("me_get")
+        assert refused.is_error
+        text = refused.content[0].text
+        assert text.startswith("rate limit: too many tool calls for this organization; retry after ")
+        assert int(text.rsplit(" ", 1)[1].rstrip("s")) >= 1
+        # Another org has its own budget.
+        assert structured(MCP(server, cast.eve.token).call("me_get"))["user_email"] == "eve@globex.test"
+        samples = scrape(server, token=None)
+        assert value(samples, "portcullis_rate_limited_total", limit="mcp_org") == 1
+        assert value(samples, "portcullis_mcp_tool_calls_total", tool="me_get", outcome="error") == 1
+    finally:
+        stop(server.process)

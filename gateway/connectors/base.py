@@ -14,7 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from governance.errors import AffectedRowsExceeded, ConnectorError, InvalidInput
+from governance.errors import AffectedRowsExceeded, ConnectorError, InvalidInput, PolicyDenied
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,19 @@ class Connector:
         """Stop the running `execute` from another thread. Must be safe to call at any time."""
         self.cancelled.set()
 
+    # --- staying in the connection's database (issue 14) ------------------------------------------
+    def allowed_databases(self) -> set[str]:
+        """The connection's database and any the admin listed in `allowed_databases`."""
+        own = self.config.get("database")
+        extra = self.config.get("allowed_databases") or []
+        return {str(d).lower() for d in [own, *extra] if d}
+
+    def check_database(self, database: str | None) -> None:
+        if database and database.lower() not in self.allowed_databases():
+            raise PolicyDenied(
+                f"database {database!r} is outside this connection (its database and allowed_databases)"
+            )
+
     # --- schema introspection (SQL kinds) -----------------------------------------------------
     def list_databases(self) -> list[dict]:
         raise InvalidInput(f"listing databases is not supported for connection kind {self.kind!r}")
@@ -98,6 +111,20 @@ class Connector:
 
     def list_columns(self, database: str, table: str, schema: str | None) -> list[dict]:
         raise InvalidInput(f"listing columns is not supported for connection kind {self.kind!r}")
+
+    def schema_columns(self) -> dict[str, dict[str, dict[str, str]]]:
+        """Every table's columns in the connection's database, {schema: {table: {column: type}}}
+        (lower case): what masking's lineage resolves names against."""
+        raise InvalidInput(f"reading the schema is not supported for connection kind {self.kind!r}")
+
+
+def nest_columns(rows) -> dict[str, dict[str, dict[str, str]]]:
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for schema, table, column, type_ in rows:
+        out.setdefault(str(schema).lower(), {}).setdefault(str(table).lower(), {})[str(column).lower()] = str(
+            type_
+        )
+    return out
 
 
 def json_value(value):

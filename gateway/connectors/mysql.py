@@ -10,16 +10,24 @@ from pymysql.constants import CLIENT
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult, enforce_ceiling, wrap_connect_error
+from gateway.connectors.base import (
+    BatchResult,
+    Connector,
+    ExecResult,
+    enforce_ceiling,
+    nest_columns,
+    wrap_connect_error,
+)
 from gateway.connectors.postgres import PostgresConnector
-from governance.errors import InvalidInput
+from governance import guardrails
+from governance.errors import InvalidInput, PolicyDenied
 
 
 class MySQLConnector(Connector):
     kind = "mysql"
     is_sql = True
     required_keys = PostgresConnector.required_keys
-    optional_keys = ("port", "ssl_mode", "ssl_ca")
+    optional_keys = ("port", "ssl_mode", "ssl_ca", "allowed_databases")
     secret_keys = ("password",)
     SSL_MODES = ("preferred", "disabled", "required", "verify_identity")
 
@@ -112,6 +120,16 @@ class MySQLConnector(Connector):
             pass
 
     def execute(self, text: str) -> ExecResult:
+        # A statement may name any database on the server (db.table, USE db): only the connection's
+        # own and its allowed_databases run; what cannot be told with certainty does not run.
+        named = guardrails.databases_named(text, "mysql")
+        if named is None:
+            raise PolicyDenied(
+                "the statement may name another database and cannot be checked; qualify nothing outside "
+                "this connection's database"
+            )
+        for name in sorted(named):
+            self.check_database(name)
         conn = self._connect()
         ceiling = self.limits.max_affected_rows is not None
         touched = 0
@@ -154,16 +172,30 @@ class MySQLConnector(Connector):
             conn.close()
 
     def list_databases(self):
-        return self._query("SELECT schema_name AS name FROM information_schema.schemata ORDER BY 1")
+        allowed = self.allowed_databases()
+        rows = self._query("SELECT schema_name AS name FROM information_schema.schemata ORDER BY 1")
+        return [r for r in rows if str(r["name"]).lower() in allowed]
 
     def list_tables(self, database, schema):
+        self.check_database(schema or database)
         return self._query(
             "SELECT table_schema AS `schema`, table_name AS name, LOWER(table_type) AS type "
             "FROM information_schema.tables WHERE table_schema = %s ORDER BY 2",
             (schema or database,),
         )
 
+    def schema_columns(self):
+        rows = self._query(
+            "SELECT c.table_schema, c.table_name, c.column_name, "
+            "CONCAT(IF(t.table_type = 'VIEW', 'view:', ''), c.data_type) "
+            "FROM information_schema.columns c JOIN information_schema.tables t "
+            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+            "WHERE c.table_schema = DATABASE() ORDER BY c.table_name, c.ordinal_position"
+        )
+        return nest_columns(tuple(r.values()) for r in rows)
+
     def list_columns(self, database, table, schema):
+        self.check_database(schema or database)
         rows = self._query(
             "SELECT column_name AS name, column_type AS type, is_nullable = 'YES' AS nullable, "
             "column_default AS `default`, ordinal_position AS position "

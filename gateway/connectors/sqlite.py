@@ -15,7 +15,7 @@ from django.conf import settings
 from sqlglot.dialects.sqlite import SQLite
 from sqlglot.tokens import TokenType
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult, enforce_ceiling
+from gateway.connectors.base import BatchResult, Connector, ExecResult, enforce_ceiling, nest_columns
 from governance.errors import ConnectorError, InvalidInput
 
 
@@ -185,6 +185,14 @@ class SQLiteConnector(Connector):
             "select 'main' as schema, name, type from sqlite_master "
             "where type in ('table', 'view') and name not like 'sqlite_%' order by name"
         )
+
+    def schema_columns(self):
+        rows = self._query(
+            "select 'main' as s, m.name as t, p.name as c, "
+            "case when m.type = 'view' then 'view:' else '' end || p.type as d from sqlite_master m "
+            "join pragma_table_info(m.name) p where m.type in ('table', 'view') and m.name not like 'sqlite_%'"
+        )
+        return nest_columns((r["s"], r["t"], r["c"], r["d"]) for r in rows)
 
     def list_columns(self, database, table, schema):
         rows = self._query("select * from pragma_table_info(?)", (table,))
