@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('gateway', '0006_connection_runbooks_enabled_runbook_runbookrule'),
         ('governance', '0005_mcp_auth_settings'),
-        ('records', '0007_session_verb_surface_index'),
+        ('records', '0008_audit_actor_key'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
