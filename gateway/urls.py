@@ -16,5 +16,6 @@ urlpatterns = [
     path("", include("sessions.urls")),  # session browser, session page, replay, dashboard
     path("", include("sessions.export_urls")),  # CSV / JSON Lines downloads
     path("", include("reviews.urls")),  # reviewers' inbox and review pages
+    path("", include("gateway.console_urls")),  # the web console, "Run it" on approved reviews
     path("", include("governance.urls")),  # OAuth authorization server and authorized clients
 ]
