@@ -35,8 +35,9 @@ AXIS, GRID, INK, MUTED = "#cbd5e1", "#eef2f7", "#1b2333", "#5d6b82"
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"'
 
 
-# Advance widths of a system sans-serif (Helvetica/Arial metrics) in em, to size the label column to
-# the labels instead of cutting them at a character count: the names are what a per-user chart is for.
+# Advance widths in em, at or above those of the common system sans-serifs (Helvetica/Arial, and
+# DejaVu Sans, the widest, which headless Linux browsers use), to size the label column to the
+# labels instead of cutting them at a character count: the names are what a per-user chart is for.
 _NARROW = set("iljtfrI.,:;'!|()[] ")
 _WIDE = set("mwMW@%")
 LABEL_MAX_PX = 300  # longer labels are shortened to fit (the full name is in the hover title)
@@ -47,17 +48,17 @@ def text_width(text: str, size: float) -> float:
     em = 0.0
     for ch in text:
         if ch in _NARROW:
-            em += 0.32
+            em += 0.4
         elif ch in _WIDE:
-            em += 0.92
+            em += 1.0
         elif ch.isupper():
-            em += 0.70
+            em += 0.76
         elif ch.isdigit():
-            em += 0.58
+            em += 0.64
         elif ord(ch) > 0x2E7F:  # CJK and other full-width scripts
             em += 1.0
         else:
-            em += 0.58
+            em += 0.63
     return em * size
 
 

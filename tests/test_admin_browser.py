@@ -70,8 +70,10 @@ def test_an_admin_builds_connections_and_rules_with_the_editors_only(
 
         # The form shows only the chosen kind's settings and secrets.
         page.goto(f"{url}/admin/gateway/connection/add/")
-        assert page.is_visible("#pc-nokind")
+        page.select_option("#id_kind", "")
+        assert page.is_visible("#pc-nokind") and not page.is_visible("#id_config__postgres__host")
         page.select_option("#id_kind", "sqlite")
+        assert not page.is_visible("#pc-nokind")
         assert page.is_visible("#id_config__sqlite__path") and not page.is_visible(
             "#id_config__postgres__host"
         )
