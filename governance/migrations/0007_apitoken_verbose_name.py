@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('governance', '0005_mcp_auth_settings'),
+        ('governance', '0006_identity_provider_and_scim'),
     ]
 
     operations = [
