@@ -86,6 +86,8 @@ class StructuredJSONWidget(forms.Widget):
     """Base: a structured editor plus the raw JSON (advanced). Subclasses turn the spec into
     template values (`editor_context`) and the posted fields back into a spec (`build`)."""
 
+    known_keys: tuple[str, ...] = ()  # the spec keys the fields show; others ride along unchanged
+
     def editor_context(self, spec: dict) -> dict:
         raise NotImplementedError
 
@@ -95,17 +97,29 @@ class StructuredJSONWidget(forms.Widget):
     def get_context(self, name, value, attrs):
         context = super().get_context(name, value, attrs)
         spec, raw, broken = _loaded(value)
+        spec = spec if isinstance(spec, dict) else {}
+        # Keys this editor has no field for (a newer spec field) are kept as they are, so saving
+        # the form never drops part of a rule.
+        extra = {k: v for k, v in spec.items() if self.known_keys and k not in self.known_keys}
         context["widget"].update(
             raw=raw,
             raw_mode=broken,  # JSON the fields cannot show opens in the raw box
-            editor=self.editor_context(spec if isinstance(spec, dict) else {}),
+            editor=self.editor_context(spec),
+            extra=json.dumps(extra) if extra else "",
         )
         return context
 
     def value_from_datadict(self, data, files, name):
         if data.get(f"{name}__editor") != "structured" or data.get(f"{name}__mode") == "raw":
             return data.get(name)
-        return json.dumps(self.build(data, name))
+        built = self.build(data, name)
+        try:
+            extra = json.loads(data.get(f"{name}__extra") or "{}")
+        except ValueError:
+            extra = {}
+        if isinstance(extra, dict):
+            built = {**{k: v for k, v in extra.items() if k not in self.known_keys}, **built}
+        return json.dumps(built)
 
     def value_omitted_from_data(self, data, files, name):
         return name not in data and f"{name}__editor" not in data
@@ -115,6 +129,7 @@ class GuardrailConditionsWidget(StructuredJSONWidget):
     """Input or output conditions of a guardrail (see `governance.guardrails`)."""
 
     template_name = "admin/widgets/guardrail_conditions.html"
+    known_keys = ("sql", "deny_words", "regex", "risk_at_least", "secrets")
 
     def __init__(self, direction: str, attrs=None):
         super().__init__(attrs)
@@ -172,6 +187,16 @@ class MaskingSpecWidget(StructuredJSONWidget):
     """A masking rule's spec (see `governance.masking.validate_spec`)."""
 
     template_name = "admin/widgets/masking_spec.html"
+    known_keys = (
+        "entities",
+        "custom",
+        "columns",
+        "column_types",
+        "score_threshold",
+        "method",
+        "keep_last",
+        "best_effort",
+    )
 
     def editor_context(self, spec: dict) -> dict:
         chosen = spec.get("entities") or []
@@ -199,6 +224,9 @@ class MaskingSpecWidget(StructuredJSONWidget):
             "keep_last": spec.get("keep_last", masking.DEFAULT_KEEP_LAST),
             "score_threshold": spec.get("score_threshold", masking.DEFAULT_THRESHOLD),
             "columns": "\n".join(spec.get("columns") or []),
+            "column_types": "\n".join(
+                f"{entity} {pattern}" for pattern, entity in (spec.get("column_types") or {}).items()
+            ),
             "best_effort": bool(spec.get("best_effort")),
             "custom": [{"index": i, **row} for i, row in enumerate(rows)],
             "custom_total": len(rows),
@@ -219,6 +247,12 @@ class MaskingSpecWidget(StructuredJSONWidget):
             out["score_threshold"] = threshold
         if columns := _lines(data, f"{name}__columns"):
             out["columns"] = columns
+        typed = {}
+        for line in _lines(data, f"{name}__column_types"):  # "ENTITY pattern"
+            entity, _, pattern = line.partition(" ")
+            typed[pattern.strip() or entity] = entity if pattern.strip() else ""
+        if typed:
+            out["column_types"] = typed
         if data.get(f"{name}__best_effort"):
             out["best_effort"] = True
         custom = []
