@@ -451,3 +451,6 @@ class MaskingRuleAdmin(_RuleAdmin):
             return rules.masking_preview(actor=actor, spec=spec, text=request.POST.get("sample_text", ""))
 
         return editor_endpoint(request, self, work)
+
+
+from governance import admin_sso  # noqa: E402,F401  (the SSO settings page; kept in its own module)

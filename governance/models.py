@@ -298,7 +298,7 @@ class IdentityProvider(models.Model):
         verbose_name = "identity provider"
 
     def __str__(self):
-        return f"{self.org} SSO ({self.issuer})"
+        return f"SSO sign-in ({self.issuer})"
 
 
 class ScimResource(models.Model):

@@ -78,8 +78,9 @@ def test_it_matches_by_subject_not_by_email(cast, acme_sso, idp):  # noqa: F811
         ({"claims": {"iss": "http://127.0.0.1:1/evil"}}, "iss"),
         ({"claims": {"aud": "another-client"}}, "aud"),
         ({"drop_nonce": True}, "nonce"),
+        ({"forge_signature": True}, "signature"),
     ],
-    ids=["wrong-issuer", "wrong-audience", "missing-nonce"],
+    ids=["wrong-issuer", "wrong-audience", "missing-nonce", "forged-signature"],
 )
 def test_it_refuses_a_bad_id_token(cast, acme_sso, idp, tamper, reason):  # noqa: F811
     idp.user("grace", "grace@acme.test", groups=["okta-admins"])
@@ -265,3 +266,95 @@ def test_configuration_is_checked_and_audited(cast, idp):  # noqa: F811
     assert configured.detail["changes"]["client_secret"] == "changed"
     assert "hidden" not in str(configured.detail)
     user_create(org=cast.acme, email="x@acme.test")
+
+
+def test_admins_configure_sso_in_the_admin_with_a_write_only_secret(cast, idp):  # noqa: F811
+    alice = Client()
+    alice.force_login(cast.alice.user)
+    form = {
+        "enabled": "on",
+        "issuer": idp.issuer,
+        "client_id": CLIENT_ID,
+        "client_secret": "top-secret-value",
+        "scopes": "openid email profile",
+        "groups_claim": "groups",
+        "domains_text": "acme.test",
+        "group_map_text": "okta-admins = admin\nokta-auditors = auditor",
+        "password_login": "on",
+        "break_glass_user": "",
+        "slug": "",
+    }
+    response = alice.post("/admin/governance/identityprovider/add/", form)
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    provider = cast.acme.identity_provider
+    assert provider.group_map == {"okta-admins": "admin", "okta-auditors": "auditor"}
+    page = alice.get(f"/admin/governance/identityprovider/{provider.pk}/change/").content.decode()
+    assert "top-secret-value" not in page and "/login/sso/callback/" in page
+    # Saving again with an empty secret keeps the stored one.
+    form.update(client_secret="", group_map_text="okta-admins = nope")
+    response = alice.post(f"/admin/governance/identityprovider/{provider.pk}/change/", form)
+    assert response.status_code == 200 and "not a group of acme" in response.content.decode()
+    form.update(group_map_text="okta-admins = admin")
+    assert alice.post(f"/admin/governance/identityprovider/{provider.pk}/change/", form).status_code == 302
+    from governance.sso import client_secret
+
+    provider.refresh_from_db()
+    assert client_secret(provider) == "top-secret-value" and provider.group_map == {"okta-admins": "admin"}
+    configured = events(cast.acme, "sso.configure")
+    assert [e.surface for e in configured] == ["admin", "admin"] and configured[0].actor == cast.alice.user
+    # Auditors read it, members and other orgs' admins do not see it at all.
+    carol = Client()
+    carol.force_login(cast.carol.user)
+    assert carol.get(f"/admin/governance/identityprovider/{provider.pk}/change/").status_code == 200
+    assert carol.post(f"/admin/governance/identityprovider/{provider.pk}/change/", form).status_code == 403
+    eve = Client()
+    eve.force_login(cast.eve.user)
+    assert eve.get(f"/admin/governance/identityprovider/{provider.pk}/change/").status_code == 404
+
+
+def test_sso_into_the_admin_gives_the_idps_admin_role_and_surface_admin(cast, acme_sso, idp):  # noqa: F811
+    idp.user("root", "root@acme.test", groups=["okta-admins"])
+    client = Client()
+    assert client.get("/admin/").status_code == 302
+    response, _ = sso_sign_in(client, "root@acme.test", "root", next_url="/admin/")
+    assert response.status_code == 302 and response["Location"] == "/admin/"
+    assert client.get("/admin/").status_code == 200  # admin role from the IdP's group
+    (login,) = events(cast.acme, "auth.login")
+    assert login.surface == "admin" and login.detail["groups"] == ["admin"]
+    # The admin's own login page offers the same sign-in.
+    assert b'id="admin-sso"' in Client().get("/admin/login/?next=/admin/").content
+
+
+def test_the_admin_login_locks_out_too(cast, settings):
+    cast.alice.user.set_password(PASSWORD)
+    cast.alice.user.save()
+    client = Client()
+    for i in range(settings.AXES_FAILURE_LIMIT):
+        client.post("/admin/login/", {"username": "alice@acme.test", "password": f"wrong {i}"})
+    response = client.post("/admin/login/", {"username": "alice@acme.test", "password": PASSWORD})
+    assert response.status_code == 429
+    assert client.get("/admin/").status_code == 302
+    assert {e.surface for e in events(cast.acme, "auth.lockout")} == {"admin"}
+
+
+def test_it_refuses_an_idp_whose_discovery_names_another_issuer(cast, acme_sso, idp):  # noqa: F811
+    # The configured issuer must be the one the IdP's own metadata names, exactly.
+    idp_configure(org=cast.acme, issuer=idp.issuer + "/")
+    response = sso_start(Client(), "grace@acme.test")
+    assert response.status_code == 502 and b"misconfigured" in response.content
+    (failed,) = events(cast.acme, "auth.login_failed")
+    assert "discovery names issuer" in failed.detail["reason"] and failed.outcome == "failed"
+
+
+def test_it_refuses_when_the_code_exchange_fails(cast, acme_sso, idp):  # noqa: F811
+    idp.user("grace", "grace@acme.test")
+    idp_configure(org=cast.acme, client_secret="not the client's secret")
+    response, _ = sso_sign_in(Client(), "grace@acme.test", "grace")
+    assert response.status_code == 403 and not User.objects.filter(email="grace@acme.test").exists()
+    assert "code exchange failed" in events(cast.acme, "auth.login_failed")[-1].detail["reason"]
+
+
+def test_it_never_redirects_off_site_after_sign_in(cast, acme_sso, idp):  # noqa: F811
+    idp.user("grace", "grace@acme.test")
+    response, _ = sso_sign_in(Client(), "grace@acme.test", "grace", next_url="https://evil.example/steal")
+    assert response.status_code == 302 and response["Location"] == "/"
