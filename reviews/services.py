@@ -584,7 +584,9 @@ def review_to_dict(review: Review, *, actor: Actor) -> dict:
         "rejection_reason": review.rejection_reason or None,
         "review_url": review_url(review),
         "you_can_decide": review.status == ReviewStatus.PENDING and _may_decide(actor, review),
-        "you_can_revoke": review.status == ReviewStatus.APPROVED and may_revoke(actor, review),
+        "you_can_revoke": review.status == ReviewStatus.APPROVED
+        and _surface_decides(actor)
+        and may_revoke(actor, review),
     }
     if can_see_input(actor, review):
         data["input"] = review.input
@@ -597,8 +599,14 @@ def review_url(review: Review) -> str:
     return f"{settings.PUBLIC_BASE_URL}/reviews/{review.pk}/"
 
 
+def _surface_decides(actor: Actor) -> bool:
+    """Whether the actor's surface may decide at all (review_decide refuses token surfaces unless the
+    org turned MCP/API decisions on): flags must not promise what the next call refuses."""
+    return actor.surface not in TOKEN_SURFACES or review_settings(actor.org_id).mcp_decisions_enabled
+
+
 def _may_decide(actor: Actor, review: Review) -> bool:
-    if not is_eligible_reviewer(actor, review):
+    if not _surface_decides(actor) or not is_eligible_reviewer(actor, review):
         return False
     if review.requester_id == actor.user.pk and not review_settings(actor.org_id).allow_self_approval:
         return False

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from gateway import pipeline, services
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, page, tool
+from mcpserver.registry import Args, Result, page, shared, tool
 
 Kind = Literal["postgres", "mysql", "sqlite", "command", "mcp"]
 SETTINGS_HELP = (
@@ -22,6 +22,8 @@ SETTINGS_HELP = (
 
 
 class ConnectionOut(Result):
+    model_config = shared("connections_get")
+
     id: str
     name: str
     kind: str
@@ -66,10 +68,7 @@ def _render_list(r: ListResult) -> str:
 
 @tool(
     "connections_list",
-    description=(
-        "Connections you may use, by name, paginated. A connection with no access groups is open to every "
-        "member of the org; one with access groups only to those groups (and admins)."
-    ),
+    description=("Connections you may use, by name, paginated."),
     args=ListArgs,
     result=ListResult,
     render=_render_list,
@@ -87,7 +86,9 @@ async def connections_list(actor, args: ListArgs, ctx) -> ListResult:
 
 
 class NameArgs(Args):
-    name: str = Field(min_length=1, max_length=63, description="Connection name.")
+    connection_name: str = Field(
+        min_length=1, max_length=63, validation_alias=AliasChoices("connection_name", "name")
+    )
 
 
 @tool(
@@ -98,7 +99,7 @@ class NameArgs(Args):
 )
 async def connections_get(actor, args: NameArgs, ctx) -> ConnectionOut:
     data = await db(
-        lambda: services.connection_to_dict(services.connection_get(actor=actor, name=args.name))
+        lambda: services.connection_to_dict(services.connection_get(actor=actor, name=args.connection_name))
     )()
     return ConnectionOut(**data)
 
@@ -118,7 +119,9 @@ class TestResult(Result):
     render=lambda r: f"{r.connection_name}: {'ok' if r.ok else 'FAILED'} - {r.message} ({r.latency_ms} ms)",
 )
 async def connections_test(actor, args: NameArgs, ctx) -> TestResult:
-    return TestResult(**await db(lambda: pipeline.connection_test(actor=actor, connection_name=args.name))())
+    return TestResult(
+        **await db(lambda: pipeline.connection_test(actor=actor, connection_name=args.connection_name))()
+    )
 
 
 class Options(Args):
@@ -154,7 +157,11 @@ async def connections_create(actor, args: CreateArgs, ctx) -> ConnectionOut:
     @db
     def run():
         connection = services.connection_create(
-            actor=actor, name=args.name, kind=args.kind, settings=args.settings, options=_options(args)
+            actor=actor,
+            name=args.connection_name,
+            kind=args.kind,
+            settings=args.settings,
+            options=_options(args),
         )
         return services.connection_to_dict(connection)
 
@@ -162,7 +169,9 @@ async def connections_create(actor, args: CreateArgs, ctx) -> ConnectionOut:
 
 
 class UpdateArgs(Options):
-    name: str = Field(min_length=1, max_length=63)
+    connection_name: str = Field(
+        min_length=1, max_length=63, validation_alias=AliasChoices("connection_name", "name")
+    )
     settings: dict[str, Any] | None = Field(
         None,
         description="Keys to change; a key set to null is removed; a secret given replaces only that secret.",
@@ -171,8 +180,12 @@ class UpdateArgs(Options):
 
 @tool(
     "connections_update",
-    description="Change a connection's settings, secrets or limits (admin). Only the fields you send change.",
+    description=(
+        "Change a connection's settings, secrets or limits (admin). settings: keys to change; a key set to "
+        "null is removed; a secret given replaces only that secret."
+    ),
     args=UpdateArgs,
+    fields_as="connections_create",
     result=ConnectionOut,
     role=ROLE_ADMIN,
     read_only=False,
@@ -183,7 +196,7 @@ async def connections_update(actor, args: UpdateArgs, ctx) -> ConnectionOut:
     @db
     def run():
         connection = services.connection_update(
-            actor=actor, name=args.name, settings=args.settings, options=_options(args)
+            actor=actor, name=args.connection_name, settings=args.settings, options=_options(args)
         )
         return services.connection_to_dict(connection)
 
@@ -206,5 +219,5 @@ class DeleteResult(Result):
     render=lambda r: f'connection "{r.name}" deleted',
 )
 async def connections_delete(actor, args: NameArgs, ctx) -> DeleteResult:
-    await db(lambda: services.connection_delete(actor=actor, name=args.name))()
-    return DeleteResult(name=args.name, deleted=True)
+    await db(lambda: services.connection_delete(actor=actor, name=args.connection_name))()
+    return DeleteResult(name=args.connection_name, deleted=True)

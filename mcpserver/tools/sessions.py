@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
-from mcpserver.registry import Args, Result, page, tool
+from mcpserver.registry import Args, Result, page, shared, tool
 from sessions import services
 
 
 class SessionOut(Result):
+    model_config = shared("sessions_get")
+
     guardrails: list[str] = Field(description="Guardrails that blocked it or withheld its result.")
     guardrail_findings: list[dict[str, Any]] = Field(
         description="Which rule, which statement (admins, auditors)."
@@ -39,8 +41,10 @@ class SessionOut(Result):
 
 
 class ListArgs(Args):
-    user: str | None = Field(None, max_length=254, description="User email.")
-    connection: str | None = Field(None, max_length=63)
+    user_email: str | None = Field(None, max_length=254, validation_alias=AliasChoices("user_email", "user"))
+    connection_name: str | None = Field(
+        None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
+    )
     status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
         None
     )
@@ -74,8 +78,8 @@ class ListResult(Result):
 @tool(
     "sessions_list",
     description=(
-        "Session records (metadata, no content), newest first, filtered and paginated. You see your own and "
-        "those waiting for (or decided by) reviews your groups review; admins and auditors see the whole org."
+        "Session records, newest first, filtered and paginated: yours and those your groups review (admins, "
+        "auditors: the org)."
     ),
     args=ListArgs,
     result=ListResult,
@@ -91,8 +95,8 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
     def run():
         page, total = services.session_list(
             actor=actor,
-            user_email=args.user,
-            connection=args.connection,
+            user_email=args.user_email,
+            connection=args.connection_name,
             status=args.status,
             verb=args.verb,
             surface=args.surface,
@@ -123,7 +127,7 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
 
 
 class IdArgs(Args):
-    id: str = Field(min_length=1, max_length=64, description="Session id.")
+    session_id: str = Field(min_length=1, max_length=64, validation_alias=AliasChoices("session_id", "id"))
 
 
 @tool(
@@ -135,7 +139,7 @@ class IdArgs(Args):
 async def sessions_get(actor, args: IdArgs, ctx) -> SessionOut:
     data = await db(
         lambda: services.session_to_dict(
-            services.session_get(actor=actor, session_id=args.id),
+            services.session_get(actor=actor, session_id=args.session_id),
             actor=actor,
         )
     )()
@@ -176,10 +180,7 @@ class ContentResult(Result):
 
 @tool(
     "sessions_get_content",
-    description=(
-        "A session's input and output as the caller saw it, with its event timeline; the output is paged by bytes "
-        "(offset, max_bytes, next_offset). Only the session's owner, admins and auditors may read it."
-    ),
+    description=("A session's input, output (paged by bytes) and timeline. Owner, admins, auditors."),
     args=ContentArgs,
     result=ContentResult,
     render=lambda r: f"input:\n{r.input}\n\noutput:\n{r.output}",
@@ -187,7 +188,7 @@ class ContentResult(Result):
 async def sessions_get_content(actor, args: ContentArgs, ctx) -> ContentResult:
     data = await db(
         lambda: services.session_content(
-            actor=actor, session_id=args.id, offset=args.offset, max_bytes=args.max_bytes
+            actor=actor, session_id=args.session_id, offset=args.offset, max_bytes=args.max_bytes
         )
     )()
     return ContentResult(**data)
@@ -209,7 +210,9 @@ class StatsArgs(Args):
         None,
         description=f"RFC 3339, exclusive; default: now. At most {services.STATS_MAX_DAYS} days after start_date.",
     )
-    connection: str | None = Field(None, max_length=63)
+    connection_name: str | None = Field(
+        None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
+    )
     status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
         None
     )
@@ -226,10 +229,8 @@ class StatsResult(Result):
 @tool(
     "sessions_stats",
     description=(
-        "Count sessions grouped by user, connection, status, verb, surface, risk_level, day, hour or weekday over a "
-        "date range: e.g. what ran on prod-postgres by weekday and hour. Same visibility as sessions_list. The range "
-        f"is at most {services.STATS_MAX_DAYS} days (ask again for the next range); without start_date it is the "
-        f"last {services.STATS_DEFAULT_DAYS} days."
+        "Count sessions over a date range, grouped by up to three keys (see group_by), e.g. prod-postgres by "
+        "weekday and hour. Same visibility as sessions_list."
     ),
     args=StatsArgs,
     result=StatsResult,
@@ -247,7 +248,7 @@ async def sessions_stats(actor, args: StatsArgs, ctx) -> StatsResult:
             group_by=list(args.group_by),
             start_date=args.start_date,
             end_date=args.end_date,
-            connection=args.connection,
+            connection=args.connection_name,
             status=args.status,
         )
     )()
