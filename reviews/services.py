@@ -37,7 +37,7 @@ from reviews.models import (
     ReviewStatus,
     ReviewType,
 )
-from sessions.audit import Outcome, audit_record
+from sessions.audit import Outcome, audit_record, change_detail
 from sessions.models import RISK_ORDER, RiskLevel, Session, SessionStatus
 
 logger = logging.getLogger("portcullis.reviews")
@@ -66,6 +66,7 @@ def review_settings_update(
     with transaction.atomic():
         current = review_settings(actor.org_id)
         current = ReviewSettings.objects.select_for_update().get(pk=current.pk)
+        before = review_settings_to_dict(current)
         for field, value in (
             ("allow_self_approval", allow_self_approval),
             ("mcp_decisions_enabled", mcp_decisions_enabled),
@@ -77,8 +78,27 @@ def review_settings_update(
                 setattr(current, field, value)
                 changed[field] = value
         current.save()
-        audit_record(actor=actor, action="review.settings", target=current, detail=changed)
+        audit_record(
+            actor=actor,
+            action="review.settings",
+            target=current,
+            detail={**changed, **change_detail(before, review_settings_to_dict(current))},
+        )
     return current
+
+
+def review_settings_to_dict(current: ReviewSettings) -> dict:
+    return {
+        "allow_self_approval": current.allow_self_approval,
+        "mcp_decisions_enabled": current.mcp_decisions_enabled,
+        "review_ttl_seconds": current.review_ttl_seconds,
+    }
+
+
+def review_settings_get(*, actor: Actor) -> dict:
+    """The org's review settings (admins and auditors)."""
+    require_role(actor, ROLE_AUDITOR)
+    return review_settings_to_dict(review_settings(actor.org_id))
 
 
 # --- access request rules -------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class ConnectionOut(Result):
         description="Names of the secrets that are set; values are never returned."
     )
     access_groups: list[str]
+    attributes: list[str]
     max_rows: int
     max_output_bytes: int
     timeout_seconds: int
@@ -47,6 +48,9 @@ class ConnectionOut(Result):
 class ListArgs(Args):
     search: str | None = Field(None, max_length=100, description="Substring of the name or description.")
     kind: Kind | None = None
+    selector: str | None = Field(
+        None, max_length=300, description="Attributes all to match: env=prod,tier (tier: any tier=...)."
+    )
     limit: Annotated[int, Field(ge=1, le=100)] = 50
     offset: Annotated[int, Field(ge=0, le=10_000)] = 0
 
@@ -77,7 +81,12 @@ async def connections_list(actor, args: ListArgs, ctx) -> ListResult:
     @db
     def run():
         page, total = services.connection_list(
-            actor=actor, search=args.search, kind=args.kind, limit=args.limit, offset=args.offset
+            actor=actor,
+            search=args.search,
+            kind=args.kind,
+            selector=args.selector,
+            limit=args.limit,
+            offset=args.offset,
         )
         return [services.connection_to_dict(c) for c in page], total
 
@@ -158,7 +167,7 @@ async def connections_create(actor, args: CreateArgs, ctx) -> ConnectionOut:
     def run():
         connection = services.connection_create(
             actor=actor,
-            name=args.connection_name,
+            name=args.name,
             kind=args.kind,
             settings=args.settings,
             options=_options(args),
@@ -221,3 +230,56 @@ class DeleteResult(Result):
 async def connections_delete(actor, args: NameArgs, ctx) -> DeleteResult:
     await db(lambda: services.connection_delete(actor=actor, name=args.connection_name))()
     return DeleteResult(name=args.connection_name, deleted=True)
+
+
+class ImportArgs(Args):
+    csv: str | None = Field(
+        None,
+        max_length=1_000_000,
+        description="A header row (name, kind, attributes as a;b, options, then settings such as host, port), "
+        "then a row per connection.",
+    )
+    rows: list[dict[str, Any]] | None = Field(
+        None, max_length=500, description="Or rows: {name, kind, settings, attributes, <options>}."
+    )
+    dry_run: bool = Field(False, description="Check every row, create nothing.")
+
+
+class ImportRow(Result):
+    row: int
+    name: str
+    status: Literal["created", "would_create", "error"]
+    error: str | None = None
+
+
+class ImportResult(Result):
+    rows: int
+    created: int
+    errors: int
+    dry_run: bool
+    results: list[ImportRow]
+
+
+@tool(
+    "connections_import",
+    description="Create up to 500 connections from CSV or rows (admin); each row is answered on its own.",
+    args=ImportArgs,
+    result=ImportResult,
+    role=ROLE_ADMIN,
+    read_only=False,
+    render=lambda r: (
+        f"{r.created} {'would be ' if r.dry_run else ''}created, {r.errors} errors"
+        + "".join(f"\nrow {x.row} ({x.name}): {x.error}" for x in r.results if x.error)
+    ),
+)
+async def connections_import(actor, args: ImportArgs, ctx) -> ImportResult:
+    @db
+    def run():
+        if (args.csv is None) == (args.rows is None):
+            from governance.errors import InvalidInput
+
+            raise InvalidInput("give csv or rows")
+        rows = services.import_rows_from_csv(args.csv) if args.csv is not None else args.rows
+        return services.connection_import(actor=actor, rows=rows, dry_run=args.dry_run)
+
+    return ImportResult(**await run())

@@ -10,6 +10,7 @@ from django.conf import settings
 from pydantic import AliasChoices, Field
 
 from gateway import pipeline
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.execution import DEFAULT_WAIT, MAX_WAIT, ExecEnvelope, _wait, render_envelope
 from mcpserver.tools.rule_crud import Limit, Names, Offset, RuleRef, RuleServices, rule_tools
@@ -379,3 +380,48 @@ rule_tools(
     create_help="Create an access request rule (admin). " + RULE_HELP,
     delete_help="Open reviews keep the reviewers they were created with.",
 )
+
+
+class SettingsOut(Result):
+    allow_self_approval: bool
+    mcp_decisions_enabled: bool = Field(description="Reviewers may decide over MCP and the REST API.")
+    review_ttl_seconds: int
+
+
+class NoArgs(Args):
+    pass
+
+
+class SettingsArgs(Args):
+    allow_self_approval: bool | None = None
+    mcp_decisions_enabled: bool | None = None
+    review_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None
+
+
+@tool(
+    "reviews_settings_get",
+    description="The org's review settings (admins and auditors).",
+    args=NoArgs,
+    result=SettingsOut,
+    role=ROLE_AUDITOR,
+)
+async def reviews_settings_get(actor, args, ctx) -> SettingsOut:
+    return SettingsOut(**await db(lambda: services.review_settings_get(actor=actor))())
+
+
+@tool(
+    "reviews_settings_update",
+    description="Change the org's review settings (admin); only the fields given change. Audited.",
+    args=SettingsArgs,
+    result=SettingsOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    idempotent=True,
+)
+async def reviews_settings_update(actor, args: SettingsArgs, ctx) -> SettingsOut:
+    @db
+    def run():
+        current = services.review_settings_update(actor=actor, **args.model_dump())
+        return services.review_settings_to_dict(current)
+
+    return SettingsOut(**await run())

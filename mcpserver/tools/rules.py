@@ -292,6 +292,8 @@ class AttributeCreate(Args):
 class AttributeUpdate(AttributeRef):
     description: str | None = Field(None, max_length=500)
     connections: Names | None = Field(None, description="Replaces the list.")
+    add_connections: Names | None = Field(None, description="Tag these too.")
+    remove_connections: Names | None = Field(None, description="Untag these.")
 
 
 @tool(
@@ -328,7 +330,7 @@ async def attributes_get(actor, args: AttributeRef, ctx) -> AttributeOut:
 
 @tool(
     "attributes_create",
-    description="Create an attribute and tag connections with it (admin).",
+    description="Create an attribute (a tag, or key=value such as env=prod) and tag connections (admin).",
     args=AttributeCreate,
     result=AttributeOut,
     role=ROLE_ADMIN,
@@ -365,6 +367,8 @@ async def attributes_update(actor, args: AttributeUpdate, ctx) -> AttributeOut:
                     name=args.attribute_name,
                     description=args.description,
                     connections=args.connections,
+                    add_connections=args.add_connections,
+                    remove_connections=args.remove_connections,
                 )
             )
         )()

@@ -10,9 +10,22 @@ from pydantic import AliasChoices, Field
 from mcpserver.registry import Args, Result, page, shared, tool
 from sessions import services
 
+# Read from the model, so a status the pipeline adds (e.g. a reviewer's `rejected`) is accepted and
+# listed without a change here.
+Status = Literal[services.SESSION_STATUSES]
+ReviewStatus = Literal["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"]
+Risk = Literal["low", "medium", "high", "critical"]
+
 
 class SessionOut(Result):
     model_config = shared("sessions_get")
+
+    input_preview: str | None = Field(
+        description="The input's shape: literals and long numbers as ?, secrets never (owner, admins, auditors)."
+    )
+    review_status: str | None = Field(description="Of its review, if it went through one.")
+    review_id: str | None
+    risk_level: str | None
 
     guardrails: list[str] = Field(description="Guardrails that blocked it or withheld its result.")
     guardrail_findings: list[dict[str, Any]] = Field(
@@ -45,17 +58,13 @@ class ListArgs(Args):
     connection_name: str | None = Field(
         None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
     )
-    status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
-        None
-    )
+    status: Status | None = None
     verb: Literal["exec", "schema", "runbook", "tool"] | None = None
     surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
-    risk_level: Literal["low", "medium", "high", "critical"] | None = Field(
-        None, description="Of the analysis."
-    )
-    review_status: Literal["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"] | None = (
-        Field(None, description="Of the session's review (sessions that went through one).")
-    )
+    risk_level: Risk | None = Field(None, description="Of the analysis.")
+    review_status: ReviewStatus | None = None
+    rule_name: str | None = Field(None, max_length=100, description="A guardrail rule in its findings.")
+    text: str | None = Field(None, max_length=200, description="Case-insensitive substring of the input.")
     start_date: str | None = Field(None, description="RFC 3339, inclusive.")
     end_date: str | None = Field(None, description="RFC 3339, exclusive.")
     limit: Annotated[int, Field(ge=1, le=100)] = 20
@@ -104,6 +113,8 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
             end_date=args.end_date,
             risk_level=args.risk_level,
             review_status=args.review_status,
+            rule=args.rule_name,
+            text=args.text,
             limit=args.limit,
             offset=args.offset,
             cursor=args.cursor,
@@ -194,9 +205,7 @@ async def sessions_get_content(actor, args: ContentArgs, ctx) -> ContentResult:
     return ContentResult(**data)
 
 
-StatsGroup = Literal[
-    "user", "connection", "status", "verb", "surface", "risk_level", "day", "hour", "weekday"
-]
+StatsGroup = Literal[services.STATS_GROUPS]
 
 
 class StatsArgs(Args):
@@ -213,9 +222,11 @@ class StatsArgs(Args):
     connection_name: str | None = Field(
         None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
     )
-    status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
-        None
-    )
+    status: Status | None = None
+    review_status: ReviewStatus | None = None
+    rule_name: str | None = Field(None, max_length=100)
+    risk_level: Risk | None = None
+    user_email: str | None = Field(None, max_length=254)
 
 
 class StatsResult(Result):
@@ -250,6 +261,10 @@ async def sessions_stats(actor, args: StatsArgs, ctx) -> StatsResult:
             end_date=args.end_date,
             connection=args.connection_name,
             status=args.status,
+            review_status=args.review_status,
+            rule=args.rule_name,
+            risk_level=args.risk_level,
+            user_email=args.user_email,
         )
     )()
     return StatsResult(**result)
