@@ -26,14 +26,19 @@ proxy_server, proxy_http_app = build_proxy()
 proxy_app = MCPStarter(proxy_http_app, proxy_server.session_manager)
 proxy_app.install_daphne_shutdown_hook()
 
+from gateway.observe import RequestObserver  # noqa: E402
+
 application = ProtocolTypeRouter(
     {
-        "http": URLRouter(
-            [
-                re_path(r"^api/mcp/c/[^/]+/?$", proxy_app),
-                re_path(r"^api/mcp/?$", mcp_app),
-                re_path(r"", django_asgi_app),
-            ]
+        # Outermost: request id, log context, request metrics, MCP token limit (gateway/observe.py).
+        "http": RequestObserver(
+            URLRouter(
+                [
+                    re_path(r"^api/mcp/c/[^/]+/?$", proxy_app),
+                    re_path(r"^api/mcp/?$", mcp_app),
+                    re_path(r"", django_asgi_app),
+                ]
+            )
         ),
         "lifespan": mcp_app,
     }

@@ -27,9 +27,16 @@ from gateway import runner
 from gateway.connectors import REGISTRY, ExecResult, Limits
 from gateway.connectors.base import cap_text, json_value, render_table
 from gateway.models import Connection
-from governance import capability, guardrails, masking
+from governance import capability, guardrails, masking, masking_lineage
 from governance import rules as rules_service
-from governance.errors import ConnectorError, InvalidInput, NotFound, PolicyDenied, PortcullisError
+from governance.errors import (
+    AffectedRowsExceeded,
+    ConnectorError,
+    InvalidInput,
+    NotFound,
+    PolicyDenied,
+    PortcullisError,
+)
 from governance.models import GuardrailRule
 from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, scope
 from sessions import events
@@ -112,13 +119,18 @@ def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
     return connection
 
 
-def _limits(connection: Connection, max_rows: int | None = None, *, read_only: bool = False) -> Limits:
+def _limits(
+    connection: Connection, max_rows: int | None = None, *, read_only: bool = False, rules=()
+) -> Limits:
     rows = connection.max_rows if max_rows is None else min(max_rows, connection.max_rows)
+    ceiling = guardrails.affected_rows_ceiling(list(rules))  # issue 14: affected-rows ceiling
     return Limits(
         max_rows=rows,
         max_output_bytes=connection.max_output_bytes,
         timeout_seconds=connection.timeout_seconds,
         read_only=read_only,
+        max_affected_rows=ceiling[0] if ceiling else None,
+        ceiling_rule=ceiling[1] if ceiling else "",
     )
 
 
@@ -231,7 +243,7 @@ def exec_start(
             )
     if not too_large and not rules_error:  # a read-only token's ceiling: one more read_only rule
         rules, findings = capability.apply_exec_ceiling(actor, connection.kind, input, rules, findings)
-    limits = _limits(connection, max_rows, read_only=guardrails.requires_read_only(rules))
+    limits = _limits(connection, max_rows, read_only=guardrails.requires_read_only(rules), rules=rules)
 
     # The review gate: a rule may make this input wait for people (`pending_approval`).
     gate = None
@@ -362,7 +374,7 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
         assess_risk=_risk_of(connection, session.input),
     )
     rules, findings = capability.apply_exec_ceiling(actor, connection.kind, session.input, rules, findings)
-    limits = _limits(connection, read_only=guardrails.requires_read_only(rules))
+    limits = _limits(connection, read_only=guardrails.requires_read_only(rules), rules=rules)
     if not _release_reviewed(session, connection, findings):
         return session
     _dispatch(session, connection, limits, rules)
@@ -451,22 +463,30 @@ def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
     result: ExecResult | None = None
     error = ""
     started = time.monotonic()
+    ceiling_findings: list = []  # issue 14: a write over the affected-rows ceiling was rolled back
     try:
         if connection is None:
             raise ConnectorError("the connection was deleted before the session ran")
         connector = _connector(connection, limits)
         runner.set_cancel_callback(str(session_id), connector.cancel)
         result = connector.execute(text)
+    except AffectedRowsExceeded as exc:  # issue 14: rolled back by the connector -> blocked
+        error = exc.message
+        ceiling_findings = [
+            guardrails.Finding(
+                exc.rule, "input", "sql.max_affected_rows", None, f"changed {exc.touched} rows"
+            )
+        ]
     except PortcullisError as exc:
         error = exc.message
     except Exception:
         logger.exception("connector crashed on session %s", session_id)
         error = "internal error while running the connector; the gateway log has details"
     elapsed_ms = int((time.monotonic() - started) * 1000)
-    findings, masking_info = [], {}
+    findings, masking_info = ceiling_findings, {}
     if result is not None and connection is not None:
         try:
-            result, findings, masking_info, error = _protect(connection, result, limits, rules)
+            result, findings, masking_info, error = _protect(connection, result, limits, rules, sql=text)
         except Exception:  # never store or return what could not be checked
             logger.exception("output protection crashed on session %s", session_id)
             result, error = (
@@ -484,7 +504,7 @@ def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
     )
 
 
-def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=None):
+def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=None, sql: str | None = None):
     """Output guardrails, then masking, on a result before it is stored or leaves the gateway.
 
     Returns (result or None if withheld, output findings, masking info, error).
@@ -499,7 +519,8 @@ def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=N
         return result, [], {}, ""
     try:
         if result.columns is not None:
-            rows, counts = masker.mask_rows(result.columns, result.rows or [])
+            plans = _lineage_plans(connection, masker, sql, limits, len(result.columns))  # issue 14
+            rows, counts = masker.mask_rows(result.columns, result.rows or [], plans=plans)
             text, cut = render_table(result.columns, rows, limits.max_output_bytes)
             result = dataclasses.replace(result, rows=rows, output=text, truncated=result.truncated or cut)
         else:
@@ -518,6 +539,24 @@ def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=N
     if masker.unavailable_entities:
         info["unavailable_entities"] = masker.unavailable_entities
     return result, [], info, ""
+
+
+def _lineage_plans(connection: Connection, masker, sql: str | None, limits: Limits, width: int):
+    """Issue 14: whole-value masking for output columns fed by masked columns (any expression)."""
+    dialect = guardrails.DIALECTS.get(connection.kind)
+    if sql is None or dialect is None or not masker.follows_lineage:
+        return None
+    return masking_lineage.derived_plans(
+        masker,
+        sql,
+        dialect,
+        key=connection.pk,
+        loader=lambda: _connector(connection, dataclasses.replace(limits, read_only=True)).schema_columns(),
+        width=width,
+        default_db=(connection.config.get("database") or "").lower() or None
+        if connection.kind == "mysql"
+        else None,
+    )
 
 
 def _finish(
@@ -844,6 +883,7 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
         "blocked_by": sorted({f.rule for f in findings}),
         "findings": [f.as_dict() for f in findings] if privileged else [],
         "read_only": guardrails.requires_read_only(rules),
+        "max_affected_rows": (guardrails.affected_rows_ceiling(rules) or (None,))[0],
         "guardrails_evaluated": [r.name for r in rules],
         "masking_rules": masking_rules,
         "unavailable_entities": masker.unavailable_entities,

@@ -6,6 +6,7 @@ files. Production differs only by environment values (`DATABASE_URL`, `REDIS_URL
 `PORTCULLIS_SECRET_KEY`, `PORTCULLIS_ENCRYPTION_KEYS`, ...); see `docs/configuration.md`.
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -118,6 +119,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from here, so the docs page works offline
     "oauth2_provider",  # the built-in OAuth 2.1 authorization server (docs/oauth.md)
+    "axes",  # failed-login throttling and lockout (docs/sso.md)
     "governance",
     "gateway",
     "reviews",
@@ -132,8 +134,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "gateway.observe.bind_user_middleware",  # the signed-in user in the log context
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out login with governance.auth's page
 ]
 
 ROOT_URLCONF = "gateway.urls"
@@ -171,6 +175,11 @@ if DATABASE_URL:
             "max_size": env_int("PORTCULLIS_DB_POOL_MAX", 40),
             "timeout": 10,
         }
+        # Behind PgBouncer in transaction mode a connection may change server between
+        # transactions: no server-side cursors, no prepared statements (docs/operations.md).
+        if env_bool("PORTCULLIS_DB_PGBOUNCER", False):
+            DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+            DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -253,13 +262,13 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("PORTCULLIS_LOG_LEVEL", "WARNING")},
-    "loggers": {"portcullis": {"level": env_str("PORTCULLIS_LOG_LEVEL", "INFO")}},
-}
+# Logs: one line per record on stderr, JSON (python-json-logger) or plain, each with the request
+# id, org, user, surface and session id when known (gateway/logs.py).
+LOG_FORMAT = env_str("PORTCULLIS_LOG_FORMAT", "plain").strip().lower()
+LOGGING_CONFIG = "logging.config.dictConfig"
+from gateway.logs import logging_config  # noqa: E402 - needs env_str above, nothing of Django
+
+LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("PORTCULLIS_LOG_LEVEL").strip() or None)
 
 # --- Portcullis ---------------------------------------------------------------------------
 # Command-line connections run programs on the gateway host: off unless an operator says so.
@@ -375,3 +384,53 @@ if AUDIT_HEADS_INTERVAL_SECONDS > 0:
         "task": "sessions.tasks.audit_heads_publish",
         "schedule": float(AUDIT_HEADS_INTERVAL_SECONDS),
     }
+
+# --- Sign-in: SSO (OpenID Connect), SCIM, throttling (docs/sso.md) --------------------------
+# The axes backend first: it refuses a locked-out username+address before any password is checked.
+# SSO sign-ins are logged in through governance.auth.SSOBackend (it never checks a password).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "governance.auth.PasswordBackend",
+    "governance.auth.SSOBackend",
+]
+AXES_ENABLED = env_bool("PORTCULLIS_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = env_int("PORTCULLIS_LOGIN_FAILURE_LIMIT", 5)
+# Hours a username+address pair stays locked after the limit (fractions allowed via minutes).
+AXES_COOLOFF_TIME = env_int("PORTCULLIS_LOGIN_LOCKOUT_MINUTES", 15) / 60
+# Locked per username *and* client address: a guesser is stopped, and nobody can lock a colleague
+# out from elsewhere by typing wrong passwords for them.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "governance.auth.axes_username"
+AXES_CLIENT_IP_CALLABLE = "governance.auth.axes_client_ip"
+AXES_LOCKOUT_CALLABLE = "governance.auth.lockout_response"
+AXES_VERBOSE = False
+# How long the IdP's discovery document and keys are cached by each process (seconds).
+SSO_METADATA_CACHE_SECONDS = env_int("PORTCULLIS_SSO_METADATA_CACHE_SECONDS", 300)
+SSO_HTTP_TIMEOUT_SECONDS = float(env_int("PORTCULLIS_SSO_HTTP_TIMEOUT_SECONDS", 10))
+
+# --- Operations: metrics, rate limits, beat (docs/operations.md) ----------------------------
+# /metrics answers a bearer token equal to PORTCULLIS_METRICS_TOKEN, or any caller whose address is
+# in PORTCULLIS_METRICS_ALLOWED_NETWORKS (CIDRs; loopback by default). Anyone else gets 403.
+METRICS_TOKEN = env_str("PORTCULLIS_METRICS_TOKEN").strip()
+try:
+    METRICS_ALLOWED_NETWORKS = [
+        ipaddress.ip_network(n, strict=False)
+        for n in env_list("PORTCULLIS_METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+    ]
+except ValueError as _exc:
+    raise ImproperlyConfiguredEnv(f"PORTCULLIS_METRICS_ALLOWED_NETWORKS: {_exc}") from None
+# Celery workers serve their own /metrics on this port (0: off); see gateway/celery.py.
+WORKER_METRICS_PORT = env_int("PORTCULLIS_WORKER_METRICS_PORT", 0)
+# Rate limits ("600/minute", "off"), counted in Redis (gateway/ratelimit.py): the REST API per
+# token and per org, /api/mcp per bearer token. Upstream tools have their own, per tool rule.
+API_RATE_PER_TOKEN = env_str("PORTCULLIS_API_RATE_PER_TOKEN", "600/minute")
+API_RATE_PER_ORG = env_str("PORTCULLIS_API_RATE_PER_ORG", "3000/minute")
+MCP_RATE_PER_TOKEN = env_str("PORTCULLIS_MCP_RATE_PER_TOKEN", "600/minute")
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
+    "gateway.api.throttling.ApiTokenThrottle",
+    "gateway.api.throttling.ApiOrgThrottle",
+]
+# Celery beat takes a PostgreSQL advisory lock before it schedules anything; a second beat waits
+# for it (standby) and takes over when the first one's connection ends. Seconds between tries:
+BEAT_LOCK_RETRY_SECONDS = env_int("PORTCULLIS_BEAT_LOCK_RETRY_SECONDS", 5)

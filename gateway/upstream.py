@@ -22,14 +22,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import transaction
 from django.utils import timezone
 
-from gateway.models import Connection, ConnectionKind, ContractStatus, UpstreamRateWindow, UpstreamTool
+from gateway.models import Connection, ConnectionKind, ContractStatus, UpstreamTool
 from governance import guardrails
 from governance.errors import InvalidInput, NotFound
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role
@@ -233,34 +231,21 @@ def argument_findings(rule: ToolRule, bound_rules: list, arguments: dict, argume
 def rate_limit_take(connection: Connection, rule: ToolRule, tool: str) -> str:
     """Count one call against the rule's limit for this tool; '' if allowed, else why not.
 
-    Fixed windows counted in the database (one row per window), so every replica shares them."""
+    A moving window in Redis (`gateway.ratelimit`, the `limits` library), shared by every replica
+    and worker; the process's memory in the embedded default."""
     if not rule.rate_calls:
         return ""
-    window = int(time.time()) // rule.rate_seconds * rule.rate_seconds
-    key = f"{rule.label}:{tool}"[:200]
-    with transaction.atomic():
-        updated = UpstreamRateWindow.objects.filter(
-            connection=connection, key=key, window_start=window, count__lt=rule.rate_calls
-        ).update(count=F("count") + 1)
-        if not updated:
-            if UpstreamRateWindow.objects.filter(
-                connection=connection, key=key, window_start=window
-            ).exists():
-                return (
-                    f"rate limit: tool {tool!r} allows {rule.rate_calls} call(s) per {rule.rate_seconds}s "
-                    "on this connection; try again later"
-                )
-            try:
-                with transaction.atomic():
-                    UpstreamRateWindow.objects.create(
-                        connection=connection, key=key, window_start=window, count=1
-                    )
-            except IntegrityError:  # another replica opened the window first: count there
-                return rate_limit_take(connection, rule, tool)
-            UpstreamRateWindow.objects.filter(
-                connection=connection, key=key, window_start__lt=window
-            ).delete()
-    return ""
+    from gateway import metrics, ratelimit
+
+    item = ratelimit.per_seconds(rule.rate_calls, rule.rate_seconds)
+    retry = ratelimit.take(item, "upstream_tool", str(connection.pk), f"{rule.label}:{tool}"[:200])
+    if retry is None:
+        return ""
+    metrics.RATE_LIMITED.labels("upstream_tool").inc()
+    return (
+        f"rate limit: tool {tool!r} allows {rule.rate_calls} call(s) per {rule.rate_seconds}s "
+        f"on this connection; retry after {int(retry)}s"
+    )
 
 
 # --- pinned contracts --------------------------------------------------------------------------

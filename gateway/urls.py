@@ -1,20 +1,19 @@
 from django.contrib import admin
-from django.http import JsonResponse
 from django.urls import include, path
 
-
-def healthz(request):
-    return JsonResponse({"status": "ok"})
-
+from gateway import health
 
 # Each area owns its URL module; the web pages share `templates/base.html` and `/login/`.
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("healthz", healthz),
+    path("healthz", health.healthz),  # liveness: the process answers
+    path("readyz", health.readyz),  # readiness: database, Redis, migrations
+    path("metrics", health.metrics),  # Prometheus (token or allowed networks)
     path("api/v1/", include("gateway.api_urls")),  # REST API
     path("", include("gateway.web_urls")),  # login, logout, home, "connect your agent"
     path("", include("sessions.urls")),  # session browser, session page, replay, dashboard
     path("", include("sessions.export_urls")),  # CSV / JSON Lines downloads
     path("", include("reviews.urls")),  # reviewers' inbox and review pages
     path("", include("governance.urls")),  # OAuth authorization server and authorized clients
+    path("", include("governance.scim_urls")),  # SCIM 2.0 provisioning per organization (docs/sso.md)
 ]

@@ -1,12 +1,14 @@
-from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
 from gateway import views
+from governance import auth, sso_views
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", auth.LoginView.as_view(), name="login"),
+    path("login/sso/callback/", sso_views.sso_callback, name="sso-callback"),
+    path("login/sso/<slug:slug>/", sso_views.sso_start_org, name="sso-start"),
+    path("logout/", sso_views.logout_view, name="logout"),
     path("", RedirectView.as_view(url="/sessions/", permanent=False), name="home"),
     path("connect/", views.connect_view, name="connect"),
     path("connect/tokens/<str:token_id>/revoke/", views.token_revoke_view, name="token-revoke"),

@@ -336,3 +336,6 @@ class MaskingRuleAdmin(_RuleAdmin):
     create = staticmethod(rules.masking_rule_create)
     update = staticmethod(rules.masking_rule_update)
     delete = staticmethod(rules.masking_rule_delete)
+
+
+from governance import admin_sso  # noqa: E402,F401  (the SSO settings page; kept in its own module)

@@ -120,6 +120,19 @@ class PortcullisAdminSite(admin.AdminSite):
     site_title = "Portcullis admin"
     index_title = "Your organization"
     login_form = RoleAuthenticationForm
+    login_template = "admin/portcullis_login.html"
+
+    def login(self, request, extra_context=None):
+        """Django's admin login, each attempt audited (surface `admin`) and throttled by axes."""
+        from governance.auth import admin_login
+
+        return admin_login(super().login, request, extra_context)
+
+    def logout(self, request, extra_context=None):
+        """The one logout: audited, and the IdP's session ended too when it offers that."""
+        from governance.sso_views import logout_view
+
+        return logout_view(request)
 
     def password_change(self, request, extra_context=None):
         """Django's view, with a form whose save goes through the service."""

@@ -51,5 +51,19 @@ class GuardrailBlocked(PortcullisError):
         self.rule = rule
 
 
+class AffectedRowsExceeded(GuardrailBlocked):
+    """A write touched more rows than a guardrail's `max_affected_rows`: the connector rolled it
+    back, so the target is as it was. The session is recorded as blocked by that rule."""
+
+    def __init__(self, *, rule: str, ceiling: int, touched: int):
+        super().__init__(
+            f"the statement changed {touched} rows, more than the {ceiling} that guardrail {rule} allows; "
+            "it was rolled back and nothing changed",
+            rule=rule,
+        )
+        self.ceiling = ceiling
+        self.touched = touched
+
+
 class ReviewRequired(PortcullisError):
     code = "review_required"

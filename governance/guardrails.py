@@ -81,6 +81,18 @@ Input, SQL connections (``dialect`` given; every rule with ``sql`` conditions):
     text that the tree does not use as a table, alias or column is treated as a call). A
     schema-qualified call also counts as a reference to its schema for ``deny_schemas``.
 
+  * String literals are decoded exactly as the server decodes them (``governance/sql_strings``)
+    before SQL inside them is re-parsed; sqlglot's own decoding is never trusted for that: a
+    literal of its tree is mapped back to the lexer's token at the same offset.
+  * Effects: MERGE actions, upserts, REPLACE and ``UPDATE ... FROM``/``DELETE ... USING`` are
+    judged under ``require_where`` (see ``merge_check``/``upsert_check``); ``CREATE OR REPLACE
+    TABLE`` is also a drop; CREATE FUNCTION/PROCEDURE/TRIGGER/RULE/EVENT is ``stored_code`` and
+    the bodies of rules, MySQL triggers and events are checked as if they ran now.
+  * ``allow_side_effects``: server-side side effects (``SIDE_EFFECTS``) are findings
+    (``sql.side_effects``) under every rule with SQL conditions unless the rule names the class.
+  * ``max_affected_rows``: enforced by the connector (a transaction rolled back when it changed
+    more rows); here, statement kinds outside ``CEILING_KINDS`` are findings under it.
+
 Output: ``deny_words``, ``regex`` as above, and ``secrets``: AWS access key ids, private key PEM
 blocks, GitHub, Slack, Stripe live and Google API tokens, JWTs, passwords in URLs and
 ``password=``/``secret:``/``api_key=`` assignments with a real-looking value (placeholders
@@ -151,6 +163,7 @@ from sqlglot.errors import ParseError, SqlglotError, TokenError
 from sqlglot.optimizer.simplify import simplify
 from sqlglot.tokens import TokenType
 
+from governance import sql_strings
 from governance.errors import InvalidInput
 
 try:  # Python 3.11+
@@ -169,6 +182,8 @@ __all__ = [
     "evaluate_input",
     "evaluate_output",
     "requires_read_only",
+    "affected_rows_ceiling",
+    "SIDE_EFFECTS",
     "find_secrets",
 ]
 
@@ -210,8 +225,19 @@ STATEMENT_KINDS = (
     "explain",
     "show",
     "use",
+    "stored_code",
     "other",
 )
+
+# Server-side side effects: refused under every rule with SQL conditions unless the rule names the
+# class in `allow_side_effects` (default deny: an admin who denies DROP did not mean to allow a
+# shell command on the database host either).
+SIDE_EFFECTS = ("program", "file", "large_object", "server_config", "server_control", "network")
+# Statement kinds that can run under `max_affected_rows` (the pipeline runs them in one
+# transaction it rolls back when too many rows changed; anything that commits, ends the
+# transaction or cannot run inside one is refused).
+CEILING_KINDS = frozenset({"select", "insert", "update", "delete", "merge", "explain", "show"})
+MAX_AFFECTED_ROWS_LIMIT = 10**12
 
 INPUT_CONDITIONS = ("sql", "deny_words", "regex", "risk_at_least")
 # Pre-execution analysis: block input the built-in analyzer rates at least this risky.
@@ -225,6 +251,8 @@ SQL_CONDITIONS = (
     "deny_tables",
     "deny_schemas",
     "deny_functions",
+    "allow_side_effects",
+    "max_affected_rows",
 )
 _SQL_BOOLS = ("require_where", "single_statement", "read_only")
 _SQL_LISTS = ("deny_statements", "deny_tables", "deny_schemas", "deny_functions")
@@ -236,6 +264,7 @@ _OPAQUE_SENSITIVE = (
     "deny_schemas",
     "deny_functions",
     "require_where",
+    "max_affected_rows",
 )
 
 MAX_REGEX_CHARS = 1000
@@ -328,6 +357,58 @@ READ_ONLY_DENIED_FUNCTIONS: dict[str, tuple[str, ...]] = {
         "fsdir",
         "zipfile",
         "eval",
+    ),
+}
+
+# Functions with server-side side effects, by class (globs, lower case).
+SIDE_EFFECT_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "postgres": (
+        ("lo_import", "file"),
+        ("lo_export", "file"),
+        ("lo_*", "large_object"),
+        ("loread", "large_object"),
+        ("lowrite", "large_object"),
+        ("pg_read_file", "file"),
+        ("pg_read_binary_file", "file"),
+        ("pg_ls_dir", "file"),
+        ("pg_ls_*dir", "file"),
+        ("pg_stat_file", "file"),
+        ("pg_file_*", "file"),
+        ("pg_logdir_ls", "file"),
+        ("pg_reload_conf", "server_config"),
+        ("pg_rotate_logfile", "server_config"),
+        ("pg_terminate_backend", "server_control"),
+        ("pg_cancel_backend", "server_control"),
+        ("pg_signal_backend", "server_control"),
+        ("pg_promote", "server_control"),
+        ("pg_switch_wal", "server_control"),
+        ("pg_switch_xlog", "server_control"),
+        ("pg_create_restore_point", "server_control"),
+        ("pg_start_backup", "server_control"),
+        ("pg_stop_backup", "server_control"),
+        ("pg_backup_start", "server_control"),
+        ("pg_backup_stop", "server_control"),
+        ("pg_*replication_slot*", "server_control"),
+        ("pg_replication_origin_*", "server_control"),
+        ("pg_logical_emit_message", "server_control"),
+        ("pg_wal_replay_*", "server_control"),
+        ("pg_stat_reset*", "server_control"),
+        ("pg_stat_statements_reset", "server_control"),
+        ("binary_upgrade_*", "server_control"),
+        ("dblink*", "network"),
+    ),
+    "mysql": (
+        ("sys_exec", "program"),
+        ("sys_eval", "program"),
+        ("load_file", "file"),
+    ),
+    "sqlite": (
+        ("load_extension", "program"),
+        ("readfile", "file"),
+        ("writefile", "file"),
+        ("fsdir", "file"),
+        ("zipfile", "file"),
+        ("edit", "program"),
     ),
 }
 
@@ -546,6 +627,7 @@ for _name in ("Summarize", "Put", "Get", "SwapTable"):
     if hasattr(exp, _name):
         _CLASS_KIND.setdefault(getattr(exp, _name), "other")
 _QUERY_CLASSES = (exp.Select, exp.SetOperation, exp.Values, exp.Subquery, exp.Paren)
+_STRING_NODES = (exp.Literal, exp.ByteString, exp.RawString, exp.Heredoc, exp.National, exp.UnicodeString)
 
 
 class _DropCommandFallbackWarning(logging.Filter):
@@ -847,6 +929,25 @@ def _validate_sql(value) -> dict:
     out["deny_tables"] = _validate_globs(value.get("deny_tables"), "sql.deny_tables", max_parts=3)
     out["deny_schemas"] = _validate_globs(value.get("deny_schemas"), "sql.deny_schemas", max_parts=1)
     out["deny_functions"] = _validate_globs(value.get("deny_functions"), "sql.deny_functions", max_parts=2)
+    allowed = []
+    for item in _validate_list(value.get("allow_side_effects"), "sql.allow_side_effects"):
+        norm = item.strip().lower()
+        if norm not in SIDE_EFFECTS:
+            raise InvalidInput(
+                f"sql.allow_side_effects: unknown class {_show(item)}; use any of: {', '.join(SIDE_EFFECTS)}"
+            )
+        allowed.append(norm)
+    out["allow_side_effects"] = _dedup(allowed)
+    ceiling = value.get("max_affected_rows")
+    if ceiling is not None and (
+        not isinstance(ceiling, int)
+        or isinstance(ceiling, bool)
+        or not 0 <= ceiling <= MAX_AFFECTED_ROWS_LIMIT
+    ):
+        raise InvalidInput(
+            f"sql.max_affected_rows must be a whole number from 0 to {MAX_AFFECTED_ROWS_LIMIT}, or null"
+        )
+    out["max_affected_rows"] = ceiling
     return {key: out[key] for key in SQL_CONDITIONS}
 
 
@@ -1076,7 +1177,6 @@ _QID_END = re.compile(r'(?:[^"]|"")*"', re.S)
 _BQ_END = re.compile(r"(?:[^`]|``)*`", re.S)
 _PG_COMMENT_EDGE = re.compile(r"/\*|\*/")
 _WORD_RE = re.compile(rf"[A-Za-z_${_NONASCII}][A-Za-z0-9_${_NONASCII}]*")
-_MY_ESCAPES = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a"}
 
 
 def _lex(text: str, dialect: str) -> tuple[list[_Tok], str]:
@@ -1123,19 +1223,19 @@ def _lex(text: str, dialect: str) -> tuple[list[_Tok], str]:
                 toks.append(_Tok("op", "*", pos, pos + 1))
                 end = pos + 1
         elif kind in ("str", "pstr", "ustr", "estr", "nstr", "dstr"):
-            quote_end = end
-            if dialect == "mysql" and kind in ("str", "nstr", "dstr"):
-                finder = _MY_DSTR_END if kind == "dstr" else _ESC_STR_END
-            elif kind == "estr":
-                finder = _ESC_STR_END
+            tok, end = _string_token(text, m, dialect, kind)
+            prev = toks[-1] if toks else None
+            if (
+                dialect == "mysql"
+                and prev is not None
+                and prev.kind == "str"
+                and tok.kind == "str"
+                and kind in ("str", "dstr")
+            ):
+                # MySQL concatenates adjacent literals ('DEL' 'ETE' is 'DELETE'): one token, as the server reads it.
+                toks[-1] = _Tok("str", prev.text + tok.text, prev.start, tok.end)
             else:
-                finder = _STD_STR_END
-            sm = finder.match(text, quote_end)
-            if not sm:
-                raise _ParseFailure("has an unterminated string")
-            end = sm.end()
-            raw = text[quote_end : end - 1]
-            toks.append(_Tok("str", _decode_string(raw, dialect, kind), pos, end))
+                toks.append(tok)
         elif kind in ("qid", "uqid", "bq", "br"):
             if kind == "br":
                 close = text.find("]", end)
@@ -1168,15 +1268,78 @@ def _lex(text: str, dialect: str) -> tuple[list[_Tok], str]:
     return toks, ("".join(out) if out is not None else text)
 
 
-def _decode_string(raw: str, dialect: str, kind: str) -> str:
+_PG_CONTINUE = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f\v]+|--[^\n\r]*[\n\r])*'")
+_UESCAPE = re.compile(r"(?:\s|--[^\n\r]*|/\*(?:[^*]|\*(?!/))*\*/)*UESCAPE\b", re.I)
+_UESCAPE_CHAR = re.compile(r"(?:\s|--[^\n\r]*|/\*(?:[^*]|\*(?!/))*\*/)*'((?:[^']|'')*)'")
+
+
+def _string_token(text: str, m: re.Match, dialect: str, kind: str) -> tuple[_Tok, int]:
+    """One string literal as the server reads it: decoded exactly (governance/sql_strings.py),
+    PostgreSQL continuation lines joined, a U&'' string's UESCAPE applied. Bit and binary strings
+    that are not text get kind "bits" (never re-parsed as SQL). Raises _ParseFailure where the
+    server's reading is invalid or uncertain."""
+    pos, quote_end = m.start(), m.end()
     if dialect == "mysql" and kind in ("str", "nstr", "dstr"):
-        raw = re.sub(r"\\(.)", lambda mm: _MY_ESCAPES.get(mm.group(1), mm.group(1)), raw, flags=re.S)
-        return raw.replace("''", "'").replace('""', '"')
-    if kind == "estr":
-        raw = re.sub(
-            r"\\(.)", lambda mm: {"n": "\n", "t": "\t", "r": "\r"}.get(mm.group(1), mm.group(1)), raw
-        )
-    return raw.replace("''", "'")
+        finder = _MY_DSTR_END if kind == "dstr" else _ESC_STR_END
+    elif kind == "estr":
+        finder = _ESC_STR_END
+    else:
+        finder = _STD_STR_END
+    parts = []
+    while True:
+        sm = finder.match(text, quote_end)
+        if not sm:
+            raise _ParseFailure("has an unterminated string")
+        end = sm.end()
+        parts.append(text[quote_end : end - 1])
+        if dialect != "postgres":
+            break
+        cont = _PG_CONTINUE.match(text, end)
+        if not cont:
+            break
+        quote_end = cont.end()  # 'a'<newline>'b' is one literal 'ab' (same kind as the first part)
+    prefix = text[pos : m.end() - 1].upper()
+    try:
+        if dialect == "mysql":
+            if kind == "pstr":
+                raw = "".join(parts)
+                if prefix == "X":
+                    if len(raw) % 2 or not re.fullmatch(r"[0-9A-Fa-f]*", raw):
+                        raise sql_strings.Undecodable("invalid hexadecimal literal")
+                    data = bytes.fromhex(raw)
+                else:  # b'0101'
+                    if not re.fullmatch(r"[01]*", raw):
+                        raise sql_strings.Undecodable("invalid bit literal")
+                    data = int(raw or "0", 2).to_bytes((len(raw) + 7) // 8, "big")
+                try:
+                    return _Tok("str", sql_strings.utf8(data), pos, end), end
+                except sql_strings.Undecodable:
+                    return _Tok("bits", raw, pos, end), end
+            quote = '"' if kind == "dstr" else "'"
+            data = b"".join(sql_strings.mysql_bytes(p, quote) for p in parts)
+            if b"\0" in data:
+                return _Tok("bits", "", pos, end), end
+            return _Tok("str", sql_strings.utf8(data), pos, end), end
+        if kind == "estr":
+            data = b"".join(sql_strings.pg_escape_bytes(p) for p in parts)
+            return _Tok("str", sql_strings.utf8(data), pos, end), end
+        if kind == "ustr":
+            escape = "\\"
+            um = _UESCAPE.match(text, end)
+            if um:
+                cm = _UESCAPE_CHAR.match(text, um.end())
+                if not cm:
+                    raise sql_strings.Undecodable("UESCAPE must be followed by a one-character string")
+                escape = cm.group(1).replace("''", "'")
+                end = cm.end()
+            return _Tok("str", sql_strings.pg_unicode("".join(parts), escape), pos, end), end
+        if kind == "pstr" and prefix in ("B", "X"):
+            return _Tok("bits", "".join(parts), pos, end), end
+        return _Tok("str", "".join(p.replace("''", "'") for p in parts), pos, end), end
+    except sql_strings.Undecodable as exc:
+        raise _ParseFailure(
+            f"has a string literal the server would not read with certainty ({exc})"
+        ) from None
 
 
 def _split(toks: list[_Tok]) -> list[list[_Tok]]:
@@ -1314,7 +1477,17 @@ class _Ref:
 
 
 class _Facts:
-    __slots__ = ("index", "kinds", "writes", "where", "tables", "schemas", "functions", "opaque")
+    __slots__ = (
+        "index",
+        "kinds",
+        "writes",
+        "where",
+        "tables",
+        "schemas",
+        "functions",
+        "opaque",
+        "side_effects",
+    )
 
     def __init__(self, index: int):
         self.index = index
@@ -1325,6 +1498,7 @@ class _Facts:
         self.schemas: list[_Ref] = []
         self.functions: list[_Ref] = []
         self.opaque: list[str] = []
+        self.side_effects: list[tuple[str, str]] = []  # (class, detail)
 
 
 @dataclass
@@ -1345,6 +1519,10 @@ class _Analyzer:
         self.lead = ""
         self.sql_text_functions = _SQL_TEXT_FUNCTIONS[dialect]
         self.table_name_functions = _TABLE_NAME_FUNCTIONS[dialect]
+        self.strings: dict[int, _Tok] = {}
+        self.current_text, self.current_base = "", 0
+        self.replacing = False  # inside REPLACE INTO (MySQL): conflicting rows are deleted
+        self.side_effect_functions = SIDE_EFFECT_FUNCTIONS[dialect]
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -1416,7 +1594,46 @@ class _Analyzer:
         return f"{word} {label}" if label else word
 
     def statement(self, stmt: _Stmt, facts: _Facts, label: str) -> None:
+        saved = self.strings, self.current_text, self.current_base
+        self.strings = {t.start: t for t in stmt.toks if t.kind in ("str", "bits")}
+        self.current_text, self.current_base = stmt.text, stmt.base
+        try:
+            self._statement(stmt, facts, label)
+        finally:
+            self.strings, self.current_text, self.current_base = saved
+
+    def server_string(self, node) -> str | None:
+        """The text the server reads for a string literal of sqlglot's tree: our lexer's token at
+        the same offset (decoded exactly), never sqlglot's own decoding. None if it is not a text
+        literal, or cannot be matched with certainty (the caller then fails closed)."""
+        if not isinstance(node, _STRING_NODES) or (isinstance(node, exp.Literal) and not node.is_string):
+            return None
+        start = (node.meta or {}).get("start") if hasattr(node, "meta") else None
+        tok = self.strings.get(start) if start is not None else None
+        if tok is not None:
+            return tok.text if tok.kind == "str" else None
+        if isinstance(node, (exp.Heredoc, exp.RawString)) and self.dialect == "postgres":
+            # Dollar quoting has no escapes: sqlglot's text is the server's, if we saw it too.
+            if any(t.kind == "str" and t.text == node.this for t in self.strings.values()):
+                return node.this
+        return None
+
+    def mysql_user_var_writes(self, toks: list[_Tok]) -> None:
+        """`SELECT @v := ...`, `... INTO @v`: a user variable changed by something other than a SET
+        of a literal is no longer known (PREPARE FROM @v is then opaque)."""
+        for k, t in enumerate(toks):
+            if t.kind == "param" and k + 1 < len(toks) and toks[k + 1].kind == "word":
+                name = toks[k + 1].text.lower()
+                after = toks[k + 2].text if k + 2 < len(toks) else ""
+                before = toks[k - 1].upper if k > 0 else ""
+                if after == ":=" or before in ("INTO", ","):
+                    self.user_vars[name] = None
+
+    def _statement(self, stmt: _Stmt, facts: _Facts, label: str) -> None:
         ast, toks = stmt.ast, stmt.toks
+        if self.dialect == "mysql" and toks and toks[0].upper != "SET":
+            self.mysql_user_var_writes(toks)
+        self.statement_effects(toks, facts, label)
         lead = next((t for t in toks if t.kind != "op" or t.text != "("), toks[0])
         self.lead = lead.upper
         cls_kind = _CLASS_KIND.get(type(ast)) if ast is not None else None
@@ -1437,6 +1654,156 @@ class _Analyzer:
             return
         self.tree(ast, facts, label, count_root=True)
         self.token_calls(ast, toks, facts)
+
+    def side_effect(self, facts: _Facts, cls: str, detail: str, label: str) -> None:
+        facts.side_effects.append((cls, self.label_detail(detail, label)))
+
+    def statement_effects(self, toks: list[_Tok], facts: _Facts, label: str) -> None:
+        """What a statement does beyond its keyword, read off the server's tokens: side effects on the
+        server, stored code and what its body will do when it fires, drops by another name."""
+        if not toks:
+            return
+        words = [t.upper if t.kind == "word" else "" for t in toks]
+        head, d = words[0], self.dialect
+        second = words[1] if len(words) > 1 else ""
+        if head == "COPY":
+            for k, w in enumerate(words):
+                if w in ("TO", "FROM") and k + 1 < len(toks):
+                    nxt = toks[k + 1]
+                    if nxt.kind == "word" and nxt.upper == "PROGRAM":
+                        self.side_effect(
+                            facts, "program", "COPY ... PROGRAM runs a command on the database host", label
+                        )
+                    elif nxt.kind in ("str", "bits"):
+                        self.side_effect(
+                            facts, "file", "COPY reads or writes a file on the database host", label
+                        )
+        elif head == "ALTER" and second == "SYSTEM":
+            self.side_effect(facts, "server_config", "ALTER SYSTEM changes the server's configuration", label)
+        elif head == "ALTER" and second in ("DATABASE", "ROLE", "USER") and "SET" in words[2:]:
+            self.side_effect(facts, "server_config", f"ALTER {second} ... SET changes stored settings", label)
+        elif head == "LOAD" and d == "postgres":
+            self.side_effect(facts, "program", "LOAD loads a shared library into the server", label)
+        elif head in ("KILL", "SHUTDOWN", "CHECKPOINT", "RESTART"):
+            self.side_effect(facts, "server_control", f"{head} acts on the server", label)
+        elif head in ("INSTALL", "UNINSTALL"):
+            self.side_effect(facts, "program", f"{head} loads or unloads server code", label)
+        elif head == "ATTACH" or (head == "VACUUM" and "INTO" in words):
+            self.side_effect(facts, "file", f"{head} creates or opens a file on the host", label)
+        elif head == "SET" and d == "mysql":
+            scoped = any(w in ("GLOBAL", "PERSIST", "PERSIST_ONLY") for w in words[1:])
+            scoped = scoped or any(
+                t.kind == "param"
+                and t.text == "@@"
+                and k + 1 < len(toks)
+                and toks[k + 1].upper in ("GLOBAL", "PERSIST", "PERSIST_ONLY")
+                for k, t in enumerate(toks)
+            )
+            if scoped:
+                self.side_effect(
+                    facts, "server_config", "SET GLOBAL/PERSIST changes the server's configuration", label
+                )
+        if head == "CREATE" or (head == "ALTER" and second == "EVENT"):
+            self.create_effects(toks, words, facts, label)
+
+    def create_effects(self, toks: list[_Tok], words: list[str], facts: _Facts, label: str) -> None:
+        i = 1
+        while i < len(words) and words[i] in (
+            "OR",
+            "REPLACE",
+            "TEMP",
+            "TEMPORARY",
+            "GLOBAL",
+            "LOCAL",
+            "UNLOGGED",
+            "CONSTRAINT",
+            "AGGREGATE",
+            "DEFINER",
+            "SQL",
+            "SECURITY",
+            "INVOKER",
+            "ALGORITHM",
+            "UNDEFINED",
+            "MERGE",
+            "TEMPTABLE",
+            "DEFAULT",
+            "UNIQUE",
+            "NONCLUSTERED",
+            "CLUSTERED",
+        ):
+            i += 1
+            if i < len(toks) and toks[i].text == "=":  # DEFINER = user@host, ALGORITHM = x
+                i += 2
+                while i < len(toks) and (
+                    toks[i].kind == "param"
+                    or toks[i].text in ("@",)
+                    or (i > 0 and toks[i - 1].kind == "param")
+                ):
+                    i += 1
+        obj = words[i] if i < len(words) else ""
+        replace = "REPLACE" in words[1:i]
+        if obj == "TABLE" and replace:
+            self.add_kind(
+                facts, "drop", self.label_detail("CREATE OR REPLACE TABLE (drops the existing table)", label)
+            )
+        elif (
+            obj in ("EXTENSION", "LANGUAGE")
+            or (obj == "TRUSTED" and "LANGUAGE" in words)
+            or obj == "PROCEDURAL"
+        ):
+            self.side_effect(facts, "program", f"CREATE {obj} loads code into the server", label)
+        if obj not in ("FUNCTION", "PROCEDURE", "TRIGGER", "RULE", "EVENT"):
+            return
+        self.add_kind(facts, "stored_code", self.label_detail(f"{words[0]} {obj} (stored code)", label))
+        if "BEGIN" in words and (self.dialect == "mysql" or "ATOMIC" in words):
+            # The server reads a compound body (BEGIN ... END with ';' inside) as one statement;
+            # its parts cannot be split and checked with certainty here.
+            raise _ParseFailure(
+                f"has a {obj.lower()} with a compound BEGIN ... END body, which is not analyzed"
+            )
+        if obj in ("FUNCTION", "PROCEDURE"):
+            language = next(
+                (
+                    toks[k + 1].text.lower()
+                    for k, w in enumerate(words)
+                    if w == "LANGUAGE" and k + 1 < len(toks)
+                ),
+                "sql",
+            )
+            if language in ("c", "internal") or (
+                language.endswith("u") and language not in ("sql", "plpgsql")
+            ):
+                self.side_effect(
+                    facts, "program", f"a {language} {obj.lower()} runs code on the database host", label
+                )
+            return
+        body_at = None
+        if obj == "RULE":
+            body_at = next((k + 1 for k, w in enumerate(words) if w == "DO" and k > i), None)
+            while body_at is not None and body_at < len(words) and words[body_at] in ("ALSO", "INSTEAD"):
+                body_at += 1
+        elif obj == "TRIGGER" and self.dialect == "mysql":
+            row_at = next(
+                (k for k in range(i, len(words) - 2) if words[k : k + 3] == ["FOR", "EACH", "ROW"]), None
+            )
+            if row_at is not None:
+                body_at = row_at + 3
+                if body_at < len(words) and words[body_at] in ("FOLLOWS", "PRECEDES"):
+                    body_at += 2
+        elif obj == "EVENT":
+            body_at = next((k + 1 for k, w in enumerate(words) if w == "DO" and k > i), None)
+        else:
+            return  # a PostgreSQL trigger runs a function, checked when that function is created
+        if body_at is None or body_at >= len(toks):
+            facts.opaque.append(self.label_detail(f"the body of CREATE {obj} could not be found", label))
+            return
+        if words[body_at] == "NOTHING":
+            return
+        start, end = toks[body_at].start, toks[-1].end
+        body = self.current_text[start - self.current_base : end - self.current_base]
+        if body.startswith("(") and body.endswith(")"):
+            body = body[1:-1]
+        self.nested(body, facts, f"in the body of CREATE {obj} (as if it ran now)", on_fail="error")
 
     def token_calls(self, ast: exp.Expr, toks: list[_Tok], facts: _Facts) -> None:
         """Names written as calls (`name(`) that the tree does not show as functions: sqlglot maps
@@ -1531,7 +1898,11 @@ class _Analyzer:
         elif word == "REPLACE":
             self.add_kind(facts, "insert", detail)
             self.add_kind(facts, "delete", detail)
-            self.nested("INSERT " + rest, facts, label, on_fail="error")
+            self.replacing = True
+            try:
+                self.nested("INSERT " + rest, facts, label, on_fail="error")
+            finally:
+                self.replacing = False
         elif word in ("SET", "RESET"):
             self.add_kind(facts, "set", detail)
             self.track_set(word, rest_toks)
@@ -1864,19 +2235,30 @@ class _Analyzer:
                 detail = f"PRAGMA {self.pragma_name(node)}"
         elif kind == "insert":
             conflict = node.args.get("conflict")
-            if conflict is not None and (
+            upsert = conflict is not None and (
                 conflict.args.get("expressions") or "UPDATE" in str(conflict.args.get("action") or "").upper()
-            ):
+            )
+            if upsert:
                 self.add_kind(facts, "update", detail.replace("INSERT", "INSERT ... UPDATE", 1))
             alternative = str(node.args.get("alternative") or "").upper()
-            if alternative == "REPLACE" or node.args.get("replace"):
+            replacing = alternative == "REPLACE" or node.args.get("replace") or self.replacing
+            if replacing:
                 self.add_kind(facts, "delete", detail.replace("INSERT", "INSERT OR REPLACE", 1))
+            if upsert or replacing:
+                self.upsert_check(
+                    node,
+                    conflict if upsert else None,
+                    facts,
+                    label,
+                    "REPLACE" if replacing and not upsert else "upsert",
+                )
         elif kind == "merge":
             whens = node.args.get("whens")
             for when in whens.expressions if whens else []:
                 then = when.args.get("then")
                 if isinstance(then, exp.Var) and then.name.upper() == "DELETE":
                     self.add_kind(facts, "delete", f"DELETE inside MERGE{f' {label}' if label else ''}")
+            self.merge_check(node, facts, label)
         elif kind == "create":
             self.create_body(node, facts)
         elif kind == "show" and isinstance(node, exp.Show):
@@ -1904,7 +2286,7 @@ class _Analyzer:
             else:
                 left, right = target, None
             if self.dialect == "mysql" and isinstance(left, exp.Parameter) and not item.args.get("kind"):
-                value = right.this if isinstance(right, exp.Literal) and right.is_string else None
+                value = self.server_string(right)
                 self.user_vars[left.name.lower()] = value
                 continue
             write = True
@@ -1943,14 +2325,18 @@ class _Analyzer:
         if kind not in ("FUNCTION", "PROCEDURE"):
             return
         body = node.args.get("expression")
-        if not isinstance(body, (exp.Heredoc, exp.Literal)):
-            return
+        if not isinstance(body, _STRING_NODES):
+            return  # no body, or a SQL-standard body (RETURN ..., BEGIN ATOMIC): part of the tree walked
         language = "sql"
         props = node.args.get("properties")
         for prop in props.expressions if props else []:
             if isinstance(prop, exp.LanguageProperty):
                 language = prop.name.lower()
-        self.routine_body(body.name, language, facts, f"inside CREATE {kind}")
+        text = self.server_string(body)
+        if text is None:
+            facts.opaque.append(f"the body of CREATE {kind} cannot be read as the server would read it")
+            return
+        self.routine_body(text, language, facts, f"inside CREATE {kind}")
 
     def select_node(self, node: exp.Select, facts: _Facts, label: str) -> None:
         into = node.args.get("into")
@@ -1964,7 +2350,66 @@ class _Analyzer:
         if node.args.get("locks"):
             facts.writes.append(self.label_detail("SELECT ... FOR UPDATE/SHARE (takes row locks)", label))
 
+    def merge_check(self, node: exp.Merge, facts: _Facts, label: str) -> None:
+        """MERGE's UPDATE/DELETE actions change the target rows its ON (and WHEN ... AND) condition
+        matches: judged like a WHERE, and the matched rows must be bounded by the source or by a
+        restriction of the target to constants."""
+        target = node.this
+        targets = set()
+        if isinstance(target, exp.Table):
+            targets.add(target.name.lower())
+            if target.alias:
+                targets.add(target.alias.lower())
+        on = node.args.get("on")
+        whens = node.args.get("whens")
+        for when in whens.expressions if whens else []:
+            then = when.args.get("then")
+            deleting = isinstance(then, exp.Var) and then.name.upper() == "DELETE"
+            if not (when.args.get("matched") and (deleting or isinstance(then, exp.Update))):
+                continue
+            word = "MERGE ... DELETE" if deleting else "MERGE ... UPDATE"
+            cond = on.copy() if isinstance(on, exp.Expr) else exp.true()
+            if when.args.get("condition") is not None:
+                cond = exp.and_(cond, when.args["condition"].copy())
+            reason = _always_true(cond, targets, self.dialect)
+            if not reason and not _mentions_target(cond, targets):
+                reason = "does not restrict the target table"
+            if (
+                not reason
+                and not _bounded_source(node.args.get("using"), self.dialect)
+                and not _pins_target(cond, targets)
+            ):
+                reason = "matches every target row the source can name (the source is not bounded)"
+            if reason:
+                facts.where.append(self.label_detail(f"{word} with an ON condition that {reason}", label))
+
+    def upsert_check(self, node: exp.Insert, conflict, facts: _Facts, label: str, word: str) -> None:
+        """INSERT ... ON CONFLICT DO UPDATE / ON DUPLICATE KEY UPDATE / REPLACE change the existing
+        rows the inserted rows collide with: bounded when the rows come from a VALUES list or a
+        restricted query, or the DO UPDATE has a WHERE pinning the target."""
+        source = node.args.get("expression")
+        if _bounded_source(source, self.dialect):
+            return
+        where = conflict.args.get("where") if conflict is not None else None
+        target = node.this.this if isinstance(node.this, exp.Schema) else node.this
+        targets = {target.name.lower()} if isinstance(target, exp.Table) else set()
+        if isinstance(target, exp.Table) and target.alias:
+            targets.add(target.alias.lower())
+        if (
+            where is not None
+            and not _always_true(where.this, targets, self.dialect)
+            and _pins_target(where.this, targets)
+        ):
+            return
+        facts.where.append(
+            self.label_detail(
+                f"{word} of rows from an unrestricted query (can change every existing row)", label
+            )
+        )
+
     def where_check(self, node: exp.Expr, facts: _Facts, label: str) -> None:
+        if isinstance(node.parent, exp.When):
+            return  # a MERGE action: judged with the MERGE's ON condition (merge_check)
         word = "UPDATE" if isinstance(node, exp.Update) else "DELETE"
         where = node.args.get("where")
         if where is None:
@@ -1977,6 +2422,13 @@ class _Analyzer:
                 if table.alias:
                     targets.add(table.alias.lower())
         reason = _always_true(where.this, targets, self.dialect)
+        if (
+            not reason
+            and (node.args.get("from_") or node.args.get("using"))
+            and not _mentions_target(where.this, targets)
+        ):
+            # UPDATE t ... FROM o WHERE o.x = 1 / DELETE FROM t USING o WHERE o.x = 1: every row of t.
+            reason = "does not restrict the table written"
         if reason:
             snippet = _generator(self.dialect).generate(where.this, copy=False)
             snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
@@ -2069,6 +2521,10 @@ class _Analyzer:
             facts.schemas.append(_Ref(".".join(names), (low[-2],)))
         if _glob_any(self.denied, (low[-1],)):
             facts.writes.append(f"calls {low[-1]}() (side effects or server access)")
+        for pattern, cls in self.side_effect_functions:
+            if _glob_any((pattern,), (low[-1],)):
+                facts.side_effects.append((cls, f"calls {low[-1]}() ({cls.replace('_', ' ')})"))
+                break
 
     def func_node(self, node: exp.Func, facts: _Facts, label: str) -> None:
         if isinstance(node, (exp.Binary, exp.Connector, exp.Unary, exp.Not)):
@@ -2096,28 +2552,29 @@ class _Analyzer:
             position = chooser(len(args))
             if position is not None:
                 arg = args[position] if position < len(args) else None
-                if isinstance(arg, exp.Literal) and arg.is_string:
-                    self.nested(arg.this, facts, f"inside {lname}()", on_fail="opaque")
+                literal = self.server_string(arg)
+                if literal is not None:
+                    self.nested(literal, facts, f"inside {lname}()", on_fail="opaque")
                 else:
                     facts.opaque.append(f"{lname}() runs SQL that is not a string literal")
         if lname == "set_config" and self.dialect == "postgres" and len(args) >= 2:
-            setting, value = args[0], args[1]
-            if not (isinstance(setting, exp.Literal) and setting.is_string):
+            setting, value = self.server_string(args[0]), self.server_string(args[1])
+            if setting is None:
                 facts.opaque.append("set_config() of a setting named by an expression")
-            elif setting.this.strip().lower() == "search_path":
-                if isinstance(value, exp.Literal) and value.is_string:
-                    self.add_search_path(value.this.split(","))
+            elif setting.strip().lower() == "search_path":
+                if value is not None:
+                    self.add_search_path(value.split(","))
                 else:
                     facts.opaque.append("set_config() sets search_path to a computed value")
         reads = self.table_name_functions.get(lname)
         if reads is not None:
-            arg = args[0] if args else None
+            arg = self.server_string(args[0]) if args else None
             if reads == "all":
                 facts.opaque.append(f"{lname}() reads every table of the database")
-            elif not (isinstance(arg, exp.Literal) and arg.is_string):
+            elif arg is None:
                 facts.opaque.append(f"{lname}() reads a {reads} named by an expression")
             else:
-                parts = _split_name(arg.this, self.dialect)
+                parts = _split_name(arg, self.dialect)
                 if not parts:
                     facts.opaque.append(f"{lname}() reads a {reads} whose name cannot be read")
                 elif reads == "table":
@@ -2260,6 +2717,62 @@ def _is_write_target(node: exp.Table) -> bool:
     if isinstance(parent, exp.Schema):  # INSERT INTO t (cols)
         parent, key = parent.parent, parent.arg_key
     return isinstance(parent, _WRITE_TARGET_PARENTS) and key in ("this", "tables", "expressions")
+
+
+def _column_owner(col: exp.Column) -> str | None:
+    return col.table.lower() if col.table else None
+
+
+def _mentions_target(cond: exp.Expr, targets: set[str]) -> bool:
+    """Does the condition use a column of the written table (qualified by its name or alias, or
+    unqualified, which may be it)?"""
+    return any(_column_owner(c) in targets or _column_owner(c) is None for c in cond.find_all(exp.Column))
+
+
+_PREDICATES = (
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.In,
+    exp.Between,
+    exp.Like,
+    exp.ILike,
+    exp.Is,
+)
+
+
+def _pins_target(cond: exp.Expr, targets: set[str]) -> bool:
+    """Some predicate compares a target column with constants only (t.id = 5, t.id IN (1, 2))."""
+    for pred in cond.find_all(*_PREDICATES):
+        cols = list(pred.find_all(exp.Column))
+        if cols and all(
+            _column_owner(c) in targets or (_column_owner(c) is None and len(targets) > 0) for c in cols
+        ):
+            if not any(isinstance(x, (exp.Select, exp.Subquery)) for x in pred.walk()):
+                if len({c.name.lower() for c in cols}) == 1 and len(cols) == 1:
+                    return True
+    return False
+
+
+def _bounded_source(source, dialect: str) -> bool:
+    """Rows that are spelled out (VALUES, SELECT of constants) or come from a restricted query."""
+    while isinstance(source, (exp.Subquery, exp.Paren)):
+        source = source.this
+    if isinstance(source, exp.Values):
+        return True
+    if isinstance(source, exp.Select):
+        if source.args.get("limit") is not None and isinstance(source.args["limit"].expression, exp.Literal):
+            return True
+        if not source.args.get("from_"):
+            return True
+        where = source.args.get("where")
+        if where is not None and not _always_true(where.this, set(), dialect):
+            tables = {t.alias_or_name.lower() for t in source.find_all(exp.Table)}
+            return _pins_target(where.this, tables)
+    return False
 
 
 def _skip_parens(toks: list[_Tok], i: int) -> int:
@@ -2428,7 +2941,7 @@ def _analyze(text: str, dialect: str) -> _Analysis:
 
 
 def _has_sql(sql: dict) -> bool:
-    return bool(sql) and any(sql.get(key) for key in SQL_CONDITIONS)
+    return bool(sql) and any(sql.get(key) not in (None, False, [], "") for key in SQL_CONDITIONS)
 
 
 def _sql_findings(rule: Rule, sql: dict, analysis: _Analysis, dialect: str) -> list[Finding]:
@@ -2443,7 +2956,9 @@ def _sql_findings(rule: Rule, sql: dict, analysis: _Analysis, dialect: str) -> l
     if sql.get("single_statement") and len(analysis.statements) > 1:
         add("single_statement", 2, f"{len(analysis.statements)} statements in one input; one is allowed")
     denied_kinds = set(sql.get("deny_statements") or ())
-    opaque_applies = any(sql.get(key) for key in _OPAQUE_SENSITIVE)
+    opaque_applies = any(sql.get(key) not in (None, False, []) for key in _OPAQUE_SENSITIVE)
+    allowed_effects = set(sql.get("allow_side_effects") or ())
+    ceiling = sql.get("max_affected_rows")
     for st in analysis.statements:
         i = st.index
         for kind, detail in st.kinds.items():
@@ -2476,7 +2991,29 @@ def _sql_findings(rule: Rule, sql: dict, analysis: _Analysis, dialect: str) -> l
         if opaque_applies:
             for detail in st.opaque:
                 add("opaque", i, detail)
+        for cls, detail in st.side_effects:
+            if cls not in allowed_effects:
+                add("side_effects", i, f"{detail} [{cls}]")
+        if ceiling is not None:
+            for kind, detail in st.kinds.items():
+                if kind not in CEILING_KINDS:
+                    add(
+                        "max_affected_rows",
+                        i,
+                        f"{detail}: cannot run under an affected-rows ceiling (it would commit, end or "
+                        "escape the transaction the count is taken in)",
+                    )
     return out
+
+
+def affected_rows_ceiling(rules: list[Rule]) -> tuple[int, str] | None:
+    """The smallest `max_affected_rows` of the rules and the rule that sets it, or None."""
+    best = None
+    for rule in rules:
+        value = ((rule.input or {}).get("sql") or {}).get("max_affected_rows")
+        if value is not None and (best is None or value < best[0]):
+            best = (value, rule.name)
+    return best
 
 
 class _Views:

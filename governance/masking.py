@@ -159,7 +159,16 @@ MAX_KEEP_LAST = 32
 DEFAULT_CUSTOM_SCORE = 1.0
 
 _STRICTNESS = {"redact": 3, "pseudonym": 2, "partial": 1}
-_SPEC_FIELDS = ("entities", "custom", "columns", "score_threshold", "method", "keep_last", "best_effort")
+_SPEC_FIELDS = (
+    "entities",
+    "custom",
+    "columns",
+    "column_types",
+    "score_threshold",
+    "method",
+    "keep_last",
+    "best_effort",
+)
 _CUSTOM_FIELDS = ("name", "regex", "deny_list", "score")
 _CUSTOM_NAME = re.compile(r"[A-Z][A-Z0-9_]{1,49}")
 _RESERVED_NAMES = frozenset(SUPPORTED_ENTITIES) | frozenset(NER_ENTITIES) | {COLUMN_ENTITY, ERROR_ENTITY}
@@ -343,12 +352,29 @@ def validate_spec(spec: dict) -> dict:
     for i, pattern in enumerate(columns):
         _compile(pattern, 0, f"columns[{i}]")
 
-    if not out_entities and not out_custom and not columns:
-        raise InvalidInput("a masking spec needs at least one of entities, custom or columns")
+    column_types = spec.get("column_types")
+    column_types = {} if column_types is None else column_types
+    if not isinstance(column_types, dict):
+        raise InvalidInput(
+            'column_types must map column regexes to entity names ({"(?i)^iban$": "IBAN_CODE"})'
+        )
+    if len(column_types) > _MAX_COLUMNS:
+        raise InvalidInput(f"column_types: at most {_MAX_COLUMNS} patterns per rule")
+    typed_known = known | {c["name"] for c in out_custom}
+    for pattern, entity in column_types.items():
+        _compile(pattern, 0, f"column_types[{pattern!r}]")
+        if not isinstance(entity, str) or entity not in typed_known:
+            raise InvalidInput(
+                f"column_types[{pattern!r}] must name a supported entity or a custom recognizer of this rule"
+            )
+
+    if not out_entities and not out_custom and not columns and not column_types:
+        raise InvalidInput("a masking spec needs at least one of entities, custom, columns or column_types")
     return {
         "entities": out_entities,
         "custom": out_custom,
         "columns": list(columns),
+        "column_types": dict(column_types),
         "score_threshold": threshold,
         "method": method,
         "keep_last": keep_last,
@@ -1631,6 +1657,19 @@ def _as_text(value) -> str:
 # --- the Masker --------------------------------------------------------------------------------
 
 
+def _stricter(a, b):
+    """The stricter of two whole-value plans (method, keep_last[, label]); None is no plan."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if _STRICTNESS[b[0]] > _STRICTNESS[a[0]]:
+        return b
+    if _STRICTNESS[b[0]] == _STRICTNESS[a[0]] and b[1] < a[1]:
+        return b
+    return a
+
+
 class Masker:
     """Masks SQL rows, text and JSON with the union of the given (validated) specs.
 
@@ -1685,6 +1724,13 @@ class Masker:
             for spec in checked
             for pattern in spec["columns"]
         ]
+        # Columns an admin typed as an entity: masked whole, and so is anything derived from them.
+        self._typed = [
+            (regex.compile(pattern), entity, spec["method"], spec["keep_last"])
+            for spec in checked
+            for pattern, entity in (spec.get("column_types") or {}).items()
+        ]
+        self._source_plans: dict[str, tuple | None] = {}
 
         detectors: list[tuple[_Detector, float]] = []
         wanted_builtin = [e for e in SUPPORTED_ENTITIES if e in threshold]
@@ -1731,12 +1777,38 @@ class Masker:
         counts: dict[str, int] = {}
         return self._mask_string(text, None, counts, None), counts
 
-    def mask_rows(self, columns: list[str], rows: list[list]) -> tuple[list[list], dict[str, int]]:
+    @property
+    def follows_lineage(self) -> bool:
+        """Whether values derived from masked columns must be found (column rules or types)."""
+        return bool(self._columns or self._typed)
+
+    def source_plan(self, qualified: str):
+        """How a value fed by base column "table.column" is masked whole, or None if that column
+        is not masked (a column rule on its name, or a type an admin gave it)."""
+        if qualified in self._source_plans:
+            return self._source_plans[qualified]
+        bare = qualified.rsplit(".", 1)[-1]
+        plan = self._column_plan(bare)
+        for rx, entity, method, keep in self._typed:
+            if rx.search(bare, timeout=_REGEX_TIMEOUT) or rx.search(qualified, timeout=_REGEX_TIMEOUT):
+                plan = _stricter(plan, (method, keep, entity))
+        if len(self._source_plans) < _CONTEXTS_KEPT:
+            self._source_plans[qualified] = plan
+        return plan
+
+    def mask_rows(
+        self, columns: list[str], rows: list[list], *, plans: list | None = None
+    ) -> tuple[list[list], dict[str, int]]:
+        """`plans` (optional, per column): a whole-value plan from the column's lineage
+        (governance/masking_lineage.py), combined with the column's own name rules."""
         if not self._active:
             return rows, {}
         counts: dict[str, int] = {}
         names = [str(c) for c in columns]
-        plans = [self._column_plan(name) for name in names]
+        plans = [
+            _stricter(self._column_plan(name), plans[j] if plans is not None and j < len(plans) else None)
+            for j, name in enumerate(names)
+        ]
         contexts = [name.lower() for name in names]
         width = len(names)
         out = []
@@ -1801,18 +1873,22 @@ class Masker:
                     plan = (method, keep)
                 elif method == plan[0]:
                     plan = (method, min(keep, plan[1]))
+        for rx, entity, method, keep in getattr(self, "_typed", ()):
+            if rx.search(name, timeout=_REGEX_TIMEOUT) is not None:
+                plan = _stricter(plan, (method, keep, entity))
         if len(self._column_plans) < _CONTEXTS_KEPT:
             self._column_plans[name] = plan
         return plan
 
     def _whole(self, value, plan, counts, column=None):
-        """A whole value masked by a column rule."""
+        """A whole value masked by a column rule (or a column type: labelled with its entity)."""
+        label = plan[2] if len(plan) > 2 else COLUMN_ENTITY
         try:
             text = _as_text(value)
-            replacement = self._replacement(COLUMN_ENTITY, text, plan)
+            replacement = self._replacement(label, text, plan[:2])
         except Exception as exc:
             return self._failed(exc, counts, column)
-        counts[COLUMN_ENTITY] = counts.get(COLUMN_ENTITY, 0) + 1
+        counts[label] = counts.get(label, 0) + 1
         return replacement
 
     def _scalar_text(self, value, counts, names, j):

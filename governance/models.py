@@ -257,3 +257,71 @@ class ExternalIdentity(models.Model):
 
     def __str__(self):
         return f"{self.subject} @ {self.issuer}"
+
+
+class IdentityProvider(models.Model):
+    """An organization's OpenID Connect identity provider (docs/sso.md): who may sign in to the web
+    app and the admin, with which groups, and whether local passwords still work.
+
+    One per org. Users are matched by (issuer, subject) through `ExternalIdentity`, never by e-mail
+    alone; `allowed_domains` both finds the org from an e-mail address at sign-in and bounds which
+    e-mail addresses the IdP may vouch for. `group_map` maps IdP group names onto the org's groups
+    (`admin` and `auditor` included); membership of every mapped group is refreshed at each sign-in.
+    The client secret is stored encrypted and never shown again. Changed only through
+    `governance.sso` (audited).
+    """
+
+    org = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="identity_provider")
+    slug = models.SlugField(
+        max_length=63, unique=True, help_text="The org-specific sign-in URL: /login/sso/<slug>/"
+    )
+    enabled = models.BooleanField(default=True)
+    issuer = models.URLField(max_length=500)
+    client_id = models.CharField(max_length=255)
+    client_secret_encrypted = models.TextField(blank=True, editable=False)
+    scopes = models.CharField(max_length=300, default="openid email profile")
+    groups_claim = models.CharField(max_length=100, blank=True, default="groups")
+    group_map = models.JSONField(default=dict, blank=True)
+    allowed_domains = models.JSONField(default=list, blank=True)
+    # Off: only `break_glass_user` may still sign in with a password (each use is audited).
+    password_login = models.BooleanField(default=True)
+    break_glass_user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # SCIM 2.0 provisioning: only the SHA-256 of the bearer secret is kept (see token_digest).
+    scim_token_digest = models.CharField(max_length=64, blank=True, editable=False)
+    scim_token_prefix = models.CharField(max_length=16, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "identity provider"
+
+    def __str__(self):
+        return f"SSO sign-in ({self.issuer})"
+
+
+class ScimResource(models.Model):
+    """What a SCIM client calls a user or a group: its `externalId` and the Portcullis row it names.
+
+    SCIM ids of users are the user's UUID; groups get a UUID of their own here, since `UserGroup`
+    keys are integers. Kept per org so two orgs' IdPs never see each other's resources.
+    """
+
+    class Kind(models.TextChoices):
+        USER = "user"
+        GROUP = "group"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    user = models.OneToOneField(User, null=True, blank=True, on_delete=models.CASCADE, related_name="scim")
+    group = models.OneToOneField(
+        UserGroup, null=True, blank=True, on_delete=models.CASCADE, related_name="scim"
+    )
+    external_id = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"SCIM {self.kind} {self.pk}"

@@ -271,6 +271,8 @@ _SCOPES = {
     "governance.guardrailrule": _rule_scope,
     "governance.maskingrule": _rule_scope,
     "governance.attribute": _admin_only_scope,
+    # The org's SSO settings (docs/sso.md): admins and auditors read, admins change.
+    "governance.identityprovider": _rule_scope,
     "records.auditevent": _audit_scope,
     "records.analysis": _analysis_scope,
     # Webhook endpoints and deliveries: admins and auditors read, admins change (and retry).

@@ -33,12 +33,12 @@ from governance.models import (
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
 
 
-def _audit_system(org_id, action: str, target, detail: dict | None = None) -> None:
+def _audit_system(org_id, action: str, target, detail: dict | None = None, surface: str = "cli") -> None:
     """These services run from the CLI (headless setup) as the system; surfaces with an actor
-    will pass one when they are built."""
+    will pass one when they are built. SSO sign-in (`web`) and SCIM (`scim`) also act as the system."""
     from sessions.audit import audit_record
 
-    audit_record(actor=None, org_id=org_id, action=action, target=target, detail=detail)
+    audit_record(actor=None, org_id=org_id, action=action, target=target, detail=detail, surface=surface)
 
 
 def _audit_actor(actor: Actor, action: str, target, detail: dict | None = None) -> None:
@@ -80,12 +80,14 @@ def user_create(
     name: str = "",
     groups: list[str] = (),
     password: str | None = None,
+    surface: str = "cli",
 ) -> User:
     """Create a user, adding them to `groups`.
 
     With `actor=` (every surface): an admin creates the user in their own org; the groups must
     exist there. With `org=` and no actor (headless setup, CLI and tests only): groups missing in
-    the org are created, and the system is the actor in the audit log.
+    the org are created, and the system is the actor in the audit log, recorded from `surface`
+    (`cli`; `web` for a first SSO sign-in, `scim` for provisioning).
     Raises InvalidInput, Conflict (e-mail taken), NotFound (group), PolicyDenied."""
     if (org is None) == (actor is None):
         raise InvalidInput("give either an actor or an organization")
@@ -121,7 +123,7 @@ def user_create(
             if actor is not None:
                 _audit_actor(actor, "user.create", user, detail)
             else:
-                _audit_system(org.pk, "user.create", user, detail)
+                _audit_system(org.pk, "user.create", user, detail, surface=surface)
     except IntegrityError:
         raise Conflict(f"a user with email {email} already exists") from None
     return user

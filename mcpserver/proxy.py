@@ -18,7 +18,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent, Tool
 
-from gateway import pipeline
+from gateway import metrics, pipeline
 from governance.errors import PortcullisError
 from mcpserver.auth import GatewayTokenVerifier
 from mcpserver.challenge import BearerChallenge
@@ -108,7 +108,7 @@ def build() -> tuple[Server, object]:
         version=_version(),
         instructions="Tools of an upstream MCP server, reached through the Portcullis gateway.",
         on_list_tools=list_tools,
-        on_call_tool=call_tool,
+        on_call_tool=metrics.instrumented_tool_handler("upstream", call_tool),
     )
     app = server.streamable_http_app(
         streamable_http_path=PATH,

@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent, Tool
 from pydantic import ValidationError
 
+from gateway import metrics
 from governance.errors import PortcullisError
 from governance.policy import Actor, capability_allows, capability_message, has_role, role_denied_message
 from mcpserver import tools  # noqa: F401  (registers every tool)
@@ -186,7 +187,7 @@ def build() -> tuple[Server, object]:
         version=_version(),
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
-        on_call_tool=call_tool,
+        on_call_tool=metrics.instrumented_tool_handler("gateway", call_tool),
         get_tool_input_schema=_input_schema,
     )
     resource = f"{settings.PUBLIC_BASE_URL}/api/mcp"

@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
+from sessions import webhook_signing
 from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger("portcullis.events")
@@ -268,10 +269,12 @@ def webhook_deliver(delivery_id: int, *, now=None) -> WebhookDelivery | None:
             raise DeliveryRefused("the endpoint is disabled")
         headers = {
             "Content-Type": "application/json",
-            TIMESTAMP_HEADER: timestamp,
             EVENT_ID_HEADER: str(delivery.event_id),
             EVENT_TYPE_HEADER: delivery.event_type,
-            SIGNATURE_HEADER: sign(endpoint.get_secret(), timestamp, body),
+            # Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature (sessions/webhook_signing.py)
+            **webhook_signing.sign_headers(
+                endpoint.get_secret(), msg_id=str(delivery.event_id), timestamp=int(timestamp), body=body
+            ),
         }
         response = http_post(
             endpoint.url,
@@ -285,7 +288,11 @@ def webhook_deliver(delivery_id: int, *, now=None) -> WebhookDelivery | None:
             error = f"HTTP {code}: {response.text[:200]}"
     except DeliveryRefused as exc:
         error = str(exc)
-    except (OSError, RuntimeError) as exc:  # network errors; secrets that cannot be decrypted
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+    ) as exc:  # network errors; secrets that cannot be decrypted or used
         error = str(exc) or type(exc).__name__
     delivery.attempts += 1
     delivery.last_attempt_at = timezone.now()

@@ -74,6 +74,9 @@ def emit(*, org_id, type: str, data: dict) -> None:
 
 def _dispatch(event: dict) -> None:
     """Hand the event to delivery; runs after commit, outside the caller's transaction."""
+    from gateway import metrics
+
+    metrics.event_observed(event)  # counted once committed (sessions, review decisions); never raises
     try:
         from sessions import delivery
 

@@ -32,9 +32,12 @@ def events_fanout(event: dict) -> None:
 @shared_task(name="sessions.tasks.webhook_deliver", ignore_result=True)
 def webhook_deliver(delivery_id: int) -> None:
     """Attempt one webhook delivery (it schedules its own retry)."""
+    from gateway import metrics
     from sessions import delivery
 
-    delivery.webhook_deliver(delivery_id)
+    attempt = delivery.webhook_deliver(delivery_id)
+    if attempt is not None:  # None: not due, or claimed by another worker
+        metrics.WEBHOOK_ATTEMPTS.labels(attempt.status).inc()
 
 
 @shared_task(name="sessions.tasks.webhooks_retry_due")

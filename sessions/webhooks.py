@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from governance.errors import Conflict, InvalidInput, NotFound
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
+from sessions import webhook_signing
 from sessions.audit import audit_record
 from sessions.events import EVENT_TYPES
 from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
@@ -46,6 +47,11 @@ def _clean(*, name=None, url=None, event_types=None, secret=None) -> dict:
         values["event_types"] = sorted(set(event_types))
     if secret is not None and len(secret) < MIN_SECRET_CHARS:
         raise InvalidInput(f"secret must be at least {MIN_SECRET_CHARS} characters")
+    if secret is not None:
+        try:
+            webhook_signing.signing_key(secret)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
     return values
 
 

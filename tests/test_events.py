@@ -4,6 +4,7 @@ session events the pipeline emits."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -14,13 +15,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from governance.errors import InvalidInput, PolicyDenied
-from sessions import delivery, events
+from sessions import delivery, events, webhook_signing
 from sessions.models import AuditEvent, DeliveryStatus, WebhookDelivery
 from sessions.webhooks import webhook_delivery_retry, webhook_endpoint_create, webhook_endpoint_update
 
 SECRET = "whsec-test-0123456789abcdef"
+
+
+def _verified_off_the_shelf(secret: str, headers: dict, body: bytes) -> bool:
+    """What a receiver does with the Standard Webhooks library and the secret in whsec_ form."""
+    try:
+        Webhook("whsec_" + base64.b64encode(secret.encode()).decode()).verify(body, headers, json_parse=False)
+    except WebhookVerificationError:
+        return False
+    return True
 
 
 class Receiver:
@@ -39,7 +50,7 @@ class Receiver:
                     {
                         "headers": dict(self.headers),
                         "body": body,
-                        "verified": delivery.verify(receiver.secret, self.headers, body),
+                        "verified": _verified_off_the_shelf(receiver.secret, dict(self.headers), body),
                     }
                 )
                 code = receiver.codes.pop(0) if receiver.codes else 200
@@ -108,7 +119,8 @@ def test_it_delivers_a_signed_event_that_the_receiver_verifies(cast, receiver, s
     headers = got[0]["headers"]
     assert headers["X-Portcullis-Event-Id"] == event["id"]
     assert headers["X-Portcullis-Event-Type"] == "session.finished"
-    assert re.fullmatch(r"sha256=[0-9a-f]{64}", headers["X-Portcullis-Signature"])
+    assert re.fullmatch(r"v1,[A-Za-z0-9+/]{43}=", headers["webhook-signature"])
+    assert headers["webhook-id"] == event["id"]  # the same on every retry: receivers deduplicate by it
     assert json.loads(got[0]["body"]) == event
     row = WebhookDelivery.objects.get(pk=delivery_id)
     assert (row.status, row.attempts, row.response_code, row.endpoint_id) == (
@@ -123,13 +135,28 @@ def test_it_delivers_a_signed_event_that_the_receiver_verifies(cast, receiver, s
 
 def test_a_signature_made_with_another_secret_or_body_or_too_old_is_refused():
     body = b'{"a":1}'
-    ts = str(int(time.time()))
-    good = {delivery.TIMESTAMP_HEADER: ts, delivery.SIGNATURE_HEADER: delivery.sign(SECRET, ts, body)}
-    assert delivery.verify(SECRET, good, body)
-    assert not delivery.verify("another-secret-0000", good, body)
-    assert not delivery.verify(SECRET, good, b'{"a":2}')
-    assert not delivery.verify(SECRET, good, body, now=int(ts) + 301)  # replayed after the window
-    assert not delivery.verify(SECRET, {**good, delivery.TIMESTAMP_HEADER: "soon"}, body)
+    now = int(time.time())
+    good = webhook_signing.sign_headers(SECRET, msg_id="evt-1", timestamp=now, body=body)
+    assert _verified_off_the_shelf(SECRET, good, body)
+    assert not _verified_off_the_shelf("another-secret-0000", good, body)
+    assert not _verified_off_the_shelf(SECRET, good, b'{"a":2}')
+    assert not _verified_off_the_shelf(SECRET, {**good, "webhook-id": "evt-2"}, body)  # id is signed
+    old = webhook_signing.sign_headers(SECRET, msg_id="evt-1", timestamp=now - 301, body=body)
+    assert not _verified_off_the_shelf(SECRET, old, body)  # replayed after the 5-minute window
+    assert not _verified_off_the_shelf(SECRET, {**good, "webhook-timestamp": "soon"}, body)
+
+
+def test_a_whsec_secret_is_the_base64_key_itself_as_receiver_libraries_generate_it():
+    key = base64.b64encode(bytes(range(32))).decode()
+    body = b'{"b":1}'
+    headers = webhook_signing.sign_headers(
+        "whsec_" + key, msg_id="evt-9", timestamp=int(time.time()), body=body
+    )
+    Webhook("whsec_" + key).verify(body, headers, json_parse=False)  # raises if it does not verify
+    assert webhook_signing.verify("whsec_" + key, headers, body)
+    assert webhook_signing.receiver_secret(SECRET) == "whsec_" + base64.b64encode(SECRET.encode()).decode()
+    with pytest.raises(ValueError):
+        webhook_signing.signing_key("whsec_!!not base64!!")
 
 
 def test_it_retries_with_exponential_backoff_then_delivers(cast, receiver, scheduled, settings):

@@ -100,6 +100,7 @@ def test_validate_spec_fills_defaults_and_dedupes():
         "entities": ["EMAIL_ADDRESS", "PERSON"],
         "custom": [],
         "columns": [],
+        "column_types": {},
         "score_threshold": 0.5,
         "method": "redact",
         "keep_last": 4,
@@ -114,7 +115,7 @@ def test_validate_spec_fills_defaults_and_dedupes():
     "spec, message",
     [
         ("nope", "must be an object"),
-        ({}, "at least one of entities, custom or columns"),
+        ({}, "at least one of entities, custom, columns or column_types"),
         ({"entities": []}, "at least one of"),
         ({"entities": ["EMAIL_ADDRESS"], "colour": 1}, "unknown masking spec field 'colour'"),
         ({"entities": "EMAIL_ADDRESS"}, "entities must be a list"),

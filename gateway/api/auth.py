@@ -12,6 +12,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 
+from gateway import logs
 from governance.policy import Actor, capability_allows, capability_message, has_role, role_denied_message
 from governance.services import token_authenticate
 from sessions.audit import Outcome, audit_record
@@ -45,6 +46,7 @@ class TokenAuthentication(BaseAuthentication):
         agent = request.META.get("HTTP_USER_AGENT", "")
         if agent:
             actor = dataclasses.replace(actor, client=f"{actor.client}; {agent}"[:200])
+        logs.bind_actor(actor)
         return user, actor
 
     def authenticate_header(self, request):

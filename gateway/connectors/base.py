@@ -14,7 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from governance.errors import ConnectorError, InvalidInput
+from governance.errors import AffectedRowsExceeded, ConnectorError, InvalidInput
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,10 @@ class Limits:
     # Run in a read-only transaction on the target (a guardrail asked for it): the second line of
     # defence behind the guardrail's own check of the parsed statements.
     read_only: bool = False
+    # A guardrail's affected-rows ceiling: the input runs in one transaction that is rolled back
+    # (AffectedRowsExceeded) when it changed more rows than this. None: no ceiling.
+    max_affected_rows: int | None = None
+    ceiling_rule: str = ""
 
 
 @dataclass
@@ -94,6 +98,20 @@ class Connector:
 
     def list_columns(self, database: str, table: str, schema: str | None) -> list[dict]:
         raise InvalidInput(f"listing columns is not supported for connection kind {self.kind!r}")
+
+    def schema_columns(self) -> dict[str, dict[str, dict[str, str]]]:
+        """Every table's columns in the connection's database, {schema: {table: {column: type}}}
+        (lower case): what masking's lineage resolves names against."""
+        raise InvalidInput(f"reading the schema is not supported for connection kind {self.kind!r}")
+
+
+def nest_columns(rows) -> dict[str, dict[str, dict[str, str]]]:
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for schema, table, column, type_ in rows:
+        out.setdefault(str(schema).lower(), {}).setdefault(str(table).lower(), {})[str(column).lower()] = str(
+            type_
+        )
+    return out
 
 
 def json_value(value):
@@ -190,6 +208,15 @@ class BatchResult:
         if self._rows is not None:
             return sql_result(*self._rows, self.limits, more=False)
         return ExecResult(output=self._status, exit_code=0, row_count=self._affected)
+
+
+def enforce_ceiling(limits: Limits, touched: int, rollback) -> None:
+    """Roll back and raise when the transaction changed more rows than the ceiling allows."""
+    if limits.max_affected_rows is not None and touched > limits.max_affected_rows:
+        rollback()
+        raise AffectedRowsExceeded(
+            rule=limits.ceiling_rule, ceiling=limits.max_affected_rows, touched=touched
+        )
 
 
 def wrap_connect_error(kind: str, exc: Exception) -> ConnectorError:

@@ -10,7 +10,14 @@ from pymysql.constants import CLIENT
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult, wrap_connect_error
+from gateway.connectors.base import (
+    BatchResult,
+    Connector,
+    ExecResult,
+    enforce_ceiling,
+    nest_columns,
+    wrap_connect_error,
+)
 from gateway.connectors.postgres import PostgresConnector
 from governance.errors import InvalidInput
 
@@ -65,7 +72,9 @@ class MySQLConnector(Connector):
                 read_timeout=self.limits.timeout_seconds + 30,
                 autocommit=True,
                 charset="utf8mb4",
-                client_flag=CLIENT.MULTI_STATEMENTS,
+                # Under a ceiling, UPDATE counts the rows it matched, not only those it changed.
+                client_flag=CLIENT.MULTI_STATEMENTS
+                | (CLIENT.FOUND_ROWS if self.limits.max_affected_rows is not None else 0),
                 **self._tls(),
             )
         except pymysql.Error as exc:
@@ -111,7 +120,11 @@ class MySQLConnector(Connector):
 
     def execute(self, text: str) -> ExecResult:
         conn = self._connect()
+        ceiling = self.limits.max_affected_rows is not None
+        touched = 0
         try:
+            if ceiling:
+                conn.begin()  # one transaction, committed only when the count is within the ceiling
             with conn.cursor() as cur:
                 try:
                     cur.execute(without_comment_tail(text))
@@ -121,11 +134,20 @@ class MySQLConnector(Connector):
                             batch.add_rows([c[0] for c in cur.description], cur)
                         else:
                             batch.add_status(f"{cur.rowcount} row(s) affected", cur.rowcount)
+                            touched += max(cur.rowcount, 0)
                         if not cur.nextset():
                             break
                 except pymysql.Error as exc:
+                    if ceiling:
+                        conn.rollback()
                     return ExecResult(output=_describe_error(exc), exit_code=1)
-            return batch.result()
+            if ceiling:
+                enforce_ceiling(self.limits, touched, conn.rollback)
+                conn.commit()
+            result = batch.result()
+            if ceiling:
+                result.extra["affected_rows"] = touched
+            return result
         finally:
             conn.close()
 
@@ -147,6 +169,16 @@ class MySQLConnector(Connector):
             "FROM information_schema.tables WHERE table_schema = %s ORDER BY 2",
             (schema or database,),
         )
+
+    def schema_columns(self):
+        rows = self._query(
+            "SELECT c.table_schema, c.table_name, c.column_name, "
+            "CONCAT(IF(t.table_type = 'VIEW', 'view:', ''), c.data_type) "
+            "FROM information_schema.columns c JOIN information_schema.tables t "
+            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+            "WHERE c.table_schema = DATABASE() ORDER BY c.table_name, c.ordinal_position"
+        )
+        return nest_columns(tuple(r.values()) for r in rows)
 
     def list_columns(self, database, table, schema):
         rows = self._query(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import psycopg
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult, wrap_connect_error
+from gateway.connectors.base import (
+    BatchResult,
+    Connector,
+    ExecResult,
+    enforce_ceiling,
+    nest_columns,
+    wrap_connect_error,
+)
 from governance.errors import InvalidInput
 
 
@@ -64,12 +71,42 @@ class PostgresConnector(Connector):
                 pass
 
     def execute(self, text: str) -> ExecResult:
+        if self.limits.max_affected_rows is not None:
+            return self._execute_with_ceiling(text)
         with self._connect() as conn, conn.cursor() as cur:
             try:
                 cur.execute(text.encode(), prepare=False)
             except psycopg.Error as exc:
                 return ExecResult(output=_describe_error(exc), exit_code=1)
             return self._collect(cur)
+
+    # Rows this transaction inserted, updated or deleted in every user table: statements, data-
+    # modifying CTEs, functions, triggers, rules and cascades alike (the per-statement row count
+    # would miss all but the first).
+    _TOUCHED = (
+        "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_xact_user_tables"
+    )
+
+    def _execute_with_ceiling(self, text: str) -> ExecResult:
+        with self._connect() as conn:
+            conn.autocommit = False  # one transaction, committed only when the count is within the ceiling
+            try:
+                with conn.cursor() as cur:
+                    try:
+                        cur.execute(text.encode(), prepare=False)
+                        result = self._collect(cur)
+                    except psycopg.Error as exc:
+                        conn.rollback()
+                        return ExecResult(output=_describe_error(exc), exit_code=1)
+                    cur.execute(self._TOUCHED)
+                    touched = int(cur.fetchone()[0])
+                enforce_ceiling(self.limits, touched, conn.rollback)
+                conn.commit()
+            except psycopg.Error as exc:
+                conn.rollback()
+                return ExecResult(output=_describe_error(exc), exit_code=1)
+            result.extra["affected_rows"] = touched
+            return result
 
     def _collect(self, cur) -> ExecResult:
         # With several statements psycopg keeps one result per statement.
@@ -103,6 +140,17 @@ class PostgresConnector(Connector):
             sql += " and table_schema = %s"
             params = (schema,)
         return self._query(sql + " order by 1, 2", params, database=database)
+
+    def schema_columns(self):
+        rows = self._query(
+            "select c.table_schema as s, c.table_name as t, c.column_name as c, "
+            "case when t.table_type = 'VIEW' then 'view:' else '' end || c.data_type as d "
+            "from information_schema.columns c join information_schema.tables t "
+            "on t.table_schema = c.table_schema and t.table_name = c.table_name "
+            "where c.table_schema not in ('pg_catalog', 'information_schema') "
+            "order by c.table_schema, c.table_name, c.ordinal_position"
+        )
+        return nest_columns((r["s"], r["t"], r["c"], r["d"]) for r in rows)
 
     def list_columns(self, database, table, schema):
         return self._query(

@@ -15,7 +15,7 @@ from django.conf import settings
 from sqlglot.dialects.sqlite import SQLite
 from sqlglot.tokens import TokenType
 
-from gateway.connectors.base import BatchResult, Connector, ExecResult
+from gateway.connectors.base import BatchResult, Connector, ExecResult, enforce_ceiling, nest_columns
 from governance.errors import ConnectorError, InvalidInput
 
 
@@ -139,8 +139,11 @@ class SQLiteConnector(Connector):
 
     def execute(self, text: str) -> ExecResult:
         conn = self._connect()
+        ceiling = self.limits.max_affected_rows is not None
         try:
             batch = BatchResult(self.limits)
+            if ceiling:
+                conn.execute("BEGIN")  # total_changes counts trigger writes too
             for statement in split_statements(text) or [text]:
                 try:
                     cur = conn.execute(statement)
@@ -155,7 +158,13 @@ class SQLiteConnector(Connector):
                     message = str(exc)
                     if message == "interrupted" and not self.cancelled.is_set():
                         message = f"statement timed out after {self.limits.timeout_seconds}s"
+                    if ceiling and conn.in_transaction:
+                        conn.rollback()
                     return ExecResult(output=f"ERROR: {message}", exit_code=1)
+            if ceiling:
+                enforce_ceiling(self.limits, conn.total_changes, conn.rollback)
+                if conn.in_transaction:
+                    conn.commit()
             return batch.result()
         finally:
             conn.close()
@@ -176,6 +185,14 @@ class SQLiteConnector(Connector):
             "select 'main' as schema, name, type from sqlite_master "
             "where type in ('table', 'view') and name not like 'sqlite_%' order by name"
         )
+
+    def schema_columns(self):
+        rows = self._query(
+            "select 'main' as s, m.name as t, p.name as c, "
+            "case when m.type = 'view' then 'view:' else '' end || p.type as d from sqlite_master m "
+            "join pragma_table_info(m.name) p where m.type in ('table', 'view') and m.name not like 'sqlite_%'"
+        )
+        return nest_columns((r["s"], r["t"], r["c"], r["d"]) for r in rows)
 
     def list_columns(self, database, table, schema):
         rows = self._query("select * from pragma_table_info(?)", (table,))

@@ -188,6 +188,9 @@ class ExplainResult(Result):
     blocked_by: list[str] = Field(description="Names of the guardrails that would block it.")
     findings: list[ExplainFinding] = Field(description="Details, for admins and auditors only.")
     read_only: bool = Field(description="Whether it would run in a read-only transaction.")
+    max_affected_rows: int | None = Field(
+        None, description="A guardrail's ceiling on changed rows: more is rolled back and blocked."
+    )
     guardrails_evaluated: list[str]
     masking_rules: list[str]
     unavailable_entities: list[str]

@@ -149,7 +149,7 @@ async def guardrails_test(actor, args: GuardrailTestArgs, ctx) -> GuardrailTestR
 SPEC_HELP = (
     '{"entities": ["EMAIL_ADDRESS", "CREDIT_CARD", ...], "custom": [{"name": "EMPLOYEE_ID", "regex": "E\\\\d{6}", '
     '"score": 0.9} or {"name": "PROJECT", "deny_list": [...]}], "columns": ["(?i)e?mail|phone"], '
-    '"score_threshold": 0.5, "method": "redact" | "partial" | "pseudonym", "keep_last": 4, "best_effort": false}'
+    '"column_types": {"(?i)^iban$": "IBAN_CODE"}, "score_threshold": 0.5, "method": "redact" | "partial" | "pseudonym", "keep_last": 4, "best_effort": false}'
 )
 
 

@@ -1,0 +1,387 @@
+"""Prometheus metrics (prometheus_client), served at /metrics (docs/operations.md).
+
+Two kinds:
+
+* **Counters and histograms** counted where things happen: HTTP requests per surface
+  (`gateway.observe`), MCP tool calls per tool (`mcpserver.server`, `mcpserver.proxy`), and the
+  outcomes read off the event stream after commit (`event_observed`, called by
+  `sessions.events`): sessions per status, connection kind and surface, review decisions and how
+  long they waited, events emitted. Counting from the committed event means a rolled-back change
+  is never counted and every surface and process counts the same way.
+* **Gauges read at scrape time** (`StateCollector`): review backlog and oldest wait, webhook
+  deliveries per status, analysis lag, the Celery queue's length in Redis, the outbox backlog, and
+  this process's database pool. They read the shared database and Redis, so any replica answers
+  the same.
+
+Processes: with `PROMETHEUS_MULTIPROC_DIR` set (a directory private to one host or container,
+emptied at start) prometheus_client's multiprocess mode adds up the counters of every process
+that writes there (several daphne processes, Celery's prefork children) and /metrics answers for
+all of them. Without it, each process answers for itself and its series carry `pid`
+(`process_*` metrics come from the default collectors); Prometheus tells replicas apart by their
+`instance` label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timedelta
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger("portcullis.metrics")
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+PID = str(os.getpid())
+
+# Seconds: MCP tools wait up to a minute (exec handoff, reviews_wait), so the buckets reach there.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
+
+HTTP_REQUESTS = Counter(
+    "portcullis_http_requests_total",
+    "HTTP requests answered, per surface and status class",
+    ["surface", "code"],
+)
+HTTP_LATENCY = Histogram(
+    "portcullis_http_request_duration_seconds",
+    "Time from request to the end of the response, per surface",
+    ["surface"],
+    buckets=LATENCY_BUCKETS,
+)
+TOOL_CALLS = Counter(
+    "portcullis_mcp_tool_calls_total",
+    "MCP tool calls, per endpoint (gateway or upstream proxy), tool and outcome (ok, error)",
+    ["endpoint", "tool", "outcome"],
+)
+TOOL_LATENCY = Histogram(
+    "portcullis_mcp_tool_duration_seconds",
+    "Time an MCP tool call took, per endpoint and tool",
+    ["endpoint", "tool"],
+    buckets=LATENCY_BUCKETS,
+)
+SESSIONS = Counter(
+    "portcullis_sessions_total",
+    "Sessions that became final, per status, connection kind, verb and surface",
+    ["status", "connection_kind", "verb", "surface"],
+)
+SESSION_DURATION = Histogram(
+    "portcullis_session_execution_seconds",
+    "Connector execution time of final sessions, per connection kind",
+    ["connection_kind"],
+    buckets=LATENCY_BUCKETS,
+)
+REVIEW_DECISIONS = Counter(
+    "portcullis_review_decisions_total",
+    "Reviews that reached a final state (approved, rejected, expired, revoked, executed), per type",
+    ["decision", "type"],
+)
+REVIEW_WAIT = Histogram(
+    "portcullis_review_wait_seconds",
+    "From a review's creation to its decision (approved, rejected, expired)",
+    ["decision"],
+    buckets=WAIT_BUCKETS,
+)
+EVENTS = Counter("portcullis_events_total", "Outbound events emitted (after commit), per type", ["type"])
+WEBHOOK_ATTEMPTS = Counter(
+    "portcullis_webhook_attempts_total",
+    "Webhook delivery attempts made by this process, per outcome (delivered, failed, dead)",
+    ["outcome"],
+)
+RATE_LIMITED = Counter(
+    "portcullis_rate_limited_total",
+    "Requests or tool calls refused by a rate limit, per limit (api_token, api_org, mcp_token, upstream_tool)",
+    ["limit"],
+)
+
+
+# --- counting --------------------------------------------------------------------------------
+
+
+def event_observed(event: dict) -> None:
+    """Count one committed outbound event (`sessions.events` calls it after commit). Never raises."""
+    try:
+        _event_observed(event)
+    except Exception:  # noqa: BLE001 - metrics must never break what they count
+        log.exception("metrics: event %s not counted", event.get("type"))
+
+
+def _event_observed(event: dict) -> None:
+    kind = event["type"]
+    data = event.get("data") or {}
+    EVENTS.labels(kind).inc()
+    if kind.startswith("session.") and data.get("session_id"):
+        from gateway import logs
+
+        logs.bind(session_id=data["session_id"])  # later lines of this request name the session
+    if kind in ("session.finished", "session.blocked"):
+        connection_kind = data.get("connection_kind") or "none"
+        SESSIONS.labels(
+            data.get("status") or "unknown",
+            connection_kind,
+            data.get("verb") or "",
+            data.get("surface") or "",
+        ).inc()
+        if data.get("execution_time_ms") is not None:
+            SESSION_DURATION.labels(connection_kind).observe(data["execution_time_ms"] / 1000)
+    elif kind.startswith("review.") and kind != "review.created":
+        decision = kind.split(".", 1)[1]
+        REVIEW_DECISIONS.labels(decision, data.get("type") or "").inc()
+        if decision in ("approved", "rejected", "expired") and data.get("review_id"):
+            from reviews.models import Review
+
+            created = Review.objects.filter(pk=data["review_id"]).values_list("created_at", flat=True).first()
+            if created is not None:
+                REVIEW_WAIT.labels(decision).observe(max((_now() - created).total_seconds(), 0.0))
+
+
+def _now() -> datetime:
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def tool_observed(endpoint: str, tool: str, outcome: str, seconds: float) -> None:
+    TOOL_CALLS.labels(endpoint, tool, outcome).inc()
+    TOOL_LATENCY.labels(endpoint, tool).observe(seconds)
+
+
+# --- scrape-time gauges ----------------------------------------------------------------------
+
+
+def outbox_backlog() -> int | None:
+    """HOOK for the durable exec core's outbox (issue 12): the number of outbox rows not yet
+    dispatched. None while there is no outbox table; then the gauge is simply absent."""
+    try:
+        from sessions.models import Outbox  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    manager = Outbox.objects
+    if hasattr(Outbox, "dispatched_at"):
+        return manager.filter(dispatched_at__isnull=True).count()
+    return manager.count()
+
+
+class StateCollector:
+    """Gauges computed from the database, Redis and this process's pool when /metrics is read.
+    Each group is read on its own: one that fails is skipped and counted in
+    `portcullis_metrics_collect_errors`, so a down Redis still leaves the database figures."""
+
+    def collect(self):
+        errors = 0
+        for read in (self._reviews, self._webhooks, self._analysis, self._queue, self._outbox, self._pool):
+            try:
+                yield from read()
+            except Exception:  # noqa: BLE001
+                errors += 1
+                log.warning("metrics: %s could not be read", read.__name__, exc_info=True)
+        gauge = GaugeMetricFamily(
+            "portcullis_metrics_collect_errors", "Gauge groups that failed on this scrape"
+        )
+        gauge.add_metric([], errors)
+        yield gauge
+
+    def _reviews(self):
+        from django.db.models import Count, Min
+
+        from reviews.models import Review, ReviewStatus
+
+        row = Review.objects.filter(status=ReviewStatus.PENDING).aggregate(
+            n=Count("pk"), oldest=Min("created_at")
+        )
+        pending = GaugeMetricFamily("portcullis_reviews_pending", "Reviews waiting for a decision")
+        pending.add_metric([], row["n"])
+        oldest = GaugeMetricFamily(
+            "portcullis_review_oldest_pending_seconds", "Age of the oldest pending review (0: none)"
+        )
+        oldest.add_metric([], (_now() - row["oldest"]).total_seconds() if row["oldest"] else 0.0)
+        yield pending
+        yield oldest
+
+    def _webhooks(self):
+        from django.db.models import Count, Min
+
+        from sessions.models import DeliveryStatus, WebhookDelivery
+
+        gauge = GaugeMetricFamily(
+            "portcullis_webhook_deliveries",
+            "Webhook delivery records per status (delivered ones are pruned after the retention days)",
+            labels=["status"],
+        )
+        counts = dict(WebhookDelivery.objects.values_list("status").annotate(n=Count("pk")).order_by())
+        for status in DeliveryStatus.values:
+            gauge.add_metric([status], counts.get(status, 0))
+        yield gauge
+        oldest = WebhookDelivery.objects.filter(
+            status__in=(DeliveryStatus.PENDING, DeliveryStatus.FAILED)
+        ).aggregate(oldest=Min("created_at"))["oldest"]
+        age = GaugeMetricFamily(
+            "portcullis_webhook_oldest_undelivered_seconds",
+            "Age of the oldest pending or failed delivery (0: none)",
+        )
+        age.add_metric([], (_now() - oldest).total_seconds() if oldest else 0.0)
+        yield age
+
+    def _analysis(self):
+        from sessions.models import FINAL_STATUSES, Session
+
+        now = _now()
+        # The last day, like the sweep: older sessions without analysis are not made any more.
+        waiting = Session.objects.filter(
+            status__in=FINAL_STATUSES,
+            created_at__gte=now - timedelta(days=1),
+            ended_at__isnull=False,
+            analysis__isnull=True,
+        )
+        oldest = waiting.order_by("ended_at").values_list("ended_at", flat=True).first()
+        lag = GaugeMetricFamily(
+            "portcullis_analysis_lag_seconds",
+            "How long the oldest final session of the last day has waited for its risk analysis (0: none)",
+        )
+        lag.add_metric([], (now - oldest).total_seconds() if oldest else 0.0)
+        yield lag
+        count = GaugeMetricFamily(
+            "portcullis_analysis_missing", "Final sessions of the last day without analysis"
+        )
+        count.add_metric([], waiting.count())
+        yield count
+
+    def _queue(self):
+        from django.conf import settings
+
+        if not settings.REDIS_URL:
+            return
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            gauge = GaugeMetricFamily(
+                "portcullis_celery_queue_length",
+                "Tasks waiting in the Celery queue in Redis",
+                labels=["queue"],
+            )
+            gauge.add_metric(
+                [settings.CELERY_TASK_DEFAULT_QUEUE], client.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
+            )
+            yield gauge
+        finally:
+            client.close()
+
+    def _outbox(self):
+        backlog = outbox_backlog()
+        if backlog is not None:
+            gauge = GaugeMetricFamily("portcullis_outbox_backlog", "Outbox rows not yet dispatched")
+            gauge.add_metric([], backlog)
+            yield gauge
+
+    def _pool(self):
+        from django.db import connection
+
+        pool = getattr(connection, "pool", None) if connection.vendor == "postgresql" else None
+        if pool is None:
+            return
+        stats = pool.get_stats()
+        size = stats.get("pool_size", 0)
+        available = stats.get("pool_available", 0)
+        for name, help_text, value in (
+            ("portcullis_db_pool_size", "Connections this process's pool holds open", size),
+            (
+                "portcullis_db_pool_in_use",
+                "Connections of this process's pool checked out now",
+                size - available,
+            ),
+            ("portcullis_db_pool_max", "The pool's maximum size (PORTCULLIS_DB_POOL_MAX)", pool.max_size),
+            (
+                "portcullis_db_pool_waiting",
+                "Requests waiting for a connection now",
+                stats.get("requests_waiting", 0),
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, help_text, labels=["pid"])
+            gauge.add_metric([PID], value)
+            yield gauge
+
+
+def registry() -> CollectorRegistry:
+    """The registry /metrics renders: every process's counters (multiprocess mode) or this
+    process's, plus the scrape-time gauges."""
+    if MULTIPROCESS:
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)
+    else:
+        reg = CollectorRegistry()
+        reg.register(_ProcessLabelled(REGISTRY))
+    reg.register(StateCollector())
+    return reg
+
+
+class _ProcessLabelled:
+    """This process's own metrics with a `pid` label on every sample (per-process mode)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def collect(self):
+        for family in self.source.collect():
+            for sample in family.samples:
+                sample.labels["pid"] = PID
+            yield family
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def instrumented_tool_handler(endpoint: str, handler):
+    """Wrap an MCP server's `on_call_tool` handler: count each call per tool and outcome, time it,
+    and bind the caller and any `session_id` argument to the log context."""
+    from mcp.server.auth.middleware.auth_context import get_access_token
+
+    from gateway import logs
+
+    async def call_tool(ctx, params):
+        request = getattr(ctx, "request", None)
+        logs.adopt(request.scope.get("portcullis.log") if request is not None else None)
+        actor = getattr(get_access_token(), "actor", None)
+        if actor is not None:
+            logs.bind_actor(actor)
+        session_id = (
+            (params.arguments or {}).get("session_id") if isinstance(params.arguments, dict) else None
+        )
+        if isinstance(session_id, str) and len(session_id) <= 64:
+            logs.bind(session_id=session_id)
+        tool = params.name if endpoint == "gateway" else f"{_proxy_connection(ctx)}/{params.name}"
+        outcome, start = "crash", time.monotonic()  # crash: raised (a protocol error)
+        try:
+            result = await handler(ctx, params)
+            outcome = "error" if getattr(result, "is_error", False) else "ok"
+            return result
+        finally:
+            tool_observed(endpoint, tool[:120], outcome, time.monotonic() - start)
+
+    return call_tool
+
+
+def _proxy_connection(ctx) -> str:
+    request = getattr(ctx, "request", None)
+    return (request.path_params.get("connection") if request is not None else None) or "?"
+
+
+def serve_worker_metrics(port: int) -> None:
+    """A Celery worker's own /metrics (webhook attempts, events and sessions it committed, the
+    queue gauges), on its private network; not protected by the token: do not publish the port.
+    With PROMETHEUS_MULTIPROC_DIR the prefork children's counters are included."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, registry=registry())
+    log.warning("worker metrics on :%d/metrics", port)

@@ -1,0 +1,31 @@
+"""The IdP's claims: e-mail (verified), name and `groups` (the user's Django groups), in the ID
+token and UserInfo. `TAMPER` lets a test make this provider misbehave the way a wrong or hostile
+IdP would (another issuer or audience, no nonce); it is set over the control endpoint."""
+
+from oauth2_provider.oauth2_validators import OAuth2Validator
+
+TAMPER: dict = {}
+
+
+class Validator(OAuth2Validator):
+    oidc_claim_scope = None  # every claim below, whatever the scopes
+
+    def get_additional_claims(self, request):
+        user = request.user
+        return {
+            "email": user.email,
+            "email_verified": True,
+            "name": user.get_full_name() or user.username,
+            "groups": sorted(g.name for g in user.groups.all()),
+        }
+
+    def get_id_token_dictionary(self, token, token_handler, request):
+        claims, expiration = super().get_id_token_dictionary(token, token_handler, request)
+        claims.update(TAMPER.get("claims", {}))
+        return claims, expiration
+
+    def finalize_id_token(self, id_token, token, token_handler, request):
+        if TAMPER.get("drop_nonce"):
+            id_token.pop("nonce", None)
+            request.nonce = None
+        return super().finalize_id_token(id_token, token, token_handler, request)
