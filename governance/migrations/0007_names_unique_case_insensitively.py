@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('gateway', '0007_names_unique_case_insensitively'),
-        ('governance', '0005_mcp_auth_settings'),
+        ('governance', '0006_identity_provider_and_scim'),
     ]
 
     operations = [
