@@ -100,7 +100,7 @@ WEBHOOK_ATTEMPTS = Counter(
 )
 RATE_LIMITED = Counter(
     "portcullis_rate_limited_total",
-    "Requests or tool calls refused by a rate limit, per limit (api_token, api_org, mcp_token, upstream_tool)",
+    "Requests or tool calls refused by a rate limit, per limit (api_token, api_org, mcp_token, mcp_org, upstream_tool)",
     ["limit"],
 )
 
@@ -363,6 +363,10 @@ def instrumented_tool_handler(endpoint: str, handler):
         tool = params.name if endpoint == "gateway" else f"{_proxy_connection(ctx)}/{params.name}"
         outcome, start = "crash", time.monotonic()  # crash: raised (a protocol error)
         try:
+            refused = await _org_limited(actor)
+            if refused is not None:
+                outcome = "error"
+                return refused
             result = await handler(ctx, params)
             outcome = "error" if getattr(result, "is_error", False) else "ok"
             return result
@@ -370,6 +374,27 @@ def instrumented_tool_handler(endpoint: str, handler):
             tool_observed(endpoint, tool[:120], outcome, time.monotonic() - start)
 
     return call_tool
+
+
+async def _org_limited(actor):
+    """PORTCULLIS_MCP_RATE_PER_ORG: tool calls per org, all its tokens together. Inside the MCP
+    stream there is no HTTP status to set, so a refused call is a tool error naming the wait."""
+    import asyncio
+
+    from django.conf import settings
+    from mcp.types import CallToolResult, TextContent
+
+    from gateway import ratelimit
+
+    item = ratelimit.parse_rate(settings.MCP_RATE_PER_ORG, "PORTCULLIS_MCP_RATE_PER_ORG")
+    if actor is None or item is None:
+        return None
+    retry = await asyncio.to_thread(ratelimit.take, item, "mcp_org", str(actor.org_id))
+    if retry is None:
+        return None
+    RATE_LIMITED.labels("mcp_org").inc()
+    message = f"rate limit: too many tool calls for this organization; retry after {int(retry)}s"
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
 
 def _proxy_connection(ctx) -> str:

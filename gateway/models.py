@@ -141,26 +141,6 @@ class UpstreamTool(models.Model):
         return f"{self.name} ({self.status})"
 
 
-class UpstreamRateWindow(models.Model):
-    """Calls counted per connection, policy key and fixed window, in the database so every
-    replica sees the same count (rate limits of upstream tools)."""
-
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
-    key = models.CharField(max_length=200)
-    window_start = models.BigIntegerField()
-    count = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["connection", "key", "window_start"], name="upstream_rate_window_unique"
-            )
-        ]
-
-    def __str__(self):
-        return f"{self.key}@{self.window_start}: {self.count}"
-
-
 class Runbook(models.Model):
     """A parameterized, pre-approved script for one connection (see `gateway.runbooks`).
 

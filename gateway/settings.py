@@ -427,6 +427,7 @@ WORKER_METRICS_PORT = env_int("PORTCULLIS_WORKER_METRICS_PORT", 0)
 API_RATE_PER_TOKEN = env_str("PORTCULLIS_API_RATE_PER_TOKEN", "600/minute")
 API_RATE_PER_ORG = env_str("PORTCULLIS_API_RATE_PER_ORG", "3000/minute")
 MCP_RATE_PER_TOKEN = env_str("PORTCULLIS_MCP_RATE_PER_TOKEN", "600/minute")
+MCP_RATE_PER_ORG = env_str("PORTCULLIS_MCP_RATE_PER_ORG", "3000/minute")  # MCP tool calls per org
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
     "gateway.api.throttling.ApiTokenThrottle",
     "gateway.api.throttling.ApiOrgThrottle",

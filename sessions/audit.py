@@ -67,8 +67,10 @@ def change_detail(before: dict, after: dict) -> dict:
 
 
 def event_digest(prev_hash: str, event: AuditEvent) -> str:
-    """The hash of an event: what it says and when, chained to the one before. The actor is
-    covered by its e-mail (kept even when the user is deleted), not by the nullable foreign key."""
+    """The hash of an event: what it says and when, chained to the one before. Every column that
+    identifies the actor is covered: its user id (`actor_key`, the copy kept when the nullable
+    foreign key is cleared), e-mail, surface and client. Events written before `actor_key` existed
+    hash without it (their content is unchanged)."""
     content = {
         "org": str(event.org_id),
         "actor_email": event.actor_email,
@@ -82,6 +84,8 @@ def event_digest(prev_hash: str, event: AuditEvent) -> str:
         "detail": event.detail,
         "created_at": event.created_at.isoformat(),
     }
+    if event.actor_key:
+        content["actor_key"] = event.actor_key
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256((prev_hash + "\n" + canonical).encode()).hexdigest()
 
@@ -122,6 +126,7 @@ def audit_record(
         org_id=org_id,
         actor=actor.user if actor else None,
         actor_email=actor.user.email if actor else "",
+        actor_key=str(actor.user.pk) if actor else "",
         surface=actor.surface if actor else surface,
         client=actor.client if actor else "",
         action=action,
@@ -183,9 +188,22 @@ def _walk(org_id) -> ChainReport:
             )
         if event_digest(prev_hash, event) != event.hash:
             return ChainReport(str(org_id), count, f"event #{event.pk} was changed after it was written")
+        if event.actor_id is not None and (
+            str(event.actor_id) != event.actor_key if event.actor_key else event.actor_email == ""
+        ):
+            # The foreign key may only be cleared (user deleted), never pointed at someone else.
+            return ChainReport(
+                str(org_id), count, f"event #{event.pk} names another actor than it was written with"
+            )
         prev_hash, last_id, count = event.hash, event.pk, count + 1
     head = AuditChainHead.objects.filter(pk=org_id).first()
-    if head is not None and (head.last_hash != prev_hash or head.count != count):
+    if head is None and count:
+        return ChainReport(
+            str(org_id),
+            count,
+            "the chain's head record is missing: the chain cannot be checked for removed events",
+        )
+    if head is not None and (head.last_hash != prev_hash or head.count != count or head.last_id != last_id):
         return ChainReport(
             str(org_id),
             count,

@@ -431,3 +431,24 @@ def test_multiprocess_mode_adds_up_every_process_of_a_host(cast, tmp_path, trans
         for process in (a.process, b.process, worker):
             if process is not None:
                 stop(process)
+
+
+def test_mcp_tool_calls_are_limited_per_org(cast, tmp_path, transactional_db):
+    server = start_daphne(
+        tmp_path / "org.log", PORTCULLIS_MCP_RATE_PER_ORG="2/minute", PORTCULLIS_MCP_RATE_PER_TOKEN="off"
+    )
+    try:
+        assert structured(MCP(server, cast.bob.token).call("me_get"))["user_email"] == "bob@acme.test"
+        assert structured(MCP(server, cast.dave.token).call("me_get"))["user_email"] == "dave@acme.test"
+        refused = MCP(server, cast.bob.token).call("me_get")
+        assert refused.is_error
+        text = refused.content[0].text
+        assert text.startswith("rate limit: too many tool calls for this organization; retry after ")
+        assert int(text.rsplit(" ", 1)[1].rstrip("s")) >= 1
+        # Another org has its own budget.
+        assert structured(MCP(server, cast.eve.token).call("me_get"))["user_email"] == "eve@globex.test"
+        samples = scrape(server, token=None)
+        assert value(samples, "portcullis_rate_limited_total", limit="mcp_org") == 1
+        assert value(samples, "portcullis_mcp_tool_calls_total", tool="me_get", outcome="error") == 1
+    finally:
+        stop(server.process)
