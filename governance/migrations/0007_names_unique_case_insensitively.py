@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gateway', '0007_names_unique_case_insensitively'),
+        ('gateway', '0008_names_unique_case_insensitively'),
         ('governance', '0006_identity_provider_and_scim'),
     ]
 

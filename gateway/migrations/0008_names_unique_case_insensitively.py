@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gateway', '0006_connection_runbooks_enabled_runbook_runbookrule'),
+        ('gateway', '0007_drop_upstream_rate_window'),
         ('governance', '0005_mcp_auth_settings'),
     ]
 
