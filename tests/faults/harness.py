@@ -3,7 +3,7 @@
 `Harness` starts, in a temporary folder and on free loopback ports:
 
 * a private PostgreSQL cluster (`initdb` + `pg_ctl`) for the gateway database, and a second one
-  for the target database (tables `execs` and `exec_audit`, see `TARGET_SCHEMA`), so that
+  for the target database (table `execs`, see `TARGET_SCHEMA`; every statement logged), so that
   restarting the gateway's database does not touch the target and the target can be stopped alone;
 * a private `redis-server` (broker, channel layer, cache);
 * a TCP proxy in front of the target, so the target can be made unreachable on its own;
@@ -46,7 +46,6 @@ PYTHON = sys.executable
 
 TARGET_SCHEMA = """
 create table execs (id bigserial primary key, marker text not null, at timestamptz not null default now());
-create table exec_audit (id bigserial primary key, marker text not null, at timestamptz not null default now());
 """
 
 
@@ -517,8 +516,11 @@ class Harness:
         # The target aborts a statement whose client is gone (checked every 200 ms) instead of running
         # it to the end: a gateway killed mid-statement then leaves nothing half-known behind, and an
         # approved execution killed that way must be run again (or be executable again), never lost.
+        # It logs every statement it receives: how often a marker's statement was attempted.
         self.target_pg = PrivatePostgres(
-            self.base / "target-pg", free_port(), extra_options="-c client_connection_check_interval=200ms"
+            self.base / "target-pg",
+            free_port(),
+            extra_options="-c client_connection_check_interval=200ms -c log_statement=all",
         )
         self.redis = PrivateRedis(self.base / "redis", free_port())
         self.events_path = self.base / "events.jsonl"
@@ -707,9 +709,24 @@ class Harness:
         with self.target_pg.connect("target") as conn:
             return conn.execute(sql, params).fetchall()
 
-    def target_count(self, marker: str, table: str = "execs") -> int:
-        assert table in ("execs", "exec_audit")
-        return self.target_rows(f"select count(*) from {table} where marker = %s", (marker,))[0][0]
+    def target_count(self, marker: str) -> int:
+        """How often the statement carrying `marker` took effect (committed) on the target."""
+        return self.target_rows("select count(*) from execs where marker = %s", (marker,))[0][0]
+
+    def target_attempts(self, marker: str) -> int:
+        """How often the target received the statement carrying `marker` (its statement log)."""
+        needle = f"values ('{marker}')"
+        text = self.target_pg.log.read_text(errors="replace") if self.target_pg.log.exists() else ""
+        return sum(1 for line in text.splitlines() if "statement: " in line and needle in line)
+
+    def target_running(self, marker: str) -> bool:
+        """Whether the statement carrying `marker` is running on the target right now."""
+        rows = self.target_rows(
+            "select count(*) from pg_stat_activity where state = 'active' and pid <> pg_backend_pid() "
+            "and query like %s",
+            (f"%values ('{marker}')%",),
+        )
+        return rows[0][0] > 0
 
     def session(self, session_id: str) -> dict:
         rows = self.gateway_rows(
