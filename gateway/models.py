@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from gateway import crypto
@@ -81,7 +82,9 @@ class Connection(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["org", "name"], name="connection_unique_name_per_org")]
+        constraints = [
+            models.UniqueConstraint(Lower("name"), "org", name="connection_unique_name_ci_per_org")
+        ]
         ordering = ["name"]
 
     def __str__(self):
