@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('governance', '0006_identity_provider_and_scim'),
+        ('governance', '0007_names_unique_case_insensitively'),
     ]
 
     operations = [

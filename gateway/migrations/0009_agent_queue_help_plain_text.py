@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gateway', '0007_drop_upstream_rate_window'),
+        ('gateway', '0008_names_unique_case_insensitively'),
     ]
 
     operations = [
