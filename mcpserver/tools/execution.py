@@ -16,32 +16,23 @@ DEFAULT_WAIT = 45.0
 MAX_WAIT = 300.0
 
 
-def idempotency_key_field():
-    return Field(
-        None,
-        min_length=1,
-        max_length=200,
-        description="Unique per request (e.g. a UUID): a retry with it returns the first attempt; never runs twice.",
-    )
+def idempotency_key_field(description: str | None = None):
+    """`idempotency_key`, described once (on exec): the other tools that run something take the same."""
+    return Field(None, min_length=1, max_length=200, description=description)
 
 
 class ExecArgs(Args):
     connection_name: str = Field(min_length=1, max_length=63)
-    input: str = Field(
-        min_length=1, description="SQL for database connections; stdin for command connections."
-    )
+    input: str = Field(min_length=1, description="SQL, or stdin for a command connection.")
     max_rows: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
-        None, description="Return at most this many rows (never more than the connection allows)."
+        None, description="At most this many rows (within the connection's limit)."
     )
-    metadata: dict[str, Any] | None = Field(
-        None, description="Attached to the session record (e.g. a ticket id)."
-    )
+    metadata: dict[str, Any] | None = Field(None, description="Kept with the session (e.g. a ticket id).")
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None,
-        description="Wait this long for the result before answering `running` (default: the gateway's handoff, "
-        "50 s). The statement itself keeps running under the connection's own time limit.",
+        description="Answer `running` after this long (default 50 s); the statement goes on under its own limit.",
     )
-    idempotency_key: str | None = idempotency_key_field()
+    idempotency_key: str | None = idempotency_key_field("Retry with the same key: never runs twice.")
 
 
 class ExecEnvelope(Result):
@@ -107,7 +98,7 @@ async def _wait(session_id, timeout: float, ctx):
     description=(
         "Run SQL or a command on a connection (policy, review, masking, audit apply). Branch on `status`: "
         "completed | failed | blocked | pending_approval (reviews_wait review_id, then reviews_execute) | running "
-        "(sessions_wait). Capped by the connection's limits (`truncated`); a read_only token runs reads only. Retry with the same idempotency_key: never runs twice."
+        "(sessions_wait). Capped by the connection's limits (`truncated`); a read_only token runs reads only."
     ),
     args=ExecArgs,
     result=ExecEnvelope,
@@ -137,8 +128,7 @@ class WaitArgs(Args):
     session_id: str = Field(min_length=1, max_length=64)
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
         DEFAULT_WAIT,
-        description="How long to wait (default 45, max 300; many clients give up on a call at 60 s). "
-        "On expiry the answer has timed_out=true: call again.",
+        description="Default 45, max 300 (many clients give up at 60 s); then timed_out=true: call again.",
     )
 
 

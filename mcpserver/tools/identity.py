@@ -82,7 +82,7 @@ class ServerInfoResult(Result):
     command_connections_enabled: bool
     exec_handoff_seconds: float
     max_input_bytes: int
-    outbox_backlog: dict[str, dict[str, float]] | None = Field(
+    outbox_backlog: dict | None = Field(
         None,
         description="Admins: messages waiting to leave (events, analyses, agent dispatches) per kind, with the "
         "age of the oldest in seconds. A growing backlog means the broker or a sink is down; nothing is lost.",

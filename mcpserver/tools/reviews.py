@@ -250,7 +250,7 @@ class ExecuteArgs(Args):
 @tool(
     "reviews_execute",
     description=(
-        "Run, once, exactly the input an APPROVED one-time review approved (requester only). exec's envelope; idempotency_key as for exec."
+        "Run, once, exactly the input an APPROVED one-time review approved (requester only). exec's envelope."
     ),
     args=ExecuteArgs,
     result=ExecEnvelope,
