@@ -138,6 +138,9 @@ def main(argv=None) -> int:
         PORT=str(port),
         PORTCULLIS_DATA_DIR=str(data_dir),
     )
+    # The per-token MCP rate limit (600/minute by default) would refuse a bench's calls. A rate no
+    # bench reaches keeps the limiter's Redis round trip in the measured path without refusing.
+    env.setdefault("PORTCULLIS_MCP_RATE_PER_TOKEN", "1000000/second")
     upstream = start_upstream(upstream_port)
     results = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
