@@ -18,7 +18,14 @@ from governance.admin_editors import StructuredJSONWidget, _lines, _number
 
 # kind -> its non-secret settings, required first (checked against the connectors by a test).
 KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
-    "postgres": (("host", True), ("database", True), ("user", True), ("port", False), ("sslmode", False)),
+    "postgres": (
+        ("host", True),
+        ("database", True),
+        ("user", True),
+        ("port", False),
+        ("sslmode", False),
+        ("allowed_databases", False),
+    ),
     "mysql": (
         ("host", True),
         ("database", True),
@@ -26,6 +33,7 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("port", False),
         ("ssl_mode", False),
         ("ssl_ca", False),
+        ("allowed_databases", False),
     ),
     "sqlite": (("path", True),),
     "command": (("argv", True), ("cwd", False)),
@@ -42,6 +50,7 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
 KEY_TYPES = {
     "port": "int",
     "argv": "lines",
+    "allowed_databases": "lines",
     "command": "lines",
     "allow_private_network": "bool",
     "tools": "json",
@@ -54,6 +63,7 @@ KEY_HELP = {
     "sslmode": "PostgreSQL sslmode: disable, allow, prefer (default), require, verify-ca, verify-full",
     "ssl_mode": "preferred (default), disabled, required or verify_identity",
     "ssl_ca": "Path to a CA bundle on the gateway host (for verify_identity)",
+    "allowed_databases": "Other databases on the server this connection may list or use, one per line",
     "path": "Path of the SQLite file on the gateway host",
     "argv": "The program and its arguments, one per line; the input is its stdin",
     "cwd": "Working directory (optional)",

@@ -1804,7 +1804,7 @@ class _Analyzer:
         body = self.current_text[start - self.current_base : end - self.current_base]
         if body.startswith("(") and body.endswith(")"):
             body = body[1:-1]
-        self.nested(body, facts, f"in the body of CREATE {obj} (as if it ran now)", on_fail="error")
+        self.nested(body, facts, f"in the body of {words[0]} {obj} (as if it ran now)", on_fail="error")
 
     def token_calls(self, ast: exp.Expr, toks: list[_Tok], facts: _Facts) -> None:
         """Names written as calls (`name(`) that the tree does not show as functions: sqlglot maps
@@ -2326,6 +2326,11 @@ class _Analyzer:
         if kind not in ("FUNCTION", "PROCEDURE"):
             return
         body = node.args.get("expression")
+        if isinstance(body, exp.Block) and any(isinstance(e, _STRING_NODES) for e in body.expressions):
+            if len(body.expressions) != 1:
+                facts.opaque.append(f"the body of CREATE {kind} has several parts and is not analyzed")
+                return
+            body = body.expressions[0]  # PROCEDURE ... AS '<body>' comes wrapped in a block
         if not isinstance(body, _STRING_NODES):
             return  # no body, or a SQL-standard body (RETURN ..., BEGIN ATOMIC): part of the tree walked
         language = "sql"
