@@ -23,6 +23,49 @@ from sessions.models import AuditChainHead, AuditEvent
 Outcome = AuditEvent.Outcome
 
 
+REDACTED = "[redacted]"
+_SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "private_key", "bearer", "credential")
+
+
+def redact(value, key: str = ""):
+    """`value` with every secret-looking entry replaced by "[redacted]" (keys such as password,
+    secret, token, headers and env of a connection): audit details never hold a secret."""
+    if key and (any(w in key.lower() for w in _SECRET_WORDS) or key in ("headers", "env")):
+        return REDACTED if value not in (None, "", [], {}) else value
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def snapshot(obj, *, skip=("id", "org", "created_at", "updated_at")) -> dict:
+    """The audited state of a model row: its fields, and its many-to-many fields as sorted names.
+    Secrets are redacted (`redact`); encrypted columns are never read."""
+    data = {}
+    for field in obj._meta.concrete_fields:
+        if field.name in skip or "secret" in field.name or field.name.endswith("_encrypted"):
+            continue
+        value = getattr(obj, field.attname)
+        data[field.name] = (
+            value if isinstance(value, bool | int | float | str | dict | list | None) else str(value)
+        )
+    if obj.pk is not None:
+        for field in obj._meta.many_to_many:
+            data[field.name] = sorted(str(getattr(o, "name", o.pk)) for o in getattr(obj, field.name).all())
+    return redact(data)
+
+
+def change_detail(before: dict, after: dict) -> dict:
+    """`{"changed": [...], "before": {...}, "after": {...}}` for the keys whose value changed."""
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return {
+        "changed": changed,
+        "before": {k: before.get(k) for k in changed},
+        "after": {k: after.get(k) for k in changed},
+    }
+
+
 def event_digest(prev_hash: str, event: AuditEvent) -> str:
     """The hash of an event: what it says and when, chained to the one before. Every column that
     identifies the actor is covered: its user id (`actor_key`, the copy kept when the nullable

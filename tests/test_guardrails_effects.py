@@ -40,6 +40,8 @@ ATTACKS = {
         r"SELECT query_to_xml(E'\x44ELETE FROM items RETURNING 1', true, true, '')",
         r"CREATE FUNCTION wipe() RETURNS void LANGUAGE sql AS E'\x44ELETE FROM items'",
         r"PREPARE p AS DELETE FROM items; EXECUTE p",
+        "CREATE PROCEDURE wipe() LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'DELETE FROM ' || 'items'; END $$",
+        r"CREATE PROCEDURE wipe() LANGUAGE sql AS E'UPDATE items SET price = \x30'",
         # Writes in disguise.
         "MERGE INTO items t USING (SELECT 1 AS id) s ON true WHEN MATCHED THEN UPDATE SET price = NULL",
         "MERGE INTO items t USING items s ON t.id = s.id WHEN MATCHED THEN DELETE",
@@ -71,6 +73,7 @@ ATTACKS = {
         "CREATE TRIGGER sneaky AFTER INSERT ON side FOR EACH ROW DELETE FROM items",
         "CREATE TRIGGER sneaky AFTER INSERT ON side FOR EACH ROW BEGIN DELETE FROM items; END",
         "CREATE EVENT sneaky ON SCHEDULE AT CURRENT_TIMESTAMP DO DELETE FROM items",
+        "CREATE PROCEDURE wipe() DELETE FROM items",
         "SET GLOBAL max_connections = 11",
         "SELECT load_file('/etc/hostname')",
     ],
