@@ -18,11 +18,11 @@ NAME_VALIDATOR = RegexValidator(
 
 
 class ConnectionKind(models.TextChoices):
-    POSTGRES = "postgres"
-    MYSQL = "mysql"
-    SQLITE = "sqlite"
-    COMMAND = "command"
-    MCP = "mcp"
+    POSTGRES = "postgres", "PostgreSQL"
+    MYSQL = "mysql", "MySQL / MariaDB"
+    SQLITE = "sqlite", "SQLite"
+    COMMAND = "command", "Command"
+    MCP = "mcp", "MCP server"
 
 
 def _default_max_rows():
@@ -75,7 +75,8 @@ class Connection(models.Model):
         max_length=63,
         blank=True,
         validators=[NAME_VALIDATOR],
-        help_text="Run on the Celery workers of queue agent.<org id>.<name>, near the target; empty runs it in the gateway.",
+        help_text="Run on the Celery workers of queue agent.ORG_ID.NAME (this organization's id, then this "
+        "name), near the target; empty runs it in the gateway.",
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

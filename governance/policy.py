@@ -27,7 +27,7 @@ from django.db.models import Q, QuerySet
 from governance.errors import NotFound, PolicyDenied
 from governance.models import ADMIN_GROUP, AUDITOR_GROUP, TokenCapability, User
 
-SURFACES = ("web", "admin", "api", "mcp", "task", "cli")
+SURFACES = ("web", "admin", "api", "mcp", "task", "cli", "slack")
 
 ROLE_ANY = "any"
 ROLE_AUDITOR = "auditor"  # auditors and admins

@@ -367,14 +367,31 @@ def guardrail_test(
     connection_name: str | None = None,
     direction: str = "input",
     dialect: str | None = None,
+    conditions: dict | None = None,
 ) -> dict:
-    """Evaluate text against one rule, or against every rule bound to a connection. Runs nothing."""
+    """Evaluate text against one rule, or against every rule bound to a connection, or against
+    unsaved `conditions` ({"input": ..., "output": ...}, validated exactly as a save validates
+    them; the admin's editor tests what is on the page with it). Runs nothing."""
     require_role(actor, ROLE_AUDITOR)
-    if (ref is None) == (connection_name is None):
+    if conditions is not None:
+        if ref is not None or connection_name is not None:
+            raise InvalidInput("give a rule, a connection_name or inline conditions, not several")
+        if not isinstance(conditions, dict):
+            raise InvalidInput("conditions must be an object with input and/or output")
+    elif (ref is None) == (connection_name is None):
         raise InvalidInput("give either a rule (id or name) or a connection_name")
     if direction not in ("input", "output"):
         raise InvalidInput("direction must be input or output")
-    if connection_name is not None:
+    if conditions is not None:
+        draft = GuardrailRule(
+            name="this rule",
+            input_conditions=guardrails.validate_conditions(conditions.get("input") or {}, direction="input"),
+            output_conditions=guardrails.validate_conditions(
+                conditions.get("output") or {}, direction="output"
+            ),
+        )
+        rules = [draft]
+    elif connection_name is not None:
         connection = _connections(actor, [connection_name])[0]
         rules = guardrail_rules_bound(connection)
         dialect = dialect or guardrails.DIALECTS.get(connection.kind)

@@ -20,7 +20,7 @@ class RunbookOut(Result):
     connection_name: str
     description: str
     parameters: list[dict[str, Any]] = Field(
-        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, choices, ..."
+        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, choices, allowed (identifier name globs), ..."
     )
     template: str
 
