@@ -2428,12 +2428,23 @@ class _Analyzer:
                 if table.alias:
                     targets.add(table.alias.lower())
         reason = _always_true(where.this, targets, self.dialect)
-        if (
-            not reason
-            and (node.args.get("from_") or node.args.get("using"))
-            and not _mentions_target(where.this, targets)
-        ):
-            # UPDATE t ... FROM o WHERE o.x = 1 / DELETE FROM t USING o WHERE o.x = 1: every row of t.
+        joined = (
+            node.args.get("from_")
+            or node.args.get("using")
+            or any(
+                isinstance(t, exp.Table) and t.args.get("joins")
+                for t in [node.this, *(node.args.get("tables") or [])]
+            )
+        )
+        # The tables written: MySQL's DELETE t1 FROM ... names them; otherwise the first table.
+        written = {
+            t.alias_or_name.lower() for t in (node.args.get("tables") or []) if isinstance(t, exp.Table)
+        }
+        if not written and isinstance(node.this, exp.Table):
+            written = {node.this.name.lower(), node.this.alias_or_name.lower()}
+        if not reason and joined and not _mentions_target(where.this, written or targets):
+            # UPDATE t ... FROM o WHERE o.x = 1 / DELETE FROM t USING o / MySQL UPDATE t JOIN o ...
+            # WHERE o.x = 1: every row of t that joins.
             reason = "does not restrict the table written"
         if reason:
             snippet = _generator(self.dialect).generate(where.this, copy=False)

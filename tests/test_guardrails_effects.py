@@ -48,6 +48,7 @@ ATTACKS = {
         "MERGE INTO items t USING items s ON t.id = s.id WHEN MATCHED AND 1 = 1 THEN UPDATE SET price = 0",
         "INSERT INTO items (id, name) SELECT id, name FROM items ON CONFLICT (id) DO UPDATE SET price = NULL",
         "UPDATE items SET price = 0 FROM (SELECT 1 AS one) o WHERE o.one = 1",
+        "UPDATE items SET price = 0 FROM side WHERE side.id = 1",
         "DELETE FROM items USING (SELECT 1 AS one) o WHERE o.one = 1",
         # Stored for later.
         "CREATE RULE sneaky AS ON INSERT TO side DO ALSO DELETE FROM items",
@@ -69,6 +70,8 @@ ATTACKS = {
         "INSERT INTO items (id, name) SELECT id, name FROM items ON DUPLICATE KEY UPDATE price = NULL",
         "UPDATE items JOIN side ON 1 = 1 SET items.price = 0",
         "DELETE items FROM items JOIN side ON side.id = side.id",
+        "UPDATE items JOIN side ON side.id = side.id SET items.price = 0 WHERE side.id = 1",
+        "DELETE items FROM items JOIN side ON 1 = 1 WHERE side.id = 1",
         "CREATE OR REPLACE TABLE items (id INT)",
         "CREATE TRIGGER sneaky AFTER INSERT ON side FOR EACH ROW DELETE FROM items",
         "CREATE TRIGGER sneaky AFTER INSERT ON side FOR EACH ROW BEGIN DELETE FROM items; END",
