@@ -1804,7 +1804,7 @@ class _Analyzer:
         body = self.current_text[start - self.current_base : end - self.current_base]
         if body.startswith("(") and body.endswith(")"):
             body = body[1:-1]
-        self.nested(body, facts, f"in the body of CREATE {obj} (as if it ran now)", on_fail="error")
+        self.nested(body, facts, f"in the body of {words[0]} {obj} (as if it ran now)", on_fail="error")
 
     def token_calls(self, ast: exp.Expr, toks: list[_Tok], facts: _Facts) -> None:
         """Names written as calls (`name(`) that the tree does not show as functions: sqlglot maps
@@ -2326,6 +2326,11 @@ class _Analyzer:
         if kind not in ("FUNCTION", "PROCEDURE"):
             return
         body = node.args.get("expression")
+        if isinstance(body, exp.Block) and any(isinstance(e, _STRING_NODES) for e in body.expressions):
+            if len(body.expressions) != 1:
+                facts.opaque.append(f"the body of CREATE {kind} has several parts and is not analyzed")
+                return
+            body = body.expressions[0]  # PROCEDURE ... AS '<body>' comes wrapped in a block
         if not isinstance(body, _STRING_NODES):
             return  # no body, or a SQL-standard body (RETURN ..., BEGIN ATOMIC): part of the tree walked
         language = "sql"
@@ -2423,12 +2428,23 @@ class _Analyzer:
                 if table.alias:
                     targets.add(table.alias.lower())
         reason = _always_true(where.this, targets, self.dialect)
-        if (
-            not reason
-            and (node.args.get("from_") or node.args.get("using"))
-            and not _mentions_target(where.this, targets)
-        ):
-            # UPDATE t ... FROM o WHERE o.x = 1 / DELETE FROM t USING o WHERE o.x = 1: every row of t.
+        joined = (
+            node.args.get("from_")
+            or node.args.get("using")
+            or any(
+                isinstance(t, exp.Table) and t.args.get("joins")
+                for t in [node.this, *(node.args.get("tables") or [])]
+            )
+        )
+        # The tables written: MySQL's DELETE t1 FROM ... names them; otherwise the first table.
+        written = {
+            t.alias_or_name.lower() for t in (node.args.get("tables") or []) if isinstance(t, exp.Table)
+        }
+        if not written and isinstance(node.this, exp.Table):
+            written = {node.this.name.lower(), node.this.alias_or_name.lower()}
+        if not reason and joined and not _mentions_target(where.this, written or targets):
+            # UPDATE t ... FROM o WHERE o.x = 1 / DELETE FROM t USING o / MySQL UPDATE t JOIN o ...
+            # WHERE o.x = 1: every row of t that joins.
             reason = "does not restrict the table written"
         if reason:
             snippet = _generator(self.dialect).generate(where.this, copy=False)

@@ -566,6 +566,11 @@ def sign_in(idp: IdentityProvider, claims: dict) -> tuple[User, dict]:
             changes["linked"] = subject
         if not user.is_active:
             raise SignInRefused("the user is deactivated in Portcullis", org_id=org_id, email=email)
+        name = claims.get("name")
+        if isinstance(name, str) and name.strip() and name.strip()[:150] != user.name:
+            user.name = name.strip()[:150]  # the IdP's directory is where names are kept
+            user.save(update_fields=["name"])
+            changes["name"] = user.name
         changes.update(_refresh_groups(idp, user, idp_groups(idp, claims)))
     return user, changes
 

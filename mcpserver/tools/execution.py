@@ -30,7 +30,7 @@ class ExecArgs(Args):
     metadata: dict[str, Any] | None = Field(None, description="Kept with the session (e.g. a ticket id).")
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None,
-        description="Answer `running` after this long (default 50 s); the statement goes on under its own limit.",
+        description="Seconds before answering `running` (default 50); the statement keeps running.",
     )
     idempotency_key: str | None = idempotency_key_field("Retry with the same key: never runs twice.")
 
@@ -128,7 +128,7 @@ class WaitArgs(Args):
     session_id: str = Field(min_length=1, max_length=64)
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
         DEFAULT_WAIT,
-        description="Default 45, max 300 (many clients give up at 60 s); then timed_out=true: call again.",
+        description="Seconds (default 45); on expiry timed_out=true: call again.",
     )
 
 

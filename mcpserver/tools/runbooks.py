@@ -20,7 +20,7 @@ class RunbookOut(Result):
     connection_name: str
     description: str
     parameters: list[dict[str, Any]] = Field(
-        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, choices, ..."
+        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, choices, allowed (identifier name globs), ..."
     )
     template: str
 
@@ -61,7 +61,7 @@ class RunArgs(Args):
     )
     parameters: dict[str, Any] | None = Field(None, description="Values for the runbook's parameters.")
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
-        None, description="Wait this long for the result before answering `running` (default 50 s)."
+        None, description="Seconds before answering `running` (default 50)."
     )
     idempotency_key: str | None = idempotency_key_field()
 
