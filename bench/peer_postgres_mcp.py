@@ -94,7 +94,12 @@ PSYCOPG = "direct psycopg"
 ECHO = "bare SDK echo"
 # Celery's queue keys in the bench's Redis database: no worker runs here, so the analysis tasks the
 # execs enqueue stay behind (see review_wake.py).
-CELERY_KEYS = ("portcullis", "_kombu.binding.portcullis", "_kombu.binding_permanent.portcullis")
+CELERY_KEYS = (
+    "portcullis",
+    "_kombu.binding.portcullis",
+    "_kombu.binding_permanent.portcullis",
+    "_kombu.binding_deadlines",
+)
 
 
 def peer_label(mode: str) -> str:
@@ -643,9 +648,11 @@ def main(argv=None) -> int:
         PORT=str(port),
         PORTCULLIS_DATA_DIR=str(data_dir),
     )
-    # The per-token MCP rate limit (600/minute by default) would refuse a bench's calls. A rate no
-    # bench reaches keeps the limiter's Redis round trip in the measured path without refusing.
+    # The MCP rate limits (600/minute per token, 3000/minute per org by default) would refuse a
+    # bench's calls. A rate no bench reaches keeps the limiter's Redis round trips in the measured
+    # path without refusing.
     env.setdefault("PORTCULLIS_MCP_RATE_PER_TOKEN", "1000000/second")
+    env.setdefault("PORTCULLIS_MCP_RATE_PER_ORG", "1000000/second")
     results: dict = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -653,7 +660,9 @@ def main(argv=None) -> int:
         "peer": peer_info,
     }
     with redis.Redis.from_url(args.redis_url) as r:
-        owns_redis = r.dbsize() == 0
+        owns_redis = all(
+            key.decode() in CELERY_KEYS or key.startswith(b"LIMITS:") for key in r.scan_iter(count=100)
+        )
     try:
         print(f"creating and seeding database {args.db_name} ...", flush=True)
         recreate_database(args.pg_url, args.db_name)

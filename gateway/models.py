@@ -18,11 +18,11 @@ NAME_VALIDATOR = RegexValidator(
 
 
 class ConnectionKind(models.TextChoices):
-    POSTGRES = "postgres"
-    MYSQL = "mysql"
-    SQLITE = "sqlite"
-    COMMAND = "command"
-    MCP = "mcp"
+    POSTGRES = "postgres", "PostgreSQL"
+    MYSQL = "mysql", "MySQL / MariaDB"
+    SQLITE = "sqlite", "SQLite"
+    COMMAND = "command", "Command"
+    MCP = "mcp", "MCP server"
 
 
 def _default_max_rows():

@@ -224,7 +224,9 @@ class MCPAuthSettings(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
     enabled = models.BooleanField(default=False)
-    resource_uri = models.URLField(max_length=500, blank=True, help_text="Empty: <public URL>/api/mcp.")
+    resource_uri = models.URLField(
+        max_length=500, blank=True, help_text="Empty: the public URL followed by /api/mcp."
+    )
     issuer = models.URLField(
         max_length=500, blank=True, help_text="Empty: the built-in authorization server."
     )
@@ -274,7 +276,9 @@ class IdentityProvider(models.Model):
 
     org = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="identity_provider")
     slug = models.SlugField(
-        max_length=63, unique=True, help_text="The org-specific sign-in URL: /login/sso/<slug>/"
+        max_length=63,
+        unique=True,
+        help_text="The org-specific sign-in URL: /login/sso/SLUG/ (this value as SLUG)",
     )
     enabled = models.BooleanField(default=True)
     issuer = models.URLField(max_length=500)

@@ -296,3 +296,25 @@ def test_spec_keys_the_editor_has_no_field_for_survive_a_save(cast):
         "future": [1],
         "deny_words": ["y"],  # the fields win over what rode along
     }
+
+
+def test_no_help_text_holds_something_the_admin_would_take_for_html():
+    """The admin renders help texts as HTML: "<org id>" would vanish as an unknown tag."""
+    import re
+
+    from django.apps import apps
+
+    tag = re.compile(r"<\s*[A-Za-z/!]")
+    offenders = [
+        f"{model._meta.label}.{field.name}: {field.help_text}"
+        for model in apps.get_models()
+        for field in model._meta.get_fields()
+        if tag.search(str(getattr(field, "help_text", "") or ""))
+    ]
+    assert offenders == []
+
+
+def test_connection_kinds_are_named_as_products(cast):
+    page = client_for(cast.alice).get(CONN_ADD).content.decode()
+    for label in ("PostgreSQL", "MySQL / MariaDB", "SQLite", "MCP server"):
+        assert f">{label}</option>" in page

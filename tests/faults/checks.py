@@ -53,6 +53,7 @@ def restore(h: Harness) -> None:
         if not (cluster.data / "postmaster.pid").exists():
             cluster.start()
     h.target_proxy.restore()
+    h.agent_worker.stop()  # scenarios that need the agent start it themselves
     for proc in (h.worker, h.beat):
         if not proc.alive:
             proc.start(wait=False)

@@ -15,8 +15,9 @@ intervals) and the JSON-lines event sink on. Each piece can be killed (`kill9`),
 started again. Nothing here touches the machine's shared PostgreSQL or Redis.
 
 The cast (org acme): alice (admin), bob (engineering, the requester), frank (dba, the reviewer).
-Connections: `target` (runs at once) and `reviewed` (an access request rule makes every exec wait
-for a dba's approval); both reach the target database through the proxy.
+Connections: `target` (runs at once), `edge-target` (agent queue `edge`) and `reviewed` (an access
+request rule makes every exec wait for a dba's approval); all reach the target database through
+the proxy.
 """
 
 from __future__ import annotations
@@ -488,6 +489,9 @@ people = {
 tokens = {name: token_issue(user=user, name="faults", capability="admin")[1] for name, user in people.items()}
 for name in ("target", "reviewed"):
     connection_create_headless(org=acme, name=name, kind="postgres", settings=dict(target), options={})
+connection_create_headless(
+    org=acme, name="edge-target", kind="postgres", settings=dict(target), options={"agent_queue": "edge"}
+)
 alice = Actor.for_user(people["alice"], surface="web", client="faults")
 reviews.access_rule_create(
     actor=alice, name="reviewed-writes", access_type="command", connections=["reviewed"], reviewer_groups=["dba"]
@@ -510,6 +514,7 @@ class Harness:
     beat: Proc = field(init=False)
     tokens: dict = field(init=False, default_factory=dict)
     runner_stale_seconds: int = 10
+    agent_expiry_seconds: int = 8
 
     def __post_init__(self):
         self.pg = PrivatePostgres(self.base / "pg", free_port())
@@ -554,6 +559,7 @@ class Harness:
             PORTCULLIS_SESSION_LEASE_SECONDS=str(self.runner_stale_seconds),
             PORTCULLIS_SESSION_DISPATCH_LEASE_SECONDS="5",
             PORTCULLIS_SWEEP_SECONDS="2",
+            PORTCULLIS_AGENT_QUEUE_EXPIRY_SECONDS=str(self.agent_expiry_seconds),
             PORTCULLIS_LOG_LEVEL="INFO",
             # The suite's agents are not what the rate limits are for.
             PORTCULLIS_MCP_RATE_PER_TOKEN="100000/minute",
@@ -614,6 +620,15 @@ class Harness:
             self.logs / "beat.log",
             ready=lambda p: "beat: Starting" in p.log_text(True),
         )
+        # An agent near the target, for `edge-target` (queue agent.<org id>.edge); not started here.
+        self.agent_worker = Proc(
+            "agent-worker",
+            [PYTHON, "-m", "celery", "-A", "gateway", "worker", "-Q", f"agent.{self.org_id}.edge", "-c", "1"]
+            + ["-l", "info", "-n", "agent@%h"],
+            self._env,
+            self.logs / "agent-worker.log",
+            ready=lambda p: " ready." in p.log_text(True),
+        )
         for proc in (*self.replicas, self.worker, self.beat):
             proc.start(wait=False)
         for proc in (*self.replicas, self.worker, self.beat):
@@ -645,7 +660,8 @@ class Harness:
         self.tokens, self.org_id = cast["tokens"], cast["org_id"]
 
     def close(self) -> None:
-        for proc in (*self.replicas, getattr(self, "worker", None), getattr(self, "beat", None)):
+        pieces = ("worker", "beat", "agent_worker")
+        for proc in (*self.replicas, *(getattr(self, name, None) for name in pieces)):
             if proc is not None:
                 proc.kill9()
         for closer in (
