@@ -7,7 +7,7 @@ PORT   ?= 8000
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/portcullis
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test install lint bench bench-review bench-sessions clean
+.PHONY: run test install lint bench bench-peer bench-review bench-sessions clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Portcullis needs Python >= 3.11 (set PYTHON=python3.x)") if sys.version_info < (3, 11) else None'
@@ -38,7 +38,11 @@ lint: install
 	DATABASE_URL= REDIS_URL= $(BIN)/python manage.py makemigrations --check --dry-run -v 0
 
 bench: install
-	$(BIN)/python bench/exec_latency.py
+	$(BIN)/python bench/exec_latency.py $(BENCH_ARGS)
+
+# exec against postgres-mcp (installed into bench/.venvs/ on the first run), psycopg and a bare SDK tool.
+bench-peer: install
+	$(BIN)/python bench/peer_postgres_mcp.py $(BENCH_ARGS)
 
 # A review decided in one daphne process -> reviews_wait returning in another (aim: 100 ms).
 bench-review: install

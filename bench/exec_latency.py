@@ -8,9 +8,13 @@ One run:
      then MCP `exec` of `SELECT 1` on `bench-pg` and MCP `me_get`, through the official SDK
      client over real HTTP in the modern era (mode="auto") and the handshake era
      (mode="legacy"), and as plain JSON-RPC POSTs (the same calls without the SDK client);
-  4. measures throughput: C concurrent clients for D seconds looping `me_get`, then `exec`, in a
+  4. measures `exec` and `me_get` interleaved call by call on one SDK session (exec p50 / me_get p50);
+  5. measures throughput: C concurrent clients for D seconds looping `me_get`, then `exec`, in a
      separate load-generator process that sends plain JSON-RPC POSTs;
-  5. stops daphne, drops the database, prints a summary and writes JSON to bench/results/.
+  6. measures CPU: daphne's CPU per `exec`, and a real Celery worker's CPU per analysis (the worker
+     is started for this phase only), both from /proc/<pid>/stat;
+  7. stops daphne and the worker, drops the database, prints a summary and writes JSON to
+     bench/results/. It asserts no time limits: the figures are for reading.
 
 bench/README.md explains what each number means.
 """
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import httpx2
 import psycopg
+import redis
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,11 +77,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-ms", type=float, default=5.0, help="exec overhead target at p50 (default 5 ms)")
     p.add_argument("--skip-legacy", action="store_true", help="skip the handshake-era (mode='legacy') series")
     p.add_argument("--skip-throughput", action="store_true", help="only the sequential latency series")
+    p.add_argument("--cpu-n", type=int, default=100, help="execs measured for the CPU figures (0 skips)")
+    p.add_argument(
+        "--analysis-wait", type=float, default=300.0, help="longest wait for the worker's analyses (s)"
+    )
+    p.add_argument("--quick", action="store_true", help="a short smoke run (n 30, 3 s throughput, no legacy)")
     p.add_argument("--no-json", action="store_true", help="do not write bench/results/exec_latency-*.json")
     p.add_argument("--keep-log", action="store_true", help="copy daphne's output to bench/results/")
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.warmup, args.duration, args.cpu_n, args.skip_legacy = 30, 5, 3.0, 20, True
     if args.n < 1 or args.warmup < 0 or args.concurrency < 1 or args.duration <= 0 or args.loadgen_procs < 1:
         p.error("--n, --concurrency, --duration and --loadgen-procs must be positive, --warmup not negative")
+    if args.cpu_n < 0 or args.analysis_wait <= 0:
+        p.error("--cpu-n must not be negative and --analysis-wait must be positive")
     return args
 
 
@@ -205,6 +219,29 @@ def process_cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process and its live descendants (a prefork Celery worker runs tasks in
+    its children), None when /proc cannot say."""
+    total, seen, todo = 0.0, set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        cpu = process_cpu_seconds(current)
+        if cpu is None:
+            if current == pid:
+                return None
+            continue  # a child that just exited
+        total += cpu
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in children.read_text().split())
+            except OSError:
+                pass
+    return total
 
 
 def cpu_per_call(pid: int, before: float | None, calls: int) -> float | None:
@@ -427,6 +464,134 @@ async def measure_plain(url: str, token: str, n: int, warmup: int, server_pid: i
     return out
 
 
+async def measure_interleaved(url: str, token: str, n: int, warmup: int) -> dict:
+    """`exec` and `me_get` alternating call by call on one SDK session: the same machine for both."""
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    samples = {"exec": [], "me_get": []}
+    http = bearer_client(token)
+    async with http, Client(streamable_http_client(url, http_client=http), mode="auto") as client:
+        await client.list_tools()
+        for i in range(warmup + n):
+            for tool, arguments in (("exec", EXEC_ARGS), ("me_get", {})):
+                t0 = time.perf_counter()
+                result = await client.call_tool(tool, arguments)
+                elapsed = time.perf_counter() - t0
+                if result.is_error:
+                    raise RuntimeError(f"{tool} failed: {result.content[0].text}")
+                if tool == "exec":
+                    check_exec(result.structured_content)
+                if i >= warmup:
+                    samples[tool].append(elapsed)
+    return samples
+
+
+# --- CPU per exec and per analysis -----------------------------------------------------------------
+
+# Celery's queue keys in the bench's Redis database (CELERY_TASK_DEFAULT_QUEUE).
+CELERY_KEYS = (
+    "portcullis",
+    "_kombu.binding.portcullis",
+    "_kombu.binding_permanent.portcullis",
+    "_kombu.binding_deadlines",
+)
+
+
+@contextmanager
+def celery_worker(env: dict, log_path: Path):
+    """A real worker, as the deployment runs it (`celery -A gateway worker`); stopped on exit."""
+    cmd = [sys.executable, "-m", "celery", "-A", "gateway", "worker", "-l", "info"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()  # warm shutdown: the worker finishes its current task and its children exit
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def analyses_count(gateway_db: dict, session_ids: list[str] | None = None) -> int:
+    with psycopg.connect(**gateway_db, autocommit=True) as conn:
+        if session_ids is None:
+            return conn.execute("SELECT count(*) FROM records_analysis").fetchone()[0]
+        return conn.execute(
+            "SELECT count(*) FROM records_analysis WHERE session_id = ANY(%s::uuid[])", [session_ids]
+        ).fetchone()[0]
+
+
+def wait_for_analyses(gateway_db: dict, session_ids: list[str], deadline: float, worker) -> int:
+    """Poll until every session has its analysis (or the deadline, or the worker died); the count."""
+    while True:
+        done = analyses_count(gateway_db, session_ids)
+        if done >= len(session_ids) or time.monotonic() > deadline or worker.poll() is not None:
+            return done
+        time.sleep(0.2)
+
+
+async def exec_series(url: str, token: str, n: int) -> list[str]:
+    """`n` sequential execs on one SDK session; returns their session ids."""
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    ids = []
+    http = bearer_client(token)
+    async with http, Client(streamable_http_client(url, http_client=http), mode="auto") as client:
+        await client.list_tools()
+        for _ in range(n):
+            result = await client.call_tool("exec", EXEC_ARGS)
+            if result.is_error:
+                raise RuntimeError(f"exec failed: {result.content[0].text}")
+            check_exec(result.structured_content)
+            ids.append(result.structured_content["session_id"])
+    return ids
+
+
+def measure_cpu(
+    env: dict, url: str, token: str, server_pid: int, gateway_db: dict, args, log_path: Path, owns_redis: bool
+) -> dict:
+    """daphne's CPU per exec, then a Celery worker's CPU per analysis, from /proc.
+
+    The queue is emptied first when the bench owns its Redis database, so the worker analyses only
+    this phase's sessions. A warm-up batch proves the worker is up and warms its imports. Worker CPU
+    is counted from before the measured execs until their last analysis is stored, and divided by
+    the number of analyses stored in that window (any backlog left in the queue counts on both
+    sides). Idle polling while it waits is included: it is small, and a real worker pays it too.
+    """
+    if owns_redis:
+        with redis.Redis.from_url(args.redis_url) as r:
+            r.delete(*CELERY_KEYS)  # the earlier phases' tasks: no worker ran to take them
+    out: dict = {"n": args.cpu_n, "queue_emptied_first": owns_redis}
+    with celery_worker(env, log_path) as worker:
+        warm = asyncio.run(exec_series(url, token, 5))
+        done = wait_for_analyses(gateway_db, warm, time.monotonic() + args.analysis_wait, worker)
+        if done < len(warm):
+            raise RuntimeError(f"the Celery worker analysed {done} of {len(warm)} warm-up sessions")
+        worker_before = process_tree_cpu_seconds(worker.pid)
+        analyses_before = analyses_count(gateway_db)
+        daphne_before = process_cpu_seconds(server_pid)
+        started = time.monotonic()
+        ids = asyncio.run(exec_series(url, token, args.cpu_n))
+        daphne_after = process_cpu_seconds(server_pid)
+        out["exec_wall_s"] = time.monotonic() - started
+        done = wait_for_analyses(gateway_db, ids, time.monotonic() + args.analysis_wait, worker)
+        worker_after = process_tree_cpu_seconds(worker.pid)
+        analysed = analyses_count(gateway_db) - analyses_before
+        out["analysis_wall_s"] = time.monotonic() - started
+        out["worker_alive"] = worker.poll() is None
+    out["analysed_of_measured"] = done
+    out["analyses_in_window"] = analysed
+    if daphne_before is not None and daphne_after is not None:
+        out["daphne_cpu_ms_per_exec"] = 1000 * (daphne_after - daphne_before) / args.cpu_n
+    if worker_before is not None and worker_after is not None and analysed:
+        out["worker_cpu_ms_per_analysis"] = 1000 * (worker_after - worker_before) / analysed
+    return out
+
+
 # --- throughput ----------------------------------------------------------------------------------
 
 
@@ -524,7 +689,8 @@ def report(results: dict, args) -> None:
     dirty = " (with uncommitted changes)" if env["uncommitted_changes"] else ""
     busy = f", load average at start {load[0]:.2f}" if load else ""
     print(
-        f"Portcullis {env['revision']}{dirty}, Python {env['python']}, PostgreSQL {env['postgres']},"
+        f"{results['started_at']}: Portcullis {env['revision']}{dirty}, Python {env['python']},"
+        f" PostgreSQL {env['postgres']},"
         f" {env['cpus']} CPUs{busy}"
     )
     print()
@@ -551,8 +717,18 @@ def report(results: dict, args) -> None:
             f" (target < {args.target_ms:g} ms: {verdict})"
         )
 
+    inter = results.get("interleaved")
+    if inter:
+        print()
+        print(
+            f"exec and me_get interleaved on one SDK session (n={args.n} each): exec p50 {inter['exec']['p50']:.2f} ms,"
+            f" me_get p50 {inter['me_get']['p50']:.2f} ms, exec p50 / me_get p50 = {inter['ratio_p50']:.2f}"
+            " (aim <= 1.5)"
+        )
+
     runs = results["throughput"]
     if not runs:
+        report_cpu(results, args)
         return
     print()
     print(
@@ -594,6 +770,41 @@ def report(results: dict, args) -> None:
             f"  With {env['cpus']} CPUs, daphne, PostgreSQL, Redis and the load generator share the cores:"
             " absolute rates are low."
         )
+    rates = {run["tool"]: run["rps"] for run in runs}
+    if rates.get("me_get"):
+        print(
+            f"  exec throughput / me_get throughput with {args.concurrency} clients:"
+            f" {rates.get('exec', 0) / rates['me_get']:.2f} (aim >= 0.5)"
+        )
+    report_cpu(results, args)
+
+
+def report_cpu(results: dict, args) -> None:
+    cpu = results.get("cpu")
+    if not cpu:
+        return
+    print()
+    print(
+        f"CPU from /proc/<pid>/stat (utime + stime), {cpu['n']} sequential execs with a Celery worker running:"
+    )
+    per_exec = cpu.get("daphne_cpu_ms_per_exec")
+    print(
+        f"  web process (daphne) CPU per exec: {per_exec:.2f} ms (aim <= 8)"
+        if per_exec is not None
+        else "  n/a"
+    )
+    per_analysis = cpu.get("worker_cpu_ms_per_analysis")
+    if per_analysis is not None:
+        print(
+            f"  Celery worker CPU per analysis: {per_analysis:.2f} ms over {cpu['analyses_in_window']} analyses"
+            f" (aim <= 5; {cpu['analysed_of_measured']} of the {cpu['n']} measured sessions analysed,"
+            f" worker {'alive' if cpu['worker_alive'] else 'DEAD'} at the end)"
+        )
+    else:
+        print(f"  Celery worker CPU per analysis: n/a ({cpu.get('analyses_in_window', 0)} analyses stored)")
+    load = results.get("load_average_at_end")
+    if load:
+        print(f"  load average at the end of the run: {' '.join(f'{x:.2f}' for x in load)}")
 
 
 # --- the two phases ------------------------------------------------------------------------------
@@ -616,6 +827,12 @@ def run_sequential(results: dict, mcp_url: str, token: str, server_pid: int, tar
         latency["exec SELECT 1 (plain HTTP)"] = summarize(plain["exec"])
         latency["me_get (plain HTTP)"] = summarize(plain["me_get"])
     results["sequential_peak_pg_connections"] = dict(sampler.peak)
+    print("sequential: exec and me_get interleaved ...", flush=True)
+    inter = asyncio.run(measure_interleaved(mcp_url, token, args.n, args.warmup))
+    results["interleaved"] = {tool: summarize({"samples": v}) for tool, v in inter.items()}
+    results["interleaved"]["ratio_p50"] = (
+        results["interleaved"]["exec"]["p50"] / results["interleaved"]["me_get"]["p50"]
+    )
     floor = latency[DIRECT]["p50"]
     for label in [f"SDK, {mode}" for mode in modes] + ["plain HTTP"]:
         results["overhead_p50_ms"][label] = latency[f"exec SELECT 1 ({label})"]["p50"] - floor
@@ -647,6 +864,11 @@ def main(argv=None) -> int:
         # Generated development keys go to a throwaway directory, not the developer's .portcullis/.
         PORTCULLIS_DATA_DIR=str(data_dir),
     )
+    # The MCP rate limits (600/minute per token, 3000/minute per org by default) would refuse a
+    # bench's calls. A rate no bench reaches keeps the limiter's Redis round trips in the measured
+    # path without refusing.
+    env.setdefault("PORTCULLIS_MCP_RATE_PER_TOKEN", "1000000/second")
+    env.setdefault("PORTCULLIS_MCP_RATE_PER_ORG", "1000000/second")
     results: dict = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "args": vars(args),
@@ -656,6 +878,14 @@ def main(argv=None) -> int:
         "overhead_p50_ms": {},
         "throughput": [],
     }
+    # Leave Redis as found: the Celery queue is emptied (before the CPU phase, and at the end) only
+    # when the bench's Redis database held nothing else when the run started (a queue an earlier
+    # bench run left behind is fair game, and the rate limiter's counters expire by themselves;
+    # anybody else's keys are not).
+    with redis.Redis.from_url(args.redis_url) as r:
+        owns_redis = all(
+            key.decode() in CELERY_KEYS or key.startswith(b"LIMITS:") for key in r.scan_iter(count=100)
+        )
     try:
         print(f"creating and seeding database {args.db_name} ...", flush=True)
         recreate_database(args.pg_url, args.db_name)
@@ -666,6 +896,19 @@ def main(argv=None) -> int:
             run_sequential(results, mcp_url, token, proc.pid, target, args)
             if not args.skip_throughput:
                 run_throughput(results, mcp_url, token, proc.pid, target, args)
+            if args.cpu_n:
+                print(f"CPU: {args.cpu_n} execs with a Celery worker running ...", flush=True)
+                results["cpu"] = measure_cpu(
+                    env,
+                    mcp_url,
+                    token,
+                    proc.pid,
+                    pg_params(args.pg_url, args.db_name),
+                    args,
+                    data_dir / "celery.log",
+                    owns_redis,
+                )
+        results["load_average_at_end"] = os.getloadavg()
         report(results, args)
         if not args.no_json:
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -674,16 +917,23 @@ def main(argv=None) -> int:
             print(f"\nresults written to {path.relative_to(ROOT)}")
         return 0
     except BaseException:
-        if log_path.exists() and log_path.stat().st_size:
-            print(
-                f"--- daphne log (last 3000 characters) ---\n{log_path.read_text()[-3000:]}", file=sys.stderr
-            )
+        for log in (log_path, data_dir / "celery.log"):
+            if log.exists() and log.stat().st_size:
+                print(
+                    f"--- {log.name} (last 3000 characters) ---\n{log.read_text()[-3000:]}", file=sys.stderr
+                )
         raise
     finally:
         try:
             recreate_database(args.pg_url, args.db_name, create=False)
         except Exception as exc:  # say so, without hiding the original error
             print(f"warning: could not drop database {args.db_name}: {exc}", file=sys.stderr)
+        if owns_redis:
+            try:
+                with redis.Redis.from_url(args.redis_url) as r:
+                    r.delete(*CELERY_KEYS)
+            except Exception as exc:
+                print(f"warning: could not drop the Celery queue in {args.redis_url}: {exc}", file=sys.stderr)
         if args.keep_log and log_path.exists():
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             kept = RESULTS_DIR / f"daphne-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.log"

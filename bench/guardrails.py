@@ -240,6 +240,75 @@ def run_output(seconds: float) -> dict:
     return {"evaluations": count, "per_second": count / (time.perf_counter() - start)}
 
 
+# Issue 14: what the new checks cost. The same strict rule with and without the new conditions
+# (side effects are denied under any SQL rule; a ceiling refuses kinds outside one transaction),
+# over the mixed corpus and over inputs that exercise exact string decoding, effect judgement
+# (MERGE, upserts, REPLACE, stored bodies) and side-effect classification.
+ISSUE14_STRICT = {"deny_statements": ["drop", "truncate", "alter"], "require_where": True}
+ISSUE14_INPUTS = {
+    "postgres": [
+        r"DO E'BEGIN \x44ELETE FROM items WHERE id = {n}; END'",
+        r"DO U&'BEGIN !0044ELETE FROM items; END' UESCAPE '!'",
+        "MERGE INTO items t USING (VALUES ({n}, 'x')) s(id, name) ON t.id = s.id WHEN MATCHED THEN UPDATE SET name = s.name",
+        "MERGE INTO items t USING items s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        "INSERT INTO items (id, name) VALUES ({n}, 'a') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        "INSERT INTO items (id, name) SELECT id, name FROM items ON CONFLICT (id) DO UPDATE SET price = 0",
+        "CREATE RULE r{n} AS ON INSERT TO side DO ALSO DELETE FROM items",
+        "COPY items TO PROGRAM 'id'",
+        "SELECT pg_read_file('/etc/passwd'), {n}",
+        "UPDATE items SET price = {n} FROM other o WHERE o.id = items.id AND items.id = {n}",
+    ],
+    "mysql": [
+        "PREPARE s FROM 'DEL' 'ETE FROM items WHERE id = {n}'; EXECUTE s",
+        "REPLACE INTO items (id, name) VALUES ({n}, 'x')",
+        "REPLACE INTO items SELECT * FROM items",
+        "INSERT INTO items (id) VALUES ({n}) ON DUPLICATE KEY UPDATE price = 0",
+        "CREATE OR REPLACE TABLE items (id INT)",
+        "CREATE TRIGGER t{n} AFTER INSERT ON side FOR EACH ROW DELETE FROM items",
+        "SET GLOBAL max_connections = {n}",
+    ],
+    "sqlite": [
+        "INSERT INTO items (id) VALUES ({n}) ON CONFLICT (id) DO UPDATE SET price = 0",
+        "SELECT readfile('/etc/passwd'), {n}",
+        "ATTACH DATABASE '/tmp/x{n}.db' AS x",
+    ],
+}
+
+
+def run_issue14(dialect: str, seconds: float) -> dict:
+    base = [_rule("strict", {"sql": ISSUE14_STRICT})]
+    extended = [
+        _rule(
+            "strict", {"sql": {**ISSUE14_STRICT, "allow_side_effects": ["network"], "max_affected_rows": 100}}
+        )
+    ]
+    mixed = [text for _, text in corpus(dialect, random.Random(f"portcullis-{dialect}"), 3)]
+    new = [t.replace("{n}", str(i)) for i in range(20) for t in ISSUE14_INPUTS[dialect]]
+
+    def rate(rules, texts) -> float:
+        for text in texts:
+            evaluate_input(rules, text, dialect=dialect)
+        count, deadline = 0, time.perf_counter() + seconds / 7
+        start = time.perf_counter()
+        while time.perf_counter() < deadline:
+            for text in texts:
+                evaluate_input(rules, text, dialect=dialect)
+                count += 1
+        return (time.perf_counter() - start) / count * 1e6
+
+    # Alternate the two rule sets and keep each one's best run: the machine is shared and noisy.
+    base_us, extended_us = [], []
+    for _ in range(3):
+        base_us.append(rate(base, mixed))
+        extended_us.append(rate(extended, mixed))
+    return {
+        "mixed_base_us": min(base_us),
+        "mixed_extended_us": min(extended_us),
+        "issue14_us": rate(extended, new),
+        "issue14_inputs": len(ISSUE14_INPUTS[dialect]),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per dialect (default 4)")
@@ -262,6 +331,14 @@ def main() -> int:
         for label, text in r["wrong"][:10]:
             print(f"   WRONG VERDICT ({'allowed' if label == 'bad' else 'blocked'} {label}): {text!r}")
         failures += len(r["wrong"])
+    print("issue 14 checks (one strict rule; + allow_side_effects and max_affected_rows; us per evaluation):")
+    for dialect in dialects:
+        r = run_issue14(dialect, min(args.seconds, 3.0))
+        print(
+            f"  {dialect:<9} mixed corpus {r['mixed_base_us']:.0f} -> {r['mixed_extended_us']:.0f} us "
+            f"(+{r['mixed_extended_us'] - r['mixed_base_us']:.0f}); "
+            f"{r['issue14_inputs']} decoding/effect/side-effect inputs: {r['issue14_us']:.0f} us"
+        )
     out = run_output(min(args.seconds, 2.0))
     print(f"evaluate_output (secrets, words; {len(OUTPUTS)} result texts): {out['per_second']:.0f} evals/s")
     if failures:

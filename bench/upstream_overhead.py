@@ -138,6 +138,11 @@ def main(argv=None) -> int:
         PORT=str(port),
         PORTCULLIS_DATA_DIR=str(data_dir),
     )
+    # The MCP rate limits (600/minute per token, 3000/minute per org by default) would refuse a
+    # bench's calls. A rate no bench reaches keeps the limiter's Redis round trips in the measured
+    # path without refusing.
+    env.setdefault("PORTCULLIS_MCP_RATE_PER_TOKEN", "1000000/second")
+    env.setdefault("PORTCULLIS_MCP_RATE_PER_ORG", "1000000/second")
     upstream = start_upstream(upstream_port)
     results = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -14,14 +14,16 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from gateway import crypto, pipeline, services
+from gateway.admin_editors import SECRET_HELP, ConnectionSettingsWidget, secret_kinds
 from gateway.models import Connection
 from governance import access
 from governance.admin_base import GovernedModelAdmin, SecretField, admin_actor
+from governance.admin_editors import StructuredJSONField
 from governance.errors import InvalidInput, PortcullisError
 
 # Every secret setting any kind has (password, env, headers, ...), one write-only input each.
@@ -41,6 +43,11 @@ def _secret_value(raw: str):
 
 
 class ConnectionForm(forms.ModelForm):
+    config = StructuredJSONField(
+        widget=ConnectionSettingsWidget(),
+        label="Settings",
+        help_text="The settings of the chosen kind. Secrets go in the write-only fields below, never here.",
+    )
     clear_secrets = forms.MultipleChoiceField(
         required=False,
         widget=forms.CheckboxSelectMultiple,
@@ -58,10 +65,6 @@ class ConnectionForm(forms.ModelForm):
             "access_groups",
             *[f for f in OPTION_FORM_FIELDS if f != "description"],
         )
-        help_texts = {
-            "config": 'Non-secret settings as JSON, e.g. {"host": "db", "database": "app", "user": "ro"}. '
-            "Secrets go in the fields below, never here.",
-        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -69,9 +72,15 @@ class ConnectionForm(forms.ModelForm):
         self.fields["clear_secrets"].choices = [(k, k) for k in sorted(stored)]
         if not stored:
             self.fields["clear_secrets"].widget = forms.MultipleHiddenInput()
+        if self.instance.pk:  # the kind of a saved connection is fixed: show only its settings
+            self.fields["config"].widget.kind = self.instance.kind
+        kinds = secret_kinds()
         for key in SECRET_KEYS:
             state = "set - type a new value to replace it" if key in stored else "not set"
-            self.fields[f"secret_{key}"].help_text = f"Write-only ({state})."
+            usage = SECRET_HELP.get(key, key)
+            self.fields[
+                f"secret_{key}"
+            ].help_text = f"{usage}. Write-only ({state}). For {', '.join(kinds.get(key, []))} connections."
 
     def clean(self):
         cleaned = super().clean()
@@ -115,6 +124,24 @@ class ConnectionAdmin(GovernedModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("access_groups", "attributes")
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra = {**(extra_context or {}), "secret_kinds": secret_kinds()}
+        return super().changeform_view(request, object_id, form_url, extra)
+
+    def test_view(self, request, object_id):
+        """The page's "Test connection" button: `connection_test`, as the MCP tool calls it."""
+        if request.method != "POST":
+            return JsonResponse({"error": "POST to test"}, status=405)
+        connection = self.get_object(request, object_id)  # scoped: another org's is a 404
+        if not self.has_view_permission(request, connection):
+            raise PermissionDenied
+        try:
+            return JsonResponse(
+                pipeline.connection_test(actor=admin_actor(request), connection_name=connection.name)
+            )
+        except PortcullisError as exc:
+            return JsonResponse({"error": exc.message}, status=400)
 
     def get_fieldsets(self, request, obj=None):
         return [
@@ -209,7 +236,12 @@ class ConnectionAdmin(GovernedModelAdmin):
         urls = super().get_urls()
         opts = self.model._meta
         view = self.admin_site.admin_view(self.import_csv_view)
-        return [path("import-csv/", view, name=f"{opts.app_label}_{opts.model_name}_import_csv"), *urls]
+        test = self.admin_site.admin_view(self.test_view)
+        return [
+            path("import-csv/", view, name=f"{opts.app_label}_{opts.model_name}_import_csv"),
+            path("<path:object_id>/test/", test, name=f"{opts.app_label}_{opts.model_name}_test"),
+            *urls,
+        ]
 
     def import_csv_view(self, request):
         if not self.has_add_permission(request):

@@ -26,6 +26,7 @@ urlpatterns = [
     path("attributes/", views.AttributeListView.as_view(), name="api-attributes"),
     path("attributes/<str:name>/", views.AttributeDetailView.as_view(), name="api-attribute"),
     path("sessions/", views.SessionListView.as_view(), name="api-sessions"),
+    path("sessions/stats/", views.SessionStatsView.as_view(), name="api-session-stats"),
     path("sessions/<str:session_id>/", views.SessionDetailView.as_view(), name="api-session"),
     path(
         "sessions/<str:session_id>/content/", views.SessionContentView.as_view(), name="api-session-content"

@@ -35,6 +35,9 @@ PRODUCTS = [
 ]
 
 
+AREA_CODES = (212, 206, 303, 312, 404, 415, 512, 617)
+
+
 def _luhn_complete(prefix: str) -> str:
     digits = [int(d) for d in prefix]
     total = 0
@@ -74,7 +77,10 @@ def build_demo_sqlite(path: Path, *, customers: int = 200, orders: int = 1000) -
                 cid,
                 f"{first} {last}",
                 f"{first.lower()}.{last.lower()}{cid}@example.com",
-                f"+1-555-{rng.randint(100, 999)}-{rng.randint(1000, 9999)}",
+                # Real-shaped, valid to libphonenumber, and fictional: 555-0100..0199 is reserved
+                # for fiction in the North American plan (the old +1-555-xxx-xxxx is no number at
+                # all, so phone masking appeared not to work on the demo).
+                f"+1 {rng.choice(AREA_CODES)}-555-01{rng.randint(0, 99):02d}",
                 _luhn_complete("4" + "".join(str(rng.randint(0, 9)) for _ in range(14))),
                 rng.choice(COUNTRIES),
                 (start + timedelta(days=rng.randint(0, 600))).isoformat(),

@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from gateway import crypto
@@ -17,11 +18,11 @@ NAME_VALIDATOR = RegexValidator(
 
 
 class ConnectionKind(models.TextChoices):
-    POSTGRES = "postgres"
-    MYSQL = "mysql"
-    SQLITE = "sqlite"
-    COMMAND = "command"
-    MCP = "mcp"
+    POSTGRES = "postgres", "PostgreSQL"
+    MYSQL = "mysql", "MySQL / MariaDB"
+    SQLITE = "sqlite", "SQLite"
+    COMMAND = "command", "Command"
+    MCP = "mcp", "MCP server"
 
 
 def _default_max_rows():
@@ -74,13 +75,16 @@ class Connection(models.Model):
         max_length=63,
         blank=True,
         validators=[NAME_VALIDATOR],
-        help_text="Run on the Celery workers of queue agent.<org id>.<name>, near the target; empty runs it in the gateway.",
+        help_text="Run on the Celery workers of queue agent.ORG_ID.NAME (this organization's id, then this "
+        "name), near the target; empty runs it in the gateway.",
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["org", "name"], name="connection_unique_name_per_org")]
+        constraints = [
+            models.UniqueConstraint(Lower("name"), "org", name="connection_unique_name_ci_per_org")
+        ]
         ordering = ["name"]
 
     def __str__(self):

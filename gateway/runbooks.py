@@ -7,7 +7,10 @@ A runbook's template holds `{{ name }}` placeholders; each is declared with a ty
     number   a finite number (optional min/max)
     boolean  true or false
     enum     one of `choices` (strings)
-    identifier  a table or column name, quoted as an identifier (SQL connections only)
+    identifier  a table or column name, quoted as an identifier (SQL connections only); limited to
+                the names its `allowed` globs match (e.g. ["public.*", "orders"]), and never a
+                system catalog (pg_catalog, information_schema, mysql, performance_schema, sys,
+                sqlite_*) unless a glob names it
 
 Values are validated against the declaration, then rendered quoted for the target: SQL literals
 and identifiers in the connection's dialect (by sqlglot's generator, which escapes per dialect, e.g.
@@ -51,7 +54,18 @@ SPEC_KEYS = {
     "max_length",
     "min",
     "max",
+    "allowed",
 }
+# Schemas and names an identifier parameter may not reach unless its `allowed` globs name them.
+SYSTEM_NAMES = (
+    "pg_catalog.*",
+    "pg_*",
+    "information_schema.*",
+    "mysql.*",
+    "performance_schema.*",
+    "sys.*",
+    "sqlite_*",
+)
 MAX_TEMPLATE_BYTES = 64 * 1024
 MAX_PARAMETERS = 50
 SQL_DIALECTS = {"postgres": "postgres", "mysql": "mysql", "sqlite": "sqlite"}
@@ -88,6 +102,17 @@ def validate_parameters(specs) -> list[dict]:
         clean = {"name": name, "type": kind, "required": bool(spec.get("required", True))}
         if spec.get("description"):
             clean["description"] = str(spec["description"])[:500]
+        if spec.get("allowed") is not None:
+            allowed = spec["allowed"]
+            if kind != "identifier" or not isinstance(allowed, list) or not allowed:
+                raise InvalidInput(
+                    f"parameter {name!r}: allowed is a non-empty list of name globs, for identifiers"
+                )
+            if not all(isinstance(g, str) and re.fullmatch(r"[A-Za-z0-9_$*?.]{1,130}", g) for g in allowed):
+                raise InvalidInput(
+                    f"parameter {name!r}: allowed globs are names with * and ? (like public.*)"
+                )
+            clean["allowed"] = [g.lower() for g in dict.fromkeys(allowed)]
         if kind == "enum":
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
@@ -133,6 +158,14 @@ def _check_value(spec: dict, value):
     elif kind == "identifier":
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?", value):
             raise InvalidInput(f"parameter {name!r} must be a name like orders or public.orders")
+        low = value.lower()
+        allowed = spec.get("allowed")
+        if allowed is not None and not any(fnmatch.fnmatchcase(low, g) for g in allowed):
+            raise InvalidInput(f"parameter {name!r} must be one of the names this runbook allows")
+        if any(fnmatch.fnmatchcase(low, g) for g in SYSTEM_NAMES) and not (
+            allowed and any(fnmatch.fnmatchcase(low, g) and g not in ("*", "*.*") for g in allowed)
+        ):
+            raise InvalidInput(f"parameter {name!r} may not name a system catalog")
     elif kind == "enum":
         if value not in spec["choices"]:
             raise InvalidInput(f"parameter {name!r} must be one of: {', '.join(spec['choices'])}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 
 from gateway import pipeline
 from gateway.models import Connection
@@ -76,6 +76,7 @@ def connection_to_dict(connection: Connection) -> dict:
         "config": connection.config,
         "secret_keys": list(connection.secret_keys),
         "access_groups": sorted(g.name for g in connection.access_groups.all()),
+        "attributes": sorted(a.name for a in connection.attributes.all()),
         "max_rows": connection.max_rows,
         "max_output_bytes": connection.max_output_bytes,
         "timeout_seconds": connection.timeout_seconds,
@@ -89,22 +90,33 @@ def connection_to_dict(connection: Connection) -> dict:
 
 
 def connection_list(
-    *, actor: Actor, search: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0
+    *,
+    actor: Actor,
+    search: str | None = None,
+    kind: str | None = None,
+    selector: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
 ) -> tuple[list[Connection], int]:
-    """Connections the actor may see, by name. Returns (page, total)."""
+    """Connections the actor may see, by name. `selector` (env=prod,tier) keeps those whose
+    attributes match every term (governance.rules.selector_filter). Returns (page, total)."""
+    from governance.rules import selector_filter
+
     qs = scope(Connection.objects.all(), actor, "view")
     if kind:
         qs = qs.filter(kind=kind)
     if search:
         qs = qs.filter(Q(name__icontains=search) | Q(description__icontains=search))
-    qs = qs.prefetch_related("access_groups").order_by("name")
+    if selector:
+        qs = qs.filter(selector_filter(selector))
+    qs = qs.prefetch_related("access_groups", "attributes").order_by("name")
     total = qs.count()
     return list(qs[offset : offset + limit]), total
 
 
 def connection_get(*, actor: Actor, name: str) -> Connection:
     return get_scoped(
-        Connection.objects.prefetch_related("access_groups"),
+        Connection.objects.prefetch_related("access_groups", "attributes"),
         actor,
         "view",
         not_found=pipeline.not_found_message(name),
@@ -118,14 +130,23 @@ def _create(*, org: Organization, name: str, kind: str, settings: dict, options:
     connection.set_secrets(secrets)
     _apply_options(connection, options)
     _full_clean(connection)
-    if Connection.objects.filter(org=org, name=name).exists():
-        raise Conflict(f'connection "{name}" already exists')
+    # Names are unique regardless of case (a database constraint too): STG-PG-00 and stg-pg-00
+    # would be two names for what people read as one.
+    existing = Connection.objects.filter(org=org, name__iexact=name).values_list("name", flat=True).first()
+    if existing is not None:
+        raise Conflict(_exists("connection", name, existing))
     try:
         with transaction.atomic():
             connection.save()
     except IntegrityError:
         raise Conflict(f'connection "{name}" already exists') from None
     return connection
+
+
+def _exists(what: str, name: str, existing: str) -> str:
+    if existing == name:
+        return f'{what} "{name}" already exists'
+    return f'{what} "{name}" already exists as "{existing}" (names are unique regardless of case)'
 
 
 def connection_create(
@@ -207,3 +228,135 @@ def connection_delete(*, actor: Actor, name: str) -> None:
         )
         audit_record(actor=actor, action="connection.delete", target=connection)
         connection.delete()
+
+
+# --- bulk import ---------------------------------------------------------------------------------
+
+IMPORT_MAX_ROWS = 500
+# CSV cells are text: these settings and options are numbers or booleans in a connection.
+_CSV_INTS = {"port", "max_rows", "max_output_bytes", "timeout_seconds"}
+_CSV_BOOLS = {"exec_enabled", "schema_enabled", "runbooks_enabled", "allow_private_network"}
+_ROW_KEYS = {"name", "kind", "settings", "attributes"}
+
+
+def import_rows_from_csv(text: str) -> list[dict]:
+    """CSV (a header row, then one connection per row) -> the rows `connection_import` takes.
+
+    Columns: name, kind, attributes (`env=prod;tier=db`), the options (description, max_rows, ...),
+    and any other column is a setting of the kind (host, port, database, user, password, path, ...).
+    An empty cell is left out."""
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "name" not in reader.fieldnames or "kind" not in reader.fieldnames:
+        raise InvalidInput("csv: the header row needs at least the columns name and kind")
+    rows = []
+    for record in reader:
+        row: dict = {"settings": {}}
+        for key, value in record.items():
+            if key is None:
+                raise InvalidInput(f"csv: line {reader.line_num} has more cells than the header")
+            key, value = key.strip(), (value or "").strip()
+            if value == "":
+                continue
+            if key in _CSV_INTS:
+                value = int(value) if value.lstrip("-").isdigit() else value
+            elif key in _CSV_BOOLS:
+                value = {"true": True, "false": False}.get(value.lower(), value)
+            if key in ("name", "kind"):
+                row[key] = value
+            elif key == "attributes":
+                row[key] = [a.strip() for a in value.split(";") if a.strip()]
+            elif key in OPTION_FIELDS:
+                row[key] = value
+            else:
+                row["settings"][key] = value
+        rows.append(row)
+    return rows
+
+
+def connection_import(*, actor: Actor, rows: list[dict], dry_run: bool = False) -> dict:
+    """Create many connections; every row is checked and answered on its own.
+
+    Each row is {name, kind, settings, attributes?, <options>?}; `attributes` are created when
+    missing (key=value or tags) and tagged onto the connection. A row that fails (bad settings, a
+    name taken in any case, a repeated name) is reported and skipped; the others are created, each
+    with its own `connection.create` audit event, and the import itself is audited once. With
+    `dry_run` every row goes through the same checks and nothing is kept. Admins only."""
+    from governance.models import Attribute
+    from governance.rules import check_attribute_name
+
+    require_role(actor, ROLE_ADMIN)
+    if not isinstance(rows, list) or not rows:
+        raise InvalidInput("rows: give at least one row")
+    if len(rows) > IMPORT_MAX_ROWS:
+        raise InvalidInput(f"at most {IMPORT_MAX_ROWS} rows per import")
+
+    class _DryRun(Exception):
+        pass
+
+    results = []
+    seen: set[str] = set()
+    try:
+        with transaction.atomic():
+            for index, row in enumerate(rows, start=1):
+                name = str(row.get("name", "")) if isinstance(row, dict) else ""
+                try:
+                    if not isinstance(row, dict):
+                        raise InvalidInput("a row must be an object")
+                    unknown = sorted(set(row) - _ROW_KEYS - set(OPTION_FIELDS))
+                    if unknown:
+                        raise InvalidInput(f"unknown field {unknown[0]!r}")
+                    if name.lower() in seen:
+                        raise Conflict(f'connection "{name}" appears twice in this import')
+                    settings = row.get("settings") or {}
+                    if not isinstance(settings, dict):
+                        raise InvalidInput("settings must be an object")
+                    attributes = [check_attribute_name(a) for a in row.get("attributes") or []]
+                    with transaction.atomic():  # a savepoint: a failing row leaves nothing behind
+                        connection = _create(
+                            org=actor.user.org,
+                            name=name,
+                            kind=str(row.get("kind", "")),
+                            settings=settings,
+                            options={k: row[k] for k in OPTION_FIELDS if k in row},
+                        )
+                        for attribute_name in attributes:
+                            attribute = Attribute.objects.filter(
+                                org_id=actor.org_id, name__iexact=attribute_name
+                            ).first() or Attribute.objects.create(org_id=actor.org_id, name=attribute_name)
+                            attribute.connections.add(connection)
+                        audit_record(
+                            actor=actor,
+                            action="connection.create",
+                            target=connection,
+                            detail={
+                                "secret_keys": connection.secret_keys,
+                                "import": True,
+                                "attributes": attributes,
+                            },
+                        )
+                    seen.add(name.lower())
+                    results.append(
+                        {"row": index, "name": name, "status": "would_create" if dry_run else "created"}
+                    )
+                except (InvalidInput, Conflict) as exc:
+                    results.append({"row": index, "name": name, "status": "error", "error": exc.message})
+            created = sum(1 for r in results if r["status"] != "error")
+            summary = {
+                "rows": len(rows),
+                "created": created,
+                "errors": len(rows) - created,
+                "dry_run": dry_run,
+            }
+            if created and any(r.get("attributes") for r in rows if isinstance(r, dict)):
+                # New bindings through attributes: rules bound to them apply from now on, in every
+                # process (the binding cache is keyed by this version; see CONTRIBUTING.md).
+                Organization.objects.filter(pk=actor.org_id).update(rules_version=F("rules_version") + 1)
+            audit_record(actor=actor, action="connection.import", target_type="connection", detail=summary)
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
+    return {**summary, "results": results}

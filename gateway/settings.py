@@ -317,6 +317,14 @@ EMAIL_HOST_PASSWORD = env_str("PORTCULLIS_EMAIL_PASSWORD")
 EMAIL_USE_TLS = env_bool("PORTCULLIS_EMAIL_TLS", False)
 DEFAULT_FROM_EMAIL = env_str("PORTCULLIS_EMAIL_FROM", "portcullis@localhost")
 SLACK_WEBHOOK_URL = env_str("PORTCULLIS_SLACK_WEBHOOK_URL")
+# Approve / Reject buttons in Slack (docs/reviews.md): the app's signing secret verifies each click,
+# the bot token (users:read.email) maps the clicker to a user by e-mail. Both or no buttons.
+SLACK_SIGNING_SECRET = env_str("PORTCULLIS_SLACK_SIGNING_SECRET")
+SLACK_BOT_TOKEN = env_str("PORTCULLIS_SLACK_BOT_TOKEN")
+SLACK_TEAM_ID = env_str("PORTCULLIS_SLACK_TEAM_ID")  # only clicks from this workspace (recommended)
+SLACK_API_URL = env_str("PORTCULLIS_SLACK_API_URL", "https://slack.com/api")
+# response_url must be Slack's (https://hooks.slack.com/); a test stand-in adds its own prefix here.
+SLACK_RESPONSE_URL_PREFIX = env_str("PORTCULLIS_SLACK_RESPONSE_URL_PREFIX")
 
 CELERY_BEAT_SCHEDULE["sessions-analyze-missing"] = {
     "task": "sessions.tasks.analysis_sweep_missing",

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from gateway import health
+from reviews.slack import slack_interactions_view
 
 # Each area owns its URL module; the web pages share `templates/base.html` and `/login/`.
 urlpatterns = [
@@ -14,6 +15,8 @@ urlpatterns = [
     path("", include("sessions.urls")),  # session browser, session page, replay, dashboard
     path("", include("sessions.export_urls")),  # CSV / JSON Lines downloads
     path("", include("reviews.urls")),  # reviewers' inbox and review pages
+    path("slack/interactions", slack_interactions_view),  # Slack's interactivity URL (Approve / Reject)
+    path("", include("gateway.console_urls")),  # the web console, "Run it" on approved reviews
     path("", include("governance.urls")),  # OAuth authorization server and authorized clients
     path("", include("governance.scim_urls")),  # SCIM 2.0 provisioning per organization (docs/sso.md)
 ]

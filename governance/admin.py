@@ -3,18 +3,31 @@ through `governance.services` or `governance.rules` (see `governance.admin_base`
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
+from django.http import JsonResponse
+from django.urls import path
 
+from gateway.models import Connection
 from governance import rules, services
 from governance.admin_base import (
     GovernedInline,
     GovernedModelAdmin,
     ReadOnlyModelAdmin,
     SecretField,
+    admin_actor,
     inline_values,
 )
+from governance.admin_editors import (
+    GuardrailConditionsWidget,
+    MaskingSpecWidget,
+    StructuredJSONField,
+)
+from governance.errors import InvalidInput, PortcullisError
 from governance.models import (
     RESERVED_GROUPS,
     ApiToken,
@@ -24,6 +37,7 @@ from governance.models import (
     User,
     UserGroup,
 )
+from governance.policy import scope
 
 Membership = UserGroup.members.through
 
@@ -304,8 +318,60 @@ class _RuleAdmin(GovernedModelAdmin):
         type(self).delete(actor=actor, ref=str(obj.pk))
 
 
+def editor_endpoint(request, admin_page, work):
+    """A test/preview endpoint of a rule page: POST only, for whoever may view the page; the
+    service's refusal comes back as {"error": message} (400), never a 500."""
+    if request.method != "POST":
+        return JsonResponse({"error": "POST the form"}, status=405)
+    if not admin_page.has_view_permission(request):
+        raise PermissionDenied
+    try:
+        return JsonResponse(work(admin_actor(request)))
+    except PortcullisError as exc:
+        return JsonResponse({"error": exc.message}, status=400)
+
+
+def editor_value(form_class, field: str, data) -> dict:
+    """What a structured editor on the page says now, as the JSON the save would post."""
+    widget = form_class.base_fields[field].widget
+    raw = widget.value_from_datadict(data, {}, field)
+    if raw is None or not str(raw).strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidInput(f"{field}: not valid JSON") from None
+    return value
+
+
+class GuardrailRuleForm(forms.ModelForm):
+    input_conditions = StructuredJSONField(
+        widget=GuardrailConditionsWidget("input"),
+        label="Input conditions",
+        help_text="Checked before a statement or command runs. Any condition that matches blocks it.",
+    )
+    output_conditions = StructuredJSONField(
+        widget=GuardrailConditionsWidget("output"),
+        label="Output conditions",
+        help_text="Checked on the result before it reaches the caller; a match withholds the result.",
+    )
+
+    class Meta:
+        model = GuardrailRule
+        fields = ("name", "description", "message", "enabled", "input_conditions", "output_conditions")
+
+
+class MaskingRuleForm(forms.ModelForm):
+    spec = StructuredJSONField(widget=MaskingSpecWidget(), label="Masking")
+
+    class Meta:
+        model = MaskingRule
+        fields = ("name", "description", "enabled", "spec")
+
+
 @admin.register(GuardrailRule)
 class GuardrailRuleAdmin(_RuleAdmin):
+    form = GuardrailRuleForm
     fields = (
         "name",
         "description",
@@ -328,14 +394,63 @@ class GuardrailRuleAdmin(_RuleAdmin):
     update = staticmethod(rules.guardrail_update)
     delete = staticmethod(rules.guardrail_delete)
 
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.test_view)
+        return [path("test/", view, name="governance_guardrailrule_test"), *super().get_urls()]
+
+    def test_view(self, request):
+        """The page's "Test" panel: the conditions on the page, unsaved, through `guardrail_test`."""
+
+        def work(actor):
+            conditions = {
+                "input": editor_value(GuardrailRuleForm, "input_conditions", request.POST),
+                "output": editor_value(GuardrailRuleForm, "output_conditions", request.POST),
+            }
+            return rules.guardrail_test(
+                actor=actor,
+                input=request.POST.get("sample", ""),
+                conditions=conditions,
+                direction=request.POST.get("direction") or "input",
+                dialect=request.POST.get("dialect") or None,
+            )
+
+        return editor_endpoint(request, self, work)
+
 
 @admin.register(MaskingRule)
 class MaskingRuleAdmin(_RuleAdmin):
+    form = MaskingRuleForm
     fields = ("name", "description", "enabled", "spec", "connections", "attributes")
     rule_fields = {"name": "name", "description": "description", "enabled": "enabled", "spec": "spec"}
     create = staticmethod(rules.masking_rule_create)
     update = staticmethod(rules.masking_rule_update)
     delete = staticmethod(rules.masking_rule_delete)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.preview_view)
+        return [path("preview/", view, name="governance_maskingrule_preview"), *super().get_urls()]
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        names = scope(Connection.objects.all(), admin_actor(request), "exec").values_list("name", flat=True)
+        extra = {**(extra_context or {}), "preview_connections": sorted(names)}
+        return super().changeform_view(request, object_id, form_url, extra)
+
+    def preview_view(self, request):
+        """The page's "Preview" panel: the spec on the page, unsaved, through `masking_preview`."""
+
+        def work(actor):
+            spec = editor_value(MaskingRuleForm, "spec", request.POST)
+            connection = request.POST.get("sample_connection") or None
+            if connection:
+                return rules.masking_preview(
+                    actor=actor,
+                    spec=spec,
+                    connection_name=connection,
+                    input=request.POST.get("sample_query", ""),
+                )
+            return rules.masking_preview(actor=actor, spec=spec, text=request.POST.get("sample_text", ""))
+
+        return editor_endpoint(request, self, work)
 
 
 from governance import admin_sso  # noqa: E402,F401  (the SSO settings page; kept in its own module)

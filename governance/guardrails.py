@@ -183,6 +183,7 @@ __all__ = [
     "evaluate_output",
     "requires_read_only",
     "affected_rows_ceiling",
+    "databases_named",
     "SIDE_EFFECTS",
     "find_secrets",
 ]
@@ -1803,7 +1804,7 @@ class _Analyzer:
         body = self.current_text[start - self.current_base : end - self.current_base]
         if body.startswith("(") and body.endswith(")"):
             body = body[1:-1]
-        self.nested(body, facts, f"in the body of CREATE {obj} (as if it ran now)", on_fail="error")
+        self.nested(body, facts, f"in the body of {words[0]} {obj} (as if it ran now)", on_fail="error")
 
     def token_calls(self, ast: exp.Expr, toks: list[_Tok], facts: _Facts) -> None:
         """Names written as calls (`name(`) that the tree does not show as functions: sqlglot maps
@@ -2325,6 +2326,11 @@ class _Analyzer:
         if kind not in ("FUNCTION", "PROCEDURE"):
             return
         body = node.args.get("expression")
+        if isinstance(body, exp.Block) and any(isinstance(e, _STRING_NODES) for e in body.expressions):
+            if len(body.expressions) != 1:
+                facts.opaque.append(f"the body of CREATE {kind} has several parts and is not analyzed")
+                return
+            body = body.expressions[0]  # PROCEDURE ... AS '<body>' comes wrapped in a block
         if not isinstance(body, _STRING_NODES):
             return  # no body, or a SQL-standard body (RETURN ..., BEGIN ATOMIC): part of the tree walked
         language = "sql"
@@ -2422,12 +2428,23 @@ class _Analyzer:
                 if table.alias:
                     targets.add(table.alias.lower())
         reason = _always_true(where.this, targets, self.dialect)
-        if (
-            not reason
-            and (node.args.get("from_") or node.args.get("using"))
-            and not _mentions_target(where.this, targets)
-        ):
-            # UPDATE t ... FROM o WHERE o.x = 1 / DELETE FROM t USING o WHERE o.x = 1: every row of t.
+        joined = (
+            node.args.get("from_")
+            or node.args.get("using")
+            or any(
+                isinstance(t, exp.Table) and t.args.get("joins")
+                for t in [node.this, *(node.args.get("tables") or [])]
+            )
+        )
+        # The tables written: MySQL's DELETE t1 FROM ... names them; otherwise the first table.
+        written = {
+            t.alias_or_name.lower() for t in (node.args.get("tables") or []) if isinstance(t, exp.Table)
+        }
+        if not written and isinstance(node.this, exp.Table):
+            written = {node.this.name.lower(), node.this.alias_or_name.lower()}
+        if not reason and joined and not _mentions_target(where.this, written or targets):
+            # UPDATE t ... FROM o WHERE o.x = 1 / DELETE FROM t USING o / MySQL UPDATE t JOIN o ...
+            # WHERE o.x = 1: every row of t that joins.
             reason = "does not restrict the table written"
         if reason:
             snippet = _generator(self.dialect).generate(where.this, copy=False)
@@ -3004,6 +3021,47 @@ def _sql_findings(rule: Rule, sql: dict, analysis: _Analysis, dialect: str) -> l
                         "escape the transaction the count is taken in)",
                     )
     return out
+
+
+# Databases every MySQL connection may name: metadata views (names only, never other data).
+_MYSQL_SHARED_DATABASES = frozenset({"information_schema"})
+
+
+def databases_named(text: str, dialect: str) -> set[str] | None:
+    """The databases a MySQL input names outside its connection's default: `db.table`,
+    `db.fn()`, `USE db`, `SHOW TABLES FROM db`. None when that cannot be told with certainty (the
+    caller then refuses). Other dialects: PostgreSQL cannot name another database in a query, so
+    the answer is always the empty set."""
+    if dialect != "mysql":
+        return set()
+    names: set[str] = set()
+    try:
+        stmts = _parse_batch(text, dialect)
+    except _ParseFailure:
+        return None
+    for stmt in stmts:
+        toks = stmt.toks
+        if stmt.ast is None or isinstance(stmt.ast, exp.Command):
+            # Not parsed: a dotted name could be db.table or alias.column; refuse to guess.
+            if any(t.text == "." for t in toks) or (toks and toks[0].upper in ("USE", "SHOW")):
+                return None
+            continue
+        for table in stmt.ast.find_all(exp.Table):
+            if table.args.get("catalog") is not None:
+                return None
+            if table.db:
+                names.add(table.db.lower())
+        for node in stmt.ast.find_all(exp.Use, exp.Show):
+            target = node.this if isinstance(node, exp.Use) else node.args.get("db")
+            if isinstance(target, exp.Expr) and target.name:
+                names.add(target.name.lower())
+        for dot in stmt.ast.find_all(exp.Dot):
+            if isinstance(dot.expression, exp.Func) and isinstance(dot.this, exp.Expr) and dot.this.name:
+                names.add(dot.this.name.lower())
+        for col in stmt.ast.find_all(exp.Column):
+            if col.args.get("catalog") is not None:
+                names.add(col.catalog.lower())  # db.table.column
+    return names - _MYSQL_SHARED_DATABASES
 
 
 def affected_rows_ceiling(rules: list[Rule]) -> tuple[int, str] | None:

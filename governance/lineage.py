@@ -31,6 +31,7 @@ from sqlglot import exp, parse
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, build_scope
+from sqlglot.schema import MappingSchema
 
 __all__ = ["output_sources", "Schema"]
 
@@ -65,8 +66,8 @@ def output_sources(sql: str, dialect: str, schema: Schema, *, default_db: str | 
     db = default_db or _DEFAULT_DB.get(dialect)
     try:
         qualified = qualify(
-            query.copy(),
-            schema=schema,
+            query,
+            schema=_mapping_schema(schema, dialect),
             dialect=dialect,
             db=db,
             validate_qualify_columns=True,
@@ -76,14 +77,34 @@ def output_sources(sql: str, dialect: str, schema: Schema, *, default_db: str | 
         root = build_scope(qualified)
         if root is None:
             return None
-        _local.schema = schema
+        _local.schema, _local.index = schema, None
         try:
             return [frozenset(s) for s in _scope_outputs(root, 0)]
         finally:
-            _local.schema = None
+            _local.schema = _local.index = None
     except (_Unknown, SqlglotError, RecursionError, KeyError, ValueError, AttributeError) as exc:
         logger.debug("lineage unknown: %s", exc)
         return None
+
+
+_schemas: dict[tuple[int, str], tuple[dict, MappingSchema]] = {}
+_schemas_lock = threading.Lock()
+
+
+def _mapping_schema(schema: Schema, dialect: str) -> MappingSchema:
+    """sqlglot's schema object, built once per schema dict (building it walks every column; the
+    caller caches the dict per connection, so this is once per connection and refresh)."""
+    key = (id(schema), dialect)
+    with _schemas_lock:
+        hit = _schemas.get(key)
+        if hit is not None and hit[0] is schema:
+            return hit[1]
+    built = MappingSchema(schema, dialect=dialect)
+    with _schemas_lock:
+        if len(_schemas) > 256:
+            _schemas.clear()
+        _schemas[key] = (schema, built)
+    return built
 
 
 def _scope_outputs(scope: Scope, depth: int) -> list[set[str]]:
@@ -120,7 +141,13 @@ def _is_count_star(e: exp.Expr) -> bool:
 
 
 def _scopes_by_select(scope: Scope) -> dict[int, Scope]:
-    return {id(s.expression): s for s in scope.traverse()}
+    index = getattr(_local, "index", None)
+    if index is None:  # computed once per query, from the root scope
+        root = scope
+        while root.parent is not None:
+            root = root.parent
+        index = _local.index = {id(s.expression): s for s in root.traverse()}
+    return index
 
 
 def _expr_sources(scope: Scope, node: exp.Expr, depth: int) -> set[str]:

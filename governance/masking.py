@@ -1657,6 +1657,22 @@ def _as_text(value) -> str:
 # --- the Masker --------------------------------------------------------------------------------
 
 
+_NORMALISE_MAX_LEN = 512  # longer texts are prose, not a transformed value
+_SEPARATOR_CHARS = frozenset("-_./ :")
+_SEPARATORS = re.compile(r"[0-9][-_./ :]+[0-9]")
+
+
+def _between_alnum(text: str, i: int) -> bool:
+    """Is text[i] inside a run of separators that has a letter or digit on both sides?"""
+    j = i
+    while j > 0 and text[j - 1] in _SEPARATOR_CHARS:
+        j -= 1
+    k = i
+    while k + 1 < len(text) and text[k + 1] in _SEPARATOR_CHARS:
+        k += 1
+    return j > 0 and k + 1 < len(text) and text[j - 1].isdigit() and text[k + 1].isdigit()
+
+
 def _stricter(a, b):
     """The stricter of two whole-value plans (method, keep_last[, label]); None is no plan."""
     if a is None:
@@ -1953,7 +1969,7 @@ class Masker:
                         counts[entity] = counts.get(entity, 0) + n
                     return text if masked is None else masked
         try:
-            findings = self._analyze(text, context)
+            findings = self._analyze(text, context) + self._normalised_findings(text, context)
             masked, found = self._render(text, findings) if findings else (None, ())
         except Exception as exc:
             column = names[j] if isinstance(names, list) and j < len(names) else None
@@ -1975,6 +1991,27 @@ class Masker:
         return f"<{ERROR_ENTITY}>"
 
     # --- detection -----------------------------------------------------------------------------
+
+    def _normalised_findings(self, text: str, context: str | None) -> list[tuple]:
+        """Findings in normalised views of a number-like value, mapped back onto the original:
+        upper case (an IBAN written `lower(iban)` is still an IBAN) and without separators between
+        digits (`de89-3704-0044...`, `078 05 1120`). Only values with at least 7 digits
+        are looked at twice more; the recognizers' own validation still applies to each view."""
+        if not text.isascii() or _ascii_digits(text) < 7 or len(text) > _NORMALISE_MAX_LEN:
+            return []
+        out: list[tuple] = []
+        upper = text.upper()
+        if upper != text:
+            out += self._analyze(upper, context)
+        if _SEPARATORS.search(text):
+            keep = [
+                i for i, ch in enumerate(upper) if not (ch in _SEPARATOR_CHARS and _between_alnum(upper, i))
+            ]
+            if len(keep) < len(text):
+                compact = "".join(upper[i] for i in keep)
+                for start, end, score, entity in self._analyze(compact, context):
+                    out.append((keep[start], keep[end - 1] + 1, score, entity))
+        return out
 
     def _analyze(self, text: str, context: str | None, *, window: bool = True) -> list[tuple]:
         """Presidio's findings for `text` with explicit context `context` (a column name or JSON

@@ -11,6 +11,7 @@ import uuid
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 ADMIN_GROUP = "admin"
@@ -135,6 +136,7 @@ class ApiToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name = "API token"
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
@@ -157,7 +159,7 @@ class Attribute(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["org", "name"], name="attribute_unique_name_per_org")]
+        constraints = [models.UniqueConstraint(Lower("name"), "org", name="attribute_unique_name_ci_per_org")]
         ordering = ["name"]
 
     def __str__(self):
@@ -196,7 +198,7 @@ class GuardrailRule(BoundRule):
     output_conditions = models.JSONField(default=dict, blank=True)
 
     class Meta(BoundRule.Meta):
-        constraints = [models.UniqueConstraint(fields=["org", "name"], name="guardrail_unique_name_per_org")]
+        constraints = [models.UniqueConstraint(Lower("name"), "org", name="guardrail_unique_name_ci_per_org")]
 
 
 class MaskingRule(BoundRule):
@@ -206,7 +208,7 @@ class MaskingRule(BoundRule):
 
     class Meta(BoundRule.Meta):
         constraints = [
-            models.UniqueConstraint(fields=["org", "name"], name="maskingrule_unique_name_per_org")
+            models.UniqueConstraint(Lower("name"), "org", name="maskingrule_unique_name_ci_per_org")
         ]
 
 
@@ -222,7 +224,9 @@ class MCPAuthSettings(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
     enabled = models.BooleanField(default=False)
-    resource_uri = models.URLField(max_length=500, blank=True, help_text="Empty: <public URL>/api/mcp.")
+    resource_uri = models.URLField(
+        max_length=500, blank=True, help_text="Empty: the public URL followed by /api/mcp."
+    )
     issuer = models.URLField(
         max_length=500, blank=True, help_text="Empty: the built-in authorization server."
     )
@@ -272,7 +276,9 @@ class IdentityProvider(models.Model):
 
     org = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="identity_provider")
     slug = models.SlugField(
-        max_length=63, unique=True, help_text="The org-specific sign-in URL: /login/sso/<slug>/"
+        max_length=63,
+        unique=True,
+        help_text="The org-specific sign-in URL: /login/sso/SLUG/ (this value as SLUG)",
     )
     enabled = models.BooleanField(default=True)
     issuer = models.URLField(max_length=500)

@@ -12,9 +12,10 @@ its org; once an admin names groups on a connection, only members of those group
 may use it. Naming groups on one connection never changes who sees any other connection.
 
 Token capability (the ceiling an API token puts on its user): `Actor.capability` is `admin` (no
-ceiling: web, admin, CLI, and tokens issued as admin), `read_write` (the admin and auditor roles
-do not count: `is_admin`/`is_auditor` are False, so the user acts as a standard member) or
-`read_only` (that, and no writes: `capability_allows`; exec runs reads only, see `gateway.pipeline`).
+ceiling: web, admin, CLI, and tokens issued as admin), `read_write` (the admin role does not count:
+`is_admin` is False, so an admin acts as a standard member) or `read_only` (that, and no writes:
+`capability_allows`; exec runs reads only, see `gateway.pipeline`). The auditor role survives every
+capability: it only ever reads, so a ceiling on writes takes nothing from it (`is_auditor`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from django.db.models import Q, QuerySet
 from governance.errors import NotFound, PolicyDenied
 from governance.models import ADMIN_GROUP, AUDITOR_GROUP, TokenCapability, User
 
-SURFACES = ("web", "admin", "api", "mcp", "task", "cli")
+SURFACES = ("web", "admin", "api", "mcp", "task", "cli", "slack")
 
 ROLE_ANY = "any"
 ROLE_AUDITOR = "auditor"  # auditors and admins
@@ -63,7 +64,8 @@ class Actor:
 
     @property
     def is_auditor(self) -> bool:
-        return AUDITOR_GROUP in self.groups and self.capability == TokenCapability.ADMIN
+        # Read-only by nature: no token capability lowers it (see the module docstring).
+        return AUDITOR_GROUP in self.groups
 
     @property
     def read_only(self) -> bool:
@@ -132,9 +134,27 @@ def require_capability(actor: Actor, needed: str) -> None:
 
 def role_denied_message(actor: Actor, role: str) -> str:
     message = "admin access required" if role == ROLE_ADMIN else "admin or auditor access required"
-    if actor.capability != TokenCapability.ADMIN and actor.groups & {ADMIN_GROUP, AUDITOR_GROUP}:
+    if actor.capability != TokenCapability.ADMIN and ADMIN_GROUP in actor.groups:
         message += f" (this token's capability is {actor.capability}; issue one with capability admin)"
     return message
+
+
+def capability_explained(actor: Actor) -> str:
+    """One sentence on what the actor's token capability does to their roles (me_get, REST /me)."""
+    roles = [r for r, g in (("admin", ADMIN_GROUP), ("auditor", AUDITOR_GROUP)) if g in actor.groups]
+    if actor.capability == TokenCapability.ADMIN:
+        held = " and ".join(roles) if roles else "standard member"
+        return f"capability admin: no ceiling; you act with your roles ({held})."
+    parts = [f"capability {actor.capability}:"]
+    if ADMIN_GROUP in actor.groups:
+        parts.append("your admin role does not count under it (a token with capability admin restores it);")
+    if AUDITOR_GROUP in actor.groups:
+        parts.append("your auditor role counts (it only reads);")
+    if actor.read_only:
+        parts.append("nothing is written and exec runs reads only (read_write would allow writes).")
+    else:
+        parts.append("reads and writes as your groups allow.")
+    return " ".join(parts)
 
 
 def require_role(actor: Actor, role: str) -> None:

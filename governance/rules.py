@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import threading
 import uuid
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from governance import guardrails, masking
 from governance.errors import Conflict, InvalidInput, NotFound
 from governance.models import Attribute, GuardrailRule, MaskingRule, Organization
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role
-from sessions.audit import audit_record
+from sessions.audit import audit_record, change_detail, snapshot
 
 MAX_LIMIT = 100
 
@@ -96,6 +97,19 @@ def _bindings(obj) -> dict:
 
 
 def _save_unique(obj, what: str) -> None:
+    """Save `obj`, refusing a name its org already has in any case (a database constraint too)."""
+    # A runbook's name is unique on its connection; everything else's in its org.
+    owner = {"connection_id": obj.connection_id} if hasattr(obj, "connection_id") else {"org_id": obj.org_id}
+    existing = (
+        type(obj)
+        ._default_manager.filter(**owner, name__iexact=obj.name)
+        .exclude(pk=obj.pk)
+        .values_list("name", flat=True)
+        .first()
+    )
+    if existing is not None:
+        suffix = "" if existing == obj.name else f' as "{existing}" (names are unique regardless of case)'
+        raise Conflict(f'{what} "{obj.name}" already exists{suffix}')
     try:
         with transaction.atomic():
             obj.save()
@@ -127,38 +141,89 @@ def attribute_get(*, actor: Actor, name: str) -> Attribute:
     return _by_ref(Attribute.objects.prefetch_related("connections"), actor, name, "attribute")
 
 
+_ATTRIBUTE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}(=[a-zA-Z0-9_.:/-]+)?$")
+
+
+def check_attribute_name(name: str) -> str:
+    """An attribute is a plain tag (`pci`) or a key=value pair (`env=prod`), 63 characters at most."""
+    name = (name or "").strip()
+    if len(name) > 63 or not _ATTRIBUTE_NAME.match(name):
+        raise InvalidInput(
+            "attribute name: a tag (letters, digits, '-', '_', '.') or key=value such as env=prod, "
+            "63 characters at most"
+        )
+    return name
+
+
+def selector_filter(selector: str) -> Q:
+    """Connections matching a selector: comma-separated terms that must all hold; `env=prod` is
+    the attribute env=prod, `env` any env=<value> (or the tag env). Case-insensitive, as names are."""
+    terms = [t.strip() for t in (selector or "").split(",") if t.strip()]
+    if not terms or len(terms) > 10:
+        raise InvalidInput("selector: one to ten comma-separated terms such as env=prod,tier")
+    q = Q()
+    for term in terms:
+        if "=" in term:
+            check_attribute_name(term)
+            match = Attribute.objects.filter(name__iexact=term)
+        else:
+            check_attribute_name(term)
+            match = Attribute.objects.filter(Q(name__iexact=term) | Q(name__istartswith=term + "="))
+        q &= Q(pk__in=match.values("connections"))
+    return q
+
+
 def attribute_create(
     *, actor: Actor, name: str, description: str = "", connections: list[str] | None = None
 ) -> Attribute:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
-        attribute = Attribute(
-            org_id=actor.org_id, name=_check_name(name, "attribute"), description=description
-        )
+        attribute = Attribute(org_id=actor.org_id, name=check_attribute_name(name), description=description)
         _save_unique(attribute, "attribute")
         attribute.connections.set(_connections(actor, connections))
         _changed(
             actor=actor,
             action="attribute.create",
             target=attribute,
-            detail={"connections": connections or []},
+            detail={"connections": connections or [], "after": snapshot(attribute)},
         )
     return attribute
 
 
 def attribute_update(
-    *, actor: Actor, name: str, description: str | None = None, connections: list[str] | None = None
+    *,
+    actor: Actor,
+    name: str,
+    description: str | None = None,
+    connections: list[str] | None = None,
+    add_connections: list[str] | None = None,
+    remove_connections: list[str] | None = None,
 ) -> Attribute:
-    """Change an attribute; `connections`, when given, replaces the whole list."""
+    """Change an attribute: `connections` replaces the whole list; `add_connections` and
+    `remove_connections` tag and untag without knowing the rest of the list."""
     require_role(actor, ROLE_ADMIN)
+    if connections is not None and (add_connections or remove_connections):
+        raise InvalidInput(
+            "give connections (the whole list) or add_connections/remove_connections, not both"
+        )
     with transaction.atomic():
         attribute = _by_ref(Attribute.objects.select_for_update(), actor, name, "attribute")
+        before = snapshot(attribute)
         if description is not None:
             attribute.description = description
             attribute.save(update_fields=["description"])
         if connections is not None:
             attribute.connections.set(_connections(actor, connections))
-        _changed(actor=actor, action="attribute.update", target=attribute)
+        if add_connections:
+            attribute.connections.add(*_connections(actor, add_connections))
+        if remove_connections:
+            attribute.connections.remove(*_connections(actor, remove_connections))
+        _changed(
+            actor=actor,
+            action="attribute.update",
+            target=attribute,
+            detail=change_detail(before, snapshot(attribute)),
+        )
     return attribute
 
 
@@ -166,7 +231,9 @@ def attribute_delete(*, actor: Actor, name: str) -> None:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         attribute = _by_ref(Attribute.objects.all(), actor, name, "attribute")
-        _changed(actor=actor, action="attribute.delete", target=attribute)
+        _changed(
+            actor=actor, action="attribute.delete", target=attribute, detail={"before": snapshot(attribute)}
+        )
         attribute.delete()
 
 
@@ -218,8 +285,9 @@ def _rule_update(model, what: str, action: str, apply, *, actor: Actor, ref: str
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         rule = _by_ref(model.objects.select_for_update(), actor, ref, what)
-        changed = apply(rule, actor, fields)
-        _changed(actor=actor, action=action, target=rule, detail={"changed": changed})
+        before = snapshot(rule)
+        apply(rule, actor, fields)
+        _changed(actor=actor, action=action, target=rule, detail=change_detail(before, snapshot(rule)))
     return rule
 
 
@@ -228,7 +296,7 @@ def _rule_delete(model, what: str, action: str, *, actor: Actor, ref: str) -> st
     with transaction.atomic():
         rule = _by_ref(model.objects.all(), actor, ref, what)
         name = rule.name
-        _changed(actor=actor, action=action, target=rule)
+        _changed(actor=actor, action=action, target=rule, detail={"before": snapshot(rule)})
         rule.delete()
     return name
 
@@ -254,7 +322,12 @@ def guardrail_create(*, actor: Actor, name: str, **fields) -> GuardrailRule:
     with transaction.atomic():
         rule = GuardrailRule(org_id=actor.org_id)
         _apply_guardrail(rule, actor, {"name": name, **fields})
-        _changed(actor=actor, action="guardrail.create", target=rule, detail=_bindings(rule))
+        _changed(
+            actor=actor,
+            action="guardrail.create",
+            target=rule,
+            detail={**_bindings(rule), "after": snapshot(rule)},
+        )
     return rule
 
 
@@ -294,14 +367,31 @@ def guardrail_test(
     connection_name: str | None = None,
     direction: str = "input",
     dialect: str | None = None,
+    conditions: dict | None = None,
 ) -> dict:
-    """Evaluate text against one rule, or against every rule bound to a connection. Runs nothing."""
+    """Evaluate text against one rule, or against every rule bound to a connection, or against
+    unsaved `conditions` ({"input": ..., "output": ...}, validated exactly as a save validates
+    them; the admin's editor tests what is on the page with it). Runs nothing."""
     require_role(actor, ROLE_AUDITOR)
-    if (ref is None) == (connection_name is None):
+    if conditions is not None:
+        if ref is not None or connection_name is not None:
+            raise InvalidInput("give a rule, a connection_name or inline conditions, not several")
+        if not isinstance(conditions, dict):
+            raise InvalidInput("conditions must be an object with input and/or output")
+    elif (ref is None) == (connection_name is None):
         raise InvalidInput("give either a rule (id or name) or a connection_name")
     if direction not in ("input", "output"):
         raise InvalidInput("direction must be input or output")
-    if connection_name is not None:
+    if conditions is not None:
+        draft = GuardrailRule(
+            name="this rule",
+            input_conditions=guardrails.validate_conditions(conditions.get("input") or {}, direction="input"),
+            output_conditions=guardrails.validate_conditions(
+                conditions.get("output") or {}, direction="output"
+            ),
+        )
+        rules = [draft]
+    elif connection_name is not None:
         connection = _connections(actor, [connection_name])[0]
         rules = guardrail_rules_bound(connection)
         dialect = dialect or guardrails.DIALECTS.get(connection.kind)
@@ -374,7 +464,12 @@ def masking_rule_create(*, actor: Actor, name: str, spec: dict, **fields) -> Mas
     with transaction.atomic():
         rule = MaskingRule(org_id=actor.org_id)
         _apply_masking(rule, actor, {"name": name, "spec": spec, **fields})
-        _changed(actor=actor, action="masking_rule.create", target=rule, detail=_bindings(rule))
+        _changed(
+            actor=actor,
+            action="masking_rule.create",
+            target=rule,
+            detail={**_bindings(rule), "after": snapshot(rule)},
+        )
     return rule
 
 

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.text import slugify
 from joserfc import jwt as jose_jwt
-from joserfc.errors import JoseError
+from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
@@ -460,9 +460,7 @@ def validate_id_token(idp: IdentityProvider, meta: dict, raw: str, *, nonce: str
     try:
         try:
             decoded = jose_jwt.decode(raw, _key_set(idp, meta), registry=registry)
-        except JoseError as exc:
-            if "kid" not in type(exc).__name__.lower() and "key" not in str(exc).lower():
-                raise
+        except InvalidKeyIdError:  # the IdP rotated its keys: fetch them again (rate-limited)
             decoded = jose_jwt.decode(raw, _key_set(idp, meta, refresh=True), registry=registry)
         params = {"nonce": nonce, "client_id": idp.client_id}
         if access_token:
@@ -568,6 +566,11 @@ def sign_in(idp: IdentityProvider, claims: dict) -> tuple[User, dict]:
             changes["linked"] = subject
         if not user.is_active:
             raise SignInRefused("the user is deactivated in Portcullis", org_id=org_id, email=email)
+        name = claims.get("name")
+        if isinstance(name, str) and name.strip() and name.strip()[:150] != user.name:
+            user.name = name.strip()[:150]  # the IdP's directory is where names are kept
+            user.save(update_fields=["name"])
+            changes["name"] = user.name
         changes.update(_refresh_groups(idp, user, idp_groups(idp, claims)))
     return user, changes
 

@@ -25,6 +25,120 @@ class Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def shared(owner: str) -> ConfigDict:
+    """The config of a record model that several tools return: only `owner` (the tool that reads one
+    record, e.g. reviews_get) carries its full schema; every other tool's outputSchema names it
+    (`compact_schema`). Same record, one definition, instead of the same schema five times."""
+    return ConfigDict(extra="forbid", json_schema_extra={SHARED_KEY: owner})
+
+
+SHARED_KEY = "x-shared"
+# JSON Schema keywords that validate nothing an agent needs to read: titles repeat the property
+# name, and `default: null` is what "not required" already says.
+_NOISE = ("title", SHARED_KEY)
+# Output schemas say which fields come back and their types; what a field means is in the tool's
+# description or the owner tool's. String lengths are checked by the server and cost every agent
+# bytes in its context, so they are not listed (numeric bounds such as limit <= 100 are).
+_OUTPUT_NOISE = ("required", "description")
+_INPUT_NOISE = ("minLength", "maxLength")
+
+
+def compact_schema(schema: dict, *, tool: str, output: bool, fields_as: str | None = None) -> dict:
+    """A tool's schema as tools/list sends it: the same types, a fraction of the bytes.
+
+    * titles and null defaults go; `anyOf [X, null]` becomes `type: [X, "null"]`;
+    * a shared record (see `shared`) is described in full by its owner tool only, and as
+      `{"type": "object", "description": "As <owner> returns it."}` by the others;
+    * $defs used once are inlined, unused ones dropped;
+    * output schemas keep types (null included) but drop descriptions and `required` (an output
+      schema states what comes back);
+    * input schemas keep descriptions and numeric bounds, not string lengths (the server checks
+      them), and an optional argument is typed without `null` (leave it out instead);
+    * input schemas keep `additionalProperties: false`: unknown arguments are refused;
+    * `fields_as` (an update tool whose fields are its create tool's): the arguments stay typed, their
+      descriptions are said once, by the create tool.
+    """
+    defs = schema.get("$defs", {})
+
+    def walk(node):
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        owner = node.get(SHARED_KEY)
+        if owner and owner != tool:
+            return {"type": "object", "description": f"As {owner} returns it."}
+        out: dict = {}
+        for key, value in node.items():
+            if key in _NOISE or key == "$defs" or (key == "default" and value is None):
+                continue
+            if key == "additionalProperties" and (value is True or (output and value is False)):
+                continue  # true is the default; an output schema need not forbid what never comes
+            if key in (_OUTPUT_NOISE if output else _INPUT_NOISE):
+                continue
+            if key == "properties":
+                out[key] = {name: walk(sub) for name, sub in value.items()}
+            else:
+                out[key] = walk(value)
+        if set(out) == {"$ref"}:
+            return out
+        nullable = out.get("anyOf")
+        if nullable and len(nullable) == 2 and {"type": "null"} in nullable:
+            other = next(x for x in nullable if x != {"type": "null"})
+            if isinstance(other.get("type"), str) and "$ref" not in other:
+                del out["anyOf"]
+                if output:
+                    merged = {**other, "type": [other["type"], "null"]}
+                    if "enum" in merged:
+                        merged["enum"] = [*merged["enum"], None]
+                else:  # an optional argument: leaving it out is how an agent says "none"
+                    merged = other
+                out = {**merged, **out}
+        return out
+
+    body = walk(schema)
+    new_defs = {name: walk(sub) for name, sub in defs.items()}
+    uses: dict[str, int] = {}
+
+    def count(node):
+        if isinstance(node, list):
+            for x in node:
+                count(x)
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                uses[ref[8:]] = uses.get(ref[8:], 0) + 1
+            for v in node.values():
+                count(v)
+
+    count(body)
+    for sub in new_defs.values():
+        count(sub)
+
+    def inline(node, seen=()):
+        if isinstance(node, list):
+            return [inline(x, seen) for x in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref[8:]
+            if uses.get(name) == 1 and name not in seen and name in new_defs:
+                extra = {k: v for k, v in node.items() if k != "$ref"}
+                return {**inline(new_defs[name], (*seen, name)), **extra}
+            return node
+        return {k: inline(v, seen) for k, v in node.items()}
+
+    body = inline(body)
+    if fields_as:
+        body = _without_descriptions(body, keep=("id",))
+        body["description"] = f"Fields as in {fields_as}; only those given change, lists are replaced."
+    kept = {name: inline(sub, (name,)) for name, sub in new_defs.items() if uses.get(name, 0) > 1}
+    if kept:
+        body["$defs"] = kept
+    return body
+
+
 def page(items: list, total: int, offset: int) -> dict:
     """The pagination fields every list tool answers with."""
     end = offset + len(items)
@@ -48,16 +162,37 @@ class ToolSpec:
     # The token capability a caller needs (see governance.policy): read-only tools need read_only,
     # writes read_write, unless the tool enforces the ceiling itself (exec runs reads only).
     capability: str = TokenCapability.READ_WRITE
+    # An update tool whose arguments are its create tool's: described once, by that tool.
+    fields_as: str | None = None
 
     @property
     def annotations(self) -> ToolAnnotations:
+        # destructive and idempotent mean something only for tools that change state (MCP spec), so a
+        # read-only tool sends just its two hints; unset fields stay out of tools/list.
+        if self.read_only:
+            return ToolAnnotations(read_only_hint=True, open_world_hint=False)
         return ToolAnnotations(
-            title=self.title,
-            read_only_hint=self.read_only,
-            destructive_hint=self.destructive if not self.read_only else False,
-            idempotent_hint=self.idempotent or self.read_only,
+            read_only_hint=False,
+            destructive_hint=self.destructive,
+            idempotent_hint=self.idempotent,
             open_world_hint=False,
         )
+
+
+def _without_descriptions(node, keep=()):
+    if isinstance(node, list):
+        return [_without_descriptions(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "description":
+            continue
+        if key == "properties":
+            out[key] = {n: sub if n in keep else _without_descriptions(sub) for n, sub in value.items()}
+        else:
+            out[key] = _without_descriptions(value)
+    return out
 
 
 TOOLS: dict[str, ToolSpec] = {}
@@ -76,6 +211,7 @@ def tool(
     render: Callable[[Any], str] | None = None,
     title: str | None = None,
     capability: str | None = None,
+    fields_as: str | None = None,
 ):
     """Register `handler(actor, args, ctx) -> result` as the MCP tool `name`."""
 
@@ -95,6 +231,7 @@ def tool(
             render=render,
             title=title,
             capability=capability or (TokenCapability.READ_ONLY if read_only else TokenCapability.READ_WRITE),
+            fields_as=fields_as,
         )
         return handler
 

@@ -29,7 +29,7 @@ from governance.policy import Actor, capability_allows, capability_message, has_
 from mcpserver import tools  # noqa: F401  (registers every tool)
 from mcpserver.auth import GatewayTokenVerifier
 from mcpserver.challenge import BearerChallenge
-from mcpserver.registry import TOOLS, ToolSpec
+from mcpserver.registry import TOOLS, ToolSpec, compact_schema
 from mcpserver.scopes import insufficient_scope_message, scope_allows
 from sessions.audit import Outcome, audit_record
 
@@ -40,7 +40,8 @@ INSTRUCTIONS = (
     "Portcullis is an access gateway: every call runs through identity, access control and audit. "
     "Start with me_get and connections_list, inspect schemas with connection_databases/tables/columns, "
     "then exec. Branch on exec's `status`: completed, failed, blocked, pending_approval, running "
-    "(then call sessions_wait)."
+    "(then call sessions_wait). A record several tools return is described in full by the tool its "
+    "outputSchema names."
 )
 
 
@@ -57,13 +58,17 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def _tool_definition(spec: ToolSpec) -> Tool:
+    # Fields left unset stay out of the listing (the SDK serializes with exclude_unset).
+    extra = {"title": spec.title} if spec.title else {}
     return Tool(
         name=spec.name,
-        title=spec.title,
         description=spec.description,
-        input_schema=spec.args.model_json_schema(),
-        output_schema=spec.result.model_json_schema(),
+        input_schema=compact_schema(
+            spec.args.model_json_schema(), tool=spec.name, output=False, fields_as=spec.fields_as
+        ),
+        output_schema=compact_schema(spec.result.model_json_schema(), tool=spec.name, output=True),
         annotations=spec.annotations,
+        **extra,
     )
 
 

@@ -4,8 +4,10 @@ decide on the review page of the web app, where eligibility and separation of du
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 
+from governance import guardrails
 from governance.admin import RelatedOnly, _RuleAdmin
 from governance.admin_base import GovernedModelAdmin, ReadOnlyModelAdmin
 from reviews import services
@@ -55,6 +57,16 @@ class AccessRequestRuleAdmin(_RuleAdmin):
     create = staticmethod(services.access_rule_create)
     update = staticmethod(services.access_rule_update)
     delete = staticmethod(services.access_rule_delete)
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "min_risk":  # one of the analysis's levels, not free text
+            return forms.ChoiceField(
+                choices=[("", "any risk (no minimum)"), *((x, x) for x in guardrails.RISK_LEVELS)],
+                required=False,
+                label="Minimum risk",
+                help_text="Ask for a review only when the risk analysis of the input is at least this level.",
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("reviewer_groups")

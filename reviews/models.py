@@ -16,9 +16,12 @@ from governance.models import BoundRule, Organization, User, UserGroup
 
 
 class AccessType(models.TextChoices):
-    COMMAND = "command"  # one-time review of each exec
-    JIT = "jit"  # time-bound access to the connection
-    JIT_COMMAND = "jit_command"  # both: exec needs a review unless a JIT grant is active
+    COMMAND = "command", "Review of each command"  # one-time review of each exec
+    JIT = "jit", "JIT access (time-bound)"  # time-bound access to the connection
+    JIT_COMMAND = (
+        "jit_command",
+        "JIT access, else a review per command",
+    )  # exec needs a review unless a JIT grant is active
 
 
 class AccessRequestRule(BoundRule):
@@ -51,8 +54,8 @@ class AccessRequestRule(BoundRule):
 
 
 class ReviewType(models.TextChoices):
-    ONETIME = "onetime"
-    JIT = "jit"
+    ONETIME = "onetime", "One-time execution"
+    JIT = "jit", "JIT access"
 
 
 class ReviewStatus(models.TextChoices):

@@ -37,7 +37,7 @@ from reviews.models import (
     ReviewStatus,
     ReviewType,
 )
-from sessions.audit import Outcome, audit_record
+from sessions.audit import Outcome, audit_record, change_detail
 from sessions.models import RISK_ORDER, RiskLevel, Session, SessionStatus
 
 logger = logging.getLogger("portcullis.reviews")
@@ -66,6 +66,7 @@ def review_settings_update(
     with transaction.atomic():
         current = review_settings(actor.org_id)
         current = ReviewSettings.objects.select_for_update().get(pk=current.pk)
+        before = review_settings_to_dict(current)
         for field, value in (
             ("allow_self_approval", allow_self_approval),
             ("mcp_decisions_enabled", mcp_decisions_enabled),
@@ -77,8 +78,27 @@ def review_settings_update(
                 setattr(current, field, value)
                 changed[field] = value
         current.save()
-        audit_record(actor=actor, action="review.settings", target=current, detail=changed)
+        audit_record(
+            actor=actor,
+            action="review.settings",
+            target=current,
+            detail={**changed, **change_detail(before, review_settings_to_dict(current))},
+        )
     return current
+
+
+def review_settings_to_dict(current: ReviewSettings) -> dict:
+    return {
+        "allow_self_approval": current.allow_self_approval,
+        "mcp_decisions_enabled": current.mcp_decisions_enabled,
+        "review_ttl_seconds": current.review_ttl_seconds,
+    }
+
+
+def review_settings_get(*, actor: Actor) -> dict:
+    """The org's review settings (admins and auditors)."""
+    require_role(actor, ROLE_AUDITOR)
+    return review_settings_to_dict(review_settings(actor.org_id))
 
 
 # --- access request rules -------------------------------------------------------------------------
@@ -584,7 +604,9 @@ def review_to_dict(review: Review, *, actor: Actor) -> dict:
         "rejection_reason": review.rejection_reason or None,
         "review_url": review_url(review),
         "you_can_decide": review.status == ReviewStatus.PENDING and _may_decide(actor, review),
-        "you_can_revoke": review.status == ReviewStatus.APPROVED and may_revoke(actor, review),
+        "you_can_revoke": review.status == ReviewStatus.APPROVED
+        and _surface_decides(actor)
+        and may_revoke(actor, review),
     }
     if can_see_input(actor, review):
         data["input"] = review.input
@@ -597,8 +619,14 @@ def review_url(review: Review) -> str:
     return f"{settings.PUBLIC_BASE_URL}/reviews/{review.pk}/"
 
 
+def _surface_decides(actor: Actor) -> bool:
+    """Whether the actor's surface may decide at all (review_decide refuses token surfaces unless the
+    org turned MCP/API decisions on): flags must not promise what the next call refuses."""
+    return actor.surface not in TOKEN_SURFACES or review_settings(actor.org_id).mcp_decisions_enabled
+
+
 def _may_decide(actor: Actor, review: Review) -> bool:
-    if not is_eligible_reviewer(actor, review):
+    if not _surface_decides(actor) or not is_eligible_reviewer(actor, review):
         return False
     if review.requester_id == actor.user.pk and not review_settings(actor.org_id).allow_self_approval:
         return False

@@ -141,6 +141,10 @@ def slack_payload(review, event: str) -> dict:
             ],
         }
     )
+    from reviews import slack
+
+    if event == "review.created" and slack.interactive():  # reviewers decide in Slack too
+        blocks += slack.message_blocks(str(review.pk))
     return {"text": f"{title} ({risk} risk): {url}", "blocks": blocks}
 
 

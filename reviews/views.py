@@ -55,9 +55,16 @@ def review_list_view(request):
         "inbox": services.review_list(actor=actor, waiting_for_me=True, limit=1)[1],
         "mine": services.review_list(actor=actor, mine=True, status="PENDING", limit=1)[1],
     }
+    # The statement, for those the service lets see it (requester, eligible reviewers, auditors).
+    previews = {
+        str(r.pk): " ".join(r.input.split())[:300]
+        for r in reviews
+        if r.input and services.can_see_input(actor, r)
+    }
     context = {
         "tab": tab,
         "reviews": reviews,
+        "previews": previews,
         "total": total,
         "counts": counts,
         "filters": filters,

@@ -23,9 +23,54 @@ from sessions.models import AuditChainHead, AuditEvent
 Outcome = AuditEvent.Outcome
 
 
+REDACTED = "[redacted]"
+_SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "private_key", "bearer", "credential")
+
+
+def redact(value, key: str = ""):
+    """`value` with every secret-looking entry replaced by "[redacted]" (keys such as password,
+    secret, token, headers and env of a connection): audit details never hold a secret."""
+    if key and (any(w in key.lower() for w in _SECRET_WORDS) or key in ("headers", "env")):
+        return REDACTED if value not in (None, "", [], {}) else value
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def snapshot(obj, *, skip=("id", "org", "created_at", "updated_at")) -> dict:
+    """The audited state of a model row: its fields, and its many-to-many fields as sorted names.
+    Secrets are redacted (`redact`); encrypted columns are never read."""
+    data = {}
+    for field in obj._meta.concrete_fields:
+        if field.name in skip or "secret" in field.name or field.name.endswith("_encrypted"):
+            continue
+        value = getattr(obj, field.attname)
+        data[field.name] = (
+            value if isinstance(value, bool | int | float | str | dict | list | None) else str(value)
+        )
+    if obj.pk is not None:
+        for field in obj._meta.many_to_many:
+            data[field.name] = sorted(str(getattr(o, "name", o.pk)) for o in getattr(obj, field.name).all())
+    return redact(data)
+
+
+def change_detail(before: dict, after: dict) -> dict:
+    """`{"changed": [...], "before": {...}, "after": {...}}` for the keys whose value changed."""
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return {
+        "changed": changed,
+        "before": {k: before.get(k) for k in changed},
+        "after": {k: after.get(k) for k in changed},
+    }
+
+
 def event_digest(prev_hash: str, event: AuditEvent) -> str:
-    """The hash of an event: what it says and when, chained to the one before. The actor is
-    covered by its e-mail (kept even when the user is deleted), not by the nullable foreign key."""
+    """The hash of an event: what it says and when, chained to the one before. Every column that
+    identifies the actor is covered: its user id (`actor_key`, the copy kept when the nullable
+    foreign key is cleared), e-mail, surface and client. Events written before `actor_key` existed
+    hash without it (their content is unchanged)."""
     content = {
         "org": str(event.org_id),
         "actor_email": event.actor_email,
@@ -39,6 +84,8 @@ def event_digest(prev_hash: str, event: AuditEvent) -> str:
         "detail": event.detail,
         "created_at": event.created_at.isoformat(),
     }
+    if event.actor_key:
+        content["actor_key"] = event.actor_key
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256((prev_hash + "\n" + canonical).encode()).hexdigest()
 
@@ -79,6 +126,7 @@ def audit_record(
         org_id=org_id,
         actor=actor.user if actor else None,
         actor_email=actor.user.email if actor else "",
+        actor_key=str(actor.user.pk) if actor else "",
         surface=actor.surface if actor else surface,
         client=actor.client if actor else "",
         action=action,
@@ -140,9 +188,22 @@ def _walk(org_id) -> ChainReport:
             )
         if event_digest(prev_hash, event) != event.hash:
             return ChainReport(str(org_id), count, f"event #{event.pk} was changed after it was written")
+        if event.actor_id is not None and (
+            str(event.actor_id) != event.actor_key if event.actor_key else event.actor_email == ""
+        ):
+            # The foreign key may only be cleared (user deleted), never pointed at someone else.
+            return ChainReport(
+                str(org_id), count, f"event #{event.pk} names another actor than it was written with"
+            )
         prev_hash, last_id, count = event.hash, event.pk, count + 1
     head = AuditChainHead.objects.filter(pk=org_id).first()
-    if head is not None and (head.last_hash != prev_hash or head.count != count):
+    if head is None and count:
+        return ChainReport(
+            str(org_id),
+            count,
+            "the chain's head record is missing: the chain cannot be checked for removed events",
+        )
+    if head is not None and (head.last_hash != prev_hash or head.count != count or head.last_id != last_id):
         return ChainReport(
             str(org_id),
             count,

@@ -35,6 +35,42 @@ AXIS, GRID, INK, MUTED = "#cbd5e1", "#eef2f7", "#1b2333", "#5d6b82"
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"'
 
 
+# Advance widths in em, at or above those of the common system sans-serifs (Helvetica/Arial, and
+# DejaVu Sans, the widest, which headless Linux browsers use), to size the label column to the
+# labels instead of cutting them at a character count: the names are what a per-user chart is for.
+_NARROW = set("iljtfrI.,:;'!|()[] ")
+_WIDE = set("mwMW@%")
+LABEL_MAX_PX = 300  # longer labels are shortened to fit (the full name is in the hover title)
+
+
+def text_width(text: str, size: float) -> float:
+    """An upper estimate of the rendered width of `text` at font-size `size`, in px."""
+    em = 0.0
+    for ch in text:
+        if ch in _NARROW:
+            em += 0.4
+        elif ch in _WIDE:
+            em += 1.0
+        elif ch.isupper():
+            em += 0.76
+        elif ch.isdigit():
+            em += 0.64
+        elif ord(ch) > 0x2E7F:  # CJK and other full-width scripts
+            em += 1.0
+        else:
+            em += 0.63
+    return em * size
+
+
+def fit_label(text: str, size: float, max_px: float) -> str:
+    """`text`, or its longest prefix plus "…" that fits in `max_px`."""
+    if text_width(text, size) <= max_px:
+        return text
+    while text and text_width(text + "…", size) > max_px:
+        text = text[:-1]
+    return text + "…"
+
+
 def nice_max(value: int) -> tuple[int, int]:
     """A round axis maximum at or above `value` and its tick step (1, 2, 5 x 10^n)."""
     if value <= 0:
@@ -118,20 +154,23 @@ def stacked_bars(
     """Horizontal bars, one per row label, stacked by key, with the total at the end."""
     if not rows:
         return mark_safe('<p class="empty">No sessions in this range.</p>')
-    row_h, gap, label_w, width = 22, 10, 150, 520
+    row_h, gap, font, plot_w = 22, 10, 13, 320
+    widest = max(text_width(name, font) for name, _ in rows)
+    label_w = int(min(LABEL_MAX_PX, max(60.0, widest)) + 14)
+    width = label_w + plot_w + 56  # room for the total after the longest bar
     top = 6
     height = top + len(rows) * (row_h + gap)
-    plot_w = width - label_w - 56
     peak = max(sum(v.values()) for _, v in rows) or 1
     body: list[str] = []
     for i, (name, values) in enumerate(rows):
         y = top + i * (row_h + gap)
-        short = name if len(name) <= 22 else name[:21] + "…"
+        short = fit_label(name, font, LABEL_MAX_PX)
         body.append(
             format_html(
-                '<text x="{}" y="{}" text-anchor="end" font-size="13" fill="{}"><title>{}</title>{}</text>',
+                '<text x="{}" y="{}" text-anchor="end" font-size="{}" fill="{}"><title>{}</title>{}</text>',
                 label_w - 10,
                 f"{y + row_h / 2 + 4:.1f}",
+                font,
                 INK,
                 name,
                 short,

@@ -17,7 +17,7 @@ from django import forms
 from sessions.models import RiskLevel, SessionStatus, Verb
 from sessions.services import STATS_MAX_DAYS
 
-SURFACES = ("web", "admin", "api", "mcp", "task", "cli")
+SURFACES = ("web", "admin", "api", "mcp", "task", "cli", "slack")
 FILTER_PARAMS = (
     "user",
     "connection",

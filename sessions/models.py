@@ -186,6 +186,10 @@ class AuditEvent(models.Model):
     org = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="audit_events")
     actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     actor_email = models.CharField(max_length=254, blank=True)
+    # The actor's user id as written, covered by the hash: the foreign key above is set to NULL
+    # when the user is deleted, so the chain cannot cover it directly (audit_verify checks that
+    # the key, when still set, agrees with this copy).
+    actor_key = models.CharField(max_length=64, blank=True)
     surface = models.CharField(max_length=16)
     client = models.CharField(max_length=200, blank=True)
     action = models.CharField(max_length=64, db_index=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -64,12 +65,17 @@ def _visible_sessions(
     review_status=None,
     start_date=None,
     end_date=None,
+    rule=None,
+    text=None,
 ):
     """The sessions `actor` may see, filtered: the one filter path of sessions_list, sessions_stats
     and exports. `actor=None` is the system (CLI): every session of `org_id`.
 
-    Every filter is a column of the session (risk_level is the session's copy of its analysis'),
-    each with an index that ends in created_at (see Session.Meta): no join, pages read in order.
+    Every filter but `rule`, `text` and `review_status` is a column of the session (risk_level is
+    the session's copy of its analysis'), each with an index that ends in created_at (see
+    Session.Meta): no join, pages read in order. `rule` (a guardrail rule named in the session's
+    findings) and `text` (a case-insensitive substring of the input) narrow what those give; bound
+    them with a connection or dates on a large org.
     """
     if status and status not in SessionStatus.values:
         raise InvalidInput(f"unknown status {status!r}; use one of: {', '.join(SessionStatus.values)}")
@@ -100,7 +106,42 @@ def _visible_sessions(
         if actor is not None
         else Session.objects.filter(org_id=org_id)
     )
-    return base.filter(**{k: v for k, v in filters.items() if v})
+    qs = base.filter(**{k: v for k, v in filters.items() if v})
+    if rule:
+        qs = qs.filter(_rule_filter(str(rule)[:100]))
+    if text:
+        qs = qs.filter(input__icontains=str(text)[:200])
+    return qs
+
+
+def _rule_filter(rule: str) -> Q:
+    """Sessions whose guardrail findings name `rule` (any statement, any condition)."""
+    if connections["default"].vendor == "postgresql":
+        return Q(guardrail_findings__contains=[{"rule": rule}])
+    # SQLite has no JSON containment; the stored JSON text (json.dumps) has the pair verbatim.
+    import json
+
+    return Q(guardrail_findings__contains=json.dumps({"rule": rule})[1:-1])
+
+
+SESSION_STATUSES = tuple(SessionStatus.values)
+_PREVIEW_CHARS = 200
+# A quoted literal ('...' with '' escapes, or $$...$$): what a preview never shows.
+_LITERAL = re.compile(r"'(?:[^']|'')*'?|\$\$.*?(?:\$\$|$)", re.S)
+_LONG_NUMBER = re.compile(r"\b\d{6,}\b")
+
+
+def input_preview(text: str) -> str:
+    """The shape of an input for lists and reports: whitespace collapsed, every quoted literal and
+    every long number (card, phone, account numbers) replaced by `?`, secrets never shown, cut at
+    200 characters. Statement keywords, tables and columns stay: that is what a report asks."""
+    from governance.guardrails import find_secrets
+
+    if find_secrets(text):
+        return "[input holds a secret; open the session to read it]"
+    masked = _LONG_NUMBER.sub("?", _LITERAL.sub("?", text))
+    flat = " ".join(masked.split())
+    return flat if len(flat) <= _PREVIEW_CHARS else flat[: _PREVIEW_CHARS - 1] + "…"
 
 
 def session_list(
@@ -115,6 +156,8 @@ def session_list(
     end_date: str | None = None,
     risk_level: str | None = None,
     review_status: str | None = None,
+    rule: str | None = None,
+    text: str | None = None,
     limit: int = 20,
     offset: int = 0,
     cursor: str | None = None,
@@ -140,11 +183,13 @@ def session_list(
         review_status=review_status,
         start_date=start_date,
         end_date=end_date,
+        rule=rule,
+        text=text,
     )
     total = qs.count()
     if cursor:
         qs = _after_cursor(qs, cursor)
-    qs = qs.select_related("user").order_by("-created_at", "-pk")
+    qs = qs.select_related("user", "review").order_by("-created_at", "-pk")
     return list(qs[offset : offset + limit]), total
 
 
@@ -174,7 +219,7 @@ def session_get(*, actor: Actor, session_id, action: str = "view") -> Session:
 
     pk = parse_id(session_id, "session not found")
     return get_scoped(
-        Session.objects.select_related("user"), actor, action, not_found="session not found", pk=pk
+        Session.objects.select_related("user", "review"), actor, action, not_found="session not found", pk=pk
     )
 
 
@@ -185,7 +230,15 @@ def session_to_dict(session: Session, *, actor: Actor) -> dict:
 
     privileged = has_role(actor, ROLE_AUDITOR)
     findings = session.guardrail_findings or []
+    # The preview follows who may read the content (owner, admins, auditors); a reviewer who sees
+    # the row through a review reads the input in reviews_get instead.
+    readable = privileged or session.user_id == actor.user.pk
+    review = _review_of(session)
     return {
+        "input_preview": input_preview(session.input) if readable else None,
+        "review_status": review.status if review is not None else None,
+        "review_id": str(review.pk) if review is not None else None,
+        "risk_level": session.risk_level,
         "guardrails": sorted({f["rule"] for f in findings}),
         "guardrail_findings": findings if privileged else [],
         "masking": (session.masking or {}).get("counts", {}),
@@ -209,6 +262,15 @@ def session_to_dict(session: Session, *, actor: Actor) -> dict:
         "ended_at": session.ended_at.isoformat() if session.ended_at else None,
         "execution_time_ms": session.execution_time_ms,
     }
+
+
+def _review_of(session: Session):
+    from django.core.exceptions import ObjectDoesNotExist
+
+    try:
+        return session.review
+    except ObjectDoesNotExist:
+        return None
 
 
 def session_content(*, actor: Actor, session_id, offset: int = 0, max_bytes: int = 64 * 1024) -> dict:
@@ -564,7 +626,20 @@ def analysis_sweep_missing(*, now=None, limit: int = 200) -> int:
     return made
 
 
-STATS_GROUPS = ("user", "connection", "status", "verb", "surface", "risk_level", "day", "hour", "weekday")
+STATS_GROUPS = (
+    "user",
+    "connection",
+    "status",
+    "verb",
+    "surface",
+    "risk_level",
+    "review_status",
+    "rule",
+    "attribute",
+    "day",
+    "hour",
+    "weekday",
+)
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # Counting scans every session of the range (an index-only scan of Session's "stats" index): the
 # range is bounded so that one call stays fast at millions of sessions (bench/sessions_scale.py).
@@ -580,10 +655,18 @@ def session_stats(
     end_date: str | None = None,
     connection: str | None = None,
     status: str | None = None,
+    review_status: str | None = None,
+    rule: str | None = None,
+    risk_level: str | None = None,
+    user_email: str | None = None,
 ) -> dict:
     """Counts of the sessions the actor may see, grouped by any of STATS_GROUPS (UTC for day, hour
     and weekday), over a date range of at most STATS_MAX_DAYS (the last STATS_DEFAULT_DAYS when no
     start_date is given; `start_date` and `end_date` in the answer say which). One aggregate query.
+
+    `review_status` is the session's review's (null: no review), `rule` each guardrail rule named
+    in its findings (null: none), `attribute` each attribute of its connection (null: none); a
+    session with two rules or attributes counts in both groups, so `total` counts sessions.
     Raises InvalidInput for a bad group, date or range."""
     from django.db.models import Count
     from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, TruncDate
@@ -594,8 +677,23 @@ def session_stats(
     if unknown:
         raise InvalidInput(f"unknown group {unknown[0]!r}; use any of: {', '.join(STATS_GROUPS)}")
     start, end = _stats_range(start_date, end_date)
-    qs = _visible_sessions(actor, connection=connection, status=status, start_date=start, end_date=end)
+    qs = _visible_sessions(
+        actor,
+        connection=connection,
+        status=status,
+        start_date=start,
+        end_date=end,
+        review_status=review_status,
+        rule=rule,
+        risk_level=risk_level,
+        user_email=user_email,
+    )
+    total = qs.count()
+    if "rule" in group_by:
+        return _stats_by_rule(qs, group_by, start, end, total)
     columns = {
+        "review_status": "review__status",
+        "attribute": "connection__attributes__name",
         "user": "user__email",
         "connection": "connection_name",
         "status": "status",
@@ -617,22 +715,72 @@ def session_stats(
     )
     groups = []
     for row in rows[:1000]:
-        key = {}
-        for name, field in zip(group_by, fields, strict=True):
-            value = row[field]
-            if name == "day" and value is not None:
-                value = value.isoformat()
-            elif name == "weekday" and value is not None:
-                value = WEEKDAYS[value - 1]
-            key[name] = value
+        key = {name: _group_value(name, row[field]) for name, field in zip(group_by, fields, strict=True)}
         groups.append({**key, "count": row["count"]})
+    return _stats_answer(group_by, start, end, total, groups)
+
+
+def _group_value(name: str, value):
+    if name == "day" and value is not None:
+        return value.isoformat()
+    if name == "weekday" and value is not None:
+        return WEEKDAYS[value - 1]
+    return value
+
+
+def _stats_answer(group_by, start, end, total, groups) -> dict:
     return {
         "group_by": group_by,
         "start_date": start.isoformat().replace("+00:00", "Z"),
         "end_date": end.isoformat().replace("+00:00", "Z"),
-        "total": sum(g["count"] for g in groups),
+        "total": total,
         "groups": groups,
     }
+
+
+def _stats_by_rule(qs, group_by, start, end, total) -> dict:
+    """Grouping by guardrail rule: the rules are inside each session's findings (a JSON list), so
+    sessions with findings are read (few: blocked and withheld ones) and counted here, and those
+    without are counted by the database under rule null."""
+    from collections import Counter
+
+    from django.db.models import Count
+    from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, TruncDate
+
+    columns = {
+        "user": "user__email",
+        "connection": "connection_name",
+        "status": "status",
+        "verb": "verb",
+        "surface": "surface",
+        "risk_level": "risk_level",
+        "review_status": "review__status",
+        "attribute": "connection__attributes__name",
+    }
+    computed = {
+        "day": TruncDate("created_at"),
+        "hour": ExtractHour("created_at"),
+        "weekday": ExtractIsoWeekDay("created_at"),
+    }
+    others = [g for g in group_by if g != "rule"]
+    qs = qs.annotate(**{f"g_{g}": computed[g] for g in others if g in computed})
+    fields = [columns.get(g, f"g_{g}") for g in others]
+    counts: Counter = Counter()
+    with_findings = qs.exclude(guardrail_findings=[]).values_list("guardrail_findings", *fields)
+    for findings, *values in with_findings.iterator(chunk_size=2000):
+        key = tuple(_group_value(g, v) for g, v in zip(others, values, strict=True))
+        for rule in sorted({f.get("rule") for f in findings or [] if isinstance(f, dict)}):
+            counts[(rule, *key)] += 1
+    without = qs.filter(guardrail_findings=[]).order_by().values(*fields).annotate(count=Count("*"))
+    for row in without:
+        counts[(None, *(_group_value(g, row[f]) for g, f in zip(others, fields, strict=True)))] += row[
+            "count"
+        ]
+    groups = []
+    for (rule, *values), count in counts.most_common(1000):
+        key = dict(zip(others, values, strict=True))
+        groups.append({**{g: (rule if g == "rule" else key[g]) for g in group_by}, "count": count})
+    return _stats_answer(group_by, start, end, total, groups)
 
 
 def _stats_range(start_date: str | None, end_date: str | None) -> tuple[datetime, datetime]:

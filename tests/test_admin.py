@@ -335,7 +335,12 @@ def test_it_saves_rules_through_the_rules_services_and_bumps_the_cache_version(c
     assert [c.name for c in rule.connections.all()] == ["pg"]
     assert Organization.objects.get(pk=cast.acme.pk).rules_version == before + 1
     event = AuditEvent.objects.get(org=cast.acme, action="guardrail.create")
-    assert event.surface == "admin" and event.detail == {"connections": ["pg"], "attributes": []}
+    assert (
+        event.surface == "admin"
+        and event.detail["connections"] == ["pg"]
+        and event.detail["attributes"] == []
+    )
+    assert event.detail["after"]["name"] == "no-drop"  # what was made, not only that something was
     # Bulk delete goes through the service too: one audited delete per rule.
     response = alice.post(
         "/admin/governance/guardrailrule/",

@@ -133,3 +133,45 @@ def test_audit_events_list_over_mcp(cast, shops, mcp):
     assert prefixed["total"] == 3 and prefixed["has_next_page"] is True
     assert structured(mcp(cast.eve).call("audit_events_list", {"action": "exec."}))["total"] == 0
     assert mcp(cast.bob).call("audit_events_list").is_error
+
+
+def test_pointing_an_event_at_another_actor_is_caught(cast, db):
+    """Issue 14: the hash covers every column that identifies the actor (the user id too)."""
+    events = _write(cast, 3)
+    _raw("update records_auditevent set actor_id = %s where id = %s", [cast.bob.user.pk, events[1].pk])
+    assert f"event #{events[1].pk} names another actor" in audit_verify(cast.acme.pk).problem
+
+
+def test_rewriting_the_hashed_actor_copy_is_caught(cast, db):
+    events = _write(cast, 3)
+    _raw(
+        "update records_auditevent set actor_id = %s, actor_key = %s where id = %s",
+        [cast.bob.user.pk, str(cast.bob.user.pk), events[1].pk],
+    )
+    assert f"event #{events[1].pk} was changed" in audit_verify(cast.acme.pk).problem
+    for column, value in (("surface", "rest"), ("client", "forged"), ("actor_email", "bob@acme.test")):
+        _raw(
+            "update records_auditevent set actor_id = %s, actor_key = %s where id = %s",
+            [cast.alice.user.pk, str(cast.alice.user.pk), events[1].pk],
+        )
+        assert audit_verify(cast.acme.pk).ok
+        _raw(f"update records_auditevent set {column} = %s where id = %s", [value, events[2].pk])
+        assert f"event #{events[2].pk} was changed" in audit_verify(cast.acme.pk).problem
+        _raw(
+            f"update records_auditevent set {column} = %s where id = %s",
+            [getattr(events[2], column), events[2].pk],
+        )
+
+
+def test_a_deleted_user_leaves_the_chain_whole(cast, db):
+    _write(cast, 2)
+    _raw("update records_auditevent set actor_id = null where actor_id = %s", [cast.alice.user.pk])
+    assert audit_verify(cast.acme.pk).ok
+
+
+def test_the_head_is_checked_against_the_chain(cast, db):
+    events = _write(cast, 3)
+    _raw("update records_auditchainhead set last_id = %s where org_id = %s", [events[1].pk, cast.acme.pk])
+    assert "the newest events were removed" in audit_verify(cast.acme.pk).problem
+    _raw("delete from records_auditchainhead where org_id = %s", [cast.acme.pk])
+    assert "head record is missing" in audit_verify(cast.acme.pk).problem

@@ -56,3 +56,34 @@ def test_the_demo_shop_answers_through_the_pipeline(transactional_db, tmp_path, 
     envelope = pipeline.exec_envelope(session)
     assert envelope["status"] == "completed" and envelope["columns"] == ["country", "count(*)"]
     assert sum(row[1] for row in envelope["rows"]) == 200
+
+
+def test_the_demo_phones_are_real_numbers_that_masking_finds(transactional_db, tmp_path, settings):
+    """Issue 14: every demo phone is valid to libphonenumber, and a PHONE_NUMBER rule at the default
+    threshold masks them all (the column name is the context word that lifts them over 0.5)."""
+    import time
+
+    import phonenumbers
+
+    from governance import rules
+
+    settings.DATA_DIR = tmp_path
+    report = seed(postgres_dsn="host=127.0.0.1 port=1 dbname=postgres")
+    shop = Path(Connection.objects.get(name="demo-sqlite").config["path"])
+    with sqlite3.connect(shop) as conn:
+        phones = [row[0] for row in conn.execute("select phone from customers")]
+    assert phones and all(phonenumbers.is_valid_number(phonenumbers.parse(p, None)) for p in phones)
+    user, _ = token_authenticate(report["token"])
+    actor = Actor.for_user(user, surface="cli")
+    rules.masking_rule_create(
+        actor=actor, name="phones", spec={"entities": ["PHONE_NUMBER"]}, connections=["demo-sqlite"]
+    )
+    session = pipeline.exec_start(
+        actor=actor, connection_name="demo-sqlite", input="select phone from customers"
+    )
+    deadline = time.monotonic() + 30
+    while not session.is_final and time.monotonic() < deadline:
+        time.sleep(0.05)
+        session.refresh_from_db()
+    cells = [row[0] for row in session.result["rows"]]
+    assert len(cells) == len(phones) and all(c == "<PHONE_NUMBER>" for c in cells), cells[:5]

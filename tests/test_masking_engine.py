@@ -896,3 +896,27 @@ def test_pattern_conditions_name_existing_presidio_patterns():
     detectors = masking._builtin_detectors()
     names = {(e, p.name) for e, d in detectors.items() if e != "PHONE_NUMBER" for p in d.patterns}
     assert set(masking._PATTERN_NEEDS) <= names
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "de89370400440532013000",  # lower(iban)
+        "de89-3704-0044-0532-0130-00",  # separators replaced
+        "DE89/3704/0044/0532/0130/00",
+        "gb82west12345698765432",
+    ],
+)
+def test_case_and_separators_are_normalised_before_recognition(value):
+    """Issue 14: a transformed IBAN is still an IBAN to the recognizer."""
+    m = Masker([{"entities": ["IBAN_CODE"]}], key=b"k")
+    masked, counts = m.mask_text(f"account {value} closed")
+    assert counts == {"IBAN_CODE": 1} and value not in masked and masked.startswith("account <IBAN_CODE")
+
+
+@pytest.mark.parametrize(
+    "value", ["order 1234567 shipped", "version 1.2.3.4.5.6.7", "de89 is not 3704 an iban"]
+)
+def test_normalised_views_do_not_invent_findings(value):
+    m = Masker([{"entities": ["IBAN_CODE", "CREDIT_CARD", "US_SSN"]}], key=b"k")
+    assert m.mask_text(value) == (value, {})

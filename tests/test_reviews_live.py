@@ -81,9 +81,10 @@ def test_agent_waits_reviewer_approves_in_the_browser_agent_executes_once(
     assert "turned off" in error_text(
         mcp(frank_token).call("reviews_update", {"id": review_id, "status": "APPROVED"})
     )
-    # The reviewer sees the exact statement over MCP (hoop's reviewers cannot).
-    seen = structured(mcp(frank_token).call("reviews_get", {"id": review_id}))
-    assert seen["input"] == "delete from customers where id = 1" and seen["you_can_decide"]
+    # The reviewer sees the exact statement over MCP (hoop's reviewers cannot), and is told the truth:
+    # this surface cannot decide (decisions over MCP are off), so you_can_decide is false here.
+    seen = structured(mcp(frank_token).call("reviews_get", {"review_id": review_id}))
+    assert seen["input"] == "delete from customers where id = 1" and not seen["you_can_decide"]
 
     # The agent long-polls while the reviewer decides in a browser.
     waiting, box = _in_thread(

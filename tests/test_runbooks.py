@@ -190,6 +190,11 @@ def test_typed_parameters_and_identifiers(cast, shops):
         ({"col": "name", "tbl": "customers", "flag": "true"}, "true or false"),
         ({"tbl": "customers"}, "'col' is required"),
         ({"col": "name", "tbl": "customers", "extra": 1}, "unknown parameter 'extra'"),
+        # Issue 14: an identifier never reaches a system catalog unless the runbook allows it.
+        ({"col": "name", "tbl": "sqlite_master"}, "system catalog"),
+        ({"col": "name", "tbl": "pg_catalog.pg_authid"}, "system catalog"),
+        ({"col": "name", "tbl": "information_schema.tables"}, "system catalog"),
+        ({"col": "name", "tbl": "mysql.user"}, "system catalog"),
     ]:
         with pytest.raises(InvalidInput, match=message):
             run(**bad)
@@ -198,6 +203,34 @@ def test_typed_parameters_and_identifiers(cast, shops):
         session.input == "select \"email\" from \"customers\" where id <= 2 and 1 and 'a' = 'a' order by id"
     )
     assert [r[0] for r in session.result["rows"]] == ["one@acme.test", "two@acme.test"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_identifier_parameters_are_limited_to_the_names_the_runbook_allows(cast, shops):
+    admin = cast.alice.actor()
+    with pytest.raises(InvalidInput, match="allowed"):
+        runbooks.runbook_create(
+            actor=admin,
+            connection_name="shop",
+            name="bad",
+            template="select 1 from {{ t }}",
+            parameters=[{"name": "t", "type": "identifier", "allowed": "customers"}],
+        )
+    runbooks.runbook_create(
+        actor=admin,
+        connection_name="shop",
+        name="count",
+        template="select count(*) from {{ t }}",
+        parameters=[{"name": "t", "type": "identifier", "allowed": ["customers", "main.customers"]}],
+    )
+
+    def run(t):
+        return runbooks.runbook_run(actor=admin, connection_name="shop", name="count", parameters={"t": t})
+
+    for other in ("orders", "sqlite_master", "main.sqlite_schema"):
+        with pytest.raises(InvalidInput, match="names this runbook allows"):
+            run(other)
+    assert _wait(run("CUSTOMERS")).result["rows"] == [[3]]
 
 
 @pytest.mark.django_db(transaction=True)

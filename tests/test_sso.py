@@ -78,8 +78,9 @@ def test_it_matches_by_subject_not_by_email(cast, acme_sso, idp):  # noqa: F811
         ({"claims": {"iss": "http://127.0.0.1:1/evil"}}, "iss"),
         ({"claims": {"aud": "another-client"}}, "aud"),
         ({"drop_nonce": True}, "nonce"),
+        ({"forge_signature": True}, "signature"),
     ],
-    ids=["wrong-issuer", "wrong-audience", "missing-nonce"],
+    ids=["wrong-issuer", "wrong-audience", "missing-nonce", "forged-signature"],
 )
 def test_it_refuses_a_bad_id_token(cast, acme_sso, idp, tamper, reason):  # noqa: F811
     idp.user("grace", "grace@acme.test", groups=["okta-admins"])
@@ -334,3 +335,26 @@ def test_the_admin_login_locks_out_too(cast, settings):
     assert response.status_code == 429
     assert client.get("/admin/").status_code == 302
     assert {e.surface for e in events(cast.acme, "auth.lockout")} == {"admin"}
+
+
+def test_it_refuses_an_idp_whose_discovery_names_another_issuer(cast, acme_sso, idp):  # noqa: F811
+    # The configured issuer must be the one the IdP's own metadata names, exactly.
+    idp_configure(org=cast.acme, issuer=idp.issuer + "/")
+    response = sso_start(Client(), "grace@acme.test")
+    assert response.status_code == 502 and b"misconfigured" in response.content
+    (failed,) = events(cast.acme, "auth.login_failed")
+    assert "discovery names issuer" in failed.detail["reason"] and failed.outcome == "failed"
+
+
+def test_it_refuses_when_the_code_exchange_fails(cast, acme_sso, idp):  # noqa: F811
+    idp.user("grace", "grace@acme.test")
+    idp_configure(org=cast.acme, client_secret="not the client's secret")
+    response, _ = sso_sign_in(Client(), "grace@acme.test", "grace")
+    assert response.status_code == 403 and not User.objects.filter(email="grace@acme.test").exists()
+    assert "code exchange failed" in events(cast.acme, "auth.login_failed")[-1].detail["reason"]
+
+
+def test_it_never_redirects_off_site_after_sign_in(cast, acme_sso, idp):  # noqa: F811
+    idp.user("grace", "grace@acme.test")
+    response, _ = sso_sign_in(Client(), "grace@acme.test", "grace", next_url="https://evil.example/steal")
+    assert response.status_code == 302 and response["Location"] == "/"

@@ -15,7 +15,7 @@ from gateway import pipeline
 from gateway.services import connection_create_headless
 from governance.errors import InvalidInput, PolicyDenied
 from governance.models import ApiToken, TokenCapability
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, has_role, require_role
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, capability_explained, has_role, require_role
 from governance.services import token_authenticate, token_issue
 from sessions.models import AuditEvent, SessionStatus
 from tests.conftest import error_text, structured
@@ -66,15 +66,25 @@ def test_the_cli_takes_a_capability(cast, capsys):
 
 
 @pytest.mark.parametrize("capability", ["read_only", "read_write"])
-def test_an_admins_token_below_admin_has_no_admin_or_auditor_role(cast, capability):
-    for person in (cast.alice, cast.carol):
-        actor, _ = _actor(person.user, capability)
-        assert not has_role(actor, ROLE_ADMIN) and not has_role(actor, ROLE_AUDITOR)
-        assert not actor.is_admin and not actor.is_auditor
-        with pytest.raises(PolicyDenied, match=f"this token's capability is {capability}"):
-            require_role(actor, ROLE_ADMIN)
+def test_an_admins_token_below_admin_has_no_admin_role(cast, capability):
+    actor, _ = _actor(cast.alice.user, capability)
+    assert not has_role(actor, ROLE_ADMIN) and not has_role(actor, ROLE_AUDITOR)
+    assert not actor.is_admin and not actor.is_auditor
+    with pytest.raises(PolicyDenied, match=f"this token's capability is {capability}"):
+        require_role(actor, ROLE_ADMIN)
+    assert "admin role does not count" in capability_explained(actor)
     full, _ = _actor(cast.alice.user, "admin")
     assert full.is_admin and has_role(full, ROLE_ADMIN)
+
+
+@pytest.mark.parametrize("capability", ["read_only", "read_write", "admin"])
+def test_an_auditors_read_powers_survive_every_capability(cast, capability):
+    actor, _ = _actor(cast.carol.user, capability)
+    assert actor.is_auditor and has_role(actor, ROLE_AUDITOR) and not has_role(actor, ROLE_ADMIN)
+    with pytest.raises(PolicyDenied, match="admin access required$"):  # no capability hint: it would not help
+        require_role(actor, ROLE_ADMIN)
+    if capability != "admin":
+        assert "auditor role counts" in capability_explained(actor)
 
 
 def test_a_token_never_raises_a_user_above_their_role(cast):
@@ -196,3 +206,22 @@ def test_a_read_write_admin_token_acts_as_a_standard_member(cast, mcp, shops):
     me = structured(client.call("me_get"))
     assert me["is_admin"] is False and "admin" in me["groups"] and me["capability"] == "read_write"
     assert set(mcp(cast.alice).tools()) > tools  # the uncapped token sees more
+    assert "connections_create" in me["tools_a_higher_capability_adds"]["admin"]
+    assert "admin role does not count" in me["capability_explained"]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("capability", ["read_only", "read_write"])
+def test_an_auditors_token_keeps_the_auditor_tools_and_me_get_says_why(cast, mcp, shops, capability):
+    _, raw = token_issue(user=cast.carol.user, name=f"audit-{capability}", capability=capability)
+    client = mcp(raw)
+    tools = set(client.tools())
+    assert {"audit_events_list", "guardrails_list", "sessions_list"} <= tools
+    assert not {"connections_create", "guardrails_create"} & tools
+    me = structured(client.call("me_get"))
+    assert me["is_auditor"] is True and me["capability"] == capability
+    assert "auditor role counts" in me["capability_explained"]
+    # Auditors administer nothing, so no capability adds an admin tool for them.
+    assert not any("create" in t for names in me["tools_a_higher_capability_adds"].values() for t in names)
+    listed = structured(client.call("audit_events_list", {"limit": 5}))
+    assert listed["total"] >= 1

@@ -241,12 +241,43 @@ class SessionQuery(PageOnly):
     verb = Char(max_length=16, required=False)
     surface = Char(max_length=16, required=False)
     risk_level = s.ChoiceField(choices=["low", "medium", "high", "critical"], required=False)
+    review_status = s.ChoiceField(
+        choices=["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"], required=False
+    )
+    rule = Char(max_length=100, required=False, help_text="A guardrail rule named in the session's findings.")
+    text = Char(max_length=200, required=False, help_text="Case-insensitive substring of the input.")
     start_date = Char(max_length=40, required=False, help_text="RFC 3339, inclusive.")
     end_date = Char(max_length=40, required=False, help_text="RFC 3339, exclusive.")
     limit = s.IntegerField(min_value=1, max_value=100, default=20)
 
 
+class StatsQuery(StrictSerializer):
+    group_by = Char(max_length=100, help_text="One to three groups, comma-separated.")
+    start_date = Char(max_length=40, required=False)
+    end_date = Char(max_length=40, required=False)
+    connection = Char(max_length=63, required=False)
+    status = s.ChoiceField(choices=SessionStatus.choices, required=False)
+    review_status = s.ChoiceField(
+        choices=["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"], required=False
+    )
+    rule = Char(max_length=100, required=False)
+    risk_level = s.ChoiceField(choices=["low", "medium", "high", "critical"], required=False)
+    user_email = Char(max_length=254, required=False)
+
+
+class StatsOut(s.Serializer):
+    group_by = s.ListField(child=Char())
+    start_date = Char()
+    end_date = Char()
+    total = s.IntegerField()
+    groups = s.ListField(child=s.DictField())
+
+
 class SessionOut(s.Serializer):
+    input_preview = Char(allow_null=True, help_text="Literals and long numbers as ?, secrets never.")
+    review_status = Char(allow_null=True)
+    review_id = Char(allow_null=True)
+    risk_level = Char(allow_null=True)
     id = s.UUIDField()
     connection = Char()
     connection_kind = Char()
@@ -359,6 +390,7 @@ class MeOut(s.Serializer):
     is_admin = s.BooleanField()
     is_auditor = s.BooleanField()
     capability = s.ChoiceField(choices=["read_only", "read_write", "admin"])
+    capability_explained = Char()
     client = Char()
 
 

@@ -17,7 +17,7 @@ from gateway.api.base import ServiceView, decode_cursor, page_body, parse
 from governance import access, rules
 from governance import services as directory
 from governance.models import TokenCapability
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, capability_explained
 from reviews import services as reviews
 from sessions import services as records
 from sessions.models import SessionStatus
@@ -67,6 +67,7 @@ class MeView(ServiceView):
                 "is_admin": actor.is_admin,
                 "is_auditor": actor.is_auditor,
                 "capability": actor.capability,
+                "capability_explained": capability_explained(actor),
                 "client": actor.client,
             }
         )
@@ -463,6 +464,18 @@ class SessionListView(ServiceView):
             lambda **q: records.session_list(actor=self.actor, **q),
             lambda session: records.session_to_dict(session, actor=self.actor),
         )
+
+
+class SessionStatsView(ServiceView):
+    @extend_schema(
+        parameters=_query_params(io.StatsQuery),
+        responses=_responses(io.StatsOut),
+        summary="Count sessions grouped by user, connection, status, review_status, rule, attribute, time",
+    )
+    def get(self, request):
+        query = self.query(io.StatsQuery)
+        group_by = [g.strip() for g in query.pop("group_by").split(",") if g.strip()]
+        return Response(records.session_stats(actor=self.actor, group_by=group_by, **query))
 
 
 class SessionDetailView(ServiceView):

@@ -14,7 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from governance.errors import AffectedRowsExceeded, ConnectorError, InvalidInput
+from governance.errors import AffectedRowsExceeded, ConnectorError, InvalidInput, PolicyDenied
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,19 @@ class Connector:
     def cancel(self) -> None:
         """Stop the running `execute` from another thread. Must be safe to call at any time."""
         self.cancelled.set()
+
+    # --- staying in the connection's database (issue 14) ------------------------------------------
+    def allowed_databases(self) -> set[str]:
+        """The connection's database and any the admin listed in `allowed_databases`."""
+        own = self.config.get("database")
+        extra = self.config.get("allowed_databases") or []
+        return {str(d).lower() for d in [own, *extra] if d}
+
+    def check_database(self, database: str | None) -> None:
+        if database and database.lower() not in self.allowed_databases():
+            raise PolicyDenied(
+                f"database {database!r} is outside this connection (its database and allowed_databases)"
+            )
 
     # --- schema introspection (SQL kinds) -----------------------------------------------------
     def list_databases(self) -> list[dict]:

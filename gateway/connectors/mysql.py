@@ -19,14 +19,15 @@ from gateway.connectors.base import (
     wrap_connect_error,
 )
 from gateway.connectors.postgres import PostgresConnector
-from governance.errors import InvalidInput
+from governance import guardrails
+from governance.errors import InvalidInput, PolicyDenied
 
 
 class MySQLConnector(Connector):
     kind = "mysql"
     is_sql = True
     required_keys = PostgresConnector.required_keys
-    optional_keys = ("port", "ssl_mode", "ssl_ca")
+    optional_keys = ("port", "ssl_mode", "ssl_ca", "allowed_databases")
     secret_keys = ("password",)
     SSL_MODES = ("preferred", "disabled", "required", "verify_identity")
 
@@ -119,6 +120,16 @@ class MySQLConnector(Connector):
             pass
 
     def execute(self, text: str) -> ExecResult:
+        # A statement may name any database on the server (db.table, USE db): only the connection's
+        # own and its allowed_databases run; what cannot be told with certainty does not run.
+        named = guardrails.databases_named(text, "mysql")
+        if named is None:
+            raise PolicyDenied(
+                "the statement may name another database and cannot be checked; qualify nothing outside "
+                "this connection's database"
+            )
+        for name in sorted(named):
+            self.check_database(name)
         conn = self._connect()
         ceiling = self.limits.max_affected_rows is not None
         touched = 0
@@ -161,9 +172,12 @@ class MySQLConnector(Connector):
             conn.close()
 
     def list_databases(self):
-        return self._query("SELECT schema_name AS name FROM information_schema.schemata ORDER BY 1")
+        allowed = self.allowed_databases()
+        rows = self._query("SELECT schema_name AS name FROM information_schema.schemata ORDER BY 1")
+        return [r for r in rows if str(r["name"]).lower() in allowed]
 
     def list_tables(self, database, schema):
+        self.check_database(schema or database)
         return self._query(
             "SELECT table_schema AS `schema`, table_name AS name, LOWER(table_type) AS type "
             "FROM information_schema.tables WHERE table_schema = %s ORDER BY 2",
@@ -181,6 +195,7 @@ class MySQLConnector(Connector):
         return nest_columns(tuple(r.values()) for r in rows)
 
     def list_columns(self, database, table, schema):
+        self.check_database(schema or database)
         rows = self._query(
             "SELECT column_name AS name, column_type AS type, is_nullable = 'YES' AS nullable, "
             "column_default AS `default`, ordinal_position AS position "

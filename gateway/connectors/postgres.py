@@ -19,7 +19,7 @@ class PostgresConnector(Connector):
     kind = "postgres"
     is_sql = True
     required_keys = ("host", "database", "user")
-    optional_keys = ("port", "sslmode")
+    optional_keys = ("port", "sslmode", "allowed_databases")
     secret_keys = ("password",)
     default_port = 5432
 
@@ -35,6 +35,11 @@ class PostgresConnector(Connector):
         for key in ("host", "database", "user", "password", "sslmode"):
             if key in values and values[key] is not None and not isinstance(values[key], str):
                 raise InvalidInput(f"setting {key!r} must be a string")
+        extra = values.get("allowed_databases")
+        if extra is not None and (
+            not isinstance(extra, list) or not all(isinstance(d, str) and d.strip() for d in extra)
+        ):
+            raise InvalidInput("setting 'allowed_databases' must be a list of database names")
 
     def _connect(self, database: str | None = None) -> psycopg.Connection:
         timeout_ms = self.limits.timeout_seconds * 1000
@@ -126,11 +131,14 @@ class PostgresConnector(Connector):
             return cur.fetchall()
 
     def list_databases(self):
-        return self._query(
+        allowed = self.allowed_databases()
+        rows = self._query(
             "select datname as name from pg_database where not datistemplate and datallowconn order by 1"
         )
+        return [r for r in rows if str(r["name"]).lower() in allowed]
 
     def list_tables(self, database, schema):
+        self.check_database(database)
         sql = (
             "select table_schema as schema, table_name as name, lower(table_type) as type "
             "from information_schema.tables where table_schema not in ('pg_catalog', 'information_schema')"
@@ -153,6 +161,7 @@ class PostgresConnector(Connector):
         return nest_columns((r["s"], r["t"], r["c"], r["d"]) for r in rows)
 
     def list_columns(self, database, table, schema):
+        self.check_database(database)
         return self._query(
             "select column_name as name, data_type as type, is_nullable = 'YES' as nullable, "
             "column_default as default, ordinal_position as position "

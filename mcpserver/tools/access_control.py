@@ -10,16 +10,17 @@ from pydantic import Field
 
 from governance import access
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
-from mcpserver.registry import Args, Result, page, tool
+from mcpserver.registry import Args, Result, page, shared, tool
 
 BEHAVIOUR = (
-    "A connection with no access groups is usable by every member of the organization; naming groups on a "
-    "connection restricts that connection only (members of those groups, and admins, may use it) and never "
-    "hides any other connection. Auditors see every connection but run only where their groups allow."
+    "A connection without access groups is open to every member; groups restrict that connection only "
+    "(to their members and admins)."
 )
 
 
 class AccessControlOut(Result):
+    model_config = shared("access_control_get")
+
     connection_name: str
     connection_id: str
     allowed_groups: list[str]
@@ -57,7 +58,7 @@ def _render(r: AccessControlOut) -> str:
 
 @tool(
     "access_control_get",
-    description="Which groups may use one connection (admins and auditors). " + BEHAVIOUR,
+    description="Which groups may use one connection (admins and auditors).",
     args=ConnectionArgs,
     result=AccessControlOut,
     role=ROLE_AUDITOR,
@@ -70,8 +71,7 @@ async def access_control_get(actor, args: ConnectionArgs, ctx) -> AccessControlO
 
 @tool(
     "access_control_list",
-    description="The connections that have access groups, by name, paginated (admins and auditors); every "
-    "connection not listed is open to all members. " + BEHAVIOUR,
+    description="Connections that have access groups (admins and auditors). " + BEHAVIOUR,
     args=ListArgs,
     result=ListResult,
     role=ROLE_AUDITOR,
@@ -86,7 +86,7 @@ async def access_control_list(actor, args: ListArgs, ctx) -> ListResult:
 
 @tool(
     "access_control_set",
-    description="Restrict one connection to these groups (admin); replaces its list; audited. " + BEHAVIOUR,
+    description="Restrict one connection to these groups (admin); replaces its list. " + BEHAVIOUR,
     args=SetArgs,
     result=AccessControlOut,
     role=ROLE_ADMIN,
@@ -106,8 +106,7 @@ async def access_control_set(actor, args: SetArgs, ctx) -> AccessControlOut:
 
 @tool(
     "access_control_unset",
-    description="Remove every access group of one connection (admin): it becomes usable by every member of "
-    "the organization; audited. " + BEHAVIOUR,
+    description="Remove every access group of one connection (admin): it opens to every member.",
     args=ConnectionArgs,
     result=AccessControlOut,
     role=ROLE_ADMIN,

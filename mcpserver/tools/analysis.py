@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from channels.db import database_sync_to_async as db
 from django.conf import settings
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from mcpserver.registry import Args, Result, tool
 from sessions import services
@@ -18,7 +18,7 @@ MAX_WAIT = 300.0
 
 
 class AnalysisArgs(Args):
-    id: str = Field(min_length=1, max_length=64, description="Session id.")
+    session_id: str = Field(min_length=1, max_length=64, validation_alias=AliasChoices("session_id", "id"))
 
 
 class AnalysisOut(Result):
@@ -63,33 +63,28 @@ def render(r: AnalysisOut) -> str:
 @tool(
     "sessions_get_analysis",
     description=(
-        "The AI risk analysis of a session: risk level (low/medium/high/critical), title, explanation and "
-        "suggested action, or status pending while it is being made. Readable by the session's owner, admins "
-        "and auditors."
+        "A session's risk analysis (level, title, explanation, suggested action) or status pending. Owner, "
+        "admins, auditors."
     ),
     args=AnalysisArgs,
     result=AnalysisOut,
     render=render,
 )
 async def sessions_get_analysis(actor, args: AnalysisArgs, ctx) -> AnalysisOut:
-    session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.id))()
+    session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.session_id))()
     return AnalysisOut(**services.analysis_to_dict(session.pk, analysis))
 
 
 @tool(
     "sessions_wait_analysis",
-    description=(
-        "Wait until a session's risk analysis is ready and return it (every finished session gets one). "
-        "Long-polls up to timeout_seconds, then answers timed_out=true with status pending so you can call "
-        "again. Sends progress when asked."
-    ),
+    description=("Wait for a session's risk analysis; timed_out=true with status pending means call again."),
     args=WaitAnalysisArgs,
     result=WaitAnalysisOut,
     render=render,
 )
 async def sessions_wait_analysis(actor, args: WaitAnalysisArgs, ctx) -> WaitAnalysisOut:
     started = time.monotonic()
-    session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.id))()
+    session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.session_id))()
     timed_out = False
     if analysis is None:
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from governance.policy import ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, tool
@@ -13,7 +13,9 @@ from sessions import services
 
 
 class AuditArgs(Args):
-    actor: str | None = Field(None, max_length=254, description="The actor's e-mail.")
+    actor_email: str | None = Field(
+        None, max_length=254, validation_alias=AliasChoices("actor_email", "actor")
+    )
     action: str | None = Field(
         None, max_length=64, description="An action (exec.request), or a prefix ending in a dot (guardrail.)."
     )
@@ -69,7 +71,7 @@ async def audit_events_list(actor, args: AuditArgs, ctx) -> AuditList:
     def run():
         items, total = services.audit_event_list(
             actor=actor,
-            actor_email=args.actor,
+            actor_email=args.actor_email,
             action=args.action,
             surface=args.surface,
             outcome=args.outcome,

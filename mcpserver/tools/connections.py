@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from gateway import pipeline, services
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, page, tool
+from mcpserver.registry import Args, Result, page, shared, tool
 
 Kind = Literal["postgres", "mysql", "sqlite", "command", "mcp"]
 SETTINGS_HELP = (
@@ -22,6 +22,8 @@ SETTINGS_HELP = (
 
 
 class ConnectionOut(Result):
+    model_config = shared("connections_get")
+
     id: str
     name: str
     kind: str
@@ -31,6 +33,7 @@ class ConnectionOut(Result):
         description="Names of the secrets that are set; values are never returned."
     )
     access_groups: list[str]
+    attributes: list[str]
     max_rows: int
     max_output_bytes: int
     timeout_seconds: int
@@ -45,6 +48,9 @@ class ConnectionOut(Result):
 class ListArgs(Args):
     search: str | None = Field(None, max_length=100, description="Substring of the name or description.")
     kind: Kind | None = None
+    selector: str | None = Field(
+        None, max_length=300, description="Attributes all to match: env=prod,tier (tier: any tier=...)."
+    )
     limit: Annotated[int, Field(ge=1, le=100)] = 50
     offset: Annotated[int, Field(ge=0, le=10_000)] = 0
 
@@ -66,10 +72,7 @@ def _render_list(r: ListResult) -> str:
 
 @tool(
     "connections_list",
-    description=(
-        "Connections you may use, by name, paginated. A connection with no access groups is open to every "
-        "member of the org; one with access groups only to those groups (and admins)."
-    ),
+    description=("Connections you may use, by name, paginated."),
     args=ListArgs,
     result=ListResult,
     render=_render_list,
@@ -78,7 +81,12 @@ async def connections_list(actor, args: ListArgs, ctx) -> ListResult:
     @db
     def run():
         page, total = services.connection_list(
-            actor=actor, search=args.search, kind=args.kind, limit=args.limit, offset=args.offset
+            actor=actor,
+            search=args.search,
+            kind=args.kind,
+            selector=args.selector,
+            limit=args.limit,
+            offset=args.offset,
         )
         return [services.connection_to_dict(c) for c in page], total
 
@@ -87,7 +95,9 @@ async def connections_list(actor, args: ListArgs, ctx) -> ListResult:
 
 
 class NameArgs(Args):
-    name: str = Field(min_length=1, max_length=63, description="Connection name.")
+    connection_name: str = Field(
+        min_length=1, max_length=63, validation_alias=AliasChoices("connection_name", "name")
+    )
 
 
 @tool(
@@ -98,7 +108,7 @@ class NameArgs(Args):
 )
 async def connections_get(actor, args: NameArgs, ctx) -> ConnectionOut:
     data = await db(
-        lambda: services.connection_to_dict(services.connection_get(actor=actor, name=args.name))
+        lambda: services.connection_to_dict(services.connection_get(actor=actor, name=args.connection_name))
     )()
     return ConnectionOut(**data)
 
@@ -118,7 +128,9 @@ class TestResult(Result):
     render=lambda r: f"{r.connection_name}: {'ok' if r.ok else 'FAILED'} - {r.message} ({r.latency_ms} ms)",
 )
 async def connections_test(actor, args: NameArgs, ctx) -> TestResult:
-    return TestResult(**await db(lambda: pipeline.connection_test(actor=actor, connection_name=args.name))())
+    return TestResult(
+        **await db(lambda: pipeline.connection_test(actor=actor, connection_name=args.connection_name))()
+    )
 
 
 class Options(Args):
@@ -154,7 +166,11 @@ async def connections_create(actor, args: CreateArgs, ctx) -> ConnectionOut:
     @db
     def run():
         connection = services.connection_create(
-            actor=actor, name=args.name, kind=args.kind, settings=args.settings, options=_options(args)
+            actor=actor,
+            name=args.name,
+            kind=args.kind,
+            settings=args.settings,
+            options=_options(args),
         )
         return services.connection_to_dict(connection)
 
@@ -162,7 +178,9 @@ async def connections_create(actor, args: CreateArgs, ctx) -> ConnectionOut:
 
 
 class UpdateArgs(Options):
-    name: str = Field(min_length=1, max_length=63)
+    connection_name: str = Field(
+        min_length=1, max_length=63, validation_alias=AliasChoices("connection_name", "name")
+    )
     settings: dict[str, Any] | None = Field(
         None,
         description="Keys to change; a key set to null is removed; a secret given replaces only that secret.",
@@ -171,8 +189,12 @@ class UpdateArgs(Options):
 
 @tool(
     "connections_update",
-    description="Change a connection's settings, secrets or limits (admin). Only the fields you send change.",
+    description=(
+        "Change a connection's settings, secrets or limits (admin). settings: keys to change; a key set to "
+        "null is removed; a secret given replaces only that secret."
+    ),
     args=UpdateArgs,
+    fields_as="connections_create",
     result=ConnectionOut,
     role=ROLE_ADMIN,
     read_only=False,
@@ -183,7 +205,7 @@ async def connections_update(actor, args: UpdateArgs, ctx) -> ConnectionOut:
     @db
     def run():
         connection = services.connection_update(
-            actor=actor, name=args.name, settings=args.settings, options=_options(args)
+            actor=actor, name=args.connection_name, settings=args.settings, options=_options(args)
         )
         return services.connection_to_dict(connection)
 
@@ -206,5 +228,58 @@ class DeleteResult(Result):
     render=lambda r: f'connection "{r.name}" deleted',
 )
 async def connections_delete(actor, args: NameArgs, ctx) -> DeleteResult:
-    await db(lambda: services.connection_delete(actor=actor, name=args.name))()
-    return DeleteResult(name=args.name, deleted=True)
+    await db(lambda: services.connection_delete(actor=actor, name=args.connection_name))()
+    return DeleteResult(name=args.connection_name, deleted=True)
+
+
+class ImportArgs(Args):
+    csv: str | None = Field(
+        None,
+        max_length=1_000_000,
+        description="A header row (name, kind, attributes as a;b, options, then settings such as host, port), "
+        "then a row per connection.",
+    )
+    rows: list[dict[str, Any]] | None = Field(
+        None, max_length=500, description="Or rows: {name, kind, settings, attributes, <options>}."
+    )
+    dry_run: bool = Field(False, description="Check every row, create nothing.")
+
+
+class ImportRow(Result):
+    row: int
+    name: str
+    status: Literal["created", "would_create", "error"]
+    error: str | None = None
+
+
+class ImportResult(Result):
+    rows: int
+    created: int
+    errors: int
+    dry_run: bool
+    results: list[ImportRow]
+
+
+@tool(
+    "connections_import",
+    description="Create up to 500 connections from CSV or rows (admin); each row is answered on its own.",
+    args=ImportArgs,
+    result=ImportResult,
+    role=ROLE_ADMIN,
+    read_only=False,
+    render=lambda r: (
+        f"{r.created} {'would be ' if r.dry_run else ''}created, {r.errors} errors"
+        + "".join(f"\nrow {x.row} ({x.name}): {x.error}" for x in r.results if x.error)
+    ),
+)
+async def connections_import(actor, args: ImportArgs, ctx) -> ImportResult:
+    @db
+    def run():
+        if (args.csv is None) == (args.rows is None):
+            from governance.errors import InvalidInput
+
+            raise InvalidInput("give csv or rows")
+        rows = services.import_rows_from_csv(args.csv) if args.csv is not None else args.rows
+        return services.connection_import(actor=actor, rows=rows, dry_run=args.dry_run)
+
+    return ImportResult(**await run())

@@ -9,7 +9,7 @@ from django.conf import settings
 from pydantic import Field
 
 from gateway import pipeline
-from mcpserver.registry import Args, Result, tool
+from mcpserver.registry import Args, Result, shared, tool
 from sessions.wakeup import wait_for_final
 
 DEFAULT_WAIT = 45.0
@@ -35,6 +35,8 @@ class ExecArgs(Args):
 
 
 class ExecEnvelope(Result):
+    model_config = shared("exec")
+
     status: Literal["completed", "failed", "blocked", "pending_approval", "running"]
     session_id: str
     session_status: str
@@ -81,11 +83,9 @@ async def _wait(session_id, timeout: float, ctx):
 @tool(
     "exec",
     description=(
-        "Run SQL or a command on a connection through the gateway's policy path (access control, a recorded "
-        "session, audit); this tool bypasses none of it. Branch on `status`: completed | failed (output holds the "
-        "error) | blocked | pending_approval | running (call sessions_wait with session_id). Results are capped by "
-        "the connection's row and byte limits (`truncated`). With a read_only token only reads run (others are "
-        "`blocked`), in a read-only transaction, and command connections are refused."
+        "Run SQL or a command on a connection (policy, review, masking, audit apply). Branch on `status`: "
+        "completed | failed | blocked | pending_approval (reviews_wait review_id, then reviews_execute) | running "
+        "(sessions_wait). Capped by the connection's limits (`truncated`); a read_only token runs reads only."
     ),
     args=ExecArgs,
     result=ExecEnvelope,
@@ -122,8 +122,7 @@ class WaitArgs(Args):
 @tool(
     "sessions_wait",
     description=(
-        "Wait until a running session ends and return its exec envelope. Long-polls up to timeout_seconds, then "
-        "answers with timed_out=true and status running so you can call again. Sends progress when asked."
+        "Wait for a running session to end; returns exec's envelope, or timed_out=true (call again)."
     ),
     args=WaitArgs,
     result=ExecEnvelope,
@@ -203,8 +202,7 @@ class ExplainResult(Result):
 @tool(
     "exec_explain",
     description=(
-        "Dry run of exec: which guardrails would block the input, whether it runs read-only, which masking rules "
-        "apply to the result, whether a review is needed. Nothing runs; the question is audited."
+        "Dry run of exec: guardrails that would block, read-only or not, masking rules, review needed. Nothing runs."
     ),
     args=ExplainArgs,
     result=ExplainResult,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import Field
 
-from mcpserver.registry import Args, Result, tool
+from governance.policy import CAPABILITIES, capability_explained
+from mcpserver.registry import TOOLS, Args, Result, tool
 
 
 class NoArgs(Args):
@@ -22,15 +25,17 @@ class MeResult(Result):
     groups: list[str]
     is_admin: bool
     is_auditor: bool
-    capability: str = Field(
-        description="The token's ceiling: read_only, read_write or admin (roles count only with admin)."
+    capability: str = Field(description="The token's ceiling: read_only, read_write or admin.")
+    capability_explained: str = Field(description="What the capability does to your roles here.")
+    tools_a_higher_capability_adds: dict[str, list[str]] = Field(
+        description="Per stronger capability, the tools a token with it would add for you."
     )
     client: str
 
 
 @tool(
     "me_get",
-    description="Who you are to the gateway: user, organization, groups and roles. Useful as a first call.",
+    description="Who you are to the gateway: user, org, groups, roles, and what your token's capability allows.",
     args=NoArgs,
     result=MeResult,
     render=lambda r: f"{r.user_email} in {r.org_name} (groups: {', '.join(r.groups) or 'none'})",
@@ -47,8 +52,23 @@ async def me_get(actor, args, ctx) -> MeResult:
         is_admin=actor.is_admin,
         is_auditor=actor.is_auditor,
         capability=actor.capability,
+        capability_explained=capability_explained(actor),
+        tools_a_higher_capability_adds=_tools_added(actor),
         client=actor.client,
     )
+
+
+def _tools_added(actor) -> dict[str, list[str]]:
+    """Computed from the registry with the same check tools/list uses, so it cannot drift."""
+    from mcpserver.server import _allowed
+
+    added = {}
+    for capability in CAPABILITIES[CAPABILITIES.index(actor.capability) + 1 :]:
+        stronger = dataclasses.replace(actor, capability=capability)
+        names = [n for n, spec in TOOLS.items() if _allowed(stronger, spec) and not _allowed(actor, spec)]
+        if names:
+            added[capability] = names
+    return added
 
 
 class ServerInfoResult(Result):

@@ -7,17 +7,24 @@ from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
 from django.conf import settings
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from gateway import pipeline
-from mcpserver.registry import Args, Result, page, tool
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
+from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.execution import DEFAULT_WAIT, MAX_WAIT, ExecEnvelope, _wait, render_envelope
-from mcpserver.tools.rule_crud import Limit, Names, Offset, RuleServices, rule_tools
+from mcpserver.tools.rule_crud import Limit, Names, Offset, RuleRef, RuleServices, rule_tools
 from reviews import services
 from sessions.wakeup import wait_for_review
 
 ReviewId = Annotated[
-    str, Field(min_length=1, max_length=64, description="The review's id (or its session's id).")
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="The review's id (or its session's id).",
+        validation_alias=AliasChoices("review_id", "id"),
+    ),
 ]
 
 
@@ -31,6 +38,8 @@ class Decision(Result):
 
 
 class ReviewOut(Result):
+    model_config = shared("reviews_get")
+
     id: str
     session_id: str | None
     type: Literal["onetime", "jit"]
@@ -84,7 +93,9 @@ class ReviewList(Result):
 class ListArgs(Args):
     status: Literal["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"] | None = None
     type: Literal["onetime", "jit"] | None = None
-    connection: str | None = Field(None, max_length=63)
+    connection_name: str | None = Field(
+        None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
+    )
     waiting_for_me: bool = Field(False, description="Only pending reviews you may still decide.")
     limit: Limit = 20
     offset: Offset = 0
@@ -93,8 +104,8 @@ class ListArgs(Args):
 @tool(
     "reviews_list",
     description=(
-        "Reviews you may see: your own requests and those your groups review (admins and auditors: all of the "
-        "org), newest first, paginated. waiting_for_me=true lists what awaits your decision."
+        "Reviews you may see (yours, those your groups review; admins, auditors: all), newest first. "
+        "waiting_for_me=true: awaiting your decision."
     ),
     args=ListArgs,
     result=ReviewList,
@@ -106,7 +117,7 @@ async def reviews_list(actor, args: ListArgs, ctx) -> ReviewList:
             actor=actor,
             status=args.status,
             type=args.type,
-            connection=args.connection,
+            connection=args.connection_name,
             waiting_for_me=args.waiting_for_me,
             limit=args.limit,
             offset=args.offset,
@@ -118,14 +129,14 @@ async def reviews_list(actor, args: ListArgs, ctx) -> ReviewList:
 
 
 class GetArgs(Args):
-    id: ReviewId
+    review_id: ReviewId
 
 
 @tool(
     "reviews_get",
     description=(
-        "One review by its id or its session's id. Eligible reviewers, the requester, admins and auditors see the "
-        "exact input and its risk analysis."
+        "One review by its id or its session's id, with the input and its risk (for those who may decide or "
+        "see it)."
     ),
     args=GetArgs,
     result=ReviewOut,
@@ -134,13 +145,15 @@ class GetArgs(Args):
 async def reviews_get(actor, args: GetArgs, ctx) -> ReviewOut:
     return ReviewOut(
         **await db(
-            lambda: services.review_to_dict(services.review_get(actor=actor, review_id=args.id), actor=actor)
+            lambda: services.review_to_dict(
+                services.review_get(actor=actor, review_id=args.review_id), actor=actor
+            )
         )()
     )
 
 
 class UpdateArgs(Args):
-    id: ReviewId
+    review_id: ReviewId
     status: Literal["APPROVED", "REJECTED", "REVOKED"]
     reason: str | None = Field(None, max_length=1000, description="Required to reject.")
     force: bool = Field(False, description="Approve alone, as a member of a force-approval group.")
@@ -149,9 +162,9 @@ class UpdateArgs(Args):
 @tool(
     "reviews_update",
     description=(
-        "Decide a review: APPROVED or REJECTED (with a reason) while it is PENDING, REVOKED for an approved one. "
-        "Only eligible reviewers decide, nobody approves their own request, and decisions over MCP are refused "
-        "unless an admin turned them on for the org (otherwise decide on the review_url page)."
+        "Decide a PENDING review (APPROVED, or REJECTED with a reason) or revoke an approved one (REVOKED). "
+        "Eligible reviewers only, never your own; over MCP only if the org allows it (see reviews_get "
+        "you_can_decide)."
     ),
     args=UpdateArgs,
     result=ReviewOut,
@@ -163,7 +176,11 @@ async def reviews_update(actor, args: UpdateArgs, ctx) -> ReviewOut:
     @db
     def run():
         review = services.review_decide(
-            actor=actor, review_id=args.id, status=args.status, reason=args.reason or "", force=args.force
+            actor=actor,
+            review_id=args.review_id,
+            status=args.status,
+            reason=args.reason or "",
+            force=args.force,
         )
         return services.review_to_dict(services.review_get(actor=actor, review_id=review.pk), actor=actor)
 
@@ -171,7 +188,7 @@ async def reviews_update(actor, args: UpdateArgs, ctx) -> ReviewOut:
 
 
 class WaitArgs(Args):
-    id: ReviewId
+    review_id: ReviewId
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
         DEFAULT_WAIT,
         description="How long to wait (default 45, max 300; many clients give up on a call at 60 s). "
@@ -182,8 +199,8 @@ class WaitArgs(Args):
 @tool(
     "reviews_wait",
     description=(
-        "Wait until a review is decided (no longer PENDING) and return it; long-polls up to timeout_seconds, then "
-        "answers timed_out=true so you can call again. Once APPROVED, call reviews_execute."
+        "Wait until a review is decided; timed_out=true means call again. Once APPROVED, call "
+        "reviews_execute."
     ),
     args=WaitArgs,
     result=ReviewOut,
@@ -193,7 +210,7 @@ async def reviews_wait(actor, args: WaitArgs, ctx) -> ReviewOut:
     import time
 
     started = time.monotonic()
-    review = await db(lambda: services.review_get(actor=actor, review_id=args.id))()
+    review = await db(lambda: services.review_get(actor=actor, review_id=args.review_id))()
 
     @db
     def load():
@@ -216,7 +233,7 @@ async def reviews_wait(actor, args: WaitArgs, ctx) -> ReviewOut:
 
 
 class ExecuteArgs(Args):
-    id: ReviewId
+    review_id: ReviewId
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None, description="Wait this long for the result before answering `running` (default: 50 s)."
     )
@@ -225,8 +242,7 @@ class ExecuteArgs(Args):
 @tool(
     "reviews_execute",
     description=(
-        "Run exactly the input an APPROVED one-time review approved, once (a second call is refused), within its "
-        "time window; only the requester may. Same envelope as exec."
+        "Run, once, exactly the input an APPROVED one-time review approved (requester only). exec's envelope."
     ),
     args=ExecuteArgs,
     result=ExecEnvelope,
@@ -236,7 +252,7 @@ class ExecuteArgs(Args):
     capability="read_only",  # the pipeline applies the token's ceiling to what runs
 )
 async def reviews_execute(actor, args: ExecuteArgs, ctx) -> ExecEnvelope:
-    session = await db(lambda: services.review_execute(actor=actor, review_id=args.id))()
+    session = await db(lambda: services.review_execute(actor=actor, review_id=args.review_id))()
     if not session.is_final:
         session, _ = await _wait(session.pk, args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS, ctx)
     return ExecEnvelope(**pipeline.exec_envelope(session))
@@ -253,8 +269,8 @@ class AccessRequestArgs(Args):
 @tool(
     "access_request",
     description=(
-        "Ask for just-in-time access to a connection for a while, with a reason. Once reviewers approve "
-        "(reviews_wait), exec on that connection skips per-command review until the grant expires or is revoked."
+        "Ask for just-in-time access to a connection, with a reason. Once approved (reviews_wait), exec there "
+        "skips per-command review until the grant ends."
     ),
     args=AccessRequestArgs,
     result=ReviewOut,
@@ -285,6 +301,8 @@ RULE_HELP = (
 
 
 class RuleOut(Result):
+    model_config = shared("access_request_rules_get")
+
     id: str
     name: str
     description: str
@@ -340,7 +358,7 @@ class RuleCreate(RuleFields):
 
 
 class RuleUpdate(RuleFields):
-    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+    rule_name: RuleRef
     name: str | None = Field(None, min_length=1, max_length=63)
     access_type: Literal["command", "jit", "jit_command"] | None = None
 
@@ -362,3 +380,48 @@ rule_tools(
     create_help="Create an access request rule (admin). " + RULE_HELP,
     delete_help="Open reviews keep the reviewers they were created with.",
 )
+
+
+class SettingsOut(Result):
+    allow_self_approval: bool
+    mcp_decisions_enabled: bool = Field(description="Reviewers may decide over MCP and the REST API.")
+    review_ttl_seconds: int
+
+
+class NoArgs(Args):
+    pass
+
+
+class SettingsArgs(Args):
+    allow_self_approval: bool | None = None
+    mcp_decisions_enabled: bool | None = None
+    review_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None
+
+
+@tool(
+    "reviews_settings_get",
+    description="The org's review settings (admins and auditors).",
+    args=NoArgs,
+    result=SettingsOut,
+    role=ROLE_AUDITOR,
+)
+async def reviews_settings_get(actor, args, ctx) -> SettingsOut:
+    return SettingsOut(**await db(lambda: services.review_settings_get(actor=actor))())
+
+
+@tool(
+    "reviews_settings_update",
+    description="Change the org's review settings (admin); only the fields given change. Audited.",
+    args=SettingsArgs,
+    result=SettingsOut,
+    role=ROLE_ADMIN,
+    read_only=False,
+    idempotent=True,
+)
+async def reviews_settings_update(actor, args: SettingsArgs, ctx) -> SettingsOut:
+    @db
+    def run():
+        current = services.review_settings_update(actor=actor, **args.model_dump())
+        return services.review_settings_to_dict(current)
+
+    return SettingsOut(**await run())

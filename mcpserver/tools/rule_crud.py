@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from channels.db import database_sync_to_async as db
-from pydantic import Field, create_model
+from pydantic import AliasChoices, Field, create_model
 
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, tool
@@ -25,8 +25,19 @@ class PageArgs(Args):
     offset: Offset = 0
 
 
+RuleRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=100,
+        description="The rule's name (or id).",
+        validation_alias=AliasChoices("rule_name", "id"),
+    ),
+]
+
+
 class RefArgs(Args):
-    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+    rule_name: RuleRef
 
 
 class Deleted(Result):
@@ -34,9 +45,9 @@ class Deleted(Result):
     deleted: bool
 
 
-def fields_of(args: Args, skip=("id",)) -> dict:
+def fields_of(args: Args, skip=("rule_name",)) -> dict:
     """The arguments given (not None), without `skip`: what a create/update service takes."""
-    return {k: v for k, v in args.model_dump().items() if v is not None and k not in skip}
+    return {k: v for k, v in args.model_dump(by_alias=True).items() if v is not None and k not in skip}
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ def rule_tools(
         return listed(**page(items, total, args.offset))
 
     async def get_rule(actor, args: RefArgs, ctx):
-        return out(**await db(lambda: services.to_dict(services.get(actor=actor, ref=args.id)))())
+        return out(**await db(lambda: services.to_dict(services.get(actor=actor, ref=args.rule_name)))())
 
     async def create_rule(actor, args, ctx):
         fields = fields_of(args, skip=("name",))
@@ -92,11 +103,13 @@ def rule_tools(
     async def update_rule(actor, args, ctx):
         fields = fields_of(args)
         return out(
-            **await db(lambda: services.to_dict(services.update(actor=actor, ref=args.id, **fields)))()
+            **await db(lambda: services.to_dict(services.update(actor=actor, ref=args.rule_name, **fields)))()
         )
 
     async def delete_rule(actor, args: RefArgs, ctx):
-        return Deleted(name=await db(lambda: services.delete(actor=actor, ref=args.id))(), deleted=True)
+        return Deleted(
+            name=await db(lambda: services.delete(actor=actor, ref=args.rule_name))(), deleted=True
+        )
 
     tool(
         f"{prefix}_list",
@@ -122,8 +135,9 @@ def rule_tools(
     )(create_rule)
     tool(
         f"{prefix}_update",
-        description=f"Change a {what} (admin); only the fields given change, lists are replaced.",
+        description=f"Change a {what} (admin).",
         args=update_args,
+        fields_as=f"{prefix}_create",
         result=out,
         role=ROLE_ADMIN,
         read_only=False,

@@ -6,25 +6,26 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from channels.db import database_sync_to_async as db
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
-from mcpserver.registry import Args, Result, page, tool
-from mcpserver.tools.rule_crud import Deleted, Names, PageArgs, RuleServices, rule_tools
+from mcpserver.registry import Args, Result, page, shared, tool
+from mcpserver.tools.rule_crud import Deleted, Names, PageArgs, RuleRef, RuleServices, rule_tools
 
 # --- guardrails --------------------------------------------------------------------------------
 
 CONDITIONS_HELP = (
-    'Input: {"sql": {"deny_statements": ["drop", ...], "require_where": true, "single_statement": true, '
+    '{"sql": {"deny_statements": ["drop", ...], "require_where": true, "single_statement": true, '
     '"read_only": true, "deny_tables": ["billing.*"], "deny_schemas": [...], "deny_functions": [...]}, '
-    '"deny_words": [...], "regex": [...]}. Output: {"deny_words": [...], "regex": [...], "secrets": true}. '
-    "SQL conditions are checked on the parsed statements in the connection's dialect; input that does not parse "
-    "is blocked."
+    '"deny_words": [...], "regex": [...]}; SQL is checked parsed, in the connection\'s dialect (unparsable: blocked).'
 )
+OUTPUT_CONDITIONS_HELP = '{"deny_words": [...], "regex": [...], "secrets": true}'
 
 
 class GuardrailOut(Result):
+    model_config = shared("guardrails_get")
+
     id: str
     name: str
     description: str
@@ -42,8 +43,19 @@ class GuardrailFields(Args):
     description: str | None = Field(None, max_length=500)
     message: str | None = Field(None, max_length=500, description="Shown to callers when the rule blocks.")
     enabled: bool | None = None
-    input: dict[str, Any] | None = Field(None, description=CONDITIONS_HELP)
-    output: dict[str, Any] | None = None
+    # `input` names the text to run everywhere else (exec, guardrails_test): here it is conditions.
+    input_conditions: dict[str, Any] | None = Field(
+        None,
+        description=CONDITIONS_HELP,
+        validation_alias=AliasChoices("input_conditions", "input"),
+        serialization_alias="input",
+    )
+    output_conditions: dict[str, Any] | None = Field(
+        None,
+        description=OUTPUT_CONDITIONS_HELP,
+        validation_alias=AliasChoices("output_conditions", "output"),
+        serialization_alias="output",
+    )
     connections: Names | None = Field(None, description="Connection names (replaces the list).")
     attributes: Names | None = Field(None, description="Attribute names (replaces the list).")
 
@@ -53,7 +65,7 @@ class GuardrailCreate(GuardrailFields):
 
 
 class GuardrailUpdate(GuardrailFields):
-    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+    rule_name: RuleRef
     name: str | None = Field(None, min_length=1, max_length=63, description="A new name.")
 
 
@@ -71,14 +83,19 @@ rule_tools(
     out=GuardrailOut,
     create_args=GuardrailCreate,
     update_args=GuardrailUpdate,
-    create_help="Create a guardrail rule (admin). " + CONDITIONS_HELP,
+    create_help="Create a guardrail rule (admin) on input and/or output.",
     list_help="Guardrail rules of your org (admins and auditors).",
 )
 
 
 class GuardrailTestArgs(Args):
     input: str = Field(min_length=1, description="The SQL, command or output text to evaluate.")
-    id: str | None = Field(None, max_length=100, description="Evaluate this rule (id or name)...")
+    rule_name: str | None = Field(
+        None,
+        max_length=100,
+        description="Evaluate this rule (name or id)...",
+        validation_alias=AliasChoices("rule_name", "id"),
+    )
     connection_name: str | None = Field(
         None, max_length=63, description="...or every rule bound to this connection."
     )
@@ -118,7 +135,7 @@ async def guardrails_test(actor, args: GuardrailTestArgs, ctx) -> GuardrailTestR
         lambda: rules.guardrail_test(
             actor=actor,
             input=args.input,
-            ref=args.id,
+            ref=args.rule_name,
             connection_name=args.connection_name,
             direction=args.direction,
             dialect=args.dialect,
@@ -137,6 +154,8 @@ SPEC_HELP = (
 
 
 class MaskingOut(Result):
+    model_config = shared("datamasking_rules_get")
+
     id: str
     name: str
     description: str
@@ -161,7 +180,7 @@ class MaskingCreate(MaskingFields):
 
 
 class MaskingUpdate(MaskingFields):
-    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+    rule_name: RuleRef
     name: str | None = Field(None, min_length=1, max_length=63, description="A new name.")
     spec: dict[str, Any] | None = Field(None, description=SPEC_HELP)
 
@@ -186,7 +205,12 @@ rule_tools(
 
 
 class PreviewArgs(Args):
-    id: str | None = Field(None, max_length=100, description="A stored rule (id or name)...")
+    rule_name: str | None = Field(
+        None,
+        max_length=100,
+        description="A stored rule (name or id)...",
+        validation_alias=AliasChoices("rule_name", "id"),
+    )
     spec: dict[str, Any] | None = Field(None, description="...or an inline spec to try: " + SPEC_HELP)
     text: str | None = Field(None, max_length=1_000_000, description="A sample text to mask.")
     columns: list[str] | None = Field(None, description="Sample result columns...")
@@ -221,7 +245,7 @@ async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewRes
     result = await db(
         lambda: rules.masking_preview(
             actor=actor,
-            ref=args.id,
+            ref=args.rule_name,
             spec=args.spec,
             text=args.text,
             columns=args.columns,
@@ -237,6 +261,8 @@ async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewRes
 
 
 class AttributeOut(Result):
+    model_config = shared("attributes_get")
+
     id: str
     name: str
     description: str
@@ -252,10 +278,13 @@ class AttributeList(Result):
 
 
 class AttributeRef(Args):
+    attribute_name: str = Field(
+        min_length=1, max_length=63, validation_alias=AliasChoices("attribute_name", "name")
+    )
+
+
+class AttributeCreate(Args):
     name: str = Field(min_length=1, max_length=63)
-
-
-class AttributeCreate(AttributeRef):
     description: str = Field("", max_length=500)
     connections: Names | None = None
 
@@ -263,6 +292,8 @@ class AttributeCreate(AttributeRef):
 class AttributeUpdate(AttributeRef):
     description: str | None = Field(None, max_length=500)
     connections: Names | None = Field(None, description="Replaces the list.")
+    add_connections: Names | None = Field(None, description="Tag these too.")
+    remove_connections: Names | None = Field(None, description="Untag these.")
 
 
 @tool(
@@ -291,13 +322,15 @@ async def attributes_list(actor, args: PageArgs, ctx) -> AttributeList:
 )
 async def attributes_get(actor, args: AttributeRef, ctx) -> AttributeOut:
     return AttributeOut(
-        **await db(lambda: rules.attribute_to_dict(rules.attribute_get(actor=actor, name=args.name)))()
+        **await db(
+            lambda: rules.attribute_to_dict(rules.attribute_get(actor=actor, name=args.attribute_name))
+        )()
     )
 
 
 @tool(
     "attributes_create",
-    description="Create an attribute and tag connections with it (admin).",
+    description="Create an attribute (a tag, or key=value such as env=prod) and tag connections (admin).",
     args=AttributeCreate,
     result=AttributeOut,
     role=ROLE_ADMIN,
@@ -330,7 +363,12 @@ async def attributes_update(actor, args: AttributeUpdate, ctx) -> AttributeOut:
         **await db(
             lambda: rules.attribute_to_dict(
                 rules.attribute_update(
-                    actor=actor, name=args.name, description=args.description, connections=args.connections
+                    actor=actor,
+                    name=args.attribute_name,
+                    description=args.description,
+                    connections=args.connections,
+                    add_connections=args.add_connections,
+                    remove_connections=args.remove_connections,
                 )
             )
         )()
@@ -347,5 +385,5 @@ async def attributes_update(actor, args: AttributeUpdate, ctx) -> AttributeOut:
     destructive=True,
 )
 async def attributes_delete(actor, args: AttributeRef, ctx) -> Deleted:
-    await db(lambda: rules.attribute_delete(actor=actor, name=args.name))()
-    return Deleted(name=args.name, deleted=True)
+    await db(lambda: rules.attribute_delete(actor=actor, name=args.attribute_name))()
+    return Deleted(name=args.attribute_name, deleted=True)

@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 from channels.db import database_sync_to_async as db
 from django.conf import settings
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from gateway import pipeline, runbooks
-from mcpserver.registry import Args, Result, tool
+from mcpserver.registry import Args, Result, shared, tool
 from mcpserver.tools.execution import MAX_WAIT, ExecEnvelope, _wait, render_envelope
-from mcpserver.tools.rule_crud import Names, RuleServices, rule_tools
+from mcpserver.tools.rule_crud import Names, RuleRef, RuleServices, rule_tools
 
 
 class RunbookOut(Result):
@@ -20,7 +20,7 @@ class RunbookOut(Result):
     connection_name: str
     description: str
     parameters: list[dict[str, Any]] = Field(
-        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, choices, ..."
+        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, choices, allowed (identifier name globs), ..."
     )
     template: str
 
@@ -35,10 +35,7 @@ class ListArgs(Args):
 
 @tool(
     "runbooks_list",
-    description=(
-        "The pre-approved, parameterized scripts you may run (per connection), with their parameters' types. "
-        "Run one with runbooks_run."
-    ),
+    description=("Parameterized scripts you may run with runbooks_run, per connection."),
     args=ListArgs,
     result=RunbookList,
     render=lambda r: (
@@ -59,7 +56,9 @@ async def runbooks_list(actor, args: ListArgs, ctx) -> RunbookList:
 
 class RunArgs(Args):
     connection_name: str = Field(min_length=1, max_length=63)
-    runbook: str = Field(min_length=1, max_length=63)
+    runbook_name: str = Field(
+        min_length=1, max_length=63, validation_alias=AliasChoices("runbook_name", "runbook")
+    )
     parameters: dict[str, Any] | None = Field(None, description="Values for the runbook's parameters.")
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None, description="Wait this long for the result before answering `running` (default 50 s)."
@@ -69,8 +68,8 @@ class RunArgs(Args):
 @tool(
     "runbooks_run",
     description=(
-        "Run a runbook with typed parameters. Values are validated and quoted for the target, so they cannot change "
-        "the script; guardrails, review, masking and audit apply as for exec. Same envelope as exec."
+        "Run a runbook with typed parameters (validated and quoted, they cannot change the script). Policy as "
+        "exec; exec's envelope."
     ),
     args=RunArgs,
     result=ExecEnvelope,
@@ -82,7 +81,10 @@ class RunArgs(Args):
 async def runbooks_run(actor, args: RunArgs, ctx) -> ExecEnvelope:
     session = await db(
         lambda: runbooks.runbook_run(
-            actor=actor, connection_name=args.connection_name, name=args.runbook, parameters=args.parameters
+            actor=actor,
+            connection_name=args.connection_name,
+            name=args.runbook_name,
+            parameters=args.parameters,
         )
     )()
     if not session.is_final and session.status != "pending_review":
@@ -94,6 +96,8 @@ async def runbooks_run(actor, args: RunArgs, ctx) -> ExecEnvelope:
 
 
 class RuleOut(Result):
+    model_config = shared("runbook_rules_get")
+
     id: str
     name: str
     description: str
@@ -126,7 +130,7 @@ class RuleCreate(RuleFields):
 
 
 class RuleUpdate(RuleFields):
-    id: str = Field(min_length=1, max_length=100, description="The rule's id or name.")
+    rule_name: RuleRef
     name: str | None = Field(None, min_length=1, max_length=63)
 
 

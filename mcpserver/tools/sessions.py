@@ -5,13 +5,28 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
-from mcpserver.registry import Args, Result, page, tool
+from mcpserver.registry import Args, Result, page, shared, tool
 from sessions import services
+
+# Read from the model, so a status the pipeline adds (e.g. a reviewer's `rejected`) is accepted and
+# listed without a change here.
+Status = Literal[services.SESSION_STATUSES]
+ReviewStatus = Literal["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"]
+Risk = Literal["low", "medium", "high", "critical"]
 
 
 class SessionOut(Result):
+    model_config = shared("sessions_get")
+
+    input_preview: str | None = Field(
+        description="The input's shape: literals and long numbers as ?, secrets never (owner, admins, auditors)."
+    )
+    review_status: str | None = Field(description="Of its review, if it went through one.")
+    review_id: str | None
+    risk_level: str | None
+
     guardrails: list[str] = Field(description="Guardrails that blocked it or withheld its result.")
     guardrail_findings: list[dict[str, Any]] = Field(
         description="Which rule, which statement (admins, auditors)."
@@ -39,19 +54,17 @@ class SessionOut(Result):
 
 
 class ListArgs(Args):
-    user: str | None = Field(None, max_length=254, description="User email.")
-    connection: str | None = Field(None, max_length=63)
-    status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
-        None
+    user_email: str | None = Field(None, max_length=254, validation_alias=AliasChoices("user_email", "user"))
+    connection_name: str | None = Field(
+        None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
     )
+    status: Status | None = None
     verb: Literal["exec", "schema", "runbook", "tool"] | None = None
     surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
-    risk_level: Literal["low", "medium", "high", "critical"] | None = Field(
-        None, description="Of the analysis."
-    )
-    review_status: Literal["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED", "EXPIRED"] | None = (
-        Field(None, description="Of the session's review (sessions that went through one).")
-    )
+    risk_level: Risk | None = Field(None, description="Of the analysis.")
+    review_status: ReviewStatus | None = None
+    rule_name: str | None = Field(None, max_length=100, description="A guardrail rule in its findings.")
+    text: str | None = Field(None, max_length=200, description="Case-insensitive substring of the input.")
     start_date: str | None = Field(None, description="RFC 3339, inclusive.")
     end_date: str | None = Field(None, description="RFC 3339, exclusive.")
     limit: Annotated[int, Field(ge=1, le=100)] = 20
@@ -74,8 +87,8 @@ class ListResult(Result):
 @tool(
     "sessions_list",
     description=(
-        "Session records (metadata, no content), newest first, filtered and paginated. You see your own and "
-        "those waiting for (or decided by) reviews your groups review; admins and auditors see the whole org."
+        "Session records, newest first, filtered and paginated: yours and those your groups review (admins, "
+        "auditors: the org)."
     ),
     args=ListArgs,
     result=ListResult,
@@ -91,8 +104,8 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
     def run():
         page, total = services.session_list(
             actor=actor,
-            user_email=args.user,
-            connection=args.connection,
+            user_email=args.user_email,
+            connection=args.connection_name,
             status=args.status,
             verb=args.verb,
             surface=args.surface,
@@ -100,6 +113,8 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
             end_date=args.end_date,
             risk_level=args.risk_level,
             review_status=args.review_status,
+            rule=args.rule_name,
+            text=args.text,
             limit=args.limit,
             offset=args.offset,
             cursor=args.cursor,
@@ -123,7 +138,7 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
 
 
 class IdArgs(Args):
-    id: str = Field(min_length=1, max_length=64, description="Session id.")
+    session_id: str = Field(min_length=1, max_length=64, validation_alias=AliasChoices("session_id", "id"))
 
 
 @tool(
@@ -135,7 +150,7 @@ class IdArgs(Args):
 async def sessions_get(actor, args: IdArgs, ctx) -> SessionOut:
     data = await db(
         lambda: services.session_to_dict(
-            services.session_get(actor=actor, session_id=args.id),
+            services.session_get(actor=actor, session_id=args.session_id),
             actor=actor,
         )
     )()
@@ -176,10 +191,7 @@ class ContentResult(Result):
 
 @tool(
     "sessions_get_content",
-    description=(
-        "A session's input and output as the caller saw it, with its event timeline; the output is paged by bytes "
-        "(offset, max_bytes, next_offset). Only the session's owner, admins and auditors may read it."
-    ),
+    description=("A session's input, output (paged by bytes) and timeline. Owner, admins, auditors."),
     args=ContentArgs,
     result=ContentResult,
     render=lambda r: f"input:\n{r.input}\n\noutput:\n{r.output}",
@@ -187,15 +199,13 @@ class ContentResult(Result):
 async def sessions_get_content(actor, args: ContentArgs, ctx) -> ContentResult:
     data = await db(
         lambda: services.session_content(
-            actor=actor, session_id=args.id, offset=args.offset, max_bytes=args.max_bytes
+            actor=actor, session_id=args.session_id, offset=args.offset, max_bytes=args.max_bytes
         )
     )()
     return ContentResult(**data)
 
 
-StatsGroup = Literal[
-    "user", "connection", "status", "verb", "surface", "risk_level", "day", "hour", "weekday"
-]
+StatsGroup = Literal[services.STATS_GROUPS]
 
 
 class StatsArgs(Args):
@@ -209,10 +219,14 @@ class StatsArgs(Args):
         None,
         description=f"RFC 3339, exclusive; default: now. At most {services.STATS_MAX_DAYS} days after start_date.",
     )
-    connection: str | None = Field(None, max_length=63)
-    status: Literal["open", "pending_review", "running", "done", "blocked", "failed", "cancelled"] | None = (
-        None
+    connection_name: str | None = Field(
+        None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
     )
+    status: Status | None = None
+    review_status: ReviewStatus | None = None
+    rule_name: str | None = Field(None, max_length=100)
+    risk_level: Risk | None = None
+    user_email: str | None = Field(None, max_length=254)
 
 
 class StatsResult(Result):
@@ -226,10 +240,8 @@ class StatsResult(Result):
 @tool(
     "sessions_stats",
     description=(
-        "Count sessions grouped by user, connection, status, verb, surface, risk_level, day, hour or weekday over a "
-        "date range: e.g. what ran on prod-postgres by weekday and hour. Same visibility as sessions_list. The range "
-        f"is at most {services.STATS_MAX_DAYS} days (ask again for the next range); without start_date it is the "
-        f"last {services.STATS_DEFAULT_DAYS} days."
+        "Count sessions over a date range, grouped by up to three keys (see group_by), e.g. prod-postgres by "
+        "weekday and hour. Same visibility as sessions_list."
     ),
     args=StatsArgs,
     result=StatsResult,
@@ -247,8 +259,12 @@ async def sessions_stats(actor, args: StatsArgs, ctx) -> StatsResult:
             group_by=list(args.group_by),
             start_date=args.start_date,
             end_date=args.end_date,
-            connection=args.connection,
+            connection=args.connection_name,
             status=args.status,
+            review_status=args.review_status,
+            rule=args.rule_name,
+            risk_level=args.risk_level,
+            user_email=args.user_email,
         )
     )()
     return StatsResult(**result)

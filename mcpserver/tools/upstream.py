@@ -9,7 +9,7 @@ from pydantic import Field
 
 from gateway import pipeline, upstream
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, tool
+from mcpserver.registry import Args, Result, shared, tool
 
 
 class ConnectionArgs(Args):
@@ -43,11 +43,7 @@ def _render_tools(r: ToolsListResult) -> str:
 
 @tool(
     "upstream_tools_list",
-    description=(
-        "Tools of an upstream MCP server (a connection of kind mcp) that you may call through the gateway, with "
-        "their pinned schemas. Tools the connection's policy denies you, and tools whose contract changed since an "
-        "admin accepted it, are not listed."
-    ),
+    description=("Tools of an mcp connection you may call with upstream_call, with their pinned schemas."),
     args=ConnectionArgs,
     result=ToolsListResult,
     render=_render_tools,
@@ -91,11 +87,8 @@ def _render_envelope(r: ToolEnvelope) -> str:
 @tool(
     "upstream_call",
     description=(
-        "Call a tool of an upstream MCP server through the gateway's policy path: the connection's tool policy, "
-        "argument guardrails, rate limits, the pinned contract, masking of the result, and a recorded session. "
-        "Branch on `status`: completed | failed (the upstream failed or the tool reported an error) | blocked "
-        "(policy, guardrail, changed contract or rate limit; see message) | pending_approval (the tool needs a "
-        "reviewer: reviews_wait with review_id, then reviews_execute runs exactly this call, once)."
+        "Call a tool of an mcp connection (tool policy, guardrails, rate limits, pinned contract, masking, audit). "
+        "`status` as exec's: completed | failed | blocked | pending_approval."
     ),
     args=CallArgs,
     result=ToolEnvelope,
@@ -132,6 +125,8 @@ class ContractOut(Result):
 
 
 class ContractsListResult(Result):
+    model_config = shared("upstream_contracts_list")
+
     items: list[ContractOut]
     total: int
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from channels.db import database_sync_to_async as db
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from governance import services
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, page, tool
+from mcpserver.registry import Args, Result, page, shared, tool
 
 Limit = Annotated[int, Field(ge=1, le=100)]
 Offset = Annotated[int, Field(ge=0, le=10_000)]
@@ -18,6 +18,8 @@ Email = Annotated[str, Field(min_length=3, max_length=254)]
 
 
 class UserOut(Result):
+    model_config = shared("users_get")
+
     id: str
     email: str
     name: str
@@ -30,7 +32,12 @@ class UserOut(Result):
 
 class UsersListArgs(Args):
     search: str | None = Field(None, max_length=100, description="Part of an e-mail or name.")
-    group: str | None = Field(None, max_length=100, description="Only members of this group.")
+    group_name: str | None = Field(
+        None,
+        max_length=100,
+        description="Only members of this group.",
+        validation_alias=AliasChoices("group_name", "group"),
+    )
     active: bool | None = Field(None, description="Only active (true) or inactive (false) users.")
     limit: Limit = 50
     offset: Offset = 0
@@ -56,7 +63,7 @@ async def users_list(actor, args: UsersListArgs, ctx) -> UsersList:
         items, total = services.user_list(
             actor=actor,
             search=args.search,
-            group=args.group,
+            group=args.group_name,
             active=args.active,
             limit=args.limit,
             offset=args.offset,
@@ -68,7 +75,12 @@ async def users_list(actor, args: UsersListArgs, ctx) -> UsersList:
 
 
 class UsersGetArgs(Args):
-    email: str = Field(min_length=1, max_length=254, description="The user's e-mail (or id).")
+    user_email: str = Field(
+        min_length=1,
+        max_length=254,
+        description="The user's e-mail (or id).",
+        validation_alias=AliasChoices("user_email", "email"),
+    )
 
 
 @tool(
@@ -79,7 +91,7 @@ class UsersGetArgs(Args):
 )
 async def users_get(actor, args: UsersGetArgs, ctx) -> UserOut:
     return UserOut(
-        **await db(lambda: services.user_to_dict(services.user_get(actor=actor, ref=args.email)))()
+        **await db(lambda: services.user_to_dict(services.user_get(actor=actor, ref=args.user_email)))()
     )
 
 
@@ -149,7 +161,7 @@ async def usergroups_create(actor, args: GroupCreateArgs, ctx) -> GroupOut:
 
 
 class GroupDeleteArgs(Args):
-    name: str = Field(min_length=1, max_length=100)
+    group_name: str = Field(min_length=1, max_length=100, validation_alias=AliasChoices("group_name", "name"))
 
 
 class GroupDeleted(Result):
@@ -169,5 +181,5 @@ class GroupDeleted(Result):
     destructive=True,
 )
 async def usergroups_delete(actor, args: GroupDeleteArgs, ctx) -> GroupDeleted:
-    name = await db(lambda: services.usergroup_delete(actor=actor, name=args.name))()
+    name = await db(lambda: services.usergroup_delete(actor=actor, name=args.group_name))()
     return GroupDeleted(name=name, deleted=True)

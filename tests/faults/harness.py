@@ -3,7 +3,7 @@
 `Harness` starts, in a temporary folder and on free loopback ports:
 
 * a private PostgreSQL cluster (`initdb` + `pg_ctl`) for the gateway database, and a second one
-  for the target database (tables `execs` and `exec_audit`, see `TARGET_SCHEMA`), so that
+  for the target database (table `execs`, see `TARGET_SCHEMA`; every statement logged), so that
   restarting the gateway's database does not touch the target and the target can be stopped alone;
 * a private `redis-server` (broker, channel layer, cache);
 * a TCP proxy in front of the target, so the target can be made unreachable on its own;
@@ -15,8 +15,9 @@ intervals) and the JSON-lines event sink on. Each piece can be killed (`kill9`),
 started again. Nothing here touches the machine's shared PostgreSQL or Redis.
 
 The cast (org acme): alice (admin), bob (engineering, the requester), frank (dba, the reviewer).
-Connections: `target` (runs at once) and `reviewed` (an access request rule makes every exec wait
-for a dba's approval); both reach the target database through the proxy.
+Connections: `target` (runs at once), `edge-target` (agent queue `edge`) and `reviewed` (an access
+request rule makes every exec wait for a dba's approval); all reach the target database through
+the proxy.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ PYTHON = sys.executable
 
 TARGET_SCHEMA = """
 create table execs (id bigserial primary key, marker text not null, at timestamptz not null default now());
-create table exec_audit (id bigserial primary key, marker text not null, at timestamptz not null default now());
 """
 
 
@@ -489,6 +489,9 @@ people = {
 tokens = {name: token_issue(user=user, name="faults", capability="admin")[1] for name, user in people.items()}
 for name in ("target", "reviewed"):
     connection_create_headless(org=acme, name=name, kind="postgres", settings=dict(target), options={})
+connection_create_headless(
+    org=acme, name="edge-target", kind="postgres", settings=dict(target), options={"agent_queue": "edge"}
+)
 alice = Actor.for_user(people["alice"], surface="web", client="faults")
 reviews.access_rule_create(
     actor=alice, name="reviewed-writes", access_type="command", connections=["reviewed"], reviewer_groups=["dba"]
@@ -511,14 +514,18 @@ class Harness:
     beat: Proc = field(init=False)
     tokens: dict = field(init=False, default_factory=dict)
     runner_stale_seconds: int = 10
+    agent_expiry_seconds: int = 8
 
     def __post_init__(self):
         self.pg = PrivatePostgres(self.base / "pg", free_port())
         # The target aborts a statement whose client is gone (checked every 200 ms) instead of running
         # it to the end: a gateway killed mid-statement then leaves nothing half-known behind, and an
         # approved execution killed that way must be run again (or be executable again), never lost.
+        # It logs every statement it receives: how often a marker's statement was attempted.
         self.target_pg = PrivatePostgres(
-            self.base / "target-pg", free_port(), extra_options="-c client_connection_check_interval=200ms"
+            self.base / "target-pg",
+            free_port(),
+            extra_options="-c client_connection_check_interval=200ms -c log_statement=all",
         )
         self.redis = PrivateRedis(self.base / "redis", free_port())
         self.events_path = self.base / "events.jsonl"
@@ -552,6 +559,7 @@ class Harness:
             PORTCULLIS_SESSION_LEASE_SECONDS=str(self.runner_stale_seconds),
             PORTCULLIS_SESSION_DISPATCH_LEASE_SECONDS="5",
             PORTCULLIS_SWEEP_SECONDS="2",
+            PORTCULLIS_AGENT_QUEUE_EXPIRY_SECONDS=str(self.agent_expiry_seconds),
             PORTCULLIS_LOG_LEVEL="INFO",
             # The suite's agents are not what the rate limits are for.
             PORTCULLIS_MCP_RATE_PER_TOKEN="100000/minute",
@@ -612,6 +620,15 @@ class Harness:
             self.logs / "beat.log",
             ready=lambda p: "beat: Starting" in p.log_text(True),
         )
+        # An agent near the target, for `edge-target` (queue agent.<org id>.edge); not started here.
+        self.agent_worker = Proc(
+            "agent-worker",
+            [PYTHON, "-m", "celery", "-A", "gateway", "worker", "-Q", f"agent.{self.org_id}.edge", "-c", "1"]
+            + ["-l", "info", "-n", "agent@%h"],
+            self._env,
+            self.logs / "agent-worker.log",
+            ready=lambda p: " ready." in p.log_text(True),
+        )
         for proc in (*self.replicas, self.worker, self.beat):
             proc.start(wait=False)
         for proc in (*self.replicas, self.worker, self.beat):
@@ -643,7 +660,8 @@ class Harness:
         self.tokens, self.org_id = cast["tokens"], cast["org_id"]
 
     def close(self) -> None:
-        for proc in (*self.replicas, getattr(self, "worker", None), getattr(self, "beat", None)):
+        pieces = ("worker", "beat", "agent_worker")
+        for proc in (*self.replicas, *(getattr(self, name, None) for name in pieces)):
             if proc is not None:
                 proc.kill9()
         for closer in (
@@ -707,9 +725,24 @@ class Harness:
         with self.target_pg.connect("target") as conn:
             return conn.execute(sql, params).fetchall()
 
-    def target_count(self, marker: str, table: str = "execs") -> int:
-        assert table in ("execs", "exec_audit")
-        return self.target_rows(f"select count(*) from {table} where marker = %s", (marker,))[0][0]
+    def target_count(self, marker: str) -> int:
+        """How often the statement carrying `marker` took effect (committed) on the target."""
+        return self.target_rows("select count(*) from execs where marker = %s", (marker,))[0][0]
+
+    def target_attempts(self, marker: str) -> int:
+        """How often the target received the statement carrying `marker` (its statement log)."""
+        needle = f"values ('{marker}')"
+        text = self.target_pg.log.read_text(errors="replace") if self.target_pg.log.exists() else ""
+        return sum(1 for line in text.splitlines() if "statement: " in line and needle in line)
+
+    def target_running(self, marker: str) -> bool:
+        """Whether the statement carrying `marker` is running on the target right now."""
+        rows = self.target_rows(
+            "select count(*) from pg_stat_activity where state = 'active' and pid <> pg_backend_pid() "
+            "and query like %s",
+            (f"%values ('{marker}')%",),
+        )
+        return rows[0][0] > 0
 
     def session(self, session_id: str) -> dict:
         rows = self.gateway_rows(

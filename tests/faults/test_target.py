@@ -20,7 +20,7 @@ def test_an_unreachable_target_fails_cleanly(h, scenario):
             "exec", {"connection_name": "target", "input": statement(marker, sleep=3)}, timeout=60
         )
     )
-    wait_for(lambda: h.target_count(marker, "exec_audit") == 1, timeout=60, what="the statement to start")
+    wait_for(lambda: h.target_running(marker), timeout=60, what="the statement to run on the target")
     h.target_proxy.cut()
     thread.join(timeout=60)
     answers = [box["value"]]
