@@ -18,11 +18,16 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Every step sees PORT, so the OAuth issuer, resource URI and links say the port served; the URL
+# is recorded (gateway/settings.py, RUN_PUBLIC_URL_FILE) for manage.py commands run later.
 run: install
-	$(BIN)/python manage.py migrate --noinput -v 0
-	@$(BIN)/python manage.py demo_seed
-	@$(BIN)/python manage.py sessions_sweep > /dev/null
-	@echo "Serving on http://127.0.0.1:$(PORT) (Ctrl-C stops)"
+	PORT=$(PORT) $(BIN)/python manage.py migrate --noinput -v 0
+	@PORT=$(PORT) $(BIN)/python -c 'import os; os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings"); \
+		from django.conf import settings as s; s.RUN_PUBLIC_URL_FILE.write_text(s.PUBLIC_BASE_URL + "\n")'
+	@PORT=$(PORT) $(BIN)/python manage.py demo_seed
+	@PORT=$(PORT) $(BIN)/python manage.py sessions_sweep > /dev/null
+	@PORT=$(PORT) $(BIN)/python -c 'import os; os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings"); \
+		from django.conf import settings as s; print("Serving on", s.PUBLIC_BASE_URL, "(Ctrl-C stops)")'
 	PORT=$(PORT) $(BIN)/daphne -b 127.0.0.1 -p $(PORT) gateway.asgi:application
 
 test: install

@@ -8,6 +8,7 @@ from gateway.api import views
 urlpatterns = [
     path("me/", views.MeView.as_view(), name="api-me"),
     path("connections/", views.ConnectionListView.as_view(), name="api-connections"),
+    path("connections/import/", views.ConnectionImportView.as_view(), name="api-connections-import"),
     path("connections/<str:name>/", views.ConnectionDetailView.as_view(), name="api-connection"),
     path(
         "connections/<str:name>/access-control/",
@@ -37,6 +38,11 @@ urlpatterns = [
     path("reviews/", views.ReviewListView.as_view(), name="api-reviews"),
     path("reviews/<str:review_id>/", views.ReviewDetailView.as_view(), name="api-review"),
     path("reviews/<str:review_id>/execute/", views.ReviewExecuteView.as_view(), name="api-review-execute"),
+    path("review-settings/", views.ReviewSettingsView.as_view(), name="api-review-settings"),
+    path("runbooks/", views.RunbookListView.as_view(), name="api-runbooks"),
+    path("runbooks/<str:connection_name>/<str:name>/", views.RunbookDetailView.as_view(), name="api-runbook"),
+    path("webhooks/", views.WebhookListView.as_view(), name="api-webhooks"),
+    path("webhooks/<str:ref>/", views.WebhookDetailView.as_view(), name="api-webhook"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

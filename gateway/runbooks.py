@@ -38,7 +38,7 @@ from governance import rules as rule_helpers
 from governance.errors import InvalidInput, NotFound
 from governance.models import UserGroup
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, get_scoped, has_role, require_role
-from sessions.audit import audit_record
+from sessions.audit import audit_record, change_detail, snapshot
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,62})\s*\}\}")
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -362,6 +362,7 @@ def runbook_update(*, actor: Actor, connection_name: str, name: str, **fields) -
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         runbook = _runbook(actor, connection_name, name)
+        before = snapshot(runbook)
         if fields.get("new_name"):
             runbook.name = rule_helpers._check_name(fields["new_name"], "runbook")
         for key in ("description", "enabled"):
@@ -373,7 +374,12 @@ def runbook_update(*, actor: Actor, connection_name: str, name: str, **fields) -
             runbook.template = fields["template"]
         check_template(runbook.template, runbook.parameters, runbook.connection.kind)
         rule_helpers._save_unique(runbook, "runbook")
-        audit_record(actor=actor, action="runbook.update", target=runbook, detail={"changed": sorted(fields)})
+        audit_record(
+            actor=actor,
+            action="runbook.update",
+            target=runbook,
+            detail=change_detail(before, snapshot(runbook)),
+        )
     return runbook
 
 
@@ -381,7 +387,9 @@ def runbook_delete(*, actor: Actor, connection_name: str, name: str) -> None:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         runbook = _runbook(actor, connection_name, name)
-        audit_record(actor=actor, action="runbook.delete", target=runbook)
+        audit_record(
+            actor=actor, action="runbook.delete", target=runbook, detail={"before": snapshot(runbook)}
+        )
         runbook.delete()
 
 

@@ -92,7 +92,25 @@ for _key in ENCRYPTION_KEYS:
         ) from None
 
 PORT = env_int("PORT", 8000)
-PUBLIC_BASE_URL = env_str("PORTCULLIS_PUBLIC_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
+# `make run PORT=9000` records the URL it serves in DATA_DIR/run_public_url, so every later
+# `manage.py` command of this checkout (mcp_auth status, token links) advertises the same URL as
+# the server. PORTCULLIS_PUBLIC_URL wins, then an explicit PORT, then that record, then port 8000.
+RUN_PUBLIC_URL_FILE = DATA_DIR / "run_public_url"
+
+
+def _recorded_run_url() -> str:
+    try:
+        return RUN_PUBLIC_URL_FILE.read_text().strip()
+    except OSError:
+        return ""
+
+
+PUBLIC_BASE_URL = (
+    env_str("PORTCULLIS_PUBLIC_URL")
+    or (f"http://127.0.0.1:{PORT}" if "PORT" in os.environ else "")
+    or _recorded_run_url()
+    or f"http://127.0.0.1:{PORT}"
+).rstrip("/")
 ALLOWED_HOSTS = env_list("PORTCULLIS_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("PORTCULLIS_CSRF_TRUSTED_ORIGINS", [PUBLIC_BASE_URL])
 # Cookies of the web app and the admin: Secure whenever the public URL is https; behind a TLS

@@ -76,6 +76,8 @@ def compact_schema(schema: dict, *, tool: str, output: bool, fields_as: str | No
                 continue  # true is the default; an output schema need not forbid what never comes
             if key in (_OUTPUT_NOISE if output else _INPUT_NOISE):
                 continue
+            if key == "minimum" and value in (0, 1) and node.get("type") == "integer":
+                continue  # a count or an offset: its lower bound says nothing an agent would get wrong
             if key == "properties":
                 out[key] = {name: walk(sub) for name, sub in value.items()}
             else:
@@ -167,16 +169,18 @@ class ToolSpec:
 
     @property
     def annotations(self) -> ToolAnnotations:
-        # destructive and idempotent mean something only for tools that change state (MCP spec), so a
-        # read-only tool sends just its two hints; unset fields stay out of tools/list.
+        # Only hints that differ from the MCP defaults (readOnly false, destructive true, idempotent
+        # false, openWorld true) are sent; a client reads an absent hint as its default, so this
+        # says the same in fewer bytes. destructive and idempotent mean something only for tools
+        # that change state.
         if self.read_only:
             return ToolAnnotations(read_only_hint=True, open_world_hint=False)
-        return ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=self.destructive,
-            idempotent_hint=self.idempotent,
-            open_world_hint=False,
-        )
+        hints: dict = {"open_world_hint": False}
+        if not self.destructive:
+            hints["destructive_hint"] = False
+        if self.idempotent:
+            hints["idempotent_hint"] = True
+        return ToolAnnotations(**hints)
 
 
 def _without_descriptions(node, keep=()):

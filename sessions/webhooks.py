@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from governance.errors import Conflict, InvalidInput, NotFound
+from governance.errors import Conflict, InvalidInput
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
 from sessions import webhook_signing
-from sessions.audit import audit_record
+from sessions.audit import REDACTED, audit_record, change_detail
 from sessions.events import EVENT_TYPES
 from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
@@ -56,13 +56,42 @@ def _clean(*, name=None, url=None, event_types=None, secret=None) -> dict:
 
 
 def _get(actor: Actor, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:
-    """An endpoint the actor may manage, or NotFound for missing, malformed and forbidden alike."""
-    try:
-        pk = uuid.UUID(str(endpoint_id))
-    except ValueError:
-        raise NotFound("webhook endpoint not found") from None
+    """An endpoint the actor may manage, by id or name, or NotFound for missing and forbidden alike."""
     qs = WebhookEndpoint.objects.select_for_update() if lock else WebhookEndpoint.objects.all()
-    return get_scoped(qs, actor, "manage", not_found="webhook endpoint not found", pk=pk)
+    try:
+        lookup = {"pk": uuid.UUID(str(endpoint_id))}
+    except ValueError:
+        lookup = {"name": str(endpoint_id)}
+    return get_scoped(qs, actor, "manage", not_found="webhook endpoint not found", **lookup)
+
+
+def webhook_endpoint_to_dict(endpoint: WebhookEndpoint) -> dict:
+    """The public shape of an endpoint: whether a secret is set, never the secret."""
+    return {
+        "id": str(endpoint.pk),
+        "name": endpoint.name,
+        "url": endpoint.url,
+        "event_types": endpoint.event_types,
+        "enabled": endpoint.enabled,
+        "allow_private_network": endpoint.allow_private_network,
+        "has_secret": bool(endpoint.secret_encrypted),
+        "created_at": endpoint.created_at.isoformat(),
+        "updated_at": endpoint.updated_at.isoformat(),
+    }
+
+
+def webhook_endpoint_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list, int]:
+    """The org's endpoints, by name (admins)."""
+    require_role(actor, ROLE_ADMIN)
+    if not 1 <= limit <= 100 or offset < 0:
+        raise InvalidInput("limit must be between 1 and 100 and offset not negative")
+    qs = scope(WebhookEndpoint.objects.all(), actor, "manage").order_by("name")
+    return list(qs[offset : offset + limit]), qs.count()
+
+
+def webhook_endpoint_get(*, actor: Actor, endpoint_id) -> WebhookEndpoint:
+    require_role(actor, ROLE_ADMIN)
+    return _get(actor, endpoint_id)
 
 
 def webhook_endpoint_create(
@@ -111,6 +140,7 @@ def webhook_endpoint_update(
     try:
         with transaction.atomic():
             endpoint = _get(actor, endpoint_id, lock=True)
+            before = _detail(endpoint) | {"name": endpoint.name}
             for field in ("enabled", "allow_private_network"):
                 if field in changes:
                     values[field] = bool(changes[field])
@@ -119,7 +149,11 @@ def webhook_endpoint_update(
             if secret:
                 endpoint.set_secret(secret)
             endpoint.save()
-            detail = {**_detail(endpoint), "changed": sorted(values) + (["secret"] if secret else [])}
+            diff = change_detail(before, _detail(endpoint) | {"name": endpoint.name})
+            if secret:  # said, never shown: the secret is write-only
+                diff["changed"].append("secret")
+                diff["before"]["secret"] = diff["after"]["secret"] = REDACTED
+            detail = {**_detail(endpoint), **diff}
             audit_record(actor=actor, action="webhook.update", target=endpoint, detail=detail)
     except IntegrityError:
         raise Conflict(f'a webhook endpoint named "{changes.get("name")}" exists already') from None

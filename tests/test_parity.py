@@ -22,6 +22,7 @@ from sessions.models import AuditEvent
 pytestmark = pytest.mark.live
 
 API = "/api/v1"
+SECRET = "parity-webhook-secret-0123456789"
 
 
 class Rest:
@@ -58,6 +59,25 @@ class Rest:
         )
         return response.json()["status"] if response.status_code == 200 else self._outcome(response)
 
+    # Admin operations that were only in the Django admin (issue 15): the same services over REST.
+    def admin_op(self, who, op, name, connection="shop"):
+        client = self._client(who)
+        if op == "webhook.create":
+            body = {"name": name, "url": "https://hooks.example.test/x", "secret": SECRET}
+            response = client.post(f"{API}/webhooks/", body, format="json")
+        elif op == "webhook.update":
+            response = client.patch(f"{API}/webhooks/{name}/", {"secret": SECRET + "-new"}, format="json")
+        elif op == "runbook.create":
+            body = {"connection_name": connection, "name": name, "template": "select count(*) from customers"}
+            response = client.post(f"{API}/runbooks/", body, format="json")
+        elif op == "review.settings":
+            response = client.patch(f"{API}/review-settings/", {"review_ttl_seconds": 7200}, format="json")
+        else:  # connection.import
+            rows = [{"name": name, "kind": "sqlite", "settings": {"path": "/tmp/parity.sqlite3"}}]
+            response = client.post(f"{API}/connections/import/", {"rows": rows}, format="json")
+        assert SECRET not in response.content.decode()
+        return self._outcome(response)
+
 
 class Mcp:
     name = "mcp"
@@ -86,6 +106,24 @@ class Mcp:
     def exec(self, who, connection, text):
         result = self.mcp(who).call("exec", {"connection_name": connection, "input": text})
         return result.structured_content["status"] if not result.is_error else self._outcome(result)
+
+    def admin_op(self, who, op, name, connection="shop"):
+        client = self.mcp(who)
+        if op == "webhook.create":
+            args = {"name": name, "url": "https://hooks.example.test/x", "secret": SECRET}
+            result = client.call("webhooks_create", args)
+        elif op == "webhook.update":
+            result = client.call("webhooks_update", {"webhook_name": name, "secret": SECRET + "-new"})
+        elif op == "runbook.create":
+            args = {"connection_name": connection, "name": name, "template": "select count(*) from customers"}
+            result = client.call("runbooks_create", args)
+        elif op == "review.settings":
+            result = client.call("reviews_settings_update", {"review_ttl_seconds": 7200})
+        else:
+            rows = [{"name": name, "kind": "sqlite", "settings": {"path": "/tmp/parity.sqlite3"}}]
+            result = client.call("connections_import", {"rows": rows})
+        assert SECRET not in str(result.structured_content) + result.content[0].text
+        return self._outcome(result)
 
 
 class Admin:
@@ -231,3 +269,36 @@ def test_a_read_only_token_is_blocked_alike(cast, surfaces, world, surface):
         ("api.request" if surface == "api" else "mcp.tool", "denied", surface),
     ]
     assert all(e.client.startswith(f"token:ro-{surface}") for e in events)
+
+
+ADMIN_OPS = ["webhook.create", "webhook.update", "runbook.create", "review.settings", "connection.import"]
+
+
+@pytest.mark.parametrize("surface", ["api", "mcp"])
+@pytest.mark.parametrize("op", ADMIN_OPS)
+def test_admin_operations_alike_over_rest_and_mcp(cast, surfaces, world, surface, op):
+    from sessions.webhooks import webhook_endpoint_create
+
+    name = f"{op.split('.')[0]}-{surface}"
+    if op == "webhook.update":
+        webhook_endpoint_create(
+            actor=cast.alice.actor(), name=name, url="https://hooks.example.test/y", secret=SECRET
+        )
+    since = _last_id()
+    # An auditor reads but administers nothing, alike on every surface, and the refusal is audited.
+    assert surfaces[surface].admin_op(cast.carol, op, f"{name}-x") in ("denied", "not_found")
+    denied = _events(cast.acme, since)
+    assert [(e.outcome, e.surface, e.actor_email) for e in denied] == [("denied", surface, "carol@acme.test")]
+    since = _last_id()
+    assert surfaces[surface].admin_op(cast.alice, op, name) == "ok"
+    events = [e for e in _events(cast.acme, since) if e.action != "connection.create"]
+    assert [(e.action, e.outcome, e.surface) for e in events] == [(op, "success", surface)]
+    detail = str(events[0].detail)
+    assert SECRET not in detail  # secrets are write-only, in the audit log too
+    if op == "webhook.update":
+        assert (
+            events[0].detail["changed"] == ["secret"] and events[0].detail["after"]["secret"] == "[redacted]"
+        )
+    if op == "review.settings":
+        assert events[0].detail["before"] == {"review_ttl_seconds": 86400}
+        assert events[0].detail["after"] == {"review_ttl_seconds": 7200}

@@ -9,7 +9,18 @@ from mcpserver.registry import TOOLS
 from mcpserver.server import _DEFINITIONS
 
 # The objects an argument may refer to, by name, id or e-mail.
-OBJECTS = {"connection", "session", "review", "rule", "attribute", "group", "user", "actor", "runbook"}
+OBJECTS = {
+    "connection",
+    "session",
+    "review",
+    "rule",
+    "attribute",
+    "group",
+    "user",
+    "actor",
+    "runbook",
+    "webhook",
+}
 # Bare words that left agents guessing which object they meant.
 BARE = OBJECTS | {"id", "email"}
 REFERENCE = re.compile(r"^(?P<object>[a-z]+)_(?:name|id|email)$")

@@ -9,8 +9,10 @@ from jsonschema import Draft202012Validator
 pytestmark = pytest.mark.live
 
 # Bytes of the tools/list result as JSON (what lands in an agent's context). The issue asks for
-# admin <= 45 KB and standard user <= 25 KB; BUDGET is what the listing is held to today.
-BUDGET = {"admin": 66_000, "auditor": 42_000, "standard": 30_000}
+# admin <= 45 KB and standard user <= 25 KB; this branch reached about 67.5 / 40 / 28 KB (from 149 /
+# 100 / 76 KB, with 7 more admin tools: runbooks, webhooks, import, review settings) and holds the
+# listing there, so a change that grows it has to say so here.
+BUDGET = {"admin": 68_000, "auditor": 40_500, "standard": 28_500}
 
 
 async def _listing(client):

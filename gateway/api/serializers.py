@@ -64,6 +64,7 @@ class ConnectionOut(s.Serializer):
     config = s.DictField(help_text="Non-secret settings.")
     secret_keys = s.ListField(child=Char(), help_text="Names of the secrets that are set; never values.")
     access_groups = s.ListField(child=Char())
+    attributes = s.ListField(child=Char())
     max_rows = s.IntegerField()
     max_output_bytes = s.IntegerField()
     timeout_seconds = s.IntegerField()
@@ -77,6 +78,98 @@ class ConnectionOut(s.Serializer):
 class ConnectionQuery(PageOnly):
     search = Char(max_length=100, required=False)
     kind = s.ChoiceField(choices=ConnectionKind.choices, required=False)
+    selector = Char(max_length=300, required=False, help_text="Attributes all to match: env=prod,tier.")
+
+
+class ConnectionImport(StrictSerializer):
+    csv = Char(max_length=1_000_000, required=False, help_text="A header row, then one connection per row.")
+    rows = s.ListField(child=s.DictField(), max_length=500, required=False)
+    dry_run = s.BooleanField(default=False)
+
+
+class ImportRowOut(s.Serializer):
+    row = s.IntegerField()
+    name = Char()
+    status = s.ChoiceField(choices=["created", "would_create", "error"])
+    error = Char(required=False)
+
+
+class ImportOut(s.Serializer):
+    rows = s.IntegerField()
+    created = s.IntegerField()
+    errors = s.IntegerField()
+    dry_run = s.BooleanField()
+    results = ImportRowOut(many=True)
+
+
+class ReviewSettingsIn(StrictSerializer):
+    allow_self_approval = s.BooleanField(required=False)
+    mcp_decisions_enabled = s.BooleanField(required=False)
+    review_ttl_seconds = s.IntegerField(min_value=60, max_value=30 * 24 * 3600, required=False)
+
+
+class ReviewSettingsOut(s.Serializer):
+    allow_self_approval = s.BooleanField()
+    mcp_decisions_enabled = s.BooleanField()
+    review_ttl_seconds = s.IntegerField()
+
+
+class RunbookIn(StrictSerializer):
+    connection_name = Char(**NAME)
+    name = Char(**NAME)
+    template = Char(max_length=100_000)
+    parameters = s.ListField(child=s.DictField(), max_length=50, required=False)
+    description = Char(max_length=500, required=False, allow_blank=True)
+    enabled = s.BooleanField(required=False)
+
+
+class RunbookPatch(StrictSerializer):
+    name = Char(**NAME, required=False)
+    template = Char(max_length=100_000, required=False)
+    parameters = s.ListField(child=s.DictField(), max_length=50, required=False)
+    description = Char(max_length=500, required=False, allow_blank=True)
+    enabled = s.BooleanField(required=False)
+
+
+class RunbookOut(s.Serializer):
+    id = s.UUIDField()
+    name = Char()
+    connection_name = Char()
+    description = Char()
+    parameters = s.ListField(child=s.DictField())
+    template = Char()
+    enabled = s.BooleanField()
+    updated_at = s.DateTimeField()
+
+
+class WebhookIn(StrictSerializer):
+    name = Char(**NAME)
+    url = Char(max_length=2000)
+    secret = Char(min_length=16, max_length=500, write_only=True, help_text="Write-only HMAC key.")
+    event_types = s.ListField(child=Char(max_length=64), max_length=50, required=False)
+    enabled = s.BooleanField(default=True)
+    allow_private_network = s.BooleanField(default=False)
+
+
+class WebhookPatch(StrictSerializer):
+    name = Char(**NAME, required=False)
+    url = Char(max_length=2000, required=False)
+    secret = Char(min_length=16, max_length=500, write_only=True, required=False)
+    event_types = s.ListField(child=Char(max_length=64), max_length=50, required=False)
+    enabled = s.BooleanField(required=False)
+    allow_private_network = s.BooleanField(required=False)
+
+
+class WebhookOut(s.Serializer):
+    id = s.UUIDField()
+    name = Char()
+    url = Char()
+    event_types = s.ListField(child=Char())
+    enabled = s.BooleanField()
+    allow_private_network = s.BooleanField()
+    has_secret = s.BooleanField()
+    created_at = s.DateTimeField()
+    updated_at = s.DateTimeField()
 
 
 # --- access control ------------------------------------------------------------------------------
@@ -221,6 +314,8 @@ class AttributeCreate(StrictSerializer):
 class AttributeUpdate(StrictSerializer):
     description = Char(max_length=500, required=False, allow_blank=True)
     connections = Names(required=False, help_text="Replaces the list.")
+    add_connections = Names(required=False, help_text="Tag these too.")
+    remove_connections = Names(required=False, help_text="Untag these.")
 
 
 class AttributeOut(s.Serializer):
@@ -469,3 +564,4 @@ class ReviewOut(s.Serializer):
 
 
 ReviewPage = page_serializer("ReviewPage", ReviewOut)
+WebhookPage = page_serializer("WebhookPage", WebhookOut)

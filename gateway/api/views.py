@@ -9,17 +9,19 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
-from gateway import pipeline
+from gateway import pipeline, runbooks
 from gateway import services as connections
 from gateway.api import schema  # noqa: F401  (registers the OpenAPI extensions)
 from gateway.api import serializers as io
 from gateway.api.base import ServiceView, decode_cursor, page_body, parse
 from governance import access, rules
 from governance import services as directory
+from governance.errors import InvalidInput
 from governance.models import TokenCapability
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, capability_explained
 from reviews import services as reviews
 from sessions import services as records
+from sessions import webhooks
 from sessions.models import SessionStatus
 from sessions.wakeup import wait_for_final
 
@@ -610,3 +612,139 @@ class ReviewExecuteView(ServiceView):
     def post(self, request, review_id):
         session = reviews.review_execute(actor=self.actor, review_id=review_id)
         return Response(_exec_answer(session, None))
+
+
+# --- admin operations that were only in the Django admin ------------------------------------------
+
+
+class ConnectionImportView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(
+        request=io.ConnectionImport,
+        responses=_responses(io.ImportOut, 200, WRITE_ERRORS),
+        summary="Create many connections from CSV or rows (admin); per-row results; dry_run creates nothing",
+    )
+    def post(self, request):
+        data = parse(io.ConnectionImport, request.data)
+        if ("csv" in data) == ("rows" in data):
+            raise InvalidInput("give csv or rows")
+        rows = connections.import_rows_from_csv(data["csv"]) if "csv" in data else data["rows"]
+        return Response(connections.connection_import(actor=self.actor, rows=rows, dry_run=data["dry_run"]))
+
+
+class ReviewSettingsView(ServiceView):
+    roles = {"GET": ROLE_AUDITOR, "PATCH": ROLE_ADMIN}
+
+    @extend_schema(responses=_responses(io.ReviewSettingsOut), summary="The org's review settings")
+    def get(self, request):
+        return Response(reviews.review_settings_get(actor=self.actor))
+
+    @extend_schema(
+        request=io.ReviewSettingsIn,
+        responses=_responses(io.ReviewSettingsOut, 200, WRITE_ERRORS),
+        summary="Change the org's review settings (admin)",
+    )
+    def patch(self, request):
+        data = parse(io.ReviewSettingsIn, request.data)
+        return Response(
+            reviews.review_settings_to_dict(reviews.review_settings_update(actor=self.actor, **data))
+        )
+
+
+class RunbookListView(ServiceView):
+    roles = {"POST": ROLE_ADMIN}
+
+    @extend_schema(responses=_responses(io.RunbookOut(many=True)), summary="Runbooks you may run")
+    def get(self, request):
+        return Response([runbooks.runbook_to_dict(r) for r in runbooks.runbook_list(actor=self.actor)])
+
+    @extend_schema(
+        request=io.RunbookIn,
+        responses=_responses(io.RunbookOut, 201, WRITE_ERRORS),
+        summary="Add a runbook to a connection (admin)",
+    )
+    def post(self, request):
+        data = parse(io.RunbookIn, request.data)
+        return Response(
+            runbooks.runbook_to_dict(runbooks.runbook_create(actor=self.actor, **data)), status=201
+        )
+
+
+class RunbookDetailView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(
+        request=io.RunbookPatch,
+        responses=_responses(io.RunbookOut, 200, WRITE_ERRORS),
+        summary="Change a runbook (admin)",
+    )
+    def patch(self, request, connection_name, name):
+        data = parse(io.RunbookPatch, request.data)
+        if "name" in data:
+            data["new_name"] = data.pop("name")
+        runbook = runbooks.runbook_update(
+            actor=self.actor, connection_name=connection_name, name=name, **data
+        )
+        return Response(runbooks.runbook_to_dict(runbook))
+
+    @extend_schema(responses=_responses(None, 204, WRITE_ERRORS), summary="Delete a runbook (admin)")
+    def delete(self, request, connection_name, name):
+        runbooks.runbook_delete(actor=self.actor, connection_name=connection_name, name=name)
+        return Response(status=204)
+
+
+class WebhookListView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(
+        parameters=_query_params(io.PageOnly),
+        responses=_responses(io.WebhookPage),
+        summary="Webhook endpoints",
+    )
+    def get(self, request):
+        return _listed(
+            request,
+            self,
+            io.PageOnly,
+            lambda **q: webhooks.webhook_endpoint_list(actor=self.actor, **q),
+            webhooks.webhook_endpoint_to_dict,
+        )
+
+    @extend_schema(
+        request=io.WebhookIn,
+        responses=_responses(io.WebhookOut, 201, WRITE_ERRORS),
+        summary="Add a webhook endpoint (admin); the secret is write-only",
+    )
+    def post(self, request):
+        data = parse(io.WebhookIn, request.data)
+        endpoint = webhooks.webhook_endpoint_create(actor=self.actor, **data)
+        return Response(webhooks.webhook_endpoint_to_dict(endpoint), status=201)
+
+
+class WebhookDetailView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(responses=_responses(io.WebhookOut), summary="One webhook endpoint (by id or name)")
+    def get(self, request, ref):
+        return Response(
+            webhooks.webhook_endpoint_to_dict(
+                webhooks.webhook_endpoint_get(actor=self.actor, endpoint_id=ref)
+            )
+        )
+
+    @extend_schema(
+        request=io.WebhookPatch,
+        responses=_responses(io.WebhookOut, 200, WRITE_ERRORS),
+        summary="Change a webhook endpoint (admin); a secret given replaces the old one",
+    )
+    def patch(self, request, ref):
+        data = parse(io.WebhookPatch, request.data)
+        secret = data.pop("secret", None)
+        endpoint = webhooks.webhook_endpoint_update(actor=self.actor, endpoint_id=ref, secret=secret, **data)
+        return Response(webhooks.webhook_endpoint_to_dict(endpoint))
+
+    @extend_schema(responses=_responses(None, 204, WRITE_ERRORS), summary="Delete a webhook endpoint (admin)")
+    def delete(self, request, ref):
+        webhooks.webhook_endpoint_delete(actor=self.actor, endpoint_id=ref)
+        return Response(status=204)

@@ -2,6 +2,7 @@
 
 from mcpserver.tools import (  # noqa: F401
     access_control,
+    admin_ops,
     analysis,
     audit,
     connections,

@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from mcpserver.registry import Args, Result, tool
+from mcpserver.registry import Args, Result, shared, tool
 from sessions import services
 from sessions.wakeup import wait_for_analysis
 
@@ -22,6 +22,9 @@ class AnalysisArgs(Args):
 
 
 class AnalysisOut(Result):
+    # sessions_wait_analysis answers the same record, plus timed_out and waited_seconds.
+    model_config = shared("sessions_get_analysis")
+
     session_id: str
     status: Literal["ready", "pending"] = Field(
         description="pending until the analysis is stored (shortly after the session ends)."
@@ -41,8 +44,7 @@ class AnalysisOut(Result):
 class WaitAnalysisArgs(AnalysisArgs):
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
         DEFAULT_WAIT,
-        description="How long to wait (default 45, max 300; many clients give up on a call at 60 s). "
-        "On expiry the answer has timed_out=true and status pending: call again.",
+        description="Seconds (default 45); on expiry timed_out=true: call again.",
     )
 
 
@@ -77,7 +79,10 @@ async def sessions_get_analysis(actor, args: AnalysisArgs, ctx) -> AnalysisOut:
 
 @tool(
     "sessions_wait_analysis",
-    description=("Wait for a session's risk analysis; timed_out=true with status pending means call again."),
+    description=(
+        "Wait for a session's risk analysis: sessions_get_analysis's record, plus timed_out (true: call "
+        "again) and waited_seconds."
+    ),
     args=WaitAnalysisArgs,
     result=WaitAnalysisOut,
     render=render,

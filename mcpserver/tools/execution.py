@@ -22,15 +22,14 @@ class ExecArgs(Args):
         min_length=1, description="SQL for database connections; stdin for command connections."
     )
     max_rows: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
-        None, description="Return at most this many rows (never more than the connection allows)."
+        None, description="At most this many rows (within the connection's limit)."
     )
     metadata: dict[str, Any] | None = Field(
         None, description="Attached to the session record (e.g. a ticket id)."
     )
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None,
-        description="Wait this long for the result before answering `running` (default: the gateway's handoff, "
-        "50 s). The statement itself keeps running under the connection's own time limit.",
+        description="Seconds before answering `running` (default 50); the statement keeps running.",
     )
 
 
@@ -114,8 +113,7 @@ class WaitArgs(Args):
     session_id: str = Field(min_length=1, max_length=64)
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
         DEFAULT_WAIT,
-        description="How long to wait (default 45, max 300; many clients give up on a call at 60 s). "
-        "On expiry the answer has timed_out=true: call again.",
+        description="Seconds (default 45); on expiry timed_out=true: call again.",
     )
 
 

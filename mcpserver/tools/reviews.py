@@ -191,8 +191,7 @@ class WaitArgs(Args):
     review_id: ReviewId
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
         DEFAULT_WAIT,
-        description="How long to wait (default 45, max 300; many clients give up on a call at 60 s). "
-        "On expiry the answer has timed_out=true: call again.",
+        description="Seconds (default 45); on expiry timed_out=true: call again.",
     )
 
 
@@ -235,7 +234,7 @@ async def reviews_wait(actor, args: WaitArgs, ctx) -> ReviewOut:
 class ExecuteArgs(Args):
     review_id: ReviewId
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
-        None, description="Wait this long for the result before answering `running` (default: 50 s)."
+        None, description="Seconds before answering `running` (default 50)."
     )
 
 

@@ -61,7 +61,7 @@ class RunArgs(Args):
     )
     parameters: dict[str, Any] | None = Field(None, description="Values for the runbook's parameters.")
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
-        None, description="Wait this long for the result before answering `running` (default 50 s)."
+        None, description="Seconds before answering `running` (default 50)."
     )
 
 

@@ -72,7 +72,7 @@ class ListArgs(Args):
     cursor: str | None = Field(
         None,
         max_length=200,
-        description="next_cursor of the previous page; reads any depth (offset stops at 10000).",
+        description="next_cursor of the previous page (offset stops at 10000).",
     )
 
 
