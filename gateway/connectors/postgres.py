@@ -14,7 +14,7 @@ from gateway.connectors.base import (
     nest_columns,
     wrap_connect_error,
 )
-from governance.errors import InvalidInput
+from governance.errors import InvalidInput, PolicyDenied
 
 
 class PostgresConnector(Connector):
@@ -125,6 +125,12 @@ class PostgresConnector(Connector):
             conn.autocommit = False  # one transaction, committed only when the count is within the ceiling
             try:
                 with conn.cursor() as cur:
+                    cur.execute("select current_setting('track_counts')")
+                    if cur.fetchone()[0] != "on":  # the counters stay at zero: the ceiling would be blind
+                        conn.rollback()
+                        raise PolicyDenied(
+                            "the affected-rows ceiling needs track_counts = on on the target; nothing ran"
+                        )
                     try:
                         cur.execute(text.encode(), prepare=False)
                         result = self._collect(cur)
