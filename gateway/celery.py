@@ -11,6 +11,19 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@signals.setup_logging.connect
+def _django_logging(loglevel=None, **kwargs):
+    """Workers and beat log like the web process (PORTCULLIS_LOG_FORMAT, the context fields)
+    instead of Celery's own format; `-l` still sets the level of Celery's loggers."""
+    import logging
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+    logging.getLogger("celery").setLevel(loglevel or logging.INFO)
+
+
 @signals.beat_init.connect
 def _one_beat(sender=None, **kwargs):
     """A second beat stands by until the first one's database lock is released (gateway/beatlock.py)."""
@@ -19,12 +32,19 @@ def _one_beat(sender=None, **kwargs):
     beatlock.hold()
 
 
+# Tasks whose first argument is a session id (an agent's run, an analysis): their lines name it.
+_SESSION_TASKS = ("gateway.tasks.session_run", "sessions.tasks.session_analyze")
+
+
 @signals.task_prerun.connect
-def _task_log_context(task=None, **kwargs):
+def _task_log_context(task=None, args=None, kwargs=None, **extra):
     """Each task logs with a context of its own, never the previous task's."""
     from gateway import logs
 
-    logs.start()
+    session_id = None
+    if task is not None and task.name in _SESSION_TASKS:
+        session_id = (kwargs or {}).get("session_id") or (args[0] if args else None)
+    logs.start(surface="worker", session_id=session_id)
 
 
 @signals.worker_init.connect

@@ -1969,7 +1969,9 @@ class Masker:
                         counts[entity] = counts.get(entity, 0) + n
                     return text if masked is None else masked
         try:
-            findings = self._analyze(text, context) + self._normalised_findings(text, context)
+            findings = self._analyze(text, context)
+            if not any(f[0] == 0 and f[1] == len(text) for f in findings):  # whole value found: done
+                findings += self._normalised_findings(text, context)
             masked, found = self._render(text, findings) if findings else (None, ())
         except Exception as exc:
             column = names[j] if isinstance(names, list) and j < len(names) else None
