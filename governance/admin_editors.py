@@ -152,6 +152,10 @@ class GuardrailConditionsWidget(StructuredJSONWidget):
             "deny_tables": joined(sql.get("deny_tables")),
             "deny_schemas": joined(sql.get("deny_schemas")),
             "deny_functions": joined(sql.get("deny_functions")),
+            "side_effects": [
+                (cls, cls in (sql.get("allow_side_effects") or [])) for cls in guardrails.SIDE_EFFECTS
+            ],
+            "max_affected_rows": "" if sql.get("max_affected_rows") is None else sql["max_affected_rows"],
             "deny_words": joined(spec.get("deny_words")),
             "regex": joined(spec.get("regex")),
             "risk_levels": [(level, level == spec.get("risk_at_least")) for level in guardrails.RISK_LEVELS],
@@ -171,6 +175,12 @@ class GuardrailConditionsWidget(StructuredJSONWidget):
             for key in ("deny_tables", "deny_schemas", "deny_functions"):
                 if items := _lines(data, f"{name}__{key}"):
                     sql[key] = items
+            allowed = data.getlist(f"{name}__allow_side_effects") if hasattr(data, "getlist") else []
+            if allowed:
+                sql["allow_side_effects"] = allowed
+            ceiling = (data.get(f"{name}__max_affected_rows") or "").strip()
+            if ceiling:
+                sql["max_affected_rows"] = int(ceiling) if ceiling.isdigit() else ceiling
             if sql:
                 out["sql"] = sql
             if level := data.get(f"{name}__risk_at_least"):

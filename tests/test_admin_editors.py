@@ -85,6 +85,27 @@ def test_it_saves_a_guardrail_from_the_fields_and_shows_it_back(cast):
     assert "Advanced: edit as JSON" in page and "Test this rule" in page
 
 
+def test_side_effect_classes_and_the_row_ceiling_are_fields_and_survive_a_save(cast):
+    """Issue 14's two SQL conditions are editable, and saving the form never drops them."""
+    alice = client_for(cast.alice)
+    data = guardrail_post(
+        input_conditions__require_where="1",
+        input_conditions__allow_side_effects=["file", "network"],
+        input_conditions__max_affected_rows="25",
+    )
+    response = alice.post(GUARD_ADD, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    rule = GuardrailRule.objects.get(org=cast.acme, name="safe-writes")
+    assert rule.input_conditions["sql"]["allow_side_effects"] == ["file", "network"]
+    assert rule.input_conditions["sql"]["max_affected_rows"] == 25
+    page = alice.get(f"/admin/governance/guardrailrule/{rule.pk}/change/").content.decode()
+    assert 'name="input_conditions__allow_side_effects" value="file" checked' in page
+    assert 'name="input_conditions__allow_side_effects" value="program">' in page
+    assert 'name="input_conditions__max_affected_rows" value="25"' in page
+    bad = alice.post(GUARD_ADD, guardrail_post(name="x", input_conditions__max_affected_rows="lots"))
+    assert "max_affected_rows must be a whole number" in bad.content.decode()
+
+
 def test_it_answers_a_bad_field_with_the_services_message_and_saves_nothing(cast):
     response = client_for(cast.alice).post(GUARD_ADD, guardrail_post(input_conditions__regex="(unclosed"))
     assert response.status_code == 200
