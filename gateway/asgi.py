@@ -28,7 +28,7 @@ proxy_app.install_daphne_shutdown_hook()
 
 from gateway.observe import RequestObserver  # noqa: E402
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         # Outermost: request id, log context, request metrics, MCP token limit (gateway/observe.py).
         "http": RequestObserver(
@@ -43,3 +43,11 @@ application = ProtocolTypeRouter(
         "lifespan": mcp_app,
     }
 )
+
+
+async def application(scope, receive, send):
+    """The router, with the MCP starter (and so this process's maintenance sweep) started on the
+    first request of any kind: daphne sends no lifespan event."""
+    if scope["type"] == "http":
+        await mcp_app.ensure_started()
+    return await router(scope, receive, send)

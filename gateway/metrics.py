@@ -160,16 +160,10 @@ def tool_observed(endpoint: str, tool: str, outcome: str, seconds: float) -> Non
 
 
 def outbox_backlog() -> int | None:
-    """HOOK for the durable exec core's outbox (issue 12): the number of outbox rows not yet
-    dispatched. None while there is no outbox table; then the gauge is simply absent."""
-    try:
-        from sessions.models import Outbox  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    manager = Outbox.objects
-    if hasattr(Outbox, "dispatched_at"):
-        return manager.filter(dispatched_at__isnull=True).count()
-    return manager.count()
+    """Outbox rows not yet delivered (events, analyses, agent dispatches; sessions.outbox)."""
+    from sessions.models import OutboxMessage
+
+    return OutboxMessage.objects.count()
 
 
 class StateCollector:

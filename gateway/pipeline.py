@@ -21,7 +21,6 @@ import uuid
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.utils import timezone
 
 from gateway import runner
 from gateway.connectors import REGISTRY, ExecResult, Limits
@@ -39,11 +38,11 @@ from governance.errors import (
 )
 from governance.models import GuardrailRule
 from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, scope
-from sessions import events
+from sessions import idempotency, lifecycle, outbox
 from sessions.audit import Outcome, audit_record
 from sessions.models import Analysis, Session, SessionStatus, Verb
-from sessions.services import analysis_enqueue, analysis_to_dict
-from sessions.wakeup import notify_session_finished
+from sessions.outbox import outbox_put
+from sessions.services import analysis_to_dict
 
 logger = logging.getLogger("portcullis.pipeline")
 
@@ -174,13 +173,13 @@ def _check_metadata(metadata) -> dict:
 # --- exec ---------------------------------------------------------------------------------
 
 
-def _record(
+def _new_session(
     actor: Actor, connection: Connection, verb: str, full_input: str, stored_input: str, **fields
 ) -> Session:
-    """Record a session before anything runs: who, where, from which surface, and the input
-    (its hash and size always of the full input, even when only a prefix is stored)."""
+    """A session about to be recorded (by sessions.lifecycle): who, where, from which surface, and
+    the input (its hash and size always of the full input, even when only a prefix is stored)."""
     data = full_input.encode()
-    return Session.objects.create(
+    return Session(
         org_id=actor.org_id,
         user=actor.user,
         connection=connection,
@@ -197,6 +196,22 @@ def _record(
     )
 
 
+def _run_spec(connection: Connection, limits: Limits) -> dict:
+    """What any process needs to run an open session: its limits, and its agent queue if any."""
+    spec = {"limits": dataclasses.asdict(limits)}
+    if connection.agent_queue and not settings.CELERY_TASK_ALWAYS_EAGER:
+        spec["agent_queue"] = agent_queue_name(connection)
+    return spec
+
+
+def _idempotent_replay(actor: Actor, key, operation: str, request: dict) -> Session | None:
+    """The session of an earlier call with this key (a retry), or None."""
+    key = idempotency.check_key(key)
+    if key is None:
+        return None
+    return idempotency.find(user=actor.user, key=key, operation=operation, request=request)
+
+
 def exec_start(
     *,
     actor: Actor,
@@ -205,19 +220,25 @@ def exec_start(
     max_rows: int | None = None,
     metadata: dict | None = None,
     verb: str = Verb.EXEC,
+    idempotency_key: str | None = None,
 ) -> Session:
     """Authorize, record and start one exec (or a rendered runbook: verb `runbook`). Returns the
     session (final already if refused).
 
     Raises NotFound/PolicyDenied (recorded in the audit log) when the actor may not use the
     connection, InvalidInput for malformed arguments. An oversize input is not an exception: it
-    is recorded as a failed session, so the attempt is never lost.
+    is recorded as a failed session, so the attempt is never lost. With an `idempotency_key`, a
+    retry by the same user answers with the first attempt's session and runs nothing again.
     """
     if not isinstance(input, str) or not input.strip():
         raise InvalidInput("input is required")
     if max_rows is not None and max_rows < 1:
         raise InvalidInput("max_rows must be at least 1")
     metadata = _check_metadata(metadata)
+    request = {"connection": connection_name, "input": input, "max_rows": max_rows, "verb": verb}
+    replay = _idempotent_replay(actor, idempotency_key, "exec", request)
+    if replay is not None:
+        return replay
     connection = authorize(
         actor=actor, connection_name=connection_name, mode="runbooks" if verb == Verb.RUNBOOK else "exec"
     )
@@ -252,88 +273,120 @@ def exec_start(
 
         gate = command_gate(actor=actor, connection=connection, input=input)
 
-    busy = runner.busy() if gate is None else False
-    now = timezone.now()
-    with transaction.atomic():
-        session = _record(
-            actor,
-            connection,
-            verb,
-            input,
-            data[: settings.MAX_INPUT_BYTES].decode(errors="ignore") if too_large else input,
-            input_truncated=too_large,
-            metadata=metadata,
+    session = _new_session(
+        actor,
+        connection,
+        verb,
+        input,
+        data[: settings.MAX_INPUT_BYTES].decode(errors="ignore") if too_large else input,
+        input_truncated=too_large,
+        metadata=metadata,
+    )
+    outcome, lease, status = Outcome.SUCCESS, None, SessionStatus.OPEN
+    spec = _run_spec(connection, limits)
+    if findings:
+        status, outcome = SessionStatus.BLOCKED, Outcome.BLOCKED
+        session.guardrail_findings = [f.as_dict() for f in findings]
+        session.error = _block_message(connection, findings)
+    elif rules_error:
+        status, outcome, session.error = SessionStatus.FAILED, Outcome.FAILED, rules_error
+    elif gate is not None:
+        status = SessionStatus.PENDING_REVIEW
+    elif too_large:
+        status, outcome = SessionStatus.FAILED, Outcome.INVALID
+        session.error = (
+            f"input is {len(data)} bytes; this gateway accepts at most {settings.MAX_INPUT_BYTES} bytes"
         )
-        outcome = Outcome.SUCCESS
-        if findings:
-            session.status = SessionStatus.BLOCKED
-            session.guardrail_findings = [f.as_dict() for f in findings]
-            session.error = _block_message(connection, findings)
-            outcome = Outcome.BLOCKED
-        elif rules_error:
-            session.status = SessionStatus.FAILED
-            session.error = rules_error
-            outcome = Outcome.FAILED
-        elif gate is not None:
-            session.status = SessionStatus.PENDING_REVIEW
-            session.save(update_fields=["status"])
-            from reviews.services import review_open
+    elif "agent_queue" not in spec and runner.busy():
+        status, outcome = SessionStatus.FAILED, Outcome.FAILED
+        session.error = "the gateway is at capacity; try again shortly"
+    elif "agent_queue" in spec:  # an agent claims it; if none does in time, it fails (the sweep)
+        lease = float(settings.AGENT_QUEUE_EXPIRY_SECONDS)
+    elif runner.has_idle_worker():  # it starts at once here: recorded as running, one commit
+        status, lease = SessionStatus.RUNNING, lifecycle.lease_seconds()
+    else:  # queued here: claimable by any process if this one dies before it gets to it
+        lease = float(settings.SESSION_DISPATCH_LEASE_SECONDS)
+    session.run_spec = spec if status in (SessionStatus.OPEN, SessionStatus.RUNNING) else {}
+    try:
+        with transaction.atomic():
+            lifecycle.record(
+                session,
+                status=status,
+                actor=actor,
+                action="exec.request",
+                outcome=outcome,
+                lease=lease,
+                detail={
+                    "connection": connection.name,
+                    "input_bytes": len(data),
+                    "input_sha256": session.input_sha256,
+                    **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
+                },
+            )
+            idempotency.remember(
+                user=actor.user, key=idempotency_key, operation="exec", request=request, session=session
+            )
+            if gate is not None:
+                from reviews.services import review_open
 
-            rule, risk = gate
-            session.pending_review = review_open(
-                actor=actor, session=session, connection=connection, rule=rule, risk=risk
-            )
-        elif too_large or busy:
-            session.status = SessionStatus.FAILED
-            session.error = (
-                f"input is {len(data)} bytes; this gateway accepts at most {settings.MAX_INPUT_BYTES} bytes"
-                if too_large
-                else "the gateway is at capacity; try again shortly"
-            )
-            outcome = Outcome.INVALID if too_large else Outcome.FAILED
-        if session.status not in (SessionStatus.OPEN, SessionStatus.PENDING_REVIEW):
-            session.ended_at = now
-            session.save(update_fields=["status", "error", "ended_at", "guardrail_findings"])
-            analysis_enqueue(session_id=session.pk)  # blocked and refused sessions are analysed too
-        audit_record(
-            actor=actor,
-            action="exec.request",
-            outcome=outcome,
-            target=session,
-            detail={
-                "connection": connection.name,
-                "input_bytes": len(data),
-                "input_sha256": session.input_sha256,
-                **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
-                **({"review_id": str(session.pending_review.pk)} if gate is not None else {}),
-            },
+                rule, risk = gate
+                session.pending_review = review_open(
+                    actor=actor, session=session, connection=connection, rule=rule, risk=risk
+                )
+            if "agent_queue" in spec and status == SessionStatus.OPEN:
+                outbox_put("dispatch", {"session_id": str(session.pk), "queue": spec["agent_queue"]})
+    except idempotency.IntegrityError:  # a concurrent retry with the same key recorded it first
+        return idempotency.find(user=actor.user, key=idempotency_key, operation="exec", request=request)
+    if status in (SessionStatus.OPEN, SessionStatus.RUNNING) and "agent_queue" not in spec:
+        # At once when called outside a transaction (every surface); after the caller's commit otherwise.
+        preloaded = (session.input, connection, rules)
+        transaction.on_commit(
+            lambda: _submit_local(session.pk, limits, preloaded, claimed=status == SessionStatus.RUNNING)
         )
-        if session.status == SessionStatus.OPEN:
-            events.emit_session(session, events.SESSION_STARTED)
-        elif session.is_final:
-            events.emit_session_end(session)
-    if session.status != SessionStatus.OPEN:
-        return session
-    _dispatch(session, connection, limits, rules)
     return session
 
 
-def _release_reviewed(session: Session, connection: Connection, findings) -> bool:
+def _submit_local(session_id, limits: Limits, preloaded=None, *, claimed: bool) -> None:
+    """Run a recorded session in this process's bounded pool. `claimed`: it was recorded running
+    and held by this runner; otherwise the job claims it first (it may have been taken meanwhile)."""
+    runner.submit(
+        str(session_id),
+        lambda: _run(session_id, limits, preloaded, claimed=claimed),
+        timeout_seconds=limits.timeout_seconds,
+    )
+
+
+def _release_reviewed(actor: Actor, session: Session, connection: Connection, findings, spec: dict) -> bool:
     """A reviewed session leaves `pending_review`: blocked (and finished) when today's guardrails
-    find something, else open for dispatch. Returns True when it may run."""
+    find something, else open, with a dispatch lease, for this process (or any other, if this one
+    dies first) to claim and run. Returns True when it may run."""
     if findings:
-        session.status = SessionStatus.BLOCKED
-        session.guardrail_findings = [f.as_dict() for f in findings]
-        session.error = _block_message(connection, findings)
-        session.ended_at = timezone.now()
-        session.save(update_fields=["status", "guardrail_findings", "error", "ended_at"])
-        analysis_enqueue(session_id=session.pk)
-        transaction.on_commit(lambda: notify_session_finished(session.pk))
-        events.emit_session_end(session)
+        lifecycle.transition(
+            session.pk,
+            SessionStatus.BLOCKED,
+            actor=actor,
+            action="exec.blocked",
+            outcome=Outcome.BLOCKED,
+            fields={
+                "guardrail_findings": [f.as_dict() for f in findings],
+                "error": _block_message(connection, findings),
+            },
+        )
         return False
-    session.status = SessionStatus.OPEN
-    session.save(update_fields=["status"])
-    events.emit_session(session, events.SESSION_STARTED)
+    lifecycle.transition(
+        session.pk,
+        SessionStatus.OPEN,
+        actor=actor,
+        action="exec.release",
+        fields={"run_spec": spec, "runner": runner.runner_id()},
+        lease=float(
+            settings.AGENT_QUEUE_EXPIRY_SECONDS
+            if "agent_queue" in spec
+            else settings.SESSION_DISPATCH_LEASE_SECONDS
+        ),
+    )
+    if "agent_queue" in spec:
+        outbox_put("dispatch", {"session_id": str(session.pk), "queue": spec["agent_queue"]})
     return True
 
 
@@ -343,7 +396,9 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
 
     The actor must still be allowed on the connection, and the input passes the guardrails as
     they are now: an approval never overrides a rule added since. The session's input must still
-    hash to what was approved, so nothing swapped in the database can run.
+    hash to what was approved, so nothing swapped in the database can run. The session is open,
+    with a dispatch lease, when this transaction commits: run here right after, or by another
+    process if this one dies first — exactly once either way (the claim is one conditional UPDATE).
     """
     from governance.errors import Conflict
 
@@ -375,34 +430,15 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
     )
     rules, findings = capability.apply_exec_ceiling(actor, connection.kind, session.input, rules, findings)
     limits = _limits(connection, read_only=guardrails.requires_read_only(rules), rules=rules)
-    if not _release_reviewed(session, connection, findings):
+    spec = _run_spec(connection, limits)
+    released = _release_reviewed(actor, session, connection, findings, spec)
+    session.refresh_from_db()
+    if not released:
         return session
-    _dispatch(session, connection, limits, rules)
+    if "agent_queue" not in spec:
+        preloaded = (session.input, connection, rules)
+        transaction.on_commit(lambda: _submit_local(session.pk, limits, preloaded, claimed=False))
     return session
-
-
-def _dispatch(session: Session, connection: Connection, limits: Limits, rules: list) -> None:
-    """Run here in the bounded pool, or on the Celery agent queue the connection names.
-
-    Embedded mode (tasks run eagerly) has no agents, so it always runs here.
-    """
-    if connection.agent_queue and not settings.CELERY_TASK_ALWAYS_EAGER:
-        from gateway.tasks import session_run
-
-        queue = agent_queue_name(connection)
-        transaction.on_commit(
-            lambda: session_run.apply_async(args=[str(session.pk), limits.__dict__], queue=queue)
-        )
-        return
-    # After commit, like the agent path: a worker must be able to see the session it claims.
-    preloaded = (session.input, connection, rules)
-    transaction.on_commit(
-        lambda: runner.submit(
-            str(session.pk),
-            lambda: _run(session.pk, limits, preloaded),
-            timeout_seconds=limits.timeout_seconds,
-        )
-    )
 
 
 def agent_queue_name(connection: Connection) -> str:
@@ -418,42 +454,77 @@ def _refuse_agent_connection(connection: Connection, what: str) -> None:
         )
 
 
-def run_on_agent(session_id: str, limits: dict) -> None:
-    """The agent worker's side of `_dispatch`: run one session in this process."""
-    limits = Limits(**limits)
-    runner.run_here(session_id, lambda: _run(session_id, limits), timeout_seconds=limits.timeout_seconds)
+@outbox.handler("dispatch")
+def _dispatch_to_agent(payload: dict) -> None:
+    """The outbox relay's hand-over of an open session to its agent queue (raises while the broker
+    is away; the message waits). The agent's claim makes a duplicate message harmless."""
+    from gateway.tasks import session_run
+
+    session_run.apply_async(args=[payload["session_id"]], queue=payload["queue"])
 
 
-def _run(session_id, limits: Limits, preloaded: tuple | None = None) -> None:
-    """Worker-thread body: claim the session, run the connector, finish the record.
+def run_on_agent(session_id: str, limits: dict | None = None) -> None:
+    """The agent worker's side of the dispatch: claim and run one session in this process."""
+    session = Session.objects.filter(pk=session_id).only("run_spec").first()
+    if session is None:
+        return
+    spec_limits = (session.run_spec or {}).get("limits") or limits
+    if not spec_limits:
+        return
+    limits = Limits(**spec_limits)
+    runner.run_here(
+        session_id, lambda: _run(session_id, limits, claimed=False), timeout_seconds=limits.timeout_seconds
+    )
 
-    `preloaded` (input, connection, guardrail rules) spares queries when the process that
-    recorded the session runs it. Whatever goes wrong, the session does not stay open: it is marked failed.
-    """
+
+def recover_open(session_id) -> bool:
+    """Take over an open session whose dispatch lease lapsed (the process that should have run it
+    died): claim it for this runner and run it here. Agent work is re-sent to its queue, or failed
+    once its deadline passed. Returns True when this process took it."""
+    session = Session.objects.filter(pk=session_id, status=SessionStatus.OPEN).only("run_spec").first()
+    if session is None:
+        return False
+    spec = session.run_spec or {}
+    if "agent_queue" in spec:
+        lifecycle.expire_waiting(
+            session_id,
+            f"no agent on queue {spec['agent_queue']!r} took this session within "
+            f"{settings.AGENT_QUEUE_EXPIRY_SECONDS} s; nothing ran. Check that the agent is running, then run it again",
+        )
+        return False
+    if "limits" not in spec:
+        lifecycle.expire_waiting(session_id, "this session cannot be resumed; nothing ran")
+        return False
+    limits = Limits(**spec["limits"])
+    if not lifecycle.claim(session_id, runner=runner.runner_id(), lapsed_only=True):
+        return False
+    logger.warning("resuming session %s, whose dispatcher went away before running it", session_id)
+    _submit_local(session_id, limits, claimed=True)
+    return True
+
+
+def _run(session_id, limits: Limits, preloaded: tuple | None = None, *, claimed: bool = False) -> None:
+    """Worker-thread body: claim the session (unless recorded running for this runner), run the
+    connector, finish the record. Whatever goes wrong, the session does not stay running: it is
+    finished as failed here, or by the sweep once its lease lapses."""
     try:
-        _run_claimed(session_id, limits, preloaded)
+        close_old_connections()
+        if not claimed and not lifecycle.claim(session_id, runner=runner.runner_id()):
+            return None  # cancelled while queued, or another process took it
+        return _run_claimed(session_id, limits, preloaded)  # the final session: a local waiter's answer
     except Exception:
         logger.exception("exec job for session %s failed before finishing its record", session_id)
-        ended = Session.objects.filter(
-            pk=session_id, status__in=(SessionStatus.OPEN, SessionStatus.RUNNING)
-        ).update(
-            status=SessionStatus.FAILED,
-            ended_at=timezone.now(),
-            error="internal error while running the session; the gateway log has details",
+        _finish_with_retry(
+            session_id,
+            lambda s: SessionStatus.FAILED,
+            {"error": "internal error while running the session; the gateway log has details"},
+            action="exec.finish",
+            outcome=Outcome.FAILED,
+            detail={"status": "failed"},
         )
-        if ended:
-            notify_session_finished(session_id)
-            analysis_enqueue(session_id=session_id)
-            events.emit_session_end(session_id)
 
 
 def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
-    close_old_connections()
-    claimed = Session.objects.filter(pk=session_id, status=SessionStatus.OPEN, cancel_requested=False).update(
-        status=SessionStatus.RUNNING, started_at=timezone.now(), runner=runner.runner_id()
-    )
-    if not claimed:
-        return  # cancelled while queued; exec_cancel already finished the record
     rules = None
     if preloaded is not None:
         text, connection, rules = preloaded
@@ -493,7 +564,7 @@ def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
                 None,
                 "the result could not be checked and was withheld; the gateway log has details",
             )
-    _finish(
+    return _finish(
         session_id,
         result=result,
         error=error,
@@ -541,6 +612,40 @@ def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=N
     return result, [], info, ""
 
 
+FINISH_RETRY_SECONDS = 60.0
+
+
+def _finish_with_retry(session_id, to, fields: dict, **audit) -> Session | None:
+    """The runner's final write, retried while the gateway database is unreachable (the result is
+    only in memory until it is written). Gives up after FINISH_RETRY_SECONDS; the sweep then ends
+    the session once its lease lapses. A session taken from this runner meanwhile is left alone."""
+    from django.db import DatabaseError, InterfaceError, OperationalError
+
+    deadline = time.monotonic() + FINISH_RETRY_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return lifecycle.transition(
+                session_id,
+                to,
+                as_owner=True,
+                fields=fields,
+                expect=(SessionStatus.RUNNING,),
+                runner=runner.runner_id(),
+                **audit,
+            )
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() > deadline:
+                logger.error("could not record the end of session %s: %s", session_id, exc)
+                return None
+            logger.warning("recording the end of session %s failed (%s); retrying", session_id, exc)
+            close_old_connections()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        except DatabaseError:
+            raise
+
+
 def _lineage_plans(connection: Connection, masker, sql: str | None, limits: Limits, width: int):
     """Issue 14: whole-value masking for output columns fed by masked columns (any expression)."""
     dialect = guardrails.DIALECTS.get(connection.kind)
@@ -568,49 +673,41 @@ def _finish(
     max_bytes: int,
     findings=(),
     masking_info: dict | None = None,
-) -> None:
-    with transaction.atomic():
-        session = Session.objects.select_for_update(of=("self",)).select_related("user").get(pk=session_id)
-        if session.is_final:  # the sweeper gave up on it meanwhile; keep its verdict
-            return
-        session.ended_at = timezone.now()
-        session.execution_time_ms = elapsed_ms
-        if result is not None:
-            session.output, cut = cap_text(result.output, max_bytes)
-            session.truncated = result.truncated or cut
-            session.exit_code = result.exit_code
-            session.row_count = result.row_count
-            if result.columns is not None:
-                session.result = {"columns": result.columns, "rows": result.rows or []}
-        session.error = error
-        session.masking = masking_info or {}
-        if findings:
-            session.guardrail_findings = [f.as_dict() for f in findings]
-        if session.cancel_requested:
-            session.status = SessionStatus.CANCELLED
-            session.error = error or "cancelled"
-        elif findings:
-            session.status = SessionStatus.BLOCKED
-        else:
-            session.status = SessionStatus.DONE if result is not None else SessionStatus.FAILED
-        session.save()
-        ok = session.status == SessionStatus.DONE and session.exit_code == 0
-        audit_record(
-            actor=Actor(
-                user=session.user, groups=frozenset(), surface=session.surface, client=session.client
-            ),
-            action="exec.finish",
-            outcome=Outcome.SUCCESS if ok else Outcome.FAILED,
-            target=session,
-            detail={
-                "status": session.status,
-                "exit_code": session.exit_code,
-                "execution_time_ms": elapsed_ms,
-            },
+) -> Session | None:
+    fields = {"execution_time_ms": elapsed_ms, "error": error, "masking": masking_info or {}}
+    if result is not None:
+        output, cut = cap_text(result.output, max_bytes)
+        fields.update(
+            output=output,
+            truncated=result.truncated or cut,
+            exit_code=result.exit_code,
+            row_count=result.row_count,
         )
-        events.emit_session_end(session)
-        transaction.on_commit(lambda: notify_session_finished(session_id))
-        analysis_enqueue(session_id=session_id)  # on commit, after the wake-up
+        if result.columns is not None:
+            fields["result"] = {"columns": result.columns, "rows": result.rows or []}
+    if findings:
+        fields["guardrail_findings"] = [f.as_dict() for f in findings]
+
+    def status_of(session: Session) -> str:  # on the locked row: a cancel may have come meanwhile
+        if session.cancel_requested:
+            fields["error"] = error or "cancelled"
+            return SessionStatus.CANCELLED
+        if findings:
+            return SessionStatus.BLOCKED
+        return SessionStatus.DONE if result is not None else SessionStatus.FAILED
+
+    ok = result is not None and not findings and result.exit_code == 0
+    return _finish_with_retry(
+        session_id,
+        status_of,
+        fields,
+        action="exec.finish",
+        outcome=Outcome.SUCCESS if ok else Outcome.FAILED,
+        detail={
+            "exit_code": result.exit_code if result is not None else None,
+            "execution_time_ms": elapsed_ms,
+        },
+    )
 
 
 def exec_cancel(*, actor: Actor, session_id: str) -> Session:
@@ -633,19 +730,18 @@ def exec_cancel(*, actor: Actor, session_id: str) -> Session:
         )
         if session.is_final:
             raise Conflict(f"session is already {session.status}")
-        session.cancel_requested = True
-        fields = ["cancel_requested"]
+        Session.objects.filter(pk=session_pk).update(cancel_requested=True)
         if session.status == SessionStatus.OPEN:
-            session.status = SessionStatus.CANCELLED
-            session.ended_at = timezone.now()
-            session.error = "cancelled before it ran"
-            fields += ["status", "ended_at", "error"]
-            transaction.on_commit(lambda: notify_session_finished(session_pk))
-            analysis_enqueue(session_id=session_pk)
-        session.save(update_fields=fields)
-        audit_record(actor=actor, action="exec.cancel", target=session)
-        if session.is_final:
-            events.emit_session_end(session)
+            session = lifecycle.transition(
+                session_pk,
+                SessionStatus.CANCELLED,
+                actor=actor,
+                action="exec.cancel",
+                fields={"error": "cancelled before it ran", "cancel_requested": True},
+            )
+        else:
+            session.cancel_requested = True
+            audit_record(actor=actor, action="exec.cancel", target=session)
     runner.cancel_local(str(session_pk))
     return session
 
@@ -760,9 +856,13 @@ def schema_list(
         f"{k}={v}" for k, v in (("database", database), ("schema", schema), ("table", table)) if v
     )
     text = f"list {what}" + (f" {described}" if described else "")
-    now = timezone.now()
-    session = _record(
-        actor, connection, Verb.SCHEMA, text, text, status=SessionStatus.RUNNING, started_at=now
+    session = lifecycle.record(
+        _new_session(actor, connection, Verb.SCHEMA, text, text),
+        status=SessionStatus.RUNNING,
+        actor=actor,
+        action=f"schema.{what}.start",
+        detail={"connection": connection.name},
+        lease=SCHEMA_TIMEOUT_SECONDS + lifecycle.lease_seconds(),  # not renewed: it runs within the request
     )
     limits = Limits(
         max_rows=connection.max_rows,
@@ -797,26 +897,26 @@ def schema_list(
         except Exception:  # fail closed: nothing unmasked leaves, and the session still ends
             logger.exception("masking a schema listing of connection %s failed", connection.pk)
             items, error = [], "masking failed, so the result was withheld"
-    with transaction.atomic():
-        session.ended_at = timezone.now()
-        session.execution_time_ms = int((time.monotonic() - started) * 1000)
-        session.status = SessionStatus.FAILED if error else SessionStatus.DONE
-        session.exit_code = 1 if error else 0
-        session.error = error
-        session.row_count = len(items)
-        session.result = {"items": items}
-        session.masking = masking_info
-        session.output, session.truncated = cap_text(json.dumps(items), connection.max_output_bytes)
-        session.save()
-        audit_record(
-            actor=actor,
-            action=f"schema.{what}",
-            outcome=Outcome.FAILED if error else Outcome.SUCCESS,
-            target=session,
-            detail={"connection": connection.name},
-        )
-        analysis_enqueue(session_id=session.pk)
-        events.emit_session_end(session)
+    output, truncated = cap_text(json.dumps(items), connection.max_output_bytes)
+    lifecycle.transition(
+        session.pk,
+        SessionStatus.FAILED if error else SessionStatus.DONE,
+        actor=actor,
+        action=f"schema.{what}",
+        outcome=Outcome.FAILED if error else Outcome.SUCCESS,
+        detail={"connection": connection.name},
+        expect=(SessionStatus.RUNNING,),
+        fields={
+            "execution_time_ms": int((time.monotonic() - started) * 1000),
+            "exit_code": 1 if error else 0,
+            "error": error,
+            "row_count": len(items),
+            "result": {"items": items},
+            "masking": masking_info,
+            "output": output,
+            "truncated": truncated,
+        },
+    )
     if error:
         raise ConnectorError(error)
     return items
@@ -970,7 +1070,7 @@ async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dic
     return visible
 
 
-def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: dict):
+def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: dict, idem=(None, None)):
     """Everything before the upstream is reached; returns (session, connection, limits).
     The session is already final when the call was refused (blocked, rate-limited, invalid)."""
     from gateway import upstream
@@ -1030,41 +1130,37 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
 
     stored = _canonical({"tool": tool, "arguments": stored_arguments})
     exact = _canonical({"tool": tool, "arguments": arguments})
-    now = timezone.now()
-    with transaction.atomic():
-        session = _record(
-            actor,
-            connection,
-            Verb.TOOL,
-            exact,
-            stored,
-            metadata={"tool": tool},
-            masking=masking_info,
-        )
-        if not error and rule.requires_approval:
-            error = _tool_review_open(actor, session, connection, rule, exact)
-            outcome = Outcome.DENIED if error else Outcome.SUCCESS
-        if session.status == SessionStatus.PENDING_REVIEW:
-            pass
-        elif error:
-            session.status = (
-                SessionStatus.BLOCKED
-                if outcome in (Outcome.BLOCKED, Outcome.DENIED)
-                else SessionStatus.FAILED
+    reviewer_groups = []
+    if not error and rule.requires_approval:
+        from governance.models import UserGroup
+
+        reviewer_groups = list(UserGroup.objects.filter(org_id=actor.org_id, name__in=rule.reviewers))
+        if not reviewer_groups:  # nobody could ever approve it
+            error, outcome = (
+                f"tool {tool!r} requires approval, but none of its reviewer groups exists",
+                Outcome.DENIED,
             )
-            session.error = error
-            session.ended_at = now
-            session.guardrail_findings = [f.as_dict() for f in findings]
-            session.save(update_fields=["status", "error", "ended_at", "guardrail_findings"])
-            analysis_enqueue(session_id=session.pk)
-            events.emit_session_end(session)
-        else:
-            events.emit_session(session, events.SESSION_STARTED)
-        audit_record(
+    session = _new_session(
+        actor, connection, Verb.TOOL, exact, stored, metadata={"tool": tool}, masking=masking_info
+    )
+    if error:
+        status = (
+            SessionStatus.BLOCKED if outcome in (Outcome.BLOCKED, Outcome.DENIED) else SessionStatus.FAILED
+        )
+        session.error = error
+        session.guardrail_findings = [f.as_dict() for f in findings]
+    else:
+        status = SessionStatus.PENDING_REVIEW if reviewer_groups else SessionStatus.OPEN
+    with transaction.atomic():
+        lifecycle.record(
+            session,
+            status=status,
             actor=actor,
             action="tool.request",
             outcome=outcome,
-            target=session,
+            # An upstream call cannot be resumed by another process (its exact arguments live only in
+            # this request): the lease lets the sweep end it if this process dies before it ran.
+            lease=float(settings.SESSION_DISPATCH_LEASE_SECONDS) if status == SessionStatus.OPEN else None,
             detail={
                 "connection": connection.name,
                 "tool": tool,
@@ -1073,6 +1169,21 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
                 **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
             },
         )
+        key, request = idem
+        idempotency.remember(
+            user=actor.user, key=key, operation="upstream_call", request=request, session=session
+        )
+        if status == SessionStatus.PENDING_REVIEW:
+            from reviews.services import review_open
+
+            session.pending_review = review_open(
+                actor=actor,
+                session=session,
+                connection=connection,
+                reviewer_groups=reviewer_groups,
+                min_approvals=rule.min_approvals,
+                input=exact,
+            )
     return session, connection, limits
 
 
@@ -1163,52 +1274,60 @@ def _tool_finish(
                 None,
                 "the result could not be checked and was withheld; the gateway log has details",
             )
-    with transaction.atomic():
-        session = Session.objects.select_for_update(of=("self",)).select_related("user").get(pk=session_id)
-        if session.is_final:
-            return session
-        previous = session.masking or {}
-        session.ended_at = timezone.now()
-        session.execution_time_ms = elapsed_ms
-        session.masking = {**previous, **masking_info}
-        if findings:
-            session.guardrail_findings = [f.as_dict() for f in findings]
+    fields = {"execution_time_ms": elapsed_ms}
+    if findings:
+        fields["guardrail_findings"] = [f.as_dict() for f in findings]
+
+    def status_of(session: Session) -> str:
+        session.masking = {**(session.masking or {}), **masking_info}
         if session.cancel_requested:
-            session.status, session.error = SessionStatus.CANCELLED, error or "cancelled"
-            session.result = None
-        elif blocked:
-            session.status, session.error = SessionStatus.BLOCKED, blocked
-        elif error or result is None:
-            session.status, session.error = SessionStatus.FAILED, error or "the upstream gave no result"
-        else:
-            session.status = SessionStatus.DONE
-            session.exit_code = 1 if result.get("isError") else 0
-            session.result = result
-            session.output, session.truncated = cap_text(_tool_text(result), limits.max_output_bytes)
-        session.save()
-        audit_record(
-            actor=Actor(
-                user=session.user, groups=frozenset(), surface=session.surface, client=session.client
-            ),
-            action="tool.finish",
-            outcome=(
-                Outcome.BLOCKED
-                if session.status == SessionStatus.BLOCKED
-                else Outcome.SUCCESS
-                if session.status == SessionStatus.DONE and session.exit_code == 0
-                else Outcome.FAILED
-            ),
-            target=session,
-            detail={"tool": tool, "status": session.status, "execution_time_ms": elapsed_ms},
-        )
-        transaction.on_commit(lambda: notify_session_finished(session_id))
-        analysis_enqueue(session_id=session_id)
-        events.emit_session_end(session)
-    return session
+            session.error, session.result = error or "cancelled", None
+            return SessionStatus.CANCELLED
+        if blocked:
+            session.error = blocked
+            return SessionStatus.BLOCKED
+        if error or result is None:
+            session.error = error or "the upstream gave no result"
+            return SessionStatus.FAILED
+        session.exit_code = 1 if result.get("isError") else 0
+        session.result = result
+        session.output, session.truncated = cap_text(_tool_text(result), limits.max_output_bytes)
+        return SessionStatus.DONE
+
+    for name in ("masking", "error", "result", "exit_code", "output", "truncated"):
+        fields.setdefault(name, None)
+    finished = _finish_with_retry(
+        session_id,
+        lambda s: _tool_status(s, status_of, fields),
+        fields,
+        action="tool.finish",
+        outcome=Outcome.BLOCKED
+        if blocked
+        else Outcome.SUCCESS
+        if result is not None and not error
+        else Outcome.FAILED,
+        detail={"tool": tool, "execution_time_ms": elapsed_ms},
+    )
+    return finished or Session.objects.select_related("user").get(pk=session_id)
+
+
+def _tool_status(session: Session, status_of, fields: dict) -> str:
+    """Decide the final status on the locked session, then copy what the decision set into the
+    fields the lifecycle writes (so it writes exactly those)."""
+    status = status_of(session)
+    for name in list(fields):
+        if name in ("masking", "error", "result", "exit_code", "output", "truncated"):
+            fields[name] = getattr(session, name)
+    return status
 
 
 async def tool_call(
-    *, actor: Actor, connection_name: str, tool: str, arguments: dict | None = None
+    *,
+    actor: Actor,
+    connection_name: str,
+    tool: str,
+    arguments: dict | None = None,
+    idempotency_key: str | None = None,
 ) -> Session:
     """Call one tool of an upstream MCP server through the policy path; returns the final session.
 
@@ -1225,8 +1344,22 @@ async def tool_call(
     from channels.db import database_sync_to_async as db
 
     arguments = {} if arguments is None else arguments
+    request = {"connection": connection_name, "tool": tool, "arguments": arguments}
+    replay = await db(lambda: _idempotent_replay(actor, idempotency_key, "upstream_call", request))()
+    if replay is not None:  # a retry: the first attempt's session, waited for if it still runs
+        if replay.status in (SessionStatus.OPEN, SessionStatus.RUNNING):
+            from sessions.wakeup import wait_for_final
+
+            replay, _ = await wait_for_final(replay.pk, float(settings.EXEC_HANDOFF_SECONDS))
+        return replay
     session, connection, limits = await db(
-        lambda: _tool_prepare(actor=actor, connection_name=connection_name, tool=tool, arguments=arguments)
+        lambda: _tool_prepare(
+            actor=actor,
+            connection_name=connection_name,
+            tool=tool,
+            arguments=arguments,
+            idem=(idempotency.check_key(idempotency_key), request),
+        )
     )()
     if session.is_final or session.status == SessionStatus.PENDING_REVIEW:
         return session
@@ -1246,31 +1379,6 @@ async def tool_call(
     return await db(lambda: Session.objects.select_related("user").get(pk=session.pk))()
 
 
-def _tool_review_open(actor: Actor, session: Session, connection: Connection, rule, exact: str) -> str:
-    """Make a tool call wait for its reviewers: the session becomes pending_review, with a review
-    of the exact call (the session itself stores the masked arguments). Returns an error instead
-    when none of the rule's reviewer groups exists (nobody could ever approve it)."""
-    from governance.models import UserGroup
-    from reviews.services import review_open
-
-    groups = list(UserGroup.objects.filter(org_id=actor.org_id, name__in=rule.reviewers))
-    if not groups:
-        return (
-            f"tool {session.metadata.get('tool')!r} requires approval, but none of its reviewer groups exists"
-        )
-    session.status = SessionStatus.PENDING_REVIEW
-    session.save(update_fields=["status"])
-    session.pending_review = review_open(
-        actor=actor,
-        session=session,
-        connection=connection,
-        reviewer_groups=groups,
-        min_approvals=rule.min_approvals,
-        input=exact,
-    )
-    return ""
-
-
 def _tool_reviewed(actor: Actor, review, session: Session, connection: Connection) -> Session:
     """`exec_reviewed` for a tool call: the tool policy and argument guardrails as they are now,
     then the exact approved call (from the review; the session holds it masked) in the pool."""
@@ -1286,7 +1394,10 @@ def _tool_reviewed(actor: Actor, review, session: Session, connection: Connectio
     )
     max_result = min(rule.max_result_bytes or connection.max_output_bytes, connection.max_output_bytes)
     limits = dataclasses.replace(_limits(connection), max_output_bytes=max_result)
-    if not _release_reviewed(session, connection, findings):
+    # No run spec: an upstream call is not resumed by another process (see _tool_prepare).
+    released = _release_reviewed(actor, session, connection, findings, {})
+    session.refresh_from_db()
+    if not released:
         return session
     surface = actor.surface
     transaction.on_commit(
@@ -1313,10 +1424,7 @@ def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arg
 
     try:
         close_old_connections()
-        claimed = Session.objects.filter(
-            pk=session_id, status=SessionStatus.OPEN, cancel_requested=False
-        ).update(status=SessionStatus.RUNNING, started_at=timezone.now(), runner=runner.runner_id())
-        if not claimed:
+        if not lifecycle.claim(session_id, runner=runner.runner_id()):
             return  # cancelled while queued; exec_cancel already finished the record
         connector = _connector(connection, limits)
         outcome = {"result": None, "error": "", "blocked": ""}
@@ -1337,16 +1445,14 @@ def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arg
         )
     except Exception:
         logger.exception("tool session %s failed before finishing its record", session_id)
-        ended = Session.objects.filter(
-            pk=session_id, status__in=(SessionStatus.OPEN, SessionStatus.RUNNING)
-        ).update(
-            status=SessionStatus.FAILED,
-            ended_at=timezone.now(),
-            error="internal error while calling the upstream; the gateway log has details",
+        _finish_with_retry(
+            session_id,
+            lambda s: SessionStatus.FAILED,
+            {"error": "internal error while calling the upstream; the gateway log has details"},
+            action="tool.finish",
+            outcome=Outcome.FAILED,
+            detail={"status": "failed"},
         )
-        if ended:
-            notify_session_finished(session_id)
-            analysis_enqueue(session_id=session_id)
 
 
 async def _tool_exchange(

@@ -428,7 +428,14 @@ def runbook_list(*, actor: Actor, connection_name: str | None = None) -> list[Ru
     return out
 
 
-def runbook_run(*, actor: Actor, connection_name: str, name: str, parameters: dict | None = None):
+def runbook_run(
+    *,
+    actor: Actor,
+    connection_name: str,
+    name: str,
+    parameters: dict | None = None,
+    idempotency_key: str | None = None,
+):
     """Render the runbook with `parameters` and run it through the pipeline (verb `runbook`).
     Returns the session, like `exec_start`."""
     from gateway import pipeline
@@ -456,6 +463,7 @@ def runbook_run(*, actor: Actor, connection_name: str, name: str, parameters: di
         input=text,
         verb="runbook",
         metadata={"runbook": runbook.name, "parameters": values},
+        idempotency_key=idempotency_key,
     )
 
 

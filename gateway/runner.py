@@ -1,9 +1,10 @@
 """The bounded worker pool that runs connectors in this process, and its heartbeat.
 
-Each process has a runner id. A session records the runner that took it; while the runner has
-work it beats (`Runner.last_seen_at`) every few seconds, checks for cancel requests made through
-other replicas, and enforces deadlines. If the process dies, the beats stop and the sweeper
-(`sessions.services.sessions_sweep_orphans`) marks its sessions failed.
+Each process has a runner id. A session records the runner that holds it; while the runner has
+work it renews the run leases of its sessions on the database clock (sessions.lifecycle), checks
+for cancel requests made through other replicas, and enforces deadlines. If the process dies or
+loses the database, its leases lapse and the sweep ends those sessions; a session taken from this
+runner (swept, cancelled) is interrupted here too.
 """
 
 from __future__ import annotations
@@ -85,6 +86,18 @@ def busy() -> bool:
     """True when the queue is long enough that a new job would wait behind many others."""
     with _lock:
         return len(_running) >= settings.EXEC_WORKERS * 4
+
+
+def running_here() -> int:
+    """How many jobs this process tracks (queued or running)."""
+    with _lock:
+        return len(_running)
+
+
+def has_idle_worker() -> bool:
+    """True when a job submitted now starts at once (no queue in front of it)."""
+    with _lock:
+        return len(_running) < settings.EXEC_WORKERS
 
 
 def submit(session_id: str, fn, *, timeout_seconds: float) -> Future:
@@ -178,10 +191,12 @@ def _ensure_watcher() -> None:
 
 
 def _watch() -> None:
-    """While there is work: beat, honour cancel requests from other replicas, enforce deadlines."""
+    """While there is work: renew leases, honour cancel requests from other replicas, interrupt
+    sessions taken from this runner, enforce deadlines."""
+    from sessions import lifecycle
     from sessions.models import Session
 
-    last_beat = 0.0
+    last_beat = last_renew = 0.0
     while True:
         time.sleep(CANCEL_POLL_SECONDS)
         with _lock:
@@ -193,16 +208,21 @@ def _watch() -> None:
             if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
                 _beat(force=True)
                 last_beat = time.monotonic()
-            wanted = set(
-                str(pk)
-                for pk in Session.objects.filter(pk__in=ids, cancel_requested=True).values_list(
-                    "pk", flat=True
-                )
+            if time.monotonic() - last_renew > lifecycle.lease_seconds() / 3:
+                lifecycle.renew(ids, runner=runner_id())
+                last_renew = time.monotonic()
+            rows = Session.objects.filter(pk__in=ids).values_list(
+                "pk", "status", "runner", "cancel_requested"
             )
+            wanted = set()
+            for pk, status, holder, cancel in rows:
+                taken = status == "running" and holder != runner_id()
+                if cancel or taken or status in ("done", "failed", "blocked", "cancelled", "rejected"):
+                    wanted.add(str(pk))
             for sid in wanted.union(overdue):
                 cancel_local(sid)
         except Exception:  # a database hiccup must not kill the watcher
-            logger.exception("runner watcher iteration failed")
+            logger.warning("runner watcher iteration failed", exc_info=True)
         finally:
             connections.close_all()
     global _watcher

@@ -191,7 +191,8 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": env_int("PORTCULLIS_DB_POOL_MIN", 2),
             "max_size": env_int("PORTCULLIS_DB_POOL_MAX", 40),
-            "timeout": 10,
+            # How long a request waits for a connection before a 503 (gateway.unavailable).
+            "timeout": env_int("PORTCULLIS_DB_POOL_TIMEOUT", 5),
         }
         # Behind PgBouncer in transaction mode a connection may change server between
         # transactions: no server-side cursors, no prepared statements (docs/operations.md).
@@ -242,8 +243,20 @@ CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_DEFAULT_QUEUE = "portcullis"
 CELERY_BEAT_SCHEDULE = {
-    "sessions-sweep-orphans": {"task": "sessions.tasks.sessions_sweep_orphans", "schedule": 60.0},
+    # The backstop of every replica's own sweep (gateway.maintenance): lapsed leases, the outbox.
+    "gateway-maintenance": {"task": "gateway.tasks.maintenance_tick", "schedule": 15.0},
 }
+# Surviving a broker outage: keep retrying the connection forever instead of exiting, and never
+# prefetch more than one message per child, so a killed worker strands at most one.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 600,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+}
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -295,6 +308,10 @@ COMMAND_CONNECTIONS_ENABLED = env_bool("PORTCULLIS_COMMAND_CONNECTIONS", False)
 EXEC_HANDOFF_SECONDS = float(env_int("PORTCULLIS_EXEC_HANDOFF_SECONDS", 50))
 # The bounded pool that runs connectors in each gateway process.
 EXEC_WORKERS = env_int("PORTCULLIS_EXEC_WORKERS", 16)
+# Idle target connections kept per connection and session options (gateway.connectors.pool);
+# 0 turns reuse off. An idle connection older than TARGET_POOL_IDLE_SECONDS is closed.
+TARGET_POOL_MAX_IDLE = env_int("PORTCULLIS_TARGET_POOL_MAX_IDLE", 4)
+TARGET_POOL_IDLE_SECONDS = float(env_int("PORTCULLIS_TARGET_POOL_IDLE_SECONDS", 120))
 # Per-connection defaults; each connection may lower or raise its own.
 DEFAULT_MAX_ROWS = env_int("PORTCULLIS_DEFAULT_MAX_ROWS", 1000)
 DEFAULT_MAX_OUTPUT_BYTES = env_int("PORTCULLIS_DEFAULT_MAX_OUTPUT_BYTES", 1024 * 1024)
@@ -303,8 +320,19 @@ DEFAULT_TIMEOUT_SECONDS = env_int("PORTCULLIS_DEFAULT_TIMEOUT_SECONDS", 120)
 MAX_INPUT_BYTES = env_int("PORTCULLIS_MAX_INPUT_BYTES", 1024 * 1024)
 # HTTP bodies above this get 413 from the MCP transport itself.
 MCP_MAX_REQUEST_BYTES = env_int("PORTCULLIS_MCP_MAX_REQUEST_BYTES", 16 * 1024 * 1024)
-# A session whose runner has not been seen for this long is an orphan and is marked failed.
-RUNNER_STALE_SECONDS = env_int("PORTCULLIS_RUNNER_STALE_SECONDS", 90)
+# Leases on the database clock (sessions.lifecycle): a running session's runner renews its lease
+# every third of this; a session whose lease lapsed is ended (failed, outcome unknown). An open
+# session nobody claimed within SESSION_DISPATCH_LEASE_SECONDS is run by another process.
+SESSION_LEASE_SECONDS = env_int("PORTCULLIS_SESSION_LEASE_SECONDS", 30)
+SESSION_DISPATCH_LEASE_SECONDS = env_int("PORTCULLIS_SESSION_DISPATCH_LEASE_SECONDS", 10)
+# Work queued for an agent that no agent took within this many seconds fails with a clear message
+# instead of running late.
+AGENT_QUEUE_EXPIRY_SECONDS = env_int("PORTCULLIS_AGENT_QUEUE_EXPIRY_SECONDS", 300)
+# How often each gateway process sweeps lapsed leases and retries the outbox (gateway.maintenance).
+SWEEP_SECONDS = float(env_int("PORTCULLIS_SWEEP_SECONDS", 5))
+# Each process relays the outbox rows it wrote right after commit (off only for tests that need
+# to watch the rows wait).
+OUTBOX_RELAY_IN_PROCESS = env_bool("PORTCULLIS_OUTBOX_RELAY_IN_PROCESS", True)
 # Long waits (exec handoff, sessions_wait) send an MCP progress notification this often.
 PROGRESS_INTERVAL_SECONDS = float(env_int("PORTCULLIS_PROGRESS_INTERVAL_SECONDS", 10))
 # Key for masking pseudonyms (HMAC), per org derived from it; defaults to one derived from SECRET_KEY.

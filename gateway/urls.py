@@ -4,6 +4,8 @@ from django.urls import include, path
 from gateway import health
 from reviews.slack import slack_interactions_view
 
+handler500 = "gateway.unavailable.handler500"  # 503 + Retry-After when the database is away
+
 # Each area owns its URL module; the web pages share `templates/base.html` and `/login/`.
 urlpatterns = [
     path("admin/", admin.site.urls),

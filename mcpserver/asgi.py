@@ -20,8 +20,60 @@ from django.conf import settings
 
 logger = logging.getLogger("portcullis.mcp")
 
-SWEEP_EVERY_SECONDS = 60
+_sweeping = False  # one sweeper per process, however many MCP apps it serves
 MAX_IDLE_THREADS = 32
+
+
+class _UnavailableGuard:
+    """Holds back a 500 the SDK's app starts to send for an exception (Starlette sends a plain-text
+    500, then re-raises), so the exception decides the answer: 503 + Retry-After with a JSON-RPC
+    error body when the gateway database is away (token checks read it), a JSON-RPC internal error
+    otherwise. Every other response passes straight through."""
+
+    def __init__(self, send):
+        self._send = send
+        self._held: list = []
+        self._passed = False  # a response already went out: nothing left to answer with
+
+    async def send(self, message):
+        if self._held or (message["type"] == "http.response.start" and message.get("status") == 500):
+            self._held.append(message)
+            return
+        self._passed = True
+        await self._send(message)
+
+    async def flush(self):
+        for message in self._held:
+            await self._send(message)
+        self._held = []
+
+    async def fail(self, exc: BaseException):
+        from gateway.unavailable import RETRY_AFTER_SECONDS, is_database_unavailable, jsonrpc_body
+
+        if self._passed:
+            raise exc
+        if is_database_unavailable(exc):
+            status, body = 503, jsonrpc_body()
+            headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+        else:
+            logger.error("MCP request failed", exc_info=exc)
+            status, body, headers = (
+                500,
+                jsonrpc_body("internal error; the gateway log has details", -32603),
+                [],
+            )
+        try:
+            await self._send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json"), *headers],
+                }
+            )
+            await self._send({"type": "http.response.body", "body": body})
+        except Exception:  # the client went away
+            pass
+        self._held = []
 
 
 class MCPStarter:
@@ -43,9 +95,14 @@ class MCPStarter:
         # A thread of its own per request (so concurrent requests' ORM calls run in parallel),
         # taken from a free list instead of created and joined every time.
         executor = self._idle.pop() if self._idle else ThreadPoolExecutor(1, thread_name_prefix="mcp-request")
+        guard = _UnavailableGuard(send)
         try:
             async with ThreadSensitiveContext(executor=executor):
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, guard.send)
+        except Exception as exc:  # the transport's own 500 was held back: answer properly instead
+            await guard.fail(exc)
+        else:
+            await guard.flush()
         finally:
             if len(self._idle) < MAX_IDLE_THREADS:
                 self._idle.append(executor)
@@ -62,8 +119,11 @@ class MCPStarter:
                 self._started = asyncio.Event()
                 self._stop = asyncio.Event()
                 self._task = asyncio.create_task(self._run(), name="mcp-session-manager")
-                if settings.CELERY_TASK_ALWAYS_EAGER:
-                    # Embedded mode has no celery beat: sweep orphaned sessions (and lost analyses) from here.
+                # Every replica sweeps lapsed leases and the outbox (gateway.maintenance): recovery needs
+                # neither the broker nor one particular process.
+                global _sweeping
+                if not _sweeping:
+                    _sweeping = True
                     self._sweeper = asyncio.create_task(self._sweep_forever(), name="portcullis-sweeper")
         await self._started.wait()
         if self._error is not None:
@@ -80,24 +140,14 @@ class MCPStarter:
             raise
 
     async def _sweep_forever(self) -> None:
-        from sessions.services import analysis_sweep_missing, sessions_sweep_orphans
+        from gateway import maintenance
 
         while True:
             try:
-                await database_sync_to_async(sessions_sweep_orphans)()
+                await database_sync_to_async(maintenance.tick, thread_sensitive=False)()
             except Exception:
-                logger.exception("orphan sweep failed")
-            try:  # reviews and JIT grants past their deadline
-                from reviews.services import reviews_expire
-
-                await database_sync_to_async(reviews_expire)()
-            except Exception:
-                logger.exception("review expiry sweep failed")
-            try:  # and the analyses whose background run was lost (a restart in between)
-                await database_sync_to_async(lambda: analysis_sweep_missing(limit=20))()
-            except Exception:
-                logger.exception("analysis sweep failed")
-            await asyncio.sleep(SWEEP_EVERY_SECONDS)
+                logger.exception("maintenance sweep failed")
+            await asyncio.sleep(settings.SWEEP_SECONDS)
 
     async def shutdown(self) -> None:
         if self._sweeper is not None:

@@ -19,6 +19,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent, Tool
 
 from gateway import metrics, pipeline
+from gateway.unavailable import JSONRPC_CODE, MESSAGE, is_database_unavailable
 from governance.errors import PortcullisError
 from mcpserver.auth import GatewayTokenVerifier
 from mcpserver.challenge import BearerChallenge
@@ -86,7 +87,9 @@ async def call_tool(ctx, params) -> CallToolResult:
         return _error(exc.message)
     except MCPError:
         raise
-    except Exception:
+    except Exception as exc:
+        if is_database_unavailable(exc):  # retryable: a JSON-RPC error, not a tool result
+            raise MCPError(JSONRPC_CODE, MESSAGE) from None
         logger.exception("proxied call of %s crashed", params.name)
         return _error("internal error; the gateway log has details")
     envelope = pipeline.tool_envelope(session)

@@ -24,6 +24,7 @@ from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextConte
 from pydantic import ValidationError
 
 from gateway import metrics
+from gateway.unavailable import JSONRPC_CODE, MESSAGE, is_database_unavailable
 from governance.errors import PortcullisError
 from governance.policy import Actor, capability_allows, capability_message, has_role, role_denied_message
 from mcpserver import tools  # noqa: F401  (registers every tool)
@@ -152,7 +153,10 @@ async def call_tool(ctx, params) -> CallToolResult:
         return _error(exc.message)
     except MCPError:
         raise
-    except Exception:
+    except Exception as exc:
+        if is_database_unavailable(exc):  # retryable: a JSON-RPC error, not a tool result
+            logger.warning("tool %s: the database is unavailable (%s)", spec.name, exc)
+            raise MCPError(JSONRPC_CODE, MESSAGE) from None
         logger.exception("tool %s crashed", spec.name)
         return _error("internal error; the gateway log has details")
     structured = result.model_dump(mode="json", by_alias=True)

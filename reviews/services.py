@@ -748,7 +748,8 @@ def review_decide(*, actor: Actor, review_id, status: str, reason: str = "", for
             else:
                 review.rejection_reason = reason
                 fields.append("rejection_reason")
-                _end_session(review, SessionStatus.BLOCKED, f"rejected by a reviewer: {reason}")
+                review.status = new_status
+                _end_session(review, SessionStatus.REJECTED, f"rejected by a reviewer: {reason}", actor=actor)
             review.save(update_fields=fields)
             _after_commit(
                 review, "review.approved" if new_status == ReviewStatus.APPROVED else "review.rejected"
@@ -788,7 +789,7 @@ def _revoke(actor: Actor, review: Review, reason: str) -> Review:
         surface=actor.surface,
         created_at=now,
     )
-    _end_session(review, SessionStatus.CANCELLED, "the approval was revoked before it ran")
+    _end_session(review, SessionStatus.CANCELLED, "the approval was revoked before it ran", actor=actor)
     audit_record(
         actor=actor, action="review.revoke", target=review, detail={"reason": reason} if reason else {}
     )
@@ -796,20 +797,23 @@ def _revoke(actor: Actor, review: Review, reason: str) -> Review:
     return review
 
 
-def _end_session(review: Review, status: str, error: str) -> None:
-    """End the pending session of a review that will never run."""
+def _end_session(review: Review, status: str, error: str, *, actor: Actor | None = None) -> None:
+    """End the pending session of a review that will never run (rejected, revoked, expired), through
+    the lifecycle: its audit event, its `session.*` events, the wake-up and the analysis."""
     if review.session_id is None:
         return
-    from sessions.services import analysis_enqueue
-    from sessions.wakeup import notify_session_finished
+    from sessions import lifecycle
 
-    ended = Session.objects.filter(pk=review.session_id, status=SessionStatus.PENDING_REVIEW).update(
-        status=status, error=error, ended_at=timezone.now()
+    lifecycle.transition(
+        review.session_id,
+        status,
+        actor=actor,
+        action="session.rejected" if status == SessionStatus.REJECTED else "session.cancelled",
+        outcome=Outcome.BLOCKED if status == SessionStatus.REJECTED else Outcome.SUCCESS,
+        detail={"review_id": str(review.pk), "review_status": review.status},
+        fields={"error": error},
+        expect=(SessionStatus.PENDING_REVIEW,),
     )
-    if ended:
-        session_id = review.session_id
-        transaction.on_commit(lambda: notify_session_finished(session_id))
-        analysis_enqueue(session_id=session_id)
 
 
 # --- execution ------------------------------------------------------------------------------------
@@ -824,14 +828,23 @@ def _in_window(review: Review, now: datetime) -> bool:
     return current >= review.window_start or current < review.window_end  # spans midnight
 
 
-def review_execute(*, actor: Actor, review_id) -> Session:
+def review_execute(*, actor: Actor, review_id, idempotency_key: str | None = None) -> Session:
     """Run the approved input of a one-time review, exactly once; returns its session (running or final).
 
     Only the requester may run it. The review moves APPROVED -> EXECUTED in one conditional
-    UPDATE, so of two concurrent calls (on any replicas) exactly one proceeds.
+    UPDATE, so of two concurrent calls (on any replicas) exactly one proceeds; in the same
+    transaction the session becomes open with a dispatch lease, so if this process dies before
+    running it, another one does. With an `idempotency_key`, a retry by the requester (after a
+    lost answer) returns the same session instead of "already executed".
     """
     from gateway import pipeline
+    from sessions import idempotency
 
+    request = {"review_id": str(review_id)}
+    key = idempotency.check_key(idempotency_key)
+    replay = idempotency.find(user=actor.user, key=key, operation="reviews_execute", request=request)
+    if replay is not None:
+        return replay
     review = review_get(actor=actor, review_id=review_id)
     if review.type != ReviewType.ONETIME:
         raise InvalidInput("review is not a one-time review")
@@ -859,7 +872,12 @@ def review_execute(*, actor: Actor, review_id) -> Session:
                 detail={"session_id": str(review.session_id)},
             )
             session = pipeline.exec_reviewed(actor=actor, review=review)
+            idempotency.remember(
+                user=actor.user, key=key, operation="reviews_execute", request=request, session=session
+            )
             _after_commit(review, "review.executed")
+    except idempotency.IntegrityError:  # a concurrent retry with the same key won; answer with its session
+        return idempotency.find(user=actor.user, key=key, operation="reviews_execute", request=request)
     except (Conflict, NotFound, PolicyDenied) as exc:
         refusal = exc
     if refusal is not None:  # rolled back: the review is as it was; record the attempt on its own

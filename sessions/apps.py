@@ -7,3 +7,7 @@ class SessionRecordsConfig(AppConfig):
     name = "sessions"
     label = "records"
     verbose_name = "Sessions and audit"
+
+    def ready(self):
+        # The outbox relay's delivery functions register themselves when their modules load.
+        from sessions import delivery, services  # noqa: F401

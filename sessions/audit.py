@@ -138,7 +138,7 @@ def audit_record(
         detail=json.loads(json.dumps(detail or {}, default=str)),
         created_at=timezone.now(),
     )
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # part of the caller's transaction, or one of its own
         head = _locked_head(org_id)
         event.prev_hash = head.last_hash
         event.hash = event_digest(head.last_hash, event)

@@ -1,7 +1,7 @@
 """Delivering outbound events: the sinks (JSON lines file, syslog) and signed webhooks.
 
-    emit() --on commit--> event_enqueue --Celery (or a background thread)--> event_fanout
-        -> JSON line, syslog message          (best effort, logged when they fail)
+    emit() --outbox row, same transaction--> the relay (sessions.outbox) --> event_fanout
+        -> JSON line, syslog message          (a sink that fails keeps the message for a retry)
         -> one WebhookDelivery per subscribed endpoint -> webhook_deliver, retried with backoff
 
 A delivery is claimed with a conditional UPDATE before it is sent, so the scheduled retry, the
@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
-from sessions import webhook_signing
+from sessions import outbox, webhook_signing
 from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger("portcullis.events")
@@ -51,15 +51,16 @@ _pool_lock = threading.Lock()
 # --- queueing --------------------------------------------------------------------------------
 
 
-def event_enqueue(event: dict) -> None:
-    """Hand one committed event to fan-out: a Celery task with a broker, a background thread in
-    embedded mode. Called after commit by `sessions.events.emit`."""
-    if settings.CELERY_TASK_ALWAYS_EAGER:
-        _background(event_fanout, event)
-    else:
-        from sessions.tasks import events_fanout
+@outbox.handler("event")
+def _deliver_event(event: dict) -> None:
+    """The outbox relay's delivery of one event (it runs inside the relay's transaction)."""
+    event_fanout(event)
 
-        events_fanout.apply_async(args=[event])
+
+@outbox.handler("sink")
+def _deliver_to_sinks(event: dict) -> None:
+    """An event a sink could not take before: written again until it can (raises meanwhile)."""
+    sinks_write(event, strict=True)
 
 
 def _background(fn, *args) -> None:
@@ -96,8 +97,13 @@ def _schedule(delivery_id: int, delay: float) -> None:
 
 def event_fanout(event: dict) -> list[int]:
     """Write the event to the sinks and create one delivery per subscribed, enabled endpoint of
-    its org; start them. Idempotent per (endpoint, event id). Returns the delivery ids created."""
-    sinks_write(event)
+    its org; start them once committed. Idempotent per (endpoint, event id): the relay may hand the
+    same event over twice (at least once). Returns the delivery ids created. A sink that cannot take
+    the event now gets it again later (an outbox message of its own), without holding up the webhooks."""
+    try:
+        sinks_write(event, strict=True)
+    except OSError:
+        outbox.outbox_put("sink", event)
     endpoints = [
         e for e in WebhookEndpoint.objects.filter(org_id=event["org"], enabled=True) if e.wants(event["type"])
     ]
@@ -112,34 +118,50 @@ def event_fanout(event: dict) -> list[int]:
                     event_type=event["type"],
                     payload=event,
                 )
-        except IntegrityError:  # fanned out before (a task that ran twice)
+        except IntegrityError:  # fanned out before (a relay that ran twice)
             continue
         created.append(delivery.pk)
-    for delivery_id in created:
-        if settings.CELERY_TASK_ALWAYS_EAGER:
-            webhook_deliver(delivery_id)  # already on a background thread
-        else:
-            _schedule(delivery_id, 0)
+    if created:
+        transaction.on_commit(lambda: _start(created))
     return created
+
+
+def _start(delivery_ids: list[int]) -> None:
+    """First attempts, off the relay's path; one that cannot be scheduled (the broker is down) is
+    started by `webhooks_retry_due` after its grace period."""
+    for delivery_id in delivery_ids:
+        try:
+            if settings.CELERY_TASK_ALWAYS_EAGER:
+                webhook_deliver(delivery_id)  # the relay runs on a background thread already
+            else:
+                _schedule(delivery_id, 0)
+        except Exception:  # noqa: BLE001
+            log.warning("could not schedule webhook delivery %s; the retry sweep will", delivery_id)
 
 
 # --- sinks -----------------------------------------------------------------------------------
 
 
-def sinks_write(event: dict) -> None:
+def sinks_write(event: dict, *, strict: bool = False) -> None:
     """The event as one JSON line in EVENTS_JSONL_PATH and one RFC 5424 message to SYSLOG_ADDRESS,
-    each when configured. A sink that fails is logged; it never stops the webhooks."""
+    each when configured. A sink that fails is logged; with `strict` (the relay) it then raises, so
+    the event is kept and written again later (receivers deduplicate by the event id)."""
     line = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    failed = None
     if settings.EVENTS_JSONL_PATH:
         try:
             jsonl_append(settings.EVENTS_JSONL_PATH, line)
-        except OSError:
+        except OSError as exc:
             log.exception("could not append event %s to %s", event["id"], settings.EVENTS_JSONL_PATH)
+            failed = exc
     if settings.SYSLOG_ADDRESS:
         try:
             syslog_send(settings.SYSLOG_ADDRESS, syslog_message(event, line))
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
             log.exception("could not send event %s to syslog %s", event["id"], settings.SYSLOG_ADDRESS)
+            failed = failed or exc
+    if failed is not None and strict:
+        raise OSError(f"an event sink failed: {failed}")
 
 
 def jsonl_append(path: str, line: str) -> None:

@@ -1,10 +1,10 @@
 """The outbound event stream: what happened, told to the outside (webhooks, JSON lines, syslog).
 
-Services call `emit(org_id=..., type=..., data=...)` where they change state. The event leaves
-only when the caller's transaction commits (`transaction.on_commit`), so a rolled-back change is
-never announced, and delivery runs in Celery, so the caller never waits on a receiver. `emit`
-never raises into its caller: an event that cannot be queued is logged and dropped, never a
-reason to fail the change it describes (the audit log, not the event stream, is the record).
+Services call `emit(org_id=..., type=..., data=...)` where they change state (session events come
+from sessions.lifecycle). The event is an outbox row written in the caller's transaction, so a
+rolled-back change is never announced and a committed one is delivered at least once, even when
+the broker or the process goes away right after the commit; the relay delivers it, so the caller
+never waits on a receiver.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import uuid
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
 from django.utils import timezone
 
 log = logging.getLogger("portcullis.events")
@@ -62,27 +61,36 @@ def event_build(*, org_id, type: str, data: dict) -> dict:
 
 
 def emit(*, org_id, type: str, data: dict) -> None:
-    """Queue one outbound event (e.g. "session.finished", "review.created"). Never blocks the
-    caller and never raises into it: it records the event for delivery on transaction commit
-    (transaction.on_commit) and hands delivery to Celery."""
+    """Record one outbound event (e.g. "session.finished", "review.created") in the caller's
+    transaction, as an outbox row (sessions.outbox): it leaves when the transaction commits, at
+    least once, with a stable id, whatever happens to the broker or this process meanwhile. Nothing
+    is written when the event could reach nobody: no sink configured and no enabled webhook of the
+    org. Never raises into its caller: an event must never break the change it describes."""
     try:
         event = event_build(org_id=org_id, type=type, data=data)
-        transaction.on_commit(lambda: _dispatch(event))
+        from django.db import transaction
+
+        from gateway import metrics
+
+        # Counted once committed (sessions, review decisions), delivered or not; never raises.
+        transaction.on_commit(lambda: metrics.event_observed(event))
+        if not _deliverable(org_id):
+            return
+        from sessions.outbox import outbox_put
+
+        outbox_put("event", event)
     except Exception:  # noqa: BLE001 - an event must never break the change it describes
         log.exception("event %s for org %s dropped", type, org_id)
 
 
-def _dispatch(event: dict) -> None:
-    """Hand the event to delivery; runs after commit, outside the caller's transaction."""
-    from gateway import metrics
+def _deliverable(org_id) -> bool:
+    from django.conf import settings
 
-    metrics.event_observed(event)  # counted once committed (sessions, review decisions); never raises
-    try:
-        from sessions import delivery
+    if settings.EVENTS_JSONL_PATH or settings.SYSLOG_ADDRESS:
+        return True
+    from sessions.models import WebhookEndpoint
 
-        delivery.event_enqueue(event)
-    except Exception:  # noqa: BLE001
-        log.exception("event %s %s could not be queued", event["type"], event["id"])
+    return WebhookEndpoint.objects.filter(org_id=org_id, enabled=True).exists()
 
 
 def session_event_data(session) -> dict:
@@ -133,7 +141,7 @@ def emit_session_end(session) -> None:
     except Exception:  # noqa: BLE001
         log.exception("session %s: end events dropped", session)
         return
-    if session.status != "blocked":
+    if session.status not in ("blocked", "rejected"):  # refused before it ran: blocked
         emit_session(session, SESSION_FINISHED)
     elif session.guardrail_findings:
         emit_session(session, SESSION_BLOCKED, GUARDRAIL_VIOLATION)

@@ -20,13 +20,20 @@ class SessionStatus(models.TextChoices):
     PENDING_REVIEW = "pending_review"
     RUNNING = "running"
     DONE = "done"  # ran; exit_code says how it went
-    BLOCKED = "blocked"  # refused before anything ran
+    BLOCKED = "blocked"  # refused before anything ran (a guardrail, a rate limit)
+    REJECTED = "rejected"  # a reviewer refused it; nothing ran
     FAILED = "failed"  # could not run, or the gateway lost it
     CANCELLED = "cancelled"
 
 
 ACTIVE_STATUSES = (SessionStatus.OPEN, SessionStatus.RUNNING)
-FINAL_STATUSES = (SessionStatus.DONE, SessionStatus.BLOCKED, SessionStatus.FAILED, SessionStatus.CANCELLED)
+FINAL_STATUSES = (
+    SessionStatus.DONE,
+    SessionStatus.BLOCKED,
+    SessionStatus.REJECTED,
+    SessionStatus.FAILED,
+    SessionStatus.CANCELLED,
+)
 
 
 class Session(models.Model):
@@ -69,6 +76,13 @@ class Session(models.Model):
 
     runner = models.CharField(max_length=120, blank=True, help_text="The gateway process that ran it.")
     cancel_requested = models.BooleanField(default=False)
+    # The lease, on the database clock (sessions.lifecycle): an open session is claimable by any
+    # process once it lapses (its dispatcher died); a running one whose runner stopped renewing it is
+    # ended by the sweep, even when that runner's process is alive.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # How to run it (row/byte/time limits, read-only, the agent queue and its deadline): any
+    # process can pick up an open session from this alone.
+    run_spec = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -96,6 +110,11 @@ class Session(models.Model):
                 fields=["org", "verb", "surface", "-created_at"], name="records_session_org_verb_surf"
             ),
             models.Index(fields=["status"]),
+            models.Index(
+                fields=["lease_expires_at"],
+                name="records_session_active_lease",
+                condition=models.Q(status__in=["open", "running"]),
+            ),
         ]
 
     def __str__(self):
@@ -317,3 +336,48 @@ class WebhookDelivery(models.Model):
 
     def __str__(self):
         return f"{self.event_type} to {self.endpoint_id}: {self.status}"
+
+
+class IdempotencyKey(models.Model):
+    """A caller's `idempotency_key` for a call that runs something, and the session it made: a retry
+    with the same key by the same user finds that session instead of running again."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=200)
+    operation = models.CharField(max_length=32)
+    request_sha256 = models.CharField(max_length=64)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_once_per_user")]
+
+    def __str__(self):
+        return f"{self.operation} {self.key}"
+
+
+class OutboxKind(models.TextChoices):
+    EVENT = "event"  # an outbound event: sinks and webhooks
+    ANALYSIS = "analysis"  # a finished session to analyse
+    DISPATCH = "dispatch"  # an open session to hand to its agent queue
+    SINK = "sink"  # an event the JSON-lines or syslog sink could not take yet
+
+
+class OutboxMessage(models.Model):
+    """Something that must leave the process after a commit, written in that commit. The relay
+    (sessions.outbox) delivers it at least once and deletes it; until then it waits here, so a broker
+    or worker outage delays it and never loses it."""
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16, choices=OutboxKind.choices)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+    available_at = models.DateTimeField(default=timezone.now, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"{self.kind} #{self.pk}"

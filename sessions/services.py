@@ -19,9 +19,8 @@ from django.utils import timezone
 
 from governance.errors import InvalidInput
 from governance.policy import Actor, get_scoped, scope
-from sessions.audit import audit_record
+from sessions import outbox
 from sessions.models import (
-    ACTIVE_STATUSES,
     FINAL_STATUSES,
     Analysis,
     AuditEvent,
@@ -30,7 +29,7 @@ from sessions.models import (
     Session,
     SessionStatus,
 )
-from sessions.wakeup import notify_analysis_ready, notify_session_finished
+from sessions.wakeup import notify_analysis_ready
 
 logger = logging.getLogger("portcullis.sessions")
 
@@ -338,49 +337,17 @@ def session_timeline(session: Session) -> list[dict]:
 
 
 def sessions_sweep_orphans(*, now=None) -> int:
-    """Mark failed every open/running session whose runner process has stopped beating.
+    """End every running session whose run lease lapsed (its runner stopped renewing it: the process
+    died, lost the database, or hangs): failed, outcome unknown. Safe to run anywhere and often.
+    Open sessions whose dispatch lease lapsed are picked up by `gateway.maintenance`, which can
+    run them; this is the part that needs no connector."""
+    from sessions import lifecycle
 
-    Safe to run anywhere and often: a session is only touched when its runner was last seen more
-    than RUNNER_STALE_SECONDS ago (or never registered), under a row lock.
-    """
-    now = now or timezone.now()
-    stale_before = now - timedelta(seconds=settings.RUNNER_STALE_SECONDS)
-    live = Runner.objects.filter(last_seen_at__gte=stale_before).values_list("pk", flat=True)
-    candidates = (
-        Session.objects.filter(status__in=ACTIVE_STATUSES, created_at__lt=stale_before)
-        .filter(~Q(runner__in=live))
-        .values_list("pk", flat=True)
-    )
-    swept = 0
-    for pk in list(candidates[:1000]):
-        with transaction.atomic():
-            session = Session.objects.select_for_update().filter(pk=pk, status__in=ACTIVE_STATUSES).first()
-            if session is None:
-                continue
-            runner = Runner.objects.filter(pk=session.runner).first()
-            seen = runner.last_seen_at.isoformat() if runner else "never"
-            session.status = SessionStatus.FAILED
-            session.ended_at = now
-            session.error = (
-                f"the gateway process running this session stopped (runner {session.runner or '?'}, "
-                f"last seen {seen}); its outcome is unknown"
-            )
-            session.save(update_fields=["status", "ended_at", "error"])
-            audit_record(
-                actor=None,
-                org_id=session.org_id,
-                surface="task",
-                action="session.orphaned",
-                target=session,
-                outcome=AuditEvent.Outcome.FAILED,
-                detail={"runner": session.runner},
-            )
-            transaction.on_commit(lambda pk=pk: notify_session_finished(pk))
-            analysis_enqueue(session_id=pk)
-            swept += 1
-    Runner.objects.filter(last_seen_at__lt=now - timedelta(days=1)).delete()
+    running, _ = lifecycle.lapsed()
+    swept = sum(1 for pk in running if lifecycle.end_lapsed_run(pk) is not None)
     if swept:
-        logger.warning("marked %d orphaned session(s) failed", swept)
+        logger.warning("ended %d session(s) whose run lease lapsed", swept)
+    Runner.objects.filter(last_seen_at__lt=(now or timezone.now()) - timedelta(days=1)).delete()
     return swept
 
 
@@ -472,27 +439,32 @@ ANALYSIS_SWEEP_GRACE_SECONDS = 120  # the task had this long to run before the s
 ANALYSIS_SWEEP_WINDOW = timedelta(days=1)
 _analysis_pool: ThreadPoolExecutor | None = None
 _analysis_pool_lock = threading.Lock()
+_analysis_pending = 0
 
 
 def analysis_enqueue(*, session_id) -> None:
-    """Have the session analysed once the current transaction commits (call it where a session
-    becomes final). With a broker: the Celery task `session_analyze` on the default queue. In
-    embedded mode (tasks eager): the same task, run on a small background thread of this process,
-    so neither a slow LLM nor an analyzer bug can delay or break the exec that finished.
-    Whatever goes wrong is logged; `analysis_sweep_missing` makes the analyses that got lost."""
-    transaction.on_commit(lambda: _analysis_start(str(session_id)))
+    """Have the session analysed once the current transaction commits: an outbox row (the
+    lifecycle writes it where a session becomes final), delivered by the relay to the Celery task
+    `session_analyze` — or, in embedded mode, to a small background thread of this process, so
+    neither a slow LLM nor an analyzer bug can delay the exec that finished."""
+    from sessions.outbox import outbox_put
+
+    outbox_put("analysis", {"session_id": str(session_id)})
 
 
-def _analysis_start(session_id: str) -> None:
+@outbox.handler("analysis")
+def _analysis_start(payload: dict) -> None:
+    """The relay's delivery of an analysis request; raises (kept, retried) when the broker is away."""
     from sessions.tasks import session_analyze
 
-    try:
-        if settings.CELERY_TASK_ALWAYS_EAGER:
-            _analysis_executor().submit(_analysis_in_background, session_id)
-        else:
-            session_analyze.apply_async(args=[session_id])
-    except Exception:
-        logger.exception("could not enqueue the analysis of session %s; the sweep will make it", session_id)
+    session_id = payload["session_id"]
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        global _analysis_pending
+        with _analysis_pool_lock:
+            _analysis_pending += 1
+        _analysis_executor().submit(_analysis_in_background, session_id)
+    else:
+        session_analyze.apply_async(args=[session_id])
 
 
 def _analysis_executor() -> ThreadPoolExecutor:
@@ -506,12 +478,21 @@ def _analysis_executor() -> ThreadPoolExecutor:
 def _analysis_in_background(session_id: str) -> None:
     from sessions.tasks import session_analyze
 
+    global _analysis_pending
     try:
         session_analyze.apply(args=[session_id], throw=True)
     except Exception:
         logger.exception("analysis of session %s failed; the sweep will retry it", session_id)
     finally:
         connections.close_all()
+        with _analysis_pool_lock:
+            _analysis_pending -= 1
+
+
+def analyses_in_background() -> int:
+    """How many embedded-mode analyses are queued or running in this process (tests wait for 0)."""
+    with _analysis_pool_lock:
+        return _analysis_pending
 
 
 def analysis_run(*, session_id) -> Analysis | None:

@@ -21,12 +21,12 @@ def analysis_sweep_missing() -> int:
     return services.analysis_sweep_missing()
 
 
-@shared_task(name="sessions.tasks.events_fanout", ignore_result=True)
-def events_fanout(event: dict) -> None:
-    """Write one committed event to the sinks and create its webhook deliveries."""
-    from sessions import delivery
+@shared_task(name="sessions.tasks.outbox_relay", ignore_result=True)
+def outbox_relay() -> int:
+    """Deliver what waits in the outbox (every replica's relay does too; this is the backstop)."""
+    from sessions import outbox
 
-    delivery.event_fanout(event)
+    return outbox.relay_all()
 
 
 @shared_task(name="sessions.tasks.webhook_deliver", ignore_result=True)

@@ -23,6 +23,9 @@ from sessions.models import Session
 logger = logging.getLogger("portcullis.wakeup")
 
 
+SUBSCRIBE_TIMEOUT = 2.0  # a Redis that does not answer this fast is treated as down
+
+
 def _group(session_id) -> str:
     return f"portcullis.session.{session_id}"
 
@@ -113,15 +116,22 @@ async def _wait_until(
     deadline = start + timeout
     last_progress = start
     layer, channel = None, None
+    subscribe_failed = False
     try:
         while True:
             now = time.monotonic()
             future = runner.local_future(local_key) if local_key else None
+            value = None
             if future is not None:
-                # Runs in this process: its future resolves right after the record is final.
+                # Runs in this process: its future resolves right after the record is final, with
+                # the final record itself (no reload needed).
                 step = max(min(deadline - now, progress_every - (now - last_progress)), 0.01)
                 await asyncio.wait({asyncio.wrap_future(future)}, timeout=step)
-            value = await load()
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    finished = future.result()
+                    value = finished if finished is not None and done(finished) else None
+            if value is None:
+                value = await load()
             now = time.monotonic()
             if done(value):
                 return value, False
@@ -133,19 +143,24 @@ async def _wait_until(
             if local_key and runner.local_future(local_key) is not None:
                 continue
             step = max(min(deadline - now, progress_every - (now - last_progress), 5.0), 0.01)
-            if channel is None and _shared_layer() is not None:
-                layer = _shared_layer()
-                channel = await layer.new_channel()
-                await layer.group_add(group, channel)
+            if channel is None and not subscribe_failed and _shared_layer() is not None:
+                try:
+                    layer = _shared_layer()
+                    channel = await asyncio.wait_for(layer.new_channel(), timeout=SUBSCRIBE_TIMEOUT)
+                    await asyncio.wait_for(layer.group_add(group, channel), timeout=SUBSCRIBE_TIMEOUT)
+                except Exception:  # Redis is away: poll the database instead, never fail the wait
+                    logger.warning("could not subscribe to %s; polling the database instead", group)
+                    channel, subscribe_failed = None, True
                 continue
             if channel is not None:
                 await _receive(layer, channel, step)
             else:
-                await asyncio.sleep(min(step, 0.25))
+                # Embedded mode re-checks four times a second; without Redis, once a second.
+                await asyncio.sleep(min(step, 1.0 if subscribe_failed else 0.25))
     finally:
         if channel is not None:
             try:
-                await layer.group_discard(group, channel)
+                await asyncio.wait_for(layer.group_discard(group, channel), timeout=SUBSCRIBE_TIMEOUT)
             except Exception:
                 logger.warning("could not leave a wake-up group", exc_info=True)
 

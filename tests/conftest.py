@@ -48,12 +48,36 @@ def _stop_exec_pool(django_db_setup):
     from django.db import connections
 
     from gateway import runner
+    from sessions import outbox
 
+    outbox.stop()
     runner.shutdown()
     for connection in connections.all():
         connection.close()
         if hasattr(connection, "close_pool"):  # PostgreSQL's psycopg pool keeps idle connections
             connection.close_pool()
+
+
+@pytest.fixture(autouse=True)
+def _settle_background_writers(request):
+    """Tests on committed data (transactional_db): before their tables are flushed, let this
+    process's background writers (the exec pool, the outbox relay, embedded-mode analyses) finish,
+    so the flush never races them into a deadlock or leaves rows behind for the next test."""
+    if "transactional_db" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("transactional_db")  # set up first, so this tears down first
+    yield
+    from gateway import runner
+    from sessions import outbox
+    from sessions.services import analyses_in_background
+
+    deadline = time.monotonic() + 120  # cleanup only
+    while runner.running_here() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    outbox.stop()  # after its current round, which may start analyses
+    while analyses_in_background() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # --- the cast ----------------------------------------------------------------------------------
@@ -348,7 +372,20 @@ def mcp(gateway_server, transactional_db):
         token = who.token if isinstance(who, Person) else who
         return MCP(gateway_server, token, mode)
 
-    return make
+    yield make
+    _settle_live_sessions()
+
+
+def _settle_live_sessions() -> None:
+    """Before the test's tables are flushed: stop what the live gateway still runs for this test and
+    wait until it has written its last record, so the flush never races (and deadlocks with) it."""
+    from sessions.models import ACTIVE_STATUSES, Session
+
+    active = Session.objects.filter(status__in=ACTIVE_STATUSES)
+    active.update(cancel_requested=True)
+    deadline = time.monotonic() + 120  # cleanup only: a live gateway cancels within a second or two
+    while active.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def structured(result) -> dict:

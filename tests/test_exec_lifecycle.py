@@ -130,10 +130,9 @@ def test_a_command_runs_with_stdin_and_reports_its_exit_code(cast, mcp, settings
     assert envelope["output"].strip() == "got:hello:hi"
 
 
-def test_the_sweeper_fails_sessions_whose_runner_died(cast, shops):
-    old = timezone.now() - timedelta(minutes=10)
-    Runner.objects.create(pk="dead-host:1:abc", started_at=old, last_seen_at=old)
-    Runner.objects.create(pk="live-host:2:def", last_seen_at=timezone.now())
+def test_the_sweep_ends_running_sessions_whose_lease_lapsed_even_if_their_runner_lives(cast, shops):
+    """Leases are on the database clock: a live process that stopped renewing (it lost the
+    database, it hangs) loses its session like a dead one; a renewed lease is left alone."""
     common = dict(
         org=cast.acme,
         user=cast.bob.user,
@@ -143,19 +142,65 @@ def test_the_sweeper_fails_sessions_whose_runner_died(cast, shops):
         surface="mcp",
         input="select 1",
         input_sha256="x",
-        created_at=old,
     )
-    orphan = Session.objects.create(status=SessionStatus.RUNNING, runner="dead-host:1:abc", **common)
-    unknown = Session.objects.create(status=SessionStatus.OPEN, runner="vanished:3:xyz", **common)
-    alive = Session.objects.create(status=SessionStatus.RUNNING, runner="live-host:2:def", **common)
-    finished = Session.objects.create(status=SessionStatus.DONE, runner="dead-host:1:abc", **common)
+    past, future = timezone.now() - timedelta(seconds=5), timezone.now() + timedelta(minutes=5)
+    Runner.objects.create(pk="live-host:2:def", last_seen_at=timezone.now())  # heartbeats do not matter
+    lapsed = Session.objects.create(
+        status=SessionStatus.RUNNING, runner="live-host:2:def", lease_expires_at=past, **common
+    )
+    held = Session.objects.create(
+        status=SessionStatus.RUNNING, runner="live-host:2:def", lease_expires_at=future, **common
+    )
+    finished = Session.objects.create(status=SessionStatus.DONE, runner="x", lease_expires_at=past, **common)
 
-    assert sessions_sweep_orphans() == 2
-    orphan.refresh_from_db()
-    unknown.refresh_from_db()
-    assert orphan.status == unknown.status == SessionStatus.FAILED
-    assert "stopped" in orphan.error and "dead-host:1:abc" in orphan.error
-    assert Session.objects.get(pk=alive.pk).status == SessionStatus.RUNNING
+    assert sessions_sweep_orphans() == 1
+    lapsed.refresh_from_db()
+    assert lapsed.status == SessionStatus.FAILED and "outcome is unknown" in lapsed.error
+    assert lapsed.lease_expires_at is None and lapsed.ended_at is not None
+    assert Session.objects.get(pk=held.pk).status == SessionStatus.RUNNING
     assert Session.objects.get(pk=finished.pk).status == SessionStatus.DONE
-    assert AuditEvent.objects.filter(action="session.orphaned").count() == 2
+    event = AuditEvent.objects.get(action="session.orphaned")
+    assert event.target_id == str(lapsed.pk) and event.outcome == "failed"
     assert sessions_sweep_orphans() == 0  # idempotent
+    # the late runner's own finish is refused: the sweep's verdict stands
+    from sessions import lifecycle
+
+    assert (
+        lifecycle.transition(
+            lapsed.pk, SessionStatus.DONE, action="exec.finish", runner="live-host:2:def", as_owner=True
+        )
+        is None
+    )
+    assert Session.objects.get(pk=lapsed.pk).status == SessionStatus.FAILED
+
+
+def test_an_open_session_whose_dispatcher_died_is_run_by_the_sweep(cast, shops, transactional_db):
+    """The process that recorded it died before running it: the next sweep (any process) claims
+    it once and runs it from its run spec."""
+    from gateway import maintenance, runner
+    from sessions import lifecycle
+
+    session = Session.objects.create(
+        org=cast.acme,
+        user=cast.bob.user,
+        connection=shops["acme"],
+        connection_name="shop",
+        connection_kind="sqlite",
+        surface="mcp",
+        input="select count(*) as n from customers",
+        input_sha256="x",
+        status=SessionStatus.OPEN,
+        runner="dead-host:1:abc",
+        run_spec={
+            "limits": {"max_rows": 10, "max_output_bytes": 4096, "timeout_seconds": 10, "read_only": False}
+        },
+    )
+    Session.objects.filter(pk=session.pk).update(lease_expires_at=lifecycle.db_now_plus(-1))
+    assert maintenance.tick()["resumed"] == 1
+    future = runner.local_future(str(session.pk))
+    if future is not None:
+        future.result(timeout=60)
+    session.refresh_from_db()
+    assert session.status == SessionStatus.DONE and session.result["rows"] == [[3]]
+    assert session.runner == runner.runner_id()
+    assert maintenance.tick()["resumed"] == 0  # claimed once

@@ -12,7 +12,11 @@ pytestmark = pytest.mark.live
 # admin <= 45 KB and standard user <= 25 KB; this branch reached about 67.5 / 40 / 28 KB (from 149 /
 # 100 / 76 KB, with 7 more admin tools: runbooks, webhooks, import, review settings) and holds the
 # listing there, so a change that grows it has to say so here.
-BUDGET = {"admin": 68_000, "auditor": 40_500, "standard": 28_500}
+BUDGET = {
+    "admin": 68_000,
+    "auditor": 40_600,
+    "standard": 28_700,
+}  # with idempotency_key on the four tools that run something
 
 
 async def _listing(client):

@@ -454,6 +454,12 @@ class ExecIn(StrictSerializer):
         required=False,
         help_text="Wait this long for the result before answering `running` (default: the gateway's handoff).",
     )
+    idempotency_key = Char(
+        max_length=200,
+        required=False,
+        help_text="A unique string for this request (or the Idempotency-Key header): a retry with it returns the "
+        "first attempt's session and never runs twice.",
+    )
 
 
 class ExecOut(s.Serializer):

@@ -559,8 +559,14 @@ class ExecView(ServiceView):
             input=data["input"],
             max_rows=data.get("max_rows"),
             metadata=data.get("metadata"),
+            idempotency_key=data.get("idempotency_key") or _idempotency_header(request),
         )
         return Response(_exec_answer(session, data.get("timeout_seconds")))
+
+
+def _idempotency_header(request) -> str | None:
+    """The `Idempotency-Key` request header (the IETF HTTP draft's name), if sent."""
+    return request.headers.get("Idempotency-Key") or None
 
 
 # --- reviews -------------------------------------------------------------------------------------
@@ -610,7 +616,9 @@ class ReviewExecuteView(ServiceView):
         summary="Run exactly the input an approved one-time review approved, once (the requester)",
     )
     def post(self, request, review_id):
-        session = reviews.review_execute(actor=self.actor, review_id=review_id)
+        session = reviews.review_execute(
+            actor=self.actor, review_id=review_id, idempotency_key=_idempotency_header(request)
+        )
         return Response(_exec_answer(session, None))
 
 

@@ -19,6 +19,7 @@ from gateway.connectors.base import Connector, ExecResult, cap_text
 from governance.errors import ConnectorError, InvalidInput
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+RUNAWAY_SLACK_BYTES = 1024 * 1024
 
 
 class CommandConnector(Connector):
@@ -94,8 +95,10 @@ class CommandConnector(Connector):
                     reason = "cancelled"
                 elif time.monotonic() > deadline:
                     reason = f"timed out after {self.limits.timeout_seconds}s"
-                elif out.tell() > cap * 4:
-                    # Far past what will be kept: stop it instead of filling the disk.
+                elif out.tell() > cap * 4 + RUNAWAY_SLACK_BYTES:
+                    # Far past what will be kept: stop it instead of filling the disk. The slack keeps a
+                    # command that writes a little more than the cap and exits from being killed for
+                    # it when the machine is slow to notice the exit.
                     reason = "output limit exceeded"
                 if reason:
                     self.cancel()

@@ -1,9 +1,11 @@
-"""PostgreSQL through psycopg 3. Autocommit, like psql; statement_timeout from the connection's limit."""
+"""PostgreSQL through psycopg 3. Autocommit, like psql; statement_timeout from the connection's limit.
+Connections are reused between sessions (gateway.connectors.pool), reset with DISCARD ALL."""
 
 from __future__ import annotations
 
 import psycopg
 
+from gateway.connectors import pool
 from gateway.connectors.base import (
     BatchResult,
     Connector,
@@ -62,6 +64,32 @@ class PostgresConnector(Connector):
         self._conn = conn
         return conn
 
+    def _pooled(self, database: str | None = None):
+        """A pooled connection with exactly this session's options (see gateway.connectors.pool)."""
+        key = pool.key_of(
+            self.kind,
+            self.config["host"],
+            self.config.get("port", self.default_port),
+            database or self.config["database"],
+            self.config["user"],
+            self.config.get("sslmode", "prefer"),
+            pool.SecretPart(self.secrets.get("password") or ""),
+            self.limits.timeout_seconds,
+            self.limits.read_only,
+        )
+
+        def connect():
+            return self._connect(database)
+
+        def usable(conn) -> bool:
+            return not conn.closed and not conn.broken and conn.info.transaction_status == _IDLE
+
+        def adopt(conn):
+            self._conn = conn  # so that cancel() reaches the query on a reused connection
+            return conn
+
+        return _Adopting(pool.checkout(key, connect, _reset, usable), adopt)
+
     def test(self) -> str:
         with self._connect() as conn:
             return conn.execute("select version()").fetchone()[0]
@@ -78,7 +106,7 @@ class PostgresConnector(Connector):
     def execute(self, text: str) -> ExecResult:
         if self.limits.max_affected_rows is not None:
             return self._execute_with_ceiling(text)
-        with self._connect() as conn, conn.cursor() as cur:
+        with self._pooled() as conn, conn.cursor() as cur:
             try:
                 cur.execute(text.encode(), prepare=False)
             except psycopg.Error as exc:
@@ -132,7 +160,7 @@ class PostgresConnector(Connector):
         return batch.result()
 
     def _query(self, sql: str, params=(), database: str | None = None) -> list[dict]:
-        with self._connect(database) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        with self._pooled(database) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
             cur.execute(sql, params)
             return cur.fetchall()
 
@@ -176,6 +204,27 @@ class PostgresConnector(Connector):
             (schema or "public", table),
             database=database,
         )
+
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+def _reset(conn) -> None:
+    """Back to the state it connected with: settings, role, temp tables, prepared statements, locks."""
+    conn.execute("DISCARD ALL")
+
+
+class _Adopting:
+    """Enter a pool checkout and hand the connection to `adopt` (a tiny context-manager adapter)."""
+
+    def __init__(self, checkout, adopt):
+        self._checkout, self._adopt = checkout, adopt
+
+    def __enter__(self):
+        return self._adopt(self._checkout.__enter__())
+
+    def __exit__(self, *exc):
+        return self._checkout.__exit__(*exc)
 
 
 def _describe_error(exc: psycopg.Error) -> str:

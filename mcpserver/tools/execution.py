@@ -16,21 +16,23 @@ DEFAULT_WAIT = 45.0
 MAX_WAIT = 300.0
 
 
+def idempotency_key_field(description: str | None = None):
+    """`idempotency_key`, described once (on exec): the other tools that run something take the same."""
+    return Field(None, min_length=1, max_length=200, description=description)
+
+
 class ExecArgs(Args):
     connection_name: str = Field(min_length=1, max_length=63)
-    input: str = Field(
-        min_length=1, description="SQL for database connections; stdin for command connections."
-    )
+    input: str = Field(min_length=1, description="SQL, or stdin for a command connection.")
     max_rows: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         None, description="At most this many rows (within the connection's limit)."
     )
-    metadata: dict[str, Any] | None = Field(
-        None, description="Attached to the session record (e.g. a ticket id)."
-    )
+    metadata: dict[str, Any] | None = Field(None, description="Kept with the session (e.g. a ticket id).")
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None,
         description="Seconds before answering `running` (default 50); the statement keeps running.",
     )
+    idempotency_key: str | None = idempotency_key_field("Retry with the same key: never runs twice.")
 
 
 class ExecEnvelope(Result):
@@ -58,14 +60,26 @@ class ExecEnvelope(Result):
     timed_out: bool | None = None
 
 
+TEXT_PREVIEW_BYTES = 64 * 1024
+
+
 def render_envelope(r: ExecEnvelope) -> str:
+    """The short text rendering beside the structured envelope. A large result is previewed: its
+    rows are in the structured content once, not a second time here."""
     if r.status in ("completed", "failed"):
         head = f"[{r.status}] session {r.session_id}"
         if r.row_count is not None:
             head += f", {r.row_count} row(s)" + (" (truncated)" if r.truncated else "")
         if r.exit_code not in (None, 0):
             head += f", exit code {r.exit_code}"
-        return f"{head}\n{r.output or ''}".rstrip()
+        output = r.output or ""
+        if len(output) > TEXT_PREVIEW_BYTES:
+            cut = output.encode()[:TEXT_PREVIEW_BYTES].decode(errors="ignore")
+            output = cut[: cut.rfind("\n") + 1 or len(cut)] + (
+                f"[… {len(output.encode()) - len(cut.encode())} more bytes: the whole result is in the structured "
+                "content (rows), and sessions_get_content pages through it]"
+            )
+        return f"{head}\n{output}".rstrip()
     review = f" (review {r.review_id}: {r.review_url})" if r.review_id else ""
     return f"[{r.status}] session {r.session_id}{review}: {r.message or ''} {r.next_step or ''}".strip()
 
@@ -101,6 +115,7 @@ async def exec_tool(actor, args: ExecArgs, ctx) -> ExecEnvelope:
             input=args.input,
             max_rows=args.max_rows,
             metadata=args.metadata,
+            idempotency_key=args.idempotency_key,
         )
     )()
     if not session.is_final and session.status != "pending_review":

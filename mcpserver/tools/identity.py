@@ -10,6 +10,7 @@ from pydantic import Field
 
 from governance.policy import CAPABILITIES, capability_explained
 from mcpserver.registry import TOOLS, Args, Result, tool
+from sessions import outbox
 
 
 class NoArgs(Args):
@@ -81,6 +82,11 @@ class ServerInfoResult(Result):
     command_connections_enabled: bool
     exec_handoff_seconds: float
     max_input_bytes: int
+    outbox_backlog: dict | None = Field(
+        None,
+        description="Admins: messages waiting to leave (events, analyses, agent dispatches) per kind, with the "
+        "age of the oldest in seconds. A growing backlog means the broker or a sink is down; nothing is lost.",
+    )
 
 
 def _auth_methods() -> list[str]:
@@ -115,4 +121,5 @@ async def serverinfo_get(actor, args, ctx) -> ServerInfoResult:
         command_connections_enabled=settings.COMMAND_CONNECTIONS_ENABLED,
         exec_handoff_seconds=settings.EXEC_HANDOFF_SECONDS,
         max_input_bytes=settings.MAX_INPUT_BYTES,
+        outbox_backlog=await db(outbox.backlog)() if actor.is_admin else None,
     )

@@ -12,7 +12,14 @@ from pydantic import AliasChoices, Field
 from gateway import pipeline
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
-from mcpserver.tools.execution import DEFAULT_WAIT, MAX_WAIT, ExecEnvelope, _wait, render_envelope
+from mcpserver.tools.execution import (
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    ExecEnvelope,
+    _wait,
+    idempotency_key_field,
+    render_envelope,
+)
 from mcpserver.tools.rule_crud import Limit, Names, Offset, RuleRef, RuleServices, rule_tools
 from reviews import services
 from sessions.wakeup import wait_for_review
@@ -236,6 +243,7 @@ class ExecuteArgs(Args):
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None, description="Seconds before answering `running` (default 50)."
     )
+    idempotency_key: str | None = idempotency_key_field()
 
 
 @tool(
@@ -251,7 +259,11 @@ class ExecuteArgs(Args):
     capability="read_only",  # the pipeline applies the token's ceiling to what runs
 )
 async def reviews_execute(actor, args: ExecuteArgs, ctx) -> ExecEnvelope:
-    session = await db(lambda: services.review_execute(actor=actor, review_id=args.review_id))()
+    session = await db(
+        lambda: services.review_execute(
+            actor=actor, review_id=args.review_id, idempotency_key=args.idempotency_key
+        )
+    )()
     if not session.is_final:
         session, _ = await _wait(session.pk, args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS, ctx)
     return ExecEnvelope(**pipeline.exec_envelope(session))

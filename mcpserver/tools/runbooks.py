@@ -11,7 +11,7 @@ from pydantic import AliasChoices, Field
 
 from gateway import pipeline, runbooks
 from mcpserver.registry import Args, Result, shared, tool
-from mcpserver.tools.execution import MAX_WAIT, ExecEnvelope, _wait, render_envelope
+from mcpserver.tools.execution import MAX_WAIT, ExecEnvelope, _wait, idempotency_key_field, render_envelope
 from mcpserver.tools.rule_crud import Names, RuleRef, RuleServices, rule_tools
 
 
@@ -63,6 +63,7 @@ class RunArgs(Args):
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None, description="Seconds before answering `running` (default 50)."
     )
+    idempotency_key: str | None = idempotency_key_field()
 
 
 @tool(
@@ -85,6 +86,7 @@ async def runbooks_run(actor, args: RunArgs, ctx) -> ExecEnvelope:
             connection_name=args.connection_name,
             name=args.runbook_name,
             parameters=args.parameters,
+            idempotency_key=args.idempotency_key,
         )
     )()
     if not session.is_final and session.status != "pending_review":

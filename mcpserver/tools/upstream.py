@@ -10,6 +10,7 @@ from pydantic import Field
 from gateway import pipeline, upstream
 from governance.policy import ROLE_ADMIN
 from mcpserver.registry import Args, Result, shared, tool
+from mcpserver.tools.execution import idempotency_key_field
 
 
 class ConnectionArgs(Args):
@@ -56,6 +57,7 @@ async def upstream_tools_list(actor, args: ConnectionArgs, ctx) -> ToolsListResu
 class CallArgs(ConnectionArgs):
     tool: str = Field(min_length=1, max_length=128, description="The upstream tool's name.")
     arguments: dict[str, Any] = Field(default_factory=dict, description="The tool's arguments.")
+    idempotency_key: str | None = idempotency_key_field()
 
 
 class ToolEnvelope(Result):
@@ -98,7 +100,11 @@ def _render_envelope(r: ToolEnvelope) -> str:
 )
 async def upstream_call(actor, args: CallArgs, ctx) -> ToolEnvelope:
     session = await pipeline.tool_call(
-        actor=actor, connection_name=args.connection_name, tool=args.tool, arguments=args.arguments
+        actor=actor,
+        connection_name=args.connection_name,
+        tool=args.tool,
+        arguments=args.arguments,
+        idempotency_key=args.idempotency_key,
     )
     return ToolEnvelope(**pipeline.tool_envelope(session))
 

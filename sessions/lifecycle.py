@@ -1,0 +1,267 @@
+"""The one writer of `Session.status`.
+
+    record ──> open ──claim──> running ──> done | failed | blocked | cancelled
+      │          └──────────────────────> cancelled | failed (agent work expired)
+      ├──> pending_review ──> open (approved, executed) | rejected | cancelled (expired, revoked)
+      └──> blocked | failed (refused before anything ran)
+
+Every change of state goes through `record`, `claim` or `transition`. A transition writes, in the
+caller's transaction: the status and its fields, one audit event, the outbound events
+(`session.started`, `session.finished`, `session.blocked`, `guardrail.violation`) and, when the
+session becomes final, the analysis request — the last two as outbox rows (sessions.outbox), so a
+broker outage delays them and never loses them. Waiters are woken on commit.
+
+Leases are on the database clock. An open session carries a dispatch lease: if nobody claimed it
+when it lapses (the process that recorded it died), any process may claim it and run it. A running
+session carries a run lease its runner renews (gateway.runner); when it lapses, `sweep` ends the
+session as failed with its outcome unknown — whether or not the runner's process is still alive —
+and the runner's own late finish is refused (`transition` checks the runner).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import DateTimeField, ExpressionWrapper, Value
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from governance.policy import Actor
+from sessions import events
+from sessions.audit import Outcome, audit_record
+from sessions.models import ACTIVE_STATUSES, Session, SessionStatus
+from sessions.outbox import outbox_put
+from sessions.wakeup import notify_session_finished
+
+logger = logging.getLogger("portcullis.lifecycle")
+
+# Which transitions exist. Anything else is a programming error, refused loudly.
+_ALLOWED = {
+    SessionStatus.OPEN: {
+        SessionStatus.RUNNING,
+        SessionStatus.CANCELLED,
+        SessionStatus.FAILED,
+        SessionStatus.BLOCKED,
+    },
+    SessionStatus.PENDING_REVIEW: {
+        SessionStatus.OPEN,
+        SessionStatus.BLOCKED,
+        SessionStatus.REJECTED,
+        SessionStatus.CANCELLED,
+        SessionStatus.FAILED,
+    },
+    SessionStatus.RUNNING: {
+        SessionStatus.DONE,
+        SessionStatus.FAILED,
+        SessionStatus.BLOCKED,
+        SessionStatus.CANCELLED,
+    },
+}
+
+
+def lease_seconds() -> float:
+    return float(settings.SESSION_LEASE_SECONDS)
+
+
+def db_now_plus(seconds: float):
+    """`now() + seconds` evaluated by the database: every replica's leases use one clock."""
+    return ExpressionWrapper(Now() + Value(timedelta(seconds=seconds)), output_field=DateTimeField())
+
+
+def _system_actor_fields(session: Session, actor) -> dict:
+    if actor is not None:
+        return {"actor": actor}
+    return {"actor": None, "org_id": session.org_id, "surface": "task"}
+
+
+def _emit_for(session: Session, previous: str | None) -> None:
+    """The outbound events of entering `session.status`."""
+    status = session.status
+    if status in ACTIVE_STATUSES and previous in (None, SessionStatus.PENDING_REVIEW):
+        events.emit_session(session, events.SESSION_STARTED)
+    elif session.is_final:
+        events.emit_session_end(session)
+
+
+def _after_final(session: Session) -> None:
+    session_id = session.pk
+    transaction.on_commit(lambda: notify_session_finished(session_id))
+    outbox_put("analysis", {"session_id": str(session_id)})
+
+
+def record(
+    session: Session,
+    *,
+    status: str,
+    actor,
+    action: str,
+    outcome: str = Outcome.SUCCESS,
+    detail: dict | None = None,
+    lease: float | None = None,
+) -> Session:
+    """Insert a new session in its first state, with its audit event and events, in the caller's
+    transaction. `lease` (seconds) gives an open session its dispatch lease and a running one its
+    run lease (owned by `session.runner`)."""
+    if status not in (
+        SessionStatus.OPEN,
+        SessionStatus.RUNNING,
+        SessionStatus.PENDING_REVIEW,
+        SessionStatus.BLOCKED,
+        SessionStatus.FAILED,
+    ):
+        raise ValueError(f"a session cannot start as {status}")
+    session.status = status
+    if status == SessionStatus.RUNNING and session.started_at is None:
+        session.started_at = timezone.now()
+    if session.is_final and session.ended_at is None:
+        session.ended_at = timezone.now()
+    if lease is not None:
+        session.lease_expires_at = db_now_plus(lease)  # evaluated by the INSERT
+    with transaction.atomic(savepoint=False):
+        session.save(force_insert=True)
+        session.lease_expires_at = None  # (the expression is not a value; read it from the database)
+        _emit_for(session, None)
+        if session.is_final:
+            _after_final(session)
+        # Last: appending locks the org's chain head until commit, so it is held for as short as can be.
+        audit_record(actor=actor, action=action, outcome=outcome, target=session, detail=detail or {})
+    return session
+
+
+def claim(session_id, *, runner: str, lease: float | None = None, lapsed_only: bool = False) -> bool:
+    """open -> running for `runner`, if the session is still open (and, with `lapsed_only`, only
+    when its dispatch lease has lapsed: the recovery path). One conditional UPDATE: of several
+    claimers exactly one wins. Cancelled-while-queued sessions are not claimed."""
+    qs = Session.objects.filter(pk=session_id, status=SessionStatus.OPEN, cancel_requested=False)
+    if lapsed_only:
+        qs = qs.filter(lease_expires_at__lt=Now())
+    return bool(
+        qs.update(
+            status=SessionStatus.RUNNING,
+            started_at=timezone.now(),
+            runner=runner,
+            lease_expires_at=db_now_plus(lease if lease is not None else lease_seconds()),
+        )
+    )
+
+
+def renew(session_ids, *, runner: str) -> set:
+    """Extend the run leases of `runner`'s running sessions; returns the ids it still holds (a
+    session missing from the answer was taken from it: ended by the sweep, or cancelled)."""
+    if not session_ids:
+        return set()
+    held = Session.objects.filter(pk__in=list(session_ids), status=SessionStatus.RUNNING, runner=runner)
+    ids = set(str(pk) for pk in held.values_list("pk", flat=True))
+    if ids:
+        Session.objects.filter(pk__in=ids, status=SessionStatus.RUNNING, runner=runner).update(
+            lease_expires_at=db_now_plus(lease_seconds())
+        )
+    return ids
+
+
+def transition(
+    session_id,
+    to,
+    *,
+    actor=None,
+    as_owner: bool = False,
+    action: str,
+    outcome: str = Outcome.SUCCESS,
+    detail: dict | None = None,
+    fields: dict | None = None,
+    expect: tuple | None = None,
+    runner: str | None = None,
+    lease: float | None = None,
+) -> Session | None:
+    """Move one session to `to` under its row lock, with its audit event, events, wake-up and (when
+    final) analysis request, in one transaction (the caller's, if any). `to` may be a function of
+    the locked session (e.g. cancelled when a cancel was requested meanwhile); `as_owner` audits
+    the change as the session's own user (surface and client of the session). Returns the session, or
+    None when it is no longer in a state this move may leave (`expect`, default: every state that
+    may go to `to`) or, with `runner`, no longer held by that runner: a late writer never
+    overwrites the verdict of another."""
+    with transaction.atomic(savepoint=False):
+        session = Session.objects.select_for_update(of=("self",)).select_related("user").get(pk=session_id)
+        previous = session.status
+        if callable(to):
+            to = to(session)
+        allowed = expect if expect is not None else tuple(s for s, to_ in _ALLOWED.items() if to in to_)
+        if previous not in allowed or to not in _ALLOWED.get(previous, ()):
+            return None
+        if runner is not None and session.runner != runner:
+            return None
+        for name, value in (fields or {}).items():
+            setattr(session, name, value)
+        session.status = to
+        update = ["status", *(fields or {})]
+        if session.is_final:
+            session.ended_at = session.ended_at or timezone.now()
+            session.lease_expires_at = None
+            update += ["ended_at", "lease_expires_at"]
+        if lease is not None:
+            session.lease_expires_at = db_now_plus(lease)
+            update.append("lease_expires_at")
+        session.save(update_fields=sorted(set(update)))
+        if as_owner:
+            actor = Actor(
+                user=session.user, groups=frozenset(), surface=session.surface, client=session.client
+            )
+        _emit_for(session, previous)
+        if session.is_final:
+            _after_final(session)
+        elif previous == SessionStatus.PENDING_REVIEW:
+            transaction.on_commit(lambda: notify_session_finished(session.pk))
+        actor_fields = _system_actor_fields(session, actor)  # last: the chain head's lock is held to commit
+        audit_record(**actor_fields, action=action, outcome=outcome, target=session, detail=detail or {})
+    return session
+
+
+# --- the sweep: leases that lapsed ----------------------------------------------------------------
+
+
+def lapsed(limit: int = 200) -> tuple[list, list]:
+    """(running sessions whose run lease lapsed, open ones whose dispatch lease lapsed), by id."""
+    base = Session.objects.filter(lease_expires_at__lt=Now())
+    running = list(base.filter(status=SessionStatus.RUNNING).values_list("pk", flat=True)[:limit])
+    waiting = list(base.filter(status=SessionStatus.OPEN).values_list("pk", flat=True)[:limit])
+    return running, waiting
+
+
+def end_lapsed_run(session_id) -> Session | None:
+    """A running session whose runner stopped renewing its lease: failed, outcome unknown."""
+    with transaction.atomic():
+        session = (
+            Session.objects.select_for_update(of=("self",))
+            .filter(pk=session_id, status=SessionStatus.RUNNING, lease_expires_at__lt=Now())
+            .first()
+        )
+        if session is None:
+            return None
+        return transition(
+            session_id,
+            SessionStatus.FAILED,
+            action="session.orphaned",
+            outcome=Outcome.FAILED,
+            detail={"runner": session.runner},
+            fields={
+                "error": (
+                    f"the gateway process running this session stopped renewing its lease (runner "
+                    f"{session.runner or '?'}); its outcome is unknown: check the target before running it again"
+                )
+            },
+        )
+
+
+def expire_waiting(session_id, message: str) -> Session | None:
+    """An open session nobody will run (its agent never took it in time): failed, with why."""
+    return transition(
+        session_id,
+        SessionStatus.FAILED,
+        action="session.expired",
+        outcome=Outcome.FAILED,
+        fields={"error": message},
+        expect=(SessionStatus.OPEN,),
+    )

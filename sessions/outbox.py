@@ -1,0 +1,163 @@
+"""The transactional outbox: what must leave the process after a commit is a row written in that
+commit, and a relay delivers it at least once, then deletes it.
+
+    a transition ──(same transaction)──> OutboxMessage rows
+                           on commit ──> kick(): this process's relay drains them now
+            every few seconds, in every replica and in the Celery worker ──> relay_once()
+
+Kinds: `event` (the sinks and webhooks, sessions.delivery: delivered in the relay itself, with no
+broker in between), `analysis` (the Celery task `session_analyze`, or a thread in embedded mode)
+and `dispatch` (an open session to its agent queue). A message is claimed with `FOR UPDATE SKIP
+LOCKED` and deleted in the transaction that delivered it: relays in several processes never take
+the same row, and a relay that dies mid-delivery leaves it for the next one. A message that cannot
+be delivered (the broker is down) waits with a backoff and is retried; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connections, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from sessions.models import OutboxMessage
+
+logger = logging.getLogger("portcullis.outbox")
+
+BATCH = 100
+MAX_BACKOFF_SECONDS = 60.0
+
+_handlers: dict = {}
+
+
+def handler(kind: str):
+    """Register the delivery function of a kind: `fn(payload)`; raising means "try again later"."""
+
+    def register(fn):
+        _handlers[kind] = fn
+        return fn
+
+    return register
+
+
+def outbox_put(kind: str, payload: dict) -> None:
+    """Write one message in the caller's transaction; the relay runs once it commits."""
+    OutboxMessage.objects.create(kind=kind, payload=payload)
+    transaction.on_commit(kick)
+
+
+def backlog() -> dict:
+    """How many messages wait, per kind, and the age of the oldest (seconds): for admins."""
+    from django.db.models import Count, Min
+
+    rows = OutboxMessage.objects.values("kind").annotate(n=Count("id"), oldest=Min("created_at"))
+    now = timezone.now()
+    return {
+        r["kind"]: {"count": r["n"], "oldest_seconds": round((now - r["oldest"]).total_seconds(), 1)}
+        for r in rows
+    }
+
+
+def relay_once(limit: int = BATCH) -> int:
+    """Deliver up to `limit` due messages; returns how many were delivered."""
+    delivered = 0
+    with transaction.atomic():
+        due = list(
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(available_at__lte=Now())
+            .order_by("id")[:limit]
+        )
+        done, failed = [], []
+        for message in due:
+            fn = _handlers.get(message.kind)
+            try:
+                if fn is None:
+                    raise RuntimeError(f"no handler for outbox kind {message.kind!r}")
+                fn(message.payload)
+            except Exception as exc:  # noqa: BLE001 - kept and retried, never dropped
+                failed.append((message, f"{type(exc).__name__}: {exc}"[:500]))
+            else:
+                done.append(message.pk)
+        if done:
+            OutboxMessage.objects.filter(pk__in=done).delete()
+            delivered = len(done)
+        for message, error in failed:
+            delay = min(2.0 ** min(message.attempts, 6), MAX_BACKOFF_SECONDS)
+            OutboxMessage.objects.filter(pk=message.pk).update(
+                attempts=message.attempts + 1,
+                last_error=error,
+                available_at=timezone.now() + timedelta(seconds=delay),
+            )
+        if failed:
+            logger.warning(
+                "%d outbox message(s) could not be delivered and will be retried (first: %s)",
+                len(failed),
+                failed[0][1],
+            )
+    return delivered
+
+
+def relay_all(max_rounds: int = 50) -> int:
+    """Drain what is due (bounded)."""
+    total = 0
+    for _ in range(max_rounds):
+        n = relay_once()
+        total += n
+        if n < BATCH:
+            break
+    return total
+
+
+# --- this process's relay thread --------------------------------------------------------------------
+
+_wake = threading.Event()
+_thread: threading.Thread | None = None
+_thread_lock = threading.Lock()
+_stopping = False
+
+
+def stop() -> None:
+    """Stop this process's relay thread (tests, before the database goes away)."""
+    global _stopping, _thread
+    _stopping = True
+    _wake.set()
+    with _thread_lock:
+        thread, _thread = _thread, None
+    if thread is not None:
+        thread.join(timeout=10)
+    _stopping = False
+
+
+def kick() -> None:
+    """Have this process's relay look now (after a commit that wrote messages)."""
+    if not settings.OUTBOX_RELAY_IN_PROCESS:
+        return
+    _ensure_thread()
+    _wake.set()
+
+
+def _ensure_thread() -> None:
+    global _thread
+    with _thread_lock:
+        if _thread is not None and _thread.is_alive():
+            return
+        _thread = threading.Thread(target=_loop, name="portcullis-outbox", daemon=True)
+        _thread.start()
+
+
+def _loop() -> None:
+    while True:
+        _wake.wait(timeout=settings.SWEEP_SECONDS)
+        _wake.clear()
+        if _stopping:
+            return
+        try:
+            relay_all()
+        except Exception:  # the database is away: the next kick or tick tries again
+            logger.warning("outbox relay failed; retrying on the next tick", exc_info=True)
+        finally:
+            connections.close_all()
