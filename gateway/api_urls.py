@@ -38,6 +38,22 @@ urlpatterns = [
     path("reviews/", views.ReviewListView.as_view(), name="api-reviews"),
     path("reviews/<str:review_id>/", views.ReviewDetailView.as_view(), name="api-review"),
     path("reviews/<str:review_id>/execute/", views.ReviewExecuteView.as_view(), name="api-review-execute"),
+    path("access-request-rules/", views.AccessRuleListView.as_view(), name="api-access-rules"),
+    path("access-request-rules/<str:ref>/", views.AccessRuleDetailView.as_view(), name="api-access-rule"),
+    path("runbook-rules/", views.RunbookRuleListView.as_view(), name="api-runbook-rules"),
+    path("runbook-rules/<str:ref>/", views.RunbookRuleDetailView.as_view(), name="api-runbook-rule"),
+    path("access-requests/", views.AccessRequestView.as_view(), name="api-access-requests"),
+    path("exec/explain/", views.ExplainView.as_view(), name="api-exec-explain"),
+    path(
+        "connections/<str:name>/databases/", views.SchemaDatabasesView.as_view(), name="api-schema-databases"
+    ),
+    path("connections/<str:name>/tables/", views.SchemaTablesView.as_view(), name="api-schema-tables"),
+    path("connections/<str:name>/columns/", views.SchemaColumnsView.as_view(), name="api-schema-columns"),
+    path(
+        "sessions/<str:session_id>/analysis/",
+        views.SessionAnalysisView.as_view(),
+        name="api-session-analysis",
+    ),
     path("review-settings/", views.ReviewSettingsView.as_view(), name="api-review-settings"),
     path("runbooks/", views.RunbookListView.as_view(), name="api-runbooks"),
     path("runbooks/<str:connection_name>/<str:name>/", views.RunbookDetailView.as_view(), name="api-runbook"),

@@ -100,7 +100,7 @@ class StructuredJSONWidget(forms.Widget):
         spec = spec if isinstance(spec, dict) else {}
         # Keys this editor has no field for (a newer spec field) are kept as they are, so saving
         # the form never drops part of a rule.
-        extra = {k: v for k, v in spec.items() if self.known_keys and k not in self.known_keys}
+        extra = self.extra_of(spec)
         context["widget"].update(
             raw=raw,
             raw_mode=broken,  # JSON the fields cannot show opens in the raw box
@@ -117,9 +117,15 @@ class StructuredJSONWidget(forms.Widget):
             extra = json.loads(data.get(f"{name}__extra") or "{}")
         except ValueError:
             extra = {}
-        if isinstance(extra, dict):
-            built = {**{k: v for k, v in extra.items() if k not in self.known_keys}, **built}
+        if isinstance(extra, dict) and extra:
+            built = self.merge_extra(built, extra)
         return json.dumps(built)
+
+    def extra_of(self, spec: dict) -> dict:
+        return {k: v for k, v in spec.items() if self.known_keys and k not in self.known_keys}
+
+    def merge_extra(self, built: dict, extra: dict) -> dict:
+        return {**{k: v for k, v in extra.items() if k not in self.known_keys}, **built}
 
     def value_omitted_from_data(self, data, files, name):
         return name not in data and f"{name}__editor" not in data
@@ -130,6 +136,32 @@ class GuardrailConditionsWidget(StructuredJSONWidget):
 
     template_name = "admin/widgets/guardrail_conditions.html"
     known_keys = ("sql", "deny_words", "regex", "risk_at_least", "secrets")
+    known_sql = (
+        "deny_statements",
+        "require_where",
+        "single_statement",
+        "read_only",
+        "deny_tables",
+        "deny_schemas",
+        "deny_functions",
+        "allow_side_effects",
+        "max_affected_rows",
+    )
+
+    def extra_of(self, spec: dict) -> dict:
+        extra = super().extra_of(spec)
+        sql = spec.get("sql")
+        if isinstance(sql, dict) and (unknown := {k: v for k, v in sql.items() if k not in self.known_sql}):
+            extra["sql"] = unknown
+        return extra
+
+    def merge_extra(self, built: dict, extra: dict) -> dict:
+        unknown_sql = extra.get("sql") if isinstance(extra.get("sql"), dict) else {}
+        out = super().merge_extra(built, extra)
+        if unknown_sql:
+            known = out.get("sql") or {}
+            out["sql"] = {**{k: v for k, v in unknown_sql.items() if k not in self.known_sql}, **known}
+        return out
 
     def __init__(self, direction: str, attrs=None):
         super().__init__(attrs)
@@ -152,6 +184,11 @@ class GuardrailConditionsWidget(StructuredJSONWidget):
             "deny_tables": joined(sql.get("deny_tables")),
             "deny_schemas": joined(sql.get("deny_schemas")),
             "deny_functions": joined(sql.get("deny_functions")),
+            "side_effects": [
+                (effect, effect in (sql.get("allow_side_effects") or []))
+                for effect in guardrails.SIDE_EFFECTS
+            ],
+            "max_affected_rows": "" if sql.get("max_affected_rows") is None else sql.get("max_affected_rows"),
             "deny_words": joined(spec.get("deny_words")),
             "regex": joined(spec.get("regex")),
             "risk_levels": [(level, level == spec.get("risk_at_least")) for level in guardrails.RISK_LEVELS],
@@ -171,6 +208,12 @@ class GuardrailConditionsWidget(StructuredJSONWidget):
             for key in ("deny_tables", "deny_schemas", "deny_functions"):
                 if items := _lines(data, f"{name}__{key}"):
                     sql[key] = items
+            effects = data.getlist(f"{name}__allow_side_effects") if hasattr(data, "getlist") else []
+            if effects:
+                sql["allow_side_effects"] = effects
+            ceiling = _number(data.get(f"{name}__max_affected_rows"), int)
+            if ceiling is not None:
+                sql["max_affected_rows"] = ceiling
             if sql:
                 out["sql"] = sql
             if level := data.get(f"{name}__risk_at_least"):

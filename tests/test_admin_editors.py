@@ -318,3 +318,34 @@ def test_connection_kinds_are_named_as_products(cast):
     page = client_for(cast.alice).get(CONN_ADD).content.decode()
     for label in ("PostgreSQL", "MySQL / MariaDB", "SQLite", "MCP server"):
         assert f">{label}</option>" in page
+
+
+def test_the_affected_rows_ceiling_and_side_effects_have_fields(cast):
+    alice = client_for(cast.alice)
+    data = guardrail_post(
+        input_conditions__max_affected_rows="100",
+        input_conditions__allow_side_effects=["file"],
+    )
+    assert alice.post(GUARD_ADD, data).status_code == 302
+    rule = GuardrailRule.objects.get(name="safe-writes")
+    assert rule.input_conditions["sql"]["max_affected_rows"] == 100
+    assert rule.input_conditions["sql"]["allow_side_effects"] == ["file"]
+    page = alice.get(f"/admin/governance/guardrailrule/{rule.pk}/change/").content.decode()
+    assert 'id="id_input_conditions_max_affected_rows" min="0" step="1" value="100"' in page
+    assert 'name="input_conditions__allow_side_effects" value="file" checked' in page
+    bad = alice.post(GUARD_ADD, guardrail_post(name="g2", input_conditions__max_affected_rows="-1"))
+    assert "sql.max_affected_rows must be a whole number from 0" in bad.content.decode()
+
+    # A SQL condition the editor has no field for rides along inside "sql".
+    from django.http import QueryDict
+
+    from governance.admin import GuardrailRuleForm
+
+    widget = GuardrailRuleForm.base_fields["input_conditions"].widget
+    assert widget.extra_of({"sql": {"read_only": True, "future_check": 3}}) == {"sql": {"future_check": 3}}
+    data = QueryDict(mutable=True)
+    data.update({"input_conditions__editor": "structured", "input_conditions__read_only": "1"})
+    data["input_conditions__extra"] = '{"sql": {"future_check": 3}}'
+    assert json.loads(widget.value_from_datadict(data, {}, "input_conditions")) == {
+        "sql": {"future_check": 3, "read_only": True}
+    }

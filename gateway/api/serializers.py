@@ -571,3 +571,133 @@ class ReviewOut(s.Serializer):
 
 ReviewPage = page_serializer("ReviewPage", ReviewOut)
 WebhookPage = page_serializer("WebhookPage", WebhookOut)
+
+
+# --- access request rules, runbook rules, JIT requests, schema, analyses, explain ---------------------
+
+ACCESS_TYPES = ["command", "jit", "jit_command"]
+RISKS = ["low", "medium", "high", "critical"]
+
+
+class TimeWindowIn(StrictSerializer):
+    start_time = Char(max_length=5, help_text="HH:MM, UTC")
+    end_time = Char(max_length=5, help_text="HH:MM, UTC")
+
+
+class AccessRuleUpdate(StrictSerializer):
+    name = Char(**NAME, required=False)
+    description = Char(max_length=500, required=False, allow_blank=True)
+    enabled = s.BooleanField(required=False)
+    access_type = s.ChoiceField(choices=ACCESS_TYPES, required=False)
+    approval_required_groups = Names(required=False)
+    skip_review_groups = Names(required=False)
+    reviewer_groups = Names(required=False)
+    force_approval_groups = Names(required=False)
+    all_groups_must_approve = s.BooleanField(required=False)
+    min_approvals = s.IntegerField(min_value=1, max_value=100, required=False)
+    max_jit_duration_seconds = s.IntegerField(min_value=60, max_value=30 * 24 * 3600, required=False)
+    time_window = TimeWindowIn(required=False, allow_null=True)
+    min_risk = s.ChoiceField(choices=RISKS, required=False, allow_null=True)
+    connections = Names(required=False)
+    attributes = Names(required=False)
+
+
+class AccessRuleCreate(AccessRuleUpdate):
+    name = Char(**NAME)
+    access_type = s.ChoiceField(choices=ACCESS_TYPES)
+    reviewer_groups = Names()
+
+
+class AccessRuleOut(s.Serializer):
+    id = s.UUIDField()
+    name = Char()
+    description = Char()
+    enabled = s.BooleanField()
+    access_type = Char()
+    approval_required_groups = s.ListField(child=Char())
+    skip_review_groups = s.ListField(child=Char())
+    reviewer_groups = s.ListField(child=Char())
+    force_approval_groups = s.ListField(child=Char())
+    all_groups_must_approve = s.BooleanField()
+    min_approvals = s.IntegerField(allow_null=True)
+    max_jit_duration_seconds = s.IntegerField()
+    time_window = s.DictField(allow_null=True)
+    min_risk = Char(allow_null=True)
+    connections = s.ListField(child=Char())
+    attributes = s.ListField(child=Char())
+    created_at = s.DateTimeField()
+    updated_at = s.DateTimeField()
+
+
+class RunbookRuleUpdate(StrictSerializer):
+    name = Char(**NAME, required=False)
+    description = Char(max_length=500, required=False, allow_blank=True)
+    enabled = s.BooleanField(required=False)
+    groups = Names(required=False)
+    runbooks = Names(required=False, help_text="Runbook names or globs.")
+    connections = Names(required=False)
+    attributes = Names(required=False)
+
+
+class RunbookRuleCreate(RunbookRuleUpdate):
+    name = Char(**NAME)
+
+
+class RunbookRuleOut(s.Serializer):
+    id = s.UUIDField()
+    name = Char()
+    description = Char()
+    enabled = s.BooleanField()
+    groups = s.ListField(child=Char())
+    runbooks = s.ListField(child=Char())
+    connections = s.ListField(child=Char())
+    attributes = s.ListField(child=Char())
+    created_at = s.DateTimeField()
+    updated_at = s.DateTimeField()
+
+
+class AccessRequestIn(StrictSerializer):
+    connection_name = Char(**NAME)
+    reason = Char(max_length=1000)
+    duration_seconds = s.IntegerField(min_value=60, max_value=30 * 24 * 3600, required=False)
+
+
+class SchemaQuery(StrictSerializer):
+    database = Char(max_length=128, required=False)
+    schema = Char(max_length=128, required=False)
+    table = Char(max_length=256, required=False)
+
+
+class ExplainIn(StrictSerializer):
+    connection_name = Char(**NAME)
+    input = Char(max_length=1_000_000, trim_whitespace=False)
+
+
+AccessRulePage = page_serializer("AccessRulePage", AccessRuleOut)
+RunbookRulePage = page_serializer("RunbookRulePage", RunbookRuleOut)
+
+
+class SchemaOut(s.Serializer):
+    connection_name = Char()
+    items = s.ListField(
+        child=s.DictField(), help_text="databases: name; tables: schema, name, type; columns: ..."
+    )
+
+
+class ExplainOut(s.Serializer):
+    blocked_by = s.ListField(child=Char())
+    findings = s.ListField(child=s.DictField(), help_text="Admins and auditors only.")
+    read_only = s.BooleanField()
+    masking_rules = s.ListField(child=Char(), required=False)
+    review_required = s.BooleanField(required=False)
+    review_rule = Char(allow_null=True, required=False)
+    risk = s.DictField(allow_null=True, required=False)
+
+
+class AnalysisOut(s.Serializer):
+    session_id = Char()
+    status = s.ChoiceField(choices=["ready", "pending"])
+    risk_level = Char(allow_null=True)
+    title = Char(allow_null=True)
+    explanation = Char(allow_null=True)
+    suggested_action = Char(allow_null=True)

@@ -756,3 +756,104 @@ class WebhookDetailView(ServiceView):
     def delete(self, request, ref):
         webhooks.webhook_endpoint_delete(actor=self.actor, endpoint_id=ref)
         return Response(status=204)
+
+
+AccessRuleListView, AccessRuleDetailView = _rule_views(
+    label="access request rule",
+    page=io.AccessRulePage,
+    out=io.AccessRuleOut,
+    create=io.AccessRuleCreate,
+    update=io.AccessRuleUpdate,
+    service={
+        "list": reviews.access_rule_list,
+        "get": reviews.access_rule_get,
+        "create": reviews.access_rule_create,
+        "update": reviews.access_rule_update,
+        "delete": reviews.access_rule_delete,
+        "dict": reviews.access_rule_to_dict,
+    },
+)
+RunbookRuleListView, RunbookRuleDetailView = _rule_views(
+    label="runbook rule",
+    page=io.RunbookRulePage,
+    out=io.RunbookRuleOut,
+    create=io.RunbookRuleCreate,
+    update=io.RunbookRuleUpdate,
+    service={
+        "list": runbooks.runbook_rule_list,
+        "get": runbooks.runbook_rule_get,
+        "create": runbooks.runbook_rule_create,
+        "update": runbooks.runbook_rule_update,
+        "delete": runbooks.runbook_rule_delete,
+        "dict": runbooks.runbook_rule_to_dict,
+    },
+)
+
+
+class AccessRequestView(ServiceView):
+    capabilities = {"POST": TokenCapability.READ_WRITE}
+
+    @extend_schema(
+        request=io.AccessRequestIn,
+        responses=_responses(io.ReviewOut, 201, WRITE_ERRORS),
+        summary="Ask for just-in-time access to a connection (a review; once approved, exec skips per-command review)",
+    )
+    def post(self, request):
+        data = parse(io.AccessRequestIn, request.data)
+        review = reviews.access_request(
+            actor=self.actor,
+            connection_name=data["connection_name"],
+            duration_seconds=data.get("duration_seconds"),
+            reason=data["reason"],
+        )
+        return Response(reviews.review_to_dict(review, actor=self.actor), status=201)
+
+
+class SchemaView(ServiceView):
+    """GET connections/{name}/databases|tables|columns/: each listing is a recorded session."""
+
+    what = "databases"
+
+    @extend_schema(
+        parameters=_query_params(io.SchemaQuery),
+        responses=_responses(io.SchemaOut),
+        summary="Schema of a SQL connection, as JSON",
+    )
+    def get(self, request, name):
+        query = self.query(io.SchemaQuery)
+        items = pipeline.schema_list(actor=self.actor, connection_name=name, what=self.what, **query)
+        return Response({"connection_name": name, "items": items})
+
+
+class SchemaDatabasesView(SchemaView):
+    what = "databases"
+
+
+class SchemaTablesView(SchemaView):
+    what = "tables"
+
+
+class SchemaColumnsView(SchemaView):
+    what = "columns"
+
+
+class ExplainView(ServiceView):
+    capabilities = {"POST": TokenCapability.READ_ONLY}  # a dry run changes nothing
+
+    @extend_schema(
+        request=io.ExplainIn,
+        responses=_responses(io.ExplainOut),
+        summary="Dry run of exec: guardrails, read-only, masking, review; nothing runs",
+    )
+    def post(self, request):
+        data = parse(io.ExplainIn, request.data)
+        return Response(pipeline.exec_explain(actor=self.actor, **data))
+
+
+class SessionAnalysisView(ServiceView):
+    @extend_schema(
+        responses=_responses(io.AnalysisOut), summary="A session's risk analysis, or status pending"
+    )
+    def get(self, request, session_id):
+        session, analysis = records.analysis_get(actor=self.actor, session_id=session_id)
+        return Response(records.analysis_to_dict(session.pk, analysis))

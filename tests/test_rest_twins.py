@@ -1,0 +1,135 @@
+"""REST twins of operations that were MCP- or admin-only (issue 15): the same services, policy and
+audit as the MCP tools, over /api/v1/ with API tokens."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from sessions.models import AuditEvent, Session
+
+API = "/api/v1"
+
+
+def _client(person):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {person.token}")
+    return client
+
+
+@pytest.fixture
+def admin_token(cast):
+    """alice's token with capability admin (a default token acts as a standard member)."""
+    from governance.services import token_issue
+
+    _, raw = token_issue(user=cast.alice.user, name="rest-admin", capability="admin")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+def test_access_request_rules_and_jit_requests(cast, shops, admin_token):
+    body = {
+        "name": "shop-jit",
+        "access_type": "jit",
+        "connections": ["shop"],
+        "reviewer_groups": ["engineering"],
+    }
+    created = admin_token.post(f"{API}/access-request-rules/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["reviewer_groups"] == ["engineering"]
+    assert _client(cast.carol).post(f"{API}/access-request-rules/", body, format="json").status_code == 403
+    changed = admin_token.patch(f"{API}/access-request-rules/shop-jit/", {"enabled": False}, format="json")
+    assert changed.status_code == 200 and changed.json()["enabled"] is False
+    event = AuditEvent.objects.filter(action="access_request_rule.update").latest("id")
+    assert event.surface == "api" and event.detail["before"] == {"enabled": True}
+    assert event.detail["after"] == {"enabled": False}
+    admin_token.patch(f"{API}/access-request-rules/shop-jit/", {"enabled": True}, format="json")
+
+    asked = _client(cast.dave).post(
+        f"{API}/access-requests/", {"connection_name": "shop", "reason": "incident 7"}, format="json"
+    )
+    assert asked.status_code == 201, asked.content
+    assert asked.json()["type"] == "jit" and asked.json()["status"] == "PENDING"
+    bad = _client(cast.dave).post(f"{API}/access-requests/", {"connection_name": "shop"}, format="json")
+    assert bad.status_code == 400
+    assert admin_token.delete(f"{API}/access-request-rules/shop-jit/").status_code == 204
+
+
+def test_runbook_rules_and_runbooks(cast, shops, admin_token):
+    runbook = {"connection_name": "shop", "name": "count", "template": "select count(*) from customers"}
+    assert admin_token.post(f"{API}/runbooks/", runbook, format="json").status_code == 201
+    rule = {"name": "eng-count", "groups": ["engineering"], "runbooks": ["count"], "connections": ["shop"]}
+    assert admin_token.post(f"{API}/runbook-rules/", rule, format="json").status_code == 201
+    assert [r["name"] for r in _client(cast.bob).get(f"{API}/runbooks/").json()] == ["count"]
+    assert _client(cast.dave).get(f"{API}/runbooks/").json() == []  # no rule lets dave
+    listed = _client(cast.carol).get(f"{API}/runbook-rules/").json()
+    assert [r["name"] for r in listed["items"]] == ["eng-count"]
+    patched = admin_token.patch(f"{API}/runbooks/shop/count/", {"description": "how many"}, format="json")
+    assert patched.status_code == 200 and patched.json()["description"] == "how many"
+    event = AuditEvent.objects.filter(action="runbook.update").latest("id")
+    assert event.detail["before"] == {"description": ""} and event.detail["after"] == {
+        "description": "how many"
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_schema_browsing_explain_and_analysis(cast, shops, admin_token):
+    from governance import rules
+
+    rules.guardrail_create(
+        actor=cast.alice.actor(),
+        name="no-deletes",
+        input={"sql": {"deny_statements": ["delete"]}},
+        connections=["shop"],
+    )
+    bob = _client(cast.bob)
+    tables = bob.get(f"{API}/connections/shop/tables/")
+    assert tables.status_code == 200 and "customers" in [t["name"] for t in tables.json()["items"]]
+    columns = bob.get(f"{API}/connections/shop/columns/", {"table": "customers"}).json()["items"]
+    assert [c["name"] for c in columns] == ["id", "name", "email"]
+    assert bob.get(f"{API}/connections/shop/columns/", {"nope": "x"}).status_code == 400
+    assert bob.get(f"{API}/connections/no-such/tables/").status_code == 404
+
+    explained = bob.post(
+        f"{API}/exec/explain/", {"connection_name": "shop", "input": "delete from customers"}, format="json"
+    )
+    assert explained.status_code == 200 and explained.json()["blocked_by"] == ["no-deletes"]
+
+    session = Session.objects.filter(user=cast.bob.user, verb="schema").latest("created_at")
+    analysis = bob.get(f"{API}/sessions/{session.pk}/analysis/")
+    assert analysis.status_code == 200 and analysis.json()["status"] in ("ready", "pending")
+    assert _client(cast.dave).get(f"{API}/sessions/{session.pk}/analysis/").status_code == 404
+
+    stats = _client(cast.carol).get(f"{API}/sessions/stats/", {"group_by": "user,verb"}).json()
+    assert {"user": "bob@acme.test", "verb": "schema", "count": 2} in stats["groups"]
+    assert _client(cast.carol).get(f"{API}/sessions/stats/", {"group_by": "nope"}).status_code == 400
+
+
+def test_webhooks_and_review_settings_and_import(cast, shops, admin_token):
+    secret = "rest-webhook-secret-0123456789"
+    created = admin_token.post(
+        f"{API}/webhooks/",
+        {"name": "siem", "url": "https://siem.example.test/in", "secret": secret},
+        format="json",
+    )
+    assert created.status_code == 201 and created.json()["has_secret"] is True
+    listed = admin_token.get(f"{API}/webhooks/")
+    assert secret not in listed.content.decode() and listed.json()["items"][0]["name"] == "siem"
+    assert _client(cast.carol).get(f"{API}/webhooks/").status_code == 403
+
+    assert _client(cast.carol).get(f"{API}/review-settings/").json()["mcp_decisions_enabled"] is False
+    assert admin_token.patch(
+        f"{API}/review-settings/", {"mcp_decisions_enabled": True}, format="json"
+    ).json()["mcp_decisions_enabled"]
+
+    path = shops["acme"].config["path"]
+    rows = [
+        {"name": "bulk-1", "kind": "sqlite", "settings": {"path": path}},
+        {"name": "Shop", "kind": "sqlite"},
+    ]
+    answer = admin_token.post(
+        f"{API}/connections/import/", {"rows": rows, "dry_run": True}, format="json"
+    ).json()
+    assert (answer["created"], answer["errors"]) == (1, 1) and answer["results"][1]["row"] == 2
+    assert admin_token.post(f"{API}/connections/import/", {}, format="json").status_code == 400
