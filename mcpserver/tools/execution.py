@@ -63,6 +63,12 @@ class ExecEnvelope(Result):
 TEXT_PREVIEW_BYTES = 64 * 1024
 
 
+def envelope_of(session, **extra) -> ExecEnvelope:
+    """The envelope of a session, built without re-validating what the pipeline built: a large
+    result's rows are checked once (by the connector), not again row by row here."""
+    return ExecEnvelope.model_construct(**pipeline.exec_envelope(session), **extra)
+
+
 def render_envelope(r: ExecEnvelope) -> str:
     """The short text rendering beside the structured envelope. A large result is previewed: its
     rows are in the structured content once, not a second time here."""
@@ -121,7 +127,7 @@ async def exec_tool(actor, args: ExecArgs, ctx) -> ExecEnvelope:
     if not session.is_final and session.status != "pending_review":
         handoff = args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS
         session, _ = await _wait(session.pk, handoff, ctx)
-    return ExecEnvelope(**pipeline.exec_envelope(session))
+    return envelope_of(session)
 
 
 class WaitArgs(Args):
@@ -146,7 +152,7 @@ async def sessions_wait(actor, args: WaitArgs, ctx) -> ExecEnvelope:
 
     session = await db(lambda: session_get(actor=actor, session_id=args.session_id, action="view_content"))()
     session, timed_out = await _wait(session.pk, args.timeout_seconds, ctx)
-    return ExecEnvelope(**pipeline.exec_envelope(session), timed_out=timed_out)
+    return envelope_of(session, timed_out=timed_out)
 
 
 class CancelArgs(Args):

@@ -9,7 +9,6 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from gateway import pipeline
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.execution import (
@@ -17,6 +16,7 @@ from mcpserver.tools.execution import (
     MAX_WAIT,
     ExecEnvelope,
     _wait,
+    envelope_of,
     idempotency_key_field,
     render_envelope,
 )
@@ -266,7 +266,7 @@ async def reviews_execute(actor, args: ExecuteArgs, ctx) -> ExecEnvelope:
     )()
     if not session.is_final:
         session, _ = await _wait(session.pk, args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS, ctx)
-    return ExecEnvelope(**pipeline.exec_envelope(session))
+    return envelope_of(session)
 
 
 class AccessRequestArgs(Args):

@@ -9,9 +9,16 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from gateway import pipeline, runbooks
+from gateway import runbooks
 from mcpserver.registry import Args, Result, shared, tool
-from mcpserver.tools.execution import MAX_WAIT, ExecEnvelope, _wait, idempotency_key_field, render_envelope
+from mcpserver.tools.execution import (
+    MAX_WAIT,
+    ExecEnvelope,
+    _wait,
+    envelope_of,
+    idempotency_key_field,
+    render_envelope,
+)
 from mcpserver.tools.rule_crud import Names, RuleRef, RuleServices, rule_tools
 
 
@@ -91,7 +98,7 @@ async def runbooks_run(actor, args: RunArgs, ctx) -> ExecEnvelope:
     )()
     if not session.is_final and session.status != "pending_review":
         session, _ = await _wait(session.pk, args.timeout_seconds or settings.EXEC_HANDOFF_SECONDS, ctx)
-    return ExecEnvelope(**pipeline.exec_envelope(session))
+    return envelope_of(session)
 
 
 # --- runbook rules ---------------------------------------------------------------------------------
