@@ -60,6 +60,11 @@ urlpatterns = [
     path("review-settings/", views.ReviewSettingsView.as_view(), name="api-review-settings"),
     path("runbooks/", views.RunbookListView.as_view(), name="api-runbooks"),
     path("runbooks/<str:connection_name>/<str:name>/", views.RunbookDetailView.as_view(), name="api-runbook"),
+    path(
+        "runbooks/<str:connection_name>/<str:name>/run/",
+        views.RunbookRunView.as_view(),
+        name="api-runbook-run",
+    ),
     path("webhooks/", views.WebhookListView.as_view(), name="api-webhooks"),
     path("webhooks/<str:ref>/", views.WebhookDetailView.as_view(), name="api-webhook"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

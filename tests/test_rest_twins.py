@@ -159,3 +159,15 @@ def test_guardrail_test_masking_preview_and_connection_test(cast, shops, admin_t
     tested = _client(cast.bob).post(f"{API}/connections/shop/test/")
     assert tested.status_code == 200 and tested.json()["ok"] is True
     assert _client(cast.bob).post(f"{API}/connections/nope/test/").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_runbook_runs_over_rest_for_whom_a_rule_allows(cast, shops, admin_token):
+    runbook = {"connection_name": "shop", "name": "count", "template": "select count(*) from customers"}
+    admin_token.post(f"{API}/runbooks/", runbook, format="json")
+    rule = {"name": "eng-count", "groups": ["engineering"], "runbooks": ["count"], "connections": ["shop"]}
+    admin_token.post(f"{API}/runbook-rules/", rule, format="json")
+    ran = _client(cast.bob).post(f"{API}/runbooks/shop/count/run/", {}, format="json")
+    assert ran.status_code == 200 and ran.json()["status"] == "completed" and ran.json()["rows"] == [[3]]
+    refused = _client(cast.dave).post(f"{API}/runbooks/shop/count/run/", {}, format="json")
+    assert refused.status_code in (403, 404)

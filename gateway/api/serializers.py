@@ -741,3 +741,9 @@ class ConnectionTestOut(s.Serializer):
     ok = s.BooleanField()
     message = Char()
     latency_ms = s.IntegerField()
+
+
+class RunbookRunIn(StrictSerializer):
+    parameters = s.DictField(required=False, help_text="Values for the runbook's parameters.")
+    timeout_seconds = s.FloatField(min_value=1, max_value=300, required=False)
+    idempotency_key = Char(max_length=200, required=False)

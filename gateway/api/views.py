@@ -899,3 +899,24 @@ class ConnectionTestView(ServiceView):
     )
     def post(self, request, name):
         return Response(pipeline.connection_test(actor=self.actor, connection_name=name))
+
+
+class RunbookRunView(ServiceView):
+    # Like exec: the pipeline applies a read-only token's ceiling itself.
+    capabilities = {"POST": TokenCapability.READ_ONLY}
+
+    @extend_schema(
+        request=io.RunbookRunIn,
+        responses=_responses(io.ExecOut),
+        summary="Run a runbook with typed parameters (as runbooks_run): the exec envelope",
+    )
+    def post(self, request, connection_name, name):
+        data = parse(io.RunbookRunIn, request.data)
+        session = runbooks.runbook_run(
+            actor=self.actor,
+            connection_name=connection_name,
+            name=name,
+            parameters=data.get("parameters"),
+            idempotency_key=data.get("idempotency_key") or _idempotency_header(request),
+        )
+        return Response(_exec_answer(session, data.get("timeout_seconds")))
