@@ -29,6 +29,7 @@ def tick() -> dict:
     done: dict = {}
     steps = [
         ("outbox", outbox.relay_all),
+        ("abandoned_runs", _resolve_abandoned),
         ("lapsed_runs", sessions_sweep_orphans),
         ("resumed", _resume_open),
         ("reviews_expired", _expire_reviews),
@@ -43,6 +44,17 @@ def tick() -> dict:
             logger.warning("maintenance step %s failed; retrying on the next tick", name, exc_info=True)
     connections.close_all()
     return done
+
+
+def _resolve_abandoned() -> int:
+    """Exactly-once runs whose runner is gone: the target says whether they committed."""
+    from sessions.models import Session
+
+    running, _ = lifecycle.lapsed()
+    exact = Session.objects.filter(pk__in=running, run_spec__limits__exactly_once=True).values_list(
+        "pk", flat=True
+    )
+    return sum(1 for pk in exact if pipeline.resolve_abandoned_run(pk) in ("committed", "requeued"))
 
 
 def _resume_open() -> int:

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 
@@ -24,7 +25,7 @@ from django.db import close_old_connections, transaction
 
 from gateway import runner
 from gateway.connectors import REGISTRY, ExecResult, Limits
-from gateway.connectors.base import cap_text, json_value, render_table
+from gateway.connectors.base import CheckpointFailed, cap_text, json_value, render_table
 from gateway.models import Connection
 from governance import capability, guardrails, masking, masking_lineage
 from governance import rules as rules_service
@@ -430,6 +431,7 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
     )
     rules, findings = capability.apply_exec_ceiling(actor, connection.kind, session.input, rules, findings)
     limits = _limits(connection, read_only=guardrails.requires_read_only(rules), rules=rules)
+    limits = dataclasses.replace(limits, exactly_once=_exactly_once_possible(connection, session.input))
     spec = _run_spec(connection, limits)
     released = _release_reviewed(actor, session, connection, findings, spec)
     session.refresh_from_db()
@@ -540,7 +542,17 @@ def _run_claimed(session_id, limits: Limits, preloaded: tuple | None) -> None:
             raise ConnectorError("the connection was deleted before the session ran")
         connector = _connector(connection, limits)
         runner.set_cancel_callback(str(session_id), connector.cancel)
+        if limits.exactly_once:
+            connector.before_commit = lambda marker: _record_target_txn(session_id, limits, marker)
         result = connector.execute(text)
+    except CheckpointFailed:
+        # Nothing was committed on the target: give the session back to be run again.
+        logger.warning("session %s: its target transaction could not be recorded; requeued", session_id)
+        try:
+            lifecycle.requeue(session_id, runner=runner.runner_id())
+        except Exception:  # the database is away: the sweep requeues it once the lease lapses
+            logger.warning("session %s: requeue failed; the sweep will", session_id, exc_info=True)
+        return None
     except AffectedRowsExceeded as exc:  # issue 14: rolled back by the connector -> blocked
         error = exc.message
         ceiling_findings = [
@@ -612,6 +624,72 @@ def _protect(connection: Connection, result: ExecResult, limits: Limits, rules=N
     return result, [], info, ""
 
 
+# Inputs that control transactions themselves, or cannot run inside one: their runs are not made
+# exactly-once (a crash mid-run then ends them "outcome unknown", as every other kind's).
+_NOT_WRAPPABLE = re.compile(
+    r"\b(begin|commit|rollback|abort|end|savepoint|release|start\s+transaction|prepare\s+transaction|"
+    r"vacuum|concurrently|database|tablespace|system|discard|call|do)\b",
+    re.IGNORECASE,
+)
+
+
+def _exactly_once_possible(connection: Connection, text: str) -> bool:
+    """Whether an approved execution can run exactly once, whatever happens to this process: on
+    PostgreSQL, as one transaction whose id is recorded before it commits (docs/durability.md)."""
+    return connection.kind == "postgres" and not _NOT_WRAPPABLE.search(text)
+
+
+def _record_target_txn(session_id, limits: Limits, marker: dict) -> None:
+    """Before the target commits: record its transaction id with the session (still ours), so a
+    sweeper that finds the run abandoned can ask the target whether it committed. Raises
+    CheckpointFailed (the connector then rolls back) when that cannot be written."""
+    try:
+        spec = {"limits": dataclasses.asdict(limits), "target_txn": marker}
+        held = Session.objects.filter(
+            pk=session_id, status=SessionStatus.RUNNING, runner=runner.runner_id()
+        ).update(run_spec=spec)
+    except Exception as exc:
+        raise CheckpointFailed(str(exc)) from exc
+    if not held:
+        raise CheckpointFailed("the session is no longer held by this runner")
+
+
+def resolve_abandoned_run(session_id) -> str:
+    """A running exactly-once session whose lease lapsed (its runner died): ask the target what
+    became of its transaction. Committed: it ran once, ended failed with its result unknown.
+    Aborted, or never recorded (the runner died before the commit point): run again, once.
+    In progress: its backend is stopped and the next sweep looks again. Returns what it did."""
+    session = Session.objects.select_related("connection").filter(pk=session_id).first()
+    if session is None or session.status != SessionStatus.RUNNING:
+        return "gone"
+    marker = (session.run_spec or {}).get("target_txn")
+    if marker is None:
+        return "requeued" if lifecycle.requeue(session_id, lapsed_only=True) else "kept"
+    if session.connection is None:
+        lifecycle.end_lapsed_run(session_id)
+        return "ended"
+    from gateway.connectors.postgres import transaction_outcome
+
+    limits = Limits(**session.run_spec["limits"])
+    try:
+        outcome = transaction_outcome(_connector(session.connection, limits), marker)
+    except Exception as exc:  # the target is away: ask again on the next sweep
+        logger.warning("session %s: cannot ask the target about transaction %s: %s", session_id, marker, exc)
+        return "unknown"
+    if outcome == "committed":
+        lifecycle.end_lapsed_run(
+            session_id,
+            error=(
+                f"the gateway process running this session stopped after the target committed it (transaction "
+                f"{marker['xid']}): it ran once; its result was not recorded"
+            ),
+        )
+        return "committed"
+    if outcome == "aborted":
+        return "requeued" if lifecycle.requeue(session_id, lapsed_only=True) else "kept"
+    return "waiting"
+
+
 FINISH_RETRY_SECONDS = 60.0
 
 
@@ -641,7 +719,7 @@ def _finish_with_retry(session_id, to, fields: dict, **audit) -> Session | None:
             logger.warning("recording the end of session %s failed (%s); retrying", session_id, exc)
             close_old_connections()
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 1.0)  # within the sweep's grace once the database is back
         except DatabaseError:
             raise
 

@@ -15,8 +15,6 @@ process and retries wait on timers, so a request that emits an event never waits
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -37,8 +35,6 @@ from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger("portcullis.events")
 
-SIGNATURE_HEADER = "X-Portcullis-Signature"
-TIMESTAMP_HEADER = "X-Portcullis-Timestamp"
 EVENT_ID_HEADER = "X-Portcullis-Event-Id"
 EVENT_TYPE_HEADER = "X-Portcullis-Event-Type"
 USER_AGENT = "Portcullis-Webhooks/1"
@@ -203,27 +199,6 @@ def syslog_send(address: str, message: bytes, timeout: float = 5.0) -> None:
 
 
 # --- webhooks --------------------------------------------------------------------------------
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=` + hex HMAC-SHA256 over `<timestamp>.<body>` (the header value)."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def verify(
-    secret: str, headers, body: bytes, *, tolerance_seconds: int = 300, now: float | None = None
-) -> bool:
-    """What a receiver does (also the reference in docs/events-and-export.md): recompute the
-    signature in constant time and refuse timestamps outside the replay window."""
-    timestamp = headers.get(TIMESTAMP_HEADER, "")
-    try:
-        age = abs((now if now is not None else time.time()) - int(timestamp))
-    except ValueError:
-        return False
-    if age > tolerance_seconds:
-        return False
-    return hmac.compare_digest(sign(secret, timestamp, body), headers.get(SIGNATURE_HEADER, ""))
 
 
 def payload_body(payload: dict) -> bytes:

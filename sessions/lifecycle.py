@@ -54,6 +54,7 @@ _ALLOWED = {
         SessionStatus.FAILED,
     },
     SessionStatus.RUNNING: {
+        SessionStatus.OPEN,  # requeued: an exactly-once run that surely did not commit
         SessionStatus.DONE,
         SessionStatus.FAILED,
         SessionStatus.BLOCKED,
@@ -222,20 +223,66 @@ def transition(
 # --- the sweep: leases that lapsed ----------------------------------------------------------------
 
 
+def sweep_grace_seconds() -> float:
+    """How long past its lapse a run lease is left before the sweep ends the session: after a
+    database outage every lease has lapsed at once, and the runners that still hold a result must
+    get to write it (they retry every second) before a sweeper declares the outcome unknown."""
+    return lease_seconds() / 2
+
+
 def lapsed(limit: int = 200) -> tuple[list, list]:
-    """(running sessions whose run lease lapsed, open ones whose dispatch lease lapsed), by id."""
-    base = Session.objects.filter(lease_expires_at__lt=Now())
-    running = list(base.filter(status=SessionStatus.RUNNING).values_list("pk", flat=True)[:limit])
-    waiting = list(base.filter(status=SessionStatus.OPEN).values_list("pk", flat=True)[:limit])
+    """(running sessions whose run lease lapsed, with the grace, open ones whose dispatch lease
+    lapsed), by id."""
+    running = list(
+        Session.objects.filter(
+            status=SessionStatus.RUNNING, lease_expires_at__lt=db_now_plus(-sweep_grace_seconds())
+        ).values_list("pk", flat=True)[:limit]
+    )
+    waiting = list(
+        Session.objects.filter(status=SessionStatus.OPEN, lease_expires_at__lt=Now()).values_list(
+            "pk", flat=True
+        )[:limit]
+    )
     return running, waiting
 
 
-def end_lapsed_run(session_id) -> Session | None:
-    """A running session whose runner stopped renewing its lease: failed, outcome unknown."""
+def requeue(session_id, *, runner: str | None = None, lapsed_only: bool = False) -> Session | None:
+    """running -> open, claimable at once: a run that surely did not commit on the target (its
+    runner could not record the commit point, or the target says it aborted) runs again. By its own
+    `runner`, or by a sweeper (`lapsed_only`: only once its lease lapsed, with the grace)."""
+    with transaction.atomic():
+        qs = Session.objects.select_for_update(of=("self",)).filter(
+            pk=session_id, status=SessionStatus.RUNNING
+        )
+        if lapsed_only:
+            qs = qs.filter(lease_expires_at__lt=db_now_plus(-sweep_grace_seconds()))
+        if runner is not None:
+            qs = qs.filter(runner=runner)
+        session = qs.first()
+        if session is None:
+            return None
+        return transition(
+            session_id,
+            SessionStatus.OPEN,
+            action="session.requeued",
+            detail={"runner": session.runner},
+            fields={"runner": "", "started_at": None},
+            lease=-1.0,  # lapsed: the next sweep, here or elsewhere, claims it
+            expect=(SessionStatus.RUNNING,),
+        )
+
+
+def end_lapsed_run(session_id, *, error: str = "") -> Session | None:
+    """A running session whose runner stopped renewing its lease: failed, outcome unknown (or what
+    `error` says, when the target told)."""
     with transaction.atomic():
         session = (
             Session.objects.select_for_update(of=("self",))
-            .filter(pk=session_id, status=SessionStatus.RUNNING, lease_expires_at__lt=Now())
+            .filter(
+                pk=session_id,
+                status=SessionStatus.RUNNING,
+                lease_expires_at__lt=db_now_plus(-sweep_grace_seconds()),
+            )
             .first()
         )
         if session is None:
@@ -247,7 +294,8 @@ def end_lapsed_run(session_id) -> Session | None:
             outcome=Outcome.FAILED,
             detail={"runner": session.runner},
             fields={
-                "error": (
+                "error": error
+                or (
                     f"the gateway process running this session stopped renewing its lease (runner "
                     f"{session.runner or '?'}); its outcome is unknown: check the target before running it again"
                 )

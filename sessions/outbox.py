@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -149,9 +150,13 @@ def _ensure_thread() -> None:
         _thread.start()
 
 
+COALESCE_SECONDS = 0.005  # a burst of commits is relayed in one transaction, not one each
+
+
 def _loop() -> None:
     while True:
-        _wake.wait(timeout=settings.SWEEP_SECONDS)
+        if _wake.wait(timeout=settings.SWEEP_SECONDS):
+            time.sleep(COALESCE_SECONDS)
         _wake.clear()
         if _stopping:
             return

@@ -344,7 +344,11 @@ def sessions_sweep_orphans(*, now=None) -> int:
     from sessions import lifecycle
 
     running, _ = lifecycle.lapsed()
-    swept = sum(1 for pk in running if lifecycle.end_lapsed_run(pk) is not None)
+    # Exactly-once runs (approved executions) are resolved by asking their target (gateway.maintenance).
+    unknowable = Session.objects.filter(pk__in=running).exclude(run_spec__limits__exactly_once=True)
+    swept = sum(
+        1 for pk in unknowable.values_list("pk", flat=True) if lifecycle.end_lapsed_run(pk) is not None
+    )
     if swept:
         logger.warning("ended %d session(s) whose run lease lapsed", swept)
     Runner.objects.filter(last_seen_at__lt=(now or timezone.now()) - timedelta(days=1)).delete()

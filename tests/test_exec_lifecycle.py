@@ -143,7 +143,7 @@ def test_the_sweep_ends_running_sessions_whose_lease_lapsed_even_if_their_runner
         input="select 1",
         input_sha256="x",
     )
-    past, future = timezone.now() - timedelta(seconds=5), timezone.now() + timedelta(minutes=5)
+    past, future = timezone.now() - timedelta(minutes=5), timezone.now() + timedelta(minutes=5)
     Runner.objects.create(pk="live-host:2:def", last_seen_at=timezone.now())  # heartbeats do not matter
     lapsed = Session.objects.create(
         status=SessionStatus.RUNNING, runner="live-host:2:def", lease_expires_at=past, **common

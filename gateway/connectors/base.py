@@ -29,6 +29,10 @@ class Limits:
     # (AffectedRowsExceeded) when it changed more rows than this. None: no ceiling.
     max_affected_rows: int | None = None
     ceiling_rule: str = ""
+    # Exactly once (an approved execution): run in one transaction and call the connector's
+    # `before_commit(marker)` with the target's transaction id before committing, so that whoever
+    # finds the run abandoned can ask the target whether it committed (sessions.lifecycle, docs/durability.md).
+    exactly_once: bool = False
 
 
 @dataclass
@@ -44,9 +48,15 @@ class ExecResult:
     extra: dict = field(default_factory=dict)
 
 
+class CheckpointFailed(Exception):
+    """`before_commit` could not record the target transaction: the connector rolled it back."""
+
+
 class Connector:
     kind: str = ""
     is_sql: bool = False
+    # Set by the pipeline for exactly-once runs: called with {"xid", "pid"} before the commit.
+    before_commit = None
     # Per-kind settings: which keys exist, which are required, which are secret.
     required_keys: tuple[str, ...] = ()
     optional_keys: tuple[str, ...] = ()

@@ -104,7 +104,7 @@ class PostgresConnector(Connector):
                 pass
 
     def execute(self, text: str) -> ExecResult:
-        if self.limits.max_affected_rows is not None:
+        if self.limits.max_affected_rows is not None or self.before_commit is not None:
             return self._execute_with_ceiling(text)
         with self._pooled() as conn, conn.cursor() as cur:
             try:
@@ -121,12 +121,19 @@ class PostgresConnector(Connector):
     )
 
     def _execute_with_ceiling(self, text: str) -> ExecResult:
+        """One transaction: committed only when the affected-rows count is within the ceiling (if
+        any) and, for an exactly-once run, once its transaction id is recorded (`before_commit`)."""
         with self._connect() as conn:
-            conn.autocommit = False  # one transaction, committed only when the count is within the ceiling
+            conn.autocommit = False
+            self._conn = conn  # cancel() reaches it
             try:
                 with conn.cursor() as cur:
-                    cur.execute("select current_setting('track_counts')")
-                    if cur.fetchone()[0] != "on":  # the counters stay at zero: the ceiling would be blind
+                    if self.limits.max_affected_rows is not None:
+                        cur.execute("select current_setting('track_counts')")
+                        tracked = cur.fetchone()[0] == "on"
+                    else:
+                        tracked = True
+                    if not tracked:  # the counters stay at zero: the ceiling would be blind
                         conn.rollback()
                         raise PolicyDenied(
                             "the affected-rows ceiling needs track_counts = on on the target; nothing ran"
@@ -137,14 +144,29 @@ class PostgresConnector(Connector):
                     except psycopg.Error as exc:
                         conn.rollback()
                         return ExecResult(output=_describe_error(exc), exit_code=1)
-                    cur.execute(self._TOUCHED)
-                    touched = int(cur.fetchone()[0])
-                enforce_ceiling(self.limits, touched, conn.rollback)
+                    touched = None
+                    if self.limits.max_affected_rows is not None:
+                        cur.execute(self._TOUCHED)
+                        touched = int(cur.fetchone()[0])
+                    marker = None
+                    if self.before_commit is not None:
+                        cur.execute("select txid_current()::bigint, pg_backend_pid()")
+                        xid, pid = cur.fetchone()
+                        marker = {"xid": int(xid), "pid": int(pid)}
+                if touched is not None:
+                    enforce_ceiling(self.limits, touched, conn.rollback)
+                if marker is not None:
+                    try:
+                        self.before_commit(marker)  # recorded in the gateway database, or nothing commits
+                    except Exception:
+                        conn.rollback()
+                        raise
                 conn.commit()
             except psycopg.Error as exc:
                 conn.rollback()
                 return ExecResult(output=_describe_error(exc), exit_code=1)
-            result.extra["affected_rows"] = touched
+            if touched is not None:
+                result.extra["affected_rows"] = touched
             return result
 
     def _collect(self, cur) -> ExecResult:
@@ -232,3 +254,15 @@ def _describe_error(exc: psycopg.Error) -> str:
     message = (diag.message_primary if diag and diag.message_primary else str(exc)).strip()
     sqlstate = getattr(exc, "sqlstate", None)
     return f"ERROR: {message}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+
+
+def transaction_outcome(connector: PostgresConnector, marker: dict) -> str:
+    """What became of an abandoned exactly-once run's transaction on the target: "committed",
+    "aborted", or "in progress" (its backend still holds it: it is terminated, so the next look
+    says "aborted")."""
+    with connector._connect() as conn:
+        conn.autocommit = True
+        status = conn.execute("select txid_status(%s)", (marker["xid"],)).fetchone()[0]
+        if status == "in progress":
+            conn.execute("select pg_terminate_backend(%s)", (marker["pid"],))
+        return status or "aborted"  # NULL: too old to know, or never assigned: it did not commit
