@@ -43,6 +43,9 @@ urlpatterns = [
     path("runbook-rules/", views.RunbookRuleListView.as_view(), name="api-runbook-rules"),
     path("runbook-rules/<str:ref>/", views.RunbookRuleDetailView.as_view(), name="api-runbook-rule"),
     path("access-requests/", views.AccessRequestView.as_view(), name="api-access-requests"),
+    path("guardrails-test/", views.GuardrailTestView.as_view(), name="api-guardrails-test"),
+    path("masking-preview/", views.MaskingPreviewView.as_view(), name="api-masking-preview"),
+    path("connections/<str:name>/test/", views.ConnectionTestView.as_view(), name="api-connection-test"),
     path("exec/explain/", views.ExplainView.as_view(), name="api-exec-explain"),
     path(
         "connections/<str:name>/databases/", views.SchemaDatabasesView.as_view(), name="api-schema-databases"
@@ -57,6 +60,11 @@ urlpatterns = [
     path("review-settings/", views.ReviewSettingsView.as_view(), name="api-review-settings"),
     path("runbooks/", views.RunbookListView.as_view(), name="api-runbooks"),
     path("runbooks/<str:connection_name>/<str:name>/", views.RunbookDetailView.as_view(), name="api-runbook"),
+    path(
+        "runbooks/<str:connection_name>/<str:name>/run/",
+        views.RunbookRunView.as_view(),
+        name="api-runbook-run",
+    ),
     path("webhooks/", views.WebhookListView.as_view(), name="api-webhooks"),
     path("webhooks/<str:ref>/", views.WebhookDetailView.as_view(), name="api-webhook"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -193,6 +193,10 @@ def test_the_agent_flows_of_issue_15(cast, agents):
     assert frozen and frozen[0]["input_preview"] == "select email from customers"
     assert [s["input_preview"] for s in approved_list["items"]] == ["delete from customers where id = 1"]
     assert approved_list["items"][0]["review_status"] == "EXECUTED"
+    # The reviewer sees the session's row (they reviewed it) but not a preview of its input: that
+    # stays with the owner, admins and auditors (the reviewer reads the input in reviews_get).
+    as_reviewer = dave.ok("sessions_list", {"review_status": "EXECUTED"})
+    assert as_reviewer["total"] == 1 and as_reviewer["items"][0]["input_preview"] is None
     assert approved_list["items"][0]["user_email"] == "bob@acme.test"
 
     # Grouped by guardrail rule, and filtered by it.

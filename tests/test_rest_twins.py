@@ -133,3 +133,41 @@ def test_webhooks_and_review_settings_and_import(cast, shops, admin_token):
     ).json()
     assert (answer["created"], answer["errors"]) == (1, 1) and answer["results"][1]["row"] == 2
     assert admin_token.post(f"{API}/connections/import/", {}, format="json").status_code == 400
+
+
+def test_guardrail_test_masking_preview_and_connection_test(cast, shops, admin_token):
+    from governance import rules
+
+    rules.guardrail_create(
+        actor=cast.alice.actor(), name="no-zebra", input={"deny_words": ["zebra"]}, connections=["shop"]
+    )
+    carol = _client(cast.carol)
+    tested = carol.post(
+        f"{API}/guardrails-test/", {"input": "select 'zebra'", "connection_name": "shop"}, format="json"
+    )
+    assert tested.status_code == 200 and tested.json()["blocked"] is True
+    assert tested.json()["rules_evaluated"] == ["no-zebra"]
+    assert _client(cast.bob).post(f"{API}/guardrails-test/", {"input": "x"}, format="json").status_code == 403
+
+    spec = {"entities": ["EMAIL_ADDRESS"]}
+    preview = carol.post(
+        f"{API}/masking-preview/", {"spec": spec, "text": "mail bob@example.com"}, format="json"
+    )
+    assert preview.status_code == 200 and "bob@example.com" not in preview.content.decode()
+    assert preview.json()["counts"] == {"EMAIL_ADDRESS": 1}
+
+    tested = _client(cast.bob).post(f"{API}/connections/shop/test/")
+    assert tested.status_code == 200 and tested.json()["ok"] is True
+    assert _client(cast.bob).post(f"{API}/connections/nope/test/").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_runbook_runs_over_rest_for_whom_a_rule_allows(cast, shops, admin_token):
+    runbook = {"connection_name": "shop", "name": "count", "template": "select count(*) from customers"}
+    admin_token.post(f"{API}/runbooks/", runbook, format="json")
+    rule = {"name": "eng-count", "groups": ["engineering"], "runbooks": ["count"], "connections": ["shop"]}
+    admin_token.post(f"{API}/runbook-rules/", rule, format="json")
+    ran = _client(cast.bob).post(f"{API}/runbooks/shop/count/run/", {}, format="json")
+    assert ran.status_code == 200 and ran.json()["status"] == "completed" and ran.json()["rows"] == [[3]]
+    refused = _client(cast.dave).post(f"{API}/runbooks/shop/count/run/", {}, format="json")
+    assert refused.status_code in (403, 404)

@@ -701,3 +701,49 @@ class AnalysisOut(s.Serializer):
     title = Char(allow_null=True)
     explanation = Char(allow_null=True)
     suggested_action = Char(allow_null=True)
+
+
+class GuardrailTestIn(StrictSerializer):
+    input = Char(max_length=1_000_000, trim_whitespace=False)
+    rule_name = Char(max_length=100, required=False, help_text="A stored rule (name or id)...")
+    connection_name = Char(**NAME, required=False, help_text="...or every rule bound to this connection.")
+    direction = s.ChoiceField(choices=["input", "output"], default="input")
+    dialect = s.ChoiceField(choices=["postgres", "mysql", "sqlite"], required=False)
+
+
+class MaskingPreviewIn(StrictSerializer):
+    rule_name = Char(max_length=100, required=False)
+    spec = s.DictField(required=False)
+    text = Char(max_length=100_000, required=False, trim_whitespace=False)
+    columns = s.ListField(child=Char(max_length=200), max_length=200, required=False)
+    rows = s.ListField(child=s.ListField(), max_length=1000, required=False)
+    connection_name = Char(**NAME, required=False)
+    input = Char(max_length=100_000, required=False)
+
+
+class GuardrailTestOut(s.Serializer):
+    blocked = s.BooleanField()
+    rules_evaluated = s.ListField(child=Char())
+    findings = s.ListField(child=s.DictField())
+    read_only = s.BooleanField()
+
+
+class MaskingPreviewOut(s.Serializer):
+    text = Char(allow_null=True, required=False)
+    columns = s.ListField(child=Char(), allow_null=True, required=False)
+    rows = s.ListField(child=s.ListField(), allow_null=True, required=False)
+    counts = s.DictField(child=s.IntegerField())
+    unavailable_entities = s.ListField(child=Char())
+
+
+class ConnectionTestOut(s.Serializer):
+    connection_name = Char()
+    ok = s.BooleanField()
+    message = Char()
+    latency_ms = s.IntegerField()
+
+
+class RunbookRunIn(StrictSerializer):
+    parameters = s.DictField(required=False, help_text="Values for the runbook's parameters.")
+    timeout_seconds = s.FloatField(min_value=1, max_value=300, required=False)
+    idempotency_key = Char(max_length=200, required=False)

@@ -857,3 +857,66 @@ class SessionAnalysisView(ServiceView):
     def get(self, request, session_id):
         session, analysis = records.analysis_get(actor=self.actor, session_id=session_id)
         return Response(records.analysis_to_dict(session.pk, analysis))
+
+
+class GuardrailTestView(ServiceView):
+    roles = {"*": ROLE_AUDITOR}
+    capabilities = {"POST": TokenCapability.READ_ONLY}  # evaluates text; runs and changes nothing
+
+    @extend_schema(
+        request=io.GuardrailTestIn,
+        responses=_responses(io.GuardrailTestOut),
+        summary="Evaluate text against a rule or a connection's rules (as guardrails_test); nothing runs",
+    )
+    def post(self, request):
+        data = parse(io.GuardrailTestIn, request.data)
+        data["ref"] = data.pop("rule_name", None)
+        return Response(rules.guardrail_test(actor=self.actor, **data))
+
+
+class MaskingPreviewView(ServiceView):
+    roles = {"*": ROLE_AUDITOR}
+    capabilities = {"POST": TokenCapability.READ_ONLY}
+
+    @extend_schema(
+        request=io.MaskingPreviewIn,
+        responses=_responses(io.MaskingPreviewOut),
+        summary="Mask a sample with a rule or a draft spec (as datamasking_rules_preview); only masked data",
+    )
+    def post(self, request):
+        data = parse(io.MaskingPreviewIn, request.data)
+        data["ref"] = data.pop("rule_name", None)
+        return Response(rules.masking_preview(actor=self.actor, **data))
+
+
+class ConnectionTestView(ServiceView):
+    capabilities = {"POST": TokenCapability.READ_ONLY}  # connects, runs nothing
+
+    @extend_schema(
+        request=None,
+        responses=_responses(io.ConnectionTestOut),
+        summary="Connect to the target and report its version; nothing runs; audited",
+    )
+    def post(self, request, name):
+        return Response(pipeline.connection_test(actor=self.actor, connection_name=name))
+
+
+class RunbookRunView(ServiceView):
+    # Like exec: the pipeline applies a read-only token's ceiling itself.
+    capabilities = {"POST": TokenCapability.READ_ONLY}
+
+    @extend_schema(
+        request=io.RunbookRunIn,
+        responses=_responses(io.ExecOut),
+        summary="Run a runbook with typed parameters (as runbooks_run): the exec envelope",
+    )
+    def post(self, request, connection_name, name):
+        data = parse(io.RunbookRunIn, request.data)
+        session = runbooks.runbook_run(
+            actor=self.actor,
+            connection_name=connection_name,
+            name=name,
+            parameters=data.get("parameters"),
+            idempotency_key=data.get("idempotency_key") or _idempotency_header(request),
+        )
+        return Response(_exec_answer(session, data.get("timeout_seconds")))
