@@ -42,6 +42,15 @@ MYSQL_HOST = os.environ.get("PORTCULLIS_TEST_MYSQL_HOST", "127.0.0.1")
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _relay_only_when_kicked():
+    """This process's outbox relay delivers what this process commits, when it commits; its
+    periodic retry would also pick up rows a live gateway process wrote, with this process's
+    settings. Tests that need the retry call `outbox.relay_once()` themselves."""
+    django_settings.SWEEP_SECONDS = 3600
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _stop_exec_pool(django_db_setup):
     """Close the exec workers' database connections before the test database is dropped."""
     yield
@@ -259,6 +268,10 @@ def gateway_env(port: int | None = None) -> dict:
         PORTCULLIS_EXEC_HANDOFF_SECONDS="2",
         PORTCULLIS_PROGRESS_INTERVAL_SECONDS="1",
         PYTHONUNBUFFERED="1",  # the process log is complete even when the test stops it
+        # No periodic sweep: it would relay this run's outbox rows (the pytest process's too) with
+        # its own settings, under the feet of tests that watch their own process deliver them.
+        # The sweep is tested in-process (test_durable_core) and in the fault suite.
+        PORTCULLIS_SWEEP_SECONDS="3600",
     )
     if port is not None:
         env["PORT"] = str(port)
