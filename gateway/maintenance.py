@@ -15,6 +15,7 @@ from django.db import connections
 
 from gateway import pipeline
 from sessions import lifecycle, outbox
+from sessions.models import Session
 from sessions.services import analysis_sweep_missing, sessions_sweep_orphans
 
 logger = logging.getLogger("portcullis.maintenance")
@@ -48,8 +49,6 @@ def tick() -> dict:
 
 def _resolve_abandoned() -> int:
     """Exactly-once runs whose runner is gone: the target says whether they committed."""
-    from sessions.models import Session
-
     running, _ = lifecycle.lapsed()
     exact = Session.objects.filter(pk__in=running, run_spec__limits__exactly_once=True).values_list(
         "pk", flat=True

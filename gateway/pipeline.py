@@ -1356,27 +1356,26 @@ def _tool_finish(
     if findings:
         fields["guardrail_findings"] = [f.as_dict() for f in findings]
 
-    def status_of(session: Session) -> str:
-        session.masking = {**(session.masking or {}), **masking_info}
+    def status_of(session: Session) -> str:  # on the locked row: a cancel may have come meanwhile
+        fields["masking"] = {**(session.masking or {}), **masking_info}
         if session.cancel_requested:
-            session.error, session.result = error or "cancelled", None
+            fields.update(error=error or "cancelled", result=None)
             return SessionStatus.CANCELLED
         if blocked:
-            session.error = blocked
+            fields["error"] = blocked
             return SessionStatus.BLOCKED
         if error or result is None:
-            session.error = error or "the upstream gave no result"
+            fields["error"] = error or "the upstream gave no result"
             return SessionStatus.FAILED
-        session.exit_code = 1 if result.get("isError") else 0
-        session.result = result
-        session.output, session.truncated = cap_text(_tool_text(result), limits.max_output_bytes)
+        output, truncated = cap_text(_tool_text(result), limits.max_output_bytes)
+        fields.update(
+            exit_code=1 if result.get("isError") else 0, result=result, output=output, truncated=truncated
+        )
         return SessionStatus.DONE
 
-    for name in ("masking", "error", "result", "exit_code", "output", "truncated"):
-        fields.setdefault(name, None)
     finished = _finish_with_retry(
         session_id,
-        lambda s: _tool_status(s, status_of, fields),
+        status_of,
         fields,
         action="tool.finish",
         outcome=Outcome.BLOCKED
@@ -1387,16 +1386,6 @@ def _tool_finish(
         detail={"tool": tool, "execution_time_ms": elapsed_ms},
     )
     return finished or Session.objects.select_related("user").get(pk=session_id)
-
-
-def _tool_status(session: Session, status_of, fields: dict) -> str:
-    """Decide the final status on the locked session, then copy what the decision set into the
-    fields the lifecycle writes (so it writes exactly those)."""
-    status = status_of(session)
-    for name in list(fields):
-        if name in ("masking", "error", "result", "exit_code", "output", "truncated"):
-            fields[name] = getattr(session, name)
-    return status
 
 
 async def tool_call(

@@ -14,6 +14,7 @@ import logging
 import uuid
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
 from django.utils import timezone
 
 log = logging.getLogger("portcullis.events")
@@ -68,9 +69,7 @@ def emit(*, org_id, type: str, data: dict) -> None:
     org. Never raises into its caller: an event must never break the change it describes."""
     try:
         event = event_build(org_id=org_id, type=type, data=data)
-        from django.db import transaction
-
-        from gateway import metrics
+        from gateway import metrics  # (gateway's metrics read the settings; imported when used)
 
         # Counted once committed (sessions, review decisions), delivered or not; never raises.
         transaction.on_commit(lambda: metrics.event_observed(event))

@@ -11,6 +11,7 @@ import ast
 import asyncio
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -33,6 +34,27 @@ def _wait_job(session_id) -> None:
     future = runner.local_future(str(session_id))
     if future is not None:
         future.result(timeout=120)
+
+
+def _review_rule(cast, connection: str) -> None:
+    """Every command on `connection` waits for an admin's approval."""
+    reviews.access_rule_create(
+        actor=cast.alice.actor(),
+        name=connection,
+        access_type="command",
+        connections=[connection],
+        reviewer_groups=["admin"],
+    )
+
+
+@contextmanager
+def _runner_dies_before_running(monkeypatch):
+    """The process that released an approved session "dies" before its pool runs it: the jobs it
+    would have submitted are only collected."""
+    submitted = []
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "_submit_local", lambda *a, **kw: submitted.append(a))
+        yield submitted
 
 
 def _count(path) -> int:
@@ -111,13 +133,7 @@ def test_a_rejection_an_expiry_and_a_revocation_end_the_session_with_its_events(
     cast, shops, settings, tmp_path
 ):
     settings.EVENTS_JSONL_PATH = str(tmp_path / "events.jsonl")
-    reviews.access_rule_create(
-        actor=cast.alice.actor(),
-        name="prod",
-        access_type="command",
-        connections=["shop"],
-        reviewer_groups=["admin"],
-    )
+    _review_rule(cast, "shop")
     rejected = pipeline.exec_start(
         actor=cast.bob.actor(), connection_name="shop", input="delete from customers"
     )
@@ -244,13 +260,7 @@ def test_concurrent_retries_with_one_key_run_once(cast, shops, transactional_db)
 
 
 def test_reviews_execute_with_a_key_answers_a_retry_with_the_same_session(cast, shops, transactional_db):
-    reviews.access_rule_create(
-        actor=cast.alice.actor(),
-        name="prod",
-        access_type="command",
-        connections=["shop"],
-        reviewer_groups=["admin"],
-    )
+    _review_rule(cast, "shop")
     pending = pipeline.exec_start(
         actor=cast.bob.actor(), connection_name="shop", input="delete from customers where id = 1"
     )
@@ -266,32 +276,21 @@ def test_reviews_execute_with_a_key_answers_a_retry_with_the_same_session(cast, 
 
 
 def test_an_approved_execution_whose_process_died_is_run_by_another_exactly_once(
-    cast, shops, transactional_db
+    cast, shops, transactional_db, monkeypatch
 ):
     """reviews_execute committed (review EXECUTED, session open) and the process died before its
     pool ran it: the sweep of any process claims it once."""
     from gateway import maintenance
 
-    reviews.access_rule_create(
-        actor=cast.alice.actor(),
-        name="prod",
-        access_type="command",
-        connections=["shop"],
-        reviewer_groups=["admin"],
-    )
+    _review_rule(cast, "shop")
     pending = pipeline.exec_start(
         actor=cast.bob.actor(), connection_name="shop", input="delete from customers where id = 2"
     )
     reviews.review_decide(
         actor=cast.alice.actor("web"), review_id=pending.pending_review.pk, status="APPROVED"
     )
-    submitted = []
-    real_submit = pipeline._submit_local
-    pipeline._submit_local = lambda *a, **kw: submitted.append(a)  # the process "dies" before running it
-    try:
+    with _runner_dies_before_running(monkeypatch) as submitted:
         session = reviews.review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
-    finally:
-        pipeline._submit_local = real_submit
     assert submitted and Session.objects.get(pk=session.pk).status == SessionStatus.OPEN
     assert maintenance.tick()["resumed"] == 0  # its dispatch lease has not lapsed yet
     Session.objects.filter(pk=session.pk).update(lease_expires_at=lifecycle.db_now_plus(-1))
@@ -406,13 +405,7 @@ def test_waits_poll_the_database_when_redis_is_down(cast, shops, transactional_d
 @pytest.fixture
 def reviewed_pg(cast, pg_target, transactional_db):
     connection_create_headless(org=cast.acme, name="pgr", kind="postgres", settings=pg_target, options={})
-    reviews.access_rule_create(
-        actor=cast.alice.actor(),
-        name="pgr",
-        access_type="command",
-        connections=["pgr"],
-        reviewer_groups=["admin"],
-    )
+    _review_rule(cast, "pgr")
     return pg_target
 
 
@@ -460,16 +453,12 @@ def test_an_approved_execution_records_its_target_transaction_before_it_commits(
     assert not pipeline._exactly_once_possible(session.connection, "vacuum items")
 
 
-def test_an_abandoned_approved_run_that_never_committed_runs_again_once(cast, reviewed_pg):
+def test_an_abandoned_approved_run_that_never_committed_runs_again_once(cast, reviewed_pg, monkeypatch):
     from gateway import maintenance
 
     pending = _approved(cast, "update items set name = 'once-b' where id = 2")
-    real_submit = pipeline._submit_local
-    pipeline._submit_local = lambda *a, **kw: None  # the runner "dies" before running it
-    try:
+    with _runner_dies_before_running(monkeypatch):
         session = reviews.review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
-    finally:
-        pipeline._submit_local = real_submit
     _abandon(session.pk)  # claimed, then gone before its commit point: no transaction recorded
     done = maintenance.tick()
     assert done["abandoned_runs"] == 1 and done["resumed"] == 1  # requeued, then resumed in the same sweep
@@ -480,16 +469,12 @@ def test_an_abandoned_approved_run_that_never_committed_runs_again_once(cast, re
     assert AuditEvent.objects.filter(action="session.requeued", target_id=str(session.pk)).count() == 1
 
 
-def test_an_abandoned_approved_run_that_committed_is_not_run_again(cast, reviewed_pg):
+def test_an_abandoned_approved_run_that_committed_is_not_run_again(cast, reviewed_pg, monkeypatch):
     from gateway import maintenance
 
     pending = _approved(cast, "update items set price = price + 1000 where id = 3")
-    real_submit = pipeline._submit_local
-    pipeline._submit_local = lambda *a, **kw: None
-    try:
+    with _runner_dies_before_running(monkeypatch):
         session = reviews.review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
-    finally:
-        pipeline._submit_local = real_submit
     # The dead runner got as far as the commit: the statement took effect and its txid is recorded.
     params = {k: v for k, v in reviewed_pg.items() if k != "database"}
     with psycopg.connect(**params, dbname=reviewed_pg["database"]) as conn:
