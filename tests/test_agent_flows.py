@@ -135,7 +135,7 @@ def test_the_agent_flows_of_issue_15(cast, agents):
     assert structured(box["value"])["status"] == "APPROVED"
     ran = bob.ok("reviews_execute", {"review_id": review_id})
     assert ran["status"] == "completed" and _rows(shop_path) == 2
-    alice.ok("access_request_rules_delete", {"rule_name": "shop-writes"})
+    alice.ok("config_delete", {"kind": "access_request_rule", "record_name": "shop-writes"})
 
     # --- 5. an incident guardrail, seen to block at once --------------------------------------------
     alice.ok(
@@ -158,7 +158,12 @@ def test_the_agent_flows_of_issue_15(cast, agents):
 
     # A change says from what to what.
     alice.ok(
-        "guardrails_update", {"rule_name": "incident-42", "input_conditions": {"deny_words": ["orders"]}}
+        "config_update",
+        {
+            "kind": "guardrail",
+            "record_name": "incident-42",
+            "changes": {"input_conditions": {"deny_words": ["orders"]}},
+        },
     )
     update = carol.ok("audit_events_list", {"action": "guardrail.update", "limit": 1})["items"][0]
     assert update["detail"]["before"]["input_conditions"]["deny_words"] == ["customers"]
@@ -236,7 +241,10 @@ def test_the_agent_flows_of_issue_15(cast, agents):
     on_prod = bob.ok("exec", {"connection_name": "imp-01", "input": "select 'zebra'"})
     on_stage = bob.ok("exec", {"connection_name": "imp-15", "input": "select 'zebra'"})
     assert (on_prod["status"], on_stage["status"]) == ("blocked", "completed")
-    alice.ok("attributes_update", {"attribute_name": "env=prod", "add_connections": ["imp-15"]})
+    alice.ok(
+        "config_update",
+        {"kind": "attribute", "record_name": "env=prod", "changes": {"add_connections": ["imp-15"]}},
+    )
     assert bob.ok("exec", {"connection_name": "imp-15", "input": "select 'zebra'"})["status"] == "blocked"
 
     # Names are unique regardless of case, over MCP too.

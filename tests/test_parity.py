@@ -101,7 +101,12 @@ class Mcp:
         return self._outcome(self.mcp(who).call("guardrails_create", args))
 
     def update_guardrail(self, who, rule_id):
-        return self._outcome(self.mcp(who).call("guardrails_update", {"id": rule_id, "message": "changed"}))
+        return self._outcome(
+            self.mcp(who).call(
+                "config_update",
+                {"kind": "guardrail", "record_name": rule_id, "changes": {"message": "changed"}},
+            )
+        )
 
     def exec(self, who, connection, text):
         result = self.mcp(who).call("exec", {"connection_name": connection, "input": text})
@@ -113,7 +118,10 @@ class Mcp:
             args = {"name": name, "url": "https://hooks.example.test/x", "secret": SECRET}
             result = client.call("webhooks_create", args)
         elif op == "webhook.update":
-            result = client.call("webhooks_update", {"webhook_name": name, "secret": SECRET + "-new"})
+            result = client.call(
+                "config_update",
+                {"kind": "webhook", "record_name": name, "changes": {"secret": SECRET + "-new"}},
+            )
         elif op == "runbook.create":
             args = {"connection_name": connection, "name": name, "template": "select count(*) from customers"}
             result = client.call("runbooks_create", args)

@@ -179,7 +179,7 @@ def test_reviews_wait_times_out_without_an_error(cast, reviewed_shop, mcp):
 
 def test_jit_over_mcp_and_rule_tools(cast, reviewed_shop, mcp):
     alice, bob = mcp(cast.alice), mcp(cast.bob)
-    rules = structured(alice.call("access_request_rules_list"))
+    rules = structured(alice.call("config_list", {"kind": "access_request_rule"}))
     assert [r["name"] for r in rules["items"]] == ["shop-writes"]
     assert "admin access required" in error_text(
         bob.call(
@@ -203,9 +203,16 @@ def test_jit_over_mcp_and_rule_tools(cast, reviewed_shop, mcp):
     assert ran["status"] == "completed" and _count(reviewed_shop["path"]) == 2
     listed = structured(bob.call("reviews_list", {"type": "jit"}))
     assert listed["total"] == 1 and listed["items"][0]["access_until"]
-    updated = structured(alice.call("access_request_rules_update", {"id": "shop-writes", "min_approvals": 2}))
+    updated = structured(
+        alice.call(
+            "config_update",
+            {"kind": "access_request_rule", "record_name": "shop-writes", "changes": {"min_approvals": 2}},
+        )
+    )
     assert updated["min_approvals"] == 2
-    assert structured(alice.call("access_request_rules_delete", {"id": "shop-writes"}))["deleted"]
+    assert structured(alice.call("config_delete", {"kind": "access_request_rule", "id": "shop-writes"}))[
+        "deleted"
+    ]
 
 
 def test_the_review_page_on_a_phone(cast, reviewed_shop, mcp, gateway_server, chromium):  # noqa: F811

@@ -238,7 +238,11 @@ def test_rules_bind_through_attributes(cast, shops, mcp, tmp_path):
         ]
         == "completed"
     )
-    structured(alice.call("attributes_update", {"name": "prod", "connections": []}))
+    structured(
+        alice.call(
+            "config_update", {"kind": "attribute", "record_name": "prod", "changes": {"connections": []}}
+        )
+    )
     assert (
         structured(
             bob.call("exec", {"connection_name": "shop", "input": "delete from customers where id = 1"})
@@ -294,15 +298,17 @@ def test_rule_tools_validate_and_are_governed(cast, shops, mcp):
     assert "already exists" in error_text(
         alice.call("guardrails_create", {"name": "g", "input": {"deny_words": ["y"]}})
     )
-    assert error_text(bob.call("guardrails_list")) == "admin or auditor access required"
-    assert structured(carol.call("guardrails_list"))["total"] == 1
+    assert error_text(bob.call("config_list", {"kind": "guardrail"})) == "admin or auditor access required"
+    assert structured(carol.call("config_list", {"kind": "guardrail"}))["total"] == 1
     assert error_text(carol.call("guardrails_create", {"name": "c", "input": {"deny_words": ["x"]}})) == (
         "admin access required"
     )
     # another org sees none of it and cannot bind to acme's connections
-    assert structured(eve.call("guardrails_list"))["total"] == 0
-    assert 'guardrail "g" not found' in error_text(eve.call("guardrails_get", {"id": "g"}))
-    assert 'guardrail "g" not found' in error_text(eve.call("guardrails_delete", {"id": "g"}))
+    assert structured(eve.call("config_list", {"kind": "guardrail"}))["total"] == 0
+    assert 'guardrail "g" not found' in error_text(eve.call("config_get", {"kind": "guardrail", "id": "g"}))
+    assert 'guardrail "g" not found' in error_text(
+        eve.call("config_delete", {"kind": "guardrail", "id": "g"})
+    )
     # for eve, "shop" is globex's shop: her rule binds there and never touches acme's
     structured(
         eve.call(
@@ -314,7 +320,10 @@ def test_rule_tools_validate_and_are_governed(cast, shops, mcp):
     assert structured(eve.call("exec", query))["status"] == "blocked"
     assert structured(bob.call("exec", query))["status"] == "completed"
     assert 'connection "elsewhere" not found' in error_text(
-        eve.call("guardrails_update", {"id": "h", "connections": ["elsewhere"]})
+        eve.call(
+            "config_update",
+            {"kind": "guardrail", "record_name": "h", "changes": {"connections": ["elsewhere"]}},
+        )
     )
     actions = set(AuditEvent.objects.values_list("action", flat=True))
     assert {"guardrail.create", "mcp.tool"} <= actions

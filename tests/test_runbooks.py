@@ -357,13 +357,18 @@ def test_runbooks_over_mcp_and_the_admin(cast, shops, mcp):
     assert "unknown parameter" in error_text(
         bob.call("runbooks_run", {"connection_name": "shop", "runbook": "lookup", "parameters": {"what": 1}})
     )
-    assert error_text(bob.call("runbook_rules_list")) == "admin or auditor access required"
+    assert error_text(bob.call("config_list", {"kind": "runbook_rule"})) == "admin or auditor access required"
     alice = mcp(cast.alice)
-    assert structured(alice.call("runbook_rules_get", {"id": "eng"}))["runbooks"] == ["lookup"]
-    assert structured(alice.call("runbook_rules_update", {"id": "eng", "runbooks": ["look*"]}))[
+    assert structured(alice.call("config_get", {"kind": "runbook_rule", "record_name": "eng"}))[
         "runbooks"
-    ] == ["look*"]
-    assert structured(alice.call("runbook_rules_delete", {"id": "eng"}))["deleted"]
+    ] == ["lookup"]
+    assert structured(
+        alice.call(
+            "config_update",
+            {"kind": "runbook_rule", "record_name": "eng", "changes": {"runbooks": ["look*"]}},
+        )
+    )["runbooks"] == ["look*"]
+    assert structured(alice.call("config_delete", {"kind": "runbook_rule", "record_name": "eng"}))["deleted"]
     assert structured(bob.call("runbooks_list"))["items"] == []
     # the admin's runbook editor saves through the service (validated, audited with surface admin)
     client = Client()

@@ -216,7 +216,7 @@ def test_an_auditors_token_keeps_the_auditor_tools_and_me_get_says_why(cast, mcp
     _, raw = token_issue(user=cast.carol.user, name=f"audit-{capability}", capability=capability)
     client = mcp(raw)
     tools = set(client.tools())
-    assert {"audit_events_list", "guardrails_list", "sessions_list"} <= tools
+    assert {"audit_events_list", "config_list", "sessions_list"} <= tools
     assert not {"connections_create", "guardrails_create"} & tools
     me = structured(client.call("me_get"))
     assert me["is_auditor"] is True and me["capability"] == capability

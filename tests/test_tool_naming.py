@@ -20,6 +20,7 @@ OBJECTS = {
     "actor",
     "runbook",
     "webhook",
+    "record",
 }
 # Bare words that left agents guessing which object they meant.
 BARE = OBJECTS | {"id", "email"}
@@ -67,4 +68,4 @@ def test_old_argument_names_are_still_accepted_as_aliases():
     assert TOOLS["connections_test"].args.model_validate({"name": "shop"}).connection_name == "shop"
     assert TOOLS["sessions_get"].args.model_validate({"id": "x"}).session_id == "x"
     assert TOOLS["reviews_get"].args.model_validate({"id": "x"}).review_id == "x"
-    assert TOOLS["guardrails_get"].args.model_validate({"id": "r"}).rule_name == "r"
+    assert TOOLS["config_get"].args.model_validate({"kind": "guardrail", "id": "r"}).record_name == "r"

@@ -16,3 +16,7 @@ from mcpserver.tools import (  # noqa: F401
     upstream,
     users,
 )
+
+# isort: split
+# Last: config serves the kinds of record the modules above declare.
+from mcpserver.tools import config  # noqa: F401,E402

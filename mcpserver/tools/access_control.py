@@ -58,7 +58,7 @@ def _render(r: AccessControlOut) -> str:
 
 @tool(
     "access_control_get",
-    description="Which groups may use one connection (admins and auditors).",
+    description="Which groups may use one connection.",
     args=ConnectionArgs,
     result=AccessControlOut,
     role=ROLE_AUDITOR,
@@ -71,7 +71,7 @@ async def access_control_get(actor, args: ConnectionArgs, ctx) -> AccessControlO
 
 @tool(
     "access_control_list",
-    description="Connections that have access groups (admins and auditors). " + BEHAVIOUR,
+    description="Connections that have access groups. " + BEHAVIOUR,
     args=ListArgs,
     result=ListResult,
     role=ROLE_AUDITOR,
@@ -86,7 +86,7 @@ async def access_control_list(actor, args: ListArgs, ctx) -> ListResult:
 
 @tool(
     "access_control_set",
-    description="Restrict one connection to these groups (admin); replaces its list. " + BEHAVIOUR,
+    description="Restrict one connection to these groups; replaces its list. " + BEHAVIOUR,
     args=SetArgs,
     result=AccessControlOut,
     role=ROLE_ADMIN,
@@ -106,7 +106,7 @@ async def access_control_set(actor, args: SetArgs, ctx) -> AccessControlOut:
 
 @tool(
     "access_control_unset",
-    description="Remove every access group of one connection (admin): it opens to every member.",
+    description="Remove every access group of one connection: it opens to every member.",
     args=ConnectionArgs,
     result=AccessControlOut,
     role=ROLE_ADMIN,

@@ -11,7 +11,8 @@ from pydantic import Field
 
 from gateway import runbooks
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, page, shared, tool
+from mcpserver.registry import Args, Result, shared, tool
+from mcpserver.tools.rule_crud import Kind, register_kind
 from sessions import webhooks
 
 Ref = Annotated[str, Field(min_length=1, max_length=63)]
@@ -68,7 +69,7 @@ class Deleted(Result):
 
 @tool(
     "runbooks_create",
-    description="Add a runbook to a connection (admin); who may run it is set by runbook_rules.",
+    description="Add a runbook to a connection; who may run it is set by runbook_rules.",
     args=RunbookCreate,
     result=RunbookAdminOut,
     role=ROLE_ADMIN,
@@ -88,7 +89,7 @@ async def runbooks_create(actor, args: RunbookCreate, ctx) -> RunbookAdminOut:
 
 @tool(
     "runbooks_update",
-    description="Change a runbook (admin).",
+    description="Change a runbook.",
     args=RunbookUpdate,
     result=RunbookAdminOut,
     role=ROLE_ADMIN,
@@ -115,7 +116,7 @@ async def runbooks_update(actor, args: RunbookUpdate, ctx) -> RunbookAdminOut:
 
 @tool(
     "runbooks_delete",
-    description="Delete a runbook (admin).",
+    description="Delete a runbook.",
     args=RunbookRef,
     result=Deleted,
     role=ROLE_ADMIN,
@@ -132,7 +133,7 @@ async def runbooks_delete(actor, args: RunbookRef, ctx) -> Deleted:
 
 
 class WebhookOut(Result):
-    model_config = shared("webhooks_list")
+    model_config = shared("config_get")
 
     id: str
     name: str
@@ -145,18 +146,6 @@ class WebhookOut(Result):
     updated_at: str
 
 
-class WebhookList(Result):
-    items: list[WebhookOut]
-    total: int
-    has_next_page: bool
-    next_offset: int | None
-
-
-class WebhookPage(Args):
-    limit: Annotated[int, Field(ge=1, le=100)] = 50
-    offset: Annotated[int, Field(ge=0, le=10_000)] = 0
-
-
 class WebhookCreate(Args):
     name: Ref
     url: str = Field(min_length=1, max_length=2000)
@@ -166,8 +155,7 @@ class WebhookCreate(Args):
     allow_private_network: bool = False
 
 
-class WebhookUpdate(Args):
-    webhook_name: Ref
+class WebhookChanges(Args):
     name: Ref | None = None
     url: str | None = Field(None, min_length=1, max_length=2000)
     secret: str | None = Field(None, min_length=16, max_length=500)
@@ -176,30 +164,42 @@ class WebhookUpdate(Args):
     allow_private_network: bool | None = None
 
 
-class WebhookRef(Args):
-    webhook_name: Ref
+def _webhooks_page(actor, limit, offset):
+    items, total = webhooks.webhook_endpoint_list(actor=actor, limit=limit, offset=offset)
+    return [webhooks.webhook_endpoint_to_dict(e) for e in items], total
 
 
-@tool(
-    "webhooks_list",
-    description="Where the org's events are POSTed, signed (admin). Secrets are never returned.",
-    args=WebhookPage,
-    result=WebhookList,
-    role=ROLE_ADMIN,
+def _webhook_update(actor, ref, changes):
+    fields = WebhookChanges.model_validate(changes).model_dump(exclude_none=True)
+    secret = fields.pop("secret", None)
+    endpoint = webhooks.webhook_endpoint_update(actor=actor, endpoint_id=ref, secret=secret, **fields)
+    return webhooks.webhook_endpoint_to_dict(endpoint)
+
+
+def _webhook_delete(actor, ref):
+    webhooks.webhook_endpoint_delete(actor=actor, endpoint_id=ref)
+    return ref
+
+
+register_kind(
+    Kind(
+        name="webhook",
+        what="webhook endpoint",
+        create_tool="webhooks_create",
+        out=WebhookOut,
+        list=_webhooks_page,
+        get=lambda actor, ref: webhooks.webhook_endpoint_to_dict(
+            webhooks.webhook_endpoint_get(actor=actor, endpoint_id=ref)
+        ),
+        update=_webhook_update,
+        delete=_webhook_delete,
+    )
 )
-async def webhooks_list(actor, args: WebhookPage, ctx) -> WebhookList:
-    @db
-    def run():
-        items, total = webhooks.webhook_endpoint_list(actor=actor, limit=args.limit, offset=args.offset)
-        return [webhooks.webhook_endpoint_to_dict(e) for e in items], total
-
-    items, total = await run()
-    return WebhookList(**page(items, total, args.offset))
 
 
 @tool(
     "webhooks_create",
-    description="Add a webhook endpoint (admin).",
+    description="Add an endpoint the org's events are POSTed to, signed with the secret (never returned).",
     args=WebhookCreate,
     result=WebhookOut,
     role=ROLE_ADMIN,
@@ -213,40 +213,3 @@ async def webhooks_create(actor, args: WebhookCreate, ctx) -> WebhookOut:
         )
 
     return WebhookOut(**await run())
-
-
-@tool(
-    "webhooks_update",
-    description="Change a webhook endpoint (admin); a secret given replaces the old one.",
-    args=WebhookUpdate,
-    result=WebhookOut,
-    role=ROLE_ADMIN,
-    read_only=False,
-    idempotent=True,
-    fields_as="webhooks_create",
-)
-async def webhooks_update(actor, args: WebhookUpdate, ctx) -> WebhookOut:
-    changes = args.model_dump(exclude_none=True, exclude={"webhook_name", "secret"})
-
-    @db
-    def run():
-        endpoint = webhooks.webhook_endpoint_update(
-            actor=actor, endpoint_id=args.webhook_name, secret=args.secret, **changes
-        )
-        return webhooks.webhook_endpoint_to_dict(endpoint)
-
-    return WebhookOut(**await run())
-
-
-@tool(
-    "webhooks_delete",
-    description="Delete a webhook endpoint and its delivery records (admin).",
-    args=WebhookRef,
-    result=Deleted,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-)
-async def webhooks_delete(actor, args: WebhookRef, ctx) -> Deleted:
-    await db(lambda: webhooks.webhook_endpoint_delete(actor=actor, endpoint_id=args.webhook_name))()
-    return Deleted(name=args.webhook_name, deleted=True)

@@ -156,7 +156,7 @@ def _options(args: Options) -> dict:
 
 @tool(
     "connections_create",
-    description="Create a connection (admin). " + SETTINGS_HELP,
+    description="Create a connection. " + SETTINGS_HELP,
     args=CreateArgs,
     result=ConnectionOut,
     role=ROLE_ADMIN,
@@ -190,7 +190,7 @@ class UpdateArgs(Options):
 @tool(
     "connections_update",
     description=(
-        "Change a connection's settings, secrets or limits (admin). settings: keys to change; a key set to "
+        "Change a connection's settings, secrets or limits. settings: keys to change; a key set to "
         "null is removed; a secret given replaces only that secret."
     ),
     args=UpdateArgs,
@@ -219,7 +219,7 @@ class DeleteResult(Result):
 
 @tool(
     "connections_delete",
-    description="Delete a connection (admin). Its session records stay.",
+    description="Delete a connection. Its session records stay.",
     args=NameArgs,
     result=DeleteResult,
     role=ROLE_ADMIN,
@@ -262,7 +262,7 @@ class ImportResult(Result):
 
 @tool(
     "connections_import",
-    description="Create up to 500 connections from CSV or rows (admin); each row is answered on its own.",
+    description="Create up to 500 connections from CSV or rows; each row is answered on its own.",
     args=ImportArgs,
     result=ImportResult,
     role=ROLE_ADMIN,

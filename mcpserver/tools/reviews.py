@@ -312,7 +312,7 @@ RULE_HELP = (
 
 
 class RuleOut(Result):
-    model_config = shared("access_request_rules_get")
+    model_config = shared("config_get")
 
     id: str
     name: str
@@ -376,6 +376,7 @@ class RuleUpdate(RuleFields):
 
 rule_tools(
     "access_request_rules",
+    "access_request_rule",
     "access request rule",
     services=RuleServices(
         to_dict=services.access_rule_to_dict,
@@ -388,8 +389,7 @@ rule_tools(
     out=RuleOut,
     create_args=RuleCreate,
     update_args=RuleUpdate,
-    create_help="Create an access request rule (admin). " + RULE_HELP,
-    delete_help="Open reviews keep the reviewers they were created with.",
+    create_help="Create an access request rule. " + RULE_HELP,
 )
 
 
@@ -411,7 +411,7 @@ class SettingsArgs(Args):
 
 @tool(
     "reviews_settings_get",
-    description="The org's review settings (admins and auditors).",
+    description="The org's review settings.",
     args=NoArgs,
     result=SettingsOut,
     role=ROLE_AUDITOR,
@@ -422,7 +422,7 @@ async def reviews_settings_get(actor, args, ctx) -> SettingsOut:
 
 @tool(
     "reviews_settings_update",
-    description="Change the org's review settings (admin); only the fields given change. Audited.",
+    description="Change the org's review settings; only the fields given change. Audited.",
     args=SettingsArgs,
     result=SettingsOut,
     role=ROLE_ADMIN,

@@ -1,19 +1,24 @@
-"""The five tools of a kind of rule, declared once: `<prefix>_list|get|create|update|delete`.
+"""Kinds of configuration record (guardrail rules, masking rules, access-request rules, runbook
+rules, attributes, webhooks), declared once each and served by four shared tools,
+`config_list|get|update|delete` (mcpserver.tools.config), plus one typed `<prefix>_create` per kind.
 
-Reading is for admins and auditors, changing for admins (the services check again). Each kind
-passes its services, its result model and its create/update argument models; the tools stay thin.
+Four tools with a `kind` argument instead of four per kind keep tools/list small (issue 15): the
+records differ only in their fields, and each kind's create tool describes those fields once.
+Reading is for admins and auditors (attributes and webhooks: admins), changing for admins; the
+services check again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from channels.db import database_sync_to_async as db
-from pydantic import AliasChoices, Field, create_model
+from pydantic import AliasChoices, Field
 
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
-from mcpserver.registry import Args, Result, page, tool
+from governance.policy import ROLE_ADMIN, Actor
+from mcpserver.registry import Args, Result, tool
 
 Limit = Annotated[int, Field(ge=1, le=100)]
 Offset = Annotated[int, Field(ge=0, le=10_000)]
@@ -36,10 +41,6 @@ RuleRef = Annotated[
 ]
 
 
-class RefArgs(Args):
-    rule_name: RuleRef
-
-
 class Deleted(Result):
     name: str
     deleted: bool
@@ -52,47 +53,72 @@ def fields_of(args: Args, skip=("rule_name",)) -> dict:
 
 @dataclass(frozen=True)
 class RuleServices:
-    to_dict: object
-    list: object
-    get: object
-    create: object
-    update: object
-    delete: object
+    to_dict: Callable
+    list: Callable
+    get: Callable
+    create: Callable
+    update: Callable
+    delete: Callable
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of configuration record as the shared tools serve it. The callables are synchronous
+    (they run in the database thread) and take the actor first."""
+
+    name: str
+    what: str
+    create_tool: str
+    out: type[Result]
+    list: Callable[[Actor, int, int], tuple[list[dict], int]]
+    get: Callable[[Actor, str], dict]
+    update: Callable[[Actor, str, dict], dict]  # the changes, not yet validated
+    delete: Callable[[Actor, str], str]
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register_kind(kind: Kind) -> None:
+    if kind.name in KINDS:
+        raise RuntimeError(f"kind {kind.name} registered twice")
+    KINDS[kind.name] = kind
 
 
 def rule_tools(
     prefix: str,
+    kind: str,
     what: str,
     *,
     services: RuleServices,
     out: type[Result],
-    create_args,
-    update_args,
+    create_args: type[Args],
+    update_args: type[Args],
     create_help: str,
-    delete_help: str = "",
-    list_help: str = "",
 ) -> None:
-    """Register the five tools of one kind of rule (`what` names it in descriptions)."""
-    listed = create_model(
-        f"{out.__name__}List",
-        __base__=Result,
-        items=(list[out], ...),
-        total=(int, ...),
-        has_next_page=(bool, ...),
-        next_offset=(int | None, ...),
+    """Register one kind of rule: its typed `<prefix>_create` tool, and its entry in the shared
+    tools. `update_args` has the create tool's fields (all optional) and the `rule_name` reference."""
+
+    def list_rules(actor, limit, offset):
+        items, total = services.list(actor=actor, limit=limit, offset=offset)
+        return [services.to_dict(r) for r in items], total
+
+    def update_rule(actor, ref, changes):
+        args = update_args.model_validate({**changes, "rule_name": ref})
+        return services.to_dict(services.update(actor=actor, ref=ref, **fields_of(args)))
+
+    register_kind(
+        Kind(
+            name=kind,
+            what=what,
+            create_tool=f"{prefix}_create",
+            out=out,
+            list=list_rules,
+            get=lambda actor, ref: services.to_dict(services.get(actor=actor, ref=ref)),
+            update=update_rule,
+            delete=lambda actor, ref: services.delete(actor=actor, ref=ref),
+        )
     )
-
-    async def list_rules(actor, args: PageArgs, ctx):
-        @db
-        def run():
-            items, total = services.list(actor=actor, limit=args.limit, offset=args.offset)
-            return [services.to_dict(r) for r in items], total
-
-        items, total = await run()
-        return listed(**page(items, total, args.offset))
-
-    async def get_rule(actor, args: RefArgs, ctx):
-        return out(**await db(lambda: services.to_dict(services.get(actor=actor, ref=args.rule_name)))())
 
     async def create_rule(actor, args, ctx):
         fields = fields_of(args, skip=("name",))
@@ -100,31 +126,6 @@ def rule_tools(
             **await db(lambda: services.to_dict(services.create(actor=actor, name=args.name, **fields)))()
         )
 
-    async def update_rule(actor, args, ctx):
-        fields = fields_of(args)
-        return out(
-            **await db(lambda: services.to_dict(services.update(actor=actor, ref=args.rule_name, **fields)))()
-        )
-
-    async def delete_rule(actor, args: RefArgs, ctx):
-        return Deleted(
-            name=await db(lambda: services.delete(actor=actor, ref=args.rule_name))(), deleted=True
-        )
-
-    tool(
-        f"{prefix}_list",
-        description=f"{what.capitalize()}s of your org (admins and auditors).",
-        args=PageArgs,
-        result=listed,
-        role=ROLE_AUDITOR,
-    )(list_rules)
-    tool(
-        f"{prefix}_get",
-        description=f"One {what} by id or name (admins and auditors).",
-        args=RefArgs,
-        result=out,
-        role=ROLE_AUDITOR,
-    )(get_rule)
     tool(
         f"{prefix}_create",
         description=create_help,
@@ -133,23 +134,3 @@ def rule_tools(
         role=ROLE_ADMIN,
         read_only=False,
     )(create_rule)
-    tool(
-        f"{prefix}_update",
-        description=f"Change a {what} (admin).",
-        args=update_args,
-        fields_as=f"{prefix}_create",
-        result=out,
-        role=ROLE_ADMIN,
-        read_only=False,
-        destructive=True,
-        idempotent=True,
-    )(update_rule)
-    tool(
-        f"{prefix}_delete",
-        description=f"Delete a {what} (admin).{(' ' + delete_help) if delete_help else ''}",
-        args=RefArgs,
-        result=Deleted,
-        role=ROLE_ADMIN,
-        read_only=False,
-        destructive=True,
-    )(delete_rule)

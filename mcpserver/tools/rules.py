@@ -10,8 +10,8 @@ from pydantic import AliasChoices, Field
 
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
-from mcpserver.registry import Args, Result, page, shared, tool
-from mcpserver.tools.rule_crud import Deleted, Names, PageArgs, RuleRef, RuleServices, rule_tools
+from mcpserver.registry import Args, Result, shared, tool
+from mcpserver.tools.rule_crud import Kind, Names, RuleRef, RuleServices, register_kind, rule_tools
 
 # --- guardrails --------------------------------------------------------------------------------
 
@@ -24,7 +24,7 @@ OUTPUT_CONDITIONS_HELP = '{"deny_words": [...], "regex": [...], "secrets": true}
 
 
 class GuardrailOut(Result):
-    model_config = shared("guardrails_get")
+    model_config = shared("config_get")
 
     id: str
     name: str
@@ -71,6 +71,7 @@ class GuardrailUpdate(GuardrailFields):
 
 rule_tools(
     "guardrails",
+    "guardrail",
     "guardrail rule",
     services=RuleServices(
         to_dict=rules.guardrail_to_dict,
@@ -83,8 +84,7 @@ rule_tools(
     out=GuardrailOut,
     create_args=GuardrailCreate,
     update_args=GuardrailUpdate,
-    create_help="Create a guardrail rule (admin) on input and/or output.",
-    list_help="Guardrail rules of your org (admins and auditors).",
+    create_help="Create a guardrail rule on input and/or output.",
 )
 
 
@@ -122,7 +122,7 @@ class GuardrailTestResult(Result):
 
 @tool(
     "guardrails_test",
-    description="Evaluate text against one guardrail or a connection's guardrails. Runs nothing (admins, auditors).",
+    description="Evaluate text against one guardrail or a connection's guardrails. Runs nothing.",
     args=GuardrailTestArgs,
     result=GuardrailTestResult,
     role=ROLE_AUDITOR,
@@ -154,7 +154,7 @@ SPEC_HELP = (
 
 
 class MaskingOut(Result):
-    model_config = shared("datamasking_rules_get")
+    model_config = shared("config_get")
 
     id: str
     name: str
@@ -187,6 +187,7 @@ class MaskingUpdate(MaskingFields):
 
 rule_tools(
     "datamasking_rules",
+    "masking_rule",
     "masking rule",
     services=RuleServices(
         to_dict=rules.masking_rule_to_dict,
@@ -199,8 +200,7 @@ rule_tools(
     out=MaskingOut,
     create_args=MaskingCreate,
     update_args=MaskingUpdate,
-    create_help="Create a masking rule (admin): " + SPEC_HELP,
-    list_help="Masking rules of your org (admins and auditors).",
+    create_help="Create a masking rule (see spec).",
 )
 
 
@@ -211,7 +211,9 @@ class PreviewArgs(Args):
         description="A stored rule (name or id)...",
         validation_alias=AliasChoices("rule_name", "id"),
     )
-    spec: dict[str, Any] | None = Field(None, description="...or an inline spec to try: " + SPEC_HELP)
+    spec: dict[str, Any] | None = Field(
+        None, description="...or an inline spec (as in datamasking_rules_create)."
+    )
     text: str | None = Field(None, max_length=1_000_000, description="A sample text to mask.")
     columns: list[str] | None = Field(None, description="Sample result columns...")
     rows: list[list[Any]] | None = Field(None, max_length=1000, description="...and rows.")
@@ -235,7 +237,7 @@ class PreviewResult(Result):
     "datamasking_rules_preview",
     description=(
         "Mask a sample with a rule or a draft spec: text, rows you give, or a query's first rows (run through exec). "
-        "Returns only masked data (admins, auditors)."
+        "Returns only masked data."
     ),
     args=PreviewArgs,
     result=PreviewResult,
@@ -261,7 +263,7 @@ async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewRes
 
 
 class AttributeOut(Result):
-    model_config = shared("attributes_get")
+    model_config = shared("config_get")
 
     id: str
     name: str
@@ -270,67 +272,54 @@ class AttributeOut(Result):
     created_at: str
 
 
-class AttributeList(Result):
-    items: list[AttributeOut]
-    total: int
-    has_next_page: bool
-    next_offset: int | None
-
-
-class AttributeRef(Args):
-    attribute_name: str = Field(
-        min_length=1, max_length=63, validation_alias=AliasChoices("attribute_name", "name")
-    )
-
-
 class AttributeCreate(Args):
     name: str = Field(min_length=1, max_length=63)
     description: str = Field("", max_length=500)
     connections: Names | None = None
 
 
-class AttributeUpdate(AttributeRef):
+class AttributeChanges(Args):
     description: str | None = Field(None, max_length=500)
-    connections: Names | None = Field(None, description="Replaces the list.")
-    add_connections: Names | None = Field(None, description="Tag these too.")
-    remove_connections: Names | None = Field(None, description="Untag these.")
+    connections: Names | None = None
+    add_connections: Names | None = None
+    remove_connections: Names | None = None
 
 
-@tool(
-    "attributes_list",
-    description="Attributes (tags binding connections to rules) of your org (admin).",
-    args=PageArgs,
-    result=AttributeList,
-    role=ROLE_ADMIN,
-)
-async def attributes_list(actor, args: PageArgs, ctx) -> AttributeList:
-    @db
-    def run():
-        items, total = rules.attribute_list(actor=actor, limit=args.limit, offset=args.offset)
-        return [rules.attribute_to_dict(a) for a in items], total
-
-    items, total = await run()
-    return AttributeList(**page(items, total, args.offset))
+def _attributes_page(actor, limit, offset):
+    items, total = rules.attribute_list(actor=actor, limit=limit, offset=offset)
+    return [rules.attribute_to_dict(a) for a in items], total
 
 
-@tool(
-    "attributes_get",
-    description="One attribute (admin).",
-    args=AttributeRef,
-    result=AttributeOut,
-    role=ROLE_ADMIN,
-)
-async def attributes_get(actor, args: AttributeRef, ctx) -> AttributeOut:
-    return AttributeOut(
-        **await db(
-            lambda: rules.attribute_to_dict(rules.attribute_get(actor=actor, name=args.attribute_name))
-        )()
+def _attribute_update(actor, ref, changes):
+    fields = AttributeChanges.model_validate(changes).model_dump()
+    return rules.attribute_to_dict(rules.attribute_update(actor=actor, name=ref, **fields))
+
+
+def _attribute_delete(actor, ref):
+    rules.attribute_delete(actor=actor, name=ref)
+    return ref
+
+
+register_kind(
+    Kind(
+        name="attribute",
+        what="attribute",
+        create_tool="attributes_create",
+        out=AttributeOut,
+        list=_attributes_page,
+        get=lambda actor, ref: rules.attribute_to_dict(rules.attribute_get(actor=actor, name=ref)),
+        update=_attribute_update,
+        delete=_attribute_delete,
     )
+)
 
 
 @tool(
     "attributes_create",
-    description="Create an attribute (a tag, or key=value such as env=prod) and tag connections (admin).",
+    description=(
+        "Create an attribute (a tag, or key=value such as env=prod) and tag connections; rules bind to it. "
+        "config_update changes: description, connections (replaces), add_connections, remove_connections."
+    ),
     args=AttributeCreate,
     result=AttributeOut,
     role=ROLE_ADMIN,
@@ -346,44 +335,3 @@ async def attributes_create(actor, args: AttributeCreate, ctx) -> AttributeOut:
             )
         )()
     )
-
-
-@tool(
-    "attributes_update",
-    description="Change an attribute's description or connections (admin).",
-    args=AttributeUpdate,
-    result=AttributeOut,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-    idempotent=True,
-)
-async def attributes_update(actor, args: AttributeUpdate, ctx) -> AttributeOut:
-    return AttributeOut(
-        **await db(
-            lambda: rules.attribute_to_dict(
-                rules.attribute_update(
-                    actor=actor,
-                    name=args.attribute_name,
-                    description=args.description,
-                    connections=args.connections,
-                    add_connections=args.add_connections,
-                    remove_connections=args.remove_connections,
-                )
-            )
-        )()
-    )
-
-
-@tool(
-    "attributes_delete",
-    description="Delete an attribute (admin); rules bound through it stop applying to its connections.",
-    args=AttributeRef,
-    result=Deleted,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
-)
-async def attributes_delete(actor, args: AttributeRef, ctx) -> Deleted:
-    await db(lambda: rules.attribute_delete(actor=actor, name=args.attribute_name))()
-    return Deleted(name=args.attribute_name, deleted=True)

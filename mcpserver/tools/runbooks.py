@@ -105,7 +105,7 @@ async def runbooks_run(actor, args: RunArgs, ctx) -> ExecEnvelope:
 
 
 class RuleOut(Result):
-    model_config = shared("runbook_rules_get")
+    model_config = shared("config_get")
 
     id: str
     name: str
@@ -145,6 +145,7 @@ class RuleUpdate(RuleFields):
 
 rule_tools(
     "runbook_rules",
+    "runbook_rule",
     "runbook rule",
     services=RuleServices(
         to_dict=runbooks.runbook_rule_to_dict,
@@ -157,5 +158,5 @@ rule_tools(
     out=RuleOut,
     create_args=RuleCreate,
     update_args=RuleUpdate,
-    create_help="Let groups run runbooks (names or globs) on connections or attributes (admin).",
+    create_help="Let groups run runbooks (names or globs) on connections or attributes.",
 )

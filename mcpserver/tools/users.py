@@ -144,7 +144,7 @@ class GroupCreateArgs(Args):
 
 @tool(
     "usergroups_create",
-    description="Create a user group (admin), optionally with members. It does not change who may use "
+    description="Create a user group, optionally with members. It does not change who may use "
     "any connection: bind groups to connections with access_control_set.",
     args=GroupCreateArgs,
     result=GroupOut,
@@ -171,7 +171,7 @@ class GroupDeleted(Result):
 
 @tool(
     "usergroups_delete",
-    description="Delete a user group (admin). The reserved admin and auditor groups cannot be deleted, "
+    description="Delete a user group. The reserved admin and auditor groups cannot be deleted, "
     "nor a group that is the only access group of a connection (that would open the connection to "
     "everyone; change its access control first).",
     args=GroupDeleteArgs,
