@@ -383,6 +383,26 @@ def runbook_update(*, actor: Actor, connection_name: str, name: str, **fields) -
     return runbook
 
 
+def split_ref(ref: str) -> tuple[str, str]:
+    """A runbook's reference as one string, `<connection>/<runbook>` (names have no '/')."""
+    connection_name, slash, name = (ref or "").partition("/")
+    if not slash or not connection_name or not name:
+        raise InvalidInput('a runbook is named "<connection>/<runbook>", e.g. "shop/lookup"')
+    return connection_name, name
+
+
+def runbook_admin_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[Runbook], int]:
+    """Every runbook of the actor's org, enabled or not, by connection and name (admins)."""
+    require_role(actor, ROLE_ADMIN)
+    qs = Runbook.objects.select_related("connection").filter(org_id=actor.org_id)
+    return rule_helpers._page(qs.order_by("connection__name", "name"), limit, offset)
+
+
+def runbook_get(*, actor: Actor, connection_name: str, name: str) -> Runbook:
+    require_role(actor, ROLE_ADMIN)
+    return _runbook(actor, connection_name, name)
+
+
 def runbook_delete(*, actor: Actor, connection_name: str, name: str) -> None:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():

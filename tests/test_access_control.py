@@ -136,11 +136,9 @@ def test_every_change_is_audited_once(cast, two):
 @pytest.mark.live
 def test_the_tools_over_mcp(cast, mcp, two):
     alice, bob, dave = mcp(cast.alice), mcp(cast.bob), mcp(cast.dave)
-    assert {"access_control_set", "access_control_unset", "access_control_get", "access_control_list"} <= set(
-        alice.tools()
-    )
+    assert {"access_control_set", "access_control_unset", "access_control_list"} <= set(alice.tools())
     assert not {t for t in bob.tools() if t.startswith("access_control_")}
-    assert {"access_control_get", "access_control_list"} <= set(mcp(cast.carol).tools())
+    assert "access_control_list" in mcp(cast.carol).tools()
     assert "access_control_set" not in mcp(cast.carol).tools()
 
     async def descriptions(client):
@@ -171,10 +169,12 @@ def test_the_tools_over_mcp(cast, mcp, two):
     )
     listed = structured(alice.call("access_control_list"))
     assert listed["total"] == 1 and listed["items"][0]["connection_name"] == "ledger"
+    one = structured(mcp(cast.carol).call("access_control_list", {"connection_name": "shop"}))
+    assert one["total"] == 1 and one["items"][0]["restricted"] is False  # one connection, open or not
     assert (
         structured(alice.call("access_control_unset", {"connection_name": "ledger"}))["restricted"] is False
     )
-    assert error_text(mcp(cast.eve).call("access_control_get", {"connection_name": "ledger"})) == (
+    assert error_text(mcp(cast.eve).call("access_control_list", {"connection_name": "ledger"})) == (
         'connection "ledger" not found or not accessible'
     )
     assert AuditEvent.objects.filter(action__startswith="access_control.", surface="mcp").count() == 2

@@ -1,4 +1,4 @@
-"""users_list, users_get, usergroups_list, usergroups_create and usergroups_delete over real HTTP
+"""users_list, usergroups_list, usergroups_create and config_*(kind usergroup) over real HTTP
 with the SDK client against the live gateway."""
 
 import pytest
@@ -30,11 +30,12 @@ def test_it_lets_any_member_read_the_directory_of_their_own_org_only(cast, mcp):
         ("auditor", True),
         ("engineering", False),
     ]
-    assert structured(dave.call("users_get", {"email": "bob@acme.test"}))["groups"] == ["engineering"]
+    one = structured(dave.call("users_list", {"user_email": "bob@acme.test"}))
+    assert one["total"] == 1 and one["items"][0]["groups"] == ["engineering"]
     # Another org's user is "not found", by e-mail or by id, and never listed.
     eve = mcp(cast.eve)
-    assert error_text(eve.call("users_get", {"email": "bob@acme.test"})) == "user not found"
-    assert error_text(eve.call("users_get", {"email": str(cast.bob.user.pk)})) == "user not found"
+    assert error_text(eve.call("users_list", {"user_email": "bob@acme.test"})) == "user not found"
+    assert error_text(eve.call("users_list", {"email": str(cast.bob.user.pk)})) == "user not found"
     assert [u["email"] for u in structured(eve.call("users_list", {}))["items"]] == ["eve@globex.test"]
 
 
@@ -42,9 +43,9 @@ def test_it_shows_group_tools_to_admins_only(cast, mcp):
     for who in (cast.bob, cast.carol):
         names = mcp(who).tools()
         assert "users_list" in names and "usergroups_list" in names
-        assert "usergroups_create" not in names and "usergroups_delete" not in names
+        assert "usergroups_create" not in names and "config_delete" not in names
         assert error_text(mcp(who).call("usergroups_create", {"name": "ops"})) == "admin access required"
-    assert {"usergroups_create", "usergroups_delete"} <= set(mcp(cast.alice).tools())
+    assert {"usergroups_create", "config_delete"} <= set(mcp(cast.alice).tools())
 
 
 def test_it_creates_and_deletes_groups_with_audit_events(cast, mcp):
@@ -57,21 +58,34 @@ def test_it_creates_and_deletes_groups_with_audit_events(cast, mcp):
         'user "eve@globex.test" not found'
     )
     # eve cannot delete acme's group, and learns nothing about it.
-    assert error_text(mcp(cast.eve).call("usergroups_delete", {"name": "ops"})) == 'group "ops" not found'
-    assert structured(alice.call("usergroups_delete", {"name": "ops"})) == {"name": "ops", "deleted": True}
+    ops = {"kind": "usergroup", "record_name": "ops"}
+    assert error_text(mcp(cast.eve).call("config_delete", ops)) == 'group "ops" not found'
+    # Renamed and given members in one call; each change audited.
+    changed = structured(
+        alice.call(
+            "config_update",
+            {**ops, "changes": {"name": "oncall", "add_members": ["dave@acme.test"]}},
+        )
+    )
+    assert changed["name"] == "oncall" and changed["members"] == ["bob@acme.test", "dave@acme.test"]
+    assert changed["kind"] == "usergroup"
+    oncall = {"kind": "usergroup", "record_name": "oncall"}
+    assert structured(alice.call("config_delete", oncall)) == {"name": "oncall", "deleted": True}
     events = AuditEvent.objects.filter(org=cast.acme, action__startswith="usergroup.").order_by("id")
     assert [(e.action, e.surface, e.actor_email) for e in events] == [
         ("usergroup.create", "mcp", "alice@acme.test"),
+        ("usergroup.rename", "mcp", "alice@acme.test"),
+        ("usergroup.members", "mcp", "alice@acme.test"),
         ("usergroup.delete", "mcp", "alice@acme.test"),
     ]
 
 
 def test_it_never_deletes_the_reserved_groups(cast, mcp):
     alice = mcp(cast.alice)
-    assert error_text(alice.call("usergroups_delete", {"name": "admin"})) == "cannot delete the admin group"
-    assert (
-        error_text(alice.call("usergroups_delete", {"name": "auditor"})) == "cannot delete the auditor group"
-    )
+    for name in ("admin", "auditor"):
+        assert error_text(alice.call("config_delete", {"kind": "usergroup", "record_name": name})) == (
+            f"cannot delete the {name} group"
+        )
 
 
 def test_it_rejects_unknown_and_bad_arguments(cast, mcp):
@@ -80,4 +94,7 @@ def test_it_rejects_unknown_and_bad_arguments(cast, mcp):
     assert "invalid arguments" in error_text(
         alice.call("usergroups_create", {"name": "ops", "connections": ["x"]})
     )
-    assert "invalid arguments" in error_text(alice.call("users_get", {}))
+    assert "invalid arguments" in error_text(alice.call("users_list", {"user": "x"}))
+    assert "invalid changes for a user group" in error_text(
+        alice.call("config_update", {"kind": "usergroup", "record_name": "engineering", "changes": {"x": 1}})
+    )

@@ -1,5 +1,5 @@
-"""Access control: access_control_get and _list (admins and auditors), _set and _unset (admins).
-Thin calls into `governance.access`."""
+"""Access control: access_control_list (admins and auditors; with connection_name, one connection:
+it replaced access_control_get), _set and _unset (admins). Thin calls into `governance.access`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ BEHAVIOUR = (
 
 
 class AccessControlOut(Result):
-    model_config = shared("access_control_get")
+    model_config = shared("access_control_list")
 
     connection_name: str
     connection_id: str
@@ -39,6 +39,9 @@ class SetArgs(ConnectionArgs):
 
 
 class ListArgs(Args):
+    connection_name: str | None = Field(
+        None, max_length=63, description="Only this connection, restricted or not."
+    )
     limit: Annotated[int, Field(ge=1, le=100)] = 50
     offset: Annotated[int, Field(ge=0, le=10_000)] = 0
 
@@ -57,27 +60,17 @@ def _render(r: AccessControlOut) -> str:
 
 
 @tool(
-    "access_control_get",
-    description="Which groups may use one connection.",
-    args=ConnectionArgs,
-    result=AccessControlOut,
-    role=ROLE_AUDITOR,
-    render=_render,
-)
-async def access_control_get(actor, args: ConnectionArgs, ctx) -> AccessControlOut:
-    data = await db(lambda: access.access_control_get(actor=actor, connection_name=args.connection_name))()
-    return AccessControlOut(**data)
-
-
-@tool(
     "access_control_list",
-    description="Connections that have access groups. " + BEHAVIOUR,
+    description="Connections that have access groups, or one connection's. " + BEHAVIOUR,
     args=ListArgs,
     result=ListResult,
     role=ROLE_AUDITOR,
     render=lambda r: "\n".join(_render(i) for i in r.items) or "no connection has access groups",
 )
 async def access_control_list(actor, args: ListArgs, ctx) -> ListResult:
+    if args.connection_name is not None:
+        one = await db(lambda: access.access_control_get(actor=actor, connection_name=args.connection_name))()
+        return ListResult(**page([one], 1, 0))
     items, total = await db(
         lambda: access.access_control_list(actor=actor, limit=args.limit, offset=args.offset)
     )()

@@ -1,5 +1,5 @@
-"""Admin operations that were only in the Django admin: runbooks_create|update|delete and
-webhooks_list|create|update|delete. Thin calls into the same services the admin and REST use;
+"""Admin operations that were only in the Django admin: runbooks_create and webhooks_create, and the
+runbook and webhook kinds of config_list|get|update|delete. Thin calls into the same services the admin and REST use;
 webhook secrets are write-only (`has_secret` says whether one is set)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ Ref = Annotated[str, Field(min_length=1, max_length=63)]
 
 
 class RunbookAdminOut(Result):
-    model_config = shared("runbooks_create")
+    model_config = shared("config_get")
 
     id: str
     name: str
@@ -47,9 +47,7 @@ class RunbookCreate(Args):
     enabled: bool | None = None
 
 
-class RunbookUpdate(Args):
-    connection_name: Ref
-    runbook_name: Ref
+class RunbookChanges(Args):
     name: Ref | None = None
     template: str | None = Field(None, min_length=1, max_length=100_000)
     parameter_specs: list[dict[str, Any]] | None = Field(None, max_length=50)
@@ -57,19 +55,9 @@ class RunbookUpdate(Args):
     enabled: bool | None = None
 
 
-class RunbookRef(Args):
-    connection_name: Ref
-    runbook_name: Ref
-
-
-class Deleted(Result):
-    name: str
-    deleted: bool
-
-
 @tool(
     "runbooks_create",
-    description="Add a runbook to a connection; who may run it is set by runbook_rules.",
+    description="Add a runbook to a connection; who may run it is set by runbook rules. Its config name: <connection>/<name>.",
     args=RunbookCreate,
     result=RunbookAdminOut,
     role=ROLE_ADMIN,
@@ -87,49 +75,47 @@ async def runbooks_create(actor, args: RunbookCreate, ctx) -> RunbookAdminOut:
     return RunbookAdminOut(**await run())
 
 
-@tool(
-    "runbooks_update",
-    description="Change a runbook.",
-    args=RunbookUpdate,
-    result=RunbookAdminOut,
-    role=ROLE_ADMIN,
-    read_only=False,
-    idempotent=True,
-    fields_as="runbooks_create",
-)
-async def runbooks_update(actor, args: RunbookUpdate, ctx) -> RunbookAdminOut:
-    fields = args.model_dump(exclude_none=True, exclude={"connection_name", "runbook_name", "name"})
-    if args.name:
-        fields["new_name"] = args.name
+def _runbooks_page(actor, limit, offset):
+    items, total = runbooks.runbook_admin_list(actor=actor, limit=limit, offset=offset)
+    return [runbooks.runbook_to_dict(r) for r in items], total
+
+
+def _runbook_get(actor, ref):
+    connection_name, name = runbooks.split_ref(ref)
+    return runbooks.runbook_to_dict(
+        runbooks.runbook_get(actor=actor, connection_name=connection_name, name=name)
+    )
+
+
+def _runbook_update(actor, ref, changes):
+    connection_name, name = runbooks.split_ref(ref)
+    fields = RunbookChanges.model_validate(changes).model_dump(exclude_none=True)
+    if "name" in fields:
+        fields["new_name"] = fields.pop("name")
     if "parameter_specs" in fields:
         fields["parameters"] = fields.pop("parameter_specs")
-
-    @db
-    def run():
-        runbook = runbooks.runbook_update(
-            actor=actor, connection_name=args.connection_name, name=args.runbook_name, **fields
-        )
-        return runbooks.runbook_to_dict(runbook)
-
-    return RunbookAdminOut(**await run())
+    runbook = runbooks.runbook_update(actor=actor, connection_name=connection_name, name=name, **fields)
+    return runbooks.runbook_to_dict(runbook)
 
 
-@tool(
-    "runbooks_delete",
-    description="Delete a runbook.",
-    args=RunbookRef,
-    result=Deleted,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
+def _runbook_delete(actor, ref):
+    connection_name, name = runbooks.split_ref(ref)
+    runbooks.runbook_delete(actor=actor, connection_name=connection_name, name=name)
+    return ref
+
+
+register_kind(
+    Kind(
+        name="runbook",
+        what="runbook",
+        create_tool="runbooks_create",
+        out=RunbookAdminOut,
+        list=_runbooks_page,
+        get=_runbook_get,
+        update=_runbook_update,
+        delete=_runbook_delete,
+    )
 )
-async def runbooks_delete(actor, args: RunbookRef, ctx) -> Deleted:
-    await db(
-        lambda: runbooks.runbook_delete(
-            actor=actor, connection_name=args.connection_name, name=args.runbook_name
-        )
-    )()
-    return Deleted(name=args.runbook_name, deleted=True)
 
 
 class WebhookOut(Result):

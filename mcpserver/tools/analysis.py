@@ -1,4 +1,5 @@
-"""AI risk analysis of sessions: sessions_get_analysis, sessions_wait_analysis."""
+"""AI risk analysis of sessions: sessions_get_analysis, which also waits for it (timeout_seconds;
+it replaced sessions_wait_analysis, one tool less in every caller's tools/list)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,14 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from mcpserver.registry import Args, Result, shared, tool
+from mcpserver.registry import Args, Result, tool
 from sessions import services
 from sessions.wakeup import wait_for_analysis
 
-DEFAULT_WAIT = 45.0
 MAX_WAIT = 300.0
 
 
-class AnalysisArgs(Args):
-    session_id: str = Field(min_length=1, max_length=64, validation_alias=AliasChoices("session_id", "id"))
-
-
 class AnalysisOut(Result):
-    # sessions_wait_analysis answers the same record, plus timed_out and waited_seconds.
-    model_config = shared("sessions_get_analysis")
-
     session_id: str
     status: Literal["ready", "pending"] = Field(
         description="pending until the analysis is stored (shortly after the session ends)."
@@ -39,24 +32,21 @@ class AnalysisOut(Result):
     )
     reasons: list[str] = Field(description='Machine-readable reasons, e.g. "ddl.drop", "write.no_where".')
     created_at: str | None
-
-
-class WaitAnalysisArgs(AnalysisArgs):
-    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
-        DEFAULT_WAIT,
-        description="Seconds (default 45); on expiry timed_out=true: call again.",
-    )
-
-
-class WaitAnalysisOut(AnalysisOut):
     timed_out: bool
     waited_seconds: float
+
+
+class AnalysisArgs(Args):
+    session_id: str = Field(min_length=1, max_length=64, validation_alias=AliasChoices("session_id", "id"))
+    timeout_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT)] = Field(
+        0, description="Wait up to this many seconds while it is pending (then timed_out=true: call again)."
+    )
 
 
 def render(r: AnalysisOut) -> str:
     if r.status == "pending":
         return f"analysis of session {r.session_id} is pending" + (
-            " (timed out; call again)" if getattr(r, "timed_out", False) else ""
+            " (timed out; call again)" if r.timed_out else ""
         )
     head = f"[{r.risk_level}] {r.title}"
     return f"{head}\n{r.explanation}\nSuggested action: {r.suggested_action}"
@@ -65,33 +55,18 @@ def render(r: AnalysisOut) -> str:
 @tool(
     "sessions_get_analysis",
     description=(
-        "A session's risk analysis (level, title, explanation, suggested action) or status pending. Owner, "
-        "admins, auditors."
+        "A session's risk analysis (level, title, explanation, suggested action), or status pending; "
+        "timeout_seconds waits for it. Owner, admins, auditors."
     ),
     args=AnalysisArgs,
     result=AnalysisOut,
     render=render,
 )
 async def sessions_get_analysis(actor, args: AnalysisArgs, ctx) -> AnalysisOut:
-    session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.session_id))()
-    return AnalysisOut(**services.analysis_to_dict(session.pk, analysis))
-
-
-@tool(
-    "sessions_wait_analysis",
-    description=(
-        "Wait for a session's risk analysis: sessions_get_analysis's record, plus timed_out (true: call "
-        "again) and waited_seconds."
-    ),
-    args=WaitAnalysisArgs,
-    result=WaitAnalysisOut,
-    render=render,
-)
-async def sessions_wait_analysis(actor, args: WaitAnalysisArgs, ctx) -> WaitAnalysisOut:
     started = time.monotonic()
     session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.session_id))()
     timed_out = False
-    if analysis is None:
+    if analysis is None and args.timeout_seconds > 0:
 
         async def progress(elapsed, total):
             await ctx.progress(round(elapsed, 1), total, "analysis pending")
@@ -102,7 +77,7 @@ async def sessions_wait_analysis(actor, args: WaitAnalysisArgs, ctx) -> WaitAnal
             on_progress=progress,
             progress_every=settings.PROGRESS_INTERVAL_SECONDS,
         )
-    return WaitAnalysisOut(
+    return AnalysisOut(
         **services.analysis_to_dict(session.pk, analysis),
         timed_out=timed_out,
         waited_seconds=round(time.monotonic() - started, 3),

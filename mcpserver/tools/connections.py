@@ -156,7 +156,7 @@ def _options(args: Options) -> dict:
 
 @tool(
     "connections_create",
-    description="Create a connection. " + SETTINGS_HELP,
+    description="Create a connection (what settings each kind takes: see settings).",
     args=CreateArgs,
     result=ConnectionOut,
     role=ROLE_ADMIN,
@@ -189,10 +189,7 @@ class UpdateArgs(Options):
 
 @tool(
     "connections_update",
-    description=(
-        "Change a connection's settings, secrets or limits. settings: keys to change; a key set to "
-        "null is removed; a secret given replaces only that secret."
-    ),
+    description="Change a connection's settings, secrets or limits.",
     args=UpdateArgs,
     fields_as="connections_create",
     result=ConnectionOut,

@@ -1,16 +1,19 @@
-"""Users and groups: users_list, users_get, usergroups_list (any member of the org, as in hoop),
-usergroups_create and usergroups_delete (admins). Thin calls into `governance.services`."""
+"""Users and groups: users_list (with user_email, one user: it replaced users_get) and
+usergroups_list (any member of the org, as in hoop), usergroups_create (admins), and the usergroup
+kind of config_list|get|update|delete (rename, members, delete). Thin calls into `governance.services`."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from channels.db import database_sync_to_async as db
+from django.db import transaction
 from pydantic import AliasChoices, Field
 
 from governance import services
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, page, shared, tool
+from mcpserver.registry import Args, Result, page, tool
+from mcpserver.tools.rule_crud import Kind, register_kind
 
 Limit = Annotated[int, Field(ge=1, le=100)]
 Offset = Annotated[int, Field(ge=0, le=10_000)]
@@ -18,8 +21,6 @@ Email = Annotated[str, Field(min_length=3, max_length=254)]
 
 
 class UserOut(Result):
-    model_config = shared("users_get")
-
     id: str
     email: str
     name: str
@@ -31,6 +32,12 @@ class UserOut(Result):
 
 
 class UsersListArgs(Args):
+    user_email: str | None = Field(
+        None,
+        max_length=254,
+        description='One user, by e-mail or id (else "user not found").',
+        validation_alias=AliasChoices("user_email", "email"),
+    )
     search: str | None = Field(None, max_length=100, description="Part of an e-mail or name.")
     group_name: str | None = Field(
         None,
@@ -60,6 +67,8 @@ class UsersList(Result):
 async def users_list(actor, args: UsersListArgs, ctx) -> UsersList:
     @db
     def run():
+        if args.user_email is not None:
+            return [services.user_to_dict(services.user_get(actor=actor, ref=args.user_email))], 1
         items, total = services.user_list(
             actor=actor,
             search=args.search,
@@ -72,27 +81,6 @@ async def users_list(actor, args: UsersListArgs, ctx) -> UsersList:
 
     items, total = await run()
     return UsersList(**page(items, total, args.offset))
-
-
-class UsersGetArgs(Args):
-    user_email: str = Field(
-        min_length=1,
-        max_length=254,
-        description="The user's e-mail (or id).",
-        validation_alias=AliasChoices("user_email", "email"),
-    )
-
-
-@tool(
-    "users_get",
-    description='One user of your organization by e-mail or id, or "user not found".',
-    args=UsersGetArgs,
-    result=UserOut,
-)
-async def users_get(actor, args: UsersGetArgs, ctx) -> UserOut:
-    return UserOut(
-        **await db(lambda: services.user_to_dict(services.user_get(actor=actor, ref=args.user_email)))()
-    )
 
 
 class GroupOut(Result):
@@ -160,26 +148,46 @@ async def usergroups_create(actor, args: GroupCreateArgs, ctx) -> GroupOut:
     return GroupOut(**await run())
 
 
-class GroupDeleteArgs(Args):
-    group_name: str = Field(min_length=1, max_length=100, validation_alias=AliasChoices("group_name", "name"))
+class GroupChanges(Args):
+    name: str | None = Field(None, min_length=1, max_length=100)
+    members: list[Email] | None = None
+    add_members: list[Email] | None = None
+    remove_members: list[Email] | None = None
 
 
-class GroupDeleted(Result):
-    name: str
-    deleted: bool
+def _groups_page(actor, limit, offset):
+    items, total = services.usergroup_list(actor=actor, limit=limit, offset=offset)
+    return [services.usergroup_to_dict(g) for g in items], total
 
 
-@tool(
-    "usergroups_delete",
-    description="Delete a user group. The reserved admin and auditor groups cannot be deleted, "
-    "nor a group that is the only access group of a connection (that would open the connection to "
-    "everyone; change its access control first).",
-    args=GroupDeleteArgs,
-    result=GroupDeleted,
-    role=ROLE_ADMIN,
-    read_only=False,
-    destructive=True,
+def _group_update(actor, ref, changes):
+    """Rename and/or change members, in one transaction (one audit event per change)."""
+    fields = GroupChanges.model_validate(changes)
+    with transaction.atomic():
+        name = ref
+        if fields.name:
+            name = services.usergroup_rename(actor=actor, name=ref, new_name=fields.name).name
+        if fields.members is not None or fields.add_members or fields.remove_members:
+            services.usergroup_set_members(
+                actor=actor,
+                name=name,
+                members=fields.members,
+                add=fields.add_members,
+                remove=fields.remove_members,
+            )
+        return services.usergroup_to_dict(services.usergroup_get(actor=actor, name=name))
+
+
+register_kind(
+    Kind(
+        name="usergroup",
+        what="user group",
+        create_tool="usergroups_create",
+        out=GroupOut,
+        list=_groups_page,
+        get=lambda actor, ref: services.usergroup_to_dict(services.usergroup_get(actor=actor, name=ref)),
+        update=_group_update,
+        # The reserved admin and auditor groups cannot be deleted, nor a connection's only access group.
+        delete=lambda actor, ref: services.usergroup_delete(actor=actor, name=ref),
+    )
 )
-async def usergroups_delete(actor, args: GroupDeleteArgs, ctx) -> GroupDeleted:
-    name = await db(lambda: services.usergroup_delete(actor=actor, name=args.group_name))()
-    return GroupDeleted(name=name, deleted=True)
