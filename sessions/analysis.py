@@ -126,7 +126,7 @@ def _sql_signals(text: str, dialect: str, ran: bool, row_count: int | None) -> l
                 "sql.unparsed",
                 "Input that could not be analyzed",
                 f"The input {detail}, so its statements could not be checked.",
-                "Read the input by hand (sessions_get_content) before trusting the result.",
+                "Read the input by hand (sessions_get with content=true) before trusting the result.",
             )
         )
     if any(f.rule == "container" for f in findings):

@@ -49,8 +49,10 @@ def test_sessions_of_another_org_are_invisible_even_to_its_admin(cast, shops, mc
     envelope = structured(mcp(cast.bob).call("exec", {"connection_name": "shop", "input": "select 1"}))
     eve = mcp(cast.eve)
     assert structured(eve.call("sessions_list"))["total"] == 0
-    for tool in ("sessions_get", "sessions_get_content"):
-        assert error_text(eve.call(tool, {"id": envelope["session_id"]})) == "session not found"
+    for content in (False, True):
+        assert error_text(eve.call("sessions_get", {"id": envelope["session_id"], "content": content})) == (
+            "session not found"
+        )
 
 
 def test_access_groups_limit_who_may_use_a_connection_and_nothing_else(cast, shops, tmp_path, db):

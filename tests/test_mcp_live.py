@@ -283,19 +283,20 @@ def test_sessions_tools_page_and_hide_other_peoples_content(cast, shops, mcp):
     ]
     page = structured(bob.call("sessions_list", {"limit": 2}))
     assert page["total"] == 3 and len(page["items"]) == 2 and page["next_offset"] == 2
-    assert structured(bob.call("sessions_get", {"id": ids[0]}))["status"] == "done"
-    content = structured(bob.call("sessions_get_content", {"id": ids[0]}))
+    plain = structured(bob.call("sessions_get", {"id": ids[0]}))
+    assert plain["status"] == "done" and "input" not in plain and "timeline" not in plain
+    content = structured(bob.call("sessions_get", {"id": ids[0], "content": True}))
     assert content["input"] == "select 0"
     # dave sees neither the list entry nor the content; the answer is the same as for a missing id
     assert structured(dave.call("sessions_list"))["total"] == 0
-    assert error_text(dave.call("sessions_get_content", {"id": ids[0]})) == "session not found"
+    assert error_text(dave.call("sessions_get", {"id": ids[0], "content": True})) == "session not found"
     assert (
         error_text(dave.call("sessions_get", {"id": "00000000-0000-0000-0000-000000000000"}))
         == "session not found"
     )
     assert error_text(dave.call("sessions_get", {"id": "not-a-uuid"})) == "session not found"
     # the auditor reads everything in the org
-    assert structured(carol.call("sessions_get_content", {"id": ids[1]}))["input"] == "select 1"
+    assert structured(carol.call("sessions_get", {"id": ids[1], "content": True}))["input"] == "select 1"
     assert structured(carol.call("sessions_list", {"user": "bob@acme.test"}))["total"] == 3
     assert "RFC 3339" in error_text(carol.call("sessions_list", {"start_date": "yesterday"}))
 

@@ -172,7 +172,9 @@ def test_results_are_masked_before_anyone_sees_or_stores_them(cast, mcp, tmp_pat
     session = Session.objects.get(pk=envelope["session_id"])
     stored = session.output + json.dumps(session.result)
     assert "ann@example.com" not in stored and "4111 1111 1111 1111" not in stored
-    content = structured(mcp(cast.carol).call("sessions_get_content", {"id": envelope["session_id"]}))
+    content = structured(
+        mcp(cast.carol).call("sessions_get", {"id": envelope["session_id"], "content": True})
+    )
     assert "ann@example.com" not in json.dumps(content)
 
 

@@ -83,7 +83,7 @@ def render_envelope(r: ExecEnvelope) -> str:
             cut = output.encode()[:TEXT_PREVIEW_BYTES].decode(errors="ignore")
             output = cut[: cut.rfind("\n") + 1 or len(cut)] + (
                 f"[… {len(output.encode()) - len(cut.encode())} more bytes: the whole result is in the structured "
-                "content (rows), and sessions_get_content pages through it]"
+                "content (rows), and sessions_get with content=true pages through it]"
             )
         return f"{head}\n{output}".rstrip()
     review = f" (review {r.review_id}: {r.review_url})" if r.review_id else ""

@@ -1,11 +1,12 @@
-"""Session records: sessions_list, sessions_get, sessions_get_content."""
+"""Session records: sessions_list, sessions_get (with content=true, its input, output and timeline:
+it replaced sessions_get_content), sessions_stats."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_serializer
 
 from mcpserver.registry import Args, Result, page, shared, tool
 from sessions import services
@@ -137,28 +138,13 @@ async def sessions_list(actor, args: ListArgs, ctx) -> ListResult:
     return ListResult(**listed, next_cursor=next_cursor if listed["has_next_page"] else None)
 
 
-class IdArgs(Args):
+class GetArgs(Args):
     session_id: str = Field(min_length=1, max_length=64, validation_alias=AliasChoices("session_id", "id"))
-
-
-@tool(
-    "sessions_get",
-    description="One session's metadata (status, timings, exit code). Content is in sessions_get_content.",
-    args=IdArgs,
-    result=SessionOut,
-)
-async def sessions_get(actor, args: IdArgs, ctx) -> SessionOut:
-    data = await db(
-        lambda: services.session_to_dict(
-            services.session_get(actor=actor, session_id=args.session_id),
-            actor=actor,
-        )
-    )()
-    return SessionOut(**data)
-
-
-class ContentArgs(IdArgs):
-    offset: Annotated[int, Field(ge=0)] = Field(0, description="Byte offset into the output.")
+    content: bool = Field(
+        False,
+        description="Also its input, output (by bytes: offset, max_bytes) and timeline (owner, admins, auditors).",
+    )
+    offset: Annotated[int, Field(ge=0)] = 0
     max_bytes: Annotated[int, Field(ge=1, le=1024 * 1024)] = 64 * 1024
 
 
@@ -168,41 +154,71 @@ class TimelineEvent(Result):
     detail: str
 
 
-class ContentResult(Result):
-    id: str
-    connection: str
-    status: str
-    verb: str
-    input: str
-    input_truncated: bool
-    output: str
-    output_offset: int
-    output_total_bytes: int
-    next_offset: int | None
-    columns: list[str] | None
-    rows: list[list[Any]] | None
-    exit_code: int | None
-    error: str
+# The fields `content: true` adds; absent otherwise.
+CONTENT_FIELDS = (
+    "input",
+    "input_truncated",
+    "output",
+    "output_offset",
+    "output_total_bytes",
+    "next_offset",
+    "columns",
+    "rows",
+    "timeline",
+)
+
+
+class SessionWithContent(SessionOut):
+    # Absent without content=true (never null), so typed without null.
+    input: str = None
+    input_truncated: bool = None
+    output: str = None
+    output_offset: int = None
+    output_total_bytes: int = None
+    next_offset: int | None = None
+    columns: list[str] | None = None
+    rows: list[list[Any]] | None = None
     timeline: list[TimelineEvent] = Field(
+        None,
         description="What happened, in order: recorded, queued_for_review, review decisions, approved, "
-        "run_requested, started, finished (or blocked/failed/cancelled), analysed."
+        "run_requested, started, finished (or blocked/failed/cancelled), analysed.",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_content(self, handler):
+        data = handler(self)
+        if self.timeline is None:  # content was not asked for
+            for key in CONTENT_FIELDS:
+                data.pop(key, None)
+        return data
+
+
+def _render_session(r: SessionWithContent) -> str:
+    head = f"session {r.id}: {r.verb} on {r.connection} by {r.user_email}: {r.status}"
+    return head if r.timeline is None else f"{head}\ninput:\n{r.input}\n\noutput:\n{r.output}"
 
 
 @tool(
-    "sessions_get_content",
-    description=("A session's input, output (paged by bytes) and timeline. Owner, admins, auditors."),
-    args=ContentArgs,
-    result=ContentResult,
-    render=lambda r: f"input:\n{r.input}\n\noutput:\n{r.output}",
+    "sessions_get",
+    description="One session's record (status, timings, exit code); content=true adds what went in and came out.",
+    args=GetArgs,
+    result=SessionWithContent,
+    render=_render_session,
 )
-async def sessions_get_content(actor, args: ContentArgs, ctx) -> ContentResult:
-    data = await db(
-        lambda: services.session_content(
-            actor=actor, session_id=args.session_id, offset=args.offset, max_bytes=args.max_bytes
+async def sessions_get(actor, args: GetArgs, ctx) -> SessionWithContent:
+    @db
+    def run():
+        data = services.session_to_dict(
+            services.session_get(actor=actor, session_id=args.session_id), actor=actor
         )
-    )()
-    return ContentResult(**data)
+        if args.content:
+            content = services.session_content(
+                actor=actor, session_id=args.session_id, offset=args.offset, max_bytes=args.max_bytes
+            )
+            data.update({k: content[k] for k in CONTENT_FIELDS})
+        return data
+
+    return SessionWithContent(**await run())
 
 
 StatsGroup = Literal[services.STATS_GROUPS]
