@@ -7,6 +7,7 @@ from gateway.api import views
 
 urlpatterns = [
     path("me/", views.MeView.as_view(), name="api-me"),
+    path("serverinfo/", views.ServerInfoView.as_view(), name="api-serverinfo"),
     path("connections/", views.ConnectionListView.as_view(), name="api-connections"),
     path("connections/import/", views.ConnectionImportView.as_view(), name="api-connections-import"),
     path("connections/<str:name>/", views.ConnectionDetailView.as_view(), name="api-connection"),
@@ -33,11 +34,13 @@ urlpatterns = [
         "sessions/<str:session_id>/content/", views.SessionContentView.as_view(), name="api-session-content"
     ),
     path("sessions/<str:session_id>/cancel/", views.SessionCancelView.as_view(), name="api-session-cancel"),
+    path("sessions/<str:session_id>/wait/", views.SessionWaitView.as_view(), name="api-session-wait"),
     path("audit-events/", views.AuditEventListView.as_view(), name="api-audit-events"),
     path("exec/", views.ExecView.as_view(), name="api-exec"),
     path("reviews/", views.ReviewListView.as_view(), name="api-reviews"),
     path("reviews/<str:review_id>/", views.ReviewDetailView.as_view(), name="api-review"),
     path("reviews/<str:review_id>/execute/", views.ReviewExecuteView.as_view(), name="api-review-execute"),
+    path("reviews/<str:review_id>/wait/", views.ReviewWaitView.as_view(), name="api-review-wait"),
     path("access-request-rules/", views.AccessRuleListView.as_view(), name="api-access-rules"),
     path("access-request-rules/<str:ref>/", views.AccessRuleDetailView.as_view(), name="api-access-rule"),
     path("runbook-rules/", views.RunbookRuleListView.as_view(), name="api-runbook-rules"),
@@ -66,6 +69,12 @@ urlpatterns = [
         name="api-runbook-run",
     ),
     path("webhooks/", views.WebhookListView.as_view(), name="api-webhooks"),
+    path("webhook-deliveries/", views.WebhookDeliveryListView.as_view(), name="api-webhook-deliveries"),
+    path(
+        "webhook-deliveries/retry/",
+        views.WebhookDeliveryRetryView.as_view(),
+        name="api-webhook-deliveries-retry",
+    ),
     path("webhooks/<str:ref>/", views.WebhookDetailView.as_view(), name="api-webhook"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -6,6 +6,9 @@ shows which secret keys are set, never a value.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
+from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -14,7 +17,9 @@ from gateway import pipeline
 from gateway.models import Connection
 from governance.errors import Conflict, InvalidInput
 from governance.models import Organization
+from governance.oauth import mcp_auth_get
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
+from sessions import outbox
 from sessions.audit import audit_record
 
 OPTION_FIELDS = (
@@ -37,6 +42,36 @@ _OPTION_TYPES = {
     "schema_enabled": bool,
     "runbooks_enabled": bool,
 }
+
+
+def gateway_version() -> str:
+    try:
+        return version("portcullis")
+    except PackageNotFoundError:
+        return "0.0.0+local"
+
+
+def server_info(*, actor: Actor) -> dict:
+    """Gateway facts for any caller (serverinfo_get, GET /api/v1/serverinfo/): version, URLs, how
+    callers authenticate, the connection kinds enabled, limits; for admins the outbox backlog."""
+    base = django_settings.PUBLIC_BASE_URL
+    auth = mcp_auth_get()
+    methods = (
+        ["api_token"] if not auth.enabled else ["api_token", "oauth_external" if auth.issuer else "oauth"]
+    )
+    commands = django_settings.COMMAND_CONNECTIONS_ENABLED
+    return {
+        "name": "portcullis",
+        "version": gateway_version(),
+        "api_url": base,
+        "mcp_url": f"{base}/api/mcp",
+        "auth_methods": methods,
+        "connection_kinds": [k for k in pipeline.connection_kinds() if k != "command" or commands],
+        "command_connections_enabled": commands,
+        "exec_handoff_seconds": django_settings.EXEC_HANDOFF_SECONDS,
+        "max_input_bytes": django_settings.MAX_INPUT_BYTES,
+        "outbox_backlog": outbox.backlog() if actor.is_admin else None,
+    }
 
 
 def split_options(values: dict) -> tuple[dict, dict]:

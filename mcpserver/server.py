@@ -24,6 +24,7 @@ from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextConte
 from pydantic import ValidationError
 
 from gateway import metrics
+from gateway.services import gateway_version
 from gateway.unavailable import JSONRPC_CODE, MESSAGE, is_database_unavailable
 from governance.errors import PortcullisError
 from governance.policy import Actor, capability_allows, capability_message, has_role, role_denied_message
@@ -213,9 +214,4 @@ def build() -> tuple[Server, object]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("portcullis")
-    except PackageNotFoundError:
-        return "0.0.0+local"
+    return gateway_version()

@@ -65,6 +65,21 @@ def _get(actor: Actor, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:
     return get_scoped(qs, actor, "manage", not_found="webhook endpoint not found", **lookup)
 
 
+def _refuse_taken_name(actor: Actor, name: str | None, *, exclude=None) -> None:
+    """Names are unique in an org regardless of case (a database constraint too)."""
+    if name is None:
+        return
+    taken = (
+        WebhookEndpoint.objects.filter(org_id=actor.org_id, name__iexact=name)
+        .exclude(pk=exclude)
+        .values_list("name", flat=True)
+        .first()
+    )
+    if taken is not None:
+        suffix = "" if taken == name else f' as "{taken}" (names are unique regardless of case)'
+        raise Conflict(f'a webhook endpoint named "{name}" exists already{suffix}')
+
+
 def webhook_endpoint_to_dict(endpoint: WebhookEndpoint) -> dict:
     """The public shape of an endpoint: whether a secret is set, never the secret."""
     return {
@@ -113,6 +128,7 @@ def webhook_endpoint_create(
         org_id=actor.org_id, enabled=enabled, allow_private_network=allow_private_network, **values
     )
     endpoint.set_secret(secret)
+    _refuse_taken_name(actor, values["name"])
     try:
         with transaction.atomic():
             endpoint.save()
@@ -140,6 +156,7 @@ def webhook_endpoint_update(
     try:
         with transaction.atomic():
             endpoint = _get(actor, endpoint_id, lock=True)
+            _refuse_taken_name(actor, values.get("name"), exclude=endpoint.pk)
             before = _detail(endpoint) | {"name": endpoint.name}
             for field in ("enabled", "allow_private_network"):
                 if field in changes:
@@ -167,6 +184,42 @@ def webhook_endpoint_delete(*, actor: Actor, endpoint_id) -> None:
         endpoint = _get(actor, endpoint_id, lock=True)
         audit_record(actor=actor, action="webhook.delete", target=endpoint, detail=_detail(endpoint))
         endpoint.delete()
+
+
+def webhook_delivery_to_dict(delivery: WebhookDelivery) -> dict:
+    """A delivery as admins see it: the event it carries and how sending it went (not the payload)."""
+    return {
+        "id": delivery.pk,
+        "webhook_name": delivery.endpoint.name,
+        "event_id": str(delivery.event_id),
+        "event_type": delivery.event_type,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "response_code": delivery.response_code,
+        "last_error": delivery.last_error,
+        "created_at": delivery.created_at.isoformat(),
+        "last_attempt_at": delivery.last_attempt_at.isoformat() if delivery.last_attempt_at else None,
+        "next_attempt_at": delivery.next_attempt_at.isoformat(),
+        "delivered_at": delivery.delivered_at.isoformat() if delivery.delivered_at else None,
+    }
+
+
+def webhook_delivery_list(
+    *, actor: Actor, endpoint_id=None, status: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[WebhookDelivery], int]:
+    """The org's deliveries, newest first, of one endpoint (id or name) and/or in one status (admins)."""
+    require_role(actor, ROLE_ADMIN)
+    if not 1 <= limit <= 100 or offset < 0:
+        raise InvalidInput("limit must be between 1 and 100 and offset not negative")
+    if status is not None and status not in DeliveryStatus.values:
+        raise InvalidInput(f"status must be one of: {', '.join(DeliveryStatus.values)}")
+    qs = scope(WebhookDelivery.objects.select_related("endpoint"), actor, "manage")
+    if endpoint_id is not None:
+        qs = qs.filter(endpoint=_get(actor, endpoint_id))
+    if status is not None:
+        qs = qs.filter(status=status)
+    qs = qs.order_by("-id")
+    return list(qs[offset : offset + limit]), qs.count()
 
 
 def webhook_delivery_retry(*, actor: Actor, delivery_ids) -> int:

@@ -747,3 +747,82 @@ class RunbookRunIn(StrictSerializer):
     parameters = s.DictField(required=False, help_text="Values for the runbook's parameters.")
     timeout_seconds = s.FloatField(min_value=1, max_value=300, required=False)
     idempotency_key = Char(max_length=200, required=False)
+
+
+# --- long polls, server facts, webhook deliveries ------------------------------------------------
+
+
+class WaitQuery(StrictSerializer):
+    timeout_seconds = s.FloatField(
+        min_value=0, max_value=300, default=45, help_text="Seconds to wait (default 45); then timed_out=true."
+    )
+
+
+class AnalysisQuery(StrictSerializer):
+    timeout_seconds = s.FloatField(
+        min_value=0, max_value=300, default=0, help_text="Wait up to this long while the analysis is pending."
+    )
+
+
+class Waited(s.Serializer):
+    timed_out = s.BooleanField()
+    waited_seconds = s.FloatField()
+
+
+class ReviewWaited(ReviewOut, Waited):
+    pass
+
+
+class AnalysisWaited(AnalysisOut, Waited):
+    pass
+
+
+class ExecWaited(ExecOut):
+    timed_out = s.BooleanField()
+
+
+class ServerInfoOut(s.Serializer):
+    name = Char()
+    version = Char()
+    api_url = Char()
+    mcp_url = Char()
+    auth_methods = s.ListField(child=Char())
+    connection_kinds = s.ListField(child=Char())
+    command_connections_enabled = s.BooleanField()
+    exec_handoff_seconds = s.FloatField()
+    max_input_bytes = s.IntegerField()
+    outbox_backlog = s.DictField(allow_null=True, help_text="Admins only.")
+
+
+DELIVERY_STATUSES = ["pending", "delivered", "failed", "dead"]
+
+
+class DeliveryQuery(PageOnly):
+    webhook_name = Char(**NAME, required=False)
+    status = s.ChoiceField(choices=DELIVERY_STATUSES, required=False)
+
+
+class DeliveryOut(s.Serializer):
+    id = s.IntegerField()
+    webhook_name = Char()
+    event_id = s.UUIDField()
+    event_type = Char()
+    status = s.ChoiceField(choices=DELIVERY_STATUSES)
+    attempts = s.IntegerField()
+    response_code = s.IntegerField(allow_null=True)
+    last_error = Char()
+    created_at = s.DateTimeField()
+    last_attempt_at = s.DateTimeField(allow_null=True)
+    next_attempt_at = s.DateTimeField()
+    delivered_at = s.DateTimeField(allow_null=True)
+
+
+DeliveryPage = page_serializer("DeliveryPage", DeliveryOut)
+
+
+class RetryIn(StrictSerializer):
+    delivery_ids = s.ListField(child=s.IntegerField(min_value=1), min_length=1, max_length=500)
+
+
+class RetryOut(s.Serializer):
+    retried = s.IntegerField(help_text="How many failed or dead deliveries were queued again.")

@@ -9,7 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
-from gateway import pipeline, runbooks
+from gateway import pipeline, runbooks, waits
 from gateway import services as connections
 from gateway.api import schema  # noqa: F401  (registers the OpenAPI extensions)
 from gateway.api import serializers as io
@@ -852,11 +852,15 @@ class ExplainView(ServiceView):
 
 class SessionAnalysisView(ServiceView):
     @extend_schema(
-        responses=_responses(io.AnalysisOut), summary="A session's risk analysis, or status pending"
+        parameters=_query_params(io.AnalysisQuery),
+        responses=_responses(io.AnalysisWaited),
+        summary="A session's risk analysis, or status pending; timeout_seconds waits for it (as sessions_get_analysis)",
     )
     def get(self, request, session_id):
-        session, analysis = records.analysis_get(actor=self.actor, session_id=session_id)
-        return Response(records.analysis_to_dict(session.pk, analysis))
+        timeout = self.query(io.AnalysisQuery)["timeout_seconds"]
+        return Response(
+            async_to_sync(waits.analysis_wait)(actor=self.actor, session_id=session_id, timeout=timeout)
+        )
 
 
 class GuardrailTestView(ServiceView):
@@ -920,3 +924,79 @@ class RunbookRunView(ServiceView):
             idempotency_key=data.get("idempotency_key") or _idempotency_header(request),
         )
         return Response(_exec_answer(session, data.get("timeout_seconds")))
+
+
+# --- long polls and server facts (the MCP tools' twins) -------------------------------------------
+
+
+class ServerInfoView(ServiceView):
+    @extend_schema(responses=_responses(io.ServerInfoOut), summary="Gateway facts (as serverinfo_get)")
+    def get(self, request):
+        return Response(connections.server_info(actor=self.actor))
+
+
+class SessionWaitView(ServiceView):
+    @extend_schema(
+        parameters=_query_params(io.WaitQuery),
+        responses=_responses(io.ExecWaited),
+        summary="Wait until a session ends (as sessions_wait): the exec envelope, or timed_out=true",
+    )
+    def get(self, request, session_id):
+        timeout = self.query(io.WaitQuery)["timeout_seconds"]
+        session = records.session_get(actor=self.actor, session_id=session_id, action="view_content")
+        session, timed_out = async_to_sync(wait_for_final)(session.pk, timeout)
+        return Response({**pipeline.exec_envelope(session), "timed_out": timed_out})
+
+
+class ReviewWaitView(ServiceView):
+    @extend_schema(
+        parameters=_query_params(io.WaitQuery),
+        responses=_responses(io.ReviewWaited),
+        summary="Wait until a review is decided (as reviews_wait), or timed_out=true",
+    )
+    def get(self, request, review_id):
+        timeout = self.query(io.WaitQuery)["timeout_seconds"]
+        return Response(
+            async_to_sync(waits.review_wait)(actor=self.actor, review_id=review_id, timeout=timeout)
+        )
+
+
+# --- webhook deliveries --------------------------------------------------------------------------
+
+
+class WebhookDeliveryListView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(
+        parameters=_query_params(io.DeliveryQuery),
+        responses=_responses(io.DeliveryPage),
+        summary="Deliveries of the org's webhooks, newest first (as webhooks_deliveries)",
+    )
+    def get(self, request):
+        query = self.query(io.DeliveryQuery)
+        offset = decode_cursor(query.pop("cursor", None))
+        items, total = webhooks.webhook_delivery_list(
+            actor=self.actor,
+            endpoint_id=query.get("webhook_name"),
+            status=query.get("status"),
+            limit=query["limit"],
+            offset=offset,
+        )
+        return Response(
+            page_body(request, [webhooks.webhook_delivery_to_dict(d) for d in items], total, offset)
+        )
+
+
+class WebhookDeliveryRetryView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(
+        request=io.RetryIn,
+        responses=_responses(io.RetryOut, 200, WRITE_ERRORS),
+        summary="Send failed or dead deliveries again (as webhooks_deliveries retry); others are ignored",
+    )
+    def post(self, request):
+        data = parse(io.RetryIn, request.data)
+        return Response(
+            {"retried": webhooks.webhook_delivery_retry(actor=self.actor, delivery_ids=data["delivery_ids"])}
+        )

@@ -4,14 +4,14 @@ webhook secrets are write-only (`has_secret` says whether one is set)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
 from pydantic import Field
 
 from gateway import runbooks
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, shared, tool
+from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.rule_crud import Kind, register_kind
 from sessions import webhooks
 
@@ -199,3 +199,64 @@ async def webhooks_create(actor, args: WebhookCreate, ctx) -> WebhookOut:
         )
 
     return WebhookOut(**await run())
+
+
+class DeliveryOut(Result):
+    id: int
+    webhook_name: str
+    event_id: str
+    event_type: str
+    status: Literal["pending", "delivered", "failed", "dead"]
+    attempts: int
+    response_code: int | None
+    last_error: str
+    created_at: str
+    last_attempt_at: str | None
+    next_attempt_at: str
+    delivered_at: str | None
+
+
+class DeliveriesArgs(Args):
+    webhook_name: Ref | None = None
+    status: Literal["pending", "delivered", "failed", "dead"] | None = None
+    retry: list[int] | None = Field(
+        None,
+        max_length=500,
+        description="Delivery ids to send again first (failed or dead ones; others are ignored).",
+    )
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+    offset: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+
+class DeliveriesResult(Result):
+    retried: int
+    items: list[DeliveryOut]
+    total: int
+    has_next_page: bool
+    next_offset: int | None
+
+
+@tool(
+    "webhooks_deliveries",
+    description="Deliveries of the org's webhooks, newest first; retry sends failed or dead ones again.",
+    args=DeliveriesArgs,
+    result=DeliveriesResult,
+    role=ROLE_ADMIN,
+    read_only=False,
+    idempotent=True,
+)
+async def webhooks_deliveries(actor, args: DeliveriesArgs, ctx) -> DeliveriesResult:
+    @db
+    def run():
+        retried = webhooks.webhook_delivery_retry(actor=actor, delivery_ids=args.retry) if args.retry else 0
+        items, total = webhooks.webhook_delivery_list(
+            actor=actor,
+            endpoint_id=args.webhook_name,
+            status=args.status,
+            limit=args.limit,
+            offset=args.offset,
+        )
+        return retried, [webhooks.webhook_delivery_to_dict(d) for d in items], total
+
+    retried, items, total = await run()
+    return DeliveriesResult(retried=retried, **page(items, total, args.offset))

@@ -3,18 +3,13 @@ it replaced sessions_wait_analysis, one tool less in every caller's tools/list).
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Literal
 
-from channels.db import database_sync_to_async as db
-from django.conf import settings
 from pydantic import AliasChoices, Field
 
+from gateway import waits
+from gateway.waits import MAX_WAIT
 from mcpserver.registry import Args, Result, tool
-from sessions import services
-from sessions.wakeup import wait_for_analysis
-
-MAX_WAIT = 300.0
 
 
 class AnalysisOut(Result):
@@ -63,22 +58,11 @@ def render(r: AnalysisOut) -> str:
     render=render,
 )
 async def sessions_get_analysis(actor, args: AnalysisArgs, ctx) -> AnalysisOut:
-    started = time.monotonic()
-    session, analysis = await db(lambda: services.analysis_get(actor=actor, session_id=args.session_id))()
-    timed_out = False
-    if analysis is None and args.timeout_seconds > 0:
+    async def progress(elapsed, total):
+        await ctx.progress(round(elapsed, 1), total, "analysis pending")
 
-        async def progress(elapsed, total):
-            await ctx.progress(round(elapsed, 1), total, "analysis pending")
-
-        analysis, timed_out = await wait_for_analysis(
-            session.pk,
-            args.timeout_seconds,
-            on_progress=progress,
-            progress_every=settings.PROGRESS_INTERVAL_SECONDS,
-        )
     return AnalysisOut(
-        **services.analysis_to_dict(session.pk, analysis),
-        timed_out=timed_out,
-        waited_seconds=round(time.monotonic() - started, 3),
+        **await waits.analysis_wait(
+            actor=actor, session_id=args.session_id, timeout=args.timeout_seconds, on_progress=progress
+        )
     )

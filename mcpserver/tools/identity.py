@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 from channels.db import database_sync_to_async as db
-from django.conf import settings
 from pydantic import Field
 
+from gateway import services as connections
 from governance.policy import CAPABILITIES, capability_explained
 from mcpserver.registry import TOOLS, Args, Result, tool
-from sessions import outbox
 
 
 class NoArgs(Args):
@@ -89,16 +88,6 @@ class ServerInfoResult(Result):
     )
 
 
-def _auth_methods() -> list[str]:
-    """API tokens always; OAuth when `manage.py mcp_auth enable` turned it on (built-in or external)."""
-    from governance.oauth import mcp_auth_get
-
-    row = mcp_auth_get()
-    if not row.enabled:
-        return ["api_token"]
-    return ["api_token", "oauth_external" if row.issuer else "oauth"]
-
-
 @tool(
     "serverinfo_get",
     description="Gateway facts: version, URLs, enabled connection kinds and limits.",
@@ -106,20 +95,4 @@ def _auth_methods() -> list[str]:
     result=ServerInfoResult,
 )
 async def serverinfo_get(actor, args, ctx) -> ServerInfoResult:
-    from gateway.pipeline import connection_kinds
-    from mcpserver.server import _version
-
-    return ServerInfoResult(
-        name="portcullis",
-        version=_version(),
-        api_url=settings.PUBLIC_BASE_URL,
-        mcp_url=f"{settings.PUBLIC_BASE_URL}/api/mcp",
-        auth_methods=await db(_auth_methods)(),
-        connection_kinds=[
-            k for k in connection_kinds() if k != "command" or settings.COMMAND_CONNECTIONS_ENABLED
-        ],
-        command_connections_enabled=settings.COMMAND_CONNECTIONS_ENABLED,
-        exec_handoff_seconds=settings.EXEC_HANDOFF_SECONDS,
-        max_input_bytes=settings.MAX_INPUT_BYTES,
-        outbox_backlog=await db(outbox.backlog)() if actor.is_admin else None,
-    )
+    return ServerInfoResult(**await db(lambda: connections.server_info(actor=actor))())

@@ -1,5 +1,5 @@
-"""Human approval over MCP: reviews_list|get|update|wait|execute, access_request, and the admin
-tools access_request_rules_list|get|create|update|delete."""
+"""Human approval over MCP: reviews_list|get|update|wait|execute, access_request, review settings,
+and access_request_rules_create (the rest of that kind: config_*)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
+from gateway import waits
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.execution import (
@@ -22,7 +23,6 @@ from mcpserver.tools.execution import (
 )
 from mcpserver.tools.rule_crud import Limit, Names, Offset, RuleRef, RuleServices, rule_tools
 from reviews import services
-from sessions.wakeup import wait_for_review
 
 ReviewId = Annotated[
     str,
@@ -213,29 +213,14 @@ class WaitArgs(Args):
     render=_render,
 )
 async def reviews_wait(actor, args: WaitArgs, ctx) -> ReviewOut:
-    import time
-
-    started = time.monotonic()
-    review = await db(lambda: services.review_get(actor=actor, review_id=args.review_id))()
-
-    @db
-    def load():
-        return services.review_reload(review)
-
     async def progress(elapsed, total):
         await ctx.progress(round(elapsed, 1), total, "waiting for reviewers")
 
-    _, timed_out = await wait_for_review(
-        load,
-        review.pk,
-        args.timeout_seconds,
-        on_progress=progress,
-        progress_every=settings.PROGRESS_INTERVAL_SECONDS,
+    return ReviewOut(
+        **await waits.review_wait(
+            actor=actor, review_id=args.review_id, timeout=args.timeout_seconds, on_progress=progress
+        )
     )
-    data = await db(
-        lambda: services.review_to_dict(services.review_get(actor=actor, review_id=review.pk), actor=actor)
-    )()
-    return ReviewOut(**data, timed_out=timed_out, waited_seconds=round(time.monotonic() - started, 3))
 
 
 class ExecuteArgs(Args):
