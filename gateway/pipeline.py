@@ -39,6 +39,7 @@ from governance.errors import (
 )
 from governance.models import GuardrailRule
 from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, scope
+from reviews import services as review_services
 from sessions import idempotency, lifecycle, outbox
 from sessions.audit import Outcome, audit_record
 from sessions.models import Analysis, Session, SessionStatus, Verb
@@ -1260,9 +1261,7 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
             user=actor.user, key=key, operation="upstream_call", request=request, session=session
         )
         if status == SessionStatus.PENDING_REVIEW:
-            from reviews.services import review_open
-
-            session.pending_review = review_open(
+            session.pending_review = review_services.review_open(
                 actor=actor,
                 session=session,
                 connection=connection,
@@ -1278,10 +1277,10 @@ def _tool_join_review(actor: Actor, connection: Connection, session: Session, to
     arguments) whose review may still lead to a run: pending, approved, or approved and running.
     A retry by a client that knows nothing of reviews joins it instead of opening another review.
     Identical calls are serialized on the connection's row, so two at once open one review."""
-    from reviews.services import review_find_identical
-
     Connection.objects.select_for_update().filter(pk=connection.pk).first()  # until the caller commits
-    review = review_find_identical(actor=actor, connection=connection, input_sha256=session.input_sha256)
+    review = review_services.review_find_identical(
+        actor=actor, connection=connection, input_sha256=session.input_sha256
+    )
     if review is None:
         return None
     audit_record(

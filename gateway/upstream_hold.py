@@ -48,6 +48,7 @@ def _pending(session: Session) -> tuple[Review, float, float]:
     """The review a pending tool session waits for, the connection's hold and its run deadline."""
     review = getattr(session, "pending_review", None) or Review.objects.get(session_id=session.pk)
     connection = session.connection
+    assert connection is not None  # an upstream tool session always has its connection
     return review, hold_seconds(connection.config), float(connection.timeout_seconds) + RUN_MARGIN_SECONDS
 
 
@@ -90,7 +91,7 @@ async def tool_call_held(
             progress_every=settings.PROGRESS_INTERVAL_SECONDS,
         )
     if review.status == ReviewStatus.PENDING:
-        session.pending_review = review
+        setattr(session, "pending_review", review)  # noqa: B010 - the envelope reads the review from it
         return session
     if review.status == ReviewStatus.APPROVED:
         try:
