@@ -39,6 +39,10 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# The layers (pyproject.toml [tool.importlinter]); the counts of imports inside functions and of cycles.
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python tests/test_architecture.py
+	DATABASE_URL= REDIS_URL= $(BIN)/mypy
 	@# The migration check needs no server: run it on the embedded SQLite default.
 	DATABASE_URL= REDIS_URL= $(BIN)/python manage.py makemigrations --check --dry-run -v 0
 
@@ -58,4 +62,4 @@ bench-sessions: install
 	$(BIN)/python bench/sessions_scale.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -39,6 +39,7 @@ from governance.errors import (
 )
 from governance.models import GuardrailRule
 from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, scope
+from reviews import services as review_services
 from sessions import idempotency, lifecycle, outbox
 from sessions.audit import Outcome, audit_record
 from sessions.models import Analysis, Session, SessionStatus, Verb
@@ -1174,6 +1175,7 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
     max_result = min(rule.max_result_bytes or connection.max_output_bytes, connection.max_output_bytes)
     limits = dataclasses.replace(_limits(connection), max_output_bytes=max_result)
 
+    approval = rule.needs_approval(arguments)
     findings, error, outcome, stored_arguments, masking_info = [], "", Outcome.SUCCESS, None, {}
     try:
         bound = rules_service.bound_rules(connection)
@@ -1198,7 +1200,7 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
         )
     elif not error and findings:
         error, outcome = _block_message(connection, findings), Outcome.BLOCKED
-    elif not error and rule.requires_approval:
+    elif not error and approval:
         pass  # recorded below as pending_review, with a review of the exact call
     elif not error and runner.busy():
         error, outcome = "the gateway is at capacity; try again shortly", Outcome.FAILED
@@ -1209,7 +1211,7 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
     stored = _canonical({"tool": tool, "arguments": stored_arguments})
     exact = _canonical({"tool": tool, "arguments": arguments})
     reviewer_groups = []
-    if not error and rule.requires_approval:
+    if not error and approval:
         from governance.models import UserGroup
 
         reviewer_groups = list(UserGroup.objects.filter(org_id=actor.org_id, name__in=rule.reviewers))
@@ -1229,7 +1231,15 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
         session.guardrail_findings = [f.as_dict() for f in findings]
     else:
         status = SessionStatus.PENDING_REVIEW if reviewer_groups else SessionStatus.OPEN
+    key, request = idem
     with transaction.atomic():
+        if status == SessionStatus.PENDING_REVIEW:
+            joined = _tool_join_review(actor, connection, session, tool)
+            if joined is not None:
+                idempotency.remember(
+                    user=actor.user, key=key, operation="upstream_call", request=request, session=joined
+                )
+                return joined, connection, limits
         lifecycle.record(
             session,
             status=status,
@@ -1247,14 +1257,11 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
                 **({"blocked_by": sorted({f.rule for f in findings})} if findings else {}),
             },
         )
-        key, request = idem
         idempotency.remember(
             user=actor.user, key=key, operation="upstream_call", request=request, session=session
         )
         if status == SessionStatus.PENDING_REVIEW:
-            from reviews.services import review_open
-
-            session.pending_review = review_open(
+            session.pending_review = review_services.review_open(
                 actor=actor,
                 session=session,
                 connection=connection,
@@ -1263,6 +1270,33 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
                 input=exact,
             )
     return session, connection, limits
+
+
+def _tool_join_review(actor: Actor, connection: Connection, session: Session, tool: str) -> Session | None:
+    """The session of an identical earlier call (same requester, connection, tool and canonical
+    arguments) whose review may still lead to a run: pending, approved, or approved and running.
+    A retry by a client that knows nothing of reviews joins it instead of opening another review.
+    Identical calls are serialized on the connection's row, so two at once open one review."""
+    Connection.objects.select_for_update().filter(pk=connection.pk).first()  # until the caller commits
+    review = review_services.review_find_identical(
+        actor=actor, connection=connection, input_sha256=session.input_sha256
+    )
+    if review is None:
+        return None
+    audit_record(
+        actor=actor,
+        action="tool.request",
+        target=connection,
+        detail={
+            "connection": connection.name,
+            "tool": tool,
+            "joined_review": str(review.pk),
+            "session_id": str(review.session_id),
+        },
+    )
+    joined = review.session
+    joined.pending_review = review
+    return joined
 
 
 _BINARY_WITHHELD = "[portcullis: {kind} content withheld: masking rules apply to this connection and binary content cannot be checked]"
@@ -1587,8 +1621,10 @@ def tool_envelope(session: Session) -> dict:
             "structured_content": None,
             "is_error": True,
             "message": (
-                f"approval required before this call can run (review {review_id}, {url}); nothing has run. "
-                "Call reviews_wait with the review_id, then reviews_execute once it is APPROVED"
+                f"approval required before this call can run: review {review_id} is pending ({url}); "
+                "nothing has run. Make the same call again (same tool, same arguments) to wait for the "
+                "decision: once approved, that call runs it, once. Or call reviews_wait with the review_id, "
+                "then reviews_execute"
             ),
             "review_id": review_id,
             "review_url": url,
@@ -1599,7 +1635,7 @@ def tool_envelope(session: Session) -> dict:
     completed = session.status == SessionStatus.DONE and session.exit_code == 0
     status = (
         "blocked"
-        if session.status == SessionStatus.BLOCKED
+        if session.status in (SessionStatus.BLOCKED, SessionStatus.REJECTED)
         else "completed"
         if completed
         else "running"

@@ -333,6 +333,10 @@ SWEEP_SECONDS = float(env_int("PORTCULLIS_SWEEP_SECONDS", 5))
 # Each process relays the outbox rows it wrote right after commit (off only for tests that need
 # to watch the rows wait).
 OUTBOX_RELAY_IN_PROCESS = env_bool("PORTCULLIS_OUTBOX_RELAY_IN_PROCESS", True)
+# A call of an upstream MCP tool that needs approval is held open this long for the decision
+# (gateway.upstream_hold); below the 60 s common clients allow a tool call. Each mcp connection may
+# set its own (`approval_hold_seconds`, 0-300).
+UPSTREAM_APPROVAL_HOLD_SECONDS = float(env_int("PORTCULLIS_UPSTREAM_APPROVAL_HOLD_SECONDS", 45))
 # Long waits (exec handoff, sessions_wait) send an MCP progress notification this often.
 PROGRESS_INTERVAL_SECONDS = float(env_int("PORTCULLIS_PROGRESS_INTERVAL_SECONDS", 10))
 # Key for masking pseudonyms (HMAC), per org derived from it; defaults to one derived from SECRET_KEY.

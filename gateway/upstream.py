@@ -10,6 +10,8 @@ connection. A `tools` list that no rule of matches: denied (fail closed).
 
     {"match": "delete_*", "effect": "deny"}
     {"match": "run_*", "requires_approval": true, "reviewers": ["dba"], "min_approvals": 1}
+    {"match": "deploy", "requires_approval": true, "reviewers": ["sre"],
+     "approval_when": {"environment": ["prod", "production"]}}
     {"match": ["query", "explain"], "groups": ["engineering"], "requires_approval": false,
      "guardrails": {"deny_words": ["drop"], "regex": ["(?i)password"],
                     "sql": {"read_only": true}, "sql_arguments": ["sql"], "sql_dialect": "postgres"},
@@ -40,6 +42,7 @@ RULE_KEYS = {
     "effect",
     "groups",
     "requires_approval",
+    "approval_when",
     "reviewers",
     "min_approvals",
     "guardrails",
@@ -63,6 +66,9 @@ class ToolRule:
     requires_approval: bool = False
     reviewers: tuple[str, ...] = ()  # groups that approve calls, when requires_approval
     min_approvals: int = 1
+    # argument -> the values that make a call need approval (all named arguments must match);
+    # empty: every call of the tool needs approval (when requires_approval)
+    approval_when: tuple[tuple[str, tuple], ...] = ()
     conditions: dict = field(default_factory=dict)  # normalized input conditions for the engine
     sql_arguments: tuple[str, ...] = ()
     sql_dialect: str = "postgres"
@@ -77,6 +83,15 @@ class ToolRule:
     def applies_to(self, actor: Actor) -> bool:
         return not self.groups or bool(self.groups & actor.groups)
 
+    def needs_approval(self, arguments: dict) -> bool:
+        """Whether this call waits for reviewers: `requires_approval`, and, with `approval_when`,
+        only when every named argument has one of the listed values (a missing argument does not
+        match, so a rule on `environment` lets a call without one through: name a default in
+        the upstream's schema or deny such calls with another rule)."""
+        if not self.requires_approval:
+            return False
+        return all(_one_of(arguments.get(name, _MISSING), values) for name, values in self.approval_when)
+
     @property
     def label(self) -> str:
         return f"tools[{self.index}]"
@@ -88,6 +103,32 @@ class ToolRule:
 
 
 ALLOW_ALL = ToolRule(index=-1, match=("*",))
+_MISSING = object()
+MAX_APPROVAL_VALUES = 100
+
+
+def _one_of(value, values: tuple) -> bool:
+    # JSON equality: true is not 1, but 1 is 1.0
+    return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in values)
+
+
+def _parse_approval_when(raw, where: str) -> tuple[tuple[str, tuple], ...]:
+    if not isinstance(raw, dict) or not raw or len(raw) > 20:
+        raise InvalidInput(f"{where}.approval_when must be an object of 1-20 argument conditions")
+    parsed = []
+    for name, values in raw.items():
+        values = values if isinstance(values, list) else [values]
+        if (
+            not values
+            or len(values) > MAX_APPROVAL_VALUES
+            or not all(isinstance(v, str | int | float | bool) or v is None for v in values)
+        ):
+            raise InvalidInput(
+                f"{where}.approval_when.{name} must be a value (string, number, boolean, null) or a list "
+                f"of 1-{MAX_APPROVAL_VALUES} of them"
+            )
+        parsed.append((name, tuple(values)))
+    return tuple(parsed)
 
 
 def _positive_int(value, where: str, *, maximum: int) -> int:
@@ -122,6 +163,10 @@ def _parse_rule(index: int, raw) -> ToolRule:
         raise InvalidInput(f"{where}.reviewers must be a list of group names")
     if approval and not reviewers:
         raise InvalidInput(f"{where}: requires_approval needs reviewers (the groups that approve the calls)")
+    if raw.get("approval_when") is not None:
+        if not approval:
+            raise InvalidInput(f"{where}: approval_when applies with requires_approval: true")
+        fields["approval_when"] = _parse_approval_when(raw["approval_when"], where)
     if reviewers:
         fields["reviewers"] = tuple(dict.fromkeys(reviewers))
     if raw.get("min_approvals") is not None:

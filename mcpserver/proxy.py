@@ -3,8 +3,9 @@ served under their own names, through the gateway.
 
 Existing MCP clients need nothing but the new URL. `tools/list` shows exactly the upstream tools
 the caller may use (tool policy, accepted contract) with their pinned schemas; `tools/call` goes
-through `gateway.pipeline.tool_call` like `upstream_call` on /api/mcp, so every call is a
-recorded, guarded, masked session. Same authentication as /api/mcp (the same token verifier).
+through `gateway.upstream_hold` like `upstream_call` on /api/mcp, so every call is a recorded,
+guarded, masked session, and a call that needs approval is held open until reviewers decide
+(`docs/upstream-mcp.md`). Same authentication as /api/mcp (the same token verifier).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent, Tool
 
-from gateway import metrics, pipeline
+from gateway import metrics, pipeline, upstream_hold
 from gateway.unavailable import JSONRPC_CODE, MESSAGE, is_database_unavailable
 from governance.errors import PortcullisError
 from mcpserver.auth import GatewayTokenVerifier
@@ -76,12 +77,20 @@ async def call_tool(ctx, params) -> CallToolResult:
         return _error("unauthorized: missing auth context")
     if not _has_scope(SCOPE_EXEC):
         return _error(f"insufficient_scope: calling upstream tools needs {SCOPE_EXEC}")
+
+    async def progress(elapsed: float, total: float | None, message: str) -> None:
+        try:  # a no-op unless the client gave a progress token
+            await ctx.session.report_progress(elapsed, total, message)
+        except Exception:  # a client that went away must not fail the call
+            logger.debug("progress notification not delivered", exc_info=True)
+
     try:
-        session = await pipeline.tool_call(
+        session = await upstream_hold.tool_call_held(
             actor=actor,
             connection_name=_connection_name(ctx),
             tool=params.name,
             arguments=params.arguments or {},
+            on_progress=progress,
         )
     except PortcullisError as exc:
         return _error(exc.message)

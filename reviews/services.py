@@ -416,6 +416,29 @@ def review_open(
     return review
 
 
+def review_find_identical(*, actor: Actor, connection: Connection, input_sha256: str) -> Review | None:
+    """The newest one-time review of `actor`'s own identical request (same connection, same exact
+    input) that may still lead to a run: pending, approved and not expired, or executed with its
+    session not yet finished. What a retry of an upstream tool call joins (`pipeline`)."""
+    now = timezone.now()
+    return (
+        Review.objects.filter(
+            org_id=actor.org_id,
+            requester_id=actor.user.pk,
+            connection=connection,
+            type=ReviewType.ONETIME,
+            input_sha256=input_sha256,
+        )
+        .filter(
+            Q(status__in=(ReviewStatus.PENDING, ReviewStatus.APPROVED), expires_at__gt=now)
+            | Q(status=ReviewStatus.EXECUTED, session__status__in=(SessionStatus.OPEN, SessionStatus.RUNNING))
+        )
+        .select_related("session__user")
+        .order_by("-created_at")
+        .first()
+    )
+
+
 def access_request(
     *, actor: Actor, connection_name: str, duration_seconds: int | None, reason: str
 ) -> Review:

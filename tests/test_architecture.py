@@ -1,10 +1,20 @@
-"""Structural promises of the design, checked on the source itself."""
+"""Structural promises of the design, checked on the source itself.
+
+Run as a script (`make lint` does), it prints the counts the layering work is measured by: project
+imports inside function bodies, and import cycles among the application modules counting those.
+"""
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["gateway", "governance", "reviews", "sessions", "mcpserver"]
+
+# Ceilings that only go down. An import inside a function hides a dependency (usually a cycle); the
+# layer contract in pyproject.toml ([tool.importlinter]) sees them, these counts keep them few.
+MAX_FUNCTION_LEVEL_IMPORTS = 129
+MAX_IMPORT_CYCLES = 6
 
 
 def _imports(path: Path) -> set[str]:
@@ -58,3 +68,136 @@ def test_every_scheduled_task_exists():
     app.loader.import_default_modules()
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
         assert entry["task"] in app.tasks, entry["task"]
+
+
+# --- the module graph, imports inside functions included --------------------------------------------
+
+
+def _modules() -> dict[str, Path]:
+    """Every application module (migrations aside) by dotted name."""
+    modules = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if "migrations" in parts:
+                continue
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _graph() -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
+    """(module -> the project modules it imports, [(module, line, imported) for imports inside functions]).
+
+    An imported name resolves to the longest module prefix that exists (`from a import b` is module
+    `a.b` when there is one). Imports under `if TYPE_CHECKING:` do not run and are left out."""
+    modules = _modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    in_functions = []
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+
+        def visit(node, in_function, type_checking, name=name, package=package):
+            for child in ast.iter_child_nodes(node):
+                inner = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+                guarded = type_checking or (
+                    isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test)
+                )
+                if isinstance(child, ast.Import | ast.ImportFrom) and not guarded:
+                    if isinstance(child, ast.Import):
+                        wanted = [alias.name for alias in child.names]
+                    else:
+                        base = child.module or ""
+                        if child.level:
+                            base = ".".join(
+                                package[: len(package) - child.level + 1] + ([base] if base else [])
+                            )
+                        wanted = [f"{base}.{alias.name}" for alias in child.names]
+                    targets = {resolve(w) for w in wanted} - {None, name}
+                    edges[name].update(targets)
+                    if inner:
+                        in_functions.extend((name, child.lineno, target) for target in sorted(targets))
+                visit(child, inner, guarded)
+
+        visit(ast.parse(path.read_text(), filename=str(path)), False, False)
+    return edges, in_functions
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_graph_sees_imports_inside_functions():
+    edges, in_functions = _graph()
+    # gateway/apps.py imports the pipeline in ready(), nowhere else.
+    assert "gateway.pipeline" in edges["gateway.apps"]
+    assert ("gateway.apps", "gateway.pipeline") in {(m, t) for m, _, t in in_functions}
+
+
+def test_function_level_imports_and_cycles_do_not_grow():
+    edges, in_functions = _graph()
+    cycles = _cycles(edges)
+    assert len(in_functions) <= MAX_FUNCTION_LEVEL_IMPORTS, (
+        "move the import to the top (and the shared piece down)"
+    )
+    assert len(cycles) <= MAX_IMPORT_CYCLES, cycles
+
+
+if __name__ == "__main__":
+    edges, in_functions = _graph()
+    cycles = _cycles(edges)
+    verbose = "-v" in sys.argv
+    print(f"project imports inside functions: {len(in_functions)} (ceiling {MAX_FUNCTION_LEVEL_IMPORTS})")
+    for module, line, target in in_functions if verbose else ():
+        print(f"  {module}:{line} -> {target}")
+    print(
+        f"import cycles counting them: {len(cycles)} (ceiling {MAX_IMPORT_CYCLES}), sizes {[len(c) for c in cycles]}"
+    )
+    for cycle in cycles if verbose else ():
+        print("  " + ", ".join(cycle))
+    sys.exit(len(in_functions) > MAX_FUNCTION_LEVEL_IMPORTS or len(cycles) > MAX_IMPORT_CYCLES)

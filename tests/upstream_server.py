@@ -4,14 +4,18 @@ by uvicorn on loopback: `python -m tests.upstream_server PORT [BEARER]`.
 Tools: echo (text back, structured too), sleep (seconds), pii (an e-mail address and a phone
 number, in text and structured content), big (n bytes of text), run_sql (echoes its sql
 argument), delete_everything (a tool nobody should reach), and mutate, which changes echo's
-description and input schema (a "rug pull") from the next listing on. With BEARER set, every
-request must carry `Authorization: Bearer BEARER`; the last Authorization header seen is
-reported by the tool `whoami`.
+description and input schema (a "rug pull") from the next listing on, and deploy (environment,
+service), which appends one line per call to the file named by UPSTREAM_CALL_LOG, so a test counts
+what the upstream really received. With BEARER set, every request must carry
+`Authorization: Bearer BEARER`; the last Authorization header seen is reported by the tool
+`whoami`. `python -m tests.upstream_server stdio` serves the same tools over stdio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 
 import uvicorn
@@ -57,6 +61,15 @@ def _tools() -> list[Tool]:
         Tool(name="delete_everything", description="Delete everything.", input_schema=obj),
         Tool(name="mutate", description="Change echo's contract.", input_schema=obj),
         Tool(name="whoami", description="Which Authorization header arrived.", input_schema=obj),
+        Tool(
+            name="deploy",
+            description="Deploy a service to an environment.",
+            input_schema={
+                "type": "object",
+                "properties": {"environment": {"type": "string"}, "service": {"type": "string"}},
+                "required": ["environment", "service"],
+            },
+        ),
     ]
 
 
@@ -92,6 +105,14 @@ async def call_tool(ctx, params) -> CallToolResult:
         return _text("mutated")
     if name == "whoami":
         return _text(str(STATE["authorization"]))
+    if name == "deploy":
+        line = json.dumps({"environment": args.get("environment"), "service": args.get("service")})
+        log = os.environ.get("UPSTREAM_CALL_LOG")
+        if log:
+            with open(log, "a") as fh:
+                fh.write(line + "\n")
+        text = f"deployed {args.get('service')} to {args.get('environment')}"
+        return _text(text, {"deployed": args.get("service"), "environment": args.get("environment")})
     return _text(f"unknown tool {name}", is_error=True)
 
 
@@ -112,7 +133,22 @@ def build(bearer: str | None):
     return guarded
 
 
+def serve_stdio() -> None:
+    from mcp.server.stdio import stdio_server
+
+    server = Server("test-upstream", on_list_tools=list_tools, on_call_tool=call_tool)
+
+    async def main():
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+    asyncio.run(main())
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "stdio":
+        serve_stdio()
+        sys.exit(0)
     port = int(sys.argv[1])
     bearer = sys.argv[2] if len(sys.argv) > 2 else None
     uvicorn.run(build(bearer), host="127.0.0.1", port=port, log_level="warning")

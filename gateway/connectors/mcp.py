@@ -171,7 +171,7 @@ def _remember(url: str, negotiated: tuple) -> None:
 
 class MCPConnector(Connector):
     kind = "mcp"
-    optional_keys = ("url", "command", "cwd", "allow_private_network", "tools")
+    optional_keys = ("url", "command", "cwd", "allow_private_network", "tools", "approval_hold_seconds")
     secret_keys = ("headers", "bearer_token", "env")
 
     def __init__(self, *args, **kwargs):
@@ -241,6 +241,9 @@ class MCPConnector(Connector):
         allow = values.get("allow_private_network")
         if allow is not None and not isinstance(allow, bool):
             raise InvalidInput("setting 'allow_private_network' must be true or false")
+        hold = values.get("approval_hold_seconds")
+        if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int) or not 0 <= hold <= 300):
+            raise InvalidInput("setting 'approval_hold_seconds' must be an integer between 0 and 300")
         validate_tool_policy(values.get("tools"))
 
     # --- running ----------------------------------------------------------------------------

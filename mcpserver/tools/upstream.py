@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import Field
 
-from gateway import pipeline, upstream
+from gateway import pipeline, upstream, upstream_hold
 from governance.policy import ROLE_ADMIN
 from mcpserver.registry import Args, Result, shared, tool
 from mcpserver.tools.execution import idempotency_key_field
@@ -90,6 +90,8 @@ def _render_envelope(r: ToolEnvelope) -> str:
     "upstream_call",
     description=(
         "Call a tool of an mcp connection (tool policy, guardrails, rate limits, pinned contract, masking, audit). "
+        "A call that needs approval is held open until reviewers decide (or the hold ends: pending_approval; "
+        "calling again with the same arguments joins the same review). "
         "`status` as exec's: completed | failed | blocked | pending_approval."
     ),
     args=CallArgs,
@@ -99,12 +101,13 @@ def _render_envelope(r: ToolEnvelope) -> str:
     render=_render_envelope,
 )
 async def upstream_call(actor, args: CallArgs, ctx) -> ToolEnvelope:
-    session = await pipeline.tool_call(
+    session = await upstream_hold.tool_call_held(
         actor=actor,
         connection_name=args.connection_name,
         tool=args.tool,
         arguments=args.arguments,
         idempotency_key=args.idempotency_key,
+        on_progress=ctx.progress,
     )
     return ToolEnvelope(**pipeline.tool_envelope(session))
 
