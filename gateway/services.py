@@ -20,7 +20,7 @@ from governance.models import Organization
 from governance.oauth import mcp_auth_get
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
 from sessions import outbox
-from sessions.audit import audit_record
+from sessions.audit import REDACTED, audit_record, change_detail, redact, snapshot
 
 OPTION_FIELDS = (
     "description",
@@ -218,6 +218,13 @@ def connection_create_headless(
     return connection
 
 
+def _audited(connection: Connection) -> dict:
+    """A connection's audited state: its options and each non-secret setting by name (so a change
+    says `host`, not `config`); `snapshot` leaves secrets out and redacts secret-looking keys."""
+    state = snapshot(connection, skip=("id", "org", "created_at", "updated_at", "config"))
+    return {**state, **redact(connection.config)}
+
+
 def connection_update(
     *, actor: Actor, name: str, settings: dict | None = None, options: dict | None = None
 ) -> Connection:
@@ -232,7 +239,8 @@ def connection_update(
             not_found=pipeline.not_found_message(name),
             name=name,
         )
-        changed = []
+        before = _audited(connection)
+        secrets_before = set(connection.secret_keys)
         if settings:
             merged = dict(connection.config)
             merged.update(connection.get_secrets())
@@ -244,13 +252,19 @@ def connection_update(
             config, secrets = pipeline.validate_connection_settings(connection.kind, merged)
             connection.config = config
             connection.set_secrets(secrets)
-            changed += sorted(settings)
         if options:
             _apply_options(connection, options)
-            changed += sorted(options)
         _full_clean(connection)
         connection.save()
-        audit_record(actor=actor, action="connection.update", target=connection, detail={"changed": changed})
+        detail = change_detail(before, _audited(connection))
+        # Secrets: which keys were set, removed or replaced, never a value.
+        touched = sorted((secrets_before | set(connection.secret_keys)) & set(settings or {}))
+        for key in touched:
+            label = f"secret:{key}"
+            detail["changed"].append(label)
+            detail["before"][label] = REDACTED if key in secrets_before else None
+            detail["after"][label] = REDACTED if key in connection.secret_keys else None
+        audit_record(actor=actor, action="connection.update", target=connection, detail=detail)
     return connection
 
 

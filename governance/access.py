@@ -22,7 +22,7 @@ from gateway.models import Connection
 from governance.errors import Conflict, InvalidInput, NotFound
 from governance.models import UserGroup
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, get_scoped, require_role, scope
-from sessions.audit import audit_record
+from sessions.audit import audit_record, change_detail
 
 OPEN_NOTE = "no access groups: every member of the organization may use this connection"
 RESTRICTED_NOTE = "only members of allowed_groups (and admins) may use this connection"
@@ -96,7 +96,11 @@ def access_control_set(*, actor: Actor, connection_name: str, groups: list[str])
             actor=actor,
             action="access_control.set",
             target=connection,
-            detail={"groups": names, "previous": previous},
+            detail={
+                "groups": names,
+                "previous": previous,
+                **change_detail({"access_groups": previous}, {"access_groups": sorted(names)}),
+            },
         )
     connection = _connection(actor, connection_name, "view")
     return access_control_to_dict(connection)
@@ -114,6 +118,12 @@ def access_control_unset(*, actor: Actor, connection_name: str) -> dict:
             raise Conflict(f'connection "{connection.name}" has no access groups')
         connection.access_groups.clear()
         audit_record(
-            actor=actor, action="access_control.unset", target=connection, detail={"previous": previous}
+            actor=actor,
+            action="access_control.unset",
+            target=connection,
+            detail={
+                "previous": previous,
+                **change_detail({"access_groups": previous}, {"access_groups": []}),
+            },
         )
     return access_control_to_dict(_connection(actor, connection_name, "view"))

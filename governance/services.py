@@ -41,9 +41,20 @@ def _audit_system(org_id, action: str, target, detail: dict | None = None, surfa
     audit_record(actor=None, org_id=org_id, action=action, target=target, detail=detail, surface=surface)
 
 
-def _audit_actor(actor: Actor, action: str, target, detail: dict | None = None) -> None:
-    from sessions.audit import audit_record
+def _audit_actor(
+    actor: Actor, action: str, target, detail: dict | None = None, *, before=None, after=None
+) -> None:
+    """Audit a change. With `before` and `after` (dicts of the audited fields) the detail says what
+    changed from what to what (`changed`, `before`, `after`; secrets redacted) beside `detail`."""
+    from sessions.audit import audit_record, change_detail, redact
 
+    if before is not None or after is not None:
+        diff = change_detail(redact(before or {}), redact(after or {}))
+        if before is None:
+            diff = {"after": diff["after"]}
+        elif after is None:
+            diff = {"before": diff["before"]}
+        detail = {**(detail or {}), **diff}
     audit_record(actor=actor, action=action, target=target, detail=detail)
 
 
@@ -346,6 +357,12 @@ def user_update(
         user = user_get(actor=actor, ref=ref)
         user = User.objects.select_for_update().get(pk=user.pk)
         detail: dict = {}
+
+        def state() -> dict:
+            groups = sorted(g.name for g in user.user_groups.filter(org_id=actor.org_id))
+            return {"name": user.name, "is_active": user.is_active, "groups": groups}
+
+        before = state()
         if name is not None and name != user.name:
             if len(name) > 150:
                 raise InvalidInput("name must be at most 150 characters")
@@ -375,7 +392,7 @@ def user_update(
                 detail["groups_removed"] = sorted(g.name for g in removed)
         _ensure_an_admin_remains(actor.org_id)
         action = "user.deactivate" if detail.get("is_active") is False else "user.update"
-        _audit_actor(actor, action, user, detail)
+        _audit_actor(actor, action, user, detail, before=before, after=state())
     return user
 
 
@@ -430,7 +447,14 @@ def usergroup_create(*, actor: Actor, name: str, members: list[str] | None = Non
         except IntegrityError:
             raise Conflict(f'group "{name}" already exists') from None
         group.members.add(*users)
-        _audit_actor(actor, "usergroup.create", group, {"members": [u.email for u in users]})
+        members = [u.email for u in users]
+        _audit_actor(
+            actor,
+            "usergroup.create",
+            group,
+            {"members": members},
+            after={"name": name, "members": sorted(members)},
+        )
     return group
 
 
@@ -448,7 +472,14 @@ def usergroup_rename(*, actor: Actor, name: str, new_name: str) -> UserGroup:
             raise Conflict(f'group "{new_name}" already exists')
         old, group.name = group.name, new_name
         group.save(update_fields=["name"])
-        _audit_actor(actor, "usergroup.rename", group, {"from": old, "to": new_name})
+        _audit_actor(
+            actor,
+            "usergroup.rename",
+            group,
+            {"from": old, "to": new_name},
+            before={"name": old},
+            after={"name": new_name},
+        )
     return group
 
 
@@ -472,11 +503,13 @@ def usergroup_delete(*, actor: Actor, name: str) -> str:
                 f'group "{group.name}" is the only access group of connection(s) {", ".join(sole)}; '
                 "change their access control first"
             )
+        members = sorted(u.email for u in group.members.all())
         _audit_actor(
             actor,
             "usergroup.delete",
             group,
-            {"members": sorted(u.email for u in group.members.all())},
+            {"members": members},
+            before={"name": group.name, "members": members},
         )
         group.delete()
     return name
@@ -513,8 +546,29 @@ def usergroup_set_members(
             "usergroup.members",
             group,
             {"added": sorted(u.email for u in added), "removed": sorted(u.email for u in removed)},
+            before={"members": sorted(u.email for u in current)},
+            after={"members": sorted(u.email for u in wanted)},
         )
     return group
+
+
+def usergroup_update(
+    *,
+    actor: Actor,
+    name: str,
+    new_name: str | None = None,
+    members: list[str] | None = None,
+    add: list[str] | None = None,
+    remove: list[str] | None = None,
+) -> UserGroup:
+    """Rename a group and/or change its members (admins), all or nothing: one transaction, one
+    audit event per change. Raises as usergroup_rename and usergroup_set_members."""
+    with transaction.atomic():
+        if new_name:
+            name = usergroup_rename(actor=actor, name=name, new_name=new_name).name
+        if members is not None or add or remove:
+            usergroup_set_members(actor=actor, name=name, members=members, add=add, remove=remove)
+        return usergroup_get(actor=actor, name=name)
 
 
 def usergroup_add_members(*, actor: Actor, name: str, members: list[str]) -> UserGroup:

@@ -128,8 +128,17 @@ def test_every_change_is_audited_once(cast, two):
         ("access_control.set", "success"),
         ("access_control.unset", "success"),
     ]
-    assert events[0].detail == {"groups": ["engineering"], "previous": []}
-    assert events[1].detail == {"previous": ["engineering"]}
+    assert events[0].detail == {
+        "groups": ["engineering"],
+        "previous": [],
+        "changed": ["access_groups"],
+        "before": {"access_groups": []},
+        "after": {"access_groups": ["engineering"]},
+    }
+    assert events[1].detail["before"] == {"access_groups": ["engineering"]}
+    assert events[1].detail["after"] == {"access_groups": []} and events[1].detail["previous"] == [
+        "engineering"
+    ]
     assert events[0].actor_email == "alice@acme.test" and events[0].target_repr == "ledger"
 
 

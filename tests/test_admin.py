@@ -578,7 +578,9 @@ def test_it_sets_access_groups_through_the_access_control_service(cast, pg):
     assert response.status_code == 302, response.content.decode()[:2000]
     assert [g.name for g in pg.access_groups.all()] == ["engineering"]
     event = AuditEvent.objects.get(org=cast.acme, action="access_control.set")
-    assert event.surface == "admin" and event.detail == {"groups": ["engineering"], "previous": []}
+    assert event.surface == "admin" and event.detail["groups"] == ["engineering"]
+    assert event.detail["before"] == {"access_groups": []}
+    assert event.detail["after"] == {"access_groups": ["engineering"]}
     assert not AuditEvent.objects.filter(
         org=cast.acme, action="connection.update"
     ).exists()  # nothing else changed

@@ -14,10 +14,12 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from gateway.models import Connection
+from gateway.runbooks import runbook_create
 from governance import rules
 from governance.models import GuardrailRule
-from governance.services import token_issue
-from sessions.models import AuditEvent
+from governance.services import token_issue, usergroup_create
+from sessions.models import AuditEvent, WebhookDelivery
+from sessions.webhooks import webhook_endpoint_create
 
 pytestmark = pytest.mark.live
 
@@ -72,6 +74,14 @@ class Rest:
             response = client.post(f"{API}/runbooks/", body, format="json")
         elif op == "review.settings":
             response = client.patch(f"{API}/review-settings/", {"review_ttl_seconds": 7200}, format="json")
+        elif op == "runbook.update":
+            body = {"description": "changed"}
+            response = client.patch(f"{API}/runbooks/{connection}/{name}/", body, format="json")
+        elif op == "usergroup.members":
+            response = client.patch(f"{API}/groups/{name}/", {"add": ["dave@acme.test"]}, format="json")
+        elif op == "webhook.retry":
+            body = {"delivery_ids": _deliveries_of(name)}
+            response = client.post(f"{API}/webhook-deliveries/retry/", body, format="json")
         else:  # connection.import
             rows = [{"name": name, "kind": "sqlite", "settings": {"path": "/tmp/parity.sqlite3"}}]
             response = client.post(f"{API}/connections/import/", {"rows": rows}, format="json")
@@ -127,6 +137,18 @@ class Mcp:
             result = client.call("runbooks_create", args)
         elif op == "review.settings":
             result = client.call("reviews_settings_update", {"review_ttl_seconds": 7200})
+        elif op == "runbook.update":
+            args = {
+                "kind": "runbook",
+                "record_name": f"{connection}/{name}",
+                "changes": {"description": "changed"},
+            }
+            result = client.call("config_update", args)
+        elif op == "usergroup.members":
+            args = {"kind": "usergroup", "record_name": name, "changes": {"add_members": ["dave@acme.test"]}}
+            result = client.call("config_update", args)
+        elif op == "webhook.retry":
+            result = client.call("webhooks_deliveries", {"retry": _deliveries_of(name)})
         else:
             rows = [{"name": name, "kind": "sqlite", "settings": {"path": "/tmp/parity.sqlite3"}}]
             result = client.call("connections_import", {"rows": rows})
@@ -279,19 +301,51 @@ def test_a_read_only_token_is_blocked_alike(cast, surfaces, world, surface):
     assert all(e.client.startswith(f"token:ro-{surface}") for e in events)
 
 
-ADMIN_OPS = ["webhook.create", "webhook.update", "runbook.create", "review.settings", "connection.import"]
+ADMIN_OPS = [
+    "webhook.create",
+    "webhook.update",
+    "webhook.retry",
+    "runbook.create",
+    "runbook.update",
+    "usergroup.members",
+    "review.settings",
+    "connection.import",
+]
+
+
+def _deliveries_of(webhook_name: str) -> list[int]:
+    """The deliveries of an endpoint (a made-up id when it has none: the refusal comes first)."""
+    ids = list(WebhookDelivery.objects.filter(endpoint__name=webhook_name).values_list("pk", flat=True))
+    return ids or [999_999_999]
 
 
 @pytest.mark.parametrize("surface", ["api", "mcp"])
 @pytest.mark.parametrize("op", ADMIN_OPS)
 def test_admin_operations_alike_over_rest_and_mcp(cast, surfaces, world, surface, op):
-    from sessions.webhooks import webhook_endpoint_create
-
     name = f"{op.split('.')[0]}-{surface}"
-    if op == "webhook.update":
-        webhook_endpoint_create(
+    if op in ("webhook.update", "webhook.retry"):
+        endpoint = webhook_endpoint_create(
             actor=cast.alice.actor(), name=name, url="https://hooks.example.test/y", secret=SECRET
         )
+        if op == "webhook.retry":  # a delivery that gave up
+            WebhookDelivery.objects.create(
+                org=cast.acme,
+                endpoint=endpoint,
+                event_id=uuid.uuid4(),
+                event_type="session.finished",
+                payload={},
+                status="dead",
+                attempts=8,
+            )
+    if op == "runbook.update":
+        runbook_create(
+            actor=cast.alice.actor(),
+            connection_name="shop",
+            name=name,
+            template="select count(*) from customers",
+        )
+    if op == "usergroup.members":
+        usergroup_create(actor=cast.alice.actor(), name=name)
     since = _last_id()
     # An auditor reads but administers nothing, alike on every surface, and the refusal is audited.
     assert surfaces[surface].admin_op(cast.carol, op, f"{name}-x") in ("denied", "not_found")
@@ -307,6 +361,11 @@ def test_admin_operations_alike_over_rest_and_mcp(cast, surfaces, world, surface
         assert (
             events[0].detail["changed"] == ["secret"] and events[0].detail["after"]["secret"] == "[redacted]"
         )
+    if op == "webhook.retry":
+        delivery = WebhookDelivery.objects.get(endpoint__name=name)
+        assert events[0].detail == {"deliveries": [delivery.pk]} and delivery.status != "dead"
+    if op in ("runbook.update", "usergroup.members"):  # from what to what
+        assert events[0].detail["changed"] and events[0].detail["before"] != events[0].detail["after"]
     if op == "review.settings":
         assert events[0].detail["before"] == {"review_ttl_seconds": 86400}
         assert events[0].detail["after"] == {"review_ttl_seconds": 7200}

@@ -3,10 +3,16 @@ audit as the MCP tools, over /api/v1/ with API tokens."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from rest_framework.test import APIClient
 
-from sessions.models import AuditEvent, Session
+from governance.services import usergroup_create
+from reviews.services import access_rule_create, review_decide
+from sessions.models import AuditEvent, Session, WebhookDelivery
+from sessions.services import analysis_run
+from sessions.webhooks import webhook_endpoint_create
 
 API = "/api/v1"
 
@@ -171,3 +177,106 @@ def test_a_runbook_runs_over_rest_for_whom_a_rule_allows(cast, shops, admin_toke
     assert ran.status_code == 200 and ran.json()["status"] == "completed" and ran.json()["rows"] == [[3]]
     refused = _client(cast.dave).post(f"{API}/runbooks/shop/count/run/", {}, format="json")
     assert refused.status_code in (403, 404)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_long_polls_and_server_facts_over_rest(cast, shops, admin_token):
+    bob, dave = _client(cast.bob), _client(cast.dave)
+    facts = bob.get(f"{API}/serverinfo/").json()
+    assert facts["name"] == "portcullis" and facts["mcp_url"].endswith("/api/mcp")
+    assert "sqlite" in facts["connection_kinds"] and facts["outbox_backlog"] is None
+    assert isinstance(admin_token.get(f"{API}/serverinfo/").json()["outbox_backlog"], dict)
+
+    ran = bob.post(f"{API}/exec/", {"connection_name": "shop", "input": "select 1"}, format="json").json()
+    waited = bob.get(f"{API}/sessions/{ran['session_id']}/wait/", {"timeout_seconds": 5}).json()
+    assert waited["status"] == "completed" and waited["timed_out"] is False and waited["rows"] == [[1]]
+    assert dave.get(f"{API}/sessions/{ran['session_id']}/wait/").status_code == 404
+    assert bob.get(f"{API}/sessions/{ran['session_id']}/wait/", {"timeout_seconds": 301}).status_code == 400
+
+    analysis_run(session_id=ran["session_id"])
+    analysis = bob.get(f"{API}/sessions/{ran['session_id']}/analysis/", {"timeout_seconds": 5}).json()
+    assert (
+        analysis["status"] == "ready" and analysis["timed_out"] is False and analysis["risk_level"] == "low"
+    )
+
+    # A review: waiting times out while it is pending, and answers once a reviewer decided.
+    alice = cast.alice.actor()
+    usergroup_create(actor=alice, name="dba", members=["dave@acme.test"])
+    access_rule_create(
+        actor=alice, name="shop-writes", access_type="command", connections=["shop"], reviewer_groups=["dba"]
+    )
+    pending = bob.post(
+        f"{API}/exec/",
+        {"connection_name": "shop", "input": "delete from customers where id = 1"},
+        format="json",
+    ).json()
+    assert pending["status"] == "pending_approval"
+    wait_url = f"{API}/reviews/{pending['review_id']}/wait/"
+    still = bob.get(wait_url, {"timeout_seconds": 0.5}).json()
+    assert still["status"] == "PENDING" and still["timed_out"] is True and still["waited_seconds"] >= 0.5
+    review_decide(actor=cast.dave.actor(surface="web"), review_id=pending["review_id"], status="APPROVED")
+    decided = bob.get(wait_url, {"timeout_seconds": 5}).json()
+    assert decided["status"] == "APPROVED" and decided["timed_out"] is False
+    assert _client(cast.eve).get(wait_url).status_code == 404
+
+
+def test_changes_say_from_what_to_what_with_secrets_redacted(cast, shops, admin_token):
+    settings = {"host": "db1.acme.test", "database": "app", "user": "ro", "password": "first-secret-1"}
+    body = {"name": "pg2", "kind": "postgres", "settings": settings}
+    assert admin_token.post(f"{API}/connections/", body, format="json").status_code == 201
+    changes = {"settings": {"host": "db2.acme.test", "password": "second-secret-2"}, "max_rows": 10}
+    assert admin_token.patch(f"{API}/connections/pg2/", changes, format="json").status_code == 200
+    event = AuditEvent.objects.filter(action="connection.update").latest("id")
+    assert set(event.detail["changed"]) == {"host", "max_rows", "secret:password"}
+    assert (
+        event.detail["before"]["host"] == "db1.acme.test" and event.detail["after"]["host"] == "db2.acme.test"
+    )
+    assert event.detail["after"]["max_rows"] == 10
+    assert (
+        event.detail["before"]["secret:password"] == event.detail["after"]["secret:password"] == "[redacted]"
+    )
+    assert "secret-" not in str(event.detail)
+
+    user = {"name": "Bobby", "groups": ["engineering", "auditor"]}
+    assert admin_token.patch(f"{API}/users/bob@acme.test/", user, format="json").status_code == 200
+    event = AuditEvent.objects.filter(action="user.update").latest("id")
+    assert event.detail["before"] == {"name": cast.bob.user.name, "groups": ["engineering"]}
+    assert event.detail["after"] == {"name": "Bobby", "groups": ["auditor", "engineering"]}
+
+    group = {"name": "eng", "add": ["dave@acme.test"]}
+    assert admin_token.patch(f"{API}/groups/engineering/", group, format="json").status_code == 200
+    renamed = AuditEvent.objects.get(action="usergroup.rename")
+    assert (renamed.detail["before"], renamed.detail["after"]) == ({"name": "engineering"}, {"name": "eng"})
+    members = AuditEvent.objects.get(action="usergroup.members")
+    assert "dave@acme.test" not in members.detail["before"]["members"]
+    assert "dave@acme.test" in members.detail["after"]["members"]
+
+
+def test_webhook_deliveries_are_listed_and_retried_over_rest(cast, admin_token):
+    endpoint = webhook_endpoint_create(
+        actor=cast.alice.actor(), name="siem", url="https://siem.example.test/in", secret="s" * 20
+    )
+    dead = WebhookDelivery.objects.create(
+        org=cast.acme,
+        endpoint=endpoint,
+        event_id=uuid.uuid4(),
+        event_type="session.finished",
+        payload={},
+        status="dead",
+        attempts=8,
+        last_error="HTTP 500",
+    )
+    listed = admin_token.get(f"{API}/webhook-deliveries/", {"status": "dead", "webhook_name": "siem"}).json()
+    assert [(d["id"], d["attempts"], d["last_error"]) for d in listed["items"]] == [(dead.pk, 8, "HTTP 500")]
+    assert admin_token.get(f"{API}/webhook-deliveries/", {"status": "lost"}).status_code == 400
+    assert admin_token.get(f"{API}/webhook-deliveries/", {"webhook_name": "nope"}).status_code == 404
+    assert _client(cast.carol).get(f"{API}/webhook-deliveries/").status_code == 403
+
+    retried = admin_token.post(f"{API}/webhook-deliveries/retry/", {"delivery_ids": [dead.pk]}, format="json")
+    assert retried.status_code == 200 and retried.json() == {"retried": 1}
+    dead.refresh_from_db()
+    assert (dead.status, dead.attempts) == ("pending", 0)
+    assert (
+        admin_token.post(f"{API}/webhook-deliveries/retry/", {"delivery_ids": []}, format="json").status_code
+        == 400
+    )

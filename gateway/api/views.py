@@ -290,17 +290,15 @@ class GroupDetailView(ServiceView):
     )
     def patch(self, request, name):
         data = parse(io.GroupUpdate, request.data)
-        if "name" in data:
-            name = directory.usergroup_rename(actor=self.actor, name=name, new_name=data["name"]).name
-        if any(k in data for k in ("members", "add", "remove")):
-            directory.usergroup_set_members(
-                actor=self.actor,
-                name=name,
-                members=data.get("members"),
-                add=data.get("add"),
-                remove=data.get("remove"),
-            )
-        return Response(directory.usergroup_to_dict(directory.usergroup_get(actor=self.actor, name=name)))
+        group = directory.usergroup_update(
+            actor=self.actor,
+            name=name,
+            new_name=data.get("name"),
+            members=data.get("members"),
+            add=data.get("add"),
+            remove=data.get("remove"),
+        )
+        return Response(directory.usergroup_to_dict(group))
 
     @extend_schema(
         responses=_responses(None, 204, WRITE_ERRORS),

@@ -52,21 +52,22 @@ def _record(kind: str, data: dict) -> dict:
     return {"kind": kind, **data}
 
 
+# KindName and Record are built from the registered kinds at import time (mypy cannot see them).
 class ListArgs(Args):
-    kind: KindName
+    kind: KindName  # type: ignore[valid-type]
     limit: Limit = 50
     offset: Offset = 0
 
 
 class RecordList(Result):
-    items: list[Record]
+    items: list[Record]  # type: ignore[valid-type]
     total: int
     has_next_page: bool
     next_offset: int | None
 
 
 class RefArgs(Args):
-    kind: KindName
+    kind: KindName  # type: ignore[valid-type]
     record_name: RecordRef
 
 

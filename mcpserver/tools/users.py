@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from channels.db import database_sync_to_async as db
-from django.db import transaction
 from pydantic import AliasChoices, Field
 
 from governance import services
@@ -161,21 +160,16 @@ def _groups_page(actor, limit, offset):
 
 
 def _group_update(actor, ref, changes):
-    """Rename and/or change members, in one transaction (one audit event per change)."""
     fields = GroupChanges.model_validate(changes)
-    with transaction.atomic():
-        name = ref
-        if fields.name:
-            name = services.usergroup_rename(actor=actor, name=ref, new_name=fields.name).name
-        if fields.members is not None or fields.add_members or fields.remove_members:
-            services.usergroup_set_members(
-                actor=actor,
-                name=name,
-                members=fields.members,
-                add=fields.add_members,
-                remove=fields.remove_members,
-            )
-        return services.usergroup_to_dict(services.usergroup_get(actor=actor, name=name))
+    group = services.usergroup_update(
+        actor=actor,
+        name=ref,
+        new_name=fields.name,
+        members=fields.members,
+        add=fields.add_members,
+        remove=fields.remove_members,
+    )
+    return services.usergroup_to_dict(group)
 
 
 register_kind(
