@@ -163,7 +163,7 @@ class Runbook(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["connection", "name"], name="runbook_unique_name_per_connection")
+            models.UniqueConstraint(Lower("name"), "connection", name="runbook_unique_name_ci_per_connection")
         ]
         ordering = ["name"]
 
@@ -179,5 +179,5 @@ class RunbookRule(BoundRule):
 
     class Meta(BoundRule.Meta):
         constraints = [
-            models.UniqueConstraint(fields=["org", "name"], name="runbookrule_unique_name_per_org")
+            models.UniqueConstraint(Lower("name"), "org", name="runbookrule_unique_name_ci_per_org")
         ]

@@ -89,7 +89,7 @@ class UserGroup(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["org", "name"], name="usergroup_unique_name_per_org")]
+        constraints = [models.UniqueConstraint(Lower("name"), "org", name="usergroup_unique_name_ci_per_org")]
         ordering = ["name"]
 
     def __str__(self):

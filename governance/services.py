@@ -50,7 +50,9 @@ def _audit_actor(
 
     if before is not None or after is not None:
         diff = change_detail(redact(before or {}), redact(after or {}))
-        if before is None:
+        if before is not None and after is not None and not diff["changed"]:
+            diff = {}  # e.g. only a password changed: `detail` says so, with no value
+        elif before is None:
             diff = {"after": diff["after"]}
         elif after is None:
             diff = {"before": diff["before"]}
@@ -256,6 +258,19 @@ def _check_group_name(name: str) -> str:
     return name
 
 
+def _refuse_taken_group_name(org_id, name: str, *, exclude=None) -> None:
+    """Group names are unique in an org regardless of case (a database constraint too)."""
+    taken = (
+        UserGroup.objects.filter(org_id=org_id, name__iexact=name)
+        .exclude(pk=exclude)
+        .values_list("name", flat=True)
+        .first()
+    )
+    if taken is not None:
+        suffix = "" if taken == name else f' as "{taken}" (names are unique regardless of case)'
+        raise Conflict(f'group "{name}" already exists{suffix}')
+
+
 def _lock_admin_group(org_id) -> None:
     """Serialize every change that could leave the org without an active admin."""
     list(UserGroup.objects.select_for_update().filter(org_id=org_id, name=ADMIN_GROUP).values_list("pk"))
@@ -441,6 +456,7 @@ def usergroup_create(*, actor: Actor, name: str, members: list[str] | None = Non
     name = _check_group_name(name)
     with transaction.atomic():
         users = _users_by_email(actor, members or [])
+        _refuse_taken_group_name(actor.org_id, name)
         try:
             with transaction.atomic():
                 group = UserGroup.objects.create(org_id=actor.org_id, name=name)
@@ -468,8 +484,7 @@ def usergroup_rename(*, actor: Actor, name: str, new_name: str) -> UserGroup:
             return group
         if group.name in RESERVED_GROUPS or new_name in RESERVED_GROUPS:
             raise InvalidInput(f"the reserved groups ({', '.join(RESERVED_GROUPS)}) cannot be renamed")
-        if UserGroup.objects.filter(org_id=actor.org_id, name=new_name).exists():
-            raise Conflict(f'group "{new_name}" already exists')
+        _refuse_taken_group_name(actor.org_id, new_name, exclude=group.pk)
         old, group.name = group.name, new_name
         group.save(update_fields=["name"])
         _audit_actor(

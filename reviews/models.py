@@ -10,6 +10,7 @@ Every transition goes through `reviews.services`, which refuses wrong states and
 import uuid
 
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from governance.models import BoundRule, Organization, User, UserGroup
@@ -49,7 +50,7 @@ class AccessRequestRule(BoundRule):
 
     class Meta(BoundRule.Meta):
         constraints = [
-            models.UniqueConstraint(fields=["org", "name"], name="accessrequestrule_unique_name_per_org")
+            models.UniqueConstraint(Lower("name"), "org", name="accessrequestrule_unique_name_ci_per_org")
         ]
 
 

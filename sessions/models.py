@@ -3,6 +3,7 @@
 import uuid
 
 from django.db import models, transaction
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from governance.models import Organization, User
@@ -275,7 +276,7 @@ class WebhookEndpoint(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["org", "name"], name="webhook_unique_name_per_org")]
+        constraints = [models.UniqueConstraint(Lower("name"), "org", name="webhook_unique_name_ci_per_org")]
         ordering = ["name"]
 
     def __str__(self):

@@ -94,7 +94,9 @@ def test_it_manages_groups_and_members(cast):
     usergroup_remove_members(actor=actor, name="ops", members=["bob@acme.test"])
     assert usergroup_to_dict(usergroup_get(actor=actor, name="ops"))["members"] == ["dave@acme.test"]
     event = _events(cast.acme, "usergroup.members").first()
-    assert event.detail == {"added": [], "removed": ["bob@acme.test"]}
+    assert (event.detail["added"], event.detail["removed"]) == ([], ["bob@acme.test"])
+    assert event.detail["before"] == {"members": ["bob@acme.test", "dave@acme.test"]}
+    assert event.detail["after"] == {"members": ["dave@acme.test"]}
     with pytest.raises(Conflict):
         usergroup_create(actor=actor, name="ops")
     usergroup_rename(actor=actor, name="ops", new_name="sre")

@@ -464,6 +464,7 @@ class ExecIn(StrictSerializer):
 
 class ExecOut(s.Serializer):
     status = s.ChoiceField(choices=["completed", "failed", "blocked", "pending_approval", "running"])
+    timed_out = s.BooleanField(required=False, help_text="Waits only: true when the wait ended first.")
     session_id = s.UUIDField()
     session_status = Char()
     output = Char(required=False)
@@ -777,10 +778,6 @@ class AnalysisWaited(AnalysisOut, Waited):
     pass
 
 
-class ExecWaited(ExecOut):
-    timed_out = s.BooleanField()
-
-
 class ServerInfoOut(s.Serializer):
     name = Char()
     version = Char()
@@ -794,12 +791,9 @@ class ServerInfoOut(s.Serializer):
     outbox_backlog = s.DictField(allow_null=True, help_text="Admins only.")
 
 
-DELIVERY_STATUSES = ["pending", "delivered", "failed", "dead"]
-
-
 class DeliveryQuery(PageOnly):
     webhook_name = Char(**NAME, required=False)
-    status = s.ChoiceField(choices=DELIVERY_STATUSES, required=False)
+    status = Char(max_length=16, required=False, help_text="pending, delivered, failed or dead.")
 
 
 class DeliveryOut(s.Serializer):
@@ -807,7 +801,7 @@ class DeliveryOut(s.Serializer):
     webhook_name = Char()
     event_id = s.UUIDField()
     event_type = Char()
-    status = s.ChoiceField(choices=DELIVERY_STATUSES)
+    status = Char(help_text="pending, delivered, failed or dead.")
     attempts = s.IntegerField()
     response_code = s.IntegerField(allow_null=True)
     last_error = Char()

@@ -936,7 +936,7 @@ class ServerInfoView(ServiceView):
 class SessionWaitView(ServiceView):
     @extend_schema(
         parameters=_query_params(io.WaitQuery),
-        responses=_responses(io.ExecWaited),
+        responses=_responses(io.ExecOut),
         summary="Wait until a session ends (as sessions_wait): the exec envelope, or timed_out=true",
     )
     def get(self, request, session_id):
