@@ -9,14 +9,15 @@ from jsonschema import Draft202012Validator
 pytestmark = pytest.mark.live
 
 # Bytes of the tools/list result as JSON (what lands in an agent's context). The issue asks for
-# admin <= 45 KB and standard user <= 25 KB; this branch reached about 67.5 / 40 / 28 KB (from 149 /
-# 100 / 76 KB, with 7 more admin tools: runbooks, webhooks, import, review settings) and holds the
-# listing there, so a change that grows it has to say so here.
+# admin <= 45 KB and standard user <= 25 KB (ISSUE_TARGET); from 149 / 100 / 76 KB this branch is at
+# about 52.3 / 35.2 / 27.1 KB, with every tool typed, and holds the listing there (BUDGET), so a
+# change that grows it has to say so here. The gap to the target is stated in the print.
+ISSUE_TARGET = {"admin": 45_000, "standard": 25_000}
 BUDGET = {
-    "admin": 68_000,
-    "auditor": 40_600,
-    "standard": 28_700,
-}  # with idempotency_key on the four tools that run something
+    "admin": 52_400,
+    "auditor": 35_200,
+    "standard": 27_200,
+}
 
 
 async def _listing(client):
@@ -29,6 +30,10 @@ def test_it_prints_and_holds_the_tools_list_budget_per_role(cast, mcp):
         listing = mcp(person).run(_listing)
         sizes[role] = (len(listing.model_dump_json(by_alias=True, exclude_none=True)), len(listing.tools))
     print("\ntools/list sizes: " + ", ".join(f"{r} {b} bytes ({n} tools)" for r, (b, n) in sizes.items()))
+    print(
+        "issue 15 target: "
+        + ", ".join(f"{r} {t} bytes ({sizes[r][0] - t:+d})" for r, t in ISSUE_TARGET.items())
+    )
     for role, (size, _) in sizes.items():
         assert size <= BUDGET[role], f"{role} tools/list is {size} bytes, budget {BUDGET[role]}"
     assert sizes["standard"][1] < sizes["auditor"][1] < sizes["admin"][1]
