@@ -5,19 +5,21 @@ One run:
      an `mcp` connection to the test upstream server (`tests/upstream_server.py`, an SDK server
      under uvicorn on loopback, started here);
   2. starts daphne on a free port, as `make run` does;
-  3. measures p50/p95 of a trivial tool call (`echo`), in the same run:
+  3. measures p50/p95 of a trivial tool call (`echo`), in the same run, interleaved in rounds (the
+     series take turns, so a change in machine load hits both):
        * direct: the official SDK client -> the upstream, one connected client, `call_tool` timed;
        * through the gateway: the same client -> /api/mcp/c/<connection> -> the pipeline -> the
-         upstream (a fresh upstream session per call: list, check the pinned contract, call);
+         upstream (a pooled upstream session: list, check the pinned contract, call);
   4. prints the overhead (gateway p50 - direct p50) and writes JSON to bench/results/.
 
-    .venv/bin/python bench/upstream_overhead.py [--n 200] [--warmup 20] [--mode auto|legacy]
+    .venv/bin/python bench/upstream_overhead.py [--n 200] [--warmup 20] [--rounds 20] [--mode auto|legacy]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -56,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="measured calls per series (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="unmeasured calls before each series (default 20)")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     p.add_argument("--mode", default="auto", choices=["auto", "legacy"], help="client protocol era")
     p.add_argument(
         "--pg-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -99,23 +102,46 @@ def seed(env: dict, upstream_url: str) -> str:
     return token
 
 
-async def measure(url: str, headers: dict, mode: str, n: int, warmup: int) -> list[float]:
-    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60))
-    samples = []
-    async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
-        await client.list_tools()
-        for i in range(warmup + n):
-            started = time.perf_counter()
-            result = await client.call_tool("echo", {"text": "ping"})
-            elapsed = time.perf_counter() - started
-            if result.is_error or result.content[0].text != "ping":
-                raise RuntimeError(f"unexpected result: {result}")
-            if i >= warmup:
-                samples.append(elapsed)
-    return samples
+async def _call(client, samples: list | None) -> None:
+    started = time.perf_counter()
+    result = await client.call_tool("echo", {"text": "ping"})
+    elapsed = time.perf_counter() - started
+    if result.is_error or result.content[0].text != "ping":
+        raise RuntimeError(f"unexpected result: {result}")
+    if samples is not None:
+        samples.append(elapsed)
 
 
-def summarize(samples: list[float]) -> dict:
+async def measure(series: dict, mode: str, n: int, warmup: int, rounds: int) -> dict:
+    """Interleaved A/B: both clients connected at once, `rounds` rounds of n/rounds calls each,
+    the series taking turns (which goes first alternates), so drift in machine load hits both."""
+    samples: dict = {name: [] for name in series}
+    per_round: dict = {name: [] for name in series}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name, (url, headers) in series.items():
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60))
+            )
+            clients[name] = await stack.enter_async_context(
+                Client(streamable_http_client(url, http_client=http), mode=mode)
+            )
+            await clients[name].list_tools()
+            for _ in range(warmup):
+                await _call(clients[name], None)
+        names = list(series)
+        per = max(n // rounds, 1)
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else reversed(names):
+                block: list = []
+                for _ in range(per):
+                    await _call(clients[name], block)
+                samples[name] += block
+                per_round[name].append(statistics.median(block) * 1000)
+    return {name: (samples[name], per_round[name]) for name in series}
+
+
+def summarize(samples: list[float], round_p50s: list[float]) -> dict:
     ms = sorted(s * 1000 for s in samples)
     q = statistics.quantiles(ms, n=100)
     return {
@@ -123,6 +149,8 @@ def summarize(samples: list[float]) -> dict:
         "p50": round(q[49], 2),
         "p95": round(q[94], 2),
         "mean": round(statistics.fmean(ms), 2),
+        "round_p50_min": round(min(round_p50s), 2),
+        "round_p50_max": round(max(round_p50s), 2),
     }
 
 
@@ -153,33 +181,29 @@ def main(argv=None) -> int:
         recreate_database(args.pg_url, args.db_name)
         token = seed(env, upstream_url)
         with gateway(env, port, data_dir / "daphne.log") as (url, _proc):
-            direct = summarize(
-                asyncio.run(
-                    measure(
-                        upstream_url, {"Authorization": f"Bearer {BEARER}"}, args.mode, args.n, args.warmup
-                    )
+            measured = asyncio.run(
+                measure(
+                    {
+                        "direct": (upstream_url, {"Authorization": f"Bearer {BEARER}"}),
+                        "gateway": (f"{url}/api/mcp/c/{CONNECTION}", {"Authorization": f"Bearer {token}"}),
+                    },
+                    args.mode,
+                    args.n,
+                    args.warmup,
+                    args.rounds,
                 )
             )
-            through = summarize(
-                asyncio.run(
-                    measure(
-                        f"{url}/api/mcp/c/{CONNECTION}",
-                        {"Authorization": f"Bearer {token}"},
-                        args.mode,
-                        args.n,
-                        args.warmup,
-                    )
-                )
-            )
+        direct, through = (summarize(*measured[name]) for name in ("direct", "gateway"))
         results.update(
             direct=direct, gateway=through, overhead_p50_ms=round(through["p50"] - direct["p50"], 2)
         )
-        print(f"{'series':<34}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
+        print(f"{'series':<34}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}{'round p50 min-max':>22}")
         for label, row in (
             ("direct (SDK client -> upstream)", direct),
             ("through /api/mcp/c/<conn>", through),
         ):
-            print(f"{label:<34}{row['n']:>5}{row['p50']:>10}{row['p95']:>10}{row['mean']:>10}")
+            spread = f"{row['round_p50_min']}-{row['round_p50_max']}"
+            print(f"{label:<34}{row['n']:>5}{row['p50']:>10}{row['p95']:>10}{row['mean']:>10}{spread:>22}")
         print(f"overhead at p50: {results['overhead_p50_ms']} ms")
         if not args.no_json:
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)

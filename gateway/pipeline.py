@@ -1099,15 +1099,29 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _upstream_connector(connection: Connection, limits: Limits):
+    """The connector of an mcp connection, with its pooled upstream sessions (`mcp_pool`)."""
+    return REGISTRY[connection.kind](
+        connection.config, connection.get_secrets(), limits, pool_scope=str(connection.pk)
+    )
+
+
 async def _upstream_listing(connection: Connection, limits: Limits):
-    """(connector, the upstream's tools) within the connection's time limit; ConnectorError else."""
+    """(connector, the upstream's tools) within the connection's time limit; ConnectorError else.
+    The exchange runs on the upstream loop, where the pooled sessions live."""
+    import asyncio
+
     import anyio
 
-    connector = _connector(connection, limits)
-    try:
+    connector = _upstream_connector(connection, limits)
+
+    async def listing():
         with anyio.fail_after(limits.timeout_seconds):
-            async with connector.client() as client:
-                return connector, await connector.list_tools(client)
+            async with connector.session() as client:
+                return await connector.list_tools(client)
+
+    try:
+        return connector, await asyncio.wrap_future(connector.submit(listing()))
     except Exception as exc:  # every failure is a clear, secret-free message
         raise ConnectorError(connector.describe_failure(exc)) from None
 
@@ -1521,19 +1535,17 @@ def tool_dispatch(
 def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arguments: dict, surface: str):
     """Pool-thread body: claim the session, talk to the upstream, finish the record. Whatever goes
     wrong, the session does not stay open."""
-    import anyio
-
     try:
         close_old_connections()
         if not lifecycle.claim(session_id, runner=runner.runner_id()):
             return  # cancelled while queued; exec_cancel already finished the record
-        connector = _connector(connection, limits)
+        connector = _upstream_connector(connection, limits)
         outcome = {"result": None, "error": "", "blocked": ""}
         started = time.monotonic()
-        try:
-            anyio.run(
-                _tool_exchange, session_id, connector, connection, limits, tool, arguments, surface, outcome
-            )
+        try:  # on the upstream loop, where the pooled sessions live; this pool thread waits
+            connector.submit(
+                _tool_exchange(session_id, connector, connection, limits, tool, arguments, surface, outcome)
+            ).result()
         except Exception as exc:  # down, slow, protocol error, oversize: a clear message, recorded
             outcome["error"] = connector.describe_failure(exc)
         return _tool_finish(
@@ -1580,7 +1592,7 @@ async def _tool_exchange(
 
         runner.set_cancel_callback(str(session_id), cancel)
         with anyio.fail_after(limits.timeout_seconds):
-            async with connector.client() as client:
+            async with connector.session() as client:
                 listing = await connector.list_tools(client)
                 rows = await anyio.to_thread.run_sync(
                     lambda: _observe_in_thread(connection, listing, surface)

@@ -337,6 +337,11 @@ OUTBOX_RELAY_IN_PROCESS = env_bool("PORTCULLIS_OUTBOX_RELAY_IN_PROCESS", True)
 # (gateway.upstream_hold); below the 60 s common clients allow a tool call. Each mcp connection may
 # set its own (`approval_hold_seconds`, 0-300).
 UPSTREAM_APPROVAL_HOLD_SECONDS = float(env_int("PORTCULLIS_UPSTREAM_APPROVAL_HOLD_SECONDS", 45))
+# Upstream MCP sessions kept open per connection and process (gateway/connectors/mcp_pool.py): a stdio
+# server stays running, an HTTP session is reused; 0 opens a fresh session per call. A session idle
+# this long is closed.
+UPSTREAM_POOL_SIZE = env_int("PORTCULLIS_UPSTREAM_POOL_SIZE", 2)
+UPSTREAM_POOL_IDLE_SECONDS = float(env_int("PORTCULLIS_UPSTREAM_POOL_IDLE_SECONDS", 300))
 # Long waits (exec handoff, sessions_wait) send an MCP progress notification this often.
 PROGRESS_INTERVAL_SECONDS = float(env_int("PORTCULLIS_PROGRESS_INTERVAL_SECONDS", 10))
 # Key for masking pseudonyms (HMAC), per org derived from it; defaults to one derived from SECRET_KEY.

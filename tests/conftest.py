@@ -57,10 +57,12 @@ def _stop_exec_pool(django_db_setup):
     from django.db import connections
 
     from gateway import runner
+    from gateway.connectors.mcp_pool import POOL
     from sessions import outbox
 
     outbox.stop()
     runner.shutdown()
+    POOL.close_all()  # pooled stdio upstreams exit
     for connection in connections.all():
         connection.close()
         if hasattr(connection, "close_pool"):  # PostgreSQL's psycopg pool keeps idle connections

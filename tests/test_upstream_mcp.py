@@ -300,7 +300,7 @@ def test_a_changed_contract_blocks_the_tool_until_an_admin_accepts_it(cast, tran
     with upstream_server() as url:
         make_mcp_connection(cast.acme, url)
         assert call(cast.bob, "tools", "echo", {"text": "before"})["status"] == "completed"
-        assert UpstreamTool.objects.filter(status="accepted").count() == 9  # pinned on first sight
+        assert UpstreamTool.objects.filter(status="accepted").count() == 10  # pinned on first sight
         assert call(cast.bob, "tools", "mutate")["status"] == "completed"
         blocked = call(cast.bob, "tools", "echo", {"text": "after"})
         assert blocked["status"] == "blocked"
@@ -613,7 +613,7 @@ def test_an_outage_and_other_orgs_are_reported_cleanly_over_http(cast, mcp, gate
 def test_connections_test_reaches_the_upstream(cast, upstream_url, transactional_db):
     make_mcp_connection(cast.acme, upstream_url)
     report = pipeline.connection_test(actor=cast.bob.actor(), connection_name="tools")
-    assert report["ok"] is True and report["message"] == "MCP server with 9 tool(s)"
+    assert report["ok"] is True and report["message"] == "MCP server with 10 tool(s)"
     make_mcp_connection(cast.acme, upstream_url, name="guarded", allow_private=False)
     refused = pipeline.connection_test(actor=cast.bob.actor(), connection_name="guarded")
     assert refused["ok"] is False and "loopback address" in refused["message"]

@@ -8,7 +8,7 @@ description and input schema (a "rug pull") from the next listing on, and deploy
 service), which appends one line per call to the file named by UPSTREAM_CALL_LOG, so a test counts
 what the upstream really received. With BEARER set, every request must carry
 `Authorization: Bearer BEARER`; the last Authorization header seen is reported by the tool
-`whoami`. `python -m tests.upstream_server stdio` serves the same tools over stdio.
+`whoami`; `pid` tells the server's process id. `python -m tests.upstream_server stdio` serves the same tools over stdio.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def _tools() -> list[Tool]:
         Tool(name="delete_everything", description="Delete everything.", input_schema=obj),
         Tool(name="mutate", description="Change echo's contract.", input_schema=obj),
         Tool(name="whoami", description="Which Authorization header arrived.", input_schema=obj),
+        Tool(name="pid", description="The server's process id.", input_schema=obj),
         Tool(
             name="deploy",
             description="Deploy a service to an environment.",
@@ -105,6 +106,8 @@ async def call_tool(ctx, params) -> CallToolResult:
         return _text("mutated")
     if name == "whoami":
         return _text(str(STATE["authorization"]))
+    if name == "pid":
+        return _text(str(os.getpid()))
     if name == "deploy":
         line = json.dumps({"environment": args.get("environment"), "service": args.get("service")})
         log = os.environ.get("UPSTREAM_CALL_LOG")

@@ -13,7 +13,10 @@ Every call has a deadline (the connection's `timeout_seconds`) and the response 
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import ipaddress
+import json
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -30,6 +33,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.connectors.base import Connector
+from gateway.connectors.mcp_pool import POOL
 from governance.errors import ConnectorError, InvalidInput
 
 MAX_HEADERS = 32
@@ -160,6 +164,8 @@ class GuardedTransport(httpx2.AsyncHTTPTransport):
 
 
 _NEGOTIATED: dict[str, tuple] = {}
+# Pool key -> bytes seen when a pooled session's answer exceeded the cap (for the failing call's message).
+_EXCEEDED: dict[str, int] = {}
 MAX_NEGOTIATED = 1024
 
 
@@ -174,9 +180,12 @@ class MCPConnector(Connector):
     optional_keys = ("url", "command", "cwd", "allow_private_network", "tools", "approval_hold_seconds")
     secret_keys = ("headers", "bearer_token", "env")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, pool_scope: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.exceeded_bytes: int | None = None
+        # The connection this connector serves: pooled sessions are kept per connection (None: a
+        # fresh session per exchange).
+        self.pool_scope = pool_scope
 
     # --- settings ---------------------------------------------------------------------------
     @classmethod
@@ -249,16 +258,59 @@ class MCPConnector(Connector):
     # --- running ----------------------------------------------------------------------------
     def _on_exceeded(self, seen: int) -> None:
         self.exceeded_bytes = seen
+        if self.pool_scope is not None:  # a pooled session serves other connectors' calls too
+            _EXCEEDED[self._pool_key()] = seen
+
+    def _exceeded(self) -> int | None:
+        if self.exceeded_bytes is None and self.pool_scope is not None:
+            self.exceeded_bytes = _EXCEEDED.pop(self._pool_key(), None)
+        return self.exceeded_bytes
+
+    def _pool_key(self) -> str:
+        settings_digest = hashlib.sha256(
+            json.dumps(
+                [self.config, self.secrets, self.limits.timeout_seconds, self.limits.max_output_bytes],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()
+        return f"{self.pool_scope}:{settings_digest}"
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Client]:
+        """A connected client for one exchange: a pooled long-lived session (`mcp_pool`) when
+        this connector serves a connection and pooling is on, else a fresh one. Must run on the
+        pool's loop (`submit`) when pooled."""
+        self._refuse_disabled_command()
+        if self.pool_scope is None or settings.UPSTREAM_POOL_SIZE <= 0:
+            async with self.client() as client:
+                yield client
+            return
+        async with POOL.borrow(
+            self._pool_key(),
+            self.client,
+            size=settings.UPSTREAM_POOL_SIZE,
+            timeout=float(self.limits.timeout_seconds),
+        ) as client:
+            yield client
+
+    @staticmethod
+    def submit(coro) -> concurrent.futures.Future:
+        """Run an exchange (a coroutine using `session()`) on the upstream loop of this process."""
+        return POOL.submit(coro)
+
+    def _refuse_disabled_command(self) -> None:
+        if "command" in self.config and not settings.COMMAND_CONNECTIONS_ENABLED:
+            raise ConnectorError(
+                "command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)"
+            )
 
     @asynccontextmanager
     async def client(self) -> AsyncIterator[Client]:
-        """A connected MCP client session to the upstream (one per call: upstreams are stateless
-        to us). Errors of the transport and protocol become ConnectorError."""
+        """A new connected MCP client session to the upstream. Errors of the transport and
+        protocol become ConnectorError."""
+        self._refuse_disabled_command()
         if "command" in self.config:
-            if not settings.COMMAND_CONNECTIONS_ENABLED:
-                raise ConnectorError(
-                    "command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)"
-                )
             argv = self.config["command"]
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
             env.update(self.secrets.get("env") or {})
@@ -325,7 +377,7 @@ class MCPConnector(Connector):
         """A short, secret-free reason for a failed upstream exchange."""
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
-        if self.exceeded_bytes is not None:
+        if self._exceeded() is not None:
             return (
                 f"the upstream answer was larger than {self.limits.max_output_bytes} bytes "
                 "(this connection's max_output_bytes), so it was refused"
