@@ -55,8 +55,8 @@ async def upstream_tools_list(actor, args: ConnectionArgs, ctx) -> ToolsListResu
 
 
 class CallArgs(ConnectionArgs):
-    tool: str = Field(min_length=1, max_length=128, description="The upstream tool's name.")
-    arguments: dict[str, Any] = Field(default_factory=dict, description="The tool's arguments.")
+    tool: str = Field(min_length=1, max_length=128, description=None)
+    arguments: dict[str, Any] = Field(default_factory=dict, description=None)
     idempotency_key: str | None = idempotency_key_field()
 
 
@@ -89,10 +89,9 @@ def _render_envelope(r: ToolEnvelope) -> str:
 @tool(
     "upstream_call",
     description=(
-        "Call a tool of an mcp connection (tool policy, guardrails, rate limits, pinned contract, masking, audit). "
-        "A call that needs approval is held open until reviewers decide (or the hold ends: pending_approval; "
-        "calling again with the same arguments joins the same review). "
-        "`status` as exec's: completed | failed | blocked | pending_approval."
+        "Call a tool of an mcp connection (policy, guardrails, pinned contract, masking, audit). A call needing "
+        "approval is held until decided (else pending_approval; the same call again joins that review). "
+        "`status` as exec's."
     ),
     args=CallArgs,
     result=ToolEnvelope,
@@ -113,9 +112,7 @@ async def upstream_call(actor, args: CallArgs, ctx) -> ToolEnvelope:
 
 
 class ContractsListArgs(ConnectionArgs):
-    status: Literal["accepted", "changed", "added", "removed"] | None = Field(
-        None, description="Only contracts in this state (changed and added ones are blocked)."
-    )
+    status: Literal["accepted", "changed", "added", "removed"] | None = Field(None)
 
 
 class ContractOut(Result):
@@ -143,8 +140,8 @@ class ContractsListResult(Result):
 @tool(
     "upstream_contracts_list",
     description=(
-        "Pinned tool contracts of an mcp connection (admin): status accepted, changed (blocked), added (blocked "
-        "until accepted) or removed, with the pinned and the observed contract to compare."
+        "Pinned tool contracts of an mcp connection, pinned and observed: changed and added ones are blocked "
+        "until accepted."
     ),
     args=ContractsListArgs,
     result=ContractsListResult,
@@ -167,16 +164,13 @@ class AcceptArgs(ConnectionArgs):
     ]
     observed_sha256: dict[str, str] | None = Field(
         None,
-        description="Tool -> the observed_sha256 you reviewed; refused if the upstream changed it again since.",
+        description="Tool -> the observed_sha256 you reviewed (refused if it changed since).",
     )
 
 
 @tool(
     "upstream_contracts_accept",
-    description=(
-        "Accept the observed contract of changed or added upstream tools (admin): they become callable again "
-        "under the new contract. Audited."
-    ),
+    description=("Accept the observed contract of changed or added tools: callable again."),
     args=AcceptArgs,
     result=ContractsListResult,
     role=ROLE_ADMIN,
