@@ -44,6 +44,8 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("allow_private_network", False),
         ("tools", False),
         ("approval_hold_seconds", False),
+        ("resources", False),
+        ("prompts", False),
     ),
 }
 
@@ -56,6 +58,8 @@ KEY_TYPES = {
     "command": "lines",
     "allow_private_network": "bool",
     "tools": "json",
+    "resources": "json",
+    "prompts": "json",
 }
 KEY_HELP = {
     "host": "Host name or address of the server",
@@ -74,6 +78,8 @@ KEY_HELP = {
     "allow_private_network": "Allow a URL on a private or loopback address",
     "approval_hold_seconds": "How long a call needing approval is held open for a reviewer (0-300 s)",
     "tools": 'Tool policy as JSON, e.g. [{"match": "read_*", "effect": "allow"}]',
+    "resources": 'Resource policy by URI as JSON, e.g. [{"match": "file:///docs/*"}]; none: as open as the tools',
+    "prompts": 'Prompt policy by name as JSON, e.g. [{"match": "summarize"}]; none: as open as the tools',
 }
 SECRET_HELP = {
     "password": "Password",

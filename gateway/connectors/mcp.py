@@ -177,7 +177,16 @@ def _remember(url: str, negotiated: tuple) -> None:
 
 class MCPConnector(Connector):
     kind = "mcp"
-    optional_keys = ("url", "command", "cwd", "allow_private_network", "tools", "approval_hold_seconds")
+    optional_keys = (
+        "url",
+        "command",
+        "cwd",
+        "allow_private_network",
+        "tools",
+        "approval_hold_seconds",
+        "resources",
+        "prompts",
+    )
     secret_keys = ("headers", "bearer_token", "env")
 
     def __init__(self, *args, pool_scope: str | None = None, **kwargs):
@@ -190,7 +199,7 @@ class MCPConnector(Connector):
     # --- settings ---------------------------------------------------------------------------
     @classmethod
     def validate_values(cls, values: dict) -> None:
-        from gateway.upstream import validate_tool_policy  # the policy lives beside the pipeline
+        from gateway.upstream import validate_name_policy, validate_tool_policy  # beside the pipeline
 
         url, command = values.get("url"), values.get("command")
         if (url is None) == (command is None):
@@ -254,6 +263,8 @@ class MCPConnector(Connector):
         if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int) or not 0 <= hold <= 300):
             raise InvalidInput("setting 'approval_hold_seconds' must be an integer between 0 and 300")
         validate_tool_policy(values.get("tools"))
+        for setting in ("resources", "prompts"):
+            validate_name_policy(values.get(setting), setting)
 
     # --- running ----------------------------------------------------------------------------
     def _on_exceeded(self, seen: int) -> None:
