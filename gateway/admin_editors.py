@@ -43,12 +43,14 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("cwd", False),
         ("allow_private_network", False),
         ("tools", False),
+        ("approval_hold_seconds", False),
     ),
 }
 
 # How a setting is typed in (default: one line of text).
 KEY_TYPES = {
     "port": "int",
+    "approval_hold_seconds": "int",
     "argv": "lines",
     "allowed_databases": "lines",
     "command": "lines",
@@ -70,6 +72,7 @@ KEY_HELP = {
     "url": "Streamable HTTP endpoint of the MCP server (or give a command instead)",
     "command": "Or: a stdio MCP server's program and arguments, one per line",
     "allow_private_network": "Allow a URL on a private or loopback address",
+    "approval_hold_seconds": "How long a call needing approval is held open for a reviewer (0-300 s)",
     "tools": 'Tool policy as JSON, e.g. [{"match": "read_*", "effect": "allow"}]',
 }
 SECRET_HELP = {
