@@ -46,6 +46,8 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("approval_hold_seconds", False),
         ("resources", False),
         ("prompts", False),
+        ("oauth_client_credentials", False),
+        ("gateway_jwt", False),
     ),
 }
 
@@ -60,6 +62,8 @@ KEY_TYPES = {
     "tools": "json",
     "resources": "json",
     "prompts": "json",
+    "oauth_client_credentials": "json",
+    "gateway_jwt": "json",
 }
 KEY_HELP = {
     "host": "Host name or address of the server",
@@ -80,12 +84,16 @@ KEY_HELP = {
     "tools": 'Tool policy as JSON, e.g. [{"match": "read_*", "effect": "allow"}]',
     "resources": 'Resource policy by URI as JSON, e.g. [{"match": "file:///docs/*"}]; none: as open as the tools',
     "prompts": 'Prompt policy by name as JSON, e.g. [{"match": "summarize"}]; none: as open as the tools',
+    "oauth_client_credentials": 'OAuth client credentials as JSON: {"token_url": "...", "client_id": "...", '
+    '"scope": "...", "audience": "..."} (the secret goes in oauth_client_secret)',
+    "gateway_jwt": 'Send the caller as a JWT signed by the gateway: {"audience": "...", "ttl_seconds": 120}',
 }
 SECRET_HELP = {
     "password": "Password",
     "env": 'Environment variables as JSON, e.g. {"API_KEY": "..."}',
     "headers": 'HTTP headers as JSON, e.g. {"X-Api-Key": "..."}',
     "bearer_token": "Sent as Authorization: Bearer …",
+    "oauth_client_secret": "The OAuth client's secret (with oauth_client_credentials)",
 }
 
 

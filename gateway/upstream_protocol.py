@@ -111,10 +111,17 @@ def observe(connection: Connection, listing: list, surface: str, kind: str) -> d
         return upstream.contracts_observe(connection, listing, surface=surface, kind=kind)
 
 
-async def _exchange(connection: Connection, limits, body: Callable[[Any], Awaitable[Any]]):
+def _actor_caller(actor: Actor, connection: Connection):
+    """Who the upstream sees calling, for a `gateway_jwt` connection (None otherwise)."""
+    if "gateway_jwt" not in connection.config:
+        return None
+    return pipeline.upstream_caller(actor.user, actor.groups)
+
+
+async def _exchange(connection: Connection, limits, body: Callable[[Any], Awaitable[Any]], caller=None):
     """Run `body(client)` on a (pooled) upstream session within the connection's deadline, on the
-    upstream loop; every failure becomes a clear, secret-free ConnectorError."""
-    connector = pipeline._upstream_connector(connection, limits)
+    upstream loop, as `caller`; every failure becomes a clear, secret-free ConnectorError."""
+    connector = pipeline._upstream_connector(connection, limits, caller)
 
     async def run():
         with anyio.fail_after(limits.timeout_seconds):
@@ -142,7 +149,8 @@ async def items_list(*, actor: Actor, connection_name: str, kind: str) -> list[d
             lambda: _observe_in_thread(connection, items, actor.surface, kind)
         )
 
-    rows = await _exchange(connection, pipeline._limits(connection), listing)
+    caller = await db(lambda: _actor_caller(actor, connection))()
+    rows = await _exchange(connection, pipeline._limits(connection), listing, caller)
     visible = []
     for name in sorted(rows):
         row = rows[name]
@@ -405,7 +413,8 @@ def _run(session_id, connection: Connection, call: _Call, surface: str):
         close_old_connections()
         if not lifecycle.claim(session_id, runner=runner.runner_id()):
             return None  # cancelled while queued
-        connector = pipeline._upstream_connector(connection, call.limits)
+        caller = pipeline._session_caller(session_id, connection)
+        connector = pipeline._upstream_connector(connection, call.limits, caller)
         started = time.monotonic()
         try:
             outcome = connector.submit(
@@ -618,7 +627,8 @@ async def complete(
         answer = await client.complete(reference, argument, context_arguments)
         return {"completion": answer.completion.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
-    answer = await _exchange(connection, pipeline._limits(connection), body)
+    caller = await db(lambda: _actor_caller(actor, connection))()
+    answer = await _exchange(connection, pipeline._limits(connection), body, caller)
     if "blocked" in answer:
         raise PolicyDenied(answer["blocked"])
     completion = answer["completion"]
