@@ -169,14 +169,21 @@ _APPEND_SQL = (
 
 
 @functools.cache
+def _event_columns() -> list[tuple[str, str | None]]:
+    """(attribute, column) of each of _EVENT_FIELDS."""
+    by_name = {f.name: f.get_attname_column() for f in AuditEvent._meta.concrete_fields}
+    return [by_name[name] for name in _EVENT_FIELDS]
+
+
+@functools.cache
 def _sql(template: str) -> str:
     qn = connection.ops.quote_name
-    columns = [AuditEvent._meta.get_field(name).column for name in _EVENT_FIELDS]
+    columns = [column for _, column in _event_columns()]
     values = ["%s::jsonb" if name == "detail" else "%s" for name in _EVENT_FIELDS]
     return template.format(
         head=qn(AuditChainHead._meta.db_table),
         events=qn(AuditEvent._meta.db_table),
-        columns=", ".join(qn(c) for c in columns),
+        columns=", ".join(qn(str(c)) for c in columns),
         values=", ".join(values),
     )
 
@@ -188,7 +195,7 @@ def _append_postgresql(event: AuditEvent) -> None:
         prev_hash = row[0] if row else _locked_head(event.org_id).last_hash
         event.prev_hash = prev_hash
         event.hash = event_digest(prev_hash, event)
-        params = [getattr(event, AuditEvent._meta.get_field(name).attname) for name in _EVENT_FIELDS]
+        params = [getattr(event, attname) for attname, _ in _event_columns()]
         params[_EVENT_FIELDS.index("detail")] = json.dumps(event.detail)
         cursor.execute(_sql(_APPEND_SQL), [*params, event.hash, event.org_id])
         event.pk = cursor.fetchone()[0]
