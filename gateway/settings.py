@@ -14,11 +14,9 @@ from pathlib import Path
 import dj_database_url
 from cryptography.fernet import Fernet
 
+from gateway.configerror import ImproperlyConfiguredEnv
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-class ImproperlyConfiguredEnv(RuntimeError):
-    pass
 
 
 def env_str(name: str, default: str = "") -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.utils import timezone
 
+from gateway import metrics, ratelimit
 from gateway.models import Connection, ConnectionKind, ContractStatus, UpstreamTool
 from governance import guardrails
 from governance.errors import InvalidInput, NotFound
@@ -280,7 +281,6 @@ def rate_limit_take(connection: Connection, rule: ToolRule, tool: str) -> str:
     and worker; the process's memory in the embedded default."""
     if not rule.rate_calls:
         return ""
-    from gateway import metrics, ratelimit
 
     item = ratelimit.per_seconds(rule.rate_calls, rule.rate_seconds)
     retry = ratelimit.take(item, "upstream_tool", str(connection.pk), f"{rule.label}:{tool}"[:200])

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 
 from gateway.web import role_label, web_actor, web_view
 from governance.models import TokenCapability
+from governance.oauth import mcp_auth_get
 from governance.services import token_issue, token_list, token_revoke
 
 EXPIRY_CHOICES = [("30", "30 days"), ("90", "90 days"), ("365", "1 year"), ("", "Never")]
@@ -74,7 +75,6 @@ def client_configs(mcp_url: str, token: str) -> list[dict]:
 
 def _oauth_mode() -> str:
     """ "builtin", "external" or "" (off): whether clients can sign in without a token."""
-    from governance.oauth import mcp_auth_get
 
     row = mcp_auth_get()
     return ("external" if row.issuer else "builtin") if row.enabled else ""

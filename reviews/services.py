@@ -40,6 +40,7 @@ from reviews.models import (
     ReviewStatus,
     ReviewType,
 )
+from sessions import idempotency, lifecycle
 from sessions.audit import Outcome, audit_record, change_detail
 from sessions.models import RISK_ORDER, RiskLevel, Session, SessionStatus
 
@@ -869,7 +870,6 @@ def _end_session(review: Review, status: str, error: str, *, actor: Actor | None
     the lifecycle: its audit event, its `session.*` events, the wake-up and the analysis."""
     if review.session_id is None:
         return
-    from sessions import lifecycle
 
     lifecycle.transition(
         review.session_id,
@@ -905,7 +905,6 @@ def review_execute(*, actor: Actor, review_id, idempotency_key: str | None = Non
     lost answer) returns the same session instead of "already executed".
     """
     from gateway import pipeline
-    from sessions import idempotency
 
     request = {"review_id": str(review_id)}
     key = idempotency.check_key(idempotency_key)

@@ -34,6 +34,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.connectors.base import Connector
 from gateway.connectors.mcp_pool import POOL
+from gateway.upstream import validate_tool_policy
 from governance.errors import ConnectorError, InvalidInput
 
 MAX_HEADERS = 32
@@ -190,7 +191,6 @@ class MCPConnector(Connector):
     # --- settings ---------------------------------------------------------------------------
     @classmethod
     def validate_values(cls, values: dict) -> None:
-        from gateway.upstream import validate_tool_policy  # the policy lives beside the pipeline
 
         url, command = values.get("url"), values.get("command")
         if (url is None) == (command is None):

@@ -10,6 +10,7 @@ from pydantic import Field, WithJsonSchema
 
 from gateway import pipeline
 from mcpserver.registry import Args, Result, shared, tool
+from sessions.services import session_get
 from sessions.wakeup import wait_for_final
 
 DEFAULT_WAIT = 45.0
@@ -165,7 +166,6 @@ class WaitArgs(Args):
     render=render_envelope,
 )
 async def sessions_wait(actor, args: WaitArgs, ctx) -> ExecEnvelope:
-    from sessions.services import session_get
 
     session = await db(lambda: session_get(actor=actor, session_id=args.session_id, action="view_content"))()
     session, timed_out = await _wait(session.pk, args.timeout_seconds, ctx)
