@@ -44,6 +44,8 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("allow_private_network", False),
         ("tools", False),
         ("approval_hold_seconds", False),
+        ("oauth_client_credentials", False),
+        ("gateway_jwt", False),
     ),
 }
 
@@ -56,6 +58,8 @@ KEY_TYPES = {
     "command": "lines",
     "allow_private_network": "bool",
     "tools": "json",
+    "oauth_client_credentials": "json",
+    "gateway_jwt": "json",
 }
 KEY_HELP = {
     "host": "Host name or address of the server",
@@ -74,12 +78,16 @@ KEY_HELP = {
     "allow_private_network": "Allow a URL on a private or loopback address",
     "approval_hold_seconds": "How long a call needing approval is held open for a reviewer (0-300 s)",
     "tools": 'Tool policy as JSON, e.g. [{"match": "read_*", "effect": "allow"}]',
+    "oauth_client_credentials": 'OAuth client credentials as JSON: {"token_url": "...", "client_id": "...", '
+    '"scope": "...", "audience": "..."} (the secret goes in oauth_client_secret)',
+    "gateway_jwt": 'Send the caller as a JWT signed by the gateway: {"audience": "...", "ttl_seconds": 120}',
 }
 SECRET_HELP = {
     "password": "Password",
     "env": 'Environment variables as JSON, e.g. {"API_KEY": "..."}',
     "headers": 'HTTP headers as JSON, e.g. {"X-Api-Key": "..."}',
     "bearer_token": "Sent as Authorization: Bearer …",
+    "oauth_client_secret": "The OAuth client's secret (with oauth_client_credentials)",
 }
 
 
