@@ -43,17 +43,27 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("cwd", False),
         ("allow_private_network", False),
         ("tools", False),
+        ("approval_hold_seconds", False),
+        ("resources", False),
+        ("prompts", False),
+        ("oauth_client_credentials", False),
+        ("gateway_jwt", False),
     ),
 }
 
 # How a setting is typed in (default: one line of text).
 KEY_TYPES = {
     "port": "int",
+    "approval_hold_seconds": "int",
     "argv": "lines",
     "allowed_databases": "lines",
     "command": "lines",
     "allow_private_network": "bool",
     "tools": "json",
+    "resources": "json",
+    "prompts": "json",
+    "oauth_client_credentials": "json",
+    "gateway_jwt": "json",
 }
 KEY_HELP = {
     "host": "Host name or address of the server",
@@ -70,13 +80,20 @@ KEY_HELP = {
     "url": "Streamable HTTP endpoint of the MCP server (or give a command instead)",
     "command": "Or: a stdio MCP server's program and arguments, one per line",
     "allow_private_network": "Allow a URL on a private or loopback address",
+    "approval_hold_seconds": "How long a call needing approval is held open for a reviewer (0-300 s)",
     "tools": 'Tool policy as JSON, e.g. [{"match": "read_*", "effect": "allow"}]',
+    "resources": 'Resource policy by URI as JSON, e.g. [{"match": "file:///docs/*"}]; none: as open as the tools',
+    "prompts": 'Prompt policy by name as JSON, e.g. [{"match": "summarize"}]; none: as open as the tools',
+    "oauth_client_credentials": 'OAuth client credentials as JSON: {"token_url": "...", "client_id": "...", '
+    '"scope": "...", "audience": "..."} (the secret goes in oauth_client_secret)',
+    "gateway_jwt": 'Send the caller as a JWT signed by the gateway: {"audience": "...", "ttl_seconds": 120}',
 }
 SECRET_HELP = {
     "password": "Password",
     "env": 'Environment variables as JSON, e.g. {"API_KEY": "..."}',
     "headers": 'HTTP headers as JSON, e.g. {"X-Api-Key": "..."}',
     "bearer_token": "Sent as Authorization: Bearer …",
+    "oauth_client_secret": "The OAuth client's secret (with oauth_client_credentials)",
 }
 
 

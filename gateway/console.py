@@ -22,6 +22,7 @@ from gateway import pipeline
 from gateway.services import connection_list
 from gateway.web import web_actor, web_view
 from governance.errors import InvalidInput, NotFound, PolicyDenied, PortcullisError
+from reviews.services import review_execute
 from sessions.models import Session
 from sessions.services import session_get
 from sessions.views import _page
@@ -151,7 +152,6 @@ def review_run_view(request, review_id):
     """POST "Run it" on an approved review: `review_execute`, exactly the approved input, once."""
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    from reviews.services import review_execute
 
     try:
         session = review_execute(actor=web_actor(request), review_id=review_id)

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpResponse, JsonResponse
 
+from gateway import metrics as metrics_module
+
 log = logging.getLogger("portcullis.health")
 
 CHECK_TIMEOUT_SECONDS = 3
@@ -120,7 +122,6 @@ def _client_allowed(request) -> bool | None:
 
 
 def metrics(request):
-    from gateway import metrics as metrics_module
 
     allowed = _client_allowed(request)
     if allowed is False:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextvars
 import logging
 
+from gateway.configerror import ImproperlyConfiguredEnv
+
 CONTEXT_FIELDS = ("request_id", "org", "user", "surface", "session_id")
 
 # One mutable dict per request, shared by every task and thread that copied the request's context
@@ -90,8 +92,6 @@ class PlainFormatter(logging.Formatter):
 def logging_config(*, fmt: str, level: str | None) -> dict:
     """The LOGGING dict for settings: one stderr handler, JSON or plain, with the context filter."""
     if fmt not in ("json", "plain"):
-        from gateway.settings import ImproperlyConfiguredEnv
-
         raise ImproperlyConfiguredEnv(f"PORTCULLIS_LOG_FORMAT must be json or plain, not {fmt!r}")
     formatters = {
         "plain": {"()": "gateway.logs.PlainFormatter"},

@@ -39,6 +39,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from gateway import logs, ratelimit
+
 log = logging.getLogger("portcullis.metrics")
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -121,8 +123,6 @@ def _event_observed(event: dict) -> None:
     data = event.get("data") or {}
     EVENTS.labels(kind).inc()
     if kind.startswith("session.") and data.get("session_id"):
-        from gateway import logs
-
         logs.bind(session_id=data["session_id"])  # later lines of this request name the session
     if kind in ("session.finished", "session.blocked"):
         connection_kind = data.get("connection_kind") or "none"
@@ -341,8 +341,6 @@ def instrumented_tool_handler(endpoint: str, handler):
     and bind the caller and any `session_id` argument to the log context."""
     from mcp.server.auth.middleware.auth_context import get_access_token
 
-    from gateway import logs
-
     async def call_tool(ctx, params):
         request = getattr(ctx, "request", None)
         logs.adopt(request.scope.get("portcullis.log") if request is not None else None)
@@ -377,8 +375,6 @@ async def _org_limited(actor):
 
     from django.conf import settings
     from mcp.types import CallToolResult, TextContent
-
-    from gateway import ratelimit
 
     item = ratelimit.parse_rate(settings.MCP_RATE_PER_ORG, "PORTCULLIS_MCP_RATE_PER_ORG")
     if actor is None or item is None:

@@ -23,28 +23,33 @@ import uuid
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
-from gateway import runner
+from gateway import runner, upstream
 from gateway.connectors import REGISTRY, ExecResult, Limits
 from gateway.connectors.base import CheckpointFailed, cap_text, json_value, render_table
-from gateway.models import Connection
+from gateway.connectors.postgres import transaction_outcome
+from gateway.models import Connection, ContractStatus
+from gateway.upstream_identity import Caller
 from governance import capability, guardrails, masking, masking_lineage
 from governance import rules as rules_service
 from governance.errors import (
     AffectedRowsExceeded,
+    Conflict,
     ConnectorError,
     InvalidInput,
     NotFound,
     PolicyDenied,
     PortcullisError,
 )
-from governance.models import GuardrailRule
+from governance.models import GuardrailRule, UserGroup
 from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, scope
 from reviews import services as review_services
+from reviews.models import Review
 from sessions import idempotency, lifecycle, outbox
 from sessions.audit import Outcome, audit_record
 from sessions.models import Analysis, Session, SessionStatus, Verb
 from sessions.outbox import outbox_put
 from sessions.services import analysis_to_dict
+from sessions.wakeup import wait_for_final
 
 logger = logging.getLogger("portcullis.pipeline")
 
@@ -402,7 +407,6 @@ def exec_reviewed(*, actor: Actor, review) -> Session:
     with a dispatch lease, when this transaction commits: run here right after, or by another
     process if this one dies first — exactly once either way (the claim is one conditional UPDATE).
     """
-    from governance.errors import Conflict
 
     session = Session.objects.select_for_update(of=("self",)).get(pk=review.session_id)
     mode = "runbooks" if session.verb == Verb.RUNBOOK else "exec"
@@ -669,7 +673,6 @@ def resolve_abandoned_run(session_id) -> str:
     if session.connection is None:
         lifecycle.end_lapsed_run(session_id)
         return "ended"
-    from gateway.connectors.postgres import transaction_outcome
 
     limits = Limits(**session.run_spec["limits"])
     try:
@@ -796,7 +799,6 @@ def exec_cancel(*, actor: Actor, session_id: str) -> Session:
     session has already ended. A queued session ends at once; a running one is interrupted by the
     process running it (here, or another replica within a second).
     """
-    from governance.errors import Conflict
 
     session_pk = parse_id(session_id, "session not found")
     with transaction.atomic():
@@ -848,7 +850,6 @@ def _loaded_analysis(session: Session) -> dict | None:
 
 def _loaded_review_id(session: Session) -> str | None:
     """The review's id if it was loaded with the session (select_related("review")); never queries."""
-    from reviews.models import Review
 
     if not Session.review.is_cached(session):
         return None
@@ -1099,21 +1100,52 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _upstream_connector(connection: Connection, limits: Limits):
-    """The connector of an mcp connection, with its pooled upstream sessions (`mcp_pool`)."""
+def _upstream_connector(connection: Connection, limits: Limits, caller=None):
+    """The connector of an mcp connection, with its pooled upstream sessions (`mcp_pool`), calling
+    as `caller` (an `upstream_identity.Caller`, for a `gateway_jwt` connection)."""
     return REGISTRY[connection.kind](
-        connection.config, connection.get_secrets(), limits, pool_scope=str(connection.pk)
+        connection.config,
+        connection.get_secrets(),
+        limits,
+        pool_scope=str(connection.pk),
+        caller=caller,
+        connection_name=connection.name,
     )
 
 
-async def _upstream_listing(connection: Connection, limits: Limits):
+def upstream_caller(user, groups, *, session_id=None):
+    """Who an upstream sees calling (gateway/upstream_identity.py): the user, their groups, org and
+    the session of the call. `user` with its org loaded."""
+    return Caller(
+        user_id=str(user.pk),
+        email=user.email,
+        name=user.name,
+        groups=tuple(sorted(groups)),
+        org_id=str(user.org_id),
+        org_name=user.org.name,
+        session_id=str(session_id) if session_id else None,
+    )
+
+
+def _session_caller(session_id, connection: Connection):
+    """The caller of a recorded tool session, for a `gateway_jwt` connection (None otherwise)."""
+    if "gateway_jwt" not in connection.config:
+        return None
+    session = Session.objects.select_related("user__org").get(pk=session_id)
+    if session.user is None:
+        return None
+    groups = UserGroup.objects.filter(members=session.user).values_list("name", flat=True)
+    return upstream_caller(session.user, list(groups), session_id=session.pk)
+
+
+async def _upstream_listing(connection: Connection, limits: Limits, caller=None):
     """(connector, the upstream's tools) within the connection's time limit; ConnectorError else.
     The exchange runs on the upstream loop, where the pooled sessions live."""
     import asyncio
 
     import anyio
 
-    connector = _upstream_connector(connection, limits)
+    connector = _upstream_connector(connection, limits, caller)
 
     async def listing():
         with anyio.fail_after(limits.timeout_seconds):
@@ -1129,8 +1161,6 @@ async def _upstream_listing(connection: Connection, limits: Limits):
 def _observe(connection: Connection, tools: list, surface: str) -> dict:
     from django.db import IntegrityError
 
-    from gateway import upstream
-
     try:
         return upstream.contracts_observe(connection, tools, surface=surface)
     except IntegrityError:  # a concurrent first listing pinned them: compare with that
@@ -1145,11 +1175,13 @@ async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dic
     Raises NotFound/PolicyDenied (audited) for the connection, ConnectorError when the upstream fails."""
     from channels.db import database_sync_to_async as db
 
-    from gateway import upstream
-    from gateway.models import ContractStatus
-
     connection = await db(lambda: _upstream_connection(actor=actor, connection_name=connection_name))()
-    _, tools = await _upstream_listing(connection, _limits(connection))
+    caller = (
+        await db(lambda: upstream_caller(actor.user, actor.groups))()
+        if "gateway_jwt" in connection.config
+        else None
+    )
+    _, tools = await _upstream_listing(connection, _limits(connection), caller)
     rows = await db(lambda: _observe(connection, tools, actor.surface))()
     visible = []
     for name in sorted(rows):
@@ -1166,7 +1198,6 @@ async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dic
 def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: dict, idem=(None, None)):
     """Everything before the upstream is reached; returns (session, connection, limits).
     The session is already final when the call was refused (blocked, rate-limited, invalid)."""
-    from gateway import upstream
 
     if not isinstance(tool, str) or not tool or len(tool) > 128:
         raise InvalidInput("tool must be a tool name of 1-128 characters")
@@ -1226,8 +1257,6 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
     exact = _canonical({"tool": tool, "arguments": arguments})
     reviewer_groups = []
     if not error and approval:
-        from governance.models import UserGroup
-
         reviewer_groups = list(UserGroup.objects.filter(org_id=actor.org_id, name__in=rule.reviewers))
         if not reviewer_groups:  # nobody could ever approve it
             error, outcome = (
@@ -1463,8 +1492,6 @@ async def tool_call(
     replay = await db(lambda: _idempotent_replay(actor, idempotency_key, "upstream_call", request))()
     if replay is not None:  # a retry: the first attempt's session, waited for if it still runs
         if replay.status in (SessionStatus.OPEN, SessionStatus.RUNNING):
-            from sessions.wakeup import wait_for_final
-
             replay, _ = await wait_for_final(replay.pk, float(settings.EXEC_HANDOFF_SECONDS))
         return replay
     session, connection, limits = await db(
@@ -1497,7 +1524,6 @@ async def tool_call(
 def _tool_reviewed(actor: Actor, review, session: Session, connection: Connection) -> Session:
     """`exec_reviewed` for a tool call: the tool policy and argument guardrails as they are now,
     then the exact approved call (from the review; the session holds it masked) in the pool."""
-    from gateway import upstream
 
     call = json.loads(review.input)
     tool, arguments = call["tool"], call["arguments"]
@@ -1539,7 +1565,7 @@ def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arg
         close_old_connections()
         if not lifecycle.claim(session_id, runner=runner.runner_id()):
             return  # cancelled while queued; exec_cancel already finished the record
-        connector = _upstream_connector(connection, limits)
+        connector = _upstream_connector(connection, limits, _session_caller(session_id, connection))
         outcome = {"result": None, "error": "", "blocked": ""}
         started = time.monotonic()
         try:  # on the upstream loop, where the pooled sessions live; this pool thread waits
@@ -1577,9 +1603,6 @@ async def _tool_exchange(
     import anyio.from_thread
     import anyio.lowlevel
     import anyio.to_thread
-
-    from gateway import upstream
-    from gateway.models import ContractStatus
 
     with anyio.CancelScope() as scope:
         token = anyio.lowlevel.current_token()

@@ -26,6 +26,8 @@ from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from gateway.configerror import ImproperlyConfiguredEnv
+
 log = logging.getLogger("portcullis.ratelimit")
 
 _limiter: MovingWindowRateLimiter | None = None
@@ -50,8 +52,6 @@ def parse_rate(value: str, setting: str) -> RateLimitItem | None:
     try:
         return parse(value)
     except ValueError:
-        from gateway.settings import ImproperlyConfiguredEnv
-
         raise ImproperlyConfiguredEnv(f"{setting} must look like 600/minute, not {value!r}") from None
 
 

@@ -33,11 +33,12 @@ import shlex
 
 from django.db import transaction
 
+from gateway import pipeline
 from gateway.models import Connection, Runbook, RunbookRule
 from governance import rules as rule_helpers
 from governance.errors import InvalidInput, NotFound
 from governance.models import UserGroup
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, get_scoped, has_role, require_role
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, get_scoped, has_role, require_role, scope
 from sessions.audit import audit_record, change_detail, snapshot
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,62})\s*\}\}")
@@ -426,7 +427,6 @@ def _allowed(actor: Actor, runbook: Runbook, rules: list[RunbookRule]) -> bool:
 
 def runbook_list(*, actor: Actor, connection_name: str | None = None) -> list[Runbook]:
     """The enabled runbooks the actor may run (on connections the actor may use)."""
-    from governance.policy import scope
 
     connections = scope(Connection.objects.all(), actor, "exec").filter(runbooks_enabled=True)
     if connection_name:
@@ -458,7 +458,6 @@ def runbook_run(
 ):
     """Render the runbook with `parameters` and run it through the pipeline (verb `runbook`).
     Returns the session, like `exec_start`."""
-    from gateway import pipeline
 
     connection = pipeline.authorize(actor=actor, connection_name=connection_name, mode="runbooks")
     runbook = (

@@ -21,6 +21,8 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from sessions.models import Runner, Session
+
 logger = logging.getLogger("portcullis.runner")
 
 _runner_id: tuple[int, str] | None = None
@@ -170,7 +172,6 @@ _last_beat = 0.0
 def _beat(force: bool = False) -> None:
     """Tell the database this runner is alive (at most every couple of seconds)."""
     global _last_beat
-    from sessions.models import Runner
 
     if not force and time.monotonic() - _last_beat < HEARTBEAT_SECONDS / 2:
         return
@@ -194,7 +195,6 @@ def _watch() -> None:
     """While there is work: renew leases, honour cancel requests from other replicas, interrupt
     sessions taken from this runner, enforce deadlines."""
     from sessions import lifecycle
-    from sessions.models import Session
 
     last_beat = last_renew = 0.0
     while True:

@@ -11,14 +11,15 @@ from importlib.metadata import PackageNotFoundError, version
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 
 from gateway import pipeline
 from gateway.models import Connection
 from governance.errors import Conflict, InvalidInput
-from governance.models import Organization
+from governance.models import Attribute, Organization
 from governance.oauth import mcp_auth_get
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
+from governance.rules import check_attribute_name, selector_filter
 from sessions import outbox
 from sessions.audit import REDACTED, audit_record, change_detail, redact, snapshot
 
@@ -135,7 +136,6 @@ def connection_list(
 ) -> tuple[list[Connection], int]:
     """Connections the actor may see, by name. `selector` (env=prod,tier) keeps those whose
     attributes match every term (governance.rules.selector_filter). Returns (page, total)."""
-    from governance.rules import selector_filter
 
     qs = scope(Connection.objects.all(), actor, "view")
     if kind:
@@ -333,8 +333,6 @@ def connection_import(*, actor: Actor, rows: list[dict], dry_run: bool = False) 
     name taken in any case, a repeated name) is reported and skipped; the others are created, each
     with its own `connection.create` audit event, and the import itself is audited once. With
     `dry_run` every row goes through the same checks and nothing is kept. Admins only."""
-    from governance.models import Attribute
-    from governance.rules import check_attribute_name
 
     require_role(actor, ROLE_ADMIN)
     if not isinstance(rows, list) or not rows:
@@ -402,7 +400,7 @@ def connection_import(*, actor: Actor, rows: list[dict], dry_run: bool = False) 
             if created and any(r.get("attributes") for r in rows if isinstance(r, dict)):
                 # New bindings through attributes: rules bound to them apply from now on, in every
                 # process (the binding cache is keyed by this version; see CONTRIBUTING.md).
-                Organization.objects.filter(pk=actor.org_id).update(rules_version=F("rules_version") + 1)
+                Organization.rules_changed(actor.org_id)
             audit_record(actor=actor, action="connection.import", target_type="connection", detail=summary)
             if dry_run:
                 raise _DryRun

@@ -2,10 +2,10 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from gateway import views
-from governance import auth, sso_views
+from governance import sso_views
 
 urlpatterns = [
-    path("login/", auth.LoginView.as_view(), name="login"),
+    path("login/", sso_views.LoginView.as_view(), name="login"),
     path("login/sso/callback/", sso_views.sso_callback, name="sso-callback"),
     path("login/sso/<slug:slug>/", sso_views.sso_start_org, name="sso-start"),
     path("logout/", sso_views.logout_view, name="logout"),

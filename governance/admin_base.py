@@ -55,8 +55,12 @@ from django.db import transaction
 from django.http import Http404, HttpResponseRedirect
 from django.urls import reverse
 
+from governance.auth import admin_login
 from governance.errors import PortcullisError
 from governance.policy import _SCOPES, ROLE_ADMIN, Actor, can, has_role, may, role_denied_message, scope
+from governance.services import user_set_own_password
+from governance.sso_views import logout_view
+from sessions.audit import Outcome, audit_record
 
 logger = logging.getLogger("portcullis.admin")
 
@@ -101,7 +105,6 @@ class OwnPasswordChangeForm(AdminPasswordChangeForm):
     """The admin's "change password": Django's checks, then the service saves and audits it."""
 
     def save(self, commit=True):
-        from governance.services import user_set_own_password
 
         actor = Actor.for_user(self.user, surface="admin", client="admin")
         try:
@@ -124,13 +127,11 @@ class PortcullisAdminSite(admin.AdminSite):
 
     def login(self, request, extra_context=None):
         """Django's admin login, each attempt audited (surface `admin`) and throttled by axes."""
-        from governance.auth import admin_login
 
         return admin_login(super().login, request, extra_context)
 
     def logout(self, request, extra_context=None):
         """The one logout: audited, and the IdP's session ended too when it offers that."""
-        from governance.sso_views import logout_view
 
         return logout_view(request)
 
@@ -186,8 +187,6 @@ def _audited_refusal(request, view, *args, **kwargs):
         return view(request, *args, **kwargs)
     except PermissionDenied:
         if request.method == "POST" and may_use_admin(request):
-            from sessions.audit import Outcome, audit_record
-
             actor = admin_actor(request)
             audit_record(
                 actor=actor,

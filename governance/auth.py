@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 
-from django.contrib.auth import views as auth_views
 from django.contrib.auth.backends import ModelBackend
 from django.db import transaction
 from django.shortcuts import render
 
 from governance.models import IdentityProvider, User
 from governance.policy import Actor
+from sessions.audit import audit_record
 
 logger = logging.getLogger("portcullis.auth")
 
@@ -87,7 +87,6 @@ def login_record(
     """One audit event for a sign-in attempt, in the org it concerns. A success is recorded with
     the user as actor; a failure is the system's record about the user (the attempt may be anyone's).
     An attempt for an e-mail no org knows is only logged (there is no org chain to write it to)."""
-    from sessions.audit import audit_record
 
     email = (email or (user.email if user else "")).strip().lower()[:254]
     if org_id is None:
@@ -117,7 +116,6 @@ def login_record(
 
 
 def logout_record(*, request, user: User, method: str) -> None:
-    from sessions.audit import audit_record
 
     actor = Actor.for_user(user, surface=surface_of(request), client=_client(request))
     audit_record(actor=actor, action="auth.logout", target=user, detail={"method": method})
@@ -196,44 +194,6 @@ def lockout_response(request, original_response=None, credentials=None):
     return render(
         request, "login.html", {"lockout": LOCKED_OUT, "next": request.POST.get("next", "")}, status=429
     )
-
-
-class LoginView(auth_views.LoginView):
-    """The web login page: e-mail first; "Continue with SSO" sends the user to the org's IdP
-    (found from the e-mail's domain), the password form stays for orgs that allow it."""
-
-    template_name = "login.html"
-
-    def post(self, request, *args, **kwargs):
-        from governance.sso_views import sso_start_for_email
-
-        email = request.POST.get("username", "").strip()
-        if "sso" in request.POST or (email and not request.POST.get("password")):
-            return sso_start_for_email(request, email, request.POST.get("next", ""))
-        return super().post(request, *args, **kwargs)
-
-    def form_valid(self, form):
-        response = super().form_valid(form)
-        record_password_attempt(
-            self.request,
-            surface=surface_of(self.request, self.get_redirect_url()),
-            user=form.get_user(),
-            email=form.cleaned_data.get("username", ""),
-        )
-        return response
-
-    def form_invalid(self, form):
-        record_password_attempt(
-            self.request,
-            surface=surface_of(self.request, self.request.POST.get("next", "")),
-            user=None,
-            email=self.request.POST.get("username", ""),
-        )
-        refusal = getattr(self.request, "_portcullis_refusal", "")
-        if refusal:
-            form.errors.clear()
-            form.add_error(None, SSO_REQUIRED)
-        return super().form_invalid(form)
 
 
 def admin_login(site_login, request, extra_context=None):

@@ -14,7 +14,7 @@ import threading
 import time
 
 from governance import lineage
-from governance.masking import COLUMN_ENTITY, Masker
+from governance.masking import COLUMN_ENTITY, Masker, _stricter
 
 __all__ = ["derived_plans", "forget", "SCHEMA_TTL_SECONDS", "FAIL_CLOSED_PLAN"]
 
@@ -75,7 +75,6 @@ def derived_plans(
 
 
 def _strictest(a, b):
-    from governance.masking import _stricter
 
     return _stricter(a, b)
 

@@ -35,6 +35,8 @@ from oauth2_provider.models import get_access_token_model, get_grant_model, get_
 from governance.errors import InvalidInput, NotFound
 from governance.models import ExternalIdentity, MCPAuthSettings, Organization, User, UserGroup
 from governance.policy import ROLE_ADMIN, Actor, has_role
+from governance.services import user_create
+from sessions.audit import Outcome, audit_record
 
 logger = logging.getLogger("portcullis.oauth")
 
@@ -123,7 +125,6 @@ def mcp_auth_update(
     """Change the MCP auth settings (CLI, as the system). `None` leaves a field as it is; an empty
     string clears it (`issuer=""` returns to the built-in authorization server). One audit event per
     organization, since the setting governs every org's /api/mcp. Raises InvalidInput."""
-    from sessions.audit import audit_record
 
     changes: dict = {}
     if enabled is not None:
@@ -319,7 +320,6 @@ def _claim_groups(value) -> list[str]:
 def _external_user(row: MCPAuthSettings, claims: dict) -> User | None:
     """The user an external issuer's token speaks for: by (issuer, subject), else by a verified
     e-mail (then linked), else created in `create_users_org` when the admin allowed it."""
-    from sessions.audit import audit_record
 
     subject = str(claims["sub"])[:255]
     link = (
@@ -338,8 +338,6 @@ def _external_user(row: MCPAuthSettings, claims: dict) -> User | None:
         return None
     with transaction.atomic():
         if user is None:
-            from governance.services import user_create
-
             name = claims.get("name") if isinstance(claims.get("name"), str) else ""
             user = user_create(org=row.create_users_org, email=email, name=name[:150])
         ExternalIdentity.objects.get_or_create(issuer=row.issuer, subject=subject, defaults={"user": user})
@@ -411,7 +409,6 @@ def _add(found, user, app, scope, created, expires) -> None:
 def oauth_client_revoke(*, actor: Actor, user_id, application_id) -> int:
     """Revoke every token and pending code `application_id` holds for `user_id`: one's own, or any
     user's of the org for admins. Raises NotFound for anything else (the same answer either way)."""
-    from sessions.audit import audit_record
 
     AccessToken, RefreshToken, Grant = get_access_token_model(), get_refresh_token_model(), get_grant_model()
     not_found = NotFound("authorized client not found")
@@ -456,7 +453,6 @@ def oauth_authorize_record(
 ) -> None:
     """Record a consent decision (the grant itself is django-oauth-toolkit's, same transaction):
     success when a code was issued, denied when the user said no, invalid when the request failed."""
-    from sessions.audit import Outcome, audit_record
 
     outcome = Outcome.DENIED if not allowed else Outcome.SUCCESS if issued else Outcome.INVALID
     audit_record(

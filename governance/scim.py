@@ -32,11 +32,14 @@ from governance.models import (
     RESERVED_GROUPS,
     ApiToken,
     IdentityProvider,
+    Organization,
     ScimResource,
     User,
     UserGroup,
     token_digest,
 )
+from governance.services import user_create as create
+from sessions.audit import audit_record
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -88,7 +91,6 @@ def scim_org_for(slug: str, authorization: str) -> IdentityProvider:
 
 
 def _audit(idp: IdentityProvider, action: str, target, detail: dict) -> None:
-    from sessions.audit import audit_record
 
     audit_record(actor=None, org_id=idp.org_id, surface="scim", action=action, target=target, detail=detail)
 
@@ -240,7 +242,6 @@ def _active_of(value) -> bool:
 
 
 def user_create(idp: IdentityProvider, data: dict) -> User:
-    from governance.services import user_create as create
 
     email = _email_of(data)
     if email.rpartition("@")[2] not in (idp.allowed_domains or []):
@@ -584,6 +585,7 @@ def group_delete(idp: IdentityProvider, group_id: str) -> None:
         members = sorted(group.members.values_list("email", flat=True))
         _audit(idp, "scim.group_delete", group, {"name": group.name, "members": members})
         group.delete()
+        Organization.rules_changed(group.org_id)  # rules bound through the group change at once
 
 
 def service_provider_config() -> dict:

@@ -52,6 +52,8 @@ from governance.models import (
 )
 from governance.oauth import CLAIM_NAME, _check_url
 from governance.policy import ROLE_ADMIN, Actor, require_role
+from governance.services import user_create
+from sessions.audit import audit_record
 
 logger = logging.getLogger("portcullis.sso")
 
@@ -147,7 +149,6 @@ def idp_configure(
     encrypted, audited only as "changed". Turning passwords off needs a break-glass admin (an
     active member of `admin` with a usable password), so an IdP outage cannot lock everyone out.
     Raises InvalidInput, Conflict, NotFound, PolicyDenied."""
-    from sessions.audit import audit_record
 
     if (org is None) == (actor is None):
         raise InvalidInput("give either an actor or an organization")
@@ -237,7 +238,6 @@ def idp_configure(
 def scim_secret_issue(*, org: Organization | None = None, actor: Actor | None = None) -> str:
     """A new SCIM bearer secret for the org (the old one stops working). Returned once; only its
     SHA-256 is kept. Raises NotFound (no IdP configured), PolicyDenied."""
-    from sessions.audit import audit_record
 
     if actor is not None:
         require_role(actor, ROLE_ADMIN)
@@ -514,7 +514,6 @@ def idp_groups(idp: IdentityProvider, claims: dict) -> list[str]:
 def sign_in(idp: IdentityProvider, claims: dict) -> tuple[User, dict]:
     """The user these validated claims speak for, created or linked on first sign-in, with the
     org's mapped groups set from the claim. Returns (user, what changed). Raises SignInRefused."""
-    from governance.services import user_create
 
     org_id = idp.org_id
     subject = str(claims.get("sub") or "")[:255]

@@ -11,6 +11,7 @@ import hashlib
 import time
 
 from django.contrib import auth
+from django.contrib.auth import views as auth_views
 from django.core.cache import cache
 from django.db import transaction
 from django.shortcuts import redirect, render
@@ -18,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
-from governance.auth import login_record, logout_record, surface_of
+from governance.auth import SSO_REQUIRED, login_record, logout_record, record_password_attempt, surface_of
 from governance.models import IdentityProvider
 from governance.sso import Flow, SignInRefused, begin, end_session_url, finish, idp_for_email, sign_in
 
@@ -184,3 +185,39 @@ def logout_view(request):
         if url:
             return redirect(url)
     return redirect("/login/")
+
+
+class LoginView(auth_views.LoginView):
+    """The web login page: e-mail first; "Continue with SSO" sends the user to the org's IdP
+    (found from the e-mail's domain), the password form stays for orgs that allow it."""
+
+    template_name = "login.html"
+
+    def post(self, request, *args, **kwargs):
+        email = request.POST.get("username", "").strip()
+        if "sso" in request.POST or (email and not request.POST.get("password")):
+            return sso_start_for_email(request, email, request.POST.get("next", ""))
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        record_password_attempt(
+            self.request,
+            surface=surface_of(self.request, self.get_redirect_url()),
+            user=form.get_user(),
+            email=form.cleaned_data.get("username", ""),
+        )
+        return response
+
+    def form_invalid(self, form):
+        record_password_attempt(
+            self.request,
+            surface=surface_of(self.request, self.request.POST.get("next", "")),
+            user=None,
+            email=self.request.POST.get("username", ""),
+        )
+        refusal = getattr(self.request, "_portcullis_refusal", "")
+        if refusal:
+            form.errors.clear()
+            form.add_error(None, SSO_REQUIRED)
+        return super().form_invalid(form)

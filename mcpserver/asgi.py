@@ -18,6 +18,9 @@ from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from gateway import maintenance
+from gateway.unavailable import RETRY_AFTER_SECONDS, is_database_unavailable, jsonrpc_body
+
 logger = logging.getLogger("portcullis.mcp")
 
 _sweeping = False  # one sweeper per process, however many MCP apps it serves
@@ -48,7 +51,6 @@ class _UnavailableGuard:
         self._held = []
 
     async def fail(self, exc: BaseException):
-        from gateway.unavailable import RETRY_AFTER_SECONDS, is_database_unavailable, jsonrpc_body
 
         if self._passed:
             raise exc
@@ -140,11 +142,12 @@ class MCPStarter:
             raise
 
     async def _sweep_forever(self) -> None:
-        from gateway import maintenance
 
         while True:
             try:
-                await database_sync_to_async(maintenance.tick, thread_sensitive=False)()
+                await database_sync_to_async(maintenance.tick, thread_sensitive=False)(
+                    analyses=settings.CELERY_TASK_ALWAYS_EAGER  # else the worker's tick analyses
+                )
             except Exception:
                 logger.exception("maintenance sweep failed")
             await asyncio.sleep(settings.SWEEP_SECONDS)

@@ -12,7 +12,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict
 
 from governance.models import TokenCapability
-from governance.policy import ROLE_ANY
+from governance.policy import ROLE_ANY, Actor, capability_allows, has_role
 
 
 class Args(BaseModel):
@@ -219,6 +219,11 @@ class ToolSpec:
         if self.idempotent:
             hints["idempotent_hint"] = True
         return ToolAnnotations(**hints)
+
+
+def tool_allowed(actor: Actor, spec: ToolSpec) -> bool:
+    """The caller's role and their token's capability both reach the tool."""
+    return has_role(actor, spec.role) and capability_allows(actor, spec.capability)
 
 
 def _without_descriptions(node, keep=()):

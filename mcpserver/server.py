@@ -31,7 +31,7 @@ from governance.policy import Actor, capability_allows, capability_message, has_
 from mcpserver import tools  # noqa: F401  (registers every tool)
 from mcpserver.auth import GatewayTokenVerifier
 from mcpserver.challenge import BearerChallenge
-from mcpserver.registry import TOOLS, ToolSpec, compact_schema
+from mcpserver.registry import TOOLS, ToolSpec, compact_schema, tool_allowed
 from mcpserver.scopes import insufficient_scope_message, scope_allows
 from sessions.audit import Outcome, audit_record
 
@@ -90,11 +90,6 @@ def _current_actor(ctx) -> Actor | None:
     return dataclasses.replace(actor, client=client[:200])
 
 
-def _allowed(actor: Actor, spec: ToolSpec) -> bool:
-    """The caller's role and their token's capability both reach the tool."""
-    return has_role(actor, spec.role) and capability_allows(actor, spec.capability)
-
-
 def _token_scopes() -> list[str]:
     return list(getattr(get_access_token(), "scopes", None) or [])
 
@@ -105,7 +100,7 @@ async def list_tools(ctx, params) -> ListToolsResult:
     visible = [
         _DEFINITIONS[name]
         for name, spec in TOOLS.items()
-        if actor is not None and _allowed(actor, spec) and scope_allows(scopes, spec)
+        if actor is not None and tool_allowed(actor, spec) and scope_allows(scopes, spec)
     ]
     return ListToolsResult(tools=visible)
 

@@ -12,6 +12,7 @@ import logging
 
 from django.conf import settings
 
+from sessions import events
 from sessions.wakeup import notify_review_changed
 
 logger = logging.getLogger("portcullis.reviews.notify")
@@ -39,7 +40,6 @@ def event_payload(review) -> dict:
 
 def emit(review, event: str) -> None:
     """Queue the outbound event (signed webhooks, SIEM sink) in the caller's transaction."""
-    from sessions import events
 
     events.emit(org_id=review.org_id, type=event, data=event_payload(review))
 

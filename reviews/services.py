@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
@@ -37,6 +40,7 @@ from reviews.models import (
     ReviewStatus,
     ReviewType,
 )
+from sessions import idempotency, lifecycle
 from sessions.audit import Outcome, audit_record, change_detail
 from sessions.models import RISK_ORDER, RiskLevel, Session, SessionStatus
 
@@ -333,11 +337,7 @@ def command_gate(
     actor, unless the actor holds an active JIT grant for it, and (for rules with `min_risk`) the
     built-in analyzer rates the input at least that risky.
     """
-    rules = [
-        r
-        for r in _rules_for(connection, (AccessType.COMMAND, AccessType.JIT_COMMAND))
-        if _applies_to(actor, r)
-    ]
+    rules = [r for r in _command_rules(connection) if r.applies_to(actor.group_ids)]
     if not rules:
         return None
     if active_grant(user_id=actor.user.pk, connection_id=connection.pk) is not None:
@@ -345,8 +345,53 @@ def command_gate(
     risk = input_risk(connection, input)
     for rule in rules:
         if not rule.min_risk or RISK_ORDER[risk["risk_level"]] >= RISK_ORDER[rule.min_risk]:
-            return rule, risk
+            return _rules_qs().get(pk=rule.pk), risk  # fresh: the review snapshots its groups
     return None
+
+
+@dataclass(frozen=True)
+class _GateRule:
+    """What the gate needs of a command rule, cached (`_command_rules`)."""
+
+    pk: int
+    min_risk: str
+    required: frozenset
+    skipped: frozenset
+
+    def applies_to(self, group_ids) -> bool:
+        if self.required:
+            return bool(self.required & group_ids)
+        return not (self.skipped & group_ids)
+
+
+_gate_cache: OrderedDict = OrderedDict()
+_gate_lock = threading.Lock()
+
+
+def _command_rules(connection: Connection) -> list[_GateRule]:
+    """The command rules binding `connection`, cached per process by the org's rules version like
+    the bound guardrails (every rule, binding or group change bumps it), so an exec that no rule
+    holds back costs the gate no query."""
+    key = (connection.pk, connection.org.rules_version)
+    with _gate_lock:
+        hit = _gate_cache.get(key)
+        if hit is not None:
+            _gate_cache.move_to_end(key)
+            return hit
+    rules = [
+        _GateRule(
+            pk=r.pk,
+            min_risk=r.min_risk,
+            required=frozenset(g.pk for g in r.approval_required_groups.all()),
+            skipped=frozenset(g.pk for g in r.skip_review_groups.all()),
+        )
+        for r in _rules_for(connection, (AccessType.COMMAND, AccessType.JIT_COMMAND))
+    ]
+    with _gate_lock:
+        _gate_cache[key] = rules
+        while len(_gate_cache) > rule_helpers.BOUND_CACHE_SIZE:
+            _gate_cache.popitem(last=False)
+    return rules
 
 
 def _group_snapshot(groups) -> list[dict]:
@@ -825,7 +870,6 @@ def _end_session(review: Review, status: str, error: str, *, actor: Actor | None
     the lifecycle: its audit event, its `session.*` events, the wake-up and the analysis."""
     if review.session_id is None:
         return
-    from sessions import lifecycle
 
     lifecycle.transition(
         review.session_id,
@@ -861,7 +905,6 @@ def review_execute(*, actor: Actor, review_id, idempotency_key: str | None = Non
     lost answer) returns the same session instead of "already executed".
     """
     from gateway import pipeline
-    from sessions import idempotency
 
     request = {"review_id": str(review_id)}
     key = idempotency.check_key(idempotency_key)

@@ -11,6 +11,9 @@ from celery.exceptions import Retry
 from django.conf import settings
 from django.core.mail import send_mail
 
+from governance.models import User
+from reviews.models import Review
+
 logger = logging.getLogger("portcullis.reviews.tasks")
 
 SUBJECTS = {
@@ -30,7 +33,6 @@ class NotificationFailed(Exception):
 def review_notify(self, review_id: str, event: str, channels: list[str] | None = None) -> None:
     """E-mail the people concerned and post to Slack. A channel that fails is retried alone, with
     exponential backoff (2 s, 4 s, 8 s ... capped at 5 min); one that succeeded is not repeated."""
-    from reviews.models import Review
 
     review = Review.objects.select_related("requester").filter(pk=review_id).first()
     if review is None or event not in SUBJECTS:
@@ -68,7 +70,6 @@ def run_with_retries(review_id: str, event: str, *, sleep=time.sleep) -> int:
 
 
 def _recipients(review, event: str) -> list[str]:
-    from governance.models import User
 
     if event == "review.created":
         group_ids = [g["id"] for g in review.reviewer_groups + review.force_approval_groups]

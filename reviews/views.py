@@ -17,6 +17,7 @@ from django.shortcuts import redirect
 
 from gateway.web import web_actor, web_view
 from governance.errors import InvalidInput, NotFound, PortcullisError
+from governance.rules import bound_rules
 from reviews import services
 from reviews.models import Review, ReviewStatus, ReviewType
 from sessions.views import HIGHLIGHT_CSS, _page, _query, highlight_input
@@ -86,8 +87,6 @@ def review_detail_view(request, review_id):
     data = services.review_to_dict(review, actor=actor)
     rules = {}
     if review.connection is not None and data.get("input") is not None:
-        from governance.rules import bound_rules
-
         bound = bound_rules(review.connection)
         rules = {"guardrails": [r.name for r in bound.guardrails], "masking": bound.masking_rules}
     context = {

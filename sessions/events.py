@@ -14,8 +14,12 @@ import logging
 import uuid
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
+
+from gateway import metrics
+from sessions.models import Session, WebhookEndpoint
+from sessions.outbox import outbox_put
 
 log = logging.getLogger("portcullis.events")
 
@@ -69,13 +73,11 @@ def emit(*, org_id, type: str, data: dict) -> None:
     org. Never raises into its caller: an event must never break the change it describes."""
     try:
         event = event_build(org_id=org_id, type=type, data=data)
-        from gateway import metrics  # (gateway's metrics read the settings; imported when used)
 
         # Counted once committed (sessions, review decisions), delivered or not; never raises.
         transaction.on_commit(lambda: metrics.event_observed(event))
         if not _deliverable(org_id):
             return
-        from sessions.outbox import outbox_put
 
         outbox_put("event", event)
     except Exception:  # noqa: BLE001 - an event must never break the change it describes
@@ -87,9 +89,17 @@ def _deliverable(org_id) -> bool:
 
     if settings.EVENTS_JSONL_PATH or settings.SYSLOG_ADDRESS:
         return True
-    from sessions.models import WebhookEndpoint
 
-    return WebhookEndpoint.objects.filter(org_id=org_id, enabled=True).exists()
+    if connection.vendor != "postgresql":
+        return WebhookEndpoint.objects.filter(org_id=org_id, enabled=True).exists()
+    # Asked for every session event: one plain statement instead of an ORM compile each time.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {connection.ops.quote_name(WebhookEndpoint._meta.db_table)} "
+            "WHERE org_id = %s AND enabled LIMIT 1",
+            [org_id],
+        )
+        return cursor.fetchone() is not None
 
 
 def session_event_data(session) -> dict:
@@ -134,8 +144,6 @@ def emit_session_end(session) -> None:
     (plus `guardrail.violation` when guardrails blocked it) or `session.finished`. Never raises."""
     try:
         if not hasattr(session, "pk"):
-            from sessions.models import Session
-
             session = Session.objects.select_related("user").get(pk=session)
     except Exception:  # noqa: BLE001
         log.exception("session %s: end events dropped", session)

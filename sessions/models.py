@@ -6,6 +6,7 @@ from django.db import models, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from gateway import crypto
 from governance.models import Organization, User
 
 
@@ -14,6 +15,8 @@ class Verb(models.TextChoices):
     SCHEMA = "schema"
     RUNBOOK = "runbook"
     TOOL = "tool"
+    RESOURCE = "resource"  # an upstream MCP resource read
+    PROMPT = "prompt"  # an upstream MCP prompt get
 
 
 class SessionStatus(models.TextChoices):
@@ -288,12 +291,10 @@ class WebhookEndpoint(models.Model):
 
     def get_secret(self) -> str:
         """The plaintext HMAC key, for signing only. Never render or return this."""
-        from gateway import crypto
 
         return crypto.decrypt_json(self.secret_encrypted).get("secret", "")
 
     def set_secret(self, value: str) -> None:
-        from gateway import crypto
 
         self.secret_encrypted = crypto.encrypt_json({"secret": value})
 

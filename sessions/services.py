@@ -18,8 +18,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from governance.errors import InvalidInput
-from governance.policy import Actor, get_scoped, scope
-from sessions import outbox
+from governance.guardrails import find_secrets
+from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, require_role, scope
+from reviews.models import Review, ReviewStatus
+from sessions import lifecycle, outbox
 from sessions.models import (
     FINAL_STATUSES,
     Analysis,
@@ -29,6 +31,7 @@ from sessions.models import (
     Session,
     SessionStatus,
 )
+from sessions.outbox import outbox_put
 from sessions.wakeup import notify_analysis_ready
 
 logger = logging.getLogger("portcullis.sessions")
@@ -81,8 +84,6 @@ def _visible_sessions(
     if risk_level and risk_level not in RiskLevel.values:
         raise InvalidInput(f"unknown risk level {risk_level!r}; use one of: {', '.join(RiskLevel.values)}")
     if review_status:
-        from reviews.models import ReviewStatus
-
         review_status = review_status.upper()
         if review_status not in ReviewStatus.values:
             raise InvalidInput(
@@ -134,7 +135,6 @@ def input_preview(text: str) -> str:
     """The shape of an input for lists and reports: whitespace collapsed, every quoted literal and
     every long number (card, phone, account numbers) replaced by `?`, secrets never shown, cut at
     200 characters. Statement keywords, tables and columns stay: that is what a report asks."""
-    from governance.guardrails import find_secrets
 
     if find_secrets(text):
         return "[input holds a secret; open the session to read it]"
@@ -225,7 +225,6 @@ def session_get(*, actor: Actor, session_id, action: str = "view") -> Session:
 def session_to_dict(session: Session, *, actor: Actor) -> dict:
     """Metadata of a session, without its content, as `actor` may see it: guardrail findings (which
     rule, which statement, what matched) are for admins and auditors; everyone sees the rules' names."""
-    from governance.policy import ROLE_AUDITOR, has_role
 
     privileged = has_role(actor, ROLE_AUDITOR)
     findings = session.guardrail_findings or []
@@ -304,7 +303,6 @@ def session_content(*, actor: Actor, session_id, offset: int = 0, max_bytes: int
 def session_timeline(session: Session) -> list[dict]:
     """What happened to a session, in order: recorded, queued for review, each decision, approved
     or rejected, run requested, started, finished, analysed. Two queries at most."""
-    from reviews.models import Review
 
     events = [("recorded", session.created_at, f"via {session.surface}")]
     review = Review.objects.filter(session_id=session.pk).first()
@@ -341,7 +339,6 @@ def sessions_sweep_orphans(*, now=None) -> int:
     died, lost the database, or hangs): failed, outcome unknown. Safe to run anywhere and often.
     Open sessions whose dispatch lease lapsed are picked up by `gateway.maintenance`, which can
     run them; this is the part that needs no connector."""
-    from sessions import lifecycle
 
     running, _ = lifecycle.lapsed()
     # Exactly-once runs (approved executions) are resolved by asking their target (gateway.maintenance).
@@ -397,7 +394,6 @@ def _visible_audit_events(
 ):
     """The audit events `actor` may read (admins and auditors: their org's), filtered: the one
     filter path of audit_events_list and exports. `actor=None` is the system (CLI): `org_id`'s."""
-    from governance.policy import ROLE_AUDITOR, require_role
 
     if actor is not None:
         require_role(actor, ROLE_AUDITOR)
@@ -450,7 +446,6 @@ def analysis_enqueue(*, session_id) -> None:
     lifecycle writes it where a session becomes final), delivered by the relay to the Celery task
     `session_analyze` — or, in embedded mode, to a small background thread of this process, so
     neither a slow LLM nor an analyzer bug can delay the exec that finished."""
-    from sessions.outbox import outbox_put
 
     outbox_put("analysis", {"session_id": str(session_id)})
 
@@ -505,37 +500,42 @@ def analysis_run(*, session_id) -> Analysis | None:
 
     A system action (no actor): called by the Celery task and the sweep, never by a surface.
     """
-    existing = Analysis.objects.filter(session_id=session_id).first()
-    if existing is not None:
-        return existing
-    session = Session.objects.select_related("connection__org").filter(pk=session_id).first()
+    # One query: the session, its connection and any analysis already stored (the stored rows,
+    # `result`, are not read: the analyzer looks at the output text and the row count).
+    session = (
+        Session.objects.select_related("connection__org", "analysis")
+        .defer("result")
+        .filter(pk=session_id)
+        .first()
+    )
     if session is None:
         logger.info("session %s is gone; nothing to analyse", session_id)
         return None
+    existing = getattr(session, "analysis", None)  # loaded with the session (None: not yet)
+    if existing is not None:
+        return existing
     if not session.is_final:
         logger.warning("session %s is %s, not finished; not analysed yet", session_id, session.status)
         return None
     from sessions.analysis import analyze
 
     verdict = analyze(session)  # outside any transaction: an LLM may take seconds
+    analysis = Analysis(
+        session=session,
+        risk_level=verdict.risk_level,
+        title=verdict.title[:200],
+        explanation=verdict.explanation,
+        suggested_action=verdict.suggested_action,
+        analyzer=verdict.analyzer[:120],
+        fallback_reason=verdict.fallback_reason[:300],
+        reasons=verdict.reasons,
+    )
     try:
         with transaction.atomic():
-            analysis, created = Analysis.objects.get_or_create(
-                session=session,
-                defaults={
-                    "risk_level": verdict.risk_level,
-                    "title": verdict.title[:200],
-                    "explanation": verdict.explanation,
-                    "suggested_action": verdict.suggested_action,
-                    "analyzer": verdict.analyzer[:120],
-                    "fallback_reason": verdict.fallback_reason[:300],
-                    "reasons": verdict.reasons,
-                },
-            )
-            if created:
-                transaction.on_commit(lambda: notify_analysis_ready(session.pk))
+            analysis.save(force_insert=True)
+            transaction.on_commit(lambda: notify_analysis_ready(session.pk))
     except IntegrityError:  # another worker stored it between our check and our insert
-        analysis = Analysis.objects.get(session=session)
+        analysis = Analysis.objects.get(session_id=session.pk)
     return analysis
 
 

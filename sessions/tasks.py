@@ -2,7 +2,8 @@
 
 from celery import shared_task
 
-from sessions import services
+from gateway import metrics
+from sessions import heads, outbox, services
 
 
 @shared_task(name="sessions.tasks.sessions_sweep_orphans")
@@ -24,7 +25,6 @@ def analysis_sweep_missing() -> int:
 @shared_task(name="sessions.tasks.outbox_relay", ignore_result=True)
 def outbox_relay() -> int:
     """Deliver what waits in the outbox (every replica's relay does too; this is the backstop)."""
-    from sessions import outbox
 
     return outbox.relay_all()
 
@@ -32,7 +32,6 @@ def outbox_relay() -> int:
 @shared_task(name="sessions.tasks.webhook_deliver", ignore_result=True)
 def webhook_deliver(delivery_id: int) -> None:
     """Attempt one webhook delivery (it schedules its own retry)."""
-    from gateway import metrics
     from sessions import delivery
 
     attempt = delivery.webhook_deliver(delivery_id)
@@ -50,6 +49,5 @@ def webhooks_retry_due() -> int:
 @shared_task(name="sessions.tasks.audit_heads_publish")
 def audit_heads_publish() -> int:
     """Send every org's audit chain head out as an `audit.head` event (sinks and webhooks)."""
-    from sessions import heads
 
     return heads.audit_heads_publish()

@@ -21,6 +21,7 @@ from pygments.lexers import BashLexer, JsonLexer, MySqlLexer, PostgresLexer, Sql
 from gateway.services import connection_list
 from gateway.web import role_label, web_actor, web_view
 from governance.errors import InvalidInput, NotFound
+from reviews.services import review_get, review_to_dict
 from sessions import charts
 from sessions.forms import FILTER_PARAMS, PAGE_SIZE, DashboardRangeForm, SessionFilterForm
 from sessions.services import (
@@ -145,7 +146,6 @@ def _timeline(session, content_visible: bool) -> list[dict]:
 
 def _review(actor, session) -> dict | None:
     """The session's review as the viewer may see it (None without one, or if they may not)."""
-    from reviews.services import review_get, review_to_dict
 
     try:
         review = review_get(actor=actor, review_id=session.pk)

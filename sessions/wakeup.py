@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from gateway import runner
-from sessions.models import Session
+from sessions.models import Analysis, Session
 
 logger = logging.getLogger("portcullis.wakeup")
 
@@ -182,7 +182,6 @@ async def wait_for_final(session_id, timeout: float, *, on_progress=None, progre
 
 @database_sync_to_async
 def _load_analysis(session_id):
-    from sessions.models import Analysis
 
     return Analysis.objects.filter(session_id=session_id).first()
 

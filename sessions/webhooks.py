@@ -14,6 +14,7 @@ from governance.errors import Conflict, InvalidInput
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
 from sessions import webhook_signing
 from sessions.audit import REDACTED, audit_record, change_detail
+from sessions.delivery import _schedule
 from sessions.events import EVENT_TYPES
 from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
@@ -225,7 +226,6 @@ def webhook_delivery_list(
 def webhook_delivery_retry(*, actor: Actor, delivery_ids) -> int:
     """Send failed or dead deliveries of the actor's org again, with a fresh set of attempts
     (admins). Deliveries of other orgs are ignored as if missing. Returns how many were queued."""
-    from sessions.delivery import _schedule
 
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():

@@ -3,7 +3,9 @@
 from django import template
 from django.utils.html import format_html
 
+from gateway.web import web_actor
 from governance.errors import PortcullisError
+from reviews.services import review_list
 
 register = template.Library()
 
@@ -15,8 +17,6 @@ def inbox_badge(context):
     request = context.get("request")
     if request is None or not request.user.is_authenticated:
         return ""
-    from gateway.web import web_actor
-    from reviews.services import review_list
 
     try:
         _, count = review_list(actor=web_actor(request), waiting_for_me=True, limit=1)

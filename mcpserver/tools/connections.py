@@ -8,6 +8,7 @@ from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
 from gateway import pipeline, services
+from governance.errors import InvalidInput
 from governance.policy import ROLE_ADMIN
 from mcpserver.registry import Args, Result, page, shared, tool
 
@@ -269,8 +270,6 @@ async def connections_import(actor, args: ImportArgs, ctx) -> ImportResult:
     @db
     def run():
         if (args.csv is None) == (args.rows is None):
-            from governance.errors import InvalidInput
-
             raise InvalidInput("give csv or rows")
         rows = services.import_rows_from_csv(args.csv) if args.csv is not None else args.rows
         return services.connection_import(actor=actor, rows=rows, dry_run=args.dry_run)

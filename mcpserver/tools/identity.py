@@ -9,7 +9,7 @@ from pydantic import Field
 
 from gateway import services as connections
 from governance.policy import CAPABILITIES, capability_explained
-from mcpserver.registry import TOOLS, Args, Result, tool
+from mcpserver.registry import TOOLS, Args, Result, tool, tool_allowed
 
 
 class NoArgs(Args):
@@ -60,12 +60,12 @@ async def me_get(actor, args, ctx) -> MeResult:
 
 def _tools_added(actor) -> dict[str, list[str]]:
     """Computed from the registry with the same check tools/list uses, so it cannot drift."""
-    from mcpserver.server import _allowed
-
     added = {}
     for capability in CAPABILITIES[CAPABILITIES.index(actor.capability) + 1 :]:
         stronger = dataclasses.replace(actor, capability=capability)
-        names = [n for n, spec in TOOLS.items() if _allowed(stronger, spec) and not _allowed(actor, spec)]
+        names = [
+            n for n, spec in TOOLS.items() if tool_allowed(stronger, spec) and not tool_allowed(actor, spec)
+        ]
         if names:
             added[capability] = names
     return added

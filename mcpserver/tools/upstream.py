@@ -112,11 +112,13 @@ async def upstream_call(actor, args: CallArgs, ctx) -> ToolEnvelope:
 
 
 class ContractsListArgs(ConnectionArgs):
-    status: Literal["accepted", "changed", "added", "removed"] | None = Field(None)
+    status: Literal["accepted", "changed", "added", "removed"] | None = None
+    kind: str = ""  # tool, resource, template, prompt (checked by the service)
 
 
 class ContractOut(Result):
     connection_name: str
+    kind: str
     tool: str
     status: str
     pinned_sha256: str | None
@@ -140,8 +142,8 @@ class ContractsListResult(Result):
 @tool(
     "upstream_contracts_list",
     description=(
-        "Pinned tool contracts of an mcp connection, pinned and observed: changed and added ones are blocked "
-        "until accepted."
+        "Pinned contracts (kind: tool, resource, template, prompt) of an mcp connection, pinned vs observed: "
+        "changed and added ones are blocked until accepted."
     ),
     args=ContractsListArgs,
     result=ContractsListResult,
@@ -151,7 +153,9 @@ class ContractsListResult(Result):
 async def upstream_contracts_list(actor, args: ContractsListArgs, ctx) -> ContractsListResult:
     @db
     def run():
-        rows = upstream.contracts_list(actor=actor, connection_name=args.connection_name, status=args.status)
+        rows = upstream.contracts_list(
+            actor=actor, connection_name=args.connection_name, status=args.status, kind=args.kind or None
+        )
         return [upstream.contract_to_dict(r) for r in rows]
 
     items = await run()
@@ -160,8 +164,9 @@ async def upstream_contracts_list(actor, args: ContractsListArgs, ctx) -> Contra
 
 class AcceptArgs(ConnectionArgs):
     tools: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=100)
+        list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(min_length=1, max_length=100)
     ]
+    kind: str = "tool"
     observed_sha256: dict[str, str] | None = Field(
         None,
         description="Tool -> the observed_sha256 you reviewed (refused if it changed since).",
@@ -170,7 +175,7 @@ class AcceptArgs(ConnectionArgs):
 
 @tool(
     "upstream_contracts_accept",
-    description=("Accept the observed contract of changed or added tools: callable again."),
+    description="Accept the observed contract of changed or added tools (or resources, templates, prompts).",
     args=AcceptArgs,
     result=ContractsListResult,
     role=ROLE_ADMIN,
@@ -186,6 +191,7 @@ async def upstream_contracts_accept(actor, args: AcceptArgs, ctx) -> ContractsLi
             connection_name=args.connection_name,
             tools=args.tools,
             observed_sha256=args.observed_sha256,
+            kind=args.kind,
         )
         return [upstream.contract_to_dict(r) for r in rows]
 
