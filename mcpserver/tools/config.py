@@ -14,7 +14,6 @@ from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.rule_crud import KINDS, Deleted, Limit, Offset
 
 KindName = Literal[tuple(KINDS)]  # type: ignore[valid-type]
-KIND_HELP = ", ".join(v.create_tool.removesuffix("_create") for v in KINDS.values())
 RecordRef = Annotated[
     str,
     Field(
@@ -79,7 +78,8 @@ class UpdateArgs(RefArgs):
 
 @tool(
     "config_list",
-    description=f"The org's records of a kind, with the fields of its <x>_create tool ({KIND_HELP}).",
+    description="The org's records of a kind, with the fields of its <kind>s_create tool (masking_rule: "
+    "datamasking_rules_create).",
     args=ListArgs,
     result=RecordList,
     role=ROLE_AUDITOR,

@@ -111,9 +111,13 @@ async def upstream_call(actor, args: CallArgs, ctx) -> ToolEnvelope:
     return ToolEnvelope(**pipeline.tool_envelope(session))
 
 
+# An enum here as everywhere `kind` is an argument (tests/test_tool_naming.py); the service checks it too.
+ContractKind = Literal["tool", "resource", "template", "prompt"]
+
+
 class ContractsListArgs(ConnectionArgs):
     status: Literal["accepted", "changed", "added", "removed"] | None = None
-    kind: str = ""  # tool, resource, template, prompt (checked by the service)
+    kind: ContractKind | None = None
 
 
 class ContractOut(Result):
@@ -142,8 +146,8 @@ class ContractsListResult(Result):
 @tool(
     "upstream_contracts_list",
     description=(
-        "Pinned contracts (kind: tool, resource, template, prompt) of an mcp connection, pinned vs observed: "
-        "changed and added ones are blocked until accepted."
+        "Pinned contracts of an mcp connection's tools, resources, templates, prompts; changed and added ones "
+        "are blocked until accepted."
     ),
     args=ContractsListArgs,
     result=ContractsListResult,
@@ -166,7 +170,7 @@ class AcceptArgs(ConnectionArgs):
     tools: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(min_length=1, max_length=100)
     ]
-    kind: str = "tool"
+    kind: ContractKind = "tool"
     observed_sha256: dict[str, str] | None = Field(
         None,
         description="Tool -> the observed_sha256 you reviewed (refused if it changed since).",
