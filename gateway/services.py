@@ -18,7 +18,7 @@ from gateway.models import Connection
 from governance.errors import Conflict, InvalidInput
 from governance.models import Attribute, Organization
 from governance.oauth import mcp_auth_get
-from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
+from governance.policy import ROLE_ADMIN, Actor, get_scoped, not_found_message, require_role, scope
 from governance.rules import check_attribute_name, selector_filter
 from sessions import outbox
 from sessions.audit import REDACTED, audit_record, change_detail, redact, snapshot
@@ -154,7 +154,7 @@ def connection_get(*, actor: Actor, name: str) -> Connection:
         Connection.objects.prefetch_related("access_groups", "attributes"),
         actor,
         "view",
-        not_found=pipeline.not_found_message(name),
+        not_found=not_found_message(name),
         name=name,
     )
 
@@ -236,7 +236,7 @@ def connection_update(
             Connection.objects.select_for_update(of=("self",)),
             actor,
             "manage",
-            not_found=pipeline.not_found_message(name),
+            not_found=not_found_message(name),
             name=name,
         )
         before = _audited(connection)
@@ -273,7 +273,7 @@ def connection_delete(*, actor: Actor, name: str) -> None:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         connection = get_scoped(
-            Connection.objects.all(), actor, "manage", not_found=pipeline.not_found_message(name), name=name
+            Connection.objects.all(), actor, "manage", not_found=not_found_message(name), name=name
         )
         audit_record(actor=actor, action="connection.delete", target=connection)
         connection.delete()

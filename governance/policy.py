@@ -20,12 +20,14 @@ capability: it only ever reads, so a ceiling on writes takes nothing from it (`i
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from django.db.models import Q, QuerySet
 
 from governance.errors import NotFound, PolicyDenied
 from governance.models import ADMIN_GROUP, AUDITOR_GROUP, TokenCapability, User
+from sessions.models import Session
 
 SURFACES = ("web", "admin", "api", "mcp", "task", "cli", "slack")
 
@@ -239,7 +241,6 @@ def _analysis_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     """An analysis is visible with its session; nobody changes it."""
     if action != "view":
         return qs.none()
-    from sessions.models import Session
 
     return qs.filter(session__in=_session_scope(Session.objects.all(), actor, "view").values("pk"))
 
@@ -306,3 +307,16 @@ def get_scoped(qs: QuerySet, actor: Actor, action: str, *, not_found: str, **loo
     if obj is None:
         raise NotFound(not_found)
     return obj
+
+
+def parse_id(value, not_found: str) -> uuid.UUID:
+    """An id from a caller: a malformed one is answered like a missing one (`NotFound(not_found)`)."""
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError):
+        raise NotFound(not_found) from None
+
+
+def not_found_message(name: str) -> str:
+    """The one answer for a connection that does not exist and one the caller may not see."""
+    return f'connection "{name}" not found or not accessible'

@@ -24,6 +24,7 @@ from governance import guardrails, masking
 from governance.errors import Conflict, InvalidInput, NotFound
 from governance.models import Attribute, GuardrailRule, MaskingRule, Organization
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role
+from sessions.analysis import analyze_input
 from sessions.audit import audit_record, change_detail, snapshot
 
 MAX_LIMIT = 100
@@ -401,8 +402,6 @@ def guardrail_test(
         raise InvalidInput(f"dialect must be one of: {', '.join(sorted(set(guardrails.DIALECTS.values())))}")
     engine_rules = as_engine_rules(rules)
     if direction == "input":
-        from sessions.analysis import analyze_input
-
         kind = next((k for k, d in guardrails.DIALECTS.items() if d == dialect), "command")
 
         def assess_risk():
@@ -541,28 +540,11 @@ def bound_rules(connection: Connection) -> Bound:
     return bound
 
 
-PREVIEW_ROWS = 100
-
-
-def _query_sample(actor: Actor, connection_name: str, input: str) -> tuple[list[str], list[list]]:
-    import time
-
-    from gateway import pipeline  # the pipeline imports this module
-
-    session = pipeline.exec_start(
-        actor=actor, connection_name=connection_name, input=input, max_rows=PREVIEW_ROWS
-    )
-    deadline = time.monotonic() + 60
-    while not session.is_final and time.monotonic() < deadline:
-        time.sleep(0.05)
-        session.refresh_from_db()
-    envelope = pipeline.exec_envelope(session)
-    if envelope["status"] != "completed" or not envelope.get("columns"):
-        raise InvalidInput(
-            f"the preview query did not return rows (status {envelope['status']}, session {session.pk}): "
-            f"{(envelope.get('message') or envelope.get('output') or '')[:300]}"
-        )
-    return envelope["columns"], envelope["rows"]
+def masking_preview_check(*, actor: Actor, ref, spec) -> None:
+    """What every masking preview checks first: the role, and a rule or a spec (not both)."""
+    require_role(actor, ROLE_AUDITOR)
+    if (ref is None) == (spec is None):
+        raise InvalidInput("give either a rule (id or name) or an inline spec")
 
 
 def masking_preview(
@@ -573,25 +555,13 @@ def masking_preview(
     text: str | None = None,
     columns: list[str] | None = None,
     rows: list[list] | None = None,
-    connection_name: str | None = None,
-    input: str | None = None,
 ) -> dict:
     """Mask a sample with a stored rule or an inline spec. Returns only masked data.
 
-    The sample is text, or columns and rows the caller provides, or the first rows of a query
-    (`connection_name` + `input`): the query runs through the exec pipeline like any other, as the
-    caller, with the connection's guardrails, its current masking and the audit log, so nobody
-    sees raw data through a preview.
+    The sample is text, or columns and rows the caller provides. (The first rows of a query as
+    the sample: `gateway.previews.masking_preview`, which runs it through the exec engine.)
     """
-    require_role(actor, ROLE_AUDITOR)
-    if (ref is None) == (spec is None):
-        raise InvalidInput("give either a rule (id or name) or an inline spec")
-    if (connection_name is None) != (input is None):
-        raise InvalidInput("a query preview needs both connection_name and input")
-    if connection_name is not None:
-        if text is not None or rows is not None:
-            raise InvalidInput("give a sample or a query, not both")
-        columns, rows = _query_sample(actor, connection_name, input)
+    masking_preview_check(actor=actor, ref=ref, spec=spec)
     if text is None and rows is None:
         raise InvalidInput("give a sample text, or columns and rows, or a connection_name and input")
     if rows is not None and (columns is None or any(len(r) != len(columns) for r in rows)):

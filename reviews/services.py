@@ -25,9 +25,11 @@ from django.utils import timezone
 
 from gateway.models import Connection
 from governance import rules as rule_helpers
+from governance.access import authorize
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import UserGroup
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, has_role, require_role, scope
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, has_role, parse_id, require_role, scope
+from reviews import notify
 from reviews.models import (
     AccessRequestRule,
     AccessType,
@@ -37,7 +39,8 @@ from reviews.models import (
     ReviewStatus,
     ReviewType,
 )
-from sessions import idempotency, lifecycle
+from sessions import lifecycle
+from sessions.analysis import analyze_input
 from sessions.audit import Outcome, audit_record, change_detail
 from sessions.models import RISK_ORDER, RiskLevel, Session, SessionStatus
 
@@ -320,7 +323,6 @@ def active_grant(*, user_id, connection_id, now=None) -> Review | None:
 
 def input_risk(connection: Connection, text: str) -> dict:
     """The built-in analyzer's verdict on input that has not run (no network, no queries)."""
-    from sessions.analysis import analyze_input
 
     return analyze_input(connection_name=connection.name, connection_kind=connection.kind, text=text)
 
@@ -445,8 +447,6 @@ def access_request(
 ) -> Review:
     """Ask for JIT access to a connection: a review that, once approved, lets `exec` skip
     per-command review on it until the grant expires or is revoked."""
-    from gateway.pipeline import authorize
-
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("reason is required: say why you need access")
@@ -525,8 +525,6 @@ def _visible(actor: Actor):
 
 
 def _parse_review_id(review_id):
-    from gateway.pipeline import parse_id
-
     return parse_id(review_id, NOT_FOUND)
 
 
@@ -851,68 +849,17 @@ def _in_window(review: Review, now: datetime) -> bool:
     return current >= review.window_start or current < review.window_end  # spans midnight
 
 
-def review_execute(*, actor: Actor, review_id, idempotency_key: str | None = None) -> Session:
-    """Run the approved input of a one-time review, exactly once; returns its session (running or final).
+def review_window_refusal(review: Review, now: datetime) -> str | None:
+    """Why an approved review may not run at `now` (its time window), or None."""
+    if review.status != ReviewStatus.APPROVED or _in_window(review, now):
+        return None
+    window = _window_dict(review.window_start, review.window_end)
+    return f"execution not allowed outside the time window {window['start_time']} to {window['end_time']} UTC"
 
-    Only the requester may run it. The review moves APPROVED -> EXECUTED in one conditional
-    UPDATE, so of two concurrent calls (on any replicas) exactly one proceeds; in the same
-    transaction the session becomes open with a dispatch lease, so if this process dies before
-    running it, another one does. With an `idempotency_key`, a retry by the requester (after a
-    lost answer) returns the same session instead of "already executed".
-    """
-    from gateway import pipeline
 
-    request = {"review_id": str(review_id)}
-    key = idempotency.check_key(idempotency_key)
-    replay = idempotency.find(user=actor.user, key=key, operation="reviews_execute", request=request)
-    if replay is not None:
-        return replay
-    review = review_get(actor=actor, review_id=review_id)
-    if review.type != ReviewType.ONETIME:
-        raise InvalidInput("review is not a one-time review")
-    if review.requester_id != actor.user.pk:
-        raise PolicyDenied("only the requester can execute a reviewed request")
-    now = timezone.now()
-    if review.status == ReviewStatus.APPROVED and not _in_window(review, now):
-        window = _window_dict(review.window_start, review.window_end)
-        raise PolicyDenied(
-            f"execution not allowed outside the time window {window['start_time']} to {window['end_time']} UTC"
-        )
-    refusal = None
-    try:
-        with transaction.atomic():
-            claimed = Review.objects.filter(
-                pk=review.pk, status=ReviewStatus.APPROVED, expires_at__gt=now
-            ).update(status=ReviewStatus.EXECUTED, executed_at=now, updated_at=now)
-            if not claimed:
-                raise Conflict("review not approved or already executed")
-            review.status = ReviewStatus.EXECUTED
-            audit_record(
-                actor=actor,
-                action="review.execute",
-                target=review,
-                detail={"session_id": str(review.session_id)},
-            )
-            session = pipeline.exec_reviewed(actor=actor, review=review)
-            idempotency.remember(
-                user=actor.user, key=key, operation="reviews_execute", request=request, session=session
-            )
-            _after_commit(review, "review.executed")
-    except idempotency.IntegrityError:  # a concurrent retry with the same key won; answer with its session
-        return idempotency.find(user=actor.user, key=key, operation="reviews_execute", request=request)
-    except (Conflict, NotFound, PolicyDenied) as exc:
-        refusal = exc
-    if refusal is not None:  # rolled back: the review is as it was; record the attempt on its own
-        review.refresh_from_db()
-        audit_record(
-            actor=actor,
-            action="review.execute",
-            outcome=Outcome.DENIED,
-            target=review,
-            detail={"reason": refusal.message},
-        )
-        raise refusal
-    return session
+def review_changed(review: Review, event: str | None) -> None:
+    """After the caller's transaction commits: wake waiters, emit `event`, notify people."""
+    _after_commit(review, event)
 
 
 # --- expiry -----------------------------------------------------------------------------------------
@@ -954,8 +901,6 @@ def reviews_expire(*, now=None, limit: int = 500) -> int:
 
 
 def _after_commit(review: Review, event: str | None) -> None:
-    from reviews import notify
-
     review_id = review.pk
     if event:
         notify.emit(review, event)

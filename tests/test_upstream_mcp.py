@@ -219,6 +219,7 @@ def test_a_tool_that_requires_approval_runs_exactly_the_approved_call_once(
 ):
     import time as _time
 
+    from gateway.reviewed import review_execute
     from governance.errors import Conflict, InvalidInput
     from governance.policy import Actor
     from governance.rules import masking_rule_create
@@ -242,7 +243,7 @@ def test_a_tool_that_requires_approval_runs_exactly_the_approved_call_once(
     review = reviews.review_get(actor=Actor.for_user(frank, surface="web"), review_id=envelope["review_id"])
     assert "jane.roe@example.com" in review.input  # the reviewer sees (and approves) the exact call
     reviews.review_decide(actor=Actor.for_user(frank, surface="web"), review_id=review.pk, status="APPROVED")
-    ran = reviews.review_execute(actor=cast.bob.actor(), review_id=review.pk)
+    ran = review_execute(actor=cast.bob.actor(), review_id=review.pk)
     deadline = _time.monotonic() + 30
     while not ran.is_final and _time.monotonic() < deadline:
         _time.sleep(0.1)
@@ -254,7 +255,7 @@ def test_a_tool_that_requires_approval_runs_exactly_the_approved_call_once(
         text.startswith("mail ") and "jane.roe@example.com" not in text
     )  # the exact call ran; its result is masked
     with pytest.raises(Conflict, match="not approved or already executed"):
-        reviews.review_execute(actor=cast.bob.actor(), review_id=review.pk)
+        review_execute(actor=cast.bob.actor(), review_id=review.pk)
 
 
 def test_size_and_rate_limits_per_tool(cast, upstream_url, transactional_db):

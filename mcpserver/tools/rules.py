@@ -8,6 +8,7 @@ from typing import Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
+from gateway import previews
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, shared, tool
@@ -245,7 +246,7 @@ class PreviewResult(Result):
 )
 async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewResult:
     result = await db(
-        lambda: rules.masking_preview(
+        lambda: previews.masking_preview(
             actor=actor,
             ref=args.rule_name,
             spec=args.spec,
