@@ -27,6 +27,7 @@ from gateway import runner, upstream
 from gateway.connectors import REGISTRY, ExecResult, Limits
 from gateway.connectors.base import CheckpointFailed, cap_text, json_value, render_table
 from gateway.connectors.postgres import transaction_outcome
+from gateway.kinds import KINDS
 from gateway.models import Connection, ContractStatus
 from governance import capability, guardrails, masking, masking_lineage
 from governance import rules as rules_service
@@ -63,7 +64,7 @@ SCHEMA_TIMEOUT_SECONDS = 30
 
 
 def connection_kinds() -> list[str]:
-    return sorted(REGISTRY)
+    return sorted(KINDS)
 
 
 def validate_connection_settings(kind: str, values: dict) -> tuple[dict, dict]:
@@ -71,10 +72,9 @@ def validate_connection_settings(kind: str, values: dict) -> tuple[dict, dict]:
     cls = REGISTRY.get(kind)
     if cls is None:
         raise InvalidInput(f"unknown connection kind {kind!r}; use one of: {', '.join(connection_kinds())}")
-    if kind == "command" and not settings.COMMAND_CONNECTIONS_ENABLED:
-        raise InvalidInput(
-            "command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)"
-        )
+    record = KINDS[kind]
+    if record.enabled_setting and not getattr(settings, record.enabled_setting):
+        raise InvalidInput(f"{kind} connections are disabled on this gateway ({record.enabled_env})")
     cls.validate_settings(values)
     config = {k: v for k, v in values.items() if k not in cls.secret_keys}
     secrets = {k: v for k, v in values.items() if k in cls.secret_keys}
@@ -87,6 +87,13 @@ def secret_setting_names(kind: str) -> tuple[str, ...]:
 
 
 # --- authorization -----------------------------------------------------------------------
+
+
+def refuse_without_exec(connection: Connection) -> None:
+    """A kind that has no exec (its record says so: `mcp` proxies tools) answers with what to use."""
+    kind = KINDS.get(connection.kind)
+    if kind is not None and not kind.exec:
+        raise InvalidInput(f'connection "{connection.name}" {kind.exec_refusal}')
 
 
 def _limits(
@@ -212,6 +219,7 @@ def exec_start(
     connection = authorize(
         actor=actor, connection_name=connection_name, mode="runbooks" if verb == Verb.RUNBOOK else "exec"
     )
+    refuse_without_exec(connection)
 
     data = input.encode()
     too_large = len(data) > settings.MAX_INPUT_BYTES
@@ -994,6 +1002,7 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
     if not isinstance(input, str) or not input.strip():
         raise InvalidInput("input is required")
     connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
+    refuse_without_exec(connection)
     if len(input.encode()) > settings.MAX_INPUT_BYTES:
         raise InvalidInput(f"input is larger than {settings.MAX_INPUT_BYTES} bytes; exec would refuse it")
     bound = rules_service.bound_rules(connection)

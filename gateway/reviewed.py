@@ -61,7 +61,10 @@ def review_execute(*, actor: Actor, review_id, idempotency_key: str | None = Non
             )
             reviews.review_changed(review, "review.executed")
     except idempotency.IntegrityError:  # a concurrent retry with the same key won; answer with its session
-        return idempotency.find(user=actor.user, key=key, operation="reviews_execute", request=request)
+        winner = idempotency.find(user=actor.user, key=key, operation="reviews_execute", request=request)
+        if winner is None:
+            raise
+        return winner
     except (Conflict, NotFound, PolicyDenied) as exc:
         refusal = exc
     if refusal is not None:  # rolled back: the review is as it was; record the attempt on its own

@@ -34,6 +34,7 @@ import shlex
 from django.db import transaction
 
 from gateway import pipeline
+from gateway.kinds import SQL_DIALECTS
 from gateway.models import Connection, Runbook, RunbookRule
 from governance import rules as rule_helpers
 from governance.errors import InvalidInput, NotFound
@@ -69,7 +70,6 @@ SYSTEM_NAMES = (
 )
 MAX_TEMPLATE_BYTES = 64 * 1024
 MAX_PARAMETERS = 50
-SQL_DIALECTS = {"postgres": "postgres", "mysql": "mysql", "sqlite": "sqlite"}
 
 
 # --- parameters and rendering ------------------------------------------------------------------------

@@ -8,9 +8,10 @@ architecture test allows):
 * `gateway.pipeline`: the outbox's `dispatch` delivery (open sessions to agent queues), and
   through `gateway.runner` the lookup of this process's job futures for `sessions.wakeup`;
 * `sessions.services`, `sessions.delivery`: the outbox's `analysis`, `event` and `sink` deliveries;
+* `gateway.metrics_state`: the scrape-time gauges and the review lookup of `gateway.metrics`;
 * `governance.services`: how `createsuperuser` makes its user (`UserManager.superuser_factory`).
 """
 
-from gateway import pipeline  # noqa: F401
+from gateway import metrics_state, pipeline  # noqa: F401
 from governance import services as directory  # noqa: F401
 from sessions import delivery, services  # noqa: F401

@@ -23,8 +23,8 @@ from governance.errors import InvalidInput
 from governance.guardrails import find_secrets
 from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, parse_id, require_role, scope
 from reviews.models import Review, ReviewStatus
+from sessions import analysis as analyzer
 from sessions import lifecycle, outbox
-from sessions.analysis import analyze
 from sessions.models import (
     FINAL_STATUSES,
     Analysis,
@@ -507,7 +507,7 @@ def analysis_run(*, session_id) -> Analysis | None:
     if not session.is_final:
         logger.warning("session %s is %s, not finished; not analysed yet", session_id, session.status)
         return None
-    verdict = analyze(
+    verdict = analyzer.analyze(
         session, mask=_input_masker(session)
     )  # outside any transaction: an LLM may take seconds
     try:

@@ -582,6 +582,27 @@ def test_upstream_tools_on_the_main_endpoint(cast, mcp, gateway_server, upstream
 
 
 @pytest.mark.live
+def test_exec_on_an_mcp_connection_is_refused_with_what_to_use_instead(
+    cast, mcp, gateway_server, upstream_url
+):
+    """The mcp kind's record has no exec: exec (and its explain) answer what to call, never an
+    internal error, and nothing is recorded or sent upstream."""
+    make_mcp_connection(cast.acme, upstream_url, tools=POLICY)
+    expected = (
+        'connection "tools" is an MCP server: it has no exec; list its tools with upstream_tools_list '
+        "and call them with upstream_call (or at /api/mcp/c/<connection>)"
+    )
+    for tool in ("exec", "exec_explain"):
+        assert (
+            error_text(mcp(cast.bob).call(tool, {"connection_name": "tools", "input": "select 1"}))
+            == expected
+        )
+    assert not Session.objects.filter(connection_name="tools").exists()
+    listed = structured(mcp(cast.bob).call("upstream_tools_list", {"connection_name": "tools"}))
+    assert "echo" in [t["name"] for t in listed["items"]]  # its tools still answer
+
+
+@pytest.mark.live
 def test_an_outage_and_other_orgs_are_reported_cleanly_over_http(cast, mcp, gateway_server, upstream_url):
     from mcp.shared.exceptions import MCPError
 

@@ -8,17 +8,17 @@ from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
 from gateway import pipeline, services
+from gateway.kinds import KIND_NAMES, settings_help
 from governance.errors import InvalidInput
 from governance.policy import ROLE_ADMIN
 from mcpserver.registry import Args, Result, page, shared, tool
 
-Kind = Literal["postgres", "mysql", "sqlite", "command", "mcp"]
+# The kinds and their settings come from the kind records (gateway/kinds.py).
+Kind = Literal[KIND_NAMES]  # type: ignore[valid-type]
 SETTINGS_HELP = (
     "Settings of the target, secrets included (they are stored encrypted and never returned): "
-    "postgres/mysql: host, port, database, user, password (secret), sslmode (postgres) or ssl_mode and ssl_ca (mysql); "
-    "sqlite: path; command: argv (list), cwd, env (object, secret); "
-    "mcp: url, headers (object, secret), bearer_token (secret), allow_private_network, tools (per-tool policy), "
-    "or command (list) with cwd and env (secret) for a stdio server."
+    + settings_help()
+    + "."
 )
 
 

@@ -9,6 +9,7 @@ from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
 from gateway import previews
+from gateway.kinds import SQL_DIALECTS
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, shared, tool
@@ -101,7 +102,7 @@ class GuardrailTestArgs(Args):
         None, max_length=63, description="...or every rule bound to this connection."
     )
     direction: Literal["input", "output"] = "input"
-    dialect: Literal["postgres", "mysql", "sqlite"] | None = Field(
+    dialect: Literal[tuple(sorted(set(SQL_DIALECTS.values())))] | None = Field(  # type: ignore[valid-type]
         None, description="SQL dialect when testing a single rule (a connection brings its own)."
     )
 
