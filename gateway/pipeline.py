@@ -81,6 +81,13 @@ def validate_connection_settings(kind: str, values: dict) -> tuple[dict, dict]:
     return config, secrets
 
 
+def connection_setting_names(kind: str) -> tuple[tuple[str, bool], ...]:
+    """The non-secret settings of `kind` as its connector declares them: (name, required), required first."""
+    cls = REGISTRY[kind]
+    required = tuple((key, True) for key in cls.required_keys if key not in cls.secret_keys)
+    return required + tuple((key, False) for key in cls.optional_keys if key not in cls.secret_keys)
+
+
 def secret_setting_names(kind: str) -> tuple[str, ...]:
     cls = REGISTRY.get(kind)
     return cls.secret_keys if cls else ()

@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 
 from gateway import pipeline
+from gateway.kinds import KINDS
 from gateway.models import Connection
 from governance.errors import Conflict, InvalidInput
 from governance.models import Attribute, Organization
@@ -67,7 +68,11 @@ def server_info(*, actor: Actor) -> dict:
         "api_url": base,
         "mcp_url": f"{base}/api/mcp",
         "auth_methods": methods,
-        "connection_kinds": [k for k in pipeline.connection_kinds() if k != "command" or commands],
+        "connection_kinds": [
+            name
+            for name in pipeline.connection_kinds()
+            if not KINDS[name].enabled_setting or getattr(django_settings, KINDS[name].enabled_setting)
+        ],
         "command_connections_enabled": commands,
         "exec_handoff_seconds": django_settings.EXEC_HANDOFF_SECONDS,
         "max_input_bytes": django_settings.MAX_INPUT_BYTES,

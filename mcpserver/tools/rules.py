@@ -102,7 +102,7 @@ class GuardrailTestArgs(Args):
         None, max_length=63, description="...or every rule bound to this connection."
     )
     direction: Literal["input", "output"] = "input"
-    dialect: Literal[tuple(sorted(set(SQL_DIALECTS.values())))] | None = Field(  # type: ignore[valid-type]
+    dialect: Literal[tuple(dict.fromkeys(SQL_DIALECTS.values()))] | None = Field(  # type: ignore[valid-type]
         None, description="SQL dialect when testing a single rule (a connection brings its own)."
     )
 
