@@ -29,6 +29,10 @@ KEY_TYPES = {
     "command": "lines",
     "allow_private_network": "bool",
     "tools": "json",
+    "resources": "json",
+    "prompts": "json",
+    "oauth_client_credentials": "json",
+    "gateway_jwt": "json",
 }
 KEY_HELP = {
     "host": "Host name or address of the server",
@@ -47,12 +51,18 @@ KEY_HELP = {
     "allow_private_network": "Allow a URL on a private or loopback address",
     "approval_hold_seconds": "How long a call needing approval is held open for a reviewer (0-300 s)",
     "tools": 'Tool policy as JSON, e.g. [{"match": "read_*", "effect": "allow"}]',
+    "resources": 'Resource policy by URI as JSON, e.g. [{"match": "file:///docs/*"}]; none: as open as the tools',
+    "prompts": 'Prompt policy by name as JSON, e.g. [{"match": "summarize"}]; none: as open as the tools',
+    "oauth_client_credentials": 'OAuth client credentials as JSON: {"token_url": "...", "client_id": "...", '
+    '"scope": "...", "audience": "..."} (the secret goes in oauth_client_secret)',
+    "gateway_jwt": 'Send the caller as a JWT signed by the gateway: {"audience": "...", "ttl_seconds": 120}',
 }
 SECRET_HELP = {
     "password": "Password",
     "env": 'Environment variables as JSON, e.g. {"API_KEY": "..."}',
     "headers": 'HTTP headers as JSON, e.g. {"X-Api-Key": "..."}',
     "bearer_token": "Sent as Authorization: Bearer …",
+    "oauth_client_secret": "The OAuth client's secret (with oauth_client_credentials)",
 }
 
 

@@ -29,6 +29,7 @@ from gateway.connectors.base import CheckpointFailed, cap_text, json_value, rend
 from gateway.connectors.postgres import transaction_outcome
 from gateway.kinds import KINDS
 from gateway.models import Connection, ContractStatus
+from gateway.upstream_identity import Caller
 from governance import capability, guardrails, masking, masking_lineage
 from governance import rules as rules_service
 from governance.access import authorize
@@ -1074,21 +1075,52 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _upstream_connector(connection: Connection, limits: Limits):
-    """The connector of an mcp connection, with its pooled upstream sessions (`mcp_pool`)."""
+def _upstream_connector(connection: Connection, limits: Limits, caller=None):
+    """The connector of an mcp connection, with its pooled upstream sessions (`mcp_pool`), calling
+    as `caller` (an `upstream_identity.Caller`, for a `gateway_jwt` connection)."""
     return REGISTRY[connection.kind](
-        connection.config, connection.get_secrets(), limits, pool_scope=str(connection.pk)
+        connection.config,
+        connection.get_secrets(),
+        limits,
+        pool_scope=str(connection.pk),
+        caller=caller,
+        connection_name=connection.name,
     )
 
 
-async def _upstream_listing(connection: Connection, limits: Limits):
+def upstream_caller(user, groups, *, session_id=None):
+    """Who an upstream sees calling (gateway/upstream_identity.py): the user, their groups, org and
+    the session of the call. `user` with its org loaded."""
+    return Caller(
+        user_id=str(user.pk),
+        email=user.email,
+        name=user.name,
+        groups=tuple(sorted(groups)),
+        org_id=str(user.org_id),
+        org_name=user.org.name,
+        session_id=str(session_id) if session_id else None,
+    )
+
+
+def _session_caller(session_id, connection: Connection):
+    """The caller of a recorded tool session, for a `gateway_jwt` connection (None otherwise)."""
+    if "gateway_jwt" not in connection.config:
+        return None
+    session = Session.objects.select_related("user__org").get(pk=session_id)
+    if session.user is None:
+        return None
+    groups = UserGroup.objects.filter(members=session.user).values_list("name", flat=True)
+    return upstream_caller(session.user, list(groups), session_id=session.pk)
+
+
+async def _upstream_listing(connection: Connection, limits: Limits, caller=None):
     """(connector, the upstream's tools) within the connection's time limit; ConnectorError else.
     The exchange runs on the upstream loop, where the pooled sessions live."""
     import asyncio
 
     import anyio
 
-    connector = _upstream_connector(connection, limits)
+    connector = _upstream_connector(connection, limits, caller)
 
     async def listing():
         with anyio.fail_after(limits.timeout_seconds):
@@ -1119,7 +1151,12 @@ async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dic
     from channels.db import database_sync_to_async as db
 
     connection = await db(lambda: _upstream_connection(actor=actor, connection_name=connection_name))()
-    _, tools = await _upstream_listing(connection, _limits(connection))
+    caller = (
+        await db(lambda: upstream_caller(actor.user, actor.groups))()
+        if "gateway_jwt" in connection.config
+        else None
+    )
+    _, tools = await _upstream_listing(connection, _limits(connection), caller)
     rows = await db(lambda: _observe(connection, tools, actor.surface))()
     visible = []
     for name in sorted(rows):
@@ -1503,7 +1540,7 @@ def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arg
         close_old_connections()
         if not lifecycle.claim(session_id, runner=runner.runner_id()):
             return  # cancelled while queued; exec_cancel already finished the record
-        connector = _upstream_connector(connection, limits)
+        connector = _upstream_connector(connection, limits, _session_caller(session_id, connection))
         outcome = {"result": None, "error": "", "blocked": ""}
         started = time.monotonic()
         try:  # on the upstream loop, where the pooled sessions live; this pool thread waits

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from gateway import health
+from gateway.views import jwks_view
 from reviews.slack import slack_interactions_view
 
 handler500 = "gateway.unavailable.handler500"  # 503 + Retry-After when the database is away
@@ -12,6 +13,7 @@ urlpatterns = [
     path("healthz", health.healthz),  # liveness: the process answers
     path("readyz", health.readyz),  # readiness: database, Redis, migrations
     path("metrics", health.metrics),  # Prometheus (token or allowed networks)
+    path(".well-known/jwks.json", jwks_view),  # keys of the identity JWTs sent upstream (gateway_jwt)
     path("api/v1/", include("gateway.api_urls")),  # REST API
     path("", include("gateway.web_urls")),  # login, logout, home, "connect your agent"
     path("", include("sessions.urls")),  # session browser, session page, replay, dashboard

@@ -12,11 +12,13 @@ import json
 from django import forms
 from django.conf import settings
 from django.contrib import messages
+from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
+from gateway import upstream_identity
 from gateway.web import role_label, web_actor, web_view
 from governance.models import TokenCapability
 from governance.oauth import mcp_auth_get
@@ -131,3 +133,12 @@ def token_revoke_view(request, token_id):
     token = token_revoke(actor=web_actor(request), token_id=token_id)
     messages.success(request, f'Token "{token.name}" ({token.prefix}…) is revoked.')
     return redirect("connect")
+
+
+@require_GET
+def jwks_view(request):
+    """The public keys of the identity JWTs sent to upstream MCP servers (`gateway_jwt`), as a JWKS:
+    every configured key, the signing one first (gateway/upstream_identity.py)."""
+    response = JsonResponse(upstream_identity.jwks())
+    response["Cache-Control"] = "public, max-age=300"
+    return response

@@ -32,9 +32,11 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from gateway import upstream_identity
+from gateway.connectors import mcp_auth
 from gateway.connectors.base import Connector
 from gateway.connectors.mcp_pool import POOL
-from gateway.upstream import validate_tool_policy
+from gateway.upstream import validate_name_policy, validate_tool_policy
 from governance.errors import ConnectorError, InvalidInput
 
 MAX_HEADERS = 32
@@ -178,15 +180,32 @@ def _remember(url: str, negotiated: tuple) -> None:
 
 class MCPConnector(Connector):
     kind = "mcp"
-    optional_keys = ("url", "command", "cwd", "allow_private_network", "tools", "approval_hold_seconds")
-    secret_keys = ("headers", "bearer_token", "env")
+    optional_keys = (
+        "url",
+        "command",
+        "cwd",
+        "allow_private_network",
+        "tools",
+        "approval_hold_seconds",
+        "resources",
+        "prompts",
+        mcp_auth.CC_KEY,
+        mcp_auth.JWT_KEY,
+    )
+    secret_keys = ("headers", "bearer_token", "env", mcp_auth.CC_SECRET)
 
-    def __init__(self, *args, pool_scope: str | None = None, **kwargs):
+    def __init__(
+        self, *args, pool_scope: str | None = None, caller=None, connection_name: str = "", **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.exceeded_bytes: int | None = None
         # The connection this connector serves: pooled sessions are kept per connection (None: a
         # fresh session per exchange).
         self.pool_scope = pool_scope
+        # Who is calling (`upstream_identity.Caller`), named in the identity JWT of a `gateway_jwt`
+        # connection; None: the gateway itself (a connection test).
+        self.caller = caller
+        self.connection_name = connection_name
 
     # --- settings ---------------------------------------------------------------------------
     @classmethod
@@ -253,7 +272,10 @@ class MCPConnector(Connector):
         hold = values.get("approval_hold_seconds")
         if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int) or not 0 <= hold <= 300):
             raise InvalidInput("setting 'approval_hold_seconds' must be an integer between 0 and 300")
+        mcp_auth.validate(values)
         validate_tool_policy(values.get("tools"))
+        for setting in ("resources", "prompts"):
+            validate_name_policy(values.get(setting), setting)
 
     # --- running ----------------------------------------------------------------------------
     def _on_exceeded(self, seen: int) -> None:
@@ -282,7 +304,12 @@ class MCPConnector(Connector):
         this connector serves a connection and pooling is on, else a fresh one. Must run on the
         pool's loop (`submit`) when pooled."""
         self._refuse_disabled_command()
-        if self.pool_scope is None or settings.UPSTREAM_POOL_SIZE <= 0:
+        credentials = self._client_credentials()
+        if credentials is not None:  # a failing token endpoint: a clear error before any session
+            await credentials.token()
+        # An identity token names one caller and one session: such exchanges get a session of their own.
+        per_caller = mcp_auth.JWT_KEY in self.config
+        if self.pool_scope is None or settings.UPSTREAM_POOL_SIZE <= 0 or per_caller:
             async with self.client() as client:
                 yield client
             return
@@ -298,6 +325,29 @@ class MCPConnector(Connector):
     def submit(coro) -> concurrent.futures.Future:
         """Run an exchange (a coroutine using `session()`) on the upstream loop of this process."""
         return POOL.submit(coro)
+
+    def _client_credentials(self) -> mcp_auth.ClientCredentials | None:
+        cc = self.config.get(mcp_auth.CC_KEY)
+        if not cc or "url" not in self.config:
+            return None
+        allow_private = bool(self.config.get("allow_private_network"))
+        return mcp_auth.ClientCredentials(
+            cc,
+            self.secrets.get(mcp_auth.CC_SECRET) or "",
+            transport_factory=lambda cap: GuardedTransport(
+                allow_private=allow_private, max_response_bytes=cap, on_exceeded=lambda seen: None
+            ),
+            timeout=float(self.limits.timeout_seconds),
+        )
+
+    def _identity_token(self) -> str:
+        spec = self.config[mcp_auth.JWT_KEY]
+        return upstream_identity.mint(
+            self.caller or upstream_identity.Caller(user_id=None),
+            audience=spec["audience"],
+            connection=self.connection_name,
+            ttl_seconds=spec.get("ttl_seconds"),
+        )
 
     def _refuse_disabled_command(self) -> None:
         if "command" in self.config and not settings.COMMAND_CONNECTIONS_ENABLED:
@@ -335,6 +385,9 @@ class MCPConnector(Connector):
         headers = dict(self.secrets.get("headers") or {})
         if self.secrets.get("bearer_token"):
             headers["Authorization"] = f"Bearer {self.secrets['bearer_token']}"
+        if mcp_auth.JWT_KEY in self.config:
+            headers["Authorization"] = f"Bearer {self._identity_token()}"
+        credentials = self._client_credentials()
         transport = GuardedTransport(
             allow_private=allow_private,
             max_response_bytes=self.limits.max_output_bytes + FRAMING_ALLOWANCE,
@@ -344,6 +397,7 @@ class MCPConnector(Connector):
         http = httpx2.AsyncClient(
             transport=transport,
             headers=headers,
+            auth=mcp_auth.ClientCredentialsAuth(credentials) if credentials is not None else None,
             timeout=httpx2.Timeout(timeout, read=timeout),
             follow_redirects=False,
             trust_env=False,
