@@ -342,3 +342,20 @@ def parse_id(value, not_found: str) -> uuid.UUID:
 def not_found_message(name: str) -> str:
     """The one answer for a connection that does not exist and one the caller may not see."""
     return f'connection "{name}" not found or not accessible'
+
+
+# --- group checks: tools, runbooks, reviewers ------------------------------------------------------
+
+
+def in_groups(actor: Actor, group_ids) -> bool:
+    """True if the actor is a member of one of `group_ids`. Rules that name groups (runbook rules,
+    access request rules, a review's reviewer groups) store them as rows, and they are matched by
+    id: a group renamed or re-created under the same name is not the same group."""
+    return not actor.group_ids.isdisjoint(group_ids)
+
+
+def in_named_groups(actor: Actor, names) -> bool:
+    """True if the actor is a member of one of the groups called `names` in their org: for the
+    settings that name groups in JSON (an mcp connection's tool, resource and prompt policy).
+    `Actor.groups` holds only groups of the actor's own org, so a name cannot reach another org's."""
+    return not actor.groups.isdisjoint(names)

@@ -31,7 +31,16 @@ from governance import rules as rule_helpers
 from governance.access import authorize
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import UserGroup
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, has_role, parse_id, require_role, scope
+from governance.policy import (
+    ROLE_ADMIN,
+    ROLE_AUDITOR,
+    Actor,
+    has_role,
+    in_groups,
+    parse_id,
+    require_role,
+    scope,
+)
 from reviews import notify
 from reviews.models import (
     AccessRequestRule,
@@ -129,7 +138,7 @@ def access_rule_to_dict(rule: AccessRequestRule) -> dict:
         "max_jit_duration_seconds": rule.max_jit_duration_seconds,
         "time_window": _window_dict(rule.window_start, rule.window_end),
         "min_risk": rule.min_risk or None,
-        **rule_helpers._bindings(rule),
+        **rule_helpers.rule_bindings(rule),
         "created_at": rule.created_at.isoformat(),
         "updated_at": rule.updated_at.isoformat(),
     }
@@ -164,18 +173,18 @@ def _rules_qs():
 
 def access_rule_list(*, actor: Actor, limit: int = 50, offset: int = 0):
     require_role(actor, ROLE_AUDITOR)
-    return rule_helpers._page(_rules_qs().filter(org_id=actor.org_id).order_by("name"), limit, offset)
+    return rule_helpers.page_of(scope(_rules_qs(), actor, "view").order_by("name"), limit, offset)
 
 
 def access_rule_get(*, actor: Actor, ref: str) -> AccessRequestRule:
     require_role(actor, ROLE_AUDITOR)
-    return rule_helpers._by_ref(_rules_qs(), actor, ref, "access request rule")
+    return rule_helpers.by_ref(_rules_qs(), actor, ref, "access request rule")
 
 
 def _apply_access_rule(rule: AccessRequestRule, actor: Actor, fields: dict) -> list[str]:
     """Validate and apply `fields` (hoop's checks, without its one-rule limit); save with bindings."""
     if "name" in fields:
-        rule.name = rule_helpers._check_name(fields["name"], "access request rule")
+        rule.name = rule_helpers.check_name(fields["name"], "access request rule")
     for key in ("description", "enabled", "all_groups_must_approve"):
         if key in fields and fields[key] is not None:
             setattr(rule, key, fields[key])
@@ -223,7 +232,7 @@ def _apply_access_rule(rule: AccessRequestRule, actor: Actor, fields: dict) -> l
     if not rule.access_type:
         raise InvalidInput("access_type is required: 'jit', 'command' or 'jit_command'")
 
-    changed = rule_helpers._save_with_bindings(rule, actor, fields, "access request rule")
+    changed = rule_helpers.save_with_bindings(rule, actor, fields, "access request rule")
     if not rule.connections.exists() and not rule.attributes.exists():
         raise InvalidInput("either connections or attributes must have at least 1 entry")
     for field, values in groups.items():
@@ -266,15 +275,18 @@ def access_rule_create(*, actor: Actor, name: str, **fields) -> AccessRequestRul
     with transaction.atomic():
         rule = AccessRequestRule(org_id=actor.org_id)
         _apply_access_rule(rule, actor, {"name": name, **fields})
-        rule_helpers._changed(
-            actor=actor, action="access_request_rule.create", target=rule, detail=rule_helpers._bindings(rule)
+        rule_helpers.rule_changed(
+            actor=actor,
+            action="access_request_rule.create",
+            target=rule,
+            detail=rule_helpers.rule_bindings(rule),
         )
     return rule
 
 
 def access_rule_update(*, actor: Actor, ref: str, **fields) -> AccessRequestRule:
     """Change the fields given; list fields replace their lists."""
-    return rule_helpers._rule_update(
+    return rule_helpers.rule_update(
         AccessRequestRule,
         "access request rule",
         "access_request_rule.update",
@@ -286,7 +298,7 @@ def access_rule_update(*, actor: Actor, ref: str, **fields) -> AccessRequestRule
 
 
 def access_rule_delete(*, actor: Actor, ref: str) -> str:
-    return rule_helpers._rule_delete(
+    return rule_helpers.rule_delete(
         AccessRequestRule, "access request rule", "access_request_rule.delete", actor=actor, ref=ref
     )
 
@@ -297,14 +309,15 @@ def access_rule_delete(*, actor: Actor, ref: str) -> str:
 def _applies_to(actor: Actor, rule: AccessRequestRule) -> bool:
     required = {g.pk for g in rule.approval_required_groups.all()}
     if required:
-        return bool(required & actor.group_ids)
-    skipped = {g.pk for g in rule.skip_review_groups.all()}
-    return not (skipped & actor.group_ids)
+        return in_groups(actor, required)
+    return not in_groups(actor, (g.pk for g in rule.skip_review_groups.all()))
 
 
 def _rules_for(connection: Connection, access_types) -> list[AccessRequestRule]:
     """Enabled rules binding `connection` for any of `access_types`, in name order."""
-    qs = rule_helpers._bound(AccessRequestRule.objects.all(), connection).filter(access_type__in=access_types)
+    qs = rule_helpers.bound_queryset(AccessRequestRule.objects.all(), connection).filter(
+        access_type__in=access_types
+    )
     return list(qs.prefetch_related(*_GROUP_FIELDS))
 
 
@@ -560,7 +573,7 @@ def _force_ids(review: Review) -> set[int]:
 
 
 def is_eligible_reviewer(actor: Actor, review: Review) -> bool:
-    return bool((_reviewer_ids(review) | _force_ids(review)) & actor.group_ids)
+    return in_groups(actor, _reviewer_ids(review) | _force_ids(review))
 
 
 def _visible(actor: Actor):
@@ -617,7 +630,7 @@ def review_list(
             org_id=actor.org_id, status=ReviewStatus.PENDING, eligible_groups__in=actor.group_ids
         ).exclude(requester_id=actor.user.pk)
         qs = qs.filter(pk__in=waiting.values("pk")).exclude(decisions__reviewer_id=actor.user.pk)
-    return rule_helpers._page(qs.order_by("-created_at", "-pk"), limit, offset)
+    return rule_helpers.page_of(qs.order_by("-created_at", "-pk"), limit, offset)
 
 
 def can_see_input(actor: Actor, review: Review) -> bool:
