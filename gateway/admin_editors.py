@@ -44,6 +44,8 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("allow_private_network", False),
         ("tools", False),
         ("approval_hold_seconds", False),
+        ("resources", False),
+        ("prompts", False),
         ("oauth_client_credentials", False),
         ("gateway_jwt", False),
     ),
@@ -58,6 +60,8 @@ KEY_TYPES = {
     "command": "lines",
     "allow_private_network": "bool",
     "tools": "json",
+    "resources": "json",
+    "prompts": "json",
     "oauth_client_credentials": "json",
     "gateway_jwt": "json",
 }
@@ -78,6 +82,8 @@ KEY_HELP = {
     "allow_private_network": "Allow a URL on a private or loopback address",
     "approval_hold_seconds": "How long a call needing approval is held open for a reviewer (0-300 s)",
     "tools": 'Tool policy as JSON, e.g. [{"match": "read_*", "effect": "allow"}]',
+    "resources": 'Resource policy by URI as JSON, e.g. [{"match": "file:///docs/*"}]; none: as open as the tools',
+    "prompts": 'Prompt policy by name as JSON, e.g. [{"match": "summarize"}]; none: as open as the tools',
     "oauth_client_credentials": 'OAuth client credentials as JSON: {"token_url": "...", "client_id": "...", '
     '"scope": "...", "audience": "..."} (the secret goes in oauth_client_secret)',
     "gateway_jwt": 'Send the caller as a JWT signed by the gateway: {"audience": "...", "ttl_seconds": 120}',

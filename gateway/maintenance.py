@@ -24,8 +24,12 @@ ANALYSIS_SWEEP_EVERY_SECONDS = 60.0
 _last_analysis_sweep = 0.0
 
 
-def tick() -> dict:
-    """One round; each step on its own, so one failing (the database away) does not stop the rest."""
+def tick(*, analyses: bool = True) -> dict:
+    """One round; each step on its own, so one failing (the database away) does not stop the rest.
+
+    `analyses`: also analyse finished sessions whose analysis was lost (at most once a minute).
+    Analysing costs CPU: with a Celery worker, the worker's beat-driven tick does it and the web
+    replicas leave it out (`mcpserver.asgi`); in embedded mode the web process is the only one."""
     global _last_analysis_sweep
     done: dict = {}
     steps = [
@@ -35,7 +39,7 @@ def tick() -> dict:
         ("resumed", _resume_open),
         ("reviews_expired", _expire_reviews),
     ]
-    if time.monotonic() - _last_analysis_sweep > ANALYSIS_SWEEP_EVERY_SECONDS:
+    if analyses and time.monotonic() - _last_analysis_sweep > ANALYSIS_SWEEP_EVERY_SECONDS:
         _last_analysis_sweep = time.monotonic()
         steps.append(("analyses", lambda: analysis_sweep_missing(limit=50)))
     for name, step in steps:

@@ -110,8 +110,16 @@ class ContractStatus(models.TextChoices):
     REMOVED = "removed"  # no longer listed by the upstream
 
 
+class ContractKind(models.TextChoices):
+    TOOL = "tool"
+    RESOURCE = "resource"  # named by its URI
+    TEMPLATE = "template"  # a resource template, named by its URI template
+    PROMPT = "prompt"
+
+
 class UpstreamTool(models.Model):
-    """The pinned contract of one tool of an upstream MCP server (trust on first sight).
+    """The pinned contract of one tool (or resource, resource template, prompt: `kind`) of an
+    upstream MCP server (trust on first sight).
 
     `pinned` is what an admin accepted (or what the first listing showed); `observed` is what
     the upstream showed last. A tool is callable only while its status is `accepted`; any drift
@@ -119,7 +127,8 @@ class UpstreamTool(models.Model):
     """
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="upstream_tools")
-    name = models.CharField(max_length=128)
+    kind = models.CharField(max_length=16, choices=ContractKind.choices, default=ContractKind.TOOL)
+    name = models.CharField(max_length=1024)
     status = models.CharField(max_length=16, choices=ContractStatus.choices)
     pinned = models.JSONField(null=True, blank=True)
     pinned_sha256 = models.CharField(max_length=64, blank=True)
@@ -134,9 +143,11 @@ class UpstreamTool(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["connection", "name"], name="upstream_tool_unique_per_connection")
+            models.UniqueConstraint(
+                fields=["connection", "kind", "name"], name="upstream_contract_unique_per_connection"
+            )
         ]
-        ordering = ["name"]
+        ordering = ["kind", "name"]
 
     def __str__(self):
         return f"{self.name} ({self.status})"

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 
 from gateway import pipeline
 from gateway.models import Connection
@@ -400,7 +400,7 @@ def connection_import(*, actor: Actor, rows: list[dict], dry_run: bool = False) 
             if created and any(r.get("attributes") for r in rows if isinstance(r, dict)):
                 # New bindings through attributes: rules bound to them apply from now on, in every
                 # process (the binding cache is keyed by this version; see CONTRIBUTING.md).
-                Organization.objects.filter(pk=actor.org_id).update(rules_version=F("rules_version") + 1)
+                Organization.rules_changed(actor.org_id)
             audit_record(actor=actor, action="connection.import", target_type="connection", detail=summary)
             if dry_run:
                 raise _DryRun

@@ -30,7 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from gateway import metrics, ratelimit
-from gateway.models import Connection, ConnectionKind, ContractStatus, UpstreamTool
+from gateway.models import Connection, ConnectionKind, ContractKind, ContractStatus, UpstreamTool
 from governance import guardrails
 from governance.errors import InvalidInput, NotFound
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role
@@ -293,6 +293,90 @@ def rate_limit_take(connection: Connection, rule: ToolRule, tool: str) -> str:
     )
 
 
+# --- the resource and prompt policies -----------------------------------------------------------
+#
+# The `resources` and `prompts` settings of an `mcp` connection, in the style of `tools`: an ordered
+# list of rules, the first that matches and applies to the caller decides. `resources` rules match
+# a resource's URI (a read of a templated resource: the concrete URI; a template in the listing:
+# its URI template), `prompts` rules a prompt's name. Without the setting: open when the connection
+# has no `tools` policy either, else closed (an admin who restricted the tools did not mean to open
+# the rest); a list no rule of which matches: denied (fail closed).
+#
+#     {"match": "file:///secrets/*", "effect": "deny"}
+#     {"match": ["file:///docs/*", "db://tables/{name}"], "groups": ["engineering"], "max_result_bytes": 100000}
+
+NAME_RULE_KEYS = {"match", "effect", "groups", "max_result_bytes"}
+NAME_POLICIES = ("resources", "prompts")
+
+
+@dataclass(frozen=True)
+class NameRule:
+    setting: str
+    index: int
+    match: tuple[str, ...]
+    effect: str = "allow"
+    groups: frozenset[str] = frozenset()
+    max_result_bytes: int | None = None
+
+    def matches(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.match)
+
+    def applies_to(self, actor: Actor) -> bool:
+        return not self.groups or bool(self.groups & actor.groups)
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting}[{self.index}]"
+
+
+def _parse_name_rule(setting: str, index: int, raw) -> NameRule:
+    where = f"{setting}[{index}]"
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where} must be an object")
+    unknown = sorted(set(raw) - NAME_RULE_KEYS)
+    if unknown:
+        raise InvalidInput(
+            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(NAME_RULE_KEYS))}"
+        )
+    what = "a resource URI" if setting == "resources" else "a prompt name"
+    match = raw.get("match")
+    patterns = [match] if isinstance(match, str) else match
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise InvalidInput(f"{where}.match must be {what} or glob, or a non-empty list of them")
+    effect = raw.get("effect", "allow")
+    if effect not in ("allow", "deny"):
+        raise InvalidInput(f"{where}.effect must be 'allow' or 'deny'")
+    groups = raw.get("groups") or []
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise InvalidInput(f"{where}.groups must be a list of group names")
+    limit = raw.get("max_result_bytes")
+    if limit is not None:
+        limit = _positive_int(limit, f"{where}.max_result_bytes", maximum=64 * 1024 * 1024)
+    return NameRule(setting, index, tuple(patterns), effect, frozenset(groups), limit)
+
+
+def validate_name_policy(raw, setting: str) -> list[NameRule]:
+    """Parse the `resources` or `prompts` setting; raise InvalidInput naming the first problem."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidInput(f"setting {setting!r} must be a list of rules")
+    if len(raw) > MAX_RULES:
+        raise InvalidInput(f"setting {setting!r} has {len(raw)} rules; at most {MAX_RULES} are allowed")
+    return [_parse_name_rule(setting, i, rule) for i, rule in enumerate(raw)]
+
+
+def name_rule_for(connection: Connection, actor: Actor, setting: str, name: str) -> NameRule | None:
+    """The rule allowing `actor` the resource (by URI) or prompt `name`, or None when denied."""
+    raw = connection.config.get(setting)
+    if raw is None:  # open only where the tools are open too
+        return None if connection.config.get("tools") is not None else NameRule(setting, -1, ("*",))
+    for rule in validate_name_policy(raw, setting):
+        if rule.matches(name) and rule.applies_to(actor):
+            return rule if rule.effect == "allow" else None
+    return None
+
+
 # --- pinned contracts --------------------------------------------------------------------------
 
 
@@ -308,6 +392,36 @@ def tool_contract(tool) -> dict:
         if tool.annotations
         else None,
     }
+
+
+def _annotations(item) -> dict | None:
+    return item.annotations.model_dump(mode="json", exclude_none=True) if item.annotations else None
+
+
+def contract_of(kind: str, item) -> tuple[str, dict]:
+    """(name, pinned contract) of an upstream listing entry of `kind`: an `mcp.types.Tool`,
+    `Resource` (named by its URI), `ResourceTemplate` (by its URI template) or `Prompt`. What is
+    pinned is everything a client reads to decide what to use (not a resource's size)."""
+    if kind == ContractKind.TOOL:
+        return item.name, tool_contract(item)
+    if kind == ContractKind.PROMPT:
+        arguments = [a.model_dump(mode="json", exclude_none=True) for a in item.arguments or []]
+        return item.name, {
+            "name": item.name,
+            "title": item.title,
+            "description": item.description,
+            "arguments": arguments,
+        }
+    common = {
+        "name": item.name,
+        "title": item.title,
+        "description": item.description,
+        "mime_type": item.mime_type,
+        "annotations": _annotations(item),
+    }
+    if kind == ContractKind.TEMPLATE:
+        return item.uri_template, {"uri_template": item.uri_template, **common}
+    return str(item.uri), {"uri": str(item.uri), **common}
 
 
 def contract_sha256(contract: dict) -> str:
@@ -335,9 +449,10 @@ def _unchanged(rows: dict, seen: dict) -> bool:
 
 
 def contracts_observe(
-    connection: Connection, tools: list, *, surface: str = "task"
+    connection: Connection, tools: list, *, surface: str = "task", kind: str = ContractKind.TOOL
 ) -> dict[str, UpstreamTool]:
-    """Compare an upstream listing with the pinned contracts and record what changed.
+    """Compare an upstream listing (of tools, or resources, resource templates or prompts: `kind`)
+    with the pinned contracts of that kind and record what changed.
 
     The first listing of a connection pins every tool (trust on first sight). Later, a new tool is
     `added`, a changed one `changed`, a missing one `removed`; each transition is audited once and
@@ -346,10 +461,10 @@ def contracts_observe(
     now = timezone.now()
     seen = {}
     for tool in tools:
-        contract = tool_contract(tool)
-        seen[tool.name] = (contract, contract_sha256(contract))
+        name, contract = contract_of(kind, tool)
+        seen[name] = (contract, contract_sha256(contract))
     # The usual case, nothing changed: one read, no row lock, no write (but a stale last_seen_at).
-    current = {row.name: row for row in UpstreamTool.objects.filter(connection=connection)}
+    current = {row.name: row for row in UpstreamTool.objects.filter(connection=connection, kind=kind)}
     if current and _unchanged(current, seen):
         stale = [r.pk for r in current.values() if (now - r.last_seen_at).total_seconds() > LAST_SEEN_EVERY]
         if stale:
@@ -357,7 +472,8 @@ def contracts_observe(
         return current
     with transaction.atomic():
         rows = {
-            row.name: row for row in UpstreamTool.objects.select_for_update().filter(connection=connection)
+            row.name: row
+            for row in UpstreamTool.objects.select_for_update().filter(connection=connection, kind=kind)
         }
         first_sight = not rows
         changes = []
@@ -367,6 +483,7 @@ def contracts_observe(
                 status = ContractStatus.ACCEPTED if first_sight else ContractStatus.ADDED
                 row = UpstreamTool.objects.create(
                     connection=connection,
+                    kind=kind,
                     name=name,
                     status=status,
                     pinned=contract if first_sight else None,
@@ -404,12 +521,13 @@ def contracts_observe(
                 surface=surface,
                 action="upstream.contract_pin",
                 target=connection,
-                detail={"tools": sorted(seen)},
+                detail={"tools" if kind == ContractKind.TOOL else f"{kind}s": sorted(seen)},
             )
         for row, change in changes:
             detail = {
                 "connection": connection.name,
                 "tool": row.name,
+                "kind": kind,
                 "change": change,
                 "pinned_sha256": row.pinned_sha256,
                 "observed_sha256": row.observed_sha256,
@@ -428,16 +546,19 @@ def contracts_observe(
     return rows
 
 
-def contract_block_message(connection: Connection, row: UpstreamTool | None, tool: str) -> str:
+def contract_block_message(
+    connection: Connection, row: UpstreamTool | None, tool: str, kind: str = ContractKind.TOOL
+) -> str:
+    label = {ContractKind.TEMPLATE: "resource template"}.get(kind, kind)
     if row is None or row.status == ContractStatus.REMOVED:
-        return f'tool "{tool}" not found or not accessible on connection "{connection.name}"'
+        return f'{label} "{tool}" not found or not accessible on connection "{connection.name}"'
     what = (
         "is new since the contract was pinned"
         if row.status == ContractStatus.ADDED
         else "changed its contract"
     )
     return (
-        f'tool "{tool}" {what} (description or schema); it is blocked until an admin reviews and accepts '
+        f'{label} "{tool}" {what} (description or schema); it is blocked until an admin reviews and accepts '
         "the new contract (upstream_contracts_list, upstream_contracts_accept)"
     )
 
@@ -459,6 +580,7 @@ def _connection_for_admin(actor: Actor, connection_name: str) -> Connection:
 def contract_to_dict(row: UpstreamTool) -> dict:
     return {
         "connection_name": row.connection.name,
+        "kind": row.kind,
         "tool": row.name,
         "status": row.status,
         "pinned_sha256": row.pinned_sha256 or None,
@@ -471,19 +593,34 @@ def contract_to_dict(row: UpstreamTool) -> dict:
     }
 
 
-def contracts_list(*, actor: Actor, connection_name: str, status: str | None = None) -> list[UpstreamTool]:
-    """The pinned contracts of an mcp connection (admin), optionally by status."""
+def _check_kind(kind: str) -> str:
+    if kind not in ContractKind.values:
+        raise InvalidInput(f"kind must be one of: {', '.join(ContractKind.values)}")
+    return kind
+
+
+def contracts_list(
+    *, actor: Actor, connection_name: str, status: str | None = None, kind: str | None = None
+) -> list[UpstreamTool]:
+    """The pinned contracts of an mcp connection (admin), optionally by status and kind."""
     connection = _connection_for_admin(actor, connection_name)
     qs = UpstreamTool.objects.filter(connection=connection).select_related("connection")
+    if kind:
+        qs = qs.filter(kind=_check_kind(kind))
     if status:
         if status not in ContractStatus.values:
             raise InvalidInput(f"status must be one of: {', '.join(ContractStatus.values)}")
         qs = qs.filter(status=status)
-    return list(qs.order_by("name"))
+    return list(qs.order_by("kind", "name"))
 
 
 def contracts_accept(
-    *, actor: Actor, connection_name: str, tools: list[str], observed_sha256: dict | None = None
+    *,
+    actor: Actor,
+    connection_name: str,
+    tools: list[str],
+    observed_sha256: dict | None = None,
+    kind: str = ContractKind.TOOL,
 ) -> list[UpstreamTool]:
     """Pin the observed contract of `tools` (admin). `observed_sha256` (tool -> hash), when given,
     must equal what is observed now, so an admin accepts exactly the version they reviewed.
@@ -494,11 +631,13 @@ def contracts_accept(
         connection = _connection_for_admin(actor, connection_name)
         rows = {
             row.name: row
-            for row in UpstreamTool.objects.select_for_update().filter(connection=connection, name__in=tools)
+            for row in UpstreamTool.objects.select_for_update().filter(
+                connection=connection, kind=_check_kind(kind), name__in=tools
+            )
         }
         missing = [t for t in tools if t not in rows]
         if missing:
-            raise NotFound(f'tool "{missing[0]}" has no contract on connection "{connection_name}"')
+            raise NotFound(f'{kind} "{missing[0]}" has no contract on connection "{connection_name}"')
         now = timezone.now()
         for name in tools:
             row = rows[name]

@@ -30,6 +30,12 @@ class Organization(models.Model):
     def __str__(self):
         return self.name
 
+    @classmethod
+    def rules_changed(cls, org_id) -> None:
+        """Bump the org's rules version in the caller's transaction: every process's caches of which
+        rules bind a connection (guardrails, masking, the review gate) miss on their next request."""
+        cls.objects.filter(pk=org_id).update(rules_version=models.F("rules_version") + 1)
+
 
 class UserManager(BaseUserManager):
     use_in_migrations = True

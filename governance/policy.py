@@ -20,12 +20,14 @@ capability: it only ever reads, so a ceiling on writes takes nothing from it (`i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
+from django.db import connection
 from django.db.models import Q, QuerySet
 
 from governance.errors import NotFound, PolicyDenied
-from governance.models import ADMIN_GROUP, AUDITOR_GROUP, TokenCapability, User
+from governance.models import ADMIN_GROUP, AUDITOR_GROUP, TokenCapability, User, UserGroup
 
 SURFACES = ("web", "admin", "api", "mcp", "task", "cli", "slack")
 
@@ -82,8 +84,7 @@ class Actor:
         token_id: str | None = None,
         capability: str = TokenCapability.ADMIN,
     ) -> Actor:
-        # Only groups of the user's own org count, whatever the membership table says.
-        rows = list(user.user_groups.filter(org_id=user.org_id).values_list("pk", "name"))
+        rows = _group_rows(user)
         return cls(
             user=user,
             groups=frozenset(name for _, name in rows),
@@ -104,6 +105,27 @@ class Actor:
             token_id=str(token.pk),
             capability=token.capability,
         )
+
+
+def _group_rows(user: User) -> list[tuple[int, str]]:
+    """(id, name) of the user's groups. Only groups of the user's own org count, whatever the
+    membership table says. Every request builds an actor: on PostgreSQL one plain statement."""
+    if connection.vendor != "postgresql":
+        return list(user.user_groups.filter(org_id=user.org_id).values_list("pk", "name"))
+    with connection.cursor() as cursor:
+        cursor.execute(_groups_sql(), [user.pk, user.org_id])
+        return cursor.fetchall()
+
+
+@functools.cache
+def _groups_sql() -> str:
+    qn = connection.ops.quote_name
+    through = UserGroup.members.through._meta
+    return (
+        f"SELECT g.id, g.name FROM {qn(UserGroup._meta.db_table)} g "
+        f"JOIN {qn(through.db_table)} m ON m.{qn(through.get_field('usergroup').column)} = g.id "
+        f"WHERE m.{qn(through.get_field('user').column)} = %s AND g.org_id = %s"
+    )
 
 
 def has_role(actor: Actor, role: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 
 from gateway.models import NAME_VALIDATOR, Connection
 from governance import guardrails, masking
@@ -35,7 +35,7 @@ MAX_LIMIT = 100
 def _changed(*, actor: Actor, action: str, target, detail: dict | None = None) -> None:
     """Audit a change to rules or bindings and bump the org's rules version (same transaction)."""
     audit_record(actor=actor, action=action, target=target, detail=detail)
-    Organization.objects.filter(pk=actor.org_id).update(rules_version=F("rules_version") + 1)
+    Organization.rules_changed(actor.org_id)
 
 
 def _check_name(name: str, what: str) -> str:

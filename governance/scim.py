@@ -32,6 +32,7 @@ from governance.models import (
     RESERVED_GROUPS,
     ApiToken,
     IdentityProvider,
+    Organization,
     ScimResource,
     User,
     UserGroup,
@@ -584,6 +585,7 @@ def group_delete(idp: IdentityProvider, group_id: str) -> None:
         members = sorted(group.members.values_list("email", flat=True))
         _audit(idp, "scim.group_delete", group, {"name": group.name, "members": members})
         group.delete()
+        Organization.rules_changed(group.org_id)  # rules bound through the group change at once
 
 
 def service_provider_config() -> dict:

@@ -527,6 +527,7 @@ def usergroup_delete(*, actor: Actor, name: str) -> str:
             before={"name": group.name, "members": members},
         )
         group.delete()
+        Organization.rules_changed(actor.org_id)  # rules bound through the group change at once
     return name
 
 

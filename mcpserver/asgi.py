@@ -145,7 +145,9 @@ class MCPStarter:
 
         while True:
             try:
-                await database_sync_to_async(maintenance.tick, thread_sensitive=False)()
+                await database_sync_to_async(maintenance.tick, thread_sensitive=False)(
+                    analyses=settings.CELERY_TASK_ALWAYS_EAGER  # else the worker's tick analyses
+                )
             except Exception:
                 logger.exception("maintenance sweep failed")
             await asyncio.sleep(settings.SWEEP_SECONDS)

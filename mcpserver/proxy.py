@@ -22,6 +22,7 @@ from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextConte
 from gateway import metrics, pipeline, upstream_hold
 from gateway.unavailable import JSONRPC_CODE, MESSAGE, is_database_unavailable
 from governance.errors import PortcullisError
+from mcpserver import proxy_protocol
 from mcpserver.auth import GatewayTokenVerifier
 from mcpserver.challenge import BearerChallenge
 from mcpserver.server import _current_actor, _transport_security, _version
@@ -127,6 +128,7 @@ def build() -> tuple[Server, object]:
         instructions="Tools of an upstream MCP server, reached through the Portcullis gateway.",
         on_list_tools=list_tools,
         on_call_tool=metrics.instrumented_tool_handler("upstream", call_tool),
+        **proxy_protocol.HANDLERS,  # resources, resource templates, prompts, completions
     )
     app = server.streamable_http_app(
         streamable_http_path=PATH,

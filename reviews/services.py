@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
@@ -334,11 +337,7 @@ def command_gate(
     actor, unless the actor holds an active JIT grant for it, and (for rules with `min_risk`) the
     built-in analyzer rates the input at least that risky.
     """
-    rules = [
-        r
-        for r in _rules_for(connection, (AccessType.COMMAND, AccessType.JIT_COMMAND))
-        if _applies_to(actor, r)
-    ]
+    rules = [r for r in _command_rules(connection) if r.applies_to(actor.group_ids)]
     if not rules:
         return None
     if active_grant(user_id=actor.user.pk, connection_id=connection.pk) is not None:
@@ -346,8 +345,53 @@ def command_gate(
     risk = input_risk(connection, input)
     for rule in rules:
         if not rule.min_risk or RISK_ORDER[risk["risk_level"]] >= RISK_ORDER[rule.min_risk]:
-            return rule, risk
+            return _rules_qs().get(pk=rule.pk), risk  # fresh: the review snapshots its groups
     return None
+
+
+@dataclass(frozen=True)
+class _GateRule:
+    """What the gate needs of a command rule, cached (`_command_rules`)."""
+
+    pk: int
+    min_risk: str
+    required: frozenset
+    skipped: frozenset
+
+    def applies_to(self, group_ids) -> bool:
+        if self.required:
+            return bool(self.required & group_ids)
+        return not (self.skipped & group_ids)
+
+
+_gate_cache: OrderedDict = OrderedDict()
+_gate_lock = threading.Lock()
+
+
+def _command_rules(connection: Connection) -> list[_GateRule]:
+    """The command rules binding `connection`, cached per process by the org's rules version like
+    the bound guardrails (every rule, binding or group change bumps it), so an exec that no rule
+    holds back costs the gate no query."""
+    key = (connection.pk, connection.org.rules_version)
+    with _gate_lock:
+        hit = _gate_cache.get(key)
+        if hit is not None:
+            _gate_cache.move_to_end(key)
+            return hit
+    rules = [
+        _GateRule(
+            pk=r.pk,
+            min_risk=r.min_risk,
+            required=frozenset(g.pk for g in r.approval_required_groups.all()),
+            skipped=frozenset(g.pk for g in r.skip_review_groups.all()),
+        )
+        for r in _rules_for(connection, (AccessType.COMMAND, AccessType.JIT_COMMAND))
+    ]
+    with _gate_lock:
+        _gate_cache[key] = rules
+        while len(_gate_cache) > rule_helpers.BOUND_CACHE_SIZE:
+            _gate_cache.popitem(last=False)
+    return rules
 
 
 def _group_snapshot(groups) -> list[dict]:

@@ -22,6 +22,7 @@ from typing import Literal
 
 import httpx2
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, Q
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -403,15 +404,30 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in (text or "").splitlines() if line.strip()), "")[:200]
 
 
+_HOUR_HISTORY_SQL = (
+    "SELECT count(*), count(*) FILTER (WHERE EXTRACT(HOUR FROM created_at AT TIME ZONE 'UTC') = ANY(%s)) "
+    "FROM {table} WHERE user_id = %s AND created_at < %s AND created_at >= %s"
+)
+
+
 def hour_history(session: Session) -> tuple[int, int]:
     """(earlier sessions of the user in the last 90 days, how many of them started within an
     hour of this one's hour of day), in one aggregate query."""
     hour = session.created_at.hour
     hours = [(hour - 1) % 24, hour, (hour + 1) % 24]
+    since = session.created_at - timedelta(days=HOUR_HISTORY_DAYS)
+    if connection.vendor == "postgresql":  # once per analysis: no ORM compile (the hours are UTC)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _HOUR_HISTORY_SQL.format(table=connection.ops.quote_name(Session._meta.db_table)),
+                [hours, session.user_id, session.created_at, since],
+            )
+            total, near = cursor.fetchone()
+        return total, near
     totals = Session.objects.filter(
         user_id=session.user_id,
         created_at__lt=session.created_at,
-        created_at__gte=session.created_at - timedelta(days=HOUR_HISTORY_DAYS),
+        created_at__gte=since,
     ).aggregate(total=Count("pk"), near=Count("pk", filter=Q(created_at__hour__in=hours)))
     return totals["total"], totals["near"]
 

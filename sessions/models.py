@@ -15,6 +15,8 @@ class Verb(models.TextChoices):
     SCHEMA = "schema"
     RUNBOOK = "runbook"
     TOOL = "tool"
+    RESOURCE = "resource"  # an upstream MCP resource read
+    PROMPT = "prompt"  # an upstream MCP prompt get
 
 
 class SessionStatus(models.TextChoices):

@@ -500,37 +500,42 @@ def analysis_run(*, session_id) -> Analysis | None:
 
     A system action (no actor): called by the Celery task and the sweep, never by a surface.
     """
-    existing = Analysis.objects.filter(session_id=session_id).first()
-    if existing is not None:
-        return existing
-    session = Session.objects.select_related("connection__org").filter(pk=session_id).first()
+    # One query: the session, its connection and any analysis already stored (the stored rows,
+    # `result`, are not read: the analyzer looks at the output text and the row count).
+    session = (
+        Session.objects.select_related("connection__org", "analysis")
+        .defer("result")
+        .filter(pk=session_id)
+        .first()
+    )
     if session is None:
         logger.info("session %s is gone; nothing to analyse", session_id)
         return None
+    existing = getattr(session, "analysis", None)  # loaded with the session (None: not yet)
+    if existing is not None:
+        return existing
     if not session.is_final:
         logger.warning("session %s is %s, not finished; not analysed yet", session_id, session.status)
         return None
     from sessions.analysis import analyze
 
     verdict = analyze(session)  # outside any transaction: an LLM may take seconds
+    analysis = Analysis(
+        session=session,
+        risk_level=verdict.risk_level,
+        title=verdict.title[:200],
+        explanation=verdict.explanation,
+        suggested_action=verdict.suggested_action,
+        analyzer=verdict.analyzer[:120],
+        fallback_reason=verdict.fallback_reason[:300],
+        reasons=verdict.reasons,
+    )
     try:
         with transaction.atomic():
-            analysis, created = Analysis.objects.get_or_create(
-                session=session,
-                defaults={
-                    "risk_level": verdict.risk_level,
-                    "title": verdict.title[:200],
-                    "explanation": verdict.explanation,
-                    "suggested_action": verdict.suggested_action,
-                    "analyzer": verdict.analyzer[:120],
-                    "fallback_reason": verdict.fallback_reason[:300],
-                    "reasons": verdict.reasons,
-                },
-            )
-            if created:
-                transaction.on_commit(lambda: notify_analysis_ready(session.pk))
+            analysis.save(force_insert=True)
+            transaction.on_commit(lambda: notify_analysis_ready(session.pk))
     except IntegrityError:  # another worker stored it between our check and our insert
-        analysis = Analysis.objects.get(session=session)
+        analysis = Analysis.objects.get(session_id=session.pk)
     return analysis
 
 

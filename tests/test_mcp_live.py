@@ -322,6 +322,24 @@ def test_schema_tools_return_typed_json_and_are_recorded(cast, mcp, pg_target):
     assert schema_sessions.count() == 4 and all(s.status == "done" for s in schema_sessions)
 
 
+def test_a_large_table_travels_once_and_its_text_is_a_preview(cast, mcp, pg_target):
+    """Rows go once, in structured content; the text beside them (the envelope's `output` and the
+    text content) is a preview saying what it left out; the session keeps the whole output."""
+    connection_create_headless(org=cast.acme, name="pg", kind="postgres", settings=pg_target, options={})
+    query = "select g, repeat('x', 400) as pad from generate_series(1, 1000) g order by g"
+    result = mcp(cast.bob).call("exec", {"connection_name": "pg", "input": query})
+    envelope = structured(result)
+    assert envelope["row_count"] == 1000 and len(envelope["rows"]) == 1000  # the default row limit
+    assert envelope["rows"][-1] == [1000, "x" * 400]
+    assert len(envelope["output"].encode()) < 70 * 1024 and "more bytes" in envelope["output"]
+    assert len(result.content[0].text.encode()) < 70 * 1024 and "more bytes" in result.content[0].text
+    session = Session.objects.get(pk=envelope["session_id"])
+    assert len(session.output.encode()) > 300 * 1024 and session.output.rstrip().endswith("x" * 400)
+    # A small result is not cut.
+    small = structured(mcp(cast.bob).call("exec", {"connection_name": "pg", "input": "select 1 as one"}))
+    assert "more bytes" not in small["output"] and small["rows"] == [[1]]
+
+
 def test_schema_tools_refuse_command_connections(cast, mcp, settings):
     settings.COMMAND_CONNECTIONS_ENABLED = True
     connection_create_headless(

@@ -16,7 +16,7 @@ from django.utils import timezone
 from gateway import pipeline
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.policy import Actor
-from governance.services import user_create
+from governance.services import user_create, usergroup_create, usergroup_delete
 from reviews import services
 from reviews.models import Review, ReviewSettings, ReviewStatus
 from sessions.models import ACTIVE_STATUSES, AuditEvent, Session, SessionStatus
@@ -151,6 +151,17 @@ def test_who_needs_approval_follows_the_rule(cast, team):
     assert _exec(cast.dave, "select 1").status == SessionStatus.PENDING_REVIEW
     services.access_rule_update(actor=cast.alice.actor(), ref="prod", enabled=False)
     assert _exec(cast.dave, "select 1").status in ACTIVE_STATUSES
+
+
+def test_the_gate_sees_a_deleted_group_at_once(cast, team):
+    """The gate's rules are cached per process by the org's rules version: deleting a group that
+    a rule names must reach the gate on the next exec, not when the cache is evicted."""
+    usergroup_create(actor=cast.alice.actor(), name="night-shift")
+    _rule(cast, approval_required_groups=["night-shift"])  # nobody is on the night shift
+    assert _exec(cast.bob, "select 1").status in ACTIVE_STATUSES
+    usergroup_delete(actor=cast.alice.actor(), name="night-shift")
+    # The rule names no group any more: it holds back everyone.
+    assert _exec(cast.bob, "select 1").status == SessionStatus.PENDING_REVIEW
 
 
 def test_pre_execution_risk_decides_when_min_risk_is_set(cast, team):

@@ -36,7 +36,7 @@ from gateway import upstream_identity
 from gateway.connectors import mcp_auth
 from gateway.connectors.base import Connector
 from gateway.connectors.mcp_pool import POOL
-from gateway.upstream import validate_tool_policy
+from gateway.upstream import validate_name_policy, validate_tool_policy
 from governance.errors import ConnectorError, InvalidInput
 
 MAX_HEADERS = 32
@@ -187,6 +187,8 @@ class MCPConnector(Connector):
         "allow_private_network",
         "tools",
         "approval_hold_seconds",
+        "resources",
+        "prompts",
         mcp_auth.CC_KEY,
         mcp_auth.JWT_KEY,
     )
@@ -272,6 +274,8 @@ class MCPConnector(Connector):
             raise InvalidInput("setting 'approval_hold_seconds' must be an integer between 0 and 300")
         mcp_auth.validate(values)
         validate_tool_policy(values.get("tools"))
+        for setting in ("resources", "prompts"):
+            validate_name_policy(values.get(setting), setting)
 
     # --- running ----------------------------------------------------------------------------
     def _on_exceeded(self, seen: int) -> None:

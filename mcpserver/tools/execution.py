@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from channels.db import database_sync_to_async as db
 from django.conf import settings
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from gateway import pipeline
 from mcpserver.registry import Args, Result, shared, tool
@@ -36,6 +36,14 @@ class ExecArgs(Args):
     idempotency_key: str | None = idempotency_key_field("Retry with the same key: never runs twice.")
 
 
+# The rows' schema says "an array" and no more: a client validating structured content against the
+# output schema (the SDK client does) would otherwise walk every cell of a 100k-row result.
+ROWS_SCHEMA = {
+    "type": ["array", "null"],
+    "description": "Lists of cells, in column order.",
+}
+
+
 class ExecEnvelope(Result):
     model_config = shared("exec")
 
@@ -44,7 +52,7 @@ class ExecEnvelope(Result):
     session_status: str
     output: str | None = None
     columns: list[str] | None = None
-    rows: list[list[Any]] | None = None
+    rows: Annotated[list[list[Any]] | None, WithJsonSchema(ROWS_SCHEMA)] = None
     row_count: int | None = None
     truncated: bool | None = None
     exit_code: int | None = None
@@ -64,10 +72,26 @@ class ExecEnvelope(Result):
 TEXT_PREVIEW_BYTES = 64 * 1024
 
 
+def text_preview(output: str) -> str:
+    """`output` up to TEXT_PREVIEW_BYTES, cut at a line end, saying how much was left out."""
+    if len(output) <= TEXT_PREVIEW_BYTES // 4 or len(output.encode()) <= TEXT_PREVIEW_BYTES:
+        return output
+    cut = output.encode()[:TEXT_PREVIEW_BYTES].decode(errors="ignore")
+    cut = cut[: cut.rfind("\n") + 1 or len(cut)]
+    return cut + (
+        f"[… {len(output.encode()) - len(cut.encode())} more bytes: the whole result is in the structured "
+        "content (rows), and sessions_get with content=true pages through it]"
+    )
+
+
 def envelope_of(session, **extra) -> ExecEnvelope:
     """The envelope of a session, built without re-validating what the pipeline built: a large
-    result's rows are checked once (by the connector), not again row by row here."""
-    return ExecEnvelope.model_construct(**pipeline.exec_envelope(session), **extra)
+    result's rows are checked once (by the connector), not again row by row here. With rows, the
+    text rendering of the same rows is a preview: a large result travels once."""
+    fields = {**pipeline.exec_envelope(session), **extra}
+    if fields.get("rows") is not None and fields.get("output"):
+        fields["output"] = text_preview(fields["output"])
+    return ExecEnvelope.model_construct(**fields)
 
 
 def render_envelope(r: ExecEnvelope) -> str:
@@ -79,14 +103,7 @@ def render_envelope(r: ExecEnvelope) -> str:
             head += f", {r.row_count} row(s)" + (" (truncated)" if r.truncated else "")
         if r.exit_code not in (None, 0):
             head += f", exit code {r.exit_code}"
-        output = r.output or ""
-        if len(output) > TEXT_PREVIEW_BYTES:
-            cut = output.encode()[:TEXT_PREVIEW_BYTES].decode(errors="ignore")
-            output = cut[: cut.rfind("\n") + 1 or len(cut)] + (
-                f"[… {len(output.encode()) - len(cut.encode())} more bytes: the whole result is in the structured "
-                "content (rows), and sessions_get with content=true pages through it]"
-            )
-        return f"{head}\n{output}".rstrip()
+        return f"{head}\n{text_preview(r.output or '')}".rstrip()
     review = f" (review {r.review_id}: {r.review_url})" if r.review_id else ""
     return f"[{r.status}] session {r.session_id}{review}: {r.message or ''} {r.next_step or ''}".strip()
 

@@ -116,10 +116,12 @@ class ContractsListArgs(ConnectionArgs):
     status: Literal["accepted", "changed", "added", "removed"] | None = Field(
         None, description="Only contracts in this state (changed and added ones are blocked)."
     )
+    kind: str = ""  # tool, resource, template, prompt (checked by the service)
 
 
 class ContractOut(Result):
     connection_name: str
+    kind: str
     tool: str
     status: str
     pinned_sha256: str | None
@@ -143,8 +145,8 @@ class ContractsListResult(Result):
 @tool(
     "upstream_contracts_list",
     description=(
-        "Pinned tool contracts of an mcp connection (admin): status accepted, changed (blocked), added (blocked "
-        "until accepted) or removed, with the pinned and the observed contract to compare."
+        "Pinned contracts of an mcp connection (admin; kind: tool, resource, template, prompt): accepted, "
+        "changed or added (blocked), removed; pinned vs observed."
     ),
     args=ContractsListArgs,
     result=ContractsListResult,
@@ -154,7 +156,9 @@ class ContractsListResult(Result):
 async def upstream_contracts_list(actor, args: ContractsListArgs, ctx) -> ContractsListResult:
     @db
     def run():
-        rows = upstream.contracts_list(actor=actor, connection_name=args.connection_name, status=args.status)
+        rows = upstream.contracts_list(
+            actor=actor, connection_name=args.connection_name, status=args.status, kind=args.kind or None
+        )
         return [upstream.contract_to_dict(r) for r in rows]
 
     items = await run()
@@ -163,8 +167,9 @@ async def upstream_contracts_list(actor, args: ContractsListArgs, ctx) -> Contra
 
 class AcceptArgs(ConnectionArgs):
     tools: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=100)
+        list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(min_length=1, max_length=100)
     ]
+    kind: str = "tool"
     observed_sha256: dict[str, str] | None = Field(
         None,
         description="Tool -> the observed_sha256 you reviewed; refused if the upstream changed it again since.",
@@ -174,8 +179,8 @@ class AcceptArgs(ConnectionArgs):
 @tool(
     "upstream_contracts_accept",
     description=(
-        "Accept the observed contract of changed or added upstream tools (admin): they become callable again "
-        "under the new contract. Audited."
+        "Accept the observed contract of changed or added upstream tools, resources, templates or prompts "
+        "(admin). Audited."
     ),
     args=AcceptArgs,
     result=ContractsListResult,
@@ -192,6 +197,7 @@ async def upstream_contracts_accept(actor, args: AcceptArgs, ctx) -> ContractsLi
             connection_name=args.connection_name,
             tools=args.tools,
             observed_sha256=args.observed_sha256,
+            kind=args.kind,
         )
         return [upstream.contract_to_dict(r) for r in rows]
 
