@@ -11,7 +11,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gateway', '0011_names_unique_regardless_of_case'),
+        ('gateway', '0012_upstream_contract_kinds'),
         ('governance', '0010_names_unique_regardless_of_case'),
     ]
 
