@@ -21,7 +21,7 @@ class Kind:
     name: str  # stored in Connection.kind and named by every surface
     label: str  # the model's choice label
     connector: str  # dotted path of the `Connector` subclass (only the pipeline imports it)
-    settings_help: str  # its settings, for the MCP tools' descriptions
+    settings_help: str  # its settings, for the MCP tools' descriptions (secret ones marked *)
     lexer: str  # Pygments lexer alias for the input on the session page
     dialect: str | None = None  # sqlglot dialect: guardrails, runbooks and lineage parse its input
     exec: bool = True  # False: `exec` is refused (the kind only proxies tools, like `mcp`)
@@ -37,7 +37,7 @@ KINDS: dict[str, Kind] = {
             name="postgres",
             label="PostgreSQL",
             connector="gateway.connectors.postgres.PostgresConnector",
-            settings_help="host, port, database, user, password (secret), sslmode",
+            settings_help="host, port, database, user, password*, sslmode",
             lexer="postgresql",
             dialect="postgres",
         ),
@@ -45,7 +45,7 @@ KINDS: dict[str, Kind] = {
             name="mysql",
             label="MySQL / MariaDB",
             connector="gateway.connectors.mysql.MySQLConnector",
-            settings_help="host, port, database, user, password (secret), ssl_mode, ssl_ca",
+            settings_help="host, port, database, user, password*, ssl_mode, ssl_ca",
             lexer="mysql",
             dialect="mysql",
         ),
@@ -61,7 +61,7 @@ KINDS: dict[str, Kind] = {
             name="command",
             label="Command",
             connector="gateway.connectors.command.CommandConnector",
-            settings_help="argv (list), cwd, env (object, secret)",
+            settings_help="argv (list), cwd, env*",
             lexer="bash",
             enabled_setting="COMMAND_CONNECTIONS_ENABLED",
             enabled_env="PORTCULLIS_COMMAND_CONNECTIONS",
@@ -71,8 +71,8 @@ KINDS: dict[str, Kind] = {
             label="MCP server",
             connector="gateway.connectors.mcp.MCPConnector",
             settings_help=(
-                "url, headers (object, secret), bearer_token (secret), allow_private_network, "
-                "tools (per-tool policy), or command (list) with cwd and env (secret) for a stdio server"
+                "url, headers*, bearer_token*, allow_private_network, tools (per-tool policy), "
+                "or command (list), cwd, env* for stdio"
             ),
             lexer="json",
             exec=False,
