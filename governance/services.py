@@ -19,6 +19,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from gateway import hotsql
 from gateway.models import Connection
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import (
@@ -234,23 +235,12 @@ def token_authenticate(raw: str) -> tuple[User, ApiToken] | None:
 
 def _token_by_digest(digest: str) -> ApiToken | None:
     """The token with its user and the user's org (as select_related loads them). Every API call
-    asks, so on PostgreSQL the statement is written once instead of compiled by the ORM each time."""
+    asks, so on PostgreSQL the statement is written once (gateway.hotsql)."""
     if connection.vendor != "postgresql":
         return ApiToken.objects.select_related("user", "user__org").filter(digest=digest).first()
-    with connection.cursor() as cursor:
-        cursor.execute(_token_sql(), [digest])
-        row = cursor.fetchone()
-    if row is None:
+    loaded = hotsql.fetch_one(_token_sql(), [digest], ApiToken, User, Organization)
+    if loaded is None:
         return None
-    loaded, start = [], 0
-    for model in (ApiToken, User, Organization):
-        fields = model._meta.concrete_fields
-        values = [
-            f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v
-            for f, v in zip(fields, row[start : start + len(fields)], strict=True)
-        ]
-        loaded.append(model.from_db(connection.alias, [f.attname for f in fields], values))
-        start += len(fields)
     token, user, org = loaded
     user.org = org
     token.user = user
@@ -259,17 +249,10 @@ def _token_by_digest(digest: str) -> ApiToken | None:
 
 @functools.cache
 def _token_sql() -> str:
-    qn = connection.ops.quote_name
-
-    def columns(alias, model):
-        return ", ".join(f"{alias}.{qn(str(f.column))}" for f in model._meta.concrete_fields)
-
     return (
-        f"SELECT {columns('t', ApiToken)}, {columns('u', User)}, {columns('o', Organization)} "
-        f"FROM {qn(ApiToken._meta.db_table)} t "
-        f"JOIN {qn(User._meta.db_table)} u ON u.id = t.user_id "
-        f"JOIN {qn(Organization._meta.db_table)} o ON o.id = u.org_id "
-        "WHERE t.digest = %s"
+        f"SELECT {hotsql.columns('t', ApiToken)}, {hotsql.columns('u', User)}, {hotsql.columns('o', Organization)} "
+        f"FROM {hotsql.table(ApiToken)} t JOIN {hotsql.table(User)} u ON u.id = t.user_id "
+        f"JOIN {hotsql.table(Organization)} o ON o.id = u.org_id WHERE t.digest = %s"
     )
 
 

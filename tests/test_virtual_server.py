@@ -267,3 +267,65 @@ def test_the_admin_page_creates_a_virtual_server_through_the_service(cast, two_u
     eve = Client()
     eve.force_login(cast.eve.user)
     assert eve.get(f"/admin/gateway/virtualserver/{server.pk}/change/").status_code == 404
+
+
+@pytest.mark.live
+def test_a_call_needing_approval_is_held_and_joined_through_the_virtual_server(
+    cast, mcp, gateway_server, two_upstreams
+):
+    from governance.policy import Actor
+    from governance.services import user_create
+    from reviews import services as reviews
+    from reviews.models import Review, ReviewStatus
+
+    policy = [
+        {
+            "match": "deploy",
+            "requires_approval": True,
+            "reviewers": ["sre"],
+            "approval_when": {"environment": "prod"},
+        }
+    ]
+    make_mcp_connection(cast.acme, two_upstreams["ops"][0], name="ops", tools=policy, approval_hold_seconds=0)
+    sam = user_create(org=cast.acme, email="sam@acme.test", name="Sam", groups=["sre"])
+    vs.virtual_server_create(actor=cast.alice.actor(), name="platform", connections=["ops"])
+    log = two_upstreams["ops"][1]
+    log.unlink(missing_ok=True)
+    prod = {"environment": "prod", "service": "api"}
+
+    async def deploy(client):
+        return await client.call_tool("ops__deploy", prod)
+
+    async def staging(client):
+        return await client.call_tool("ops__deploy", {"environment": "staging", "service": "api"})
+
+    assert not call_virtual(gateway_server, cast.bob, "platform", staging).is_error  # approval_when: flows
+    first = call_virtual(gateway_server, cast.bob, "platform", deploy)
+    review = Review.objects.get()
+    assert first.is_error and first.content[0].text.startswith("[pending_approval]")
+    assert f"/reviews/{review.pk}/" in first.content[0].text
+    assert call_virtual(gateway_server, cast.bob, "platform", deploy).is_error and Review.objects.count() == 1
+    reviews.review_decide(actor=Actor.for_user(sam, surface="web"), review_id=review.pk, status="APPROVED")
+    retry = call_virtual(gateway_server, cast.bob, "platform", deploy)
+    assert not retry.is_error and retry.content[0].text == "deployed api to prod"
+    assert received(log) == [{"environment": "staging", "service": "api"}, prod]  # the approved call, once
+    assert Review.objects.get().status == ReviewStatus.EXECUTED
+
+
+@pytest.mark.live
+def test_results_are_masked_through_the_virtual_server(cast, mcp, gateway_server, two_upstreams):
+    from governance import rules
+
+    make_mcp_connection(cast.acme, two_upstreams["tickets"][0], name="tickets")
+    rules.masking_rule_create(
+        actor=cast.alice.actor(), name="pii", spec={"entities": ["EMAIL_ADDRESS"]}, connections=["tickets"]
+    )
+    vs.virtual_server_create(actor=cast.alice.actor(), name="platform", connections=["tickets"])
+
+    async def pii(client):
+        return await client.call_tool("tickets__pii", {})
+
+    result = call_virtual(gateway_server, cast.bob, "platform", pii)
+    assert not result.is_error
+    assert "jane.roe@example.com" not in result.content[0].text
+    assert result.structured_content["email"] != "jane.roe@example.com"
