@@ -384,11 +384,34 @@ def test_an_unreachable_token_endpoint_fails_fast(cast, transactional_db):
 
 
 def test_the_client_secret_is_write_only(cast, cc_upstream, transactional_db):
-    oauth_connection(cast.acme, cc_upstream)
+    from django.test import Client
+    from rest_framework.test import APIClient
+
+    from sessions.models import AuditEvent
+
+    connection = oauth_connection(cast.acme, cc_upstream)
+    assert call(cast.bob, "cc", "echo", {"text": "one"})["status"] == "completed"  # the secret works
     shown = connection_to_dict(connection_get(actor=cast.alice.actor(), name="cc"))
     assert "oauth_client_secret" in shown["secret_keys"]
     assert CLIENT_SECRET not in json.dumps(shown, default=str)
     assert shown["config"]["oauth_client_credentials"]["client_id"] == CLIENT_ID
+    rest = APIClient()
+    rest.credentials(HTTP_AUTHORIZATION=f"Bearer {cast.alice.token}")
+    answer = rest.get("/api/v1/connections/cc/")
+    assert answer.status_code == 200 and "oauth_client_secret" in answer.content.decode()
+    assert CLIENT_SECRET not in answer.content.decode()
+    admin = Client()
+    admin.force_login(cast.alice.user)
+    page = admin.get(f"/admin/gateway/connection/{connection.pk}/change/")
+    assert page.status_code == 200 and CLIENT_SECRET not in page.content.decode()
+    assert CLIENT_SECRET not in json.dumps(
+        list(AuditEvent.objects.values("detail", "target_repr")), default=str
+    )
+    issued = state(cc_upstream)["issued"][0]["token"]  # nor the access token it obtained
+    assert issued not in json.dumps(list(AuditEvent.objects.values("detail")), default=str)
+    assert issued not in json.dumps(
+        list(Session.objects.values("input", "output", "result", "error")), default=str
+    )
 
 
 def test_concurrent_calls_reuse_the_cached_token(cast, cc_upstream, transactional_db):
