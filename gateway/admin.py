@@ -18,9 +18,9 @@ from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from gateway import crypto, pipeline, services
+from gateway import crypto, pipeline, services, virtual_servers
 from gateway.admin_editors import SECRET_HELP, ConnectionSettingsWidget, secret_kinds
-from gateway.models import Connection
+from gateway.models import Connection, VirtualServer
 from governance import access
 from governance.admin_base import GovernedModelAdmin, SecretField, admin_actor
 from governance.admin_editors import StructuredJSONField
@@ -451,3 +451,50 @@ def _export_cell(value) -> str:
 
 
 from gateway import admin_runbooks  # noqa: E402,F401  (runbook pages; kept in their own module)
+
+
+class VirtualServerForm(forms.ModelForm):
+    class Meta:
+        model = VirtualServer
+        fields = ("name", "description", "connections", "include_portcullis_tools")
+        help_texts = {
+            "name": "Agents connect to /api/mcp/v/<name>; tools are named <connection>__<tool>.",
+        }
+
+
+@admin.register(VirtualServer)
+class VirtualServerAdmin(GovernedModelAdmin):
+    """Several upstream mcp connections as one MCP endpoint (gateway/virtual_servers.py)."""
+
+    form = VirtualServerForm
+    list_display = ("name", "description", "members", "include_portcullis_tools", "updated_at")
+    search_fields = ("name", "description")
+    filter_horizontal = ("connections",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("connections")
+
+    @admin.display(description="Connections")
+    def members(self, obj):
+        return ", ".join(c.name for c in obj.connections.all()) or "—"
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if db_field.name == "connections":
+            field.queryset = field.queryset.filter(kind="mcp")
+        return field
+
+    def save_through_service(self, request, actor, form, formsets, change):
+        data = form.cleaned_data
+        values = {
+            "name": data["name"],
+            "description": data.get("description") or "",
+            "connections": [c.name for c in data.get("connections") or []],
+            "include_portcullis_tools": bool(data.get("include_portcullis_tools")),
+        }
+        if change:
+            return virtual_servers.virtual_server_update(actor=actor, ref=str(form.instance.pk), **values)
+        return virtual_servers.virtual_server_create(actor=actor, **values)
+
+    def delete_through_service(self, request, actor, obj):
+        virtual_servers.virtual_server_delete(actor=actor, ref=str(obj.pk))

@@ -26,6 +26,13 @@ proxy_server, proxy_http_app = build_proxy()
 proxy_app = MCPStarter(proxy_http_app, proxy_server.session_manager)
 proxy_app.install_daphne_shutdown_hook()
 
+# /api/mcp/v/<name>: several upstream connections' tools under one URL (mcpserver.virtual).
+from mcpserver.virtual import build as build_virtual  # noqa: E402
+
+virtual_server, virtual_http_app = build_virtual()
+virtual_app = MCPStarter(virtual_http_app, virtual_server.session_manager)
+virtual_app.install_daphne_shutdown_hook()
+
 from gateway.observe import RequestObserver  # noqa: E402
 
 router = ProtocolTypeRouter(
@@ -35,6 +42,7 @@ router = ProtocolTypeRouter(
             URLRouter(
                 [
                     re_path(r"^api/mcp/c/[^/]+/?$", proxy_app),
+                    re_path(r"^api/mcp/v/[^/]+/?$", virtual_app),
                     re_path(r"^api/mcp/?$", mcp_app),
                     re_path(r"", django_asgi_app),
                 ]

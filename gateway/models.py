@@ -192,3 +192,34 @@ class RunbookRule(BoundRule):
         constraints = [
             models.UniqueConstraint(Lower("name"), "org", name="runbookrule_unique_name_ci_per_org")
         ]
+
+
+class VirtualServer(models.Model):
+    """Several upstream MCP connections (and optionally Portcullis's own tools) published as one MCP
+    endpoint, `/api/mcp/v/<name>`, with namespaced tool names (`<connection>__<tool>`,
+    `portcullis__<tool>`). Each call still goes through its connection's policy (gateway.virtual_servers)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="virtual_servers")
+    name = models.CharField(max_length=63, validators=[NAME_VALIDATOR])
+    description = models.CharField(max_length=500, blank=True)
+    connections = models.ManyToManyField(
+        Connection,
+        blank=True,
+        related_name="virtual_servers",
+        help_text="Upstream MCP connections (kind mcp) whose tools this endpoint publishes.",
+    )
+    include_portcullis_tools = models.BooleanField(
+        default=False, help_text="Also publish Portcullis's own tools, as portcullis__<tool>."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(Lower("name"), "org", name="virtualserver_unique_name_ci_per_org")
+        ]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name

@@ -32,7 +32,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 
 def surface_of(path: str) -> str:
-    if path.startswith("/api/mcp/c/"):
+    if path.startswith(("/api/mcp/c/", "/api/mcp/v/")):
         return "mcp_proxy"
     if path.startswith("/api/mcp"):
         return "mcp"

@@ -279,8 +279,18 @@ def _review_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     return qs.filter(pk__in=qs.model._default_manager.filter(mine).values("pk"))
 
 
+def _virtual_server_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
+    """Virtual MCP servers: every member of the org may see and use one (each member connection's
+    own access still decides what they get); only admins change them."""
+    qs = qs.filter(org_id=actor.org_id)
+    if action in ("view", "use") or (action == "manage" and actor.is_admin):
+        return qs
+    return qs.none()
+
+
 _SCOPES = {
     "gateway.connection": _connection_scope,
+    "gateway.virtualserver": _virtual_server_scope,
     "reviews.accessrequestrule": _rule_scope,
     "reviews.reviewsettings": _rule_scope,
     "reviews.review": _review_scope,

@@ -78,6 +78,12 @@ async def call_tool(ctx, params) -> CallToolResult:
         return _error("unauthorized: missing auth context")
     if not _has_scope(SCOPE_EXEC):
         return _error(f"insufficient_scope: calling upstream tools needs {SCOPE_EXEC}")
+    return await forward_call(ctx, actor, _connection_name(ctx), params.name, params.arguments or {})
+
+
+async def forward_call(ctx, actor, connection_name: str, tool: str, arguments: dict) -> CallToolResult:
+    """One upstream tool call through the policy path and the approval hold, answered as the
+    upstream would (also for a virtual server's member connections, mcpserver/virtual.py)."""
 
     async def progress(elapsed: float, total: float | None, message: str) -> None:
         try:  # a no-op unless the client gave a progress token
@@ -88,9 +94,9 @@ async def call_tool(ctx, params) -> CallToolResult:
     try:
         session = await upstream_hold.tool_call_held(
             actor=actor,
-            connection_name=_connection_name(ctx),
-            tool=params.name,
-            arguments=params.arguments or {},
+            connection_name=connection_name,
+            tool=tool,
+            arguments=arguments,
             on_progress=progress,
         )
     except PortcullisError as exc:
@@ -100,7 +106,7 @@ async def call_tool(ctx, params) -> CallToolResult:
     except Exception as exc:
         if is_database_unavailable(exc):  # retryable: a JSON-RPC error, not a tool result
             raise MCPError(JSONRPC_CODE, MESSAGE) from None
-        logger.exception("proxied call of %s crashed", params.name)
+        logger.exception("proxied call of %s crashed", tool)
         return _error("internal error; the gateway log has details")
     envelope = pipeline.tool_envelope(session)
     if envelope["status"] != "completed" and not (session.result and envelope["content"]):

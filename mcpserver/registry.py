@@ -41,20 +41,26 @@ _NOISE = ("title", SHARED_KEY)
 # bytes in its context, so they are not listed (numeric bounds such as limit <= 100 are).
 _OUTPUT_NOISE = ("required", "description")
 _INPUT_NOISE = ("minLength", "maxLength")
+# Bounds above this are sanity caps (an offset of 10000, a million rows, 64 MiB of output), checked by
+# the server; the bounds an agent works within (limit <= 100, timeout <= 300 s) are listed.
+_CAP = 1000
 
 
 def compact_schema(schema: dict, *, tool: str, output: bool, fields_as: str | None = None) -> dict:
     """A tool's schema as tools/list sends it: the same types, a fraction of the bytes.
 
-    * titles and null defaults go; `anyOf [X, null]` becomes `type: [X, "null"]`;
+    * titles go, and defaults an agent assumes anyway (null, false, 0, empty); `anyOf [X, null]`
+      becomes `type: [X, "null"]` in an output, X alone in an argument;
     * a shared record (see `shared`) is described in full by its owner tool only, and as
-      `{"type": "object", "description": "As <owner> returns it."}` by the others;
+      `{"type": "object", "description": "As in <owner>."}` by the others;
     * $defs used once are inlined, unused ones dropped;
     * output schemas keep types (null included) but drop descriptions and `required` (an output
       schema states what comes back);
-    * input schemas keep descriptions and numeric bounds, not string lengths (the server checks
-      them), and an optional argument is typed without `null` (leave it out instead);
-    * input schemas keep `additionalProperties: false`: unknown arguments are refused;
+    * input schemas keep descriptions and the numeric bounds an agent works within, not string
+      lengths nor sanity caps (the server checks them), and an optional argument is typed without
+      `null` (leave it out instead);
+    * no `additionalProperties`: the server refuses an unknown argument and names it, so `false`
+      in every schema (1.5 KB of an admin's listing) told an agent nothing it would not learn;
     * an enum is typed by its values: no `type` beside it;
     * `fields_as` (an update tool whose fields are its create tool's): the arguments stay typed, their
       descriptions are said once, by the create tool.
@@ -68,38 +74,28 @@ def compact_schema(schema: dict, *, tool: str, output: bool, fields_as: str | No
             return node
         owner = node.get(SHARED_KEY)
         if owner and owner != tool:
-            return {"type": "object", "description": f"As {owner} returns it."}
+            return {"type": "object", "description": f"As in {owner}."}
         out: dict = {}
         for key, value in node.items():
-            if key in _NOISE or key == "$defs" or (key == "default" and value is None):
+            if key in _NOISE or key == "$defs" or (key == "default" and _obvious_default(value)):
                 continue
-            if key == "additionalProperties" and (value is True or (output and value is False)):
-                continue  # true is the default; an output schema need not forbid what never comes
+            if key == "additionalProperties" and value in (True, False):
+                continue  # true is the default; false is enforced by the server, which names the key
             if key in (_OUTPUT_NOISE if output else _INPUT_NOISE):
                 continue
             if key == "minimum" and value in (0, 1) and node.get("type") == "integer":
                 continue  # a count or an offset: its lower bound says nothing an agent would get wrong
+            if key in ("maximum", "maxItems") and isinstance(value, int) and value > _CAP:
+                continue  # a sanity cap no ordinary call reaches; the server names it when one does
             if key == "properties":
                 out[key] = {name: walk(sub) for name, sub in value.items()}
             else:
                 out[key] = walk(value)
         if set(out) == {"$ref"}:
             return out
-        nullable = out.get("anyOf")
-        if nullable and len(nullable) == 2 and {"type": "null"} in nullable:
-            other = next(x for x in nullable if x != {"type": "null"})
-            if isinstance(other.get("type"), str) and "$ref" not in other:
-                del out["anyOf"]
-                if output:
-                    merged = {**other, "type": [other["type"], "null"]}
-                    if "enum" in merged:
-                        merged["enum"] = [*merged["enum"], None]
-                else:  # an optional argument: leaving it out is how an agent says "none"
-                    merged = other
-                out = {**merged, **out}
         if "enum" in out and "type" in out:
             del out["type"]  # the listed values say it (and null, when null is one of them)
-        return out
+        return _optional(out, output)
 
     body = walk(schema)
     new_defs = {name: walk(sub) for name, sub in defs.items()}
@@ -134,14 +130,51 @@ def compact_schema(schema: dict, *, tool: str, output: bool, fields_as: str | No
             return node
         return {k: inline(v, seen) for k, v in node.items()}
 
-    body = inline(body)
+    body = _tidy(inline(body), output)
     if fields_as:
         body = _without_descriptions(body, keep=("id",))
         body["description"] = f"Fields as in {fields_as}; only those given change, lists are replaced."
-    kept = {name: inline(sub, (name,)) for name, sub in new_defs.items() if uses.get(name, 0) > 1}
+    kept = {
+        name: _tidy(inline(sub, (name,)), output) for name, sub in new_defs.items() if uses.get(name, 0) > 1
+    }
     if kept:
         body["$defs"] = kept
     return body
+
+
+def _optional(node: dict, output: bool) -> dict:
+    """`anyOf [X, null]` as one schema: an output says `type: [X, "null"]` (or null among an enum's
+    values); an argument is typed as X alone (leaving it out is how an agent says "none")."""
+    either = node.get("anyOf")
+    if not either or len(either) != 2 or {"type": "null"} not in either:
+        return node
+    other = next(x for x in either if x != {"type": "null"})
+    if "$ref" in other or not (isinstance(other.get("type"), str) or "enum" in other):
+        return node
+    rest = {k: v for k, v in node.items() if k != "anyOf"}
+    if not output:
+        return {**other, **rest}
+    if "enum" in other:
+        return {**other, "enum": [*other["enum"], None], **rest}
+    return {**other, "type": [other["type"], "null"], **rest}
+
+
+def _tidy(node, output: bool):
+    """`_optional` again once single-use definitions are inlined (an optional nested model)."""
+    if isinstance(node, list):
+        return [_tidy(x, output) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        k: ({n: _tidy(v, output) for n, v in sub.items()} if k == "properties" else _tidy(sub, output))
+        for k, sub in node.items()
+    }
+    return _optional(out, output)
+
+
+def _obvious_default(value) -> bool:
+    """A default an agent assumes anyway when it leaves an argument out: none, false, zero, empty."""
+    return value is None or (value in (False, 0, "", [], {}) and not isinstance(value, float))
 
 
 def page(items: list, total: int, offset: int) -> dict:

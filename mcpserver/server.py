@@ -61,7 +61,10 @@ def _validation_message(exc: ValidationError) -> str:
 
 def _tool_definition(spec: ToolSpec) -> Tool:
     # Fields left unset stay out of the listing (the SDK serializes with exclude_unset).
-    extra = {"title": spec.title} if spec.title else {}
+    extra: dict = {"title": spec.title} if spec.title else {}
+    hints = spec.annotations
+    if hints.model_dump(exclude_none=True):  # none: every hint at its MCP default, said by leaving it out
+        extra["annotations"] = hints
     return Tool(
         name=spec.name,
         description=spec.description,
@@ -69,7 +72,6 @@ def _tool_definition(spec: ToolSpec) -> Tool:
             spec.args.model_json_schema(), tool=spec.name, output=False, fields_as=spec.fields_as
         ),
         output_schema=compact_schema(spec.result.model_json_schema(), tool=spec.name, output=True),
-        annotations=spec.annotations,
         **extra,
     )
 

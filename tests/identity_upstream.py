@@ -13,11 +13,12 @@
         issued.
 
 Test-only control endpoints: GET /state (what was seen), POST /control {"fail_token_endpoint": bool,
-"expire_all": bool}. Tools: echo (text back), seen (the identity of this call: claims or token).
+"hang_token_endpoint": bool, "expire_all": bool}. Tools: echo (text back), seen (the identity of this call: claims or token).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -42,12 +43,14 @@ STATE: dict = {
     "issued": [],  # tokens issued by /token
     "token_requests": 0,
     "fail_token_endpoint": False,
+    "hang_token_endpoint": False,  # the token endpoint answers nothing until this is cleared
     "tool_calls": [],  # (tool, identity) of each tools/call
 }
 TOKENS: dict[str, float] = {}  # token -> expiry (time.time())
 _counter = itertools.count(1)
 CONFIG: dict = {}
 _JWKS: dict = {}
+_RELEASE: dict = {}  # "event": set when a hanging token endpoint may answer again
 
 
 def _tools() -> list[Tool]:
@@ -124,6 +127,9 @@ async def _verify_jwt(token: str) -> dict:
 async def _token_endpoint(scope, receive, send) -> None:
     request = Request(scope, receive)
     STATE["token_requests"] += 1
+    if STATE["hang_token_endpoint"]:
+        release = _RELEASE.setdefault("event", asyncio.Event())
+        await release.wait()
     if STATE["fail_token_endpoint"]:
         await JSONResponse({"error": "temporarily_unavailable"}, status_code=503)(scope, receive, send)
         return
@@ -161,6 +167,12 @@ async def _control(scope, receive, send) -> None:
         body = await request.json()
         if "fail_token_endpoint" in body:
             STATE["fail_token_endpoint"] = bool(body["fail_token_endpoint"])
+        if "hang_token_endpoint" in body:
+            STATE["hang_token_endpoint"] = bool(body["hang_token_endpoint"])
+            if body["hang_token_endpoint"]:
+                _RELEASE["event"] = asyncio.Event()
+            elif "event" in _RELEASE:
+                _RELEASE["event"].set()
         if body.get("expire_all"):
             for token in TOKENS:
                 TOKENS[token] = 0.0

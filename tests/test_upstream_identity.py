@@ -23,6 +23,7 @@ from joserfc.jwk import ECKey
 
 from gateway import upstream_identity
 from gateway.connectors import mcp_auth
+from gateway.models import Connection
 from gateway.services import connection_create_headless, connection_get, connection_to_dict
 from governance.errors import InvalidInput
 from sessions.models import Session, SessionStatus
@@ -99,7 +100,7 @@ def jwt_connection(org, base, *, name="ident", audience=AUDIENCE, **extra):
     )
 
 
-def oauth_connection(org, base, *, name="cc", secret=CLIENT_SECRET, scope="tickets:read"):
+def oauth_connection(org, base, *, name="cc", secret=CLIENT_SECRET, scope="tickets:read", options=None):
     return connection_create_headless(
         org=org,
         name=name,
@@ -115,7 +116,7 @@ def oauth_connection(org, base, *, name="cc", secret=CLIENT_SECRET, scope="ticke
             },
             "oauth_client_secret": secret,
         },
-        options={},
+        options=options or {},
     )
 
 
@@ -298,9 +299,16 @@ def test_a_token_is_renewed_shortly_before_it_expires(cast, transactional_db):
     with identity_upstream("oauth", CLIENT_ID, CLIENT_SECRET, "2") as base:
         oauth_connection(cast.acme, base)
         assert call(cast.bob, "cc", "echo", {"text": "one"})["status"] == "completed"
-        issued_at = time.monotonic()
-        # Renewed at half its 2 s life: wait for that point, not for the expiry.
-        while time.monotonic() - issued_at < 1.1:
+        # Due for renewal at half its 2 s life: wait until the gateway's cache says so.
+        connection = Connection.objects.get(name="cc")
+        credentials = mcp_auth.ClientCredentials(
+            connection.config["oauth_client_credentials"],
+            connection.get_secrets()["oauth_client_secret"],
+            transport_factory=None,
+            timeout=1,
+        )
+        assert credentials.cached() == state(base)["issued"][0]["token"]
+        while credentials.cached() is not None:
             time.sleep(0.05)
         assert call(cast.bob, "cc", "echo", {"text": "two"})["status"] == "completed"
         seen = state(base)
@@ -321,6 +329,43 @@ def test_a_failing_token_endpoint_is_a_clear_retryable_failure_and_nothing_is_se
     assert state(cc_upstream)["tool_calls"] == []
     control(cc_upstream, fail_token_endpoint=False)
     assert call(cast.bob, "cc", "echo", {"text": "again"})["status"] == "completed"
+
+
+def test_a_token_endpoint_that_does_not_answer_fails_at_its_deadline_not_a_hang(
+    cast, cc_upstream, transactional_db
+):
+    oauth_connection(cast.acme, cc_upstream, options={"timeout_seconds": 2})
+    control(cc_upstream, hang_token_endpoint=True)
+    try:
+        envelope = call(cast.bob, "cc", "echo", {"text": "one"})
+    finally:
+        control(cc_upstream, hang_token_endpoint=False)
+    assert envelope["status"] == "failed"
+    assert envelope["message"] == (
+        f"the token endpoint {cc_upstream.removeprefix('http://')} did not answer within 1s; nothing was sent "
+        "to the upstream, retry later"
+    )
+    assert state(cc_upstream)["tool_calls"] == []
+
+
+def test_calls_on_a_cold_cache_make_one_token_request(cast, cc_upstream, transactional_db):
+    oauth_connection(cast.acme, cc_upstream)
+    actor = cast.bob.actor()
+
+    async def three():
+        from gateway import pipeline
+
+        return await asyncio.gather(
+            *(
+                pipeline.tool_call(actor=actor, connection_name="cc", tool="echo", arguments={"text": t})
+                for t in ("a", "b", "c")
+            )
+        )
+
+    sessions = asyncio.run(three())
+    assert [s.status for s in sessions] == [SessionStatus.DONE] * 3
+    seen = state(cc_upstream)
+    assert seen["token_requests"] == 1 and len(seen["tool_calls"]) == 3
 
 
 def test_a_wrong_client_secret_is_reported_without_the_secret(cast, cc_upstream, transactional_db):

@@ -423,7 +423,8 @@ class MCPConnector(Connector):
             transport_factory=lambda cap: GuardedTransport(
                 allow_private=allow_private, max_response_bytes=cap, on_exceeded=lambda seen: None
             ),
-            timeout=float(self.limits.timeout_seconds),
+            # Half the exchange's deadline, so a slow token endpoint is reported as such.
+            timeout=max(1.0, self.limits.timeout_seconds / 2),
         )
 
     def _identity_token(self) -> str:

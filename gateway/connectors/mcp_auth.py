@@ -15,10 +15,12 @@ Exactly one of (or none):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import threading
 import time
+import weakref
 from urllib.parse import quote, urlsplit
 
 import httpx2
@@ -106,6 +108,9 @@ def validate(values: dict) -> None:
 _TOKENS: dict[tuple, tuple[str, float]] = {}
 _TOKENS_LOCK = threading.Lock()
 MAX_CACHED_TOKENS = 1024
+# One token request at a time per cache key and event loop (the upstream loop serves every pooled
+# exchange of the process): concurrent calls on a cold cache wait for the one request.
+_FETCHING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ClientCredentials:
@@ -136,7 +141,12 @@ class ClientCredentials:
 
     async def token(self) -> str:
         """A valid access token: the cached one, or a new one from the token endpoint."""
-        return self.cached() or await self.fetch()
+        cached = self.cached()
+        if cached:
+            return cached
+        locks = _FETCHING.setdefault(asyncio.get_running_loop(), {})
+        async with locks.setdefault(self.cache_key, asyncio.Lock()):
+            return self.cached() or await self.fetch()
 
     async def fetch(self) -> str:
         form = {"grant_type": "client_credentials"}

@@ -13,8 +13,7 @@ from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
 
 BEHAVIOUR = (
-    "A connection without access groups is open to every member; groups restrict that connection only "
-    "(to their members and admins)."
+    "A connection without access groups is open to every member; groups restrict that connection only."
 )
 
 
@@ -34,14 +33,12 @@ class ConnectionArgs(Args):
 
 class SetArgs(ConnectionArgs):
     groups: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
-        min_length=1, max_length=access.MAX_GROUPS, description="Group names; replaces the current list."
+        min_length=1, max_length=access.MAX_GROUPS, description="Replaces the current list."
     )
 
 
 class ListArgs(Args):
-    connection_name: str | None = Field(
-        None, max_length=63, description="Only this connection, restricted or not."
-    )
+    connection_name: str | None = Field(None, max_length=63)
     limit: Annotated[int, Field(ge=1, le=100)] = 50
     offset: Annotated[int, Field(ge=0, le=10_000)] = 0
 
@@ -61,7 +58,7 @@ def _render(r: AccessControlOut) -> str:
 
 @tool(
     "access_control_list",
-    description="Connections that have access groups, or one connection's. " + BEHAVIOUR,
+    description="Connections with access groups. " + BEHAVIOUR,
     args=ListArgs,
     result=ListResult,
     role=ROLE_AUDITOR,
@@ -79,7 +76,7 @@ async def access_control_list(actor, args: ListArgs, ctx) -> ListResult:
 
 @tool(
     "access_control_set",
-    description="Restrict one connection to these groups; replaces its list. " + BEHAVIOUR,
+    description="Restrict a connection to these groups (and admins). " + BEHAVIOUR,
     args=SetArgs,
     result=AccessControlOut,
     role=ROLE_ADMIN,

@@ -57,7 +57,7 @@ class RunbookChanges(Args):
 
 @tool(
     "runbooks_create",
-    description="Add a runbook to a connection; who may run it is set by runbook rules. Its config name: <connection>/<name>.",
+    description="Add a runbook (config name <connection>/<name>); runbook rules say who may run it.",
     args=RunbookCreate,
     result=RunbookAdminOut,
     role=ROLE_ADMIN,
@@ -135,8 +135,8 @@ class WebhookOut(Result):
 class WebhookCreate(Args):
     name: Ref
     url: str = Field(min_length=1, max_length=2000)
-    secret: str = Field(min_length=16, max_length=500, description="HMAC key; write-only, never returned.")
-    event_types: list[str] | None = Field(None, max_length=50, description="Empty: every event type.")
+    secret: str = Field(min_length=16, max_length=500, description="HMAC key, write-only.")
+    event_types: list[str] | None = Field(None, max_length=50, description="Empty: all.")
     enabled: bool = True
     allow_private_network: bool = False
 
@@ -185,7 +185,7 @@ register_kind(
 
 @tool(
     "webhooks_create",
-    description="Add an endpoint the org's events are POSTed to, signed with the secret (never returned).",
+    description="Add an endpoint the org's events are POSTed to, signed with the secret.",
     args=WebhookCreate,
     result=WebhookOut,
     role=ROLE_ADMIN,
@@ -222,7 +222,7 @@ class DeliveriesArgs(Args):
     retry: list[int] | None = Field(
         None,
         max_length=500,
-        description="Delivery ids to send again first (failed or dead ones; others are ignored).",
+        description="Failed or dead delivery ids to send again first.",
     )
     limit: Annotated[int, Field(ge=1, le=100)] = 50
     offset: Annotated[int, Field(ge=0, le=10_000)] = 0

@@ -33,9 +33,7 @@ class AnalysisOut(Result):
 
 class AnalysisArgs(Args):
     session_id: str = Field(min_length=1, max_length=64, validation_alias=AliasChoices("session_id", "id"))
-    timeout_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT)] = Field(
-        0, description="Wait up to this many seconds while it is pending (then timed_out=true: call again)."
-    )
+    timeout_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT)] = Field(0, description="Wait while pending.")
 
 
 def render(r: AnalysisOut) -> str:
@@ -49,10 +47,7 @@ def render(r: AnalysisOut) -> str:
 
 @tool(
     "sessions_get_analysis",
-    description=(
-        "A session's risk analysis (level, title, explanation, suggested action), or status pending; "
-        "timeout_seconds waits for it. Owner, admins, auditors."
-    ),
+    description=("A session's risk analysis (level, explanation, suggested action), or status pending."),
     args=AnalysisArgs,
     result=AnalysisOut,
     render=render,

@@ -16,9 +16,7 @@ class AuditArgs(Args):
     actor_email: str | None = Field(
         None, max_length=254, validation_alias=AliasChoices("actor_email", "actor")
     )
-    action: str | None = Field(
-        None, max_length=64, description="An action (exec.request), or a prefix ending in a dot (guardrail.)."
-    )
+    action: str | None = Field(None, max_length=64, description="exec.request, or a prefix: guardrail.")
     surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
     outcome: Literal["success", "denied", "blocked", "failed", "invalid"] | None = None
     start_date: str | None = Field(None, description="RFC 3339, inclusive.")
@@ -52,8 +50,7 @@ class AuditList(Result):
 @tool(
     "audit_events_list",
     description=(
-        "The org's audit log, newest first: every change and every attempt (denied and blocked ones too) from every "
-        "surface. Filter by actor, action, surface, outcome, dates. Admins and auditors."
+        "The org's audit log, newest first: every change and attempt (denied, blocked too), every surface."
     ),
     args=AuditArgs,
     result=AuditList,

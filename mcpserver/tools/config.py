@@ -14,7 +14,6 @@ from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.rule_crud import KINDS, Deleted, Limit, Offset
 
 KindName = Literal[tuple(KINDS)]  # type: ignore[valid-type]
-KIND_HELP = ", ".join(f"{v.create_tool}" for v in KINDS.values())
 RecordRef = Annotated[
     str,
     Field(
@@ -73,13 +72,14 @@ class RefArgs(Args):
 
 class UpdateArgs(RefArgs):
     changes: dict[str, Any] = Field(
-        description="The fields to change, as the kind's create tool names them (name renames); lists replace."
+        description="Fields as the kind's _create tool names them (name renames); lists replace."
     )
 
 
 @tool(
     "config_list",
-    description=f"The org's records of a kind; each kind's fields are its create tool's: {KIND_HELP}.",
+    description="The org's records of a kind, with the fields of its <kind>s_create tool (masking_rule: "
+    "datamasking_rules_create).",
     args=ListArgs,
     result=RecordList,
     role=ROLE_AUDITOR,
@@ -92,7 +92,7 @@ async def config_list(actor, args: ListArgs, ctx) -> RecordList:
 
 @tool(
     "config_get",
-    description="One record of a kind (see config_list).",
+    description="One record of a kind.",
     args=RefArgs,
     result=Record,
     role=ROLE_AUDITOR,
@@ -104,7 +104,7 @@ async def config_get(actor, args: RefArgs, ctx):
 
 @tool(
     "config_update",
-    description="Change a record of a kind (see config_list).",
+    description="Change a record of a kind.",
     args=UpdateArgs,
     result=Record,
     role=ROLE_ADMIN,
@@ -129,7 +129,7 @@ async def config_update(actor, args: UpdateArgs, ctx):
 
 @tool(
     "config_delete",
-    description="Delete a record of a kind (see config_list); rules bound through an attribute stop applying.",
+    description="Delete a record of a kind.",
     args=RefArgs,
     result=Deleted,
     role=ROLE_ADMIN,

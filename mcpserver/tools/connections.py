@@ -14,11 +14,10 @@ from mcpserver.registry import Args, Result, page, shared, tool
 
 Kind = Literal["postgres", "mysql", "sqlite", "command", "mcp"]
 SETTINGS_HELP = (
-    "Settings of the target, secrets included (they are stored encrypted and never returned): "
-    "postgres/mysql: host, port, database, user, password (secret), sslmode (postgres) or ssl_mode and ssl_ca (mysql); "
-    "sqlite: path; command: argv (list), cwd, env (object, secret); "
-    "mcp: url, headers (object, secret), bearer_token (secret), allow_private_network, tools (per-tool policy), "
-    "or command (list) with cwd and env (secret) for a stdio server."
+    "Secrets (*) are write-only. postgres/mysql: host, port, database, user, password*, "
+    "sslmode (postgres) or ssl_mode, ssl_ca (mysql); sqlite: path; command: argv (list), cwd, env*; "
+    "mcp: url, headers*, bearer_token*, allow_private_network, tools (per-tool policy), or command (list), "
+    "cwd, env* for stdio."
 )
 
 
@@ -47,11 +46,9 @@ class ConnectionOut(Result):
 
 
 class ListArgs(Args):
-    search: str | None = Field(None, max_length=100, description="Substring of the name or description.")
+    search: str | None = Field(None, max_length=100, description="In the name or description.")
     kind: Kind | None = None
-    selector: str | None = Field(
-        None, max_length=300, description="Attributes all to match: env=prod,tier (tier: any tier=...)."
-    )
+    selector: str | None = Field(None, max_length=300, description="Attributes to match, e.g. env=prod,pci.")
     limit: Annotated[int, Field(ge=1, le=100)] = 50
     offset: Annotated[int, Field(ge=0, le=10_000)] = 0
 
@@ -103,7 +100,7 @@ class NameArgs(Args):
 
 @tool(
     "connections_get",
-    description="One connection's settings and limits. Secret values are never returned, only which keys are set.",
+    description="One connection's settings and limits (secrets: only which keys are set).",
     args=NameArgs,
     result=ConnectionOut,
 )
@@ -123,7 +120,7 @@ class TestResult(Result):
 
 @tool(
     "connections_test",
-    description="Connect to the target and report its version. Nothing is run; the attempt is audited.",
+    description="Connect to the target and report its version; runs nothing.",
     args=NameArgs,
     result=TestResult,
     render=lambda r: f"{r.connection_name}: {'ok' if r.ok else 'FAILED'} - {r.message} ({r.latency_ms} ms)",
@@ -157,7 +154,7 @@ def _options(args: Options) -> dict:
 
 @tool(
     "connections_create",
-    description="Create a connection (what settings each kind takes: see settings).",
+    description="Create a connection.",
     args=CreateArgs,
     result=ConnectionOut,
     role=ROLE_ADMIN,
@@ -234,13 +231,12 @@ class ImportArgs(Args):
     csv: str | None = Field(
         None,
         max_length=1_000_000,
-        description="A header row (name, kind, attributes as a;b, options, then settings such as host, port), "
-        "then a row per connection.",
+        description="Header row: name, kind, attributes (a;b), options, settings (host, port...).",
     )
     rows: list[dict[str, Any]] | None = Field(
-        None, max_length=500, description="Or rows: {name, kind, settings, attributes, <options>}."
+        None, max_length=500, description="Or {name, kind, settings, attributes, options...}."
     )
-    dry_run: bool = Field(False, description="Check every row, create nothing.")
+    dry_run: bool = Field(False, description="Check only.")
 
 
 class ImportRow(Result):
@@ -260,7 +256,7 @@ class ImportResult(Result):
 
 @tool(
     "connections_import",
-    description="Create up to 500 connections from CSV or rows; each row is answered on its own.",
+    description="Create up to 500 connections from CSV or rows; a result per row.",
     args=ImportArgs,
     result=ImportResult,
     role=ROLE_ADMIN,

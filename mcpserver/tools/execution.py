@@ -26,12 +26,12 @@ class ExecArgs(Args):
     connection_name: str = Field(min_length=1, max_length=63)
     input: str = Field(min_length=1, description="SQL, or stdin for a command connection.")
     max_rows: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
-        None, description="At most this many rows (within the connection's limit)."
+        None, description="Within the connection's limit."
     )
-    metadata: dict[str, Any] | None = Field(None, description="Kept with the session (e.g. a ticket id).")
+    metadata: dict[str, Any] | None = Field(None, description="Kept with the session.")
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
         None,
-        description="Seconds before answering `running` (default 50); the statement keeps running.",
+        description="Seconds before answering `running` (default 50).",
     )
     idempotency_key: str | None = idempotency_key_field("Retry with the same key: never runs twice.")
 
@@ -122,7 +122,7 @@ async def _wait(session_id, timeout: float, ctx):
     description=(
         "Run SQL or a command on a connection (policy, review, masking, audit apply). Branch on `status`: "
         "completed | failed | blocked | pending_approval (reviews_wait review_id, then reviews_execute) | running "
-        "(sessions_wait). Capped by the connection's limits (`truncated`); a read_only token runs reads only."
+        "(sessions_wait). Capped by the connection's limits (`truncated`)."
     ),
     args=ExecArgs,
     result=ExecEnvelope,
@@ -152,15 +152,13 @@ class WaitArgs(Args):
     session_id: str = Field(min_length=1, max_length=64)
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
         DEFAULT_WAIT,
-        description="Seconds (default 45); on expiry timed_out=true: call again.",
+        description="Default 45.",
     )
 
 
 @tool(
     "sessions_wait",
-    description=(
-        "Wait for a running session to end; returns exec's envelope, or timed_out=true (call again)."
-    ),
+    description=("Wait for a running session to end; exec's envelope, or timed_out=true (call again)."),
     args=WaitArgs,
     result=ExecEnvelope,
     render=render_envelope,
@@ -185,7 +183,7 @@ class CancelResult(Result):
 
 @tool(
     "exec_cancel",
-    description="Stop a queued or running session of yours (admins: any in the org). The attempt is audited.",
+    description="Stop a queued or running session of yours (admins: any).",
     args=CancelArgs,
     result=CancelResult,
     read_only=False,
@@ -211,6 +209,8 @@ class ExplainArgs(Args):
 
 
 class ExplainFinding(Result):
+    model_config = shared("exec_explain")  # guardrails_test's findings too
+
     rule: str
     direction: str
     condition: str
@@ -237,9 +237,7 @@ class ExplainResult(Result):
 
 @tool(
     "exec_explain",
-    description=(
-        "Dry run of exec: guardrails that would block, read-only or not, masking rules, review needed. Nothing runs."
-    ),
+    description=("Dry run of exec: blocking guardrails, read-only or not, masking, review needed."),
     args=ExplainArgs,
     result=ExplainResult,
     render=lambda r: (

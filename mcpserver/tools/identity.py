@@ -35,7 +35,7 @@ class MeResult(Result):
 
 @tool(
     "me_get",
-    description="Who you are to the gateway: user, org, groups, roles, and what your token's capability allows.",
+    description="Who you are: user, org, groups, roles, and what your token's capability allows.",
     args=NoArgs,
     result=MeResult,
     render=lambda r: f"{r.user_email} in {r.org_name} (groups: {', '.join(r.groups) or 'none'})",

@@ -21,7 +21,7 @@ from mcpserver.tools.execution import (
     idempotency_key_field,
     render_envelope,
 )
-from mcpserver.tools.rule_crud import Limit, Names, Offset, RuleRef, RuleServices, rule_tools
+from mcpserver.tools.rule_crud import ATTRIBUTES_HELP, Limit, Names, Offset, RuleRef, RuleServices, rule_tools
 from reviews import services
 
 ReviewId = Annotated[
@@ -103,17 +103,14 @@ class ListArgs(Args):
     connection_name: str | None = Field(
         None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
     )
-    waiting_for_me: bool = Field(False, description="Only pending reviews you may still decide.")
+    waiting_for_me: bool = Field(False, description="Awaiting your decision.")
     limit: Limit = 20
     offset: Offset = 0
 
 
 @tool(
     "reviews_list",
-    description=(
-        "Reviews you may see (yours, those your groups review; admins, auditors: all), newest first. "
-        "waiting_for_me=true: awaiting your decision."
-    ),
+    description=("Reviews you may see (yours, your groups'; admins, auditors: all), newest first."),
     args=ListArgs,
     result=ReviewList,
 )
@@ -141,10 +138,7 @@ class GetArgs(Args):
 
 @tool(
     "reviews_get",
-    description=(
-        "One review by its id or its session's id, with the input and its risk (for those who may decide or "
-        "see it)."
-    ),
+    description=("One review, with its input and risk."),
     args=GetArgs,
     result=ReviewOut,
     render=_render,
@@ -163,15 +157,14 @@ class UpdateArgs(Args):
     review_id: ReviewId
     status: Literal["APPROVED", "REJECTED", "REVOKED"]
     reason: str | None = Field(None, max_length=1000, description="Required to reject.")
-    force: bool = Field(False, description="Approve alone, as a member of a force-approval group.")
+    force: bool = Field(False, description="Approve alone (force-approval groups).")
 
 
 @tool(
     "reviews_update",
     description=(
-        "Decide a PENDING review (APPROVED, or REJECTED with a reason) or revoke an approved one (REVOKED). "
-        "Eligible reviewers only, never your own; over MCP only if the org allows it (see reviews_get "
-        "you_can_decide)."
+        "Approve or reject a PENDING review, or revoke an approved one; never your own "
+        "(see reviews_get you_can_decide)."
     ),
     args=UpdateArgs,
     result=ReviewOut,
@@ -198,7 +191,7 @@ class WaitArgs(Args):
     review_id: ReviewId
     timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] = Field(
         DEFAULT_WAIT,
-        description="Seconds (default 45); on expiry timed_out=true: call again.",
+        description="Default 45.",
     )
 
 
@@ -225,9 +218,7 @@ async def reviews_wait(actor, args: WaitArgs, ctx) -> ReviewOut:
 
 class ExecuteArgs(Args):
     review_id: ReviewId
-    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
-        None, description="Seconds before answering `running` (default 50)."
-    )
+    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(None, description="As exec's.")
     idempotency_key: str | None = idempotency_key_field()
 
 
@@ -256,17 +247,17 @@ async def reviews_execute(actor, args: ExecuteArgs, ctx) -> ExecEnvelope:
 
 class AccessRequestArgs(Args):
     connection_name: str = Field(min_length=1, max_length=63)
-    reason: str = Field(min_length=1, max_length=1000, description="Why you need access.")
+    reason: str = Field(min_length=1, max_length=1000, description=None)
     duration_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = Field(
-        None, description="How long (default 1 hour, at most the rule's maximum)."
+        None, description="Default 3600."
     )
 
 
 @tool(
     "access_request",
     description=(
-        "Ask for just-in-time access to a connection, with a reason. Once approved (reviews_wait), exec there "
-        "skips per-command review until the grant ends."
+        "Ask for time-bound (JIT) access to a connection. Once approved (reviews_wait), exec there skips "
+        "per-command review until it ends."
     ),
     args=AccessRequestArgs,
     result=ReviewOut,
@@ -290,9 +281,9 @@ async def access_request(actor, args: AccessRequestArgs, ctx) -> ReviewOut:
 # --- access request rules (admin) ------------------------------------------------------------------
 
 RULE_HELP = (
-    "access_type: command (each exec waits for a one-time review), jit (time-bound access) or jit_command (both). "
-    "approval_required_groups empty = applies to everyone except skip_review_groups. Quorum: "
-    "all_groups_must_approve, or min_approvals distinct reviewers. Bound to connections and/or attributes."
+    "access_type: command (each exec waits for a review), jit (time-bound access) or jit_command (both). "
+    "It applies to approval_required_groups (empty: all but skip_review_groups). Quorum: "
+    "all_groups_must_approve or min_approvals."
 )
 
 
@@ -320,8 +311,8 @@ class RuleOut(Result):
 
 
 class TimeWindow(Args):
-    start_time: str = Field(pattern=r"^\d{2}:\d{2}$", description="HH:MM, UTC")
-    end_time: str = Field(pattern=r"^\d{2}:\d{2}$", description="HH:MM, UTC")
+    start_time: str = Field(pattern=r"^\d{2}:\d{2}$")
+    end_time: str = Field(pattern=r"^\d{2}:\d{2}$")
 
 
 GroupNames = list[Annotated[str, Field(min_length=1, max_length=100)]]
@@ -330,8 +321,8 @@ GroupNames = list[Annotated[str, Field(min_length=1, max_length=100)]]
 class RuleFields(Args):
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None
-    connections: Names | None = Field(None, description="Connection names (replaces the list).")
-    attributes: Names | None = Field(None, description="Attribute names (replaces the list).")
+    connections: Names | None = None
+    attributes: Names | None = Field(None, description=ATTRIBUTES_HELP)
     approval_required_groups: GroupNames | None = None
     skip_review_groups: GroupNames | None = None
     reviewer_groups: GroupNames | None = None
@@ -339,11 +330,9 @@ class RuleFields(Args):
     all_groups_must_approve: bool | None = None
     min_approvals: Annotated[int, Field(ge=1, le=100)] | None = None
     max_jit_duration_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None
-    time_window: TimeWindow | None = Field(
-        None, description="Reviewed work runs only inside this daily window."
-    )
+    time_window: TimeWindow | None = Field(None, description="Daily window (UTC) for reviewed work.")
     min_risk: Literal["low", "medium", "high", "critical"] | None = Field(
-        None, description="Pre-execution analysis: review only input the analyzer rates at least this risky."
+        None, description="Review only input rated at least this risky."
     )
 
 
@@ -379,8 +368,10 @@ rule_tools(
 
 
 class SettingsOut(Result):
+    model_config = shared("reviews_settings_get")
+
     allow_self_approval: bool
-    mcp_decisions_enabled: bool = Field(description="Reviewers may decide over MCP and the REST API.")
+    mcp_decisions_enabled: bool
     review_ttl_seconds: int
 
 
@@ -407,7 +398,7 @@ async def reviews_settings_get(actor, args, ctx) -> SettingsOut:
 
 @tool(
     "reviews_settings_update",
-    description="Change the org's review settings; only the fields given change. Audited.",
+    description="Change the org's review settings given.",
     args=SettingsArgs,
     result=SettingsOut,
     role=ROLE_ADMIN,

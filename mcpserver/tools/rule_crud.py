@@ -23,6 +23,7 @@ from mcpserver.registry import Args, Result, tool
 Limit = Annotated[int, Field(ge=1, le=100)]
 Offset = Annotated[int, Field(ge=0, le=10_000)]
 Names = list[Annotated[str, Field(min_length=1, max_length=63)]]
+ATTRIBUTES_HELP = "Connections tagged so (env=prod, pci)."
 
 
 class PageArgs(Args):

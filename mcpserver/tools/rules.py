@@ -11,16 +11,26 @@ from pydantic import AliasChoices, Field
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, shared, tool
-from mcpserver.tools.rule_crud import Kind, Names, RuleRef, RuleServices, register_kind, rule_tools
+from mcpserver.tools.execution import ExplainFinding
+from mcpserver.tools.rule_crud import (
+    ATTRIBUTES_HELP,
+    Kind,
+    Names,
+    RuleRef,
+    RuleServices,
+    register_kind,
+    rule_tools,
+)
 
 # --- guardrails --------------------------------------------------------------------------------
 
+# Written without JSON quotes: each would cost an escaped \" in tools/list.
 CONDITIONS_HELP = (
-    '{"sql": {"deny_statements": ["drop", ...], "require_where": true, "single_statement": true, '
-    '"read_only": true, "deny_tables": ["billing.*"], "deny_schemas": [...], "deny_functions": [...]}, '
-    '"deny_words": [...], "regex": [...]}; SQL is checked parsed, in the connection\'s dialect (unparsable: blocked).'
+    "{sql: {deny_statements: [drop, ...], require_where, single_statement, read_only: true, "
+    "deny_tables: [billing.*], deny_schemas, deny_functions}, deny_words: [...], regex: [...]}; SQL is "
+    "parsed in the connection's dialect (unparsable: blocked)."
 )
-OUTPUT_CONDITIONS_HELP = '{"deny_words": [...], "regex": [...], "secrets": true}'
+OUTPUT_CONDITIONS_HELP = "{deny_words, regex, secrets: true}"
 
 
 class GuardrailOut(Result):
@@ -41,7 +51,7 @@ class GuardrailOut(Result):
 
 class GuardrailFields(Args):
     description: str | None = Field(None, max_length=500)
-    message: str | None = Field(None, max_length=500, description="Shown to callers when the rule blocks.")
+    message: str | None = Field(None, max_length=500, description="Shown when it blocks.")
     enabled: bool | None = None
     # `input` names the text to run everywhere else (exec, guardrails_test): here it is conditions.
     input_conditions: dict[str, Any] | None = Field(
@@ -56,8 +66,8 @@ class GuardrailFields(Args):
         validation_alias=AliasChoices("output_conditions", "output"),
         serialization_alias="output",
     )
-    connections: Names | None = Field(None, description="Connection names (replaces the list).")
-    attributes: Names | None = Field(None, description="Attribute names (replaces the list).")
+    connections: Names | None = None
+    attributes: Names | None = Field(None, description=ATTRIBUTES_HELP)
 
 
 class GuardrailCreate(GuardrailFields):
@@ -89,28 +99,19 @@ rule_tools(
 
 
 class GuardrailTestArgs(Args):
-    input: str = Field(min_length=1, description="The SQL, command or output text to evaluate.")
+    input: str = Field(min_length=1, description=None)
     rule_name: str | None = Field(
         None,
         max_length=100,
-        description="Evaluate this rule (name or id)...",
+        description="This rule...",
         validation_alias=AliasChoices("rule_name", "id"),
     )
-    connection_name: str | None = Field(
-        None, max_length=63, description="...or every rule bound to this connection."
-    )
+    connection_name: str | None = Field(None, max_length=63, description="...or this connection's.")
     direction: Literal["input", "output"] = "input"
-    dialect: Literal["postgres", "mysql", "sqlite"] | None = Field(
-        None, description="SQL dialect when testing a single rule (a connection brings its own)."
-    )
+    dialect: Literal["postgres", "mysql", "sqlite"] | None = Field(None, description="For a single rule.")
 
 
-class Finding(Result):
-    rule: str
-    direction: str
-    condition: str
-    statement: int | None
-    detail: str
+Finding = ExplainFinding
 
 
 class GuardrailTestResult(Result):
@@ -122,7 +123,7 @@ class GuardrailTestResult(Result):
 
 @tool(
     "guardrails_test",
-    description="Evaluate text against one guardrail or a connection's guardrails. Runs nothing.",
+    description="Evaluate text against a guardrail or a connection's; runs nothing.",
     args=GuardrailTestArgs,
     result=GuardrailTestResult,
     role=ROLE_AUDITOR,
@@ -147,9 +148,9 @@ async def guardrails_test(actor, args: GuardrailTestArgs, ctx) -> GuardrailTestR
 # --- masking -----------------------------------------------------------------------------------
 
 SPEC_HELP = (
-    '{"entities": ["EMAIL_ADDRESS", "CREDIT_CARD", ...], "custom": [{"name": "EMPLOYEE_ID", "regex": "E\\\\d{6}", '
-    '"score": 0.9} or {"name": "PROJECT", "deny_list": [...]}], "columns": ["(?i)e?mail|phone"], '
-    '"column_types": {"(?i)^iban$": "IBAN_CODE"}, "score_threshold": 0.5, "method": "redact" | "partial" | "pseudonym", "keep_last": 4, "best_effort": false}'
+    "{entities: [EMAIL_ADDRESS, CREDIT_CARD, ...], custom: [{name, regex, score} or {name, deny_list}], "
+    "columns: [column name regex], column_types: {column regex: entity}, score_threshold: 0.5, "
+    "method: redact|partial|pseudonym, keep_last: 4, best_effort: false}"
 )
 
 
@@ -170,8 +171,8 @@ class MaskingOut(Result):
 class MaskingFields(Args):
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None
-    connections: Names | None = Field(None, description="Connection names (replaces the list).")
-    attributes: Names | None = Field(None, description="Attribute names (replaces the list).")
+    connections: Names | None = None
+    attributes: Names | None = Field(None, description=ATTRIBUTES_HELP)
 
 
 class MaskingCreate(MaskingFields):
@@ -208,21 +209,17 @@ class PreviewArgs(Args):
     rule_name: str | None = Field(
         None,
         max_length=100,
-        description="A stored rule (name or id)...",
+        description="A rule...",
         validation_alias=AliasChoices("rule_name", "id"),
     )
-    spec: dict[str, Any] | None = Field(
-        None, description="...or an inline spec (as in datamasking_rules_create)."
-    )
-    text: str | None = Field(None, max_length=1_000_000, description="A sample text to mask.")
-    columns: list[str] | None = Field(None, description="Sample result columns...")
+    spec: dict[str, Any] | None = Field(None, description="...or a draft spec.")
+    text: str | None = Field(None, max_length=1_000_000, description="Text...")
+    columns: list[str] | None = Field(None, description="...or columns...")
     rows: list[list[Any]] | None = Field(None, max_length=1000, description="...and rows.")
     connection_name: str | None = Field(
-        None, max_length=63, description="...or the first 100 rows of a query on this connection..."
+        None, max_length=63, description="...or 100 rows of this connection's..."
     )
-    input: str | None = Field(
-        None, description="...this query (it runs through exec: guardrails, masking, audit)."
-    )
+    input: str | None = Field(None, description="...query (run through exec).")
 
 
 class PreviewResult(Result):
@@ -236,8 +233,7 @@ class PreviewResult(Result):
 @tool(
     "datamasking_rules_preview",
     description=(
-        "Mask a sample with a rule or a draft spec: text, rows you give, or a query's first rows (run through exec). "
-        "Returns only masked data."
+        "Mask a sample (text, rows, or a query's rows) with a rule or a draft spec; returns only masked data."
     ),
     args=PreviewArgs,
     result=PreviewResult,
@@ -317,8 +313,8 @@ register_kind(
 @tool(
     "attributes_create",
     description=(
-        "Create an attribute (a tag, or key=value such as env=prod) and tag connections; rules bind to it. "
-        "config_update changes: description, connections (replaces), add_connections, remove_connections."
+        "Create a tag (pci) or key=value (env=prod) attribute on connections; rules bind to it. config_update "
+        "also takes add_connections, remove_connections."
     ),
     args=AttributeCreate,
     result=AttributeOut,

@@ -42,7 +42,7 @@ class ListArgs(Args):
 
 @tool(
     "runbooks_list",
-    description=("Parameterized scripts you may run with runbooks_run, per connection."),
+    description="Scripts you may run with runbooks_run.",
     args=ListArgs,
     result=RunbookList,
     render=lambda r: (
@@ -66,18 +66,16 @@ class RunArgs(Args):
     runbook_name: str = Field(
         min_length=1, max_length=63, validation_alias=AliasChoices("runbook_name", "runbook")
     )
-    parameters: dict[str, Any] | None = Field(None, description="Values for the runbook's parameters.")
-    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(
-        None, description="Seconds before answering `running` (default 50)."
-    )
+    parameters: dict[str, Any] | None = None
+    timeout_seconds: Annotated[float, Field(ge=1, le=MAX_WAIT)] | None = Field(None, description="As exec's.")
     idempotency_key: str | None = idempotency_key_field()
 
 
 @tool(
     "runbooks_run",
     description=(
-        "Run a runbook with typed parameters (validated and quoted, they cannot change the script). Policy as "
-        "exec; exec's envelope."
+        "Run a runbook; its parameters are typed and quoted (they cannot change the script). exec's policy and "
+        "envelope."
     ),
     args=RunArgs,
     result=ExecEnvelope,

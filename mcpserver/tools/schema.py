@@ -18,7 +18,7 @@ class DatabasesArgs(Args):
 
 class TablesArgs(DatabasesArgs):
     database: str | None = Field(None, max_length=128, description="Defaults to the connection's database.")
-    schema_: str | None = Field(None, alias="schema", max_length=128, description="Filter by schema.")
+    schema_: str | None = Field(None, alias="schema", max_length=128, description=None)
 
 
 class ColumnsArgs(DatabasesArgs):
@@ -28,7 +28,7 @@ class ColumnsArgs(DatabasesArgs):
         None,
         alias="schema",
         max_length=128,
-        description="Defaults to public (postgres) or the database (mysql).",
+        description="Default: public (postgres), the database (mysql).",
     )
 
 
@@ -76,7 +76,7 @@ def _call(actor, what, args, **kw):
 
 @tool(
     "connection_databases",
-    description="Databases of a SQL connection, as JSON. Audited like any exec.",
+    description="Databases of a SQL connection.",
     args=DatabasesArgs,
     result=DatabasesResult,
     render=lambda r: "\n".join(d.name for d in r.databases) or "no databases",
@@ -88,7 +88,7 @@ async def connection_databases(actor, args: DatabasesArgs, ctx) -> DatabasesResu
 
 @tool(
     "connection_tables",
-    description="Tables and views of a database on a SQL connection, as JSON. Audited.",
+    description="Tables and views of a database on a SQL connection.",
     args=TablesArgs,
     result=TablesResult,
     render=lambda r: "\n".join(f"{t.schema_}.{t.name} ({t.type})" for t in r.tables) or "no tables",
@@ -100,7 +100,7 @@ async def connection_tables(actor, args: TablesArgs, ctx) -> TablesResult:
 
 @tool(
     "connection_columns",
-    description="Columns of a table (name, type, nullable, default, position), as JSON. Audited.",
+    description="Columns of a table on a SQL connection.",
     args=ColumnsArgs,
     result=ColumnsResult,
     render=lambda r: (

@@ -62,10 +62,10 @@ class ListArgs(Args):
     status: Status | None = None
     verb: Literal["exec", "schema", "runbook", "tool"] | None = None
     surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
-    risk_level: Risk | None = Field(None, description="Of the analysis.")
+    risk_level: Risk | None = None
     review_status: ReviewStatus | None = None
-    rule_name: str | None = Field(None, max_length=100, description="A guardrail rule in its findings.")
-    text: str | None = Field(None, max_length=200, description="Case-insensitive substring of the input.")
+    rule_name: str | None = Field(None, max_length=100, description="A guardrail that fired.")
+    text: str | None = Field(None, max_length=200, description="In the input, any case.")
     start_date: str | None = Field(None, description="RFC 3339, inclusive.")
     end_date: str | None = Field(None, description="RFC 3339, exclusive.")
     limit: Annotated[int, Field(ge=1, le=100)] = 20
@@ -73,7 +73,7 @@ class ListArgs(Args):
     cursor: str | None = Field(
         None,
         max_length=200,
-        description="next_cursor of the previous page (offset stops at 10000).",
+        description="next_cursor (offset stops at 10000).",
     )
 
 
@@ -87,10 +87,7 @@ class ListResult(Result):
 
 @tool(
     "sessions_list",
-    description=(
-        "Session records, newest first, filtered and paginated: yours and those your groups review (admins, "
-        "auditors: the org)."
-    ),
+    description=("Sessions, newest first: yours and those your groups review (admins, auditors: all)."),
     args=ListArgs,
     result=ListResult,
     render=lambda r: (
@@ -142,7 +139,7 @@ class GetArgs(Args):
     session_id: str = Field(min_length=1, max_length=64, validation_alias=AliasChoices("session_id", "id"))
     content: bool = Field(
         False,
-        description="Also its input, output (by bytes: offset, max_bytes) and timeline (owner, admins, auditors).",
+        description="Add input, output (bytes offset..max_bytes), timeline.",
     )
     offset: Annotated[int, Field(ge=0)] = 0
     max_bytes: Annotated[int, Field(ge=1, le=1024 * 1024)] = 64 * 1024
@@ -200,7 +197,7 @@ def _render_session(r: SessionWithContent) -> str:
 
 @tool(
     "sessions_get",
-    description="One session's record (status, timings, exit code); content=true adds what went in and came out.",
+    description="One session's record (status, timings, exit code, review, findings).",
     args=GetArgs,
     result=SessionWithContent,
     render=_render_session,
@@ -225,15 +222,13 @@ StatsGroup = Literal[services.STATS_GROUPS]
 
 
 class StatsArgs(Args):
-    group_by: list[StatsGroup] = Field(
-        min_length=1, max_length=3, description="One to three groups (UTC times)."
-    )
+    group_by: list[StatsGroup] = Field(min_length=1, max_length=3, description="UTC times.")
     start_date: str | None = Field(
-        None, description=f"RFC 3339, inclusive; default: {services.STATS_DEFAULT_DAYS} days before end_date."
+        None, description=f"Default: {services.STATS_DEFAULT_DAYS} days before end_date."
     )
     end_date: str | None = Field(
         None,
-        description=f"RFC 3339, exclusive; default: now. At most {services.STATS_MAX_DAYS} days after start_date.",
+        description=f"Exclusive; default: now; at most {services.STATS_MAX_DAYS} days after start_date.",
     )
     connection_name: str | None = Field(
         None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
@@ -255,10 +250,7 @@ class StatsResult(Result):
 
 @tool(
     "sessions_stats",
-    description=(
-        "Count sessions over a date range, grouped by up to three keys (see group_by), e.g. prod-postgres by "
-        "weekday and hour. Same visibility as sessions_list."
-    ),
+    description=("Count sessions in a date range by up to three keys (as sessions_list sees them)."),
     args=StatsArgs,
     result=StatsResult,
     render=lambda r: (

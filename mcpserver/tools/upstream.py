@@ -55,8 +55,8 @@ async def upstream_tools_list(actor, args: ConnectionArgs, ctx) -> ToolsListResu
 
 
 class CallArgs(ConnectionArgs):
-    tool: str = Field(min_length=1, max_length=128, description="The upstream tool's name.")
-    arguments: dict[str, Any] = Field(default_factory=dict, description="The tool's arguments.")
+    tool: str = Field(min_length=1, max_length=128, description=None)
+    arguments: dict[str, Any] = Field(default_factory=dict, description=None)
     idempotency_key: str | None = idempotency_key_field()
 
 
@@ -89,10 +89,9 @@ def _render_envelope(r: ToolEnvelope) -> str:
 @tool(
     "upstream_call",
     description=(
-        "Call a tool of an mcp connection (tool policy, guardrails, rate limits, pinned contract, masking, audit). "
-        "A call that needs approval is held open until reviewers decide (or the hold ends: pending_approval; "
-        "calling again with the same arguments joins the same review). "
-        "`status` as exec's: completed | failed | blocked | pending_approval."
+        "Call a tool of an mcp connection (policy, guardrails, pinned contract, masking, audit). A call needing "
+        "approval is held until decided (else pending_approval; the same call again joins that review). "
+        "`status` as exec's."
     ),
     args=CallArgs,
     result=ToolEnvelope,
@@ -112,11 +111,13 @@ async def upstream_call(actor, args: CallArgs, ctx) -> ToolEnvelope:
     return ToolEnvelope(**pipeline.tool_envelope(session))
 
 
+# An enum here as everywhere `kind` is an argument (tests/test_tool_naming.py); the service checks it too.
+ContractKind = Literal["tool", "resource", "template", "prompt"]
+
+
 class ContractsListArgs(ConnectionArgs):
-    status: Literal["accepted", "changed", "added", "removed"] | None = Field(
-        None, description="Only contracts in this state (changed and added ones are blocked)."
-    )
-    kind: str = ""  # tool, resource, template, prompt (checked by the service)
+    status: Literal["accepted", "changed", "added", "removed"] | None = None
+    kind: ContractKind | None = None
 
 
 class ContractOut(Result):
@@ -145,8 +146,8 @@ class ContractsListResult(Result):
 @tool(
     "upstream_contracts_list",
     description=(
-        "Pinned contracts of an mcp connection (admin; kind: tool, resource, template, prompt): accepted, "
-        "changed or added (blocked), removed; pinned vs observed."
+        "Pinned contracts of an mcp connection's tools, resources, templates, prompts; changed and added ones "
+        "are blocked until accepted."
     ),
     args=ContractsListArgs,
     result=ContractsListResult,
@@ -169,19 +170,16 @@ class AcceptArgs(ConnectionArgs):
     tools: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(min_length=1, max_length=100)
     ]
-    kind: str = "tool"
+    kind: ContractKind = "tool"
     observed_sha256: dict[str, str] | None = Field(
         None,
-        description="Tool -> the observed_sha256 you reviewed; refused if the upstream changed it again since.",
+        description="Tool -> the observed_sha256 you reviewed (refused if it changed since).",
     )
 
 
 @tool(
     "upstream_contracts_accept",
-    description=(
-        "Accept the observed contract of changed or added upstream tools, resources, templates or prompts "
-        "(admin). Audited."
-    ),
+    description="Accept the observed contract of changed or added tools (or resources, templates, prompts).",
     args=AcceptArgs,
     result=ContractsListResult,
     role=ROLE_ADMIN,

@@ -11,7 +11,7 @@ from pydantic import AliasChoices, Field
 
 from governance import services
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, page, tool
+from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.rule_crud import Kind, register_kind
 
 Limit = Annotated[int, Field(ge=1, le=100)]
@@ -34,17 +34,17 @@ class UsersListArgs(Args):
     user_email: str | None = Field(
         None,
         max_length=254,
-        description='One user, by e-mail or id (else "user not found").',
+        description="One user (e-mail or id).",
         validation_alias=AliasChoices("user_email", "email"),
     )
-    search: str | None = Field(None, max_length=100, description="Part of an e-mail or name.")
+    search: str | None = Field(None, max_length=100, description="In e-mail or name.")
     group_name: str | None = Field(
         None,
         max_length=100,
-        description="Only members of this group.",
+        description="Members of this group.",
         validation_alias=AliasChoices("group_name", "group"),
     )
-    active: bool | None = Field(None, description="Only active (true) or inactive (false) users.")
+    active: bool | None = Field(None, description=None)
     limit: Limit = 50
     offset: Offset = 0
 
@@ -58,7 +58,7 @@ class UsersList(Result):
 
 @tool(
     "users_list",
-    description="Users of your organization (id, e-mail, name, status, groups), by e-mail; paginated.",
+    description="Users of your organization, by e-mail.",
     args=UsersListArgs,
     result=UsersList,
     render=lambda r: f"{r.total} users: " + ", ".join(u.email for u in r.items),
@@ -83,6 +83,8 @@ async def users_list(actor, args: UsersListArgs, ctx) -> UsersList:
 
 
 class GroupOut(Result):
+    model_config = shared("usergroups_list")
+
     id: str
     name: str
     reserved: bool
@@ -92,7 +94,7 @@ class GroupOut(Result):
 
 
 class GroupsListArgs(Args):
-    search: str | None = Field(None, max_length=100, description="Part of a group name.")
+    search: str | None = Field(None, max_length=100, description=None)
     limit: Limit = 50
     offset: Offset = 0
 
@@ -106,8 +108,7 @@ class GroupsList(Result):
 
 @tool(
     "usergroups_list",
-    description="Groups of your organization with their members; `admin` and `auditor` are reserved "
-    "and give those roles. Paginated.",
+    description="Groups of your organization and their members (`admin`, `auditor`: those roles).",
     args=GroupsListArgs,
     result=GroupsList,
     render=lambda r: f"{r.total} groups: " + ", ".join(g.name for g in r.items),
@@ -126,13 +127,12 @@ async def usergroups_list(actor, args: GroupsListArgs, ctx) -> GroupsList:
 
 class GroupCreateArgs(Args):
     name: str = Field(min_length=1, max_length=100)
-    members: list[Email] | None = Field(None, description="E-mails of users of your org to add.")
+    members: list[Email] | None = Field(None, description="E-mails.")
 
 
 @tool(
     "usergroups_create",
-    description="Create a user group, optionally with members. It does not change who may use "
-    "any connection: bind groups to connections with access_control_set.",
+    description="Create a user group; access_control_set binds it to connections.",
     args=GroupCreateArgs,
     result=GroupOut,
     role=ROLE_ADMIN,
