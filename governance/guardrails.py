@@ -163,6 +163,7 @@ from sqlglot.errors import ParseError, SqlglotError, TokenError
 from sqlglot.optimizer.simplify import simplify
 from sqlglot.tokens import TokenType
 
+from gateway.kinds import SQL_DIALECTS
 from governance import sql_strings
 from governance.errors import InvalidInput
 
@@ -188,11 +189,7 @@ __all__ = [
     "find_secrets",
 ]
 
-DIALECTS = {
-    "postgres": "postgres",
-    "mysql": "mysql",
-    "sqlite": "sqlite",
-}  # connection kind -> sqlglot dialect
+DIALECTS = SQL_DIALECTS  # connection kind -> sqlglot dialect (the kind records, gateway/kinds.py)
 
 STATEMENT_KINDS = (
     "select",

@@ -20,15 +20,18 @@ and the runner's own late finish is refused (`transition` checks the runner).
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, Value
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from gateway import hotsql
+from governance.models import User
 from governance.policy import Actor
 from sessions import events
 from sessions.audit import Outcome, audit_record
@@ -163,6 +166,28 @@ def renew(session_ids, *, runner: str) -> set:
     return ids
 
 
+def _locked(session_id) -> Session:
+    """The session row, locked to the end of the transaction, with its user (Session.DoesNotExist
+    when it is gone). Every exec ends through here: on PostgreSQL the statement is written once."""
+    if connection.vendor != "postgresql":
+        return Session.objects.select_for_update(of=("self",)).select_related("user").get(pk=session_id)
+    loaded = hotsql.fetch_one(_locked_sql(), [str(session_id)], Session, User)
+    if loaded is None:
+        raise Session.DoesNotExist(f"session {session_id} not found")
+    session, user = loaded
+    session.user = user
+    return session
+
+
+@functools.cache
+def _locked_sql() -> str:
+    return (
+        f"SELECT {hotsql.columns('s', Session)}, {hotsql.columns('u', User)} "
+        f"FROM {hotsql.table(Session)} s JOIN {hotsql.table(User)} u ON u.id = s.user_id "
+        "WHERE s.id = %s FOR UPDATE OF s"
+    )
+
+
 def transition(
     session_id,
     to,
@@ -185,7 +210,7 @@ def transition(
     may go to `to`) or, with `runner`, no longer held by that runner: a late writer never
     overwrites the verdict of another."""
     with transaction.atomic(savepoint=False):
-        session = Session.objects.select_for_update(of=("self",)).select_related("user").get(pk=session_id)
+        session = _locked(session_id)
         previous = session.status
         if callable(to):
             to = to(session)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rest_framework import serializers as s
 
 from gateway.api.base import Char, StrictSerializer, page_serializer
+from gateway.kinds import SQL_DIALECTS
 from gateway.models import ConnectionKind
 from sessions.models import SessionStatus
 
@@ -709,7 +710,7 @@ class GuardrailTestIn(StrictSerializer):
     rule_name = Char(max_length=100, required=False, help_text="A stored rule (name or id)...")
     connection_name = Char(**NAME, required=False, help_text="...or every rule bound to this connection.")
     direction = s.ChoiceField(choices=["input", "output"], default="input")
-    dialect = s.ChoiceField(choices=["postgres", "mysql", "sqlite"], required=False)
+    dialect = s.ChoiceField(choices=list(dict.fromkeys(SQL_DIALECTS.values())), required=False)
 
 
 class MaskingPreviewIn(StrictSerializer):

@@ -9,7 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
-from gateway import pipeline, runbooks, waits
+from gateway import pipeline, previews, reviewed, runbooks, waits
 from gateway import services as connections
 from gateway.api import schema  # noqa: F401  (registers the OpenAPI extensions)
 from gateway.api import serializers as io
@@ -614,7 +614,7 @@ class ReviewExecuteView(ServiceView):
         summary="Run exactly the input an approved one-time review approved, once (the requester)",
     )
     def post(self, request, review_id):
-        session = reviews.review_execute(
+        session = reviewed.review_execute(
             actor=self.actor, review_id=review_id, idempotency_key=_idempotency_header(request)
         )
         return Response(_exec_answer(session, None))
@@ -888,7 +888,7 @@ class MaskingPreviewView(ServiceView):
     def post(self, request):
         data = parse(io.MaskingPreviewIn, request.data)
         data["ref"] = data.pop("rule_name", None)
-        return Response(rules.masking_preview(actor=self.actor, **data))
+        return Response(previews.masking_preview(actor=self.actor, **data))
 
 
 class ConnectionTestView(ServiceView):

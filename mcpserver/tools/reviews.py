@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from gateway import waits
+from gateway import reviewed, waits
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.execution import (
@@ -236,7 +236,7 @@ class ExecuteArgs(Args):
 )
 async def reviews_execute(actor, args: ExecuteArgs, ctx) -> ExecEnvelope:
     session = await db(
-        lambda: services.review_execute(
+        lambda: reviewed.review_execute(
             actor=actor, review_id=args.review_id, idempotency_key=args.idempotency_key
         )
     )()

@@ -1,0 +1,48 @@
+"""Statements on the exec hot path, written once instead of compiled by the ORM on every call.
+
+The Django ORM builds and compiles the SQL of a query each time it runs; for the few statements
+that every API call or every exec runs (the token lookup, the session row a transition locks) that
+compile cost more CPU than the database spent answering (docs/durability.md, "Where the time
+went"). These helpers let a caller write such a statement by hand on PostgreSQL and still get
+model instances, loaded exactly as the ORM would load them (every concrete field, the fields'
+own converters). Everything else keeps using the ORM, and so does SQLite (the embedded default).
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+
+
+def columns(alias: str, model) -> str:
+    """`alias.col, alias.col, ...` for every concrete field of `model`, in field order."""
+    qn = connection.ops.quote_name
+    return ", ".join(f"{alias}.{qn(str(f.column))}" for f in model._meta.concrete_fields)
+
+
+def table(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def load(row, *models) -> list:
+    """One instance of each of `models` from `row`, whose columns are `columns()` of each model in
+    turn (as `Model.from_db` does for the ORM's own queries)."""
+    loaded, start = [], 0
+    for model in models:
+        fields = model._meta.concrete_fields
+        values = [
+            f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v
+            for f, v in zip(fields, row[start : start + len(fields)], strict=True)
+        ]
+        loaded.append(model.from_db(connection.alias, [f.attname for f in fields], values))
+        start += len(fields)
+    if start != len(row):
+        raise ValueError(f"the row has {len(row)} columns, the models {start}")
+    return loaded
+
+
+def fetch_one(sql: str, params, *models) -> list | None:
+    """Run `sql` (selecting `columns()` of each model in turn) and load its first row, or None."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else load(row, *models)

@@ -1,0 +1,51 @@
+"""The hand-written hot-path statements (gateway.hotsql) load the same objects the ORM loads."""
+
+import pytest
+from django.db import transaction
+
+from gateway import hotsql, pipeline
+from governance.models import ApiToken, Organization, User, token_digest
+from governance.services import _token_by_digest
+from sessions import lifecycle
+from sessions.models import Session
+
+
+def _fields(obj) -> dict:
+    return {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
+
+
+def test_the_token_lookup_loads_what_the_orm_loads(cast):
+    digest = token_digest(cast.bob.token)
+    expected = ApiToken.objects.select_related("user", "user__org").get(digest=digest)
+    token = _token_by_digest(digest)
+    assert _fields(token) == _fields(expected)
+    assert _fields(token.user) == _fields(expected.user)
+    assert _fields(token.user.org) == _fields(expected.user.org)
+    assert _token_by_digest(token_digest(cast.bob.token + "x")) is None
+
+
+def test_the_locked_session_loads_what_the_orm_loads(cast, shops):
+    session = pipeline.exec_start(
+        actor=cast.bob.actor(surface="mcp"),
+        connection_name="shop",
+        input="select name from customers",
+        metadata={"ticket": "OPS-1", "nested": [1, {"a": None}]},
+    )
+    with transaction.atomic():
+        locked = lifecycle._locked(session.pk)
+        expected = Session.objects.select_related("user").get(pk=session.pk)
+    assert _fields(locked) == _fields(expected)
+    assert locked.metadata == {"ticket": "OPS-1", "nested": [1, {"a": None}]}  # JSON, not its text
+    assert _fields(locked.user) == _fields(expected.user)
+    with transaction.atomic(), pytest.raises(Session.DoesNotExist):
+        lifecycle._locked("00000000-0000-0000-0000-000000000000")
+
+
+def test_a_row_that_does_not_fit_the_models_is_refused(cast):
+    org = Organization.objects.get(pk=cast.acme.pk)
+    row = [getattr(org, f.attname) for f in Organization._meta.concrete_fields]
+    assert _fields(hotsql.load(row, Organization)[0]) == _fields(org)
+    with pytest.raises(ValueError):
+        hotsql.load([*row, "extra"], Organization)
+    with pytest.raises(ValueError):
+        hotsql.load(row[:-1], Organization, User)
