@@ -18,9 +18,17 @@ import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.types import PromptReference, ResourceTemplateReference
+from mcp.types import (
+    PromptListChangedNotification,
+    PromptReference,
+    ResourceTemplateReference,
+    ResourceUpdatedNotification,
+    ToolListChangedNotification,
+)
 
 from gateway import upstream, upstream_protocol
+from gateway.connectors import Limits
+from gateway.connectors.mcp import MCPConnector
 from gateway.models import UpstreamTool
 from gateway.services import connection_create_headless
 from governance import rules
@@ -224,6 +232,32 @@ def test_a_changed_resource_or_prompt_is_refused_until_an_admin_accepts_it(
     assert text == "Read me: the gateway proxies resources."
 
 
+@pytest.mark.live
+def test_list_changed_from_the_upstream_triggers_the_contract_check(cast, mcp, gateway_server, catalog):
+    catalog()
+
+    async def listen_then_mutate(client):
+        await client.list_tools()
+        await client.list_resources()
+        await client.list_prompts()
+        return (await client.call_tool("mutate", {})).is_error
+
+    assert through(gateway_server, cast.bob, listen_then_mutate) is False
+
+    def statuses():
+        rows = UpstreamTool.objects.filter(
+            kind__in=["tool", "resource", "prompt"], name__in=["echo", "docs://readme", "greet"]
+        )
+        return {row.name: row.status for row in rows}
+
+    # Nothing lists again: only the upstream's announcement can make the gateway look.
+    until(
+        lambda: statuses() == {"echo": "changed", "docs://readme": "changed", "greet": "changed"},
+        f"the announced change was not checked: {statuses()}",
+    )
+    assert AuditEvent.objects.filter(action="upstream.contract_changed", detail__kind="resource").exists()
+
+
 def test_without_a_setting_resources_and_prompts_are_as_open_as_the_tools(cast, db):
     open_ = make_mcp_connection(cast.acme, "http://127.0.0.1:9/mcp", name="open")
     closed = make_mcp_connection(cast.acme, "http://127.0.0.1:9/mcp", name="closed", tools=[{"match": "*"}])
@@ -277,3 +311,21 @@ def test_bad_resource_and_prompt_policies_get_a_clear_error(cast, settings_, mes
 )
 def test_uri_templates_match_what_they_expand_to(template, uri, matches):
     assert bool(upstream_protocol.template_regex(template).fullmatch(uri)) is matches
+
+
+def test_a_handshake_era_announcement_on_the_connection_is_heard():
+    """Upstreams on the handshake-era protocol send list_changed on the connection itself: the
+    client's message handler hands the kind to the hook (2026-07-28 ones: the listen stream, above)."""
+    heard: list = []
+    connector = MCPConnector(
+        {"url": "http://127.0.0.1:9/mcp"}, {}, Limits(max_rows=1, max_output_bytes=1000, timeout_seconds=5)
+    )
+    connector.on_list_changed = heard.append
+    for message in (
+        ToolListChangedNotification(),
+        PromptListChangedNotification(),
+        ResourceUpdatedNotification(params={"uri": "docs://readme"}),
+        ValueError("a transport fault"),
+    ):
+        asyncio.run(connector._on_message(message))
+    assert heard == [frozenset({"tool"}), frozenset({"prompt"})]
