@@ -289,6 +289,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Fields named `status` and `kind` take several sets of values: these are named once each.
+    "ENUM_NAME_OVERRIDES": {
+        "EnvelopeStatusEnum": ["completed", "failed", "blocked", "pending_approval", "running"],
+        "ContractStatusEnum": "gateway.models.ContractStatus",
+        "ContractKindEnum": "gateway.models.ContractKind",
+    },
 }
 
 # Logs: one line per record on stderr, JSON (python-json-logger) or plain, each with the request
