@@ -1075,10 +1075,20 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# (connection, connector, kinds) -> None: what an upstream's list_changed announcement triggers
+# (`gateway.upstream_protocol` registers its contract check; called on the upstream loop).
+_LIST_CHANGED_HOOK = None
+
+
+def set_list_changed_hook(hook) -> None:
+    global _LIST_CHANGED_HOOK
+    _LIST_CHANGED_HOOK = hook
+
+
 def _upstream_connector(connection: Connection, limits: Limits, caller=None):
     """The connector of an mcp connection, with its pooled upstream sessions (`mcp_pool`), calling
     as `caller` (an `upstream_identity.Caller`, for a `gateway_jwt` connection)."""
-    return REGISTRY[connection.kind](
+    connector = REGISTRY[connection.kind](
         connection.config,
         connection.get_secrets(),
         limits,
@@ -1086,6 +1096,10 @@ def _upstream_connector(connection: Connection, limits: Limits, caller=None):
         caller=caller,
         connection_name=connection.name,
     )
+    hook = _LIST_CHANGED_HOOK
+    if hook is not None:  # the upstream's announcements trigger a contract check
+        setattr(connector, "on_list_changed", lambda kinds: hook(connection, connector, kinds))  # noqa: B010
+    return connector
 
 
 def upstream_caller(user, groups, *, session_id=None):

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet, Value
+from django.db.models.functions import Concat
 
 from gateway.models import NAME_VALIDATOR, Connection
 from governance import guardrails, masking
@@ -65,7 +66,10 @@ def _attributes(actor: Actor, names: list[str] | None) -> list[Attribute]:
     found = {a.name: a for a in Attribute.objects.filter(org_id=actor.org_id, name__in=names)}
     missing = sorted(set(names) - set(found))
     if missing:
-        raise NotFound(f'attribute "{missing[0]}" not found')
+        hint = ""
+        if "=" not in missing[0]:
+            hint = f" (to bind every {missing[0]}=<value>, create the attribute {missing[0]} first)"
+        raise NotFound(f'attribute "{missing[0]}" not found{hint}')
     return [found[n] for n in names]
 
 
@@ -344,9 +348,15 @@ def guardrail_delete(*, actor: Actor, ref: str) -> str:
 
 
 def bound_queryset(qs: QuerySet, connection: Connection) -> QuerySet:
+    """The enabled rules that bind `connection`: named directly, or through an attribute it carries.
+    An attribute without a value is also a key, as in a selector: a rule bound to `env` binds every
+    connection tagged `env=<anything>`, including values added later."""
+    keyed = Attribute.objects.filter(
+        connections=connection, name__istartswith=Concat(OuterRef("attributes__name"), Value("="))
+    )
     return (
         qs.filter(org_id=connection.org_id, enabled=True)
-        .filter(Q(connections=connection) | Q(attributes__connections=connection))
+        .filter(Q(connections=connection) | Q(attributes__connections=connection) | Exists(keyed))
         .distinct()
         .order_by("name")
     )
