@@ -9,9 +9,11 @@ architecture test allows):
   through `gateway.runner` the lookup of this process's job futures for `sessions.wakeup`;
 * `sessions.services`, `sessions.delivery`: the outbox's `analysis`, `event` and `sink` deliveries;
 * `gateway.metrics_state`: the scrape-time gauges and the review lookup of `gateway.metrics`;
-* `governance.services`: how `createsuperuser` makes its user (`UserManager.superuser_factory`).
+* `governance.services`: how `createsuperuser` makes its user (`UserManager.superuser_factory`);
+* `gateway.upstream_protocol`: the contract check an upstream's list_changed announcement triggers
+  (`pipeline.set_list_changed_hook`).
 """
 
-from gateway import metrics_state, pipeline  # noqa: F401
+from gateway import metrics_state, pipeline, upstream_protocol  # noqa: F401
 from governance import services as directory  # noqa: F401
 from sessions import delivery, services  # noqa: F401
