@@ -1,8 +1,7 @@
 """The connection form's settings editor: one input per setting of the chosen kind.
 
 `KIND_SETTINGS` lists each kind's non-secret settings as its connector declares them
-(`required_keys`, `optional_keys`); only the pipeline imports connectors, so the list is written
-here and `tests/test_admin_editors.py` checks it against the connector classes.
+(`required_keys`, `optional_keys`), read through the pipeline (only it imports connectors).
 
 Like the rule editors (`governance.admin_editors`) it only turns inputs into the `config` JSON; the
 connection services validate it (`Connector.validate_settings`). Secrets stay separate write-only
@@ -16,39 +15,9 @@ import json
 from gateway import pipeline
 from governance.admin_editors import StructuredJSONWidget, _lines, _number
 
-# kind -> its non-secret settings, required first (checked against the connectors by a test).
+# kind -> its non-secret settings, required first, as its connector declares them.
 KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
-    "postgres": (
-        ("host", True),
-        ("database", True),
-        ("user", True),
-        ("port", False),
-        ("sslmode", False),
-        ("allowed_databases", False),
-    ),
-    "mysql": (
-        ("host", True),
-        ("database", True),
-        ("user", True),
-        ("port", False),
-        ("ssl_mode", False),
-        ("ssl_ca", False),
-        ("allowed_databases", False),
-    ),
-    "sqlite": (("path", True),),
-    "command": (("argv", True), ("cwd", False)),
-    "mcp": (
-        ("url", False),
-        ("command", False),
-        ("cwd", False),
-        ("allow_private_network", False),
-        ("tools", False),
-        ("approval_hold_seconds", False),
-        ("resources", False),
-        ("prompts", False),
-        ("oauth_client_credentials", False),
-        ("gateway_jwt", False),
-    ),
+    kind: pipeline.connection_setting_names(kind) for kind in pipeline.connection_kinds()
 }
 
 # How a setting is typed in (default: one line of text).

@@ -49,6 +49,24 @@ urlpatterns = [
     path("guardrails-test/", views.GuardrailTestView.as_view(), name="api-guardrails-test"),
     path("masking-preview/", views.MaskingPreviewView.as_view(), name="api-masking-preview"),
     path("connections/<str:name>/test/", views.ConnectionTestView.as_view(), name="api-connection-test"),
+    path(
+        "connections/<str:name>/upstream-tools/", views.UpstreamToolsView.as_view(), name="api-upstream-tools"
+    ),
+    path(
+        "connections/<str:name>/upstream-tools/call/",
+        views.UpstreamCallView.as_view(),
+        name="api-upstream-call",
+    ),
+    path(
+        "connections/<str:name>/upstream-contracts/",
+        views.UpstreamContractsView.as_view(),
+        name="api-upstream-contracts",
+    ),
+    path(
+        "connections/<str:name>/upstream-contracts/accept/",
+        views.UpstreamContractsAcceptView.as_view(),
+        name="api-upstream-contracts-accept",
+    ),
     path("exec/explain/", views.ExplainView.as_view(), name="api-exec-explain"),
     path(
         "connections/<str:name>/databases/", views.SchemaDatabasesView.as_view(), name="api-schema-databases"

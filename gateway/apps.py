@@ -6,5 +6,5 @@ class GatewayConfig(AppConfig):
     verbose_name = "Gateway"
 
     def ready(self):
-        # The outbox's `dispatch` delivery (to agent queues) registers itself with the pipeline.
-        from gateway import pipeline  # noqa: F401
+        # Modules that register hooks with lower layers when they load (gateway/wiring.py).
+        from gateway import wiring  # noqa: F401

@@ -4,6 +4,8 @@ import os
 
 from celery import Celery, signals
 
+from gateway import beatlock, logs, metrics
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 
 app = Celery("portcullis")
@@ -27,7 +29,6 @@ def _django_logging(loglevel=None, **kwargs):
 @signals.beat_init.connect
 def _one_beat(sender=None, **kwargs):
     """A second beat stands by until the first one's database lock is released (gateway/beatlock.py)."""
-    from gateway import beatlock
 
     beatlock.hold()
 
@@ -39,7 +40,6 @@ _SESSION_TASKS = ("gateway.tasks.session_run", "sessions.tasks.session_analyze")
 @signals.task_prerun.connect
 def _task_log_context(task=None, args=None, kwargs=None, **extra):
     """Each task logs with a context of its own, never the previous task's."""
-    from gateway import logs
 
     session_id = None
     if task is not None and task.name in _SESSION_TASKS:
@@ -53,6 +53,4 @@ def _worker_metrics(**kwargs):
     from django.conf import settings
 
     if settings.WORKER_METRICS_PORT:
-        from gateway import metrics
-
         metrics.serve_worker_metrics(settings.WORKER_METRICS_PORT)

@@ -2,7 +2,7 @@
 
 A thin adapter over the same services the MCP `exec`, `sessions_wait`, `exec_cancel` and
 `reviews_execute` tools call (`pipeline.exec_start`, `wait_for_final`, `pipeline.exec_cancel`,
-`reviews.services.review_execute`), with the viewer as actor of surface `web`. So the console is
+`gateway.reviewed.review_execute`), with the viewer as actor of surface `web`. So the console is
 no new path to a target: the same access control, guardrails, review gate, masking and audit
 apply, and the page renders the same envelope the agent gets (`pipeline.exec_envelope`):
 blocked with the rule's message, pending approval with a link to the review, a result table with
@@ -19,10 +19,10 @@ from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
 
 from gateway import pipeline
+from gateway.reviewed import review_execute
 from gateway.services import connection_list
 from gateway.web import web_actor, web_view
 from governance.errors import InvalidInput, NotFound, PolicyDenied, PortcullisError
-from reviews.services import review_execute
 from sessions.models import Session
 from sessions.services import session_get
 from sessions.views import _page

@@ -14,6 +14,7 @@ import time
 from django.db import connections
 
 from gateway import pipeline
+from reviews.services import reviews_expire
 from sessions import lifecycle, outbox
 from sessions.models import Session
 from sessions.services import analysis_sweep_missing, sessions_sweep_orphans
@@ -66,6 +67,5 @@ def _resume_open() -> int:
 
 
 def _expire_reviews() -> int:
-    from reviews.services import reviews_expire
 
     return reviews_expire()

@@ -9,6 +9,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from gateway import crypto
+from gateway.kinds import KINDS
 from governance.models import BoundRule, Organization, UserGroup
 
 NAME_VALIDATOR = RegexValidator(
@@ -17,12 +18,11 @@ NAME_VALIDATOR = RegexValidator(
 )
 
 
-class ConnectionKind(models.TextChoices):
-    POSTGRES = "postgres", "PostgreSQL"
-    MYSQL = "mysql", "MySQL / MariaDB"
-    SQLITE = "sqlite", "SQLite"
-    COMMAND = "command", "Command"
-    MCP = "mcp", "MCP server"
+# The choices come from the kind records (gateway/kinds.py): a new kind is a new choice, and
+# `makemigrations` writes the migration that lists it.
+ConnectionKind = models.TextChoices(  # type: ignore[call-overload]
+    "ConnectionKind", [(kind.name.upper(), (kind.name, kind.label)) for kind in KINDS.values()]
+)
 
 
 def _default_max_rows():

@@ -7,7 +7,7 @@ this is the only module that imports the connectors (a test enforces it).
 
 The review gate asks `reviews.services.command_gate` whether an access request rule makes the
 input wait for people; then the session is recorded as `pending_review` with its `Review`, and
-`exec_reviewed` later runs exactly that stored input, once (see `reviews.services.review_execute`).
+`exec_reviewed` later runs exactly that stored input, once (see `gateway.reviewed.review_execute`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import json
 import logging
 import re
 import time
-import uuid
 
+from celery import shared_task
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
@@ -27,10 +27,12 @@ from gateway import runner, upstream
 from gateway.connectors import REGISTRY, ExecResult, Limits
 from gateway.connectors.base import CheckpointFailed, cap_text, json_value, render_table
 from gateway.connectors.postgres import transaction_outcome
+from gateway.kinds import KINDS
 from gateway.models import Connection, ContractStatus
 from gateway.upstream_identity import Caller
 from governance import capability, guardrails, masking, masking_lineage
 from governance import rules as rules_service
+from governance.access import authorize
 from governance.errors import (
     AffectedRowsExceeded,
     Conflict,
@@ -41,10 +43,12 @@ from governance.errors import (
     PortcullisError,
 )
 from governance.models import GuardrailRule, UserGroup
-from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, scope
+from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, parse_id
 from reviews import services as review_services
 from reviews.models import Review
+from reviews.services import command_gate, input_risk, review_open
 from sessions import idempotency, lifecycle, outbox
+from sessions.analysis import analyze_input
 from sessions.audit import Outcome, audit_record
 from sessions.models import Analysis, Session, SessionStatus, Verb
 from sessions.outbox import outbox_put
@@ -61,7 +65,7 @@ SCHEMA_TIMEOUT_SECONDS = 30
 
 
 def connection_kinds() -> list[str]:
-    return sorted(REGISTRY)
+    return sorted(KINDS)
 
 
 def validate_connection_settings(kind: str, values: dict) -> tuple[dict, dict]:
@@ -69,14 +73,20 @@ def validate_connection_settings(kind: str, values: dict) -> tuple[dict, dict]:
     cls = REGISTRY.get(kind)
     if cls is None:
         raise InvalidInput(f"unknown connection kind {kind!r}; use one of: {', '.join(connection_kinds())}")
-    if kind == "command" and not settings.COMMAND_CONNECTIONS_ENABLED:
-        raise InvalidInput(
-            "command connections are disabled on this gateway (PORTCULLIS_COMMAND_CONNECTIONS)"
-        )
+    record = KINDS[kind]
+    if record.enabled_setting and not getattr(settings, record.enabled_setting):
+        raise InvalidInput(f"{kind} connections are disabled on this gateway ({record.enabled_env})")
     cls.validate_settings(values)
     config = {k: v for k, v in values.items() if k not in cls.secret_keys}
     secrets = {k: v for k, v in values.items() if k in cls.secret_keys}
     return config, secrets
+
+
+def connection_setting_names(kind: str) -> tuple[tuple[str, bool], ...]:
+    """The non-secret settings of `kind` as its connector declares them: (name, required), required first."""
+    cls = REGISTRY[kind]
+    required = tuple((key, True) for key in cls.required_keys if key not in cls.secret_keys)
+    return required + tuple((key, False) for key in cls.optional_keys if key not in cls.secret_keys)
 
 
 def secret_setting_names(kind: str) -> tuple[str, ...]:
@@ -87,42 +97,11 @@ def secret_setting_names(kind: str) -> tuple[str, ...]:
 # --- authorization -----------------------------------------------------------------------
 
 
-def not_found_message(name: str) -> str:
-    return f'connection "{name}" not found or not accessible'
-
-
-def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
-    """The connection `actor` may use for `mode` ("exec", "schema" or "runbooks"), or a recorded denial."""
-    try:
-        connection = get_scoped(
-            Connection.objects.select_related("org"),
-            actor,
-            "view",
-            not_found=not_found_message(connection_name),
-            name=connection_name,
-        )
-        # View and exec scopes differ only for auditors (who see every connection): ask again then.
-        if actor.is_auditor and not actor.is_admin:
-            if not scope(Connection.objects.filter(pk=connection.pk), actor, "exec").exists():
-                raise PolicyDenied(f'you may not run anything on connection "{connection_name}"')
-        enabled = {
-            "exec": connection.exec_enabled,
-            "schema": connection.schema_enabled,
-            "runbooks": connection.runbooks_enabled,
-        }[mode]
-        if not enabled:
-            raise PolicyDenied(f"{mode} is disabled for this connection")
-    except (NotFound, PolicyDenied) as exc:
-        audit_record(
-            actor=actor,
-            action=f"{mode}.request",
-            outcome=Outcome.DENIED,
-            target_type="gateway.connection",
-            target_repr=connection_name[:200],
-            detail={"reason": exc.message},
-        )
-        raise
-    return connection
+def refuse_without_exec(connection: Connection) -> None:
+    """A kind that has no exec (its record says so: `mcp` proxies tools) answers with what to use."""
+    kind = KINDS.get(connection.kind)
+    if kind is not None and not kind.exec:
+        raise InvalidInput(f'connection "{connection.name}" {kind.exec_refusal}')
 
 
 def _limits(
@@ -158,7 +137,6 @@ def _block_message(connection: Connection, findings, *, withheld: bool = False) 
 
 def _risk_of(connection: Connection, text: str):
     """The analyzer's verdict on `text`, for guardrails with `risk_at_least` (called lazily)."""
-    from sessions.analysis import analyze_input
 
     return lambda: analyze_input(connection_name=connection.name, connection_kind=connection.kind, text=text)
 
@@ -249,6 +227,7 @@ def exec_start(
     connection = authorize(
         actor=actor, connection_name=connection_name, mode="runbooks" if verb == Verb.RUNBOOK else "exec"
     )
+    refuse_without_exec(connection)
 
     data = input.encode()
     too_large = len(data) > settings.MAX_INPUT_BYTES
@@ -276,8 +255,6 @@ def exec_start(
     # The review gate: a rule may make this input wait for people (`pending_approval`).
     gate = None
     if not findings and not rules_error and not too_large:
-        from reviews.services import command_gate
-
         gate = command_gate(actor=actor, connection=connection, input=input)
 
     session = _new_session(
@@ -334,8 +311,6 @@ def exec_start(
                 user=actor.user, key=idempotency_key, operation="exec", request=request, session=session
             )
             if gate is not None:
-                from reviews.services import review_open
-
                 rule, risk = gate
                 session.pending_review = review_open(
                     actor=actor, session=session, connection=connection, rule=rule, risk=risk
@@ -465,8 +440,6 @@ def _refuse_agent_connection(connection: Connection, what: str) -> None:
 def _dispatch_to_agent(payload: dict) -> None:
     """The outbox relay's hand-over of an open session to its agent queue (raises while the broker
     is away; the message waits). The agent's claim makes a duplicate message harmless."""
-    from gateway.tasks import session_run
-
     session_run.apply_async(args=[payload["session_id"]], queue=payload["queue"])
 
 
@@ -482,6 +455,15 @@ def run_on_agent(session_id: str, limits: dict | None = None) -> None:
     runner.run_here(
         session_id, lambda: _run(session_id, limits, claimed=False), timeout_seconds=limits.timeout_seconds
     )
+
+
+@shared_task(name="gateway.tasks.session_run", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def session_run(session_id: str, limits: dict | None = None) -> None:
+    """Claim and run a recorded session on this agent worker (queue `agent.<org id>.<name>`, near
+    the target). Acknowledged late: a worker killed before the claim leaves the message to another
+    worker; after the claim a redelivered message finds the session taken and does nothing. The
+    Celery task lives beside the code that queues it; gateway/tasks.py lists it."""
+    run_on_agent(session_id, limits)
 
 
 def recover_open(session_id) -> bool:
@@ -827,13 +809,6 @@ def exec_cancel(*, actor: Actor, session_id: str) -> Session:
     return session
 
 
-def parse_id(value, not_found: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except (ValueError, TypeError):
-        raise NotFound(not_found) from None
-
-
 def _loaded_analysis(session: Session) -> dict | None:
     """The session's analysis if it was loaded with it (select_related("analysis")), else None.
     Never queries: the envelope is built in async code, and the analysis usually comes later
@@ -1035,6 +1010,7 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
     if not isinstance(input, str) or not input.strip():
         raise InvalidInput("input is required")
     connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
+    refuse_without_exec(connection)
     if len(input.encode()) > settings.MAX_INPUT_BYTES:
         raise InvalidInput(f"input is larger than {settings.MAX_INPUT_BYTES} bytes; exec would refuse it")
     bound = rules_service.bound_rules(connection)
@@ -1047,7 +1023,6 @@ def exec_explain(*, actor: Actor, connection_name: str, input: str) -> dict:
     )
     masker, masking_rules = bound.masker, bound.masking_rules
     privileged = has_role(actor, ROLE_AUDITOR)
-    from reviews.services import command_gate, input_risk
 
     review = None if findings else command_gate(actor=actor, connection=connection, input=input)
     risk = review[1] if review is not None else input_risk(connection, input)
@@ -1100,10 +1075,20 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# (connection, connector, kinds) -> None: what an upstream's list_changed announcement triggers
+# (`gateway.upstream_protocol` registers its contract check; called on the upstream loop).
+_LIST_CHANGED_HOOK = None
+
+
+def set_list_changed_hook(hook) -> None:
+    global _LIST_CHANGED_HOOK
+    _LIST_CHANGED_HOOK = hook
+
+
 def _upstream_connector(connection: Connection, limits: Limits, caller=None):
     """The connector of an mcp connection, with its pooled upstream sessions (`mcp_pool`), calling
     as `caller` (an `upstream_identity.Caller`, for a `gateway_jwt` connection)."""
-    return REGISTRY[connection.kind](
+    connector = REGISTRY[connection.kind](
         connection.config,
         connection.get_secrets(),
         limits,
@@ -1111,6 +1096,10 @@ def _upstream_connector(connection: Connection, limits: Limits, caller=None):
         caller=caller,
         connection_name=connection.name,
     )
+    hook = _LIST_CHANGED_HOOK
+    if hook is not None:  # the upstream's announcements trigger a contract check
+        setattr(connector, "on_list_changed", lambda kinds: hook(connection, connector, kinds))  # noqa: B010
+    return connector
 
 
 def upstream_caller(user, groups, *, session_id=None):

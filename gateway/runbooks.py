@@ -34,11 +34,21 @@ import shlex
 from django.db import transaction
 
 from gateway import pipeline
+from gateway.kinds import SQL_DIALECTS
 from gateway.models import Connection, Runbook, RunbookRule
 from governance import rules as rule_helpers
 from governance.errors import InvalidInput, NotFound
 from governance.models import UserGroup
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, get_scoped, has_role, require_role, scope
+from governance.policy import (
+    ROLE_ADMIN,
+    ROLE_AUDITOR,
+    Actor,
+    get_scoped,
+    has_role,
+    in_groups,
+    require_role,
+    scope,
+)
 from sessions.audit import audit_record, change_detail, snapshot
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,62})\s*\}\}")
@@ -69,7 +79,6 @@ SYSTEM_NAMES = (
 )
 MAX_TEMPLATE_BYTES = 64 * 1024
 MAX_PARAMETERS = 50
-SQL_DIALECTS = {"postgres": "postgres", "mysql": "mysql", "sqlite": "sqlite"}
 
 
 # --- parameters and rendering ------------------------------------------------------------------------
@@ -334,13 +343,13 @@ def runbook_create(
         runbook = Runbook(
             org_id=actor.org_id,
             connection=connection,
-            name=rule_helpers._check_name(name, "runbook"),
+            name=rule_helpers.check_name(name, "runbook"),
             description=description or "",
             template=template,
             parameters=specs,
             enabled=bool(enabled),
         )
-        rule_helpers._save_unique(runbook, "runbook")
+        rule_helpers.save_unique(runbook, "runbook")
         audit_record(
             actor=actor, action="runbook.create", target=runbook, detail={"connection": connection.name}
         )
@@ -365,7 +374,7 @@ def runbook_update(*, actor: Actor, connection_name: str, name: str, **fields) -
         runbook = _runbook(actor, connection_name, name)
         before = snapshot(runbook)
         if fields.get("new_name"):
-            runbook.name = rule_helpers._check_name(fields["new_name"], "runbook")
+            runbook.name = rule_helpers.check_name(fields["new_name"], "runbook")
         for key in ("description", "enabled"):
             if fields.get(key) is not None:
                 setattr(runbook, key, fields[key])
@@ -374,7 +383,7 @@ def runbook_update(*, actor: Actor, connection_name: str, name: str, **fields) -
         if fields.get("template") is not None:
             runbook.template = fields["template"]
         check_template(runbook.template, runbook.parameters, runbook.connection.kind)
-        rule_helpers._save_unique(runbook, "runbook")
+        rule_helpers.save_unique(runbook, "runbook")
         audit_record(
             actor=actor,
             action="runbook.update",
@@ -395,8 +404,8 @@ def split_ref(ref: str) -> tuple[str, str]:
 def runbook_admin_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[Runbook], int]:
     """Every runbook of the actor's org, enabled or not, by connection and name (admins)."""
     require_role(actor, ROLE_ADMIN)
-    qs = Runbook.objects.select_related("connection").filter(org_id=actor.org_id)
-    return rule_helpers._page(qs.order_by("connection__name", "name"), limit, offset)
+    qs = scope(Runbook.objects.select_related("connection"), actor, "view")
+    return rule_helpers.page_of(qs.order_by("connection__name", "name"), limit, offset)
 
 
 def runbook_get(*, actor: Actor, connection_name: str, name: str) -> Runbook:
@@ -418,7 +427,7 @@ def _allowed(actor: Actor, runbook: Runbook, rules: list[RunbookRule]) -> bool:
     if has_role(actor, ROLE_ADMIN):
         return True
     for rule in rules:
-        if {g.pk for g in rule.groups.all()} & actor.group_ids and any(
+        if in_groups(actor, (g.pk for g in rule.groups.all())) and any(
             fnmatch.fnmatchcase(runbook.name, pattern) for pattern in rule.runbooks
         ):
             return True
@@ -441,7 +450,9 @@ def runbook_list(*, actor: Actor, connection_name: str | None = None) -> list[Ru
     for runbook in runbooks:
         if runbook.connection_id not in by_connection:
             by_connection[runbook.connection_id] = list(
-                rule_helpers._bound(RunbookRule.objects.all(), runbook.connection).prefetch_related("groups")
+                rule_helpers.bound_queryset(RunbookRule.objects.all(), runbook.connection).prefetch_related(
+                    "groups"
+                )
             )
         if _allowed(actor, runbook, by_connection[runbook.connection_id]):
             out.append(runbook)
@@ -465,7 +476,9 @@ def runbook_run(
         .filter(connection=connection, name=name, enabled=True)
         .first()
     )
-    rules = list(rule_helpers._bound(RunbookRule.objects.all(), connection).prefetch_related("groups"))
+    rules = list(
+        rule_helpers.bound_queryset(RunbookRule.objects.all(), connection).prefetch_related("groups")
+    )
     if runbook is None or not _allowed(actor, runbook, rules):
         audit_record(
             actor=actor,
@@ -497,7 +510,7 @@ def runbook_rule_to_dict(rule: RunbookRule) -> dict:
         "enabled": rule.enabled,
         "groups": sorted(g.name for g in rule.groups.all()),
         "runbooks": rule.runbooks,
-        **rule_helpers._bindings(rule),
+        **rule_helpers.rule_bindings(rule),
         "created_at": rule.created_at.isoformat(),
         "updated_at": rule.updated_at.isoformat(),
     }
@@ -509,17 +522,17 @@ def _rules_qs():
 
 def runbook_rule_list(*, actor: Actor, limit: int = 50, offset: int = 0):
     require_role(actor, ROLE_AUDITOR)
-    return rule_helpers._page(_rules_qs().filter(org_id=actor.org_id).order_by("name"), limit, offset)
+    return rule_helpers.page_of(scope(_rules_qs(), actor, "view").order_by("name"), limit, offset)
 
 
 def runbook_rule_get(*, actor: Actor, ref: str) -> RunbookRule:
     require_role(actor, ROLE_AUDITOR)
-    return rule_helpers._by_ref(_rules_qs(), actor, ref, "runbook rule")
+    return rule_helpers.by_ref(_rules_qs(), actor, ref, "runbook rule")
 
 
 def _apply_rule(rule: RunbookRule, actor: Actor, fields: dict) -> list[str]:
     if "name" in fields:
-        rule.name = rule_helpers._check_name(fields["name"], "runbook rule")
+        rule.name = rule_helpers.check_name(fields["name"], "runbook rule")
     for key in ("description", "enabled"):
         if fields.get(key) is not None:
             setattr(rule, key, fields[key])
@@ -544,7 +557,7 @@ def _apply_rule(rule: RunbookRule, actor: Actor, fields: dict) -> list[str]:
         groups = list(found.values())
     if groups is not None and not groups or (groups is None and not rule.pk):
         raise InvalidInput("groups must have at least 1 entry")
-    changed = rule_helpers._save_with_bindings(rule, actor, fields, "runbook rule")
+    changed = rule_helpers.save_with_bindings(rule, actor, fields, "runbook rule")
     if groups is not None:
         rule.groups.set(groups)
     if not rule.connections.exists() and not rule.attributes.exists():
@@ -559,16 +572,16 @@ def runbook_rule_create(*, actor: Actor, name: str, **fields) -> RunbookRule:
         rule = RunbookRule(org_id=actor.org_id)
         _apply_rule(rule, actor, {"name": name, **fields})
         audit_record(
-            actor=actor, action="runbook_rule.create", target=rule, detail=rule_helpers._bindings(rule)
+            actor=actor, action="runbook_rule.create", target=rule, detail=rule_helpers.rule_bindings(rule)
         )
     return rule
 
 
 def runbook_rule_update(*, actor: Actor, ref: str, **fields) -> RunbookRule:
-    return rule_helpers._rule_update(
+    return rule_helpers.rule_update(
         RunbookRule, "runbook rule", "runbook_rule.update", _apply_rule, actor=actor, ref=ref, fields=fields
     )
 
 
 def runbook_rule_delete(*, actor: Actor, ref: str) -> str:
-    return rule_helpers._rule_delete(RunbookRule, "runbook rule", "runbook_rule.delete", actor=actor, ref=ref)
+    return rule_helpers.rule_delete(RunbookRule, "runbook rule", "runbook_rule.delete", actor=actor, ref=ref)

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from sessions import lifecycle, wakeup
 from sessions.models import Runner, Session
 
 logger = logging.getLogger("portcullis.runner")
@@ -155,6 +156,9 @@ def local_future(session_id: str) -> Future | None:
         return entry.future if entry else None
 
 
+wakeup.register_local_futures(local_future)
+
+
 def cancel_local(session_id: str) -> bool:
     """Cancel a job running in this process. False if it is not here."""
     with _lock:
@@ -194,8 +198,6 @@ def _ensure_watcher() -> None:
 def _watch() -> None:
     """While there is work: renew leases, honour cancel requests from other replicas, interrupt
     sessions taken from this runner, enforce deadlines."""
-    from sessions import lifecycle
-
     last_beat = last_renew = 0.0
     while True:
         time.sleep(CANCEL_POLL_SECONDS)

@@ -14,11 +14,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from gateway import pipeline
+from gateway.kinds import KINDS
 from gateway.models import Connection
 from governance.errors import Conflict, InvalidInput
 from governance.models import Attribute, Organization
 from governance.oauth import mcp_auth_get
-from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
+from governance.policy import ROLE_ADMIN, Actor, get_scoped, not_found_message, require_role, scope
 from governance.rules import check_attribute_name, selector_filter
 from sessions import outbox
 from sessions.audit import REDACTED, audit_record, change_detail, redact, snapshot
@@ -67,7 +68,11 @@ def server_info(*, actor: Actor) -> dict:
         "api_url": base,
         "mcp_url": f"{base}/api/mcp",
         "auth_methods": methods,
-        "connection_kinds": [k for k in pipeline.connection_kinds() if k != "command" or commands],
+        "connection_kinds": [
+            name
+            for name in pipeline.connection_kinds()
+            if not KINDS[name].enabled_setting or getattr(django_settings, KINDS[name].enabled_setting)
+        ],
         "command_connections_enabled": commands,
         "exec_handoff_seconds": django_settings.EXEC_HANDOFF_SECONDS,
         "max_input_bytes": django_settings.MAX_INPUT_BYTES,
@@ -154,7 +159,7 @@ def connection_get(*, actor: Actor, name: str) -> Connection:
         Connection.objects.prefetch_related("access_groups", "attributes"),
         actor,
         "view",
-        not_found=pipeline.not_found_message(name),
+        not_found=not_found_message(name),
         name=name,
     )
 
@@ -236,7 +241,7 @@ def connection_update(
             Connection.objects.select_for_update(of=("self",)),
             actor,
             "manage",
-            not_found=pipeline.not_found_message(name),
+            not_found=not_found_message(name),
             name=name,
         )
         before = _audited(connection)
@@ -273,7 +278,7 @@ def connection_delete(*, actor: Actor, name: str) -> None:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         connection = get_scoped(
-            Connection.objects.all(), actor, "manage", not_found=pipeline.not_found_message(name), name=name
+            Connection.objects.all(), actor, "manage", not_found=not_found_message(name), name=name
         )
         audit_record(actor=actor, action="connection.delete", target=connection)
         connection.delete()

@@ -289,6 +289,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Fields named `status` and `kind` take several sets of values: these are named once each.
+    "ENUM_NAME_OVERRIDES": {
+        "EnvelopeStatusEnum": ["completed", "failed", "blocked", "pending_approval", "running"],
+        "ContractStatusEnum": "gateway.models.ContractStatus",
+        "ContractKindEnum": "gateway.models.ContractKind",
+    },
 }
 
 # Logs: one line per record on stderr, JSON (python-json-logger) or plain, each with the request
@@ -342,16 +348,6 @@ UPSTREAM_POOL_SIZE = env_int("PORTCULLIS_UPSTREAM_POOL_SIZE", 2)
 UPSTREAM_POOL_IDLE_SECONDS = float(env_int("PORTCULLIS_UPSTREAM_POOL_IDLE_SECONDS", 300))
 
 
-def _new_signing_key() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
 def _pem_blocks(text: str) -> list[str]:
     marker = "-----END PRIVATE KEY-----"
     blocks = [b.strip() + "\n" + marker for b in text.split(marker) if b.strip()]
@@ -360,15 +356,16 @@ def _pem_blocks(text: str) -> list[str]:
 
 # Keys that sign the short-lived identity JWTs sent to upstream MCP servers that trust the gateway
 # (`gateway_jwt`, gateway/upstream_identity.py): PKCS#8 PEM private keys (EC P-256 or RSA), one after
-# the other; the first signs, all are published at /.well-known/jwks.json (rotation: prepend a new
-# key, wait until upstreams refreshed their JWKS cache, then drop the old one). Unset: one EC key
-# generated once into PORTCULLIS_DATA_DIR (development; every replica needs the same keys).
+# the other; the first signs, all are published at /.well-known/jwks.json (rotation: add the new key
+# second, wait until upstreams refreshed their JWKS cache, move it first, later drop the old one;
+# docs/upstream-mcp.md). Unset: one EC key
+# generated once into PORTCULLIS_DATA_DIR when first needed (development; every replica needs the
+# same keys).
 UPSTREAM_JWT_KEYS = _pem_blocks(env_str("PORTCULLIS_UPSTREAM_JWT_KEYS").replace("\\n", "\n"))
 if env_str("PORTCULLIS_UPSTREAM_JWT_KEYS") and not UPSTREAM_JWT_KEYS:
     raise ImproperlyConfiguredEnv(
         "PORTCULLIS_UPSTREAM_JWT_KEYS must hold PKCS#8 PEM private keys (-----BEGIN PRIVATE KEY-----)"
     )
-UPSTREAM_JWT_KEYS = UPSTREAM_JWT_KEYS or [_generated_secret("upstream_jwt_key.pem", _new_signing_key)]
 # Lifetime of an identity JWT (seconds): long enough for one upstream exchange, no more.
 UPSTREAM_JWT_TTL_SECONDS = env_int("PORTCULLIS_UPSTREAM_JWT_TTL_SECONDS", 120)
 # Long waits (exec handoff, sessions_wait) send an MCP progress notification this often.

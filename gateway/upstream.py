@@ -33,7 +33,7 @@ from gateway import metrics, ratelimit
 from gateway.models import Connection, ConnectionKind, ContractKind, ContractStatus, UpstreamTool
 from governance import guardrails
 from governance.errors import InvalidInput, NotFound
-from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role
+from governance.policy import ROLE_ADMIN, Actor, get_scoped, in_named_groups, require_role
 from sessions.audit import audit_record
 from sessions.events import UPSTREAM_CONTRACT_CHANGED, emit
 
@@ -82,7 +82,7 @@ class ToolRule:
         return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.match)
 
     def applies_to(self, actor: Actor) -> bool:
-        return not self.groups or bool(self.groups & actor.groups)
+        return not self.groups or in_named_groups(actor, self.groups)
 
     def needs_approval(self, arguments: dict) -> bool:
         """Whether this call waits for reviewers: `requires_approval`, and, with `approval_when`,
@@ -322,7 +322,7 @@ class NameRule:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.match)
 
     def applies_to(self, actor: Actor) -> bool:
-        return not self.groups or bool(self.groups & actor.groups)
+        return not self.groups or in_named_groups(actor, self.groups)
 
     @property
     def label(self) -> str:

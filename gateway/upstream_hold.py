@@ -3,7 +3,7 @@ nothing of reviews (the per-connection endpoint /api/mcp/c/<connection>, and `up
 
     call ──> pipeline.tool_call ──> pending_review (a new review, or the one an identical call opened)
       hold: wait for the decision (progress notifications, the SDK's SSE pings keep the stream open)
-        approved ──> reviews.review_execute (APPROVED -> EXECUTED, once) ──> the upstream's own result
+        approved ──> reviewed.review_execute (APPROVED -> EXECUTED, once) ──> the upstream's own result
         rejected ──> the session is `rejected`: a tool error with the reviewer's reason
         pending at the end of the hold ──> a tool error naming the review and its URL
       a retry of the identical call (same user, connection, tool, canonical arguments) joins the same
@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from channels.db import database_sync_to_async as db
 from django.conf import settings
 
-from gateway import pipeline
+from gateway import pipeline, reviewed
 from governance.errors import Conflict
 from governance.policy import Actor
 from reviews import services as reviews
@@ -95,7 +95,7 @@ async def tool_call_held(
         return session
     if review.status == ReviewStatus.APPROVED:
         try:
-            await db(lambda: reviews.review_execute(actor=actor, review_id=review.pk))()
+            await db(lambda: reviewed.review_execute(actor=actor, review_id=review.pk))()
         except Conflict:  # an identical call holding the same review ran it: wait for that run
             pass
     elif review.status != ReviewStatus.EXECUTED:  # rejected, expired, revoked: the session is final

@@ -1,8 +1,8 @@
 """Who is calling, for upstream MCP servers that trust the gateway: a short-lived JWT signed by the
 gateway, naming the user, their groups, the org and the session (`gateway_jwt` on an mcp connection).
 
-The signing keys are `settings.UPSTREAM_JWT_KEYS` (PEM, from the environment; a development key is
-generated once into the data directory). The first key signs; every key is published as a JWKS at
+The signing keys are `settings.UPSTREAM_JWT_KEYS` (PEM, from the environment; unset, a development
+key is generated once into the data directory when first needed). The first key signs; every key is published as a JWKS at
 `/.well-known/jwks.json`, so a key can be rotated without breaking upstreams: publish the new key
 first (second in the list), let upstreams refresh their JWKS cache, make it first, then drop the old
 one. The `kid` of a key is its RFC 7638 thumbprint. JOSE is joserfc's (the library Authlib uses).
@@ -21,6 +21,7 @@ Claims (docs/upstream-mcp.md, "Who is calling"):
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -71,11 +72,41 @@ def _load(pem: str) -> SigningKey:
     return SigningKey(kid=key.thumbprint(), alg=alg, key=key)
 
 
+DEVELOPMENT_KEY_FILE = "upstream_jwt_key.pem"
+
+
+def _development_key() -> str:
+    """The key used when PORTCULLIS_UPSTREAM_JWT_KEYS is unset: generated once into the data
+    directory (mode 0600, outside git), created only when first needed; never in the repository."""
+    path = settings.DATA_DIR / DEVELOPMENT_KEY_FILE
+    if not path.exists():
+        pem = (
+            ec.generate_private_key(ec.SECP256R1())
+            .private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            .decode()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside, then linked into place: another process sees the whole key or none.
+        partial = path.with_name(f".{DEVELOPMENT_KEY_FILE}.{os.getpid()}.{uuid.uuid4().hex}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(pem)
+        try:
+            os.link(partial, path)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        finally:
+            partial.unlink()
+    return path.read_text()
+
+
 @lru_cache(maxsize=1)
 def signing_keys() -> tuple[SigningKey, ...]:
     """Every configured key, the active (signing) one first."""
     keys = []
-    for index, pem in enumerate(settings.UPSTREAM_JWT_KEYS):
+    for index, pem in enumerate(settings.UPSTREAM_JWT_KEYS or [_development_key()]):
         try:
             keys.append(_load(pem))
         except (ValueError, TypeError) as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import re
 import time
@@ -641,3 +642,51 @@ async def complete(
         return {**completion, "values": values}
 
     return await db(mask)()
+
+
+# --- list_changed: the upstream announced a change, so the contracts are checked now -----------------
+
+_CHECKING: dict[tuple, bool] = {}  # (connection, kinds) -> announced again while being checked
+
+
+def _on_list_changed(connection: Connection, connector, kinds: frozenset[str]) -> None:
+    """Called on the upstream loop by a session that heard `notifications/*/list_changed` (or a
+    `subscriptions/listen` event): list those kinds again and compare them with the pinned
+    contracts, as the system, without waiting for the next call. One check at a time per
+    connection and kinds; an announcement during a check runs it once more."""
+    key = (connection.pk, kinds)
+    if key in _CHECKING:
+        _CHECKING[key] = True
+        return
+    _CHECKING[key] = False
+    asyncio.get_running_loop().create_task(_check(connection, connector, kinds, key))
+
+
+async def _check(connection: Connection, connector, kinds: frozenset[str], key: tuple) -> None:
+    try:
+        while True:
+            try:
+                with anyio.fail_after(connector.limits.timeout_seconds):
+                    async with connector.session() as client:
+                        for kind in sorted(kinds):
+                            if kind == ContractKind.TOOL:
+                                items = await connector.list_tools(client)
+                            else:
+                                items = await list_upstream(client, kind)
+                            await anyio.to_thread.run_sync(
+                                functools.partial(_observe_in_thread, connection, items, "task", kind)
+                            )
+            except Exception:  # the next call checks the contracts anyway
+                logger.warning(
+                    "checking the contracts of connection %s after its announcement failed",
+                    connection.pk,
+                    exc_info=True,
+                )
+            if not _CHECKING.get(key):
+                return
+            _CHECKING[key] = False
+    finally:
+        _CHECKING.pop(key, None)
+
+
+pipeline.set_list_changed_hook(_on_list_changed)

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from gateway import pipeline
 from gateway.models import Connection
-from governance.errors import Conflict, InvalidInput, NotFound
+from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import UserGroup
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, get_scoped, require_role, scope
-from sessions.audit import audit_record, change_detail
+from governance.policy import (
+    ROLE_ADMIN,
+    ROLE_AUDITOR,
+    Actor,
+    get_scoped,
+    not_found_message,
+    require_role,
+    scope,
+)
+from sessions.audit import Outcome, audit_record, change_detail
 
 OPEN_NOTE = "no access groups: every member of the organization may use this connection"
 RESTRICTED_NOTE = "only members of allowed_groups (and admins) may use this connection"
@@ -44,7 +51,7 @@ def _connection(actor: Actor, name: str, action: str, *, lock: bool = False) -> 
     qs = Connection.objects.prefetch_related("access_groups")
     if lock:
         qs = Connection.objects.select_for_update(of=("self",))
-    return get_scoped(qs, actor, action, not_found=pipeline.not_found_message(name), name=name)
+    return get_scoped(qs, actor, action, not_found=not_found_message(name), name=name)
 
 
 def access_control_get(*, actor: Actor, connection_name: str) -> dict:
@@ -127,3 +134,37 @@ def access_control_unset(*, actor: Actor, connection_name: str) -> dict:
             },
         )
     return access_control_to_dict(_connection(actor, connection_name, "view"))
+
+
+def authorize(*, actor: Actor, connection_name: str, mode: str) -> Connection:
+    """The connection `actor` may use for `mode` ("exec", "schema" or "runbooks"), or a recorded denial."""
+    try:
+        connection = get_scoped(
+            Connection.objects.select_related("org"),
+            actor,
+            "view",
+            not_found=not_found_message(connection_name),
+            name=connection_name,
+        )
+        # View and exec scopes differ only for auditors (who see every connection): ask again then.
+        if actor.is_auditor and not actor.is_admin:
+            if not scope(Connection.objects.filter(pk=connection.pk), actor, "exec").exists():
+                raise PolicyDenied(f'you may not run anything on connection "{connection_name}"')
+        enabled = {
+            "exec": connection.exec_enabled,
+            "schema": connection.schema_enabled,
+            "runbooks": connection.runbooks_enabled,
+        }[mode]
+        if not enabled:
+            raise PolicyDenied(f"{mode} is disabled for this connection")
+    except (NotFound, PolicyDenied) as exc:
+        audit_record(
+            actor=actor,
+            action=f"{mode}.request",
+            outcome=Outcome.DENIED,
+            target_type="gateway.connection",
+            target_repr=connection_name[:200],
+            detail={"reason": exc.message},
+        )
+        raise
+    return connection

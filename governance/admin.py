@@ -12,6 +12,7 @@ from django.db.models import Count
 from django.http import JsonResponse
 from django.urls import path
 
+from gateway import previews
 from gateway.models import Connection
 from governance import rules, services
 from governance.admin_base import (
@@ -442,7 +443,7 @@ class MaskingRuleAdmin(_RuleAdmin):
             spec = editor_value(MaskingRuleForm, "spec", request.POST)
             connection = request.POST.get("sample_connection") or None
             if connection:
-                return rules.masking_preview(
+                return previews.masking_preview(
                     actor=actor,
                     spec=spec,
                     connection_name=connection,

@@ -39,6 +39,7 @@ class Organization(models.Model):
 
 class UserManager(BaseUserManager):
     use_in_migrations = True
+    superuser_factory = None  # set by governance.services
 
     def create_user(self, email, password=None, *, org, **extra):
         if not email:
@@ -50,19 +51,12 @@ class UserManager(BaseUserManager):
 
     def create_superuser(self, email, password=None, **extra):
         """`createsuperuser`: an admin (member of the reserved `admin` group) of the first org, or
-        of a new org "default" (it has no org prompt). Roles come from groups only: the superuser
-        flag gives nothing beyond them (see governance.admin_base)."""
-        from governance.services import org_create, user_create  # the services import this module
-
-        org = extra.pop("org", None) or Organization.objects.order_by("created_at").first()
-        org = org or org_create(name="default")
-        user = user_create(
-            org=org, email=email, password=password, name=extra.pop("name", ""), groups=["admin"]
-        )
-        user.is_staff = extra.get("is_staff", True)
-        user.is_superuser = extra.get("is_superuser", True)
-        user.save(update_fields=["is_staff", "is_superuser"])
-        return user
+        of a new org "default" (it has no org prompt); made like any user, with the audit records,
+        by `governance.services.superuser_create` (registered in `superuser_factory` when the
+        services load, which gateway/wiring.py makes happen at start-up)."""
+        if UserManager.superuser_factory is None:
+            raise RuntimeError("governance.services is not loaded: it makes superusers")
+        return UserManager.superuser_factory(email, password, **extra)
 
 
 class User(AbstractBaseUser, PermissionsMixin):

@@ -21,6 +21,7 @@ capability: it only ever reads, so a ceiling on writes takes nothing from it (`i
 from __future__ import annotations
 
 import functools
+import uuid
 from dataclasses import dataclass, field
 
 from django.db import connection
@@ -28,6 +29,7 @@ from django.db.models import Q, QuerySet
 
 from governance.errors import NotFound, PolicyDenied
 from governance.models import ADMIN_GROUP, AUDITOR_GROUP, TokenCapability, User, UserGroup
+from sessions.models import Session
 
 SURFACES = ("web", "admin", "api", "mcp", "task", "cli", "slack")
 
@@ -261,7 +263,6 @@ def _analysis_scope(qs: QuerySet, actor: Actor, action: str) -> QuerySet:
     """An analysis is visible with its session; nobody changes it."""
     if action != "view":
         return qs.none()
-    from sessions.models import Session
 
     return qs.filter(session__in=_session_scope(Session.objects.all(), actor, "view").values("pk"))
 
@@ -338,3 +339,33 @@ def get_scoped(qs: QuerySet, actor: Actor, action: str, *, not_found: str, **loo
     if obj is None:
         raise NotFound(not_found)
     return obj
+
+
+def parse_id(value, not_found: str) -> uuid.UUID:
+    """An id from a caller: a malformed one is answered like a missing one (`NotFound(not_found)`)."""
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError):
+        raise NotFound(not_found) from None
+
+
+def not_found_message(name: str) -> str:
+    """The one answer for a connection that does not exist and one the caller may not see."""
+    return f'connection "{name}" not found or not accessible'
+
+
+# --- group checks: tools, runbooks, reviewers ------------------------------------------------------
+
+
+def in_groups(actor: Actor, group_ids) -> bool:
+    """True if the actor is a member of one of `group_ids`. Rules that name groups (runbook rules,
+    access request rules, a review's reviewer groups) store them as rows, and they are matched by
+    id: a group renamed or re-created under the same name is not the same group."""
+    return not actor.group_ids.isdisjoint(group_ids)
+
+
+def in_named_groups(actor: Actor, names) -> bool:
+    """True if the actor is a member of one of the groups called `names` in their org: for the
+    settings that name groups in JSON (an mcp connection's tool, resource and prompt policy).
+    `Actor.groups` holds only groups of the actor's own org, so a name cannot reach another org's."""
+    return not actor.groups.isdisjoint(names)

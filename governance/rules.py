@@ -17,13 +17,15 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet, Value
+from django.db.models.functions import Concat
 
 from gateway.models import NAME_VALIDATOR, Connection
 from governance import guardrails, masking
 from governance.errors import Conflict, InvalidInput, NotFound
 from governance.models import Attribute, GuardrailRule, MaskingRule, Organization
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role, scope
+from sessions.analysis import analyze_input
 from sessions.audit import audit_record, change_detail, snapshot
 
 MAX_LIMIT = 100
@@ -32,13 +34,13 @@ MAX_LIMIT = 100
 # --- shared helpers ----------------------------------------------------------------------------
 
 
-def _changed(*, actor: Actor, action: str, target, detail: dict | None = None) -> None:
+def rule_changed(*, actor: Actor, action: str, target, detail: dict | None = None) -> None:
     """Audit a change to rules or bindings and bump the org's rules version (same transaction)."""
     audit_record(actor=actor, action=action, target=target, detail=detail)
     Organization.rules_changed(actor.org_id)
 
 
-def _check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str) -> str:
     name = (name or "").strip()
     try:
         NAME_VALIDATOR(name)
@@ -64,13 +66,16 @@ def _attributes(actor: Actor, names: list[str] | None) -> list[Attribute]:
     found = {a.name: a for a in Attribute.objects.filter(org_id=actor.org_id, name__in=names)}
     missing = sorted(set(names) - set(found))
     if missing:
-        raise NotFound(f'attribute "{missing[0]}" not found')
+        hint = ""
+        if "=" not in missing[0]:
+            hint = f" (to bind every {missing[0]}=<value>, create the attribute {missing[0]} first)"
+        raise NotFound(f'attribute "{missing[0]}" not found{hint}')
     return [found[n] for n in names]
 
 
-def _by_ref(qs: QuerySet, actor: Actor, ref: str, what: str):
-    """A rule of the actor's org by id or by name."""
-    qs = qs.filter(org_id=actor.org_id)
+def by_ref(qs: QuerySet, actor: Actor, ref: str, what: str, action: str = "view"):
+    """A rule the actor may `action` (the policy's `scope`: its org, its role) by id or by name."""
+    qs = scope(qs, actor, action)
     try:
         obj = qs.filter(pk=uuid.UUID(str(ref))).first()
     except ValueError:
@@ -81,7 +86,7 @@ def _by_ref(qs: QuerySet, actor: Actor, ref: str, what: str):
     return obj
 
 
-def _page(qs: QuerySet, limit: int, offset: int) -> tuple[list, int]:
+def page_of(qs: QuerySet, limit: int, offset: int) -> tuple[list, int]:
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
     if offset < 0:
@@ -89,14 +94,14 @@ def _page(qs: QuerySet, limit: int, offset: int) -> tuple[list, int]:
     return list(qs[offset : offset + limit]), qs.count()
 
 
-def _bindings(obj) -> dict:
+def rule_bindings(obj) -> dict:
     return {
         "connections": sorted(c.name for c in obj.connections.all()),
         "attributes": sorted(a.name for a in obj.attributes.all()),
     }
 
 
-def _save_unique(obj, what: str) -> None:
+def save_unique(obj, what: str) -> None:
     """Save `obj`, refusing a name its org already has in any case (a database constraint too)."""
     # A runbook's name is unique on its connection; everything else's in its org.
     owner = {"connection_id": obj.connection_id} if hasattr(obj, "connection_id") else {"org_id": obj.org_id}
@@ -132,13 +137,13 @@ def attribute_to_dict(attribute: Attribute) -> dict:
 
 def attribute_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[Attribute], int]:
     require_role(actor, ROLE_ADMIN)
-    qs = Attribute.objects.filter(org_id=actor.org_id).prefetch_related("connections").order_by("name")
-    return _page(qs, limit, offset)
+    qs = scope(Attribute.objects.prefetch_related("connections"), actor, "view").order_by("name")
+    return page_of(qs, limit, offset)
 
 
 def attribute_get(*, actor: Actor, name: str) -> Attribute:
     require_role(actor, ROLE_ADMIN)
-    return _by_ref(Attribute.objects.prefetch_related("connections"), actor, name, "attribute")
+    return by_ref(Attribute.objects.prefetch_related("connections"), actor, name, "attribute")
 
 
 _ATTRIBUTE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}(=[a-zA-Z0-9_.:/-]+)?$")
@@ -179,9 +184,9 @@ def attribute_create(
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
         attribute = Attribute(org_id=actor.org_id, name=check_attribute_name(name), description=description)
-        _save_unique(attribute, "attribute")
+        save_unique(attribute, "attribute")
         attribute.connections.set(_connections(actor, connections))
-        _changed(
+        rule_changed(
             actor=actor,
             action="attribute.create",
             target=attribute,
@@ -207,7 +212,7 @@ def attribute_update(
             "give connections (the whole list) or add_connections/remove_connections, not both"
         )
     with transaction.atomic():
-        attribute = _by_ref(Attribute.objects.select_for_update(), actor, name, "attribute")
+        attribute = by_ref(Attribute.objects.select_for_update(), actor, name, "attribute", "change")
         before = snapshot(attribute)
         if description is not None:
             attribute.description = description
@@ -218,7 +223,7 @@ def attribute_update(
             attribute.connections.add(*_connections(actor, add_connections))
         if remove_connections:
             attribute.connections.remove(*_connections(actor, remove_connections))
-        _changed(
+        rule_changed(
             actor=actor,
             action="attribute.update",
             target=attribute,
@@ -230,8 +235,8 @@ def attribute_update(
 def attribute_delete(*, actor: Actor, name: str) -> None:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
-        attribute = _by_ref(Attribute.objects.all(), actor, name, "attribute")
-        _changed(
+        attribute = by_ref(Attribute.objects.all(), actor, name, "attribute", "change")
+        rule_changed(
             actor=actor, action="attribute.delete", target=attribute, detail={"before": snapshot(attribute)}
         )
         attribute.delete()
@@ -249,7 +254,7 @@ def guardrail_to_dict(rule: GuardrailRule) -> dict:
         "enabled": rule.enabled,
         "input": rule.input_conditions,
         "output": rule.output_conditions,
-        **_bindings(rule),
+        **rule_bindings(rule),
         "created_at": rule.created_at.isoformat(),
         "updated_at": rule.updated_at.isoformat(),
     }
@@ -257,21 +262,21 @@ def guardrail_to_dict(rule: GuardrailRule) -> dict:
 
 def guardrail_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[GuardrailRule], int]:
     require_role(actor, ROLE_AUDITOR)
-    qs = GuardrailRule.objects.filter(org_id=actor.org_id).prefetch_related("connections", "attributes")
-    return _page(qs.order_by("name"), limit, offset)
+    qs = scope(GuardrailRule.objects.prefetch_related("connections", "attributes"), actor, "view")
+    return page_of(qs.order_by("name"), limit, offset)
 
 
 def guardrail_get(*, actor: Actor, ref: str) -> GuardrailRule:
     require_role(actor, ROLE_AUDITOR)
-    return _by_ref(
+    return by_ref(
         GuardrailRule.objects.prefetch_related("connections", "attributes"), actor, ref, "guardrail"
     )
 
 
-def _save_with_bindings(rule, actor: Actor, fields: dict, what: str) -> list[str]:
+def save_with_bindings(rule, actor: Actor, fields: dict, what: str) -> list[str]:
     """Save a rule, then set the bindings given (lists replace); returns the changed field names."""
     changed = sorted(k for k in fields if k not in ("connections", "attributes"))
-    _save_unique(rule, what)
+    save_unique(rule, what)
     if "connections" in fields:
         rule.connections.set(_connections(actor, fields["connections"]))
         changed.append("connections")
@@ -281,29 +286,29 @@ def _save_with_bindings(rule, actor: Actor, fields: dict, what: str) -> list[str
     return changed
 
 
-def _rule_update(model, what: str, action: str, apply, *, actor: Actor, ref: str, fields: dict):
+def rule_update(model, what: str, action: str, apply, *, actor: Actor, ref: str, fields: dict):
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
-        rule = _by_ref(model.objects.select_for_update(), actor, ref, what)
+        rule = by_ref(model.objects.select_for_update(), actor, ref, what, "change")
         before = snapshot(rule)
         apply(rule, actor, fields)
-        _changed(actor=actor, action=action, target=rule, detail=change_detail(before, snapshot(rule)))
+        rule_changed(actor=actor, action=action, target=rule, detail=change_detail(before, snapshot(rule)))
     return rule
 
 
-def _rule_delete(model, what: str, action: str, *, actor: Actor, ref: str) -> str:
+def rule_delete(model, what: str, action: str, *, actor: Actor, ref: str) -> str:
     require_role(actor, ROLE_ADMIN)
     with transaction.atomic():
-        rule = _by_ref(model.objects.all(), actor, ref, what)
+        rule = by_ref(model.objects.all(), actor, ref, what, "change")
         name = rule.name
-        _changed(actor=actor, action=action, target=rule, detail={"before": snapshot(rule)})
+        rule_changed(actor=actor, action=action, target=rule, detail={"before": snapshot(rule)})
         rule.delete()
     return name
 
 
 def _apply_guardrail(rule: GuardrailRule, actor: Actor, fields: dict) -> list[str]:
     if "name" in fields:
-        rule.name = _check_name(fields["name"], "guardrail")
+        rule.name = check_name(fields["name"], "guardrail")
     for key in ("description", "message", "enabled"):
         if key in fields:
             setattr(rule, key, fields[key])
@@ -313,7 +318,7 @@ def _apply_guardrail(rule: GuardrailRule, actor: Actor, fields: dict) -> list[st
         rule.output_conditions = guardrails.validate_conditions(fields["output"] or {}, direction="output")
     if not rule.input_conditions and not rule.output_conditions:
         raise InvalidInput("a guardrail needs at least one input or output condition")
-    return _save_with_bindings(rule, actor, fields, "guardrail")
+    return save_with_bindings(rule, actor, fields, "guardrail")
 
 
 def guardrail_create(*, actor: Actor, name: str, **fields) -> GuardrailRule:
@@ -322,37 +327,43 @@ def guardrail_create(*, actor: Actor, name: str, **fields) -> GuardrailRule:
     with transaction.atomic():
         rule = GuardrailRule(org_id=actor.org_id)
         _apply_guardrail(rule, actor, {"name": name, **fields})
-        _changed(
+        rule_changed(
             actor=actor,
             action="guardrail.create",
             target=rule,
-            detail={**_bindings(rule), "after": snapshot(rule)},
+            detail={**rule_bindings(rule), "after": snapshot(rule)},
         )
     return rule
 
 
 def guardrail_update(*, actor: Actor, ref: str, **fields) -> GuardrailRule:
     """Change the fields given; `connections` and `attributes` replace their lists."""
-    return _rule_update(
+    return rule_update(
         GuardrailRule, "guardrail", "guardrail.update", _apply_guardrail, actor=actor, ref=ref, fields=fields
     )
 
 
 def guardrail_delete(*, actor: Actor, ref: str) -> str:
-    return _rule_delete(GuardrailRule, "guardrail", "guardrail.delete", actor=actor, ref=ref)
+    return rule_delete(GuardrailRule, "guardrail", "guardrail.delete", actor=actor, ref=ref)
 
 
-def _bound(qs: QuerySet, connection: Connection) -> QuerySet:
+def bound_queryset(qs: QuerySet, connection: Connection) -> QuerySet:
+    """The enabled rules that bind `connection`: named directly, or through an attribute it carries.
+    An attribute without a value is also a key, as in a selector: a rule bound to `env` binds every
+    connection tagged `env=<anything>`, including values added later."""
+    keyed = Attribute.objects.filter(
+        connections=connection, name__istartswith=Concat(OuterRef("attributes__name"), Value("="))
+    )
     return (
         qs.filter(org_id=connection.org_id, enabled=True)
-        .filter(Q(connections=connection) | Q(attributes__connections=connection))
+        .filter(Q(connections=connection) | Q(attributes__connections=connection) | Exists(keyed))
         .distinct()
         .order_by("name")
     )
 
 
 def guardrail_rules_bound(connection: Connection) -> list[GuardrailRule]:
-    return list(_bound(GuardrailRule.objects.all(), connection))
+    return list(bound_queryset(GuardrailRule.objects.all(), connection))
 
 
 def as_engine_rules(rules: list[GuardrailRule]) -> list[guardrails.Rule]:
@@ -396,13 +407,11 @@ def guardrail_test(
         rules = guardrail_rules_bound(connection)
         dialect = dialect or guardrails.DIALECTS.get(connection.kind)
     else:
-        rules = [_by_ref(GuardrailRule.objects.all(), actor, ref, "guardrail")]
+        rules = [by_ref(GuardrailRule.objects.all(), actor, ref, "guardrail")]
     if dialect is not None and dialect not in guardrails.DIALECTS.values():
         raise InvalidInput(f"dialect must be one of: {', '.join(sorted(set(guardrails.DIALECTS.values())))}")
     engine_rules = as_engine_rules(rules)
     if direction == "input":
-        from sessions.analysis import analyze_input
-
         kind = next((k for k, d in guardrails.DIALECTS.items() if d == dialect), "command")
 
         def assess_risk():
@@ -429,7 +438,7 @@ def masking_rule_to_dict(rule: MaskingRule) -> dict:
         "description": rule.description,
         "enabled": rule.enabled,
         "spec": rule.spec,
-        **_bindings(rule),
+        **rule_bindings(rule),
         "created_at": rule.created_at.isoformat(),
         "updated_at": rule.updated_at.isoformat(),
     }
@@ -437,26 +446,26 @@ def masking_rule_to_dict(rule: MaskingRule) -> dict:
 
 def masking_rule_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[MaskingRule], int]:
     require_role(actor, ROLE_AUDITOR)
-    qs = MaskingRule.objects.filter(org_id=actor.org_id).prefetch_related("connections", "attributes")
-    return _page(qs.order_by("name"), limit, offset)
+    qs = scope(MaskingRule.objects.prefetch_related("connections", "attributes"), actor, "view")
+    return page_of(qs.order_by("name"), limit, offset)
 
 
 def masking_rule_get(*, actor: Actor, ref: str) -> MaskingRule:
     require_role(actor, ROLE_AUDITOR)
-    return _by_ref(
+    return by_ref(
         MaskingRule.objects.prefetch_related("connections", "attributes"), actor, ref, "masking rule"
     )
 
 
 def _apply_masking(rule: MaskingRule, actor: Actor, fields: dict) -> list[str]:
     if "name" in fields:
-        rule.name = _check_name(fields["name"], "masking rule")
+        rule.name = check_name(fields["name"], "masking rule")
     for key in ("description", "enabled"):
         if key in fields:
             setattr(rule, key, fields[key])
     if "spec" in fields:
         rule.spec = masking.validate_spec(fields["spec"] or {})
-    return _save_with_bindings(rule, actor, fields, "masking rule")
+    return save_with_bindings(rule, actor, fields, "masking rule")
 
 
 def masking_rule_create(*, actor: Actor, name: str, spec: dict, **fields) -> MaskingRule:
@@ -464,17 +473,17 @@ def masking_rule_create(*, actor: Actor, name: str, spec: dict, **fields) -> Mas
     with transaction.atomic():
         rule = MaskingRule(org_id=actor.org_id)
         _apply_masking(rule, actor, {"name": name, "spec": spec, **fields})
-        _changed(
+        rule_changed(
             actor=actor,
             action="masking_rule.create",
             target=rule,
-            detail={**_bindings(rule), "after": snapshot(rule)},
+            detail={**rule_bindings(rule), "after": snapshot(rule)},
         )
     return rule
 
 
 def masking_rule_update(*, actor: Actor, ref: str, **fields) -> MaskingRule:
-    return _rule_update(
+    return rule_update(
         MaskingRule,
         "masking rule",
         "masking_rule.update",
@@ -486,7 +495,7 @@ def masking_rule_update(*, actor: Actor, ref: str, **fields) -> MaskingRule:
 
 
 def masking_rule_delete(*, actor: Actor, ref: str) -> str:
-    return _rule_delete(MaskingRule, "masking rule", "masking_rule.delete", actor=actor, ref=ref)
+    return rule_delete(MaskingRule, "masking rule", "masking_rule.delete", actor=actor, ref=ref)
 
 
 def masking_key(org_id) -> bytes:
@@ -497,7 +506,7 @@ def masking_key(org_id) -> bytes:
 
 
 def masking_rules_bound(connection: Connection) -> list[MaskingRule]:
-    return list(_bound(MaskingRule.objects.all(), connection))
+    return list(bound_queryset(MaskingRule.objects.all(), connection))
 
 
 def masker_for(connection: Connection) -> tuple[masking.Masker, list[str]]:
@@ -541,28 +550,11 @@ def bound_rules(connection: Connection) -> Bound:
     return bound
 
 
-PREVIEW_ROWS = 100
-
-
-def _query_sample(actor: Actor, connection_name: str, input: str) -> tuple[list[str], list[list]]:
-    import time
-
-    from gateway import pipeline  # the pipeline imports this module
-
-    session = pipeline.exec_start(
-        actor=actor, connection_name=connection_name, input=input, max_rows=PREVIEW_ROWS
-    )
-    deadline = time.monotonic() + 60
-    while not session.is_final and time.monotonic() < deadline:
-        time.sleep(0.05)
-        session.refresh_from_db()
-    envelope = pipeline.exec_envelope(session)
-    if envelope["status"] != "completed" or not envelope.get("columns"):
-        raise InvalidInput(
-            f"the preview query did not return rows (status {envelope['status']}, session {session.pk}): "
-            f"{(envelope.get('message') or envelope.get('output') or '')[:300]}"
-        )
-    return envelope["columns"], envelope["rows"]
+def masking_preview_check(*, actor: Actor, ref, spec) -> None:
+    """What every masking preview checks first: the role, and a rule or a spec (not both)."""
+    require_role(actor, ROLE_AUDITOR)
+    if (ref is None) == (spec is None):
+        raise InvalidInput("give either a rule (id or name) or an inline spec")
 
 
 def masking_preview(
@@ -573,31 +565,19 @@ def masking_preview(
     text: str | None = None,
     columns: list[str] | None = None,
     rows: list[list] | None = None,
-    connection_name: str | None = None,
-    input: str | None = None,
 ) -> dict:
     """Mask a sample with a stored rule or an inline spec. Returns only masked data.
 
-    The sample is text, or columns and rows the caller provides, or the first rows of a query
-    (`connection_name` + `input`): the query runs through the exec pipeline like any other, as the
-    caller, with the connection's guardrails, its current masking and the audit log, so nobody
-    sees raw data through a preview.
+    The sample is text, or columns and rows the caller provides. (The first rows of a query as
+    the sample: `gateway.previews.masking_preview`, which runs it through the exec engine.)
     """
-    require_role(actor, ROLE_AUDITOR)
-    if (ref is None) == (spec is None):
-        raise InvalidInput("give either a rule (id or name) or an inline spec")
-    if (connection_name is None) != (input is None):
-        raise InvalidInput("a query preview needs both connection_name and input")
-    if connection_name is not None:
-        if text is not None or rows is not None:
-            raise InvalidInput("give a sample or a query, not both")
-        columns, rows = _query_sample(actor, connection_name, input)
+    masking_preview_check(actor=actor, ref=ref, spec=spec)
     if text is None and rows is None:
         raise InvalidInput("give a sample text, or columns and rows, or a connection_name and input")
     if rows is not None and (columns is None or any(len(r) != len(columns) for r in rows)):
         raise InvalidInput("every sample row needs one value per column")
     checked = masking.validate_spec(spec) if spec is not None else None
-    rule_spec = checked or _by_ref(MaskingRule.objects.all(), actor, ref, "masking rule").spec
+    rule_spec = checked or by_ref(MaskingRule.objects.all(), actor, ref, "masking rule").spec
     masker = masking.Masker([rule_spec], key=masking_key(actor.org_id))
     result: dict = {"counts": {}, "unavailable_entities": masker.unavailable_entities}
     try:

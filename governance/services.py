@@ -20,6 +20,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from gateway import hotsql
+from gateway.models import Connection
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import (
     ADMIN_GROUP,
@@ -30,15 +31,16 @@ from governance.models import (
     TokenCapability,
     User,
     UserGroup,
+    UserManager,
     token_digest,
 )
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
+from sessions.audit import audit_record, change_detail, redact
 
 
 def _audit_system(org_id, action: str, target, detail: dict | None = None, surface: str = "cli") -> None:
     """These services run from the CLI (headless setup) as the system; surfaces with an actor
     will pass one when they are built. SSO sign-in (`web`) and SCIM (`scim`) also act as the system."""
-    from sessions.audit import audit_record
 
     audit_record(actor=None, org_id=org_id, action=action, target=target, detail=detail, surface=surface)
 
@@ -48,7 +50,6 @@ def _audit_actor(
 ) -> None:
     """Audit a change. With `before` and `after` (dicts of the audited fields) the detail says what
     changed from what to what (`changed`, `before`, `after`; secrets redacted) beside `detail`."""
-    from sessions.audit import audit_record, change_detail, redact
 
     if before is not None or after is not None:
         diff = change_detail(redact(before or {}), redact(after or {}))
@@ -534,7 +535,6 @@ def usergroup_delete(*, actor: Actor, name: str) -> str:
             raise InvalidInput(f"cannot delete the {group.name} group")
         # Count every access group of the group's connections, not only this one (a fresh
         # queryset: counting through `group.connections` would count the filtered join).
-        from gateway.models import Connection  # gateway's models import ours
 
         bound = Connection.objects.filter(pk__in=group.connections.values("pk"))
         sole = sorted(c.name for c in bound.annotate(n=Count("access_groups")).filter(n=1))
@@ -635,3 +635,22 @@ def user_set_own_password(*, actor: Actor, old_password: str, new_password: str)
         user.save(update_fields=["password"])
         _audit_actor(actor, "user.password_change", user, {})
     return user
+
+
+# --- createsuperuser ----------------------------------------------------------------------------
+
+
+def superuser_create(email: str, password: str | None = None, **extra) -> User:
+    """`createsuperuser`: an admin (member of the reserved `admin` group) of the first org, or
+    of a new org "default" (it has no org prompt). Roles come from groups only: the superuser
+    flag gives nothing beyond them (see governance.admin_base)."""
+    org = extra.pop("org", None) or Organization.objects.order_by("created_at").first()
+    org = org or org_create(name="default")
+    user = user_create(org=org, email=email, password=password, name=extra.pop("name", ""), groups=["admin"])
+    user.is_staff = extra.get("is_staff", True)
+    user.is_superuser = extra.get("is_superuser", True)
+    user.save(update_fields=["is_staff", "is_superuser"])
+    return user
+
+
+UserManager.superuser_factory = superuser_create  # the manager (a layer below) calls back here

@@ -28,9 +28,20 @@ from django.utils import timezone
 
 from gateway.models import Connection
 from governance import rules as rule_helpers
+from governance.access import authorize
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import UserGroup
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, has_role, require_role, scope
+from governance.policy import (
+    ROLE_ADMIN,
+    ROLE_AUDITOR,
+    Actor,
+    has_role,
+    in_groups,
+    parse_id,
+    require_role,
+    scope,
+)
+from reviews import notify
 from reviews.models import (
     AccessRequestRule,
     AccessType,
@@ -40,7 +51,8 @@ from reviews.models import (
     ReviewStatus,
     ReviewType,
 )
-from sessions import idempotency, lifecycle
+from sessions import lifecycle
+from sessions.analysis import analyze_input
 from sessions.audit import Outcome, audit_record, change_detail
 from sessions.models import RISK_ORDER, RiskLevel, Session, SessionStatus
 
@@ -126,7 +138,7 @@ def access_rule_to_dict(rule: AccessRequestRule) -> dict:
         "max_jit_duration_seconds": rule.max_jit_duration_seconds,
         "time_window": _window_dict(rule.window_start, rule.window_end),
         "min_risk": rule.min_risk or None,
-        **rule_helpers._bindings(rule),
+        **rule_helpers.rule_bindings(rule),
         "created_at": rule.created_at.isoformat(),
         "updated_at": rule.updated_at.isoformat(),
     }
@@ -161,18 +173,18 @@ def _rules_qs():
 
 def access_rule_list(*, actor: Actor, limit: int = 50, offset: int = 0):
     require_role(actor, ROLE_AUDITOR)
-    return rule_helpers._page(_rules_qs().filter(org_id=actor.org_id).order_by("name"), limit, offset)
+    return rule_helpers.page_of(scope(_rules_qs(), actor, "view").order_by("name"), limit, offset)
 
 
 def access_rule_get(*, actor: Actor, ref: str) -> AccessRequestRule:
     require_role(actor, ROLE_AUDITOR)
-    return rule_helpers._by_ref(_rules_qs(), actor, ref, "access request rule")
+    return rule_helpers.by_ref(_rules_qs(), actor, ref, "access request rule")
 
 
 def _apply_access_rule(rule: AccessRequestRule, actor: Actor, fields: dict) -> list[str]:
     """Validate and apply `fields` (hoop's checks, without its one-rule limit); save with bindings."""
     if "name" in fields:
-        rule.name = rule_helpers._check_name(fields["name"], "access request rule")
+        rule.name = rule_helpers.check_name(fields["name"], "access request rule")
     for key in ("description", "enabled", "all_groups_must_approve"):
         if key in fields and fields[key] is not None:
             setattr(rule, key, fields[key])
@@ -220,7 +232,7 @@ def _apply_access_rule(rule: AccessRequestRule, actor: Actor, fields: dict) -> l
     if not rule.access_type:
         raise InvalidInput("access_type is required: 'jit', 'command' or 'jit_command'")
 
-    changed = rule_helpers._save_with_bindings(rule, actor, fields, "access request rule")
+    changed = rule_helpers.save_with_bindings(rule, actor, fields, "access request rule")
     if not rule.connections.exists() and not rule.attributes.exists():
         raise InvalidInput("either connections or attributes must have at least 1 entry")
     for field, values in groups.items():
@@ -263,15 +275,18 @@ def access_rule_create(*, actor: Actor, name: str, **fields) -> AccessRequestRul
     with transaction.atomic():
         rule = AccessRequestRule(org_id=actor.org_id)
         _apply_access_rule(rule, actor, {"name": name, **fields})
-        rule_helpers._changed(
-            actor=actor, action="access_request_rule.create", target=rule, detail=rule_helpers._bindings(rule)
+        rule_helpers.rule_changed(
+            actor=actor,
+            action="access_request_rule.create",
+            target=rule,
+            detail=rule_helpers.rule_bindings(rule),
         )
     return rule
 
 
 def access_rule_update(*, actor: Actor, ref: str, **fields) -> AccessRequestRule:
     """Change the fields given; list fields replace their lists."""
-    return rule_helpers._rule_update(
+    return rule_helpers.rule_update(
         AccessRequestRule,
         "access request rule",
         "access_request_rule.update",
@@ -283,7 +298,7 @@ def access_rule_update(*, actor: Actor, ref: str, **fields) -> AccessRequestRule
 
 
 def access_rule_delete(*, actor: Actor, ref: str) -> str:
-    return rule_helpers._rule_delete(
+    return rule_helpers.rule_delete(
         AccessRequestRule, "access request rule", "access_request_rule.delete", actor=actor, ref=ref
     )
 
@@ -294,14 +309,15 @@ def access_rule_delete(*, actor: Actor, ref: str) -> str:
 def _applies_to(actor: Actor, rule: AccessRequestRule) -> bool:
     required = {g.pk for g in rule.approval_required_groups.all()}
     if required:
-        return bool(required & actor.group_ids)
-    skipped = {g.pk for g in rule.skip_review_groups.all()}
-    return not (skipped & actor.group_ids)
+        return in_groups(actor, required)
+    return not in_groups(actor, (g.pk for g in rule.skip_review_groups.all()))
 
 
 def _rules_for(connection: Connection, access_types) -> list[AccessRequestRule]:
     """Enabled rules binding `connection` for any of `access_types`, in name order."""
-    qs = rule_helpers._bound(AccessRequestRule.objects.all(), connection).filter(access_type__in=access_types)
+    qs = rule_helpers.bound_queryset(AccessRequestRule.objects.all(), connection).filter(
+        access_type__in=access_types
+    )
     return list(qs.prefetch_related(*_GROUP_FIELDS))
 
 
@@ -323,7 +339,6 @@ def active_grant(*, user_id, connection_id, now=None) -> Review | None:
 
 def input_risk(connection: Connection, text: str) -> dict:
     """The built-in analyzer's verdict on input that has not run (no network, no queries)."""
-    from sessions.analysis import analyze_input
 
     return analyze_input(connection_name=connection.name, connection_kind=connection.kind, text=text)
 
@@ -489,8 +504,6 @@ def access_request(
 ) -> Review:
     """Ask for JIT access to a connection: a review that, once approved, lets `exec` skip
     per-command review on it until the grant expires or is revoked."""
-    from gateway.pipeline import authorize
-
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("reason is required: say why you need access")
@@ -560,7 +573,7 @@ def _force_ids(review: Review) -> set[int]:
 
 
 def is_eligible_reviewer(actor: Actor, review: Review) -> bool:
-    return bool((_reviewer_ids(review) | _force_ids(review)) & actor.group_ids)
+    return in_groups(actor, _reviewer_ids(review) | _force_ids(review))
 
 
 def _visible(actor: Actor):
@@ -569,8 +582,6 @@ def _visible(actor: Actor):
 
 
 def _parse_review_id(review_id):
-    from gateway.pipeline import parse_id
-
     return parse_id(review_id, NOT_FOUND)
 
 
@@ -619,7 +630,7 @@ def review_list(
             org_id=actor.org_id, status=ReviewStatus.PENDING, eligible_groups__in=actor.group_ids
         ).exclude(requester_id=actor.user.pk)
         qs = qs.filter(pk__in=waiting.values("pk")).exclude(decisions__reviewer_id=actor.user.pk)
-    return rule_helpers._page(qs.order_by("-created_at", "-pk"), limit, offset)
+    return rule_helpers.page_of(qs.order_by("-created_at", "-pk"), limit, offset)
 
 
 def can_see_input(actor: Actor, review: Review) -> bool:
@@ -895,68 +906,17 @@ def _in_window(review: Review, now: datetime) -> bool:
     return current >= review.window_start or current < review.window_end  # spans midnight
 
 
-def review_execute(*, actor: Actor, review_id, idempotency_key: str | None = None) -> Session:
-    """Run the approved input of a one-time review, exactly once; returns its session (running or final).
+def review_window_refusal(review: Review, now: datetime) -> str | None:
+    """Why an approved review may not run at `now` (its time window), or None."""
+    if review.status != ReviewStatus.APPROVED or _in_window(review, now):
+        return None
+    window = _window_dict(review.window_start, review.window_end)
+    return f"execution not allowed outside the time window {window['start_time']} to {window['end_time']} UTC"
 
-    Only the requester may run it. The review moves APPROVED -> EXECUTED in one conditional
-    UPDATE, so of two concurrent calls (on any replicas) exactly one proceeds; in the same
-    transaction the session becomes open with a dispatch lease, so if this process dies before
-    running it, another one does. With an `idempotency_key`, a retry by the requester (after a
-    lost answer) returns the same session instead of "already executed".
-    """
-    from gateway import pipeline
 
-    request = {"review_id": str(review_id)}
-    key = idempotency.check_key(idempotency_key)
-    replay = idempotency.find(user=actor.user, key=key, operation="reviews_execute", request=request)
-    if replay is not None:
-        return replay
-    review = review_get(actor=actor, review_id=review_id)
-    if review.type != ReviewType.ONETIME:
-        raise InvalidInput("review is not a one-time review")
-    if review.requester_id != actor.user.pk:
-        raise PolicyDenied("only the requester can execute a reviewed request")
-    now = timezone.now()
-    if review.status == ReviewStatus.APPROVED and not _in_window(review, now):
-        window = _window_dict(review.window_start, review.window_end)
-        raise PolicyDenied(
-            f"execution not allowed outside the time window {window['start_time']} to {window['end_time']} UTC"
-        )
-    refusal = None
-    try:
-        with transaction.atomic():
-            claimed = Review.objects.filter(
-                pk=review.pk, status=ReviewStatus.APPROVED, expires_at__gt=now
-            ).update(status=ReviewStatus.EXECUTED, executed_at=now, updated_at=now)
-            if not claimed:
-                raise Conflict("review not approved or already executed")
-            review.status = ReviewStatus.EXECUTED
-            audit_record(
-                actor=actor,
-                action="review.execute",
-                target=review,
-                detail={"session_id": str(review.session_id)},
-            )
-            session = pipeline.exec_reviewed(actor=actor, review=review)
-            idempotency.remember(
-                user=actor.user, key=key, operation="reviews_execute", request=request, session=session
-            )
-            _after_commit(review, "review.executed")
-    except idempotency.IntegrityError:  # a concurrent retry with the same key won; answer with its session
-        return idempotency.find(user=actor.user, key=key, operation="reviews_execute", request=request)
-    except (Conflict, NotFound, PolicyDenied) as exc:
-        refusal = exc
-    if refusal is not None:  # rolled back: the review is as it was; record the attempt on its own
-        review.refresh_from_db()
-        audit_record(
-            actor=actor,
-            action="review.execute",
-            outcome=Outcome.DENIED,
-            target=review,
-            detail={"reason": refusal.message},
-        )
-        raise refusal
-    return session
+def review_changed(review: Review, event: str | None) -> None:
+    """After the caller's transaction commits: wake waiters, emit `event`, notify people."""
+    _after_commit(review, event)
 
 
 # --- expiry -----------------------------------------------------------------------------------------
@@ -998,8 +958,6 @@ def reviews_expire(*, now=None, limit: int = 500) -> int:
 
 
 def _after_commit(review: Review, event: str | None) -> None:
-    from reviews import notify
-
     review_id = review.pk
     if event:
         notify.emit(review, event)

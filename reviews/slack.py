@@ -4,7 +4,7 @@ Slack calls when someone clicks them (a Slack app's "Interactivity" request URL)
 Flow (Slack's own protocol, nothing Portcullis-specific on the wire):
 
 1. `message_blocks` adds Approve and Reject buttons to the "review requested" message that
-   `reviews.tasks` posts through the app's incoming webhook (when interactivity is configured).
+   `reviews.notify` posts through the app's incoming webhook (when interactivity is configured).
 2. A click makes Slack POST `payload=<block_actions JSON>` to `/slack/interactions`, signed with
    the app's signing secret: `X-Slack-Signature: v0=HMAC-SHA256(secret, "v0:<ts>:<raw body>")`
    and `X-Slack-Request-Timestamp`. `verify_signature` checks both (constant-time compare, at most
@@ -45,44 +45,15 @@ from django.views.decorators.csrf import csrf_exempt
 from governance.errors import PortcullisError
 from governance.models import User
 from governance.policy import Actor
+from reviews.notify import APPROVE, REJECT, interactive, message_blocks  # noqa: F401  (message_blocks: the buttons)
+from reviews.services import review_decide, review_get
 
 logger = logging.getLogger("portcullis.reviews.slack")
 
 MAX_AGE_SECONDS = 5 * 60  # Slack's own advice for replay protection
 MAX_BODY_BYTES = 64 * 1024
-APPROVE, REJECT, REJECT_MODAL = "review_approve", "review_reject", "review_reject_reason"
+REJECT_MODAL = "review_reject_reason"
 _pool = ThreadPoolExecutor(2, thread_name_prefix="slack-reply")
-
-
-def interactive() -> bool:
-    """Buttons are offered only when the endpoint can verify clicks and look people up."""
-    return bool(settings.SLACK_SIGNING_SECRET and settings.SLACK_BOT_TOKEN)
-
-
-def message_blocks(review_id: str) -> list[dict]:
-    """The Approve / Reject buttons for a review message (Block Kit)."""
-    return [
-        {
-            "type": "actions",
-            "block_id": f"review:{review_id}",
-            "elements": [
-                {
-                    "type": "button",
-                    "action_id": APPROVE,
-                    "style": "primary",
-                    "text": {"type": "plain_text", "text": "Approve"},
-                    "value": review_id,
-                },
-                {
-                    "type": "button",
-                    "action_id": REJECT,
-                    "style": "danger",
-                    "text": {"type": "plain_text", "text": "Reject"},
-                    "value": review_id,
-                },
-            ],
-        }
-    ]
 
 
 # --- request verification -----------------------------------------------------------------------
@@ -194,7 +165,6 @@ def _actor_for(payload: dict) -> tuple[Actor | None, str]:
 
 
 def _decide(actor: Actor, review_id: str, status: str, reason: str = ""):
-    from reviews.services import review_decide
 
     return review_decide(actor=actor, review_id=review_id, status=status, reason=reason)
 
@@ -234,8 +204,6 @@ def _block_actions(payload: dict) -> HttpResponse:
         _reply(response_url, _ephemeral(problem))
         return HttpResponse(status=200)
     if action_id == REJECT:
-        from reviews.services import review_get
-
         try:  # only someone who may see the review gets the form (the service decides again)
             review_get(actor=actor, review_id=review_id)
             _api(

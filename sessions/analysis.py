@@ -552,30 +552,26 @@ MAX_PROMPT_INPUT = 8 * 1024
 MAX_PROMPT_OUTPUT = 4 * 1024
 
 
-def _masked_input(session: Session) -> str:
-    """The input with the connection's masking rules applied: literals in a statement (an email in a
-    WHERE) leave the gateway no more than values in a result do."""
+def _masked_input(session: Session, mask) -> str:
+    """The input with the connection's masking rules applied (`mask`, from the caller): literals in
+    a statement (an email in a WHERE) leave the gateway no more than values in a result do."""
     text = (session.input or "")[:MAX_PROMPT_INPUT]
-    connection = session.connection
-    if connection is None:
+    if mask is None:
         return text
-    from governance import rules as rules_service
-
     try:
-        masker, _ = rules_service.masker_for(connection)
-        return masker.mask_text(text)[0] if masker.active else text
+        return mask(text)
     except Exception:
         logger.exception("masking the input of session %s for the analyzer failed", session.pk)
         return "[input withheld: it could not be masked]"
 
 
-def _prompt(session: Session, builtin: Verdict) -> str:
+def _prompt(session: Session, builtin: Verdict, mask=None) -> str:
     summary = {
         "connection": session.connection_name,
         "connection_kind": session.connection_kind,
         "verb": session.verb,
         "status": session.status,
-        "input": _masked_input(session),
+        "input": _masked_input(session, mask),
         "input_truncated": session.input_truncated or len(session.input or "") > MAX_PROMPT_INPUT,
         "output_excerpt_masked": (session.output or "")[:MAX_PROMPT_OUTPUT],
         "error": (session.error or "")[:500],
@@ -596,7 +592,7 @@ def _endpoint(url: str) -> str:
     return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
 
 
-def analyze_llm(session: Session, builtin: Verdict) -> Verdict:
+def analyze_llm(session: Session, builtin: Verdict, mask=None) -> Verdict:
     """Ask the configured chat-completions endpoint. Raises AnalyzerFailed on any failure."""
     headers = {"Content-Type": "application/json"}
     if settings.ANALYZER_KEY:
@@ -607,7 +603,7 @@ def analyze_llm(session: Session, builtin: Verdict) -> Verdict:
         "response_format": {"type": "json_object"},
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": _prompt(session, builtin)},
+            {"role": "user", "content": _prompt(session, builtin, mask)},
         ],
     }
     try:
@@ -652,14 +648,16 @@ def llm_configured() -> bool:
     return bool(settings.ANALYZER_URL and settings.ANALYZER_MODEL)
 
 
-def analyze(session: Session) -> Verdict:
+def analyze(session: Session, *, mask=None) -> Verdict:
     """The verdict for a finished session: the LLM's when one is configured and answers well,
-    the built-in one otherwise (with `fallback_reason` saying why the LLM's was not used)."""
+    the built-in one otherwise (with `fallback_reason` saying why the LLM's was not used).
+    `mask(text)` is the connection's masking (the caller's, `sessions.services`): the input an LLM
+    is sent goes through it."""
     builtin = analyze_builtin(session)
     if not llm_configured():
         return builtin
     try:
-        return analyze_llm(session, builtin)
+        return analyze_llm(session, builtin, mask)
     except AnalyzerFailed as exc:
         reason = f"LLM analyzer failed: {exc}"
     except Exception as exc:  # a bug here must not cost the session its analysis

@@ -26,10 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
+from gateway import metrics
 from sessions import outbox, webhook_signing
 from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
@@ -83,9 +85,7 @@ def _schedule(delivery_id: int, delay: float) -> None:
         timer.daemon = True
         timer.start()
     else:
-        from sessions.tasks import webhook_deliver as task
-
-        task.apply_async(args=[delivery_id], countdown=max(delay, 0.0))
+        webhook_deliver_task.apply_async(args=[delivery_id], countdown=max(delay, 0.0))
 
 
 # --- fan-out ---------------------------------------------------------------------------------
@@ -343,3 +343,12 @@ def webhooks_retry_due(*, now=None, grace_seconds: int = 60, limit: int = 500) -
         ).values_list("pk", flat=True)[:5000]
         WebhookDelivery.objects.filter(pk__in=list(old)).delete()
     return len(ids)
+
+
+@shared_task(name="sessions.tasks.webhook_deliver", ignore_result=True)
+def webhook_deliver_task(delivery_id: int) -> None:
+    """Attempt one webhook delivery (it schedules its own retry). The Celery task lives beside the
+    function it runs; sessions/tasks.py lists it under its name, `webhook_deliver`."""
+    attempt = webhook_deliver(delivery_id)
+    if attempt is not None:  # None: not due, or claimed by another worker
+        metrics.WEBHOOK_ATTEMPTS.labels(attempt.status).inc()

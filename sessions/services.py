@@ -12,15 +12,18 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from governance import rules
 from governance.errors import InvalidInput
 from governance.guardrails import find_secrets
-from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, require_role, scope
+from governance.policy import ROLE_AUDITOR, Actor, get_scoped, has_role, parse_id, require_role, scope
 from reviews.models import Review, ReviewStatus
+from sessions import analysis as analyzer
 from sessions import lifecycle, outbox
 from sessions.models import (
     FINAL_STATUSES,
@@ -214,8 +217,6 @@ def _after_cursor(qs, cursor: str):
 
 def session_get(*, actor: Actor, session_id, action: str = "view") -> Session:
     """One session the actor may see, or NotFound("session not found") for missing and forbidden alike."""
-    from gateway.pipeline import parse_id
-
     pk = parse_id(session_id, "session not found")
     return get_scoped(
         Session.objects.select_related("user", "review"), actor, action, not_found="session not found", pk=pk
@@ -453,8 +454,6 @@ def analysis_enqueue(*, session_id) -> None:
 @outbox.handler("analysis")
 def _analysis_start(payload: dict) -> None:
     """The relay's delivery of an analysis request; raises (kept, retried) when the broker is away."""
-    from sessions.tasks import session_analyze
-
     session_id = payload["session_id"]
     if settings.CELERY_TASK_ALWAYS_EAGER:
         global _analysis_pending
@@ -474,8 +473,6 @@ def _analysis_executor() -> ThreadPoolExecutor:
 
 
 def _analysis_in_background(session_id: str) -> None:
-    from sessions.tasks import session_analyze
-
     global _analysis_pending
     try:
         session_analyze.apply(args=[session_id], throw=True)
@@ -517,9 +514,9 @@ def analysis_run(*, session_id) -> Analysis | None:
     if not session.is_final:
         logger.warning("session %s is %s, not finished; not analysed yet", session_id, session.status)
         return None
-    from sessions.analysis import analyze
-
-    verdict = analyze(session)  # outside any transaction: an LLM may take seconds
+    verdict = analyzer.analyze(
+        session, mask=_input_masker(session)
+    )  # outside any transaction: an LLM may take seconds
     analysis = Analysis(
         session=session,
         risk_level=verdict.risk_level,
@@ -780,3 +777,24 @@ def _stats_range(start_date: str | None, end_date: str | None) -> tuple[datetime
             "at a time (start_date and end_date)"
         )
     return start.astimezone(UTC), end.astimezone(UTC)
+
+
+@shared_task(name="sessions.tasks.session_analyze", ignore_result=True)
+def session_analyze(session_id: str) -> None:
+    """Analyse one finished session (enqueued on commit when it ends); idempotent. The task lives
+    beside the service it runs (sessions/tasks.py lists it for Celery)."""
+    analysis_run(session_id=session_id)
+
+
+def _input_masker(session: Session):
+    """The connection's masking rules, as a function of the text: the analyzer applies it to the
+    input it sends to an LLM (None: no connection any more, the text goes as it is)."""
+    connection = session.connection
+    if connection is None:
+        return None
+
+    def mask(text: str) -> str:
+        masker, _ = rules.masker_for(connection)
+        return masker.mask_text(text)[0] if masker.active else text
+
+    return mask

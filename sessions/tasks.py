@@ -2,19 +2,14 @@
 
 from celery import shared_task
 
-from gateway import metrics
-from sessions import heads, outbox, services
+from sessions import delivery, heads, outbox, services
+from sessions.delivery import webhook_deliver_task as webhook_deliver  # noqa: F401  (defined beside its work)
+from sessions.services import session_analyze  # noqa: F401  (defined beside the service it runs)
 
 
 @shared_task(name="sessions.tasks.sessions_sweep_orphans")
 def sessions_sweep_orphans() -> int:
     return services.sessions_sweep_orphans()
-
-
-@shared_task(name="sessions.tasks.session_analyze", ignore_result=True)
-def session_analyze(session_id: str) -> None:
-    """Analyse one finished session (enqueued on commit when it ends); idempotent."""
-    services.analysis_run(session_id=session_id)
 
 
 @shared_task(name="sessions.tasks.analysis_sweep_missing")
@@ -29,20 +24,8 @@ def outbox_relay() -> int:
     return outbox.relay_all()
 
 
-@shared_task(name="sessions.tasks.webhook_deliver", ignore_result=True)
-def webhook_deliver(delivery_id: int) -> None:
-    """Attempt one webhook delivery (it schedules its own retry)."""
-    from sessions import delivery
-
-    attempt = delivery.webhook_deliver(delivery_id)
-    if attempt is not None:  # None: not due, or claimed by another worker
-        metrics.WEBHOOK_ATTEMPTS.labels(attempt.status).inc()
-
-
 @shared_task(name="sessions.tasks.webhooks_retry_due")
 def webhooks_retry_due() -> int:
-    from sessions import delivery
-
     return delivery.webhooks_retry_due()
 
 

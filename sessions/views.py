@@ -16,8 +16,9 @@ from django.shortcuts import redirect, render
 from django.utils.html import format_html
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
-from pygments.lexers import BashLexer, JsonLexer, MySqlLexer, PostgresLexer, SqlLexer, TextLexer
+from pygments.lexers import TextLexer, get_lexer_by_name
 
+from gateway.kinds import KINDS
 from gateway.services import connection_list
 from gateway.web import role_label, web_actor, web_view
 from governance.errors import InvalidInput, NotFound
@@ -39,13 +40,7 @@ OUTPUT_PAGE_BYTES = 64 * 1024
 REPLAY_MAX_BYTES = 1024 * 1024
 MAX_TABLE_ROWS = 500
 MAX_HIGHLIGHT_CHARS = 100_000
-LEXERS = {
-    "postgres": PostgresLexer,
-    "mysql": MySqlLexer,
-    "sqlite": SqlLexer,
-    "command": BashLexer,
-    "mcp": JsonLexer,
-}
+LEXERS = {kind.name: type(get_lexer_by_name(kind.lexer)) for kind in KINDS.values()}  # gateway/kinds.py
 _FORMATTER = HtmlFormatter(style="monokai", cssclass="highlight", wrapcode=True)
 HIGHLIGHT_CSS = _FORMATTER.get_style_defs(".highlight")
 

@@ -13,17 +13,33 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from gateway import runner
 from sessions.models import Analysis, Session
 
 logger = logging.getLogger("portcullis.wakeup")
 
 
 SUBSCRIBE_TIMEOUT = 2.0  # a Redis that does not answer this fast is treated as down
+
+
+def _no_local_future(session_id) -> Future | None:
+    return None
+
+
+# The job future of a session running in this process, if any. The exec engine's runner (a layer
+# above) registers its lookup when it loads (`register_local_futures`); until then nothing runs here.
+_local_future: Callable[[str], Future | None] = _no_local_future
+
+
+def register_local_futures(lookup: Callable[[str], Future | None]) -> None:
+    """Called once by `gateway.runner`: where a waiter finds the future of a job of this process."""
+    global _local_future
+    _local_future = lookup
 
 
 def _group(session_id) -> str:
@@ -120,7 +136,7 @@ async def _wait_until(
     try:
         while True:
             now = time.monotonic()
-            future = runner.local_future(local_key) if local_key else None
+            future = _local_future(local_key) if local_key else None
             value = None
             if future is not None:
                 # Runs in this process: its future resolves right after the record is final, with
@@ -140,7 +156,7 @@ async def _wait_until(
             if on_progress is not None and now - last_progress >= progress_every:
                 last_progress = now
                 await on_progress(now - start, timeout)
-            if local_key and runner.local_future(local_key) is not None:
+            if local_key and _local_future(local_key) is not None:
                 continue
             step = max(min(deadline - now, progress_every - (now - last_progress), 5.0), 0.01)
             if channel is None and not subscribe_failed and _shared_layer() is not None:

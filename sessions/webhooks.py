@@ -12,9 +12,8 @@ from django.utils import timezone
 
 from governance.errors import Conflict, InvalidInput
 from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
-from sessions import webhook_signing
+from sessions import delivery, webhook_signing
 from sessions.audit import REDACTED, audit_record, change_detail
-from sessions.delivery import _schedule
 from sessions.events import EVENT_TYPES
 from sessions.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
@@ -247,7 +246,7 @@ def webhook_delivery_retry(*, actor: Actor, delivery_ids) -> int:
             detail={"deliveries": ids},
         )
         for pk in ids:
-            transaction.on_commit(lambda pk=pk: _schedule(pk, 0))
+            transaction.on_commit(lambda pk=pk: delivery._schedule(pk, 0))
     return len(ids)
 
 

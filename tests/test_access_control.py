@@ -12,6 +12,7 @@ from gateway.services import connection_create_headless, connection_get, connect
 from governance import access
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.models import UserGroup
+from governance.policy import not_found_message
 from sessions.models import AuditEvent
 from tests.conftest import error_text, make_shop_sqlite, structured
 
@@ -43,8 +44,8 @@ def test_it_restricts_one_connection_and_never_hides_another(cast, two):
         connection_get(actor=cast.dave.actor(), name="ledger")
     with pytest.raises(NotFound) as missing:
         connection_get(actor=cast.dave.actor(), name="no-such")
-    assert str(denied.value) == pipeline.not_found_message("ledger")
-    assert str(missing.value) == pipeline.not_found_message("no-such")
+    assert str(denied.value) == not_found_message("ledger")
+    assert str(missing.value) == not_found_message("no-such")
     # exec follows the same policy
     with pytest.raises(NotFound):
         pipeline.exec_start(actor=cast.dave.actor(), connection_name="ledger", input="select 1")

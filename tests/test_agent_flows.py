@@ -3,8 +3,9 @@ what tools/list says. `Agent.call` refuses a tool the caller's listing does not 
 argument its inputSchema does not name, so the script cannot lean on anything undocumented.
 
 The flows: the first calls up to an approved delete; the quarterly report in three calls; a
-50-row import with two bad rows; tagging and a rule bound by selector; an incident guardrail
-that blocks at once, with the audit event naming who, from which client, with which conditions.
+50-row import with two bad rows; tagging and rules bound by selector (key=value, and a key alone
+for every value of it); an incident guardrail that blocks at once, with the audit events naming
+who, from which client, with which conditions, and which rule stopped the attempt.
 The database is read only to check the numbers the tools answer.
 """
 
@@ -152,9 +153,14 @@ def test_the_agent_flows_of_issue_15(cast, agents):
     audit = carol.ok("audit_events_list", {"action": "guardrail.create", "limit": 5})
     event = next(e for e in audit["items"] if e["target"] == "incident-42")
     assert event["actor_email"] == "alice@acme.test" and event["surface"] == "mcp"
-    assert event["client"].startswith("token:")  # which client: the token's name and the user agent
+    assert event["client"].startswith("token:pytest; ")  # which client: the token's name, the user agent
     assert event["detail"]["after"]["input_conditions"]["deny_words"] == ["customers"]
     assert event["detail"]["connections"] == ["shop"]
+    # The blocked attempt is on record too: who, from which client, stopped by which rule.
+    attempt = carol.ok("audit_events_list", {"action": "exec.request", "outcome": "blocked", "limit": 1})
+    attempt = attempt["items"][0]
+    assert (attempt["actor_email"], attempt["detail"]["blocked_by"]) == ("bob@acme.test", ["incident-42"])
+    assert attempt["client"].startswith("token:pytest; ") and attempt["target"] == "exec on shop (blocked)"
 
     # A change says from what to what.
     alice.ok(
@@ -246,6 +252,16 @@ def test_the_agent_flows_of_issue_15(cast, agents):
         {"kind": "attribute", "record_name": "env=prod", "changes": {"add_connections": ["imp-15"]}},
     )
     assert bob.ok("exec", {"connection_name": "imp-15", "input": "select 'zebra'"})["status"] == "blocked"
+    # A key alone binds every value of it, as the selector `team` does: team=data now, any later one.
+    alice.ok("attributes_create", {"name": "team"})
+    alice.ok(
+        "guardrails_create",
+        {"name": "teams-no-tiger", "input_conditions": {"deny_words": ["tiger"]}, "attributes": ["team"]},
+    )
+    assert bob.ok("exec", {"connection_name": "imp-30", "input": "select 'tiger'"})["status"] == "blocked"
+    assert bob.ok("exec", {"connection_name": "shop", "input": "select 'tiger'"})["status"] == "completed"
+    alice.ok("attributes_create", {"name": "team=ops", "connections": ["shop"]})
+    assert bob.ok("exec", {"connection_name": "shop", "input": "select 'tiger'"})["status"] == "blocked"
 
     # Names are unique regardless of case, over MCP too.
     assert "regardless of case" in error_text(

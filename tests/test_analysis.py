@@ -207,8 +207,8 @@ def test_it_settles_a_race_between_two_workers_on_the_unique_constraint(cast, mo
     session = _session(cast, "postgres", "select 1")
     real = analyzer.analyze
 
-    def slow_and_overtaken(s):
-        verdict = real(s)
+    def slow_and_overtaken(s, **options):
+        verdict = real(s, **options)
         # another worker stores its analysis while this one was thinking
         Analysis.objects.create(session=s, risk_level="low", title="other", explanation="x", analyzer="other")
         return verdict
@@ -396,7 +396,7 @@ def test_embedded_mode_analyses_after_commit_without_delaying_or_breaking_the_ex
     assert Session.objects.get(pk=session.pk).status == SessionStatus.DONE
     assert stored.risk_level == "high" and "write.no_where" in stored.reasons
 
-    def broken(s):
+    def broken(s, **options):
         raise RuntimeError("analyzer bug")
 
     monkeypatch.setattr(analyzer, "analyze", broken)

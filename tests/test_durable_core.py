@@ -21,6 +21,7 @@ from django.test import TestCase
 
 from gateway import pipeline, runner
 from gateway.connectors import pool
+from gateway.reviewed import review_execute
 from gateway.services import connection_create_headless
 from governance.errors import InvalidInput
 from reviews import services as reviews
@@ -266,13 +267,13 @@ def test_reviews_execute_with_a_key_answers_a_retry_with_the_same_session(cast, 
     )
     review_id = pending.pending_review.pk
     reviews.review_decide(actor=cast.alice.actor("web"), review_id=review_id, status="APPROVED")
-    first = reviews.review_execute(actor=cast.bob.actor(), review_id=review_id, idempotency_key="run-1")
+    first = review_execute(actor=cast.bob.actor(), review_id=review_id, idempotency_key="run-1")
     _wait_job(first.pk)
-    again = reviews.review_execute(actor=cast.bob.actor(), review_id=review_id, idempotency_key="run-1")
+    again = review_execute(actor=cast.bob.actor(), review_id=review_id, idempotency_key="run-1")
     assert again.pk == first.pk == pending.pk
     assert _count(shops["acme"].config["path"]) == 2
     with pytest.raises(Exception, match="already executed"):  # without the key it is a second run: refused
-        reviews.review_execute(actor=cast.bob.actor(), review_id=review_id)
+        review_execute(actor=cast.bob.actor(), review_id=review_id)
 
 
 def test_an_approved_execution_whose_process_died_is_run_by_another_exactly_once(
@@ -290,7 +291,7 @@ def test_an_approved_execution_whose_process_died_is_run_by_another_exactly_once
         actor=cast.alice.actor("web"), review_id=pending.pending_review.pk, status="APPROVED"
     )
     with _runner_dies_before_running(monkeypatch) as submitted:
-        session = reviews.review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
+        session = review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
     assert submitted and Session.objects.get(pk=session.pk).status == SessionStatus.OPEN
     assert maintenance.tick()["resumed"] == 0  # its dispatch lease has not lapsed yet
     Session.objects.filter(pk=session.pk).update(lease_expires_at=lifecycle.db_now_plus(-1))
@@ -437,7 +438,7 @@ def _abandon(session_id, **spec_extra):
 
 def test_an_approved_execution_records_its_target_transaction_before_it_commits(cast, reviewed_pg):
     pending = _approved(cast, "update items set name = 'once-a' where id = 1")
-    session = reviews.review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
+    session = review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
     _wait_job(session.pk)
     session.refresh_from_db()
     assert session.status == SessionStatus.DONE and session.run_spec["limits"]["exactly_once"] is True
@@ -458,7 +459,7 @@ def test_an_abandoned_approved_run_that_never_committed_runs_again_once(cast, re
 
     pending = _approved(cast, "update items set name = 'once-b' where id = 2")
     with _runner_dies_before_running(monkeypatch):
-        session = reviews.review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
+        session = review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
     _abandon(session.pk)  # claimed, then gone before its commit point: no transaction recorded
     done = maintenance.tick()
     assert done["abandoned_runs"] == 1 and done["resumed"] == 1  # requeued, then resumed in the same sweep
@@ -474,7 +475,7 @@ def test_an_abandoned_approved_run_that_committed_is_not_run_again(cast, reviewe
 
     pending = _approved(cast, "update items set price = price + 1000 where id = 3")
     with _runner_dies_before_running(monkeypatch):
-        session = reviews.review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
+        session = review_execute(actor=cast.bob.actor(), review_id=pending.pending_review.pk)
     # The dead runner got as far as the commit: the statement took effect and its txid is recorded.
     params = {k: v for k, v in reviewed_pg.items() if k != "database"}
     with psycopg.connect(**params, dbname=reviewed_pg["database"]) as conn:

@@ -20,6 +20,7 @@ from governance.models import GuardrailRule
 from governance.services import token_issue, usergroup_create
 from sessions.models import AuditEvent, WebhookDelivery
 from sessions.webhooks import webhook_endpoint_create
+from tests.test_upstream_mcp import make_mcp_connection, upstream_server
 
 pytestmark = pytest.mark.live
 
@@ -88,6 +89,19 @@ class Rest:
         assert SECRET not in response.content.decode()
         return self._outcome(response)
 
+    # The upstream MCP tools' twins: (outcome, body).
+    def upstream(self, who, op, connection, body=None):
+        client, base = self._client(who), f"{API}/connections/{connection}"
+        if op == "tools":
+            response = client.get(f"{base}/upstream-tools/")
+        elif op == "call":
+            response = client.post(f"{base}/upstream-tools/call/", body, format="json")
+        elif op == "contracts":
+            response = client.get(f"{base}/upstream-contracts/", body or {})
+        else:  # accept
+            response = client.post(f"{base}/upstream-contracts/accept/", body, format="json")
+        return self._outcome(response), response.json() if response.status_code == 200 else None
+
 
 class Mcp:
     name = "mcp"
@@ -155,6 +169,17 @@ class Mcp:
         assert SECRET not in str(result.structured_content) + result.content[0].text
         return self._outcome(result)
 
+    UPSTREAM = {
+        "tools": "upstream_tools_list",
+        "call": "upstream_call",
+        "contracts": "upstream_contracts_list",
+        "accept": "upstream_contracts_accept",
+    }
+
+    def upstream(self, who, op, connection, body=None):
+        result = self.mcp(who).call(self.UPSTREAM[op], {"connection_name": connection, **(body or {})})
+        return self._outcome(result), None if result.is_error else result.structured_content
+
 
 class Admin:
     name = "admin"
@@ -217,6 +242,12 @@ def world(cast, shops):
     )
     target = rules.guardrail_create(actor=admin, name="acme-rule", input={"deny_words": ["zebra"]})
     return {"rule_id": str(target.pk)}
+
+
+@pytest.fixture(scope="module")
+def upstream_url():
+    with upstream_server() as url:
+        yield url
 
 
 def _events(org, since: int):
@@ -369,3 +400,48 @@ def test_admin_operations_alike_over_rest_and_mcp(cast, surfaces, world, surface
     if op == "review.settings":
         assert events[0].detail["before"] == {"review_ttl_seconds": 86400}
         assert events[0].detail["after"] == {"review_ttl_seconds": 7200}
+
+
+@pytest.mark.parametrize("surface", ["api", "mcp"])
+def test_upstream_mcp_operations_alike_over_rest_and_mcp(cast, surfaces, world, upstream_url, surface):
+    """upstream_tools_list, upstream_call, upstream_contracts_list|accept and their REST twins: the same
+    services, the same policy (tool policy per group, admin-only contracts, other orgs not found)."""
+    make_mcp_connection(
+        cast.acme, upstream_url, tools=[{"match": "run_sql", "groups": ["engineering"]}, {"match": "echo"}]
+    )
+    on = surfaces[surface].upstream
+    outcome, listed = on(cast.bob, "tools", "tools")
+    assert outcome == "ok" and [t["name"] for t in listed["items"]] == ["echo", "run_sql"]
+    assert listed["total"] == 2 and listed["items"][0]["input_schema"]["type"] == "object"
+    assert [t["name"] for t in on(cast.dave, "tools", "tools")[1]["items"]] == ["echo"]
+    assert on(cast.eve, "tools", "tools") == ("not_found", None)  # another org's connection
+
+    since = _last_id()
+    outcome, envelope = on(cast.bob, "call", "tools", {"tool": "echo", "arguments": {"text": "hi"}})
+    assert outcome == "ok" and envelope["status"] == "completed"
+    assert envelope["content"] == [{"type": "text", "text": "hi"}] and envelope["structured_content"] == {
+        "echo": "hi"
+    }
+    requests = [
+        (e.action, e.outcome, e.surface) for e in _events(cast.acme, since) if e.action == "tool.request"
+    ]
+    assert requests == [("tool.request", "success", surface)]
+    assert on(cast.dave, "call", "tools", {"tool": "run_sql", "arguments": {}}) == ("not_found", None)
+
+    since = _last_id()
+    assert on(cast.carol, "contracts", "tools")[0] == "denied"  # contracts are the admin's
+    assert [(e.outcome, e.surface) for e in _events(cast.acme, since)] == [("denied", surface)]
+    outcome, contracts = on(cast.alice, "contracts", "tools", {"status": "accepted"})
+    assert outcome == "ok" and {c["tool"] for c in contracts["items"]} >= {"echo", "run_sql"}
+    echo = next(c for c in contracts["items"] if c["tool"] == "echo")
+    since = _last_id()
+    body = {"tools": ["echo"], "observed_sha256": {"echo": echo["observed_sha256"]}}
+    outcome, accepted = on(cast.alice, "accept", "tools", body)
+    assert outcome == "ok" and [(c["tool"], c["status"]) for c in accepted["items"]] == [("echo", "accepted")]
+    assert [(e.action, e.surface) for e in _events(cast.acme, since)] == [
+        ("upstream.contract_accept", surface)
+    ]
+    stale = {"tools": ["echo"], "observed_sha256": {"echo": "0" * 64}}
+    outcome, _ = on(cast.alice, "accept", "tools", stale)  # reviewed a version that is not the one observed
+    expected = "invalid" if surface == "api" else 'error: tool "echo" changed again since you reviewed it'
+    assert outcome.startswith(expected)

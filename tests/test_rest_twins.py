@@ -73,6 +73,9 @@ def test_runbook_rules_and_runbooks(cast, shops, admin_token):
     assert [r["name"] for r in listed["items"]] == ["eng-count"]
     patched = admin_token.patch(f"{API}/runbooks/shop/count/", {"description": "how many"}, format="json")
     assert patched.status_code == 200 and patched.json()["description"] == "how many"
+    one = admin_token.get(f"{API}/runbooks/shop/count/")  # as config_get kind=runbook
+    assert one.status_code == 200 and one.json()["template"] == "select count(*) from customers"
+    assert _client(cast.bob).get(f"{API}/runbooks/shop/count/").status_code == 403  # admins only
     event = AuditEvent.objects.filter(action="runbook.update").latest("id")
     assert event.detail["before"] == {"description": ""} and event.detail["after"] == {
         "description": "how many"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from gateway import pipeline
+from gateway.reviewed import review_execute
 from governance.policy import Actor
 from governance.services import user_create
 from reviews import services
@@ -41,7 +42,7 @@ def test_review_transitions_are_signed_webhook_events(cast, shops, transactional
     reviewer = Actor.for_user(frank, surface="web")
     services.review_decide(actor=reviewer, review_id=approved.pk, status="APPROVED")
     services.review_decide(actor=reviewer, review_id=rejected.pk, status="REJECTED", reason="no WHERE")
-    services.review_execute(actor=cast.bob.actor(), review_id=approved.pk)
+    review_execute(actor=cast.bob.actor(), review_id=approved.pk)
     got = r.wait_for(5)
     assert len(got) == 5 and all(x["verified"] for x in got)
     kinds = sorted(e["type"] for e in r.events())

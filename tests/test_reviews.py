@@ -14,6 +14,7 @@ from django.db import connection as db_connection
 from django.utils import timezone
 
 from gateway import pipeline
+from gateway.reviewed import review_execute
 from governance.errors import Conflict, InvalidInput, NotFound, PolicyDenied
 from governance.policy import Actor
 from governance.services import user_create, usergroup_create, usergroup_delete
@@ -299,7 +300,7 @@ def test_rejection_needs_a_reason_and_ends_the_session(cast, team):
     with pytest.raises(Conflict, match="wrong state"):
         services.review_decide(actor=_actor(team["grace"]), review_id=session.pk, status="APPROVED")
     with pytest.raises(Conflict, match="not approved or already executed"):
-        services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+        review_execute(actor=cast.bob.actor(), review_id=session.pk)
     assert _rows(team["shop"]) == 3
 
 
@@ -330,17 +331,17 @@ def test_execute_runs_the_stored_input_exactly_once(cast, team):
     session = _exec(cast.bob, "delete from customers where id = 1")
     services.review_decide(actor=_actor(team["frank"]), review_id=session.pk, status="APPROVED")
     with pytest.raises(PolicyDenied, match="only the requester"):
-        services.review_execute(actor=cast.alice.actor(), review_id=session.pk)  # not even an admin
+        review_execute(actor=cast.alice.actor(), review_id=session.pk)  # not even an admin
     with pytest.raises(NotFound):
-        services.review_execute(actor=cast.eve.actor(), review_id=session.pk)
-    ran = services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+        review_execute(actor=cast.eve.actor(), review_id=session.pk)
+    ran = review_execute(actor=cast.bob.actor(), review_id=session.pk)
     assert ran.pk == session.pk
     final = _wait_final(session.pk)
     assert final.status == SessionStatus.DONE and _rows(team["shop"]) == 2
     review = Review.objects.get(session=session)
     assert review.status == ReviewStatus.EXECUTED and review.executed_at is not None
     with pytest.raises(Conflict, match="not approved or already executed"):
-        services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+        review_execute(actor=cast.bob.actor(), review_id=session.pk)
     assert _rows(team["shop"]) == 2
     denied = AuditEvent.objects.filter(action="review.execute", outcome="denied")
     assert denied.count() == 1
@@ -361,7 +362,7 @@ def test_two_concurrent_executes_run_it_once(cast, team):
 
         barrier.wait()
         try:
-            services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+            review_execute(actor=cast.bob.actor(), review_id=session.pk)
             outcomes.append("ran")
         except Conflict:
             outcomes.append("refused")
@@ -386,7 +387,7 @@ def test_the_approved_input_cannot_be_swapped(cast, team):
     # someone with database access swaps the stored input after approval
     Session.objects.filter(pk=session.pk).update(input="delete from customers")
     with pytest.raises(Conflict, match="no longer matches what was approved"):
-        services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+        review_execute(actor=cast.bob.actor(), review_id=session.pk)
     assert _rows(team["shop"]) == 3
     assert Review.objects.get(session=session).status == ReviewStatus.APPROVED  # the claim rolled back too
     # and the MCP tool has no argument through which an input could be passed
@@ -409,7 +410,7 @@ def test_a_guardrail_added_after_approval_still_blocks(cast, team):
         input={"sql": {"deny_statements": ["delete"]}},
         connections=["shop"],
     )
-    ran = services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+    ran = review_execute(actor=cast.bob.actor(), review_id=session.pk)
     assert ran.status == SessionStatus.BLOCKED and _rows(team["shop"]) == 3
 
 
@@ -421,7 +422,7 @@ def test_execution_outside_the_time_window_is_refused(cast, team):
     session = _exec(cast.bob, "update customers set name = 'x'")
     services.review_decide(actor=_actor(team["frank"]), review_id=session.pk, status="APPROVED")
     with pytest.raises(PolicyDenied, match=f"outside the time window {start} to {end} UTC"):
-        services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+        review_execute(actor=cast.bob.actor(), review_id=session.pk)
 
 
 # --- JIT and expiry --------------------------------------------------------------------------------
@@ -446,7 +447,7 @@ def test_jit_grant_skips_review_until_it_expires(cast, team):
     assert _exec(cast.bob, "select 1").status in ACTIVE_STATUSES  # the grant skips review
     assert _exec(cast.dave, "select 1").status == SessionStatus.PENDING_REVIEW  # for bob only
     with pytest.raises(InvalidInput, match="not a one-time review"):
-        services.review_execute(actor=bob, review_id=review.pk)
+        review_execute(actor=bob, review_id=review.pk)
     # the beat task expires it; review is needed again
     assert services.reviews_expire(now=approved.access_until + timedelta(seconds=1)) >= 1
     review.refresh_from_db()
@@ -563,7 +564,7 @@ def test_the_session_timeline_and_review_status_filter(cast, team):
     session = _exec(cast.bob, "update customers set name = 'z' where id = 3")
     other = _exec(cast.bob, "update customers set name = 'w' where id = 2")
     services.review_decide(actor=_actor(team["frank"]), review_id=session.pk, status="APPROVED", reason="ok")
-    services.review_execute(actor=cast.bob.actor(), review_id=session.pk)
+    review_execute(actor=cast.bob.actor(), review_id=session.pk)
     _wait_final(session.pk)
     bob = cast.bob.actor()
     events = [e["event"] for e in session_content(actor=bob, session_id=session.pk)["timeline"]]

@@ -311,6 +311,7 @@ def test_runbook_rules_decide_who_runs_what(cast, shops):
 
 @pytest.mark.django_db(transaction=True)
 def test_runbooks_take_the_pipeline_guardrails_and_reviews(cast, shops):
+    from gateway.reviewed import review_execute
     from governance.rules import guardrail_create
     from reviews import services as reviews
 
@@ -333,7 +334,7 @@ def test_runbooks_take_the_pipeline_guardrails_and_reviews(cast, shops):
     )
     assert pending.status == SessionStatus.PENDING_REVIEW
     reviews.review_decide(actor=Actor.for_user(frank, surface="web"), review_id=pending.pk, status="APPROVED")
-    ran = _wait(reviews.review_execute(actor=admin, review_id=pending.pk))
+    ran = _wait(review_execute(actor=admin, review_id=pending.pk))
     assert ran.status == SessionStatus.DONE and ran.result["rows"] == [[1]]
 
 

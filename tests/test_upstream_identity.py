@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import httpx2
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 from joserfc import jwt
 from joserfc.jwk import ECKey
@@ -384,11 +384,34 @@ def test_an_unreachable_token_endpoint_fails_fast(cast, transactional_db):
 
 
 def test_the_client_secret_is_write_only(cast, cc_upstream, transactional_db):
-    oauth_connection(cast.acme, cc_upstream)
+    from django.test import Client
+    from rest_framework.test import APIClient
+
+    from sessions.models import AuditEvent
+
+    connection = oauth_connection(cast.acme, cc_upstream)
+    assert call(cast.bob, "cc", "echo", {"text": "one"})["status"] == "completed"  # the secret works
     shown = connection_to_dict(connection_get(actor=cast.alice.actor(), name="cc"))
     assert "oauth_client_secret" in shown["secret_keys"]
     assert CLIENT_SECRET not in json.dumps(shown, default=str)
     assert shown["config"]["oauth_client_credentials"]["client_id"] == CLIENT_ID
+    rest = APIClient()
+    rest.credentials(HTTP_AUTHORIZATION=f"Bearer {cast.alice.token}")
+    answer = rest.get("/api/v1/connections/cc/")
+    assert answer.status_code == 200 and "oauth_client_secret" in answer.content.decode()
+    assert CLIENT_SECRET not in answer.content.decode()
+    admin = Client()
+    admin.force_login(cast.alice.user)
+    page = admin.get(f"/admin/gateway/connection/{connection.pk}/change/")
+    assert page.status_code == 200 and CLIENT_SECRET not in page.content.decode()
+    assert CLIENT_SECRET not in json.dumps(
+        list(AuditEvent.objects.values("detail", "target_repr")), default=str
+    )
+    issued = state(cc_upstream)["issued"][0]["token"]  # nor the access token it obtained
+    assert issued not in json.dumps(list(AuditEvent.objects.values("detail")), default=str)
+    assert issued not in json.dumps(
+        list(Session.objects.values("input", "output", "result", "error")), default=str
+    )
 
 
 def test_concurrent_calls_reuse_the_cached_token(cast, cc_upstream, transactional_db):
@@ -410,3 +433,93 @@ def test_concurrent_calls_reuse_the_cached_token(cast, cc_upstream, transactiona
     assert [s.status for s in sessions] == [SessionStatus.DONE, SessionStatus.DONE]
     seen = state(cc_upstream)
     assert len(seen["issued"]) == 1 and len(seen["tool_calls"]) == 3
+
+
+def _pem() -> str:
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        .decode()
+    )
+
+
+def test_rotation_publishes_every_key_and_signs_with_the_first(settings, tmp_path):
+    from joserfc.jwk import KeySet
+
+    old, new = _pem(), _pem()
+    caller = upstream_identity.Caller(user_id="u1", email="u@acme.test")
+    try:
+        settings.UPSTREAM_JWT_KEYS = [old]
+        upstream_identity.signing_keys.cache_clear()
+        before = upstream_identity.mint(caller, audience=AUDIENCE, connection="c")
+        old_kid = upstream_identity.signing_keys()[0].kid
+        # Step 1: the new key is published beside the old one, which still signs.
+        settings.UPSTREAM_JWT_KEYS = [old, new]
+        upstream_identity.signing_keys.cache_clear()
+        published = upstream_identity.jwks()
+        assert [k["kid"] for k in published["keys"]][0] == old_kid and len(published["keys"]) == 2
+        # Step 2: the new key signs; tokens of the old one still verify while it is published.
+        settings.UPSTREAM_JWT_KEYS = [new, old]
+        upstream_identity.signing_keys.cache_clear()
+        after = upstream_identity.mint(caller, audience=AUDIENCE, connection="c")
+        keys = KeySet.import_key_set(upstream_identity.jwks())
+        assert jwt.decode(after, keys).header["kid"] != old_kid
+        assert jwt.decode(before, keys).header["kid"] == old_kid
+        # Step 3: the old key is dropped: its tokens no longer verify.
+        settings.UPSTREAM_JWT_KEYS = [new]
+        upstream_identity.signing_keys.cache_clear()
+        with pytest.raises(Exception):  # noqa: B017 - joserfc: no key for that kid
+            jwt.decode(before, KeySet.import_key_set(upstream_identity.jwks()))
+        # Unset: a development key generated once into the data directory, private to its owner.
+        settings.UPSTREAM_JWT_KEYS, settings.DATA_DIR = [], tmp_path
+        upstream_identity.signing_keys.cache_clear()
+        generated = upstream_identity.signing_keys()
+        assert len(generated) == 1 and (tmp_path / "upstream_jwt_key.pem").stat().st_mode & 0o077 == 0
+        upstream_identity.signing_keys.cache_clear()
+        assert upstream_identity.signing_keys()[0].kid == generated[0].kid  # the same key next time
+        assert [p.name for p in tmp_path.iterdir()] == ["upstream_jwt_key.pem"]
+    finally:
+        upstream_identity.signing_keys.cache_clear()
+
+
+def test_an_unusable_signing_key_is_a_clear_error(settings):
+    small = (
+        rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        .decode()
+    )
+    try:
+        settings.UPSTREAM_JWT_KEYS = [_pem(), small]
+        upstream_identity.signing_keys.cache_clear()
+        with pytest.raises(
+            RuntimeError, match="key #2 is not usable: an RSA signing key must have at least 2048 bits"
+        ):
+            upstream_identity.signing_keys()
+    finally:
+        upstream_identity.signing_keys.cache_clear()
+
+
+def test_connections_test_reports_the_token_endpoint_and_names_no_person(
+    cast, jwt_upstream, as_gateway, cc_upstream, transactional_db
+):
+    from gateway import pipeline
+
+    jwt_connection(cast.acme, jwt_upstream)
+    accepted_before = len(state(jwt_upstream)["accepted"])
+    report = pipeline.connection_test(actor=cast.alice.actor(), connection_name="ident")
+    assert report["ok"] is True and report["message"] == "MCP server with 2 tool(s)"
+    seen = state(jwt_upstream)["accepted"][accepted_before:]
+    assert seen and all(
+        c["sub"] == "portcullis-gateway" and "groups" not in c and "email" not in c for c in seen
+    )
+
+    oauth_connection(cast.acme, cc_upstream)
+    assert pipeline.connection_test(actor=cast.alice.actor(), connection_name="cc")["ok"] is True
+    mcp_auth.reset_cache()
+    control(cc_upstream, fail_token_endpoint=True)
+    failed = pipeline.connection_test(actor=cast.alice.actor(), connection_name="cc")
+    assert failed["ok"] is False and "token endpoint" in failed["message"] and "HTTP 503" in failed["message"]

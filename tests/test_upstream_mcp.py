@@ -219,6 +219,7 @@ def test_a_tool_that_requires_approval_runs_exactly_the_approved_call_once(
 ):
     import time as _time
 
+    from gateway.reviewed import review_execute
     from governance.errors import Conflict, InvalidInput
     from governance.policy import Actor
     from governance.rules import masking_rule_create
@@ -242,7 +243,7 @@ def test_a_tool_that_requires_approval_runs_exactly_the_approved_call_once(
     review = reviews.review_get(actor=Actor.for_user(frank, surface="web"), review_id=envelope["review_id"])
     assert "jane.roe@example.com" in review.input  # the reviewer sees (and approves) the exact call
     reviews.review_decide(actor=Actor.for_user(frank, surface="web"), review_id=review.pk, status="APPROVED")
-    ran = reviews.review_execute(actor=cast.bob.actor(), review_id=review.pk)
+    ran = review_execute(actor=cast.bob.actor(), review_id=review.pk)
     deadline = _time.monotonic() + 30
     while not ran.is_final and _time.monotonic() < deadline:
         _time.sleep(0.1)
@@ -254,7 +255,7 @@ def test_a_tool_that_requires_approval_runs_exactly_the_approved_call_once(
         text.startswith("mail ") and "jane.roe@example.com" not in text
     )  # the exact call ran; its result is masked
     with pytest.raises(Conflict, match="not approved or already executed"):
-        reviews.review_execute(actor=cast.bob.actor(), review_id=review.pk)
+        review_execute(actor=cast.bob.actor(), review_id=review.pk)
 
 
 def test_size_and_rate_limits_per_tool(cast, upstream_url, transactional_db):
@@ -578,6 +579,27 @@ def test_upstream_tools_on_the_main_endpoint(cast, mcp, gateway_server, upstream
         )
         == 'tool "run_sql" not found or not accessible on connection "tools"'
     )
+
+
+@pytest.mark.live
+def test_exec_on_an_mcp_connection_is_refused_with_what_to_use_instead(
+    cast, mcp, gateway_server, upstream_url
+):
+    """The mcp kind's record has no exec: exec (and its explain) answer what to call, never an
+    internal error, and nothing is recorded or sent upstream."""
+    make_mcp_connection(cast.acme, upstream_url, tools=POLICY)
+    expected = (
+        'connection "tools" is an MCP server: it has no exec; list its tools with upstream_tools_list '
+        "and call them with upstream_call (or at /api/mcp/c/<connection>)"
+    )
+    for tool in ("exec", "exec_explain"):
+        assert (
+            error_text(mcp(cast.bob).call(tool, {"connection_name": "tools", "input": "select 1"}))
+            == expected
+        )
+    assert not Session.objects.filter(connection_name="tools").exists()
+    listed = structured(mcp(cast.bob).call("upstream_tools_list", {"connection_name": "tools"}))
+    assert "echo" in [t["name"] for t in listed["items"]]  # its tools still answer
 
 
 @pytest.mark.live

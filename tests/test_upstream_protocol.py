@@ -18,9 +18,17 @@ import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.types import PromptReference, ResourceTemplateReference
+from mcp.types import (
+    PromptListChangedNotification,
+    PromptReference,
+    ResourceTemplateReference,
+    ResourceUpdatedNotification,
+    ToolListChangedNotification,
+)
 
 from gateway import upstream, upstream_protocol
+from gateway.connectors import Limits
+from gateway.connectors.mcp import MCPConnector
 from gateway.models import UpstreamTool
 from gateway.services import connection_create_headless
 from governance import rules
@@ -224,6 +232,110 @@ def test_a_changed_resource_or_prompt_is_refused_until_an_admin_accepts_it(
     assert text == "Read me: the gateway proxies resources."
 
 
+@pytest.mark.live
+def test_list_changed_from_the_upstream_triggers_the_contract_check(cast, mcp, gateway_server, catalog):
+    catalog()
+
+    async def listen_then_mutate(client):
+        await client.list_tools()
+        await client.list_resources()
+        await client.list_prompts()
+        return (await client.call_tool("mutate", {})).is_error
+
+    assert through(gateway_server, cast.bob, listen_then_mutate) is False
+
+    def statuses():
+        rows = UpstreamTool.objects.filter(
+            kind__in=["tool", "resource", "prompt"], name__in=["echo", "docs://readme", "greet"]
+        )
+        return {row.name: row.status for row in rows}
+
+    # Nothing lists again: only the upstream's announcement can make the gateway look.
+    until(
+        lambda: statuses() == {"echo": "changed", "docs://readme": "changed", "greet": "changed"},
+        f"the announced change was not checked: {statuses()}",
+    )
+    assert AuditEvent.objects.filter(action="upstream.contract_changed", detail__kind="resource").exists()
+
+
+@pytest.mark.live
+def test_attacks_on_reads_reach_nothing(cast, mcp, gateway_server, call_log, monkeypatch):
+    """A URI the policy allows but the upstream never listed (and no template yields), a path that
+    climbs out of a template's segment, another org's caller, a member of the wrong group: each is
+    refused with the one answer, and the upstream receives nothing."""
+    monkeypatch.setenv("UPSTREAM_CALL_LOG", str(call_log))
+    with upstream_server() as url:
+        make_mcp_connection(
+            cast.acme,
+            url,
+            name="catalog",
+            resources=[
+                {"match": "secret://*", "effect": "deny"},
+                {"match": "docs://*", "groups": ["engineering"]},
+            ],
+        )
+        for uri in ("docs://unlisted", "docs://items/7/../../../secret", "docs://items/"):
+            message = refused(gateway_server, cast.bob, lambda c, uri=uri: c.read_resource(uri))
+            assert "not found or not accessible on connection" in message, uri
+        assert "not found or not accessible" in refused(
+            gateway_server, cast.dave, lambda c: c.read_resource("docs://readme")
+        )
+        assert through(gateway_server, cast.dave, lambda c: c.list_resources()).resources == []
+        assert 'connection "catalog" not found or not accessible' in refused(
+            gateway_server, cast.eve, lambda c: c.read_resource("docs://readme")
+        )
+        assert received(call_log, "read") == []
+        blocked = Session.objects.filter(verb="resource", status=SessionStatus.BLOCKED)
+        assert blocked.count() == 3 and all(s.user == cast.bob.user for s in blocked)
+        # The one that is allowed still works, so the refusals above were the policy's and the contracts'.
+        assert (
+            through(gateway_server, cast.bob, lambda c: c.read_resource("docs://items/7")).contents[0].text
+            == "item 7"
+        )
+        assert received(call_log, "read") == ["docs://items/7"]
+
+
+def test_guardrails_check_prompt_arguments_before_and_results_after(
+    cast, call_log, monkeypatch, transactional_db
+):
+    """The org's guardrails bound to the connection: input conditions over a prompt's arguments
+    (nothing reaches the upstream), output conditions over what a read returns (withheld)."""
+    monkeypatch.setenv("UPSTREAM_CALL_LOG", str(call_log))
+    with upstream_server() as url:
+        make_mcp_connection(cast.acme, url, name="catalog")
+        rules.guardrail_create(
+            actor=cast.alice.actor(),
+            name="careful",
+            message="not that",
+            connections=["catalog"],
+            input={"deny_words": ["mallory"]},
+            output={"deny_words": ["proxies"]},
+        )
+        bob = cast.bob.actor()
+        refused_get = asyncio.run(
+            upstream_protocol.prompt_get(
+                actor=bob, connection_name="catalog", name="greet", arguments={"name": "mallory"}
+            )
+        )
+        assert (
+            refused_get.status == SessionStatus.BLOCKED
+            and refused_get.error == "not that (guardrail: careful)"
+        )
+        assert received(call_log, "prompt") == []
+        withheld = asyncio.run(
+            upstream_protocol.resource_read(actor=bob, connection_name="catalog", uri="docs://readme")
+        )
+        assert withheld.status == SessionStatus.BLOCKED and withheld.result is None
+        assert "proxies" not in withheld.output and withheld.guardrail_findings[0]["rule"] == "careful"
+        assert received(call_log, "read") == ["docs://readme"]  # read, then withheld
+        fine = asyncio.run(
+            upstream_protocol.prompt_get(
+                actor=bob, connection_name="catalog", name="greet", arguments={"name": "Ann"}
+            )
+        )
+        assert fine.status == SessionStatus.DONE and upstream_protocol.refusal(fine) is None
+
+
 def test_without_a_setting_resources_and_prompts_are_as_open_as_the_tools(cast, db):
     open_ = make_mcp_connection(cast.acme, "http://127.0.0.1:9/mcp", name="open")
     closed = make_mcp_connection(cast.acme, "http://127.0.0.1:9/mcp", name="closed", tools=[{"match": "*"}])
@@ -277,3 +389,21 @@ def test_bad_resource_and_prompt_policies_get_a_clear_error(cast, settings_, mes
 )
 def test_uri_templates_match_what_they_expand_to(template, uri, matches):
     assert bool(upstream_protocol.template_regex(template).fullmatch(uri)) is matches
+
+
+def test_a_handshake_era_announcement_on_the_connection_is_heard():
+    """Upstreams on the handshake-era protocol send list_changed on the connection itself: the
+    client's message handler hands the kind to the hook (2026-07-28 ones: the listen stream, above)."""
+    heard: list = []
+    connector = MCPConnector(
+        {"url": "http://127.0.0.1:9/mcp"}, {}, Limits(max_rows=1, max_output_bytes=1000, timeout_seconds=5)
+    )
+    connector.on_list_changed = heard.append
+    for message in (
+        ToolListChangedNotification(),
+        PromptListChangedNotification(),
+        ResourceUpdatedNotification(params={"uri": "docs://readme"}),
+        ValueError("a transport fault"),
+    ):
+        asyncio.run(connector._on_message(message))
+    assert heard == [frozenset({"tool"}), frozenset({"prompt"})]

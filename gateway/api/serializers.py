@@ -6,7 +6,8 @@ from __future__ import annotations
 from rest_framework import serializers as s
 
 from gateway.api.base import Char, StrictSerializer, page_serializer
-from gateway.models import ConnectionKind
+from gateway.kinds import SQL_DIALECTS
+from gateway.models import ConnectionKind, ContractKind, ContractStatus
 from sessions.models import SessionStatus
 
 NAME = {"min_length": 1, "max_length": 63}
@@ -709,7 +710,7 @@ class GuardrailTestIn(StrictSerializer):
     rule_name = Char(max_length=100, required=False, help_text="A stored rule (name or id)...")
     connection_name = Char(**NAME, required=False, help_text="...or every rule bound to this connection.")
     direction = s.ChoiceField(choices=["input", "output"], default="input")
-    dialect = s.ChoiceField(choices=["postgres", "mysql", "sqlite"], required=False)
+    dialect = s.ChoiceField(choices=list(dict.fromkeys(SQL_DIALECTS.values())), required=False)
 
 
 class MaskingPreviewIn(StrictSerializer):
@@ -820,3 +821,86 @@ class RetryIn(StrictSerializer):
 
 class RetryOut(s.Serializer):
     retried = s.IntegerField(help_text="How many failed or dead deliveries were queued again.")
+
+
+# --- upstream MCP servers (connection kind mcp) --------------------------------------------------
+
+CONTRACT_KINDS = ContractKind.choices
+CONTRACT_STATUSES = ContractStatus.choices
+
+
+class UpstreamToolOut(s.Serializer):
+    name = Char()
+    title = Char(allow_null=True, required=False)
+    description = Char(allow_null=True, required=False)
+    input_schema = s.DictField()
+    output_schema = s.DictField(allow_null=True, required=False)
+    annotations = s.DictField(allow_null=True, required=False)
+    requires_approval = s.BooleanField()
+
+
+class UpstreamToolsOut(s.Serializer):
+    connection_name = Char()
+    items = UpstreamToolOut(many=True)
+    total = s.IntegerField()
+
+
+class UpstreamCallIn(StrictSerializer):
+    tool = Char(min_length=1, max_length=128)
+    arguments = s.DictField(required=False, default=dict, help_text="The upstream tool's arguments.")
+    idempotency_key = Char(
+        max_length=200,
+        required=False,
+        help_text="As for exec/ (or the Idempotency-Key header): a retry never calls the tool twice.",
+    )
+
+
+class UpstreamCallOut(s.Serializer):
+    status = s.ChoiceField(choices=["completed", "failed", "blocked", "pending_approval", "running"])
+    session_id = s.UUIDField()
+    session_status = Char()
+    connection_name = Char()
+    tool = Char()
+    content = s.ListField(child=s.DictField(), help_text="The upstream's content blocks, masked.")
+    structured_content = s.JSONField(allow_null=True, help_text="The upstream's structured content, masked.")
+    is_error = s.BooleanField()
+    message = Char(allow_null=True)
+    execution_time_ms = s.IntegerField(allow_null=True)
+    masking = s.DictField(child=s.IntegerField(), allow_null=True)
+    rule = Char(allow_null=True, help_text="The guardrail that blocked it (name only).")
+    review_id = Char(required=False, allow_null=True)
+    review_url = Char(required=False, allow_null=True)
+
+
+class ContractQuery(StrictSerializer):
+    status = s.ChoiceField(choices=CONTRACT_STATUSES, required=False)
+    kind = s.ChoiceField(choices=CONTRACT_KINDS, required=False)
+
+
+class ContractOut(s.Serializer):
+    connection_name = Char()
+    kind = s.ChoiceField(choices=CONTRACT_KINDS)
+    tool = Char(help_text="The tool's name (a resource's URI, a template's URI template, a prompt's name).")
+    status = s.ChoiceField(choices=CONTRACT_STATUSES)
+    pinned_sha256 = Char(allow_null=True)
+    observed_sha256 = Char()
+    pinned = s.DictField(allow_null=True, help_text="The accepted contract (null if never accepted).")
+    observed = s.DictField(help_text="What the upstream showed last.")
+    first_seen_at = s.DateTimeField()
+    last_seen_at = s.DateTimeField()
+    accepted_at = s.DateTimeField(allow_null=True)
+
+
+class ContractsOut(s.Serializer):
+    items = ContractOut(many=True)
+    total = s.IntegerField()
+
+
+class ContractsAcceptIn(StrictSerializer):
+    tools = s.ListField(child=Char(min_length=1, max_length=1024), min_length=1, max_length=100)
+    kind = s.ChoiceField(choices=CONTRACT_KINDS, default="tool")
+    observed_sha256 = s.DictField(
+        child=Char(max_length=64),
+        required=False,
+        help_text="Name -> the observed_sha256 you reviewed; refused if the upstream changed it since.",
+    )

@@ -9,7 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
-from gateway import pipeline, runbooks, waits
+from gateway import pipeline, previews, reviewed, runbooks, upstream, upstream_hold, waits
 from gateway import services as connections
 from gateway.api import schema  # noqa: F401  (registers the OpenAPI extensions)
 from gateway.api import serializers as io
@@ -614,7 +614,7 @@ class ReviewExecuteView(ServiceView):
         summary="Run exactly the input an approved one-time review approved, once (the requester)",
     )
     def post(self, request, review_id):
-        session = reviews.review_execute(
+        session = reviewed.review_execute(
             actor=self.actor, review_id=review_id, idempotency_key=_idempotency_header(request)
         )
         return Response(_exec_answer(session, None))
@@ -679,6 +679,11 @@ class RunbookListView(ServiceView):
 
 class RunbookDetailView(ServiceView):
     roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(responses=_responses(io.RunbookOut), summary="One runbook (admin; as config_get)")
+    def get(self, request, connection_name, name):
+        runbook = runbooks.runbook_get(actor=self.actor, connection_name=connection_name, name=name)
+        return Response(runbooks.runbook_to_dict(runbook))
 
     @extend_schema(
         request=io.RunbookPatch,
@@ -888,7 +893,7 @@ class MaskingPreviewView(ServiceView):
     def post(self, request):
         data = parse(io.MaskingPreviewIn, request.data)
         data["ref"] = data.pop("rule_name", None)
-        return Response(rules.masking_preview(actor=self.actor, **data))
+        return Response(previews.masking_preview(actor=self.actor, **data))
 
 
 class ConnectionTestView(ServiceView):
@@ -998,3 +1003,77 @@ class WebhookDeliveryRetryView(ServiceView):
         return Response(
             {"retried": webhooks.webhook_delivery_retry(actor=self.actor, delivery_ids=data["delivery_ids"])}
         )
+
+
+# --- upstream MCP servers: the upstream_* tools' twins -------------------------------------------
+
+UPSTREAM_ERRORS = {**ERRORS, 502: OpenApiResponse(description="The upstream MCP server failed")}
+
+
+class UpstreamToolsView(ServiceView):
+    @extend_schema(
+        responses=_responses(io.UpstreamToolsOut, 200, UPSTREAM_ERRORS),
+        summary="Tools of an mcp connection you may call, with their pinned schemas (as upstream_tools_list)",
+    )
+    def get(self, request, name):
+        items = async_to_sync(pipeline.upstream_tools_list)(actor=self.actor, connection_name=name)
+        return Response({"connection_name": name, "items": items, "total": len(items)})
+
+
+class UpstreamCallView(ServiceView):
+    @extend_schema(
+        request=io.UpstreamCallIn,
+        responses=_responses(io.UpstreamCallOut, 200, UPSTREAM_ERRORS),
+        summary="Call a tool of an mcp connection through the gateway's policy (as upstream_call)",
+        description="Tool policy, argument guardrails, the pinned contract, masking and audit apply; a session "
+        "per call. A call that needs approval is held up to the connection's approval hold, then answers "
+        "`pending_approval` with the `review_id` (wait on reviews/{id}/wait/, then make the same call again).",
+    )
+    def post(self, request, name):
+        data = parse(io.UpstreamCallIn, request.data)
+        session = async_to_sync(upstream_hold.tool_call_held)(
+            actor=self.actor,
+            connection_name=name,
+            tool=data["tool"],
+            arguments=data["arguments"],
+            idempotency_key=data.get("idempotency_key") or _idempotency_header(request),
+        )
+        return Response(pipeline.tool_envelope(session))
+
+
+class UpstreamContractsView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(
+        parameters=_query_params(io.ContractQuery),
+        responses=_responses(io.ContractsOut),
+        summary="Pinned contracts of an mcp connection, pinned vs observed (as upstream_contracts_list)",
+    )
+    def get(self, request, name):
+        query = self.query(io.ContractQuery)
+        rows = upstream.contracts_list(
+            actor=self.actor, connection_name=name, status=query.get("status"), kind=query.get("kind")
+        )
+        items = [upstream.contract_to_dict(r) for r in rows]
+        return Response({"items": items, "total": len(items)})
+
+
+class UpstreamContractsAcceptView(ServiceView):
+    roles = {"*": ROLE_ADMIN}
+
+    @extend_schema(
+        request=io.ContractsAcceptIn,
+        responses=_responses(io.ContractsOut, 200, WRITE_ERRORS),
+        summary="Accept the observed contract of changed or added upstream tools (as upstream_contracts_accept)",
+    )
+    def post(self, request, name):
+        data = parse(io.ContractsAcceptIn, request.data)
+        rows = upstream.contracts_accept(
+            actor=self.actor,
+            connection_name=name,
+            tools=data["tools"],
+            observed_sha256=data.get("observed_sha256"),
+            kind=data["kind"],
+        )
+        items = [upstream.contract_to_dict(r) for r in rows]
+        return Response({"items": items, "total": len(items)})

@@ -1,15 +1,14 @@
-"""The connector registry: one module per kind. Only `gateway.pipeline` may import this package."""
+"""The connector registry: one module per kind, named by the kind's record (gateway/kinds.py).
+Only `gateway.pipeline` may import this package."""
+
+from django.utils.module_loading import import_string
 
 from gateway.connectors.base import Connector, ExecResult, Limits
-from gateway.connectors.command import CommandConnector
-from gateway.connectors.mcp import MCPConnector
-from gateway.connectors.mysql import MySQLConnector
-from gateway.connectors.postgres import PostgresConnector
-from gateway.connectors.sqlite import SQLiteConnector
+from gateway.kinds import KINDS
 
-REGISTRY: dict[str, type[Connector]] = {
-    cls.kind: cls
-    for cls in (PostgresConnector, MySQLConnector, SQLiteConnector, CommandConnector, MCPConnector)
-}
+REGISTRY: dict[str, type[Connector]] = {name: import_string(kind.connector) for name, kind in KINDS.items()}
+for _name, _cls in REGISTRY.items():
+    if _cls.kind != _name:
+        raise ImportError(f"{KINDS[_name].connector} says kind {_cls.kind!r}, its record {_name!r}")
 
 __all__ = ["REGISTRY", "Connector", "ExecResult", "Limits"]

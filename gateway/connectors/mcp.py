@@ -17,13 +17,15 @@ import concurrent.futures
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
 import httpcore2
 import httpx2
 from django.conf import settings
@@ -31,6 +33,8 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import upstream_identity
 from gateway.connectors import mcp_auth
@@ -39,7 +43,20 @@ from gateway.connectors.mcp_pool import POOL
 from gateway.upstream import validate_name_policy, validate_tool_policy
 from governance.errors import ConnectorError, InvalidInput
 
+logger = logging.getLogger("portcullis.upstream")
+
 MAX_HEADERS = 32
+LIST_CHANGED = {
+    "notifications/tools/list_changed": "tool",
+    "notifications/resources/list_changed": "resource",
+    "notifications/prompts/list_changed": "prompt",
+}
+LISTEN_EVENTS = (
+    (ToolsListChanged, "tool"),
+    (ResourcesListChanged, "resource"),
+    (PromptsListChanged, "prompt"),
+)
+LISTEN_RETRY_SECONDS = 5.0
 MAX_LIST_PAGES = 20
 # Room for the JSON-RPC envelope and SSE framing around a result of the allowed size.
 FRAMING_ALLOWANCE = 256 * 1024
@@ -194,6 +211,10 @@ class MCPConnector(Connector):
     )
     secret_keys = ("headers", "bearer_token", "env", mcp_auth.CC_SECRET)
 
+    # Called on the upstream loop with the kinds ("tool", "resource", "prompt") whose listing the
+    # upstream announced changed; set by the pipeline (None: nobody listens).
+    on_list_changed: Callable[[frozenset[str]], None] | None = None
+
     def __init__(
         self, *args, pool_scope: str | None = None, caller=None, connection_name: str = "", **kwargs
     ):
@@ -315,11 +336,76 @@ class MCPConnector(Connector):
             return
         async with POOL.borrow(
             self._pool_key(),
-            self.client,
+            self._pooled_client,
             size=settings.UPSTREAM_POOL_SIZE,
             timeout=float(self.limits.timeout_seconds),
         ) as client:
             yield client
+
+    # --- the upstream's announcements: notifications/{tools,resources,prompts}/list_changed --------
+    @asynccontextmanager
+    async def _pooled_client(self) -> AsyncIterator[Client]:
+        """A long-lived pooled session: the client and, when the pipeline wants to hear them
+        (`on_list_changed`), a `subscriptions/listen` stream for the upstream's list_changed
+        announcements on a 2026-07-28 connection (a handshake-era upstream sends them on the
+        connection itself: `_on_message`). Listening has started before the client is handed out."""
+        async with self.client() as client:
+            if self.on_list_changed is None:
+                yield client
+                return
+            async with anyio.create_task_group() as listening:
+                await listening.start(self._listen, client)
+                try:
+                    yield client
+                finally:
+                    listening.cancel_scope.cancel()
+
+    def _announced(self, kinds: frozenset[str]) -> None:
+        if self.on_list_changed is None or not kinds:
+            return
+        try:
+            self.on_list_changed(kinds)
+        except Exception:  # a hook that fails must not break the session
+            logger.exception("handling an upstream list_changed announcement failed")
+
+    async def _on_message(self, message) -> None:
+        """The client's message handler: list_changed notifications of a handshake-era upstream."""
+        kind = LIST_CHANGED.get(getattr(message, "method", None) or "")
+        if kind is not None:
+            self._announced(frozenset({kind}))
+        await anyio.lowlevel.checkpoint()
+
+    async def _listen(self, client: Client, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold a `subscriptions/listen` stream open for the session's life (re-opened when it
+        drops); reports started once the first one is acknowledged, or failed, or not offered."""
+        started = False
+        capabilities = client.server_capabilities
+        wanted = {
+            kind: bool(getattr(getattr(capabilities, capability, None), "list_changed", False))
+            for capability, kind in (("tools", "tool"), ("resources", "resource"), ("prompts", "prompt"))
+        }
+        if client.protocol_version not in MODERN_PROTOCOL_VERSIONS or not any(wanted.values()):
+            task_status.started()
+            return
+        while True:
+            try:
+                async with client.listen(
+                    tools_list_changed=wanted["tool"],
+                    resources_list_changed=wanted["resource"],
+                    prompts_list_changed=wanted["prompt"],
+                ) as subscription:
+                    if not started:
+                        started = True
+                        task_status.started()
+                    async for event in subscription:
+                        kinds = {kind for cls, kind in LISTEN_EVENTS if isinstance(event, cls)}
+                        self._announced(frozenset(kinds))
+            except Exception:  # dropped or refused: the next exchange still checks the contracts
+                logger.debug("the upstream's subscriptions/listen stream ended", exc_info=True)
+            if not started:
+                started = True
+                task_status.started()
+            await anyio.sleep(LISTEN_RETRY_SECONDS)
 
     @staticmethod
     def submit(coro) -> concurrent.futures.Future:
@@ -371,7 +457,9 @@ class MCPConnector(Connector):
             with open(os.devnull, "w") as errlog:
                 from mcp.client.stdio import stdio_client
 
-                async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
+                async with Client(
+                    stdio_client(params, errlog=errlog), mode="auto", message_handler=self._on_message
+                ) as client:
                     yield client
             return
         url = self.config["url"]
@@ -418,6 +506,7 @@ class MCPConnector(Connector):
                     prior_discover=prior,
                     read_timeout_seconds=timeout,
                     cache=None,
+                    message_handler=self._on_message,
                 ) as client,
             ):
                 if known is None:
@@ -466,6 +555,9 @@ class MCPConnector(Connector):
     async def _test(self) -> str:
         try:
             with anyio.fail_after(self.limits.timeout_seconds):
+                credentials = self._client_credentials()
+                if credentials is not None:  # a failing token endpoint: said as such
+                    await credentials.token()
                 async with self.client() as client:
                     tools = await self.list_tools(client)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a clear message

@@ -8,17 +8,14 @@ from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
 from gateway import pipeline, services
+from gateway.kinds import KIND_NAMES, settings_help
 from governance.errors import InvalidInput
 from governance.policy import ROLE_ADMIN
 from mcpserver.registry import Args, Result, page, shared, tool
 
-Kind = Literal["postgres", "mysql", "sqlite", "command", "mcp"]
-SETTINGS_HELP = (
-    "Secrets (*) are write-only. postgres/mysql: host, port, database, user, password*, "
-    "sslmode (postgres) or ssl_mode, ssl_ca (mysql); sqlite: path; command: argv (list), cwd, env*; "
-    "mcp: url, headers*, bearer_token*, allow_private_network, tools (per-tool policy), or command (list), "
-    "cwd, env* for stdio."
-)
+# The kinds and their settings come from the kind records (gateway/kinds.py).
+Kind = Literal[KIND_NAMES]  # type: ignore[valid-type]
+SETTINGS_HELP = "Secrets (*) are write-only. " + settings_help() + "."
 
 
 class ConnectionOut(Result):

@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from gateway import waits
+from gateway import reviewed, waits
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.execution import (
@@ -24,14 +24,9 @@ from mcpserver.tools.execution import (
 from mcpserver.tools.rule_crud import ATTRIBUTES_HELP, Limit, Names, Offset, RuleRef, RuleServices, rule_tools
 from reviews import services
 
+# A session's id is taken too; reviews_get says so, once.
 ReviewId = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=64,
-        description="The review's id (or its session's id).",
-        validation_alias=AliasChoices("review_id", "id"),
-    ),
+    str, Field(min_length=1, max_length=64, validation_alias=AliasChoices("review_id", "id"))
 ]
 
 
@@ -133,7 +128,7 @@ async def reviews_list(actor, args: ListArgs, ctx) -> ReviewList:
 
 
 class GetArgs(Args):
-    review_id: ReviewId
+    review_id: ReviewId = Field(description="The review's id (or its session's id).")
 
 
 @tool(
@@ -236,7 +231,7 @@ class ExecuteArgs(Args):
 )
 async def reviews_execute(actor, args: ExecuteArgs, ctx) -> ExecEnvelope:
     session = await db(
-        lambda: services.review_execute(
+        lambda: reviewed.review_execute(
             actor=actor, review_id=args.review_id, idempotency_key=args.idempotency_key
         )
     )()

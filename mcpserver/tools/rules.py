@@ -8,6 +8,8 @@ from typing import Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
+from gateway import previews
+from gateway.kinds import SQL_DIALECTS
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, shared, tool
@@ -108,7 +110,9 @@ class GuardrailTestArgs(Args):
     )
     connection_name: str | None = Field(None, max_length=63, description="...or this connection's.")
     direction: Literal["input", "output"] = "input"
-    dialect: Literal["postgres", "mysql", "sqlite"] | None = Field(None, description="For a single rule.")
+    dialect: Literal[tuple(dict.fromkeys(SQL_DIALECTS.values()))] | None = Field(  # type: ignore[valid-type]
+        None, description="For a single rule."
+    )
 
 
 Finding = ExplainFinding
@@ -241,7 +245,7 @@ class PreviewResult(Result):
 )
 async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewResult:
     result = await db(
-        lambda: rules.masking_preview(
+        lambda: previews.masking_preview(
             actor=actor,
             ref=args.rule_name,
             spec=args.spec,
