@@ -1,14 +1,16 @@
 """The whole protocol of an upstream MCP server through /api/mcp/c/<connection>, with the same policy
 as its tools: resources, resource templates, prompts and completions, with per-name allow/deny per
 group, masking, a recorded session per read and prompt get, pinned contracts, and the upstream's
-`list_changed` announcements triggering the contract check. Driven with the official SDK client,
-unmodified, over real HTTP against the live gateway; the upstream is our test server over
+`list_changed` announcements triggering the contract check. Driven with the official SDK client
+and the MCP Inspector's CLI, unmodified, over real HTTP against the live gateway; the upstream is our test server over
 Streamable HTTP and over stdio, which counts every read and prompt get it receives."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ from gateway.services import connection_create_headless
 from governance import rules
 from governance.errors import InvalidInput
 from sessions.models import AuditEvent, Session, SessionStatus
+from tests.test_upstream_hold_live import inspector  # noqa: F401 - a fixture: the Inspector's CLI
 from tests.test_upstream_mcp import ROOT, make_mcp_connection, upstream_server
 
 RESOURCES = [{"match": "secret://*", "effect": "deny"}, {"match": "docs://*"}]
@@ -334,6 +337,49 @@ def test_guardrails_check_prompt_arguments_before_and_results_after(
             )
         )
         assert fine.status == SessionStatus.DONE and upstream_protocol.refusal(fine) is None
+
+
+@pytest.mark.live
+def test_the_inspector_lists_reads_and_gets_through_the_gateway(
+    cast, mcp, gateway_server, call_log, monkeypatch, tmp_path, request
+):
+    """The MCP Inspector's CLI, unmodified, against /api/mcp/c/<connection>."""
+    launcher = request.getfixturevalue("inspector")
+    monkeypatch.setenv("UPSTREAM_CALL_LOG", str(call_log))
+    with upstream_server() as url:
+        make_mcp_connection(cast.acme, url, name="catalog", resources=RESOURCES, prompts=PROMPTS)
+
+        def run(*args) -> subprocess.CompletedProcess:
+            argv = [
+                *launcher,
+                f"{gateway_server.url}/api/mcp/c/catalog",
+                "--transport",
+                "http",
+                "--header",
+                f"Authorization: Bearer {cast.bob.token}",
+                *args,
+            ]
+            env = {**os.environ, "MCP_CATALOG_PATH": str(tmp_path / "mcp.json")}
+            return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+
+        listed = json.loads(run("--method", "resources/list").stdout)
+        assert sorted(r["uri"] for r in listed["resources"]) == [
+            "docs://customer",
+            "docs://logo",
+            "docs://readme",
+        ]
+        read = json.loads(run("--method", "resources/read", "--uri", "docs://readme").stdout)
+        assert read["contents"][0]["text"] == "Read me: the gateway proxies resources."
+        prompt = json.loads(
+            run("--method", "prompts/get", "--prompt-name", "greet", "--prompt-args", "name=Ann").stdout
+        )
+        assert prompt["messages"][0]["content"]["text"].startswith("Say hello to Ann")
+        denied = run("--method", "resources/read", "--uri", "secret://keys")
+        assert denied.returncode != 0
+        assert json.loads(denied.stderr)["error"]["message"] == (
+            'resource "secret://keys" not found or not accessible on connection "catalog"'
+        )
+        assert received(call_log, "read") == ["docs://readme"] and received(call_log, "prompt") == ["greet"]
 
 
 def test_without_a_setting_resources_and_prompts_are_as_open_as_the_tools(cast, db):
