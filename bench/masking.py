@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from governance import masking  # noqa: E402
+from governance.masking import recognizers as masking_recognizers  # noqa: E402
 
 COLUMNS = ["id", "name", "email", "phone", "card_number", "iban", "ip", "ssn", "notes", "order_ref"]
 CHECKED = ("CREDIT_CARD", "IBAN_CODE", "US_SSN", "EMAIL_ADDRESS")
@@ -214,7 +215,9 @@ def presidio_engine(entities: list[str]):
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, predefined_recognizers
     from presidio_analyzer.nlp_engine import NoOpNlpEngine
 
-    recognizers = [getattr(predefined_recognizers, masking._RECOGNIZER_CLASSES[e])() for e in entities]
+    recognizers = [
+        getattr(predefined_recognizers, masking_recognizers._RECOGNIZER_CLASSES[e])() for e in entities
+    ]
     nlp = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
     return AnalyzerEngine(registry=RecognizerRegistry(recognizers=recognizers), nlp_engine=nlp)
 
@@ -298,14 +301,14 @@ def main() -> int:
     # regexes compiled on first use); Presidio gets the same warm-up below. What is learnt about
     # values is forgotten before each measured run.
     masking.Masker([spec], key=key).mask_rows(COLUMNS, rows[:500])
-    masking._clear_process_caches()
+    masking_recognizers._clear_process_caches()
 
     masker = masking.Masker([spec], key=key)
     t = time.perf_counter()
     masked_rows, masked_counts = masker.mask_rows(COLUMNS, rows)
     ours_s = time.perf_counter() - t
 
-    masking._clear_process_caches()
+    masking_recognizers._clear_process_caches()
     nocache = masking.Masker([spec], key=key)
     nocache._cache_entries = 0
     t = time.perf_counter()
@@ -314,7 +317,7 @@ def main() -> int:
 
     # Presidio and the Masker on the same sample rows, alternating 250-row blocks so that both
     # see the same machine (other load on it shifts both alike), then our analysis of each cell.
-    engine = presidio_engine([e for e in entities if e in masking._RECOGNIZER_CLASSES])
+    engine = presidio_engine([e for e in entities if e in masking_recognizers._RECOGNIZER_CLASSES])
     cells = [
         (i, j, text, COLUMNS[j])
         for i, row in enumerate(rows[:sample])
@@ -325,7 +328,7 @@ def main() -> int:
         engine.analyze(
             text, language="en", entities=entities, score_threshold=args.threshold, context=[column]
         )
-    masking._clear_process_caches()
+    masking_recognizers._clear_process_caches()
     sample_masker = masking.Masker([spec], key=key)
     presidio_found: set[tuple] = set()
     presidio_s = ours_sample_s = 0.0

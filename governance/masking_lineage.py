@@ -14,7 +14,7 @@ import threading
 import time
 
 from governance import lineage
-from governance.masking import COLUMN_ENTITY, Masker, _stricter
+from governance.masking import COLUMN_ENTITY, Masker, stricter_method
 
 __all__ = ["derived_plans", "forget", "SCHEMA_TTL_SECONDS", "FAIL_CLOSED_PLAN"]
 
@@ -76,7 +76,7 @@ def derived_plans(
 
 def _strictest(a, b):
 
-    return _stricter(a, b)
+    return stricter_method(a, b)
 
 
 def _reads_masked(masker: Masker, sql: str, schema: dict | None) -> bool:

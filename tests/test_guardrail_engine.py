@@ -764,9 +764,9 @@ def test_deep_nesting_fails_closed():
 
 
 def test_huge_input_fails_closed(monkeypatch):
-    import governance.guardrails as g
+    from governance.guardrails import analysis
 
-    monkeypatch.setattr(g, "MAX_SQL_CHARS", 100)
+    monkeypatch.setattr(analysis, "MAX_SQL_CHARS", 100)
     (f,) = evaluate_input([RULES["ro"]], "SELECT 1 " + " " * 200, dialect=PG)
     assert f.condition == "sql.parse_error" and "too large" in f.detail
 

@@ -279,7 +279,7 @@ MY_LITERALS = [
 
 
 def test_string_literals_are_decoded_exactly_as_the_servers_decode_them(pg_target, mysql_target):
-    from governance.guardrails import _lex
+    from governance.guardrails.lexer import _lex
 
     with psycopg.connect(
         host=pg_target["host"], port=pg_target["port"], dbname=pg_target["database"], user=pg_target["user"]

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from governance import masking
 from governance.errors import InvalidInput
 from governance.masking import (
     NER_ENTITIES,
@@ -27,6 +26,9 @@ from governance.masking import (
     ner_available,
     validate_spec,
 )
+from governance.masking import detectors as masking_detectors
+from governance.masking import masker as masking_masker
+from governance.masking import recognizers as masking_recognizers
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"test-key-0123456789abcdef0123456"
@@ -545,9 +547,9 @@ def test_ner_entities_are_used_when_a_model_is_installed(monkeypatch):
         engine.nlp = {"en": nlp}
         return engine, SpacyRecognizer(supported_entities=list(NER_ENTITIES))
 
-    monkeypatch.setattr(masking, "_installed_spacy_model", lambda: "en_fake_model")
-    monkeypatch.setattr(masking, "_build_ner", build)
-    monkeypatch.setattr(masking, "_NER", None)
+    monkeypatch.setattr(masking_detectors, "_installed_spacy_model", lambda: "en_fake_model")
+    monkeypatch.setattr(masking_detectors, "_build_ner", build)
+    monkeypatch.setattr(masking_detectors, "_NER", None)
     assert ner_available()
     m = masker({"entities": ["PERSON", "EMAIL_ADDRESS"]})
     assert m.unavailable_entities == []
@@ -595,7 +597,7 @@ def test_best_effort_withholds_the_value_only_if_every_spec_allows_it(monkeypatc
 
 
 def test_a_runaway_custom_regex_fails_closed(monkeypatch):
-    monkeypatch.setattr(masking, "_REGEX_TIMEOUT", 0.05)
+    monkeypatch.setattr(masking_masker, "_REGEX_TIMEOUT", 0.05)
     m = masker({"custom": [{"name": "BAD", "regex": r"^(a|aa)+$"}]})
     with pytest.raises(MaskingError, match="TimeoutError"):
         m.mask_text("a" * 40 + "b")
@@ -604,7 +606,7 @@ def test_a_runaway_custom_regex_fails_closed(monkeypatch):
 
 
 def test_a_failing_column_rule_fails_closed(monkeypatch):
-    monkeypatch.setattr(masking, "_REGEX_TIMEOUT", 0.05)
+    monkeypatch.setattr(masking_masker, "_REGEX_TIMEOUT", 0.05)
     spec = {"entities": ["EMAIL_ADDRESS"], "columns": [r"^(a|aa)+$"]}
     name = "a" * 40 + "b"
     with pytest.raises(MaskingError, match="a column rule failed on column"):
@@ -646,7 +648,7 @@ def test_tldextract_uses_only_its_bundled_snapshot(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    fresh = masking._offline_tldextract()  # builds its list now, from the snapshot
+    fresh = masking_recognizers._offline_tldextract()  # builds its list now, from the snapshot
     assert fresh("mail.example.co.uk").suffix == "co.uk"
 
 
@@ -684,7 +686,9 @@ def presidio():
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, predefined_recognizers
     from presidio_analyzer.nlp_engine import NoOpNlpEngine
 
-    recognizers = [getattr(predefined_recognizers, name)() for name in masking._RECOGNIZER_CLASSES.values()]
+    recognizers = [
+        getattr(predefined_recognizers, name)() for name in masking_recognizers._RECOGNIZER_CLASSES.values()
+    ]
     nlp = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     return AnalyzerEngine(registry=RecognizerRegistry(recognizers=recognizers), nlp_engine=nlp)
@@ -785,7 +789,7 @@ def test_phone_matching_shortcuts_are_exact():
     """The phone fast path against plain PhoneNumberMatcher, on texts built to stress it."""
     import phonenumbers
 
-    detector = masking._builtin_detectors()["PHONE_NUMBER"]
+    detector = masking_recognizers._builtin_detectors()["PHONE_NUMBER"]
     assert detector.fast is not None  # the installed phonenumbers is the one it was checked on
     rnd = random.Random(5)
     alphabet = "0123456789" * 4 + " -.()/+x" + "aE"
@@ -818,7 +822,7 @@ def test_phone_matching_shortcuts_are_exact():
 
 
 def test_the_national_prefix_check_equals_libphonenumbers():
-    fast = masking._builtin_detectors()["PHONE_NUMBER"].fast
+    fast = masking_recognizers._builtin_detectors()["PHONE_NUMBER"].fast
     rnd = random.Random(3)
     for code in (1, 44, 49, 33, 972, 91, 55, 39, 7, 86):
         for _ in range(300):
@@ -867,7 +871,9 @@ def test_preceding_words_boost_as_presidios_context_enhancer():
         def get_supported_languages(self):
             return ["en"]
 
-    recognizers = [getattr(predefined_recognizers, name)() for name in masking._RECOGNIZER_CLASSES.values()]
+    recognizers = [
+        getattr(predefined_recognizers, name)() for name in masking_recognizers._RECOGNIZER_CLASSES.values()
+    ]
     engine = AnalyzerEngine(registry=RecognizerRegistry(recognizers=recognizers), nlp_engine=Tokens())
     m = masker({"entities": list(SUPPORTED_ENTITIES), "score_threshold": 0.0})
     texts = [
@@ -893,9 +899,9 @@ def test_preceding_words_boost_as_presidios_context_enhancer():
 
 def test_pattern_conditions_name_existing_presidio_patterns():
     """A renamed Presidio pattern would silently lose its condition: notice it."""
-    detectors = masking._builtin_detectors()
+    detectors = masking_recognizers._builtin_detectors()
     names = {(e, p.name) for e, d in detectors.items() if e != "PHONE_NUMBER" for p in d.patterns}
-    assert set(masking._PATTERN_NEEDS) <= names
+    assert set(masking_recognizers._PATTERN_NEEDS) <= names
 
 
 @pytest.mark.parametrize(

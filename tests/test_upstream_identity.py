@@ -501,3 +501,25 @@ def test_an_unusable_signing_key_is_a_clear_error(settings):
             upstream_identity.signing_keys()
     finally:
         upstream_identity.signing_keys.cache_clear()
+
+
+def test_connections_test_reports_the_token_endpoint_and_names_no_person(
+    cast, jwt_upstream, as_gateway, cc_upstream, transactional_db
+):
+    from gateway import pipeline
+
+    jwt_connection(cast.acme, jwt_upstream)
+    accepted_before = len(state(jwt_upstream)["accepted"])
+    report = pipeline.connection_test(actor=cast.alice.actor(), connection_name="ident")
+    assert report["ok"] is True and report["message"] == "MCP server with 2 tool(s)"
+    seen = state(jwt_upstream)["accepted"][accepted_before:]
+    assert seen and all(
+        c["sub"] == "portcullis-gateway" and "groups" not in c and "email" not in c for c in seen
+    )
+
+    oauth_connection(cast.acme, cc_upstream)
+    assert pipeline.connection_test(actor=cast.alice.actor(), connection_name="cc")["ok"] is True
+    mcp_auth.reset_cache()
+    control(cc_upstream, fail_token_endpoint=True)
+    failed = pipeline.connection_test(actor=cast.alice.actor(), connection_name="cc")
+    assert failed["ok"] is False and "token endpoint" in failed["message"] and "HTTP 503" in failed["message"]

@@ -329,3 +329,26 @@ def test_results_are_masked_through_the_virtual_server(cast, mcp, gateway_server
     assert not result.is_error
     assert "jane.roe@example.com" not in result.content[0].text
     assert result.structured_content["email"] != "jane.roe@example.com"
+
+
+@pytest.mark.live
+def test_a_member_whose_upstream_is_down_does_not_take_the_others_down(
+    cast, mcp, gateway_server, two_upstreams
+):
+    make_mcp_connection(cast.acme, two_upstreams["tickets"][0], name="tickets", tools=POLICY)
+    make_mcp_connection(cast.acme, f"http://127.0.0.1:{_free_port()}/mcp", name="down", tools=POLICY)
+    vs.virtual_server_create(actor=cast.alice.actor(), name="platform", connections=["tickets", "down"])
+    assert call_virtual(gateway_server, cast.bob, "platform", _names) == [
+        "tickets__deploy",
+        "tickets__echo",
+        "tickets__whoami",
+    ]
+
+    async def both(client):
+        return await client.call_tool("down__echo", {"text": "x"}), await client.call_tool(
+            "tickets__echo", {"text": "y"}
+        )
+
+    down, up = call_virtual(gateway_server, cast.bob, "platform", both)
+    assert down.is_error and "could not reach the upstream MCP server" in down.content[0].text
+    assert not up.is_error and up.content[0].text == "y"

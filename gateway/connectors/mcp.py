@@ -555,6 +555,9 @@ class MCPConnector(Connector):
     async def _test(self) -> str:
         try:
             with anyio.fail_after(self.limits.timeout_seconds):
+                credentials = self._client_credentials()
+                if credentials is not None:  # a failing token endpoint: said as such
+                    await credentials.token()
                 async with self.client() as client:
                     tools = await self.list_tools(client)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a clear message
