@@ -83,8 +83,8 @@ def compact_schema(schema: dict, *, tool: str, output: bool, fields_as: str | No
                 continue  # true is the default; false is enforced by the server, which names the key
             if key in (_OUTPUT_NOISE if output else _INPUT_NOISE):
                 continue
-            if key == "minimum" and value in (0, 1) and node.get("type") == "integer":
-                continue  # a count or an offset: its lower bound says nothing an agent would get wrong
+            if key == "minimum" and value in (0, 1) and node.get("type") in ("integer", "number"):
+                continue  # a count, an offset, a timeout: its lower bound says nothing an agent needs
             if key in ("maximum", "maxItems") and isinstance(value, int) and value > _CAP:
                 continue  # a sanity cap no ordinary call reaches; the server names it when one does
             if key == "properties":
@@ -133,7 +133,7 @@ def compact_schema(schema: dict, *, tool: str, output: bool, fields_as: str | No
     body = _tidy(inline(body), output)
     if fields_as:
         body = _without_descriptions(body, keep=("id",))
-        body["description"] = f"Fields as in {fields_as}; only those given change, lists are replaced."
+        body["description"] = f"As in {fields_as}; only those given change."
     kept = {
         name: _tidy(inline(sub, (name,)), output) for name, sub in new_defs.items() if uses.get(name, 0) > 1
     }

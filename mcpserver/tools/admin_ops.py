@@ -238,7 +238,7 @@ class DeliveriesResult(Result):
 
 @tool(
     "webhooks_deliveries",
-    description="Deliveries of the org's webhooks, newest first; retry sends failed or dead ones again.",
+    description="The org's webhook deliveries, newest first.",
     args=DeliveriesArgs,
     result=DeliveriesResult,
     role=ROLE_ADMIN,

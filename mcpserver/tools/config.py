@@ -72,7 +72,7 @@ class RefArgs(Args):
 
 class UpdateArgs(RefArgs):
     changes: dict[str, Any] = Field(
-        description="Fields as the kind's _create tool names them (name renames); lists replace."
+        description="As the kind's _create tool names them (name renames); lists replace."
     )
 
 

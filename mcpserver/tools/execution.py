@@ -122,7 +122,7 @@ async def _wait(session_id, timeout: float, ctx):
     description=(
         "Run SQL or a command on a connection (policy, review, masking, audit apply). Branch on `status`: "
         "completed | failed | blocked | pending_approval (reviews_wait review_id, then reviews_execute) | running "
-        "(sessions_wait). Capped by the connection's limits (`truncated`)."
+        "(sessions_wait)."
     ),
     args=ExecArgs,
     result=ExecEnvelope,

@@ -24,14 +24,9 @@ from mcpserver.tools.execution import (
 from mcpserver.tools.rule_crud import ATTRIBUTES_HELP, Limit, Names, Offset, RuleRef, RuleServices, rule_tools
 from reviews import services
 
+# A session's id is taken too; reviews_get says so, once.
 ReviewId = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=64,
-        description="The review's id (or its session's id).",
-        validation_alias=AliasChoices("review_id", "id"),
-    ),
+    str, Field(min_length=1, max_length=64, validation_alias=AliasChoices("review_id", "id"))
 ]
 
 
@@ -133,7 +128,7 @@ async def reviews_list(actor, args: ListArgs, ctx) -> ReviewList:
 
 
 class GetArgs(Args):
-    review_id: ReviewId
+    review_id: ReviewId = Field(description="The review's id (or its session's id).")
 
 
 @tool(
