@@ -36,6 +36,7 @@ from gateway.services import connection_create_headless
 from governance import rules
 from governance.errors import InvalidInput
 from sessions.models import AuditEvent, Session, SessionStatus
+from tests.conftest import structured
 from tests.test_upstream_hold_live import inspector  # noqa: F401 - a fixture: the Inspector's CLI
 from tests.test_upstream_mcp import ROOT, make_mcp_connection, upstream_server
 
@@ -168,6 +169,8 @@ def test_resources_templates_prompts_and_completions_are_proxied_with_the_policy
     prompt = Session.objects.get(verb="prompt")
     assert prompt.status == SessionStatus.DONE and json.loads(prompt.input)["arguments"] == {"name": "Bob"}
     assert AuditEvent.objects.filter(action="resource.finish").count() == 2
+    listed = structured(mcp(cast.bob).call("sessions_list", {"verb": "resource"}))
+    assert sorted(item["id"] for item in listed["items"]) == sorted(str(s.pk) for s in reads)
 
 
 @pytest.mark.live
