@@ -219,6 +219,12 @@ def test_a_changed_resource_or_prompt_is_refused_until_an_admin_accepts_it(
     assert "upstream_contracts_accept" in message
     message = refused(gateway_server, cast.bob, lambda c: c.get_prompt("greet", {"name": "x"}))
     assert 'prompt "greet" changed its contract' in message
+    message = refused(
+        gateway_server,
+        cast.bob,
+        lambda c: c.complete(PromptReference(name="greet"), {"name": "name", "value": ""}),
+    )
+    assert 'prompt "greet" changed its contract' in message  # no completions for it either
     # The unchanged ones still work; the changed ones are not listed.
     assert through(gateway_server, cast.bob, lambda c: c.read_resource("docs://customer")).contents
     listed = through(gateway_server, cast.bob, lambda c: c.list_resources())
