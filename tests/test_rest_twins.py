@@ -283,3 +283,27 @@ def test_webhook_deliveries_are_listed_and_retried_over_rest(cast, admin_token):
         admin_token.post(f"{API}/webhook-deliveries/retry/", {"delivery_ids": []}, format="json").status_code
         == 400
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upstream_twins_answer_failures_in_the_one_error_body(cast, shops):
+    """The upstream_* twins: an upstream that is down is a 502 (listing) or a failed envelope (call),
+    another org's connection a 404, an unknown field a 400, contracts an admin's."""
+    from tests.test_upstream_mcp import make_mcp_connection, upstream_server
+
+    with upstream_server() as url:
+        pass  # stopped: nothing listens there any more
+    make_mcp_connection(cast.acme, url, name="down")
+    bob, base = _client(cast.bob), f"{API}/connections/down"
+    down = bob.get(f"{base}/upstream-tools/")
+    assert down.status_code == 502 and down.json()["error"]["code"] == "connector"
+    assert "could not reach" in down.json()["error"]["message"]
+    called = bob.post(f"{base}/upstream-tools/call/", {"tool": "echo"}, format="json")
+    assert called.status_code == 200 and called.json()["status"] == "failed"
+    assert Session.objects.get(pk=called.json()["session_id"]).surface == "api"
+    unknown = bob.post(f"{base}/upstream-tools/call/", {"tool": "echo", "sneaky": 1}, format="json")
+    assert unknown.status_code == 400 and "sneaky" in unknown.json()["error"]["fields"]
+    assert _client(cast.eve).get(f"{base}/upstream-tools/").status_code == 404
+    assert bob.get(f"{base}/upstream-contracts/").status_code == 403
+    bad_kind = _client(cast.alice).get(f"{base}/upstream-contracts/", {"kind": "file"})
+    assert bad_kind.status_code == 400 and "kind" in bad_kind.json()["error"]["fields"]

@@ -1,14 +1,16 @@
 """The whole protocol of an upstream MCP server through /api/mcp/c/<connection>, with the same policy
 as its tools: resources, resource templates, prompts and completions, with per-name allow/deny per
 group, masking, a recorded session per read and prompt get, pinned contracts, and the upstream's
-`list_changed` announcements triggering the contract check. Driven with the official SDK client,
-unmodified, over real HTTP against the live gateway; the upstream is our test server over
+`list_changed` announcements triggering the contract check. Driven with the official SDK client
+and the MCP Inspector's CLI, unmodified, over real HTTP against the live gateway; the upstream is our test server over
 Streamable HTTP and over stdio, which counts every read and prompt get it receives."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,8 @@ from gateway.services import connection_create_headless
 from governance import rules
 from governance.errors import InvalidInput
 from sessions.models import AuditEvent, Session, SessionStatus
+from tests.conftest import structured
+from tests.test_upstream_hold_live import inspector  # noqa: F401 - a fixture: the Inspector's CLI
 from tests.test_upstream_mcp import ROOT, make_mcp_connection, upstream_server
 
 RESOURCES = [{"match": "secret://*", "effect": "deny"}, {"match": "docs://*"}]
@@ -165,6 +169,8 @@ def test_resources_templates_prompts_and_completions_are_proxied_with_the_policy
     prompt = Session.objects.get(verb="prompt")
     assert prompt.status == SessionStatus.DONE and json.loads(prompt.input)["arguments"] == {"name": "Bob"}
     assert AuditEvent.objects.filter(action="resource.finish").count() == 2
+    listed = structured(mcp(cast.bob).call("sessions_list", {"verb": "resource"}))
+    assert sorted(item["id"] for item in listed["items"]) == sorted(str(s.pk) for s in reads)
 
 
 @pytest.mark.live
@@ -213,6 +219,12 @@ def test_a_changed_resource_or_prompt_is_refused_until_an_admin_accepts_it(
     assert "upstream_contracts_accept" in message
     message = refused(gateway_server, cast.bob, lambda c: c.get_prompt("greet", {"name": "x"}))
     assert 'prompt "greet" changed its contract' in message
+    message = refused(
+        gateway_server,
+        cast.bob,
+        lambda c: c.complete(PromptReference(name="greet"), {"name": "name", "value": ""}),
+    )
+    assert 'prompt "greet" changed its contract' in message  # no completions for it either
     # The unchanged ones still work; the changed ones are not listed.
     assert through(gateway_server, cast.bob, lambda c: c.read_resource("docs://customer")).contents
     listed = through(gateway_server, cast.bob, lambda c: c.list_resources())
@@ -334,6 +346,49 @@ def test_guardrails_check_prompt_arguments_before_and_results_after(
             )
         )
         assert fine.status == SessionStatus.DONE and upstream_protocol.refusal(fine) is None
+
+
+@pytest.mark.live
+def test_the_inspector_lists_reads_and_gets_through_the_gateway(
+    cast, mcp, gateway_server, call_log, monkeypatch, tmp_path, request
+):
+    """The MCP Inspector's CLI, unmodified, against /api/mcp/c/<connection>."""
+    launcher = request.getfixturevalue("inspector")
+    monkeypatch.setenv("UPSTREAM_CALL_LOG", str(call_log))
+    with upstream_server() as url:
+        make_mcp_connection(cast.acme, url, name="catalog", resources=RESOURCES, prompts=PROMPTS)
+
+        def run(*args) -> subprocess.CompletedProcess:
+            argv = [
+                *launcher,
+                f"{gateway_server.url}/api/mcp/c/catalog",
+                "--transport",
+                "http",
+                "--header",
+                f"Authorization: Bearer {cast.bob.token}",
+                *args,
+            ]
+            env = {**os.environ, "MCP_CATALOG_PATH": str(tmp_path / "mcp.json")}
+            return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+
+        listed = json.loads(run("--method", "resources/list").stdout)
+        assert sorted(r["uri"] for r in listed["resources"]) == [
+            "docs://customer",
+            "docs://logo",
+            "docs://readme",
+        ]
+        read = json.loads(run("--method", "resources/read", "--uri", "docs://readme").stdout)
+        assert read["contents"][0]["text"] == "Read me: the gateway proxies resources."
+        prompt = json.loads(
+            run("--method", "prompts/get", "--prompt-name", "greet", "--prompt-args", "name=Ann").stdout
+        )
+        assert prompt["messages"][0]["content"]["text"].startswith("Say hello to Ann")
+        denied = run("--method", "resources/read", "--uri", "secret://keys")
+        assert denied.returncode != 0
+        assert json.loads(denied.stderr)["error"]["message"] == (
+            'resource "secret://keys" not found or not accessible on connection "catalog"'
+        )
+        assert received(call_log, "read") == ["docs://readme"] and received(call_log, "prompt") == ["greet"]
 
 
 def test_without_a_setting_resources_and_prompts_are_as_open_as_the_tools(cast, db):

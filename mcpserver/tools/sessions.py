@@ -60,7 +60,7 @@ class ListArgs(Args):
         None, max_length=63, validation_alias=AliasChoices("connection_name", "connection")
     )
     status: Status | None = None
-    verb: Literal["exec", "schema", "runbook", "tool"] | None = None
+    verb: Literal["exec", "schema", "runbook", "tool", "resource", "prompt"] | None = None
     surface: Literal["web", "admin", "api", "mcp", "task", "cli"] | None = None
     risk_level: Risk | None = None
     review_status: ReviewStatus | None = None
