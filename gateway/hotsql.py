@@ -46,3 +46,62 @@ def fetch_one(sql: str, params, *models) -> list | None:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return None if row is None else load(row, *models)
+
+
+def _value(obj, field, add: bool, raw: dict, placeholders: list, params: list) -> None:
+    if field.attname in raw:
+        sql, more = raw[field.attname]
+        placeholders.append(sql)
+        params.extend(more)
+        return
+    value = field.pre_save(obj, add)
+    if hasattr(value, "resolve_expression"):
+        raise TypeError(f"{field.name}: pass expressions as raw SQL (raw={{{field.attname!r}: ...}})")
+    placeholders.append(
+        field.get_placeholder(value, None, connection) if hasattr(field, "get_placeholder") else "%s"
+    )
+    params.append(field.get_db_prep_save(value, connection))
+
+
+def insert(obj, *, raw: dict | None = None) -> None:
+    """INSERT `obj` with every concrete field, as `obj.save(force_insert=True)` sends it (each
+    field's `pre_save` and `get_db_prep_save`). `raw` maps an attribute name to `(sql, params)`
+    for a value the database computes (e.g. `statement_timestamp() + %s`). The primary key must be
+    set already (no RETURNING)."""
+    if obj.pk is None:
+        raise ValueError("hotsql.insert needs the primary key set")
+    raw = raw or {}
+    qn = connection.ops.quote_name
+    fields = obj._meta.concrete_fields
+    placeholders: list = []
+    params: list = []
+    for field in fields:
+        _value(obj, field, True, raw, placeholders, params)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table(type(obj))} ({', '.join(qn(str(f.column)) for f in fields)}) "
+            f"VALUES ({', '.join(placeholders)})",
+            params,
+        )
+    obj._state.adding = False
+    obj._state.db = connection.alias
+
+
+def update(obj, names, *, raw: dict | None = None) -> int:
+    """UPDATE the fields `names` (attribute or field names) of `obj`'s row, as
+    `obj.save(update_fields=names)` sends them; `raw` as for `insert`. Returns the rows changed."""
+    raw = raw or {}
+    qn = connection.ops.quote_name
+    fields = [obj._meta.get_field(name) for name in names]
+    placeholders: list = []
+    params: list = []
+    for field in fields:
+        _value(obj, field, False, raw, placeholders, params)
+    assignments = ", ".join(f"{qn(str(f.column))} = {p}" for f, p in zip(fields, placeholders, strict=True))
+    pk = obj._meta.pk
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table(type(obj))} SET {assignments} WHERE {qn(str(pk.column))} = %s",
+            [*params, pk.get_db_prep_value(obj.pk, connection)],
+        )
+        return cursor.rowcount

@@ -75,6 +75,13 @@ def db_now_plus(seconds: float):
     return ExpressionWrapper(Now() + Value(timedelta(seconds=seconds)), output_field=DateTimeField())
 
 
+def _lease_sql(lease: float | None) -> dict:
+    """`db_now_plus(lease)` as raw SQL for gateway.hotsql (the same clock: the statement's)."""
+    if lease is None:
+        return {}
+    return {"lease_expires_at": ("statement_timestamp() + %s", [timedelta(seconds=lease)])}
+
+
 def _system_actor_fields(session: Session, actor) -> dict:
     if actor is not None:
         return {"actor": actor}
@@ -122,11 +129,14 @@ def record(
         session.started_at = timezone.now()
     if session.is_final and session.ended_at is None:
         session.ended_at = timezone.now()
-    if lease is not None:
-        session.lease_expires_at = db_now_plus(lease)  # evaluated by the INSERT
     with transaction.atomic(savepoint=False):
-        session.save(force_insert=True)
-        session.lease_expires_at = None  # (the expression is not a value; read it from the database)
+        if connection.vendor == "postgresql":  # every exec inserts one: written once (gateway.hotsql)
+            hotsql.insert(session, raw=_lease_sql(lease))
+        else:
+            if lease is not None:
+                session.lease_expires_at = db_now_plus(lease)  # evaluated by the INSERT
+            session.save(force_insert=True)
+        session.lease_expires_at = None  # (computed by the database; read it from there)
         _emit_for(session, None)
         if session.is_final:
             _after_final(session)
@@ -228,9 +238,13 @@ def transition(
             session.lease_expires_at = None
             update += ["ended_at", "lease_expires_at"]
         if lease is not None:
-            session.lease_expires_at = db_now_plus(lease)
             update.append("lease_expires_at")
-        session.save(update_fields=sorted(set(update)))
+        if connection.vendor == "postgresql":  # every exec ends here: written once (gateway.hotsql)
+            hotsql.update(session, sorted(set(update)), raw=_lease_sql(lease))
+        else:
+            if lease is not None:
+                session.lease_expires_at = db_now_plus(lease)
+            session.save(update_fields=sorted(set(update)))
         if as_owner:
             actor = Actor(
                 user=session.user, groups=frozenset(), surface=session.surface, client=session.client

@@ -1,5 +1,7 @@
 """The hand-written hot-path statements (gateway.hotsql) load the same objects the ORM loads."""
 
+import uuid
+
 import pytest
 from django.db import transaction
 
@@ -49,3 +51,40 @@ def test_a_row_that_does_not_fit_the_models_is_refused(cast):
         hotsql.load([*row, "extra"], Organization)
     with pytest.raises(ValueError):
         hotsql.load(row[:-1], Organization, User)
+
+
+def test_insert_and_update_write_what_save_writes(cast, shops):
+    template = pipeline.exec_start(
+        actor=cast.bob.actor(surface="mcp"),
+        connection_name="shop",
+        input="select 1",
+        metadata={"ticket": "OPS-2", "list": [1, 2]},
+    )
+    template = Session.objects.get(pk=template.pk)
+    by_orm, by_hand = Session.objects.get(pk=template.pk), Session.objects.get(pk=template.pk)
+    for copy in (by_orm, by_hand):
+        copy.pk = uuid.uuid4()
+        copy._state.adding = True
+    with transaction.atomic():
+        by_orm.save(force_insert=True)
+        hotsql.insert(by_hand)
+    skip = {"id"}
+
+    def row(pk):
+        return {k: v for k, v in _fields(Session.objects.get(pk=pk)).items() if k not in skip}
+
+    assert row(by_hand.pk) == row(by_orm.pk)
+    for copy in (by_orm, by_hand):
+        copy.output, copy.result, copy.row_count = "x\n", {"columns": ["a"], "rows": [[1], [None]]}, 2
+    with transaction.atomic():
+        by_orm.save(update_fields=["output", "result", "row_count"])
+        assert hotsql.update(by_hand, ["output", "result", "row_count"]) == 1
+    assert row(by_hand.pk) == row(by_orm.pk)
+    assert Session.objects.get(pk=by_hand.pk).result == {"columns": ["a"], "rows": [[1], [None]]}
+    with pytest.raises(TypeError):  # an expression must be given as SQL
+        by_hand.lease_expires_at = lifecycle.db_now_plus(5)
+        hotsql.update(by_hand, ["lease_expires_at"])
+    with transaction.atomic():
+        hotsql.update(by_hand, ["lease_expires_at"], raw=lifecycle._lease_sql(30))
+    lease = Session.objects.get(pk=by_hand.pk).lease_expires_at
+    assert lease is not None and lease > Session.objects.get(pk=by_hand.pk).created_at
