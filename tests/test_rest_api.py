@@ -11,6 +11,7 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
+from gateway.models import Connection
 from gateway.services import connection_create_headless
 from governance import access, rules
 from governance.services import token_issue
@@ -118,6 +119,41 @@ def test_an_admin_manages_connections_and_secrets_never_come_back(cast, api, tmp
         ("connection.delete", "api"),
     ]
     assert SECRET not in json.dumps([e.detail for e in events])
+
+
+def test_rest_patch_of_runbooks_enabled_works_and_every_read_returns_it(cast, api, tmp_path):
+    """MCP and the admin accepted runbooks_enabled while REST refused it (issue 19): now REST
+    create and PATCH take it, and GET, list, create and PATCH return it."""
+    alice = api["alice"]
+    created = alice.post(
+        f"{API}/connections/",
+        {
+            "name": "rb-off",
+            "kind": "sqlite",
+            "settings": {"path": str(make_shop_sqlite(tmp_path / "rb.sqlite3", "acme"))},
+            "runbooks_enabled": False,
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["runbooks_enabled"] is False
+    assert Connection.objects.get(name="rb-off").runbooks_enabled is False
+    changed = alice.patch(f"{API}/connections/rb-off/", {"runbooks_enabled": True}, format="json")
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["runbooks_enabled"] is True
+    assert Connection.objects.get(name="rb-off").runbooks_enabled is True
+    assert alice.get(f"{API}/connections/rb-off/").json()["runbooks_enabled"] is True
+    listed = alice.get(f"{API}/connections/?search=rb-off").json()["items"]
+    assert [c["runbooks_enabled"] for c in listed] == [True]
+    assert error(
+        alice.patch(f"{API}/connections/rb-off/", {"runbooks_enabled": "maybe"}, format="json"), 400
+    )["fields"].keys() == {"runbooks_enabled"}
+    assert error(
+        api["bob"].patch(f"{API}/connections/rb-off/", {"runbooks_enabled": False}, format="json"), 403
+    )
+    assert Connection.objects.get(name="rb-off").runbooks_enabled is True
+    event = AuditEvent.objects.filter(action="connection.update", target_repr="rb-off").latest("id")
+    assert event.surface == "api" and event.detail["after"] == {"runbooks_enabled": True}
 
 
 def test_lists_are_paginated_with_a_cursor_and_filtered(cast, api, tmp_path):

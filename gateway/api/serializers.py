@@ -38,6 +38,7 @@ class ConnectionOptions(StrictSerializer):
     timeout_seconds = s.IntegerField(min_value=1, max_value=86_400, required=False)
     exec_enabled = s.BooleanField(required=False)
     schema_enabled = s.BooleanField(required=False)
+    runbooks_enabled = s.BooleanField(required=False)
     agent_queue = Char(max_length=63, required=False, allow_blank=True)
 
 
@@ -71,6 +72,7 @@ class ConnectionOut(s.Serializer):
     timeout_seconds = s.IntegerField()
     exec_enabled = s.BooleanField()
     schema_enabled = s.BooleanField()
+    runbooks_enabled = s.BooleanField()
     agent_queue = Char()
     created_at = s.DateTimeField()
     updated_at = s.DateTimeField()
