@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from gateway import pipeline
+from gateway.kinds import KINDS
 from governance.admin_editors import StructuredJSONWidget, _lines, _number
 
 # kind -> its non-secret settings, required first, as its connector declares them.
@@ -20,7 +21,8 @@ KIND_SETTINGS: dict[str, tuple[tuple[str, bool], ...]] = {
     kind: pipeline.connection_setting_names(kind) for kind in pipeline.connection_kinds()
 }
 
-# How a setting is typed in (default: one line of text).
+# How a setting is typed in (default: one line of text), and its help: for settings several kinds share
+# or that exist already; a new kind describes its own in its record (gateway/kinds.py).
 KEY_TYPES = {
     "port": "int",
     "approval_hold_seconds": "int",
@@ -68,8 +70,14 @@ SECRET_HELP = {
 
 def kind_settings(kind: str) -> list[dict]:
     """The non-secret settings of a kind, required ones first."""
+    record = KINDS[kind]
     return [
-        {"key": key, "type": KEY_TYPES.get(key, "text"), "required": required, "help": KEY_HELP.get(key, "")}
+        {
+            "key": key,
+            "type": record.setting_types.get(key) or KEY_TYPES.get(key, "text"),
+            "required": required,
+            "help": record.setting_help.get(key) or KEY_HELP.get(key, ""),
+        }
         for key, required in KIND_SETTINGS.get(kind, ())
     ]
 

@@ -13,7 +13,8 @@ Adding a kind: CONTRIBUTING.md, "Recipe: add a connection kind".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class Kind:
     exec_refusal: str = ""  # what `exec` answers instead, when `exec` is False
     enabled_setting: str = ""  # a Django setting that must be true for the kind to be created...
     enabled_env: str = ""  # ...and the environment variable that sets it (named in the refusal)
+    # The admin form, for settings of this kind the shared tables of gateway/admin_editors.py do not
+    # describe: how one is typed in ("int", "lines", "bool", "json"; default one line of text)...
+    setting_types: Mapping[str, str] = field(default_factory=dict)
+    setting_help: Mapping[str, str] = field(default_factory=dict)  # ...and the help under it
 
 
 KINDS: dict[str, Kind] = {

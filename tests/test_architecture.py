@@ -71,6 +71,27 @@ def test_every_scheduled_task_exists():
         assert entry["task"] in app.tasks, entry["task"]
 
 
+def test_every_fact_about_a_connection_kind_comes_from_its_record():
+    """gateway/kinds.py is the one record per kind: the model's choices, the connector registry, the
+    dialects, the session page's lexers, the MCP tools' enum and the admin form all list its kinds."""
+    from gateway import admin_editors, pipeline
+    from gateway.kinds import KINDS, SQL_DIALECTS
+    from gateway.models import ConnectionKind
+    from governance import guardrails
+    from mcpserver.tools import connections
+    from sessions.views import LEXERS
+
+    names = list(KINDS)
+    assert [value for value, _ in ConnectionKind.choices] == names
+    assert sorted(pipeline.connection_kinds()) == sorted(names) == sorted(admin_editors.KIND_SETTINGS)
+    assert list(LEXERS) == names
+    assert guardrails.DIALECTS == SQL_DIALECTS == {k: r.dialect for k, r in KINDS.items() if r.dialect}
+    enum = connections.ListArgs.model_json_schema()["properties"]["kind"]["anyOf"][0]["enum"]
+    assert enum == names
+    assert all(f"{name}: " in connections.SETTINGS_HELP for name in names)
+    assert [k for k, r in KINDS.items() if not r.exec] == ["mcp"] and KINDS["mcp"].exec_refusal
+
+
 # --- the module graph, imports inside functions included --------------------------------------------
 
 

@@ -22,7 +22,7 @@ class Migration(migrations.Migration):
                 ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
                 ('name', models.CharField(max_length=63, validators=[django.core.validators.RegexValidator('^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$', "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit")])),
                 ('description', models.CharField(blank=True, max_length=500)),
-                ('include_portcullis_tools', models.BooleanField(default=False, help_text="Also publish Portcullis's own tools, as portcullis__<tool>.")),
+                ('include_portcullis_tools', models.BooleanField(default=False, help_text="Also publish Portcullis's own tools, each named portcullis__ and the tool's name.")),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
                 ('connections', models.ManyToManyField(blank=True, help_text='Upstream MCP connections (kind mcp) whose tools this endpoint publishes.', related_name='virtual_servers', to='gateway.connection')),
