@@ -210,7 +210,8 @@ class VirtualServer(models.Model):
         help_text="Upstream MCP connections (kind mcp) whose tools this endpoint publishes.",
     )
     include_portcullis_tools = models.BooleanField(
-        default=False, help_text="Also publish Portcullis's own tools, each named portcullis__ and the tool's name."
+        default=False,
+        help_text="Also publish Portcullis's own tools, each named portcullis__ and the tool's name.",
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

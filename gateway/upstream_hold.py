@@ -60,11 +60,13 @@ async def tool_call_held(
     arguments: dict | None = None,
     idempotency_key: str | None = None,
     on_progress: Progress | None = None,
+    hold: float | None = None,
 ) -> Session:
     """`pipeline.tool_call`, holding a call that needs approval until it is decided or the hold
     ends. Returns the session: final (done, failed, blocked, rejected, cancelled) or, at the end of
     the hold, still `pending_review` (its `pending_review` attribute is the review). Raises what
-    `tool_call` raises, and PolicyDenied when the approved call may not run now (time window)."""
+    `tool_call` raises, and PolicyDenied when the approved call may not run now (time window).
+    `hold` overrides the connection's hold (0: answer with the review's state at once)."""
     session = await pipeline.tool_call(
         actor=actor,
         connection_name=connection_name,
@@ -74,7 +76,8 @@ async def tool_call_held(
     )
     if session.status != SessionStatus.PENDING_REVIEW:
         return session
-    review, hold, run_budget = await db(lambda: _pending(session))()
+    review, connection_hold, run_budget = await db(lambda: _pending(session))()
+    hold = connection_hold if hold is None else min(hold, connection_hold)
     url = reviews.review_url(review)
     started = time.monotonic()
 

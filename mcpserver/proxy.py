@@ -17,7 +17,17 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent, Tool
+from mcp.types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    ElicitRequest,
+    ElicitRequestURLParams,
+    InputRequiredResult,
+    ListToolsResult,
+    TextContent,
+    Tool,
+)
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import metrics, pipeline, upstream_hold
 from gateway.unavailable import JSONRPC_CODE, MESSAGE, is_database_unavailable
@@ -31,6 +41,9 @@ logger = logging.getLogger("portcullis.mcp")
 
 PATH = "/api/mcp/c/{connection}"
 SCOPE_READ, SCOPE_EXEC = "mcp:read", "mcp:exec"
+# The key of the review page's URL-mode elicitation in an `InputRequiredResult`: a retry that
+# answers it is answered at once (no second hold).
+REVIEW_ELICITATION = "portcullis_review"
 
 
 def _error(message: str) -> CallToolResult:
@@ -72,18 +85,63 @@ async def list_tools(ctx, params) -> ListToolsResult:
     )
 
 
-async def call_tool(ctx, params) -> CallToolResult:
+async def call_tool(ctx, params) -> CallToolResult | InputRequiredResult:
     actor = _current_actor(ctx)
     if actor is None:
         return _error("unauthorized: missing auth context")
     if not _has_scope(SCOPE_EXEC):
         return _error(f"insufficient_scope: calling upstream tools needs {SCOPE_EXEC}")
-    return await forward_call(ctx, actor, _connection_name(ctx), params.name, params.arguments or {})
+    return await forward_call(
+        ctx, actor, _connection_name(ctx), params.name, params.arguments or {}, params.input_responses
+    )
 
 
-async def forward_call(ctx, actor, connection_name: str, tool: str, arguments: dict) -> CallToolResult:
+def _url_elicitation(ctx) -> bool:
+    """Whether the client can be shown the review page by URL-mode elicitation: it speaks a protocol
+    with `InputRequiredResult` (2026-07-28+; this endpoint is stateless, so it has no channel for a
+    server-initiated `elicitation/create` request) and declared `elicitation.url`."""
+    session = ctx.session
+    capabilities = session.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    return (
+        session.protocol_version in MODERN_PROTOCOL_VERSIONS
+        and elicitation is not None
+        and elicitation.url is not None
+    )
+
+
+def _review_elicitation(envelope: dict, tool: str, connection_name: str) -> InputRequiredResult:
+    """Ask the client to show the pending review's page; its retry gets the pending answer."""
+    review = envelope["review_id"]
+    return InputRequiredResult(
+        input_requests={
+            REVIEW_ELICITATION: ElicitRequest(
+                params=ElicitRequestURLParams(
+                    message=(
+                        f"Approval is pending: a reviewer must approve this call of {tool} on "
+                        f"{connection_name} (review {review}). Open the review page to follow it, "
+                        "then make the same call again once it is approved."
+                    ),
+                    url=envelope["review_url"],  # no elicitationId: removed at 2026-07-28
+                )
+            )
+        }
+    )
+
+
+async def forward_call(
+    ctx, actor, connection_name: str, tool: str, arguments: dict, input_responses: dict | None = None
+) -> CallToolResult | InputRequiredResult:
     """One upstream tool call through the policy path and the approval hold, answered as the
-    upstream would (also for a virtual server's member connections, mcpserver/virtual.py)."""
+    upstream would (also for a virtual server's member connections, mcpserver/virtual.py).
+
+    Still pending at the end of the hold: a client that can show a URL (`_url_elicitation`) first
+    gets an `InputRequiredResult` with a URL-mode elicitation of the review page; its retry, which
+    answers it, is answered at once with the review's state then (pending -> the pending tool
+    error; approved meanwhile -> the call runs, once). Any other client gets the pending tool error.
+    The retry goes through the whole policy path like any call: what it claims to answer only
+    spares it the hold."""
+    answered = REVIEW_ELICITATION in (input_responses or {})
 
     async def progress(elapsed: float, total: float | None, message: str) -> None:
         try:  # a no-op unless the client gave a progress token
@@ -98,6 +156,7 @@ async def forward_call(ctx, actor, connection_name: str, tool: str, arguments: d
             tool=tool,
             arguments=arguments,
             on_progress=progress,
+            hold=0 if answered else None,
         )
     except PortcullisError as exc:
         return _error(exc.message)
@@ -109,6 +168,8 @@ async def forward_call(ctx, actor, connection_name: str, tool: str, arguments: d
         logger.exception("proxied call of %s crashed", tool)
         return _error("internal error; the gateway log has details")
     envelope = pipeline.tool_envelope(session)
+    if envelope["status"] == "pending_approval" and not answered and _url_elicitation(ctx):
+        return _review_elicitation(envelope, tool, connection_name)
     if envelope["status"] != "completed" and not (session.result and envelope["content"]):
         return _error(f"[{envelope['status']}] {envelope['message'] or 'the call did not complete'}")
     return CallToolResult.model_validate(

@@ -20,7 +20,7 @@ from django.conf import settings
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS, CallToolResult, ListToolsResult, Tool
+from mcp.types import INVALID_PARAMS, CallToolResult, InputRequiredResult, ListToolsResult, Tool
 from pydantic import AnyHttpUrl
 
 from gateway import metrics, pipeline
@@ -85,7 +85,7 @@ async def list_tools(ctx, params) -> ListToolsResult:
     return ListToolsResult(tools=tools)
 
 
-async def call_tool(ctx, params) -> CallToolResult:
+async def call_tool(ctx, params) -> CallToolResult | InputRequiredResult:
     actor = _current_actor(ctx)
     if actor is None:
         return _error("unauthorized: missing auth context")
@@ -102,7 +102,9 @@ async def call_tool(ctx, params) -> CallToolResult:
         return await gateway_server.call_tool(ctx, params.model_copy(update={"name": tool}))
     if not _has_scope(SCOPE_EXEC):
         return _error(f"insufficient_scope: calling upstream tools needs {SCOPE_EXEC}")
-    return await forward_call(ctx, actor, connection_name, tool, params.arguments or {})
+    return await forward_call(
+        ctx, actor, connection_name, tool, params.arguments or {}, params.input_responses
+    )
 
 
 def build() -> tuple[Server, object]:
