@@ -11,6 +11,7 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
+from gateway.api.serializers import ConnectionOut
 from gateway.models import Connection
 from gateway.services import connection_create_headless
 from governance import access, rules
@@ -141,6 +142,8 @@ def test_rest_patch_of_runbooks_enabled_works_and_every_read_returns_it(cast, ap
     changed = alice.patch(f"{API}/connections/rb-off/", {"runbooks_enabled": True}, format="json")
     assert changed.status_code == 200, changed.content
     assert changed.json()["runbooks_enabled"] is True
+    # The body holds exactly the fields the OpenAPI schema declares (the schema omitted this one).
+    assert set(changed.json()) == set(ConnectionOut().fields)
     assert Connection.objects.get(name="rb-off").runbooks_enabled is True
     assert alice.get(f"{API}/connections/rb-off/").json()["runbooks_enabled"] is True
     listed = alice.get(f"{API}/connections/?search=rb-off").json()["items"]

@@ -1,0 +1,148 @@
+"""The MCP tools and the REST API declare each entity twice (a pydantic model, a DRF serializer):
+this test makes the two declarations unable to drift silently (issue 19 item 4).
+
+For every MCP create/update tool with a REST twin, the argument model's fields must equal the REST
+input serializer's, and the MCP output model's fields the REST output serializer's, up to the
+deliberate differences listed below, each with its reason. A field added on one side only fails here
+until it is added on the other (or listed, with a reason)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+from rest_framework import serializers
+
+import mcpserver.tools  # noqa: F401  (registers every tool and config kind)
+from gateway.api import serializers as io
+from mcpserver.tools import (
+    access_control,
+    admin_ops,
+    connections,
+    reviews,
+    rules,
+    runbooks,
+    upstream,
+    users,
+)
+from mcpserver.tools.rule_crud import KINDS
+
+# The record a call names: MCP takes it as an argument, REST in the URL path.
+URL = "REST names the record in the URL path"
+
+# (MCP model, REST serializer, {MCP field: REST field} deliberate renames, {field: reason} present
+# on one side only by design).
+PAIRS: list[tuple[type[BaseModel], type[serializers.Serializer], dict[str, str], dict[str, str]]] = [
+    # connections
+    (connections.CreateArgs, io.ConnectionCreate, {}, {}),
+    (connections.UpdateArgs, io.ConnectionUpdate, {}, {"connection_name": URL}),
+    (connections.ConnectionOut, io.ConnectionOut, {}, {}),
+    (connections.ImportArgs, io.ConnectionImport, {}, {}),
+    (connections.ImportResult, io.ImportOut, {}, {}),
+    (connections.ImportRow, io.ImportRowOut, {}, {}),
+    (access_control.SetArgs, io.AccessControlSet, {}, {"connection_name": URL}),
+    (access_control.AccessControlOut, io.AccessControlOut, {}, {}),
+    # users and groups
+    (users.UserOut, io.UserOut, {}, {}),
+    (users.GroupCreateArgs, io.GroupCreate, {}, {}),
+    (
+        users.GroupChanges,
+        io.GroupUpdate,
+        # REST shipped add/remove first; config_update's changes name the member lists explicitly
+        # because they sit beside other kinds' fields. Both are documented; renaming breaks clients.
+        {"add_members": "add", "remove_members": "remove"},
+        {},
+    ),
+    (users.GroupOut, io.GroupOut, {}, {}),
+    # guardrails, masking, attributes
+    (
+        rules.GuardrailCreate,
+        io.GuardrailCreate,
+        # MCP's `input` is the text to run everywhere else; it also accepts input/output as aliases.
+        {"input_conditions": "input", "output_conditions": "output"},
+        {},
+    ),
+    (
+        rules.GuardrailUpdate,
+        io.GuardrailUpdate,
+        {"input_conditions": "input", "output_conditions": "output"},
+        {"rule_name": URL},
+    ),
+    (rules.GuardrailOut, io.GuardrailOut, {}, {}),
+    (rules.MaskingCreate, io.MaskingCreate, {}, {}),
+    (rules.MaskingUpdate, io.MaskingUpdate, {}, {"rule_name": URL}),
+    (rules.MaskingOut, io.MaskingOut, {}, {}),
+    (rules.AttributeCreate, io.AttributeCreate, {}, {}),
+    (rules.AttributeChanges, io.AttributeUpdate, {}, {}),
+    (rules.AttributeOut, io.AttributeOut, {}, {}),
+    # reviews and access requests
+    (reviews.RuleCreate, io.AccessRuleCreate, {}, {}),
+    (reviews.RuleUpdate, io.AccessRuleUpdate, {}, {"rule_name": URL}),
+    (reviews.RuleOut, io.AccessRuleOut, {}, {}),
+    (reviews.SettingsArgs, io.ReviewSettingsIn, {}, {}),
+    (reviews.SettingsOut, io.ReviewSettingsOut, {}, {}),
+    (reviews.AccessRequestArgs, io.AccessRequestIn, {}, {}),
+    (reviews.UpdateArgs, io.ReviewDecide, {}, {"review_id": URL}),
+    (reviews.ReviewOut, io.ReviewWaited, {}, {}),
+    # runbooks and runbook rules
+    (runbooks.RuleCreate, io.RunbookRuleCreate, {}, {}),
+    (runbooks.RuleUpdate, io.RunbookRuleUpdate, {}, {"rule_name": URL}),
+    (runbooks.RuleOut, io.RunbookRuleOut, {}, {}),
+    (
+        admin_ops.RunbookCreate,
+        io.RunbookIn,
+        # In MCP `parameters` are runbooks_run's values; the declarations are named apart there.
+        {"parameter_specs": "parameters"},
+        {},
+    ),
+    (admin_ops.RunbookChanges, io.RunbookPatch, {"parameter_specs": "parameters"}, {}),
+    (admin_ops.RunbookAdminOut, io.RunbookOut, {}, {}),
+    # webhooks
+    (admin_ops.WebhookCreate, io.WebhookIn, {}, {}),
+    (admin_ops.WebhookChanges, io.WebhookPatch, {}, {}),
+    (admin_ops.WebhookOut, io.WebhookOut, {}, {}),
+    # upstream MCP servers
+    (upstream.CallArgs, io.UpstreamCallIn, {}, {"connection_name": URL}),
+    (upstream.AcceptArgs, io.ContractsAcceptIn, {}, {"connection_name": URL}),
+]
+
+
+def _mcp_fields(model: type[BaseModel], renames: dict[str, str]) -> set[str]:
+    return {renames.get(name, name) for name in model.model_fields}
+
+
+def _rest_fields(serializer: type[serializers.Serializer]) -> set[str]:
+    return set(serializer().fields)
+
+
+@pytest.mark.parametrize(
+    ("mcp", "rest", "renames", "one_sided"),
+    PAIRS,
+    ids=[f"{m.__module__.rsplit('.', 1)[-1]}.{m.__name__}~{r.__name__}" for m, r, _, _ in PAIRS],
+)
+def test_the_mcp_model_and_the_rest_serializer_name_the_same_fields(mcp, rest, renames, one_sided):
+    assert set(renames) <= set(mcp.model_fields), f"stale rename in the table: {renames}"
+    mcp_fields, rest_fields = _mcp_fields(mcp, renames), _rest_fields(rest)
+    assert set(one_sided) <= mcp_fields ^ rest_fields, "stale entry in the table of one-sided fields"
+    only_mcp = mcp_fields - rest_fields - set(one_sided)
+    only_rest = rest_fields - mcp_fields - set(one_sided)
+    assert not only_mcp and not only_rest, (
+        f"{mcp.__name__} (MCP) and {rest.__name__} (REST) drifted: only in MCP {sorted(only_mcp)}, "
+        f"only in REST {sorted(only_rest)}; add the field to the other side or list it here with a reason"
+    )
+
+
+def test_every_config_kind_with_a_rest_twin_is_in_the_table():
+    """A new kind of configuration record (config_update's `kind`) must get its pair above."""
+    paired = {m for m, _, _, _ in PAIRS}
+    outs = {kind.name: kind.out for kind in KINDS.values()}
+    assert {name for name, out in outs.items() if out not in paired} == set(), outs
+
+
+def test_the_check_sees_a_drift():
+    """The comparison itself reports a field declared on one side only (the bug it guards against)."""
+
+    class Narrower(io.ConnectionUpdate):
+        runbooks_enabled = None  # DRF drops a field set to None in a subclass
+
+    drift = _mcp_fields(connections.UpdateArgs, {}) ^ _rest_fields(Narrower)
+    assert drift == {"connection_name", "runbooks_enabled"}
