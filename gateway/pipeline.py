@@ -1391,34 +1391,68 @@ def _tool_finish(
     blocked: str,
     elapsed_ms: int,
 ) -> Session:
+    return upstream_finish(
+        session_id,
+        connection=connection,
+        max_bytes=limits.max_output_bytes,
+        subject=f"tool {tool!r}",
+        result=result,
+        error=error,
+        blocked=blocked,
+        elapsed_ms=elapsed_ms,
+        text_of=_tool_text,
+        mask=_mask_tool_result,
+        exit_code_of=lambda r: 1 if r.get("isError") else 0,
+        action="tool.finish",
+        detail={"tool": tool},
+    )
+
+
+def upstream_finish(
+    session_id,
+    *,
+    connection: Connection,
+    max_bytes: int,
+    subject: str,
+    result: dict | None,
+    error: str,
+    blocked: str,
+    elapsed_ms: int,
+    text_of,
+    mask,
+    exit_code_of=lambda result: 0,
+    action: str,
+    detail: dict,
+) -> Session:
+    """The end of one upstream MCP exchange (a tool call, a resource read, a prompt get), the same
+    for every kind: the size cap, output protection (the bound guardrails on `text_of(result)`, then
+    `mask(masker, result)`), and the final transition. What cannot be checked is withheld."""
     findings, masking_info = [], {}
     if result is not None and not error:
         size = len(_canonical(result).encode())
-        if size > limits.max_output_bytes:
+        if size > max_bytes:
             result, error = (
                 None,
-                (
-                    f"the upstream answer is {size} bytes; tool {tool!r} may return at most {limits.max_output_bytes} bytes"
-                ),
+                f"the upstream answer is {size} bytes; {subject} may return at most {max_bytes} bytes",
             )
     if result is not None and not error:
         try:
             bound = rules_service.bound_rules(connection)
             findings = (
-                guardrails.evaluate_output(bound.guardrails, _tool_text(result)) if bound.guardrails else []
+                guardrails.evaluate_output(bound.guardrails, text_of(result)) if bound.guardrails else []
             )
             if findings:
                 result, blocked = None, _block_message(connection, findings, withheld=True)
             elif bound.masker.active:
-                result, counts = _mask_tool_result(bound.masker, result)
+                result, counts = mask(bound.masker, result)
                 masking_info = {"rules": bound.masking_rules, "counts": dict(counts)}
         except Exception:  # never store or return what could not be checked
-            logger.exception("output protection failed on tool session %s", session_id)
+            logger.exception("output protection failed on %s session %s", subject, session_id)
             result, error = (
                 None,
                 "the result could not be checked and was withheld; the gateway log has details",
             )
-    fields = {"execution_time_ms": elapsed_ms}
+    fields: dict = {"execution_time_ms": elapsed_ms}
     if findings:
         fields["guardrail_findings"] = [f.as_dict() for f in findings]
 
@@ -1433,23 +1467,21 @@ def _tool_finish(
         if error or result is None:
             fields["error"] = error or "the upstream gave no result"
             return SessionStatus.FAILED
-        output, truncated = cap_text(_tool_text(result), limits.max_output_bytes)
-        fields.update(
-            exit_code=1 if result.get("isError") else 0, result=result, output=output, truncated=truncated
-        )
+        output, truncated = cap_text(text_of(result), max_bytes)
+        fields.update(exit_code=exit_code_of(result), result=result, output=output, truncated=truncated)
         return SessionStatus.DONE
 
     finished = _finish_with_retry(
         session_id,
         status_of,
         fields,
-        action="tool.finish",
+        action=action,
         outcome=Outcome.BLOCKED
         if blocked
         else Outcome.SUCCESS
         if result is not None and not error
         else Outcome.FAILED,
-        detail={"tool": tool, "execution_time_ms": elapsed_ms},
+        detail={**detail, "execution_time_ms": elapsed_ms},
     )
     return finished or Session.objects.select_related("user").get(pk=session_id)
 

@@ -36,7 +36,6 @@ from mcp.types import PromptReference, ResourceTemplateReference
 
 from gateway import pipeline, runner, upstream
 from gateway.models import Connection, ContractKind, ContractStatus
-from governance import guardrails
 from governance import rules as rules_service
 from governance.errors import ConnectorError, InvalidInput, NotFound, PolicyDenied
 from governance.policy import Actor
@@ -454,66 +453,20 @@ def _finish(
     blocked: str,
     elapsed_ms: int,
 ) -> Session:
-    findings, masking_info = [], {}
-    if result is not None and not error:
-        size = len(pipeline._canonical(result).encode())
-        if size > call.limits.max_output_bytes:
-            result, error = (
-                None,
-                (
-                    f"the upstream answer is {size} bytes; {_LABEL[call.kind]} {call.name!r} may return at most "
-                    f"{call.limits.max_output_bytes} bytes"
-                ),
-            )
-    if result is not None and not error:
-        try:
-            bound = rules_service.bound_rules(connection)
-            text = result_text(call.kind, result)
-            findings = guardrails.evaluate_output(bound.guardrails, text) if bound.guardrails else []
-            if findings:
-                result, blocked = None, pipeline._block_message(connection, findings, withheld=True)
-            elif bound.masker.active:
-                mask = _mask_contents if call.kind == ContractKind.RESOURCE else _mask_prompt
-                result, counts = mask(bound.masker, result)
-                masking_info = {"rules": bound.masking_rules, "counts": dict(counts)}
-        except Exception:  # never store or return what could not be checked
-            logger.exception("output protection failed on %s session %s", call.kind, session_id)
-            result, error = (
-                None,
-                "the result could not be checked and was withheld; the gateway log has details",
-            )
-    fields: dict = {"execution_time_ms": elapsed_ms}
-    if findings:
-        fields["guardrail_findings"] = [f.as_dict() for f in findings]
-
-    def status_of(session: Session) -> str:  # on the locked row: a cancel may have come meanwhile
-        fields["masking"] = {**(session.masking or {}), **masking_info}
-        if session.cancel_requested:
-            fields.update(error=error or "cancelled", result=None)
-            return SessionStatus.CANCELLED
-        if blocked:
-            fields["error"] = blocked
-            return SessionStatus.BLOCKED
-        if error or result is None:
-            fields["error"] = error or "the upstream gave no result"
-            return SessionStatus.FAILED
-        output, truncated = pipeline.cap_text(result_text(call.kind, result), call.limits.max_output_bytes)
-        fields.update(exit_code=0, result=result, output=output, truncated=truncated)
-        return SessionStatus.DONE
-
-    finished = pipeline._finish_with_retry(
+    return pipeline.upstream_finish(
         session_id,
-        status_of,
-        fields,
+        connection=connection,
+        max_bytes=call.limits.max_output_bytes,
+        subject=f"{_LABEL[call.kind]} {call.name!r}",
+        result=result,
+        error=error,
+        blocked=blocked,
+        elapsed_ms=elapsed_ms,
+        text_of=functools.partial(result_text, call.kind),
+        mask=_mask_contents if call.kind == ContractKind.RESOURCE else _mask_prompt,
         action=f"{call.kind}.finish",
-        outcome=Outcome.BLOCKED
-        if blocked
-        else Outcome.SUCCESS
-        if result is not None and not error
-        else Outcome.FAILED,
-        detail={call.kind: call.name[:MAX_URI], "execution_time_ms": elapsed_ms},
+        detail={call.kind: call.name[:MAX_URI]},
     )
-    return finished or Session.objects.select_related("user").get(pk=session_id)
 
 
 async def _recorded(actor: Actor, connection_name: str, call: _Call) -> Session:
