@@ -105,6 +105,7 @@ class Drainer:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="portcullis-analysis-drain", daemon=True)
         self._thread.start()
+        logger.info("analysing finished sessions from the outbox (batches of up to %d)", _batch_size())
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the batch in hand (its rows are otherwise claimed again after the lease)."""

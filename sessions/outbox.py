@@ -140,8 +140,8 @@ def claim(kind: str, *, limit: int, lease_seconds: float) -> list[OutboxMessage]
     committed at once: until the lease lapses nobody else takes them; if the worker dies, they are
     due again then. The worker calls `delete` once their work is stored, `retry_later` if it
     failed. Oldest first; `attempts` counts the claims."""
-    if connection.vendor == "postgresql":
-        with transaction.atomic(), connection.cursor() as cursor:
+    if connection.vendor == "postgresql":  # one statement: it commits itself
+        with connection.cursor() as cursor:
             cursor.execute(_sql(_LEASE_SQL), [lease_seconds, kind, limit])
             rows = sorted(cursor.fetchall())
         return [

@@ -445,9 +445,10 @@ _analysis_pending = 0
 
 def analysis_enqueue(*, session_id) -> None:
     """Have the session analysed once the current transaction commits: an outbox row (the
-    lifecycle writes it where a session becomes final), delivered by the relay to the Celery task
-    `session_analyze` — or, in embedded mode, to a small background thread of this process, so
-    neither a slow LLM nor an analyzer bug can delay the exec that finished."""
+    lifecycle writes it where a session becomes final), claimed by the Celery worker
+    (sessions.analysis_drain) — or, in embedded mode, delivered by the relay to a small background
+    thread of this process, so neither a slow LLM nor an analyzer bug can delay the exec that
+    finished."""
 
     outbox_put("analysis", {"session_id": str(session_id)})
 
