@@ -427,7 +427,7 @@ def masking_preview(
         if text is not None:
             result["text"], counts = masker.mask_text(text)
             result["counts"] = dict(counts)
-        if rows is not None:
+        if rows is not None and columns is not None:  # (columns were checked with the rows)
             result["columns"] = columns
             result["rows"], counts = masker.mask_rows(columns, rows)
             for name, count in counts.items():

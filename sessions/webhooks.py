@@ -3,6 +3,7 @@ change is audited in its transaction. The HMAC secret is write-only: it goes in,
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import urlsplit
 
@@ -238,5 +239,5 @@ def webhook_delivery_retry(*, actor: Actor, delivery_ids) -> int:
             detail={"deliveries": ids},
         )
         for pk in ids:
-            transaction.on_commit(lambda pk=pk: delivery._schedule(pk, 0))
+            transaction.on_commit(functools.partial(delivery._schedule, pk, 0))
     return len(ids)
