@@ -26,8 +26,8 @@ def window_dict(start: time | None, end: time | None) -> dict | None:
 
 
 def after_commit(review: Review, event: str | None) -> None:
-    """Queue `event` (webhooks, SIEM) in the caller's transaction; after the commit, wake the review's waiters
-    and send its notifications."""
+    """Queue `event` (webhooks, SIEM) in the caller's transaction; after the commit, wake the
+    review's waiters and send its notifications (e-mail, Slack)."""
     review_id = review.pk
     if event:
         notify.emit(review, event)
