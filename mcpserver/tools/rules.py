@@ -8,7 +8,7 @@ from typing import Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
-from gateway import previews
+from gateway import previews, shapes
 from gateway.kinds import SQL_DIALECTS
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
@@ -35,20 +35,8 @@ CONDITIONS_HELP = (
 OUTPUT_CONDITIONS_HELP = "{deny_words, regex, secrets: true}"
 
 
-class GuardrailOut(Result):
+class GuardrailOut(shapes.GuardrailOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    message: str
-    enabled: bool
-    input: dict[str, Any]
-    output: dict[str, Any]
-    connections: list[str]
-    attributes: list[str]
-    created_at: str
-    updated_at: str
 
 
 class GuardrailFields(Args):
@@ -158,18 +146,8 @@ SPEC_HELP = (
 )
 
 
-class MaskingOut(Result):
+class MaskingOut(shapes.MaskingOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    enabled: bool
-    spec: dict[str, Any]
-    connections: list[str]
-    attributes: list[str]
-    created_at: str
-    updated_at: str
 
 
 class MaskingFields(Args):
@@ -262,14 +240,8 @@ async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewRes
 # --- attributes --------------------------------------------------------------------------------
 
 
-class AttributeOut(Result):
+class AttributeOut(shapes.AttributeOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    connections: list[str]
-    created_at: str
 
 
 class AttributeCreate(Args):
