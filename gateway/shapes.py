@@ -22,6 +22,7 @@ Where the surfaces differ on purpose, the difference is here and nowhere else:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
@@ -389,3 +390,203 @@ class DeliveryOut(Shape):
     last_attempt_at: Timestamp | None
     next_attempt_at: Timestamp
     delivered_at: Timestamp | None
+
+
+class TimelineEvent(Shape):
+    event: str
+    at: Timestamp
+    detail: str
+
+
+class ContentOut(Shape):
+    """A session's input and output, the output paged by bytes (REST's sessions/{id}/content/; MCP
+    adds the same fields to sessions_get with `content: true`)."""
+
+    id: Uuid
+    connection: str
+    status: str
+    verb: str
+    input: str
+    input_truncated: bool
+    output: str
+    output_offset: int
+    output_total_bytes: int
+    next_offset: int | None
+    columns: list[str] | None
+    rows: list[list[Any]] | None
+    exit_code: int | None
+    error: str
+    timeline: list[TimelineEvent] = Field(
+        description="What happened, in order: recorded, queued_for_review, review decisions, approved, "
+        "run_requested, started, finished (or blocked/failed/cancelled), analysed."
+    )
+
+
+# --- exec and its dry runs -----------------------------------------------------------------------
+
+# The rows' schema says "an array" and no more: a client validating structured content against the
+# output schema (the SDK client does) would otherwise walk every cell of a 100k-row result.
+ROWS_SCHEMA = {"type": ["array", "null"], "description": "Lists of cells, in column order."}
+
+
+class ExecOut(Shape):
+    """The exec envelope: exec, sessions_wait, runbooks_run and reviews_execute answer it."""
+
+    status: EXEC_STATUS
+    session_id: Uuid
+    session_status: str
+    output: str | None = None
+    columns: list[str] | None = None
+    rows: Annotated[list[list[Any]] | None, WithJsonSchema(ROWS_SCHEMA)] = None
+    row_count: int | None = None
+    truncated: bool | None = None
+    exit_code: int | None = None
+    execution_time_ms: int | None = None
+    analysis: dict[str, Any] | None = None
+    masking: dict[str, int] | None = Field(
+        None, description="How many values of each entity type were masked."
+    )
+    rule: str | None = Field(None, description="The guardrail that blocked it (its name only).")
+    review_id: str | None = Field(None, description="With pending_approval: the review to wait for.")
+    review_url: str | None = Field(None, description="With pending_approval: the reviewers' web page.")
+    message: str | None = None
+    next_step: str | None = None
+    timed_out: bool | None = Field(None, description="Waits only: true when the wait ended first.")
+
+
+class ExplainFinding(Shape):
+    rule: str
+    direction: str
+    condition: str
+    statement: int | None
+    detail: str
+
+
+class ExplainOut(Shape):
+    connection_name: str
+    would_run: bool
+    blocked_by: list[str] = Field(description="Names of the guardrails that would block it.")
+    # Sequence: MCP narrows it to its subclass that says the record is described once (by exec_explain).
+    findings: Sequence[ExplainFinding] = Field(description="Details, for admins and auditors only.")
+    read_only: bool = Field(description="Whether it would run in a read-only transaction.")
+    max_affected_rows: int | None = Field(
+        None, description="A guardrail's ceiling on changed rows: more is rolled back and blocked."
+    )
+    guardrails_evaluated: list[str]
+    masking_rules: list[str]
+    unavailable_entities: list[str]
+    review_required: bool
+    review_rule: str | None = Field(None, description="The access request rule that asks for a review.")
+    risk: dict[str, Any] | None = Field(None, description="The built-in analyzer's verdict on this input.")
+
+
+class GuardrailTestOut(Shape):
+    blocked: bool
+    rules_evaluated: list[str]
+    findings: Sequence[ExplainFinding]  # as ExplainOut's
+    read_only: bool
+
+
+class MaskingPreviewOut(Shape):
+    text: str | None = None
+    columns: list[str] | None = None
+    rows: list[list[Any]] | None = None
+    counts: dict[str, int]
+    unavailable_entities: list[str]
+
+
+# --- who and where -------------------------------------------------------------------------------
+
+
+class MeOut(Shape):
+    user_id: Uuid
+    user_email: Email
+    user_name: str
+    org_id: Uuid
+    org_name: str
+    groups: list[str]
+    is_admin: bool
+    is_auditor: bool
+    capability: Literal["read_only", "read_write", "admin"] = Field(
+        description="The token's ceiling: read_only, read_write or admin."
+    )
+    capability_explained: str = Field(description="What the capability does to your roles here.")
+    client: str
+
+
+class ServerInfoOut(Shape):
+    name: str
+    version: str
+    api_url: str
+    mcp_url: str
+    auth_methods: list[str]
+    connection_kinds: list[str]
+    command_connections_enabled: bool
+    exec_handoff_seconds: float
+    max_input_bytes: int
+    outbox_backlog: dict[str, Any] | None = Field(
+        None,
+        description="Admins: messages waiting to leave (events, analyses, agent dispatches) per kind, with the "
+        "age of the oldest in seconds. A growing backlog means the broker or a sink is down; nothing is lost.",
+    )
+
+
+# --- upstream MCP servers (connection kind mcp) --------------------------------------------------
+
+
+class UpstreamToolOut(Shape):
+    name: str
+    title: str | None = None
+    description: str | None = None
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
+    annotations: dict[str, Any] | None = None
+    requires_approval: bool
+
+
+class UpstreamToolsOut(Shape):
+    connection_name: str
+    items: list[UpstreamToolOut]
+    total: int
+
+
+class UpstreamCallOut(Shape):
+    status: EXEC_STATUS
+    session_id: Uuid
+    session_status: str
+    connection_name: str
+    tool: str
+    content: list[dict[str, Any]] = Field(description="The upstream's content blocks, masked.")
+    structured_content: Any = Field(None, description="The upstream's structured content, masked.")
+    is_error: bool
+    message: str | None = None
+    execution_time_ms: int | None = None
+    masking: dict[str, int] | None = Field(
+        None, description="How many values of each entity type were masked."
+    )
+    rule: str | None = Field(None, description="The guardrail that blocked it (its name only).")
+    review_id: str | None = Field(None, description="With pending_approval: the review to wait for.")
+    review_url: str | None = Field(None, description="With pending_approval: the reviewers' web page.")
+
+
+class ContractOut(Shape):
+    connection_name: str
+    kind: str
+    tool: str = Field(
+        description="The tool's name (a resource's URI, a template's URI template, a prompt's name)."
+    )
+    status: str
+    pinned_sha256: str | None
+    observed_sha256: str
+    pinned: dict[str, Any] | None = Field(
+        description="The accepted contract (null for a tool never accepted)."
+    )
+    observed: dict[str, Any] = Field(description="What the upstream showed last.")
+    first_seen_at: Timestamp
+    last_seen_at: Timestamp
+    accepted_at: Timestamp | None
+
+
+class ContractsOut(Shape):
+    items: list[ContractOut]
+    total: int

@@ -373,6 +373,13 @@ def test_bad_input_is_a_clear_400_never_a_500(cast, api, shops):
     assert unknown["fields"] == {"secret": "unknown field"}
 
 
+def test_a_body_above_the_upload_limit_is_a_413_never_a_500(cast, api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    big = {"connection_name": "shop", "input": "select 1 -- " + "x" * 2000}
+    refused = api["alice"].post(f"{API}/exec/explain/", big, format="json")
+    assert error(refused, 413)["code"] == "too_large"
+
+
 # --- exec, sessions, audit -----------------------------------------------------------------------
 
 

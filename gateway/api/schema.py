@@ -59,6 +59,10 @@ def _openapi30(node):
         node["properties"] = {name: _openapi30(sub) for name, sub in node["properties"].items()}
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    kinds = node.get("type")
+    if isinstance(kinds, list) and "null" in kinds and len(kinds) == 2:
+        node["type"] = next(k for k in kinds if k != "null")
+        node["nullable"] = True
     either = node.get("anyOf")
     if isinstance(either, list) and {"type": "null"} in either:
         rest = [x for x in either if x != {"type": "null"}]

@@ -7,14 +7,16 @@ that have no MCP twin."""
 
 from __future__ import annotations
 
-from pydantic import RootModel
+from typing import Any
+
+from pydantic import Field, RootModel
 from rest_framework import serializers as s
 
 from gateway import shapes
 from gateway.api.base import Char, StrictSerializer
 from gateway.kinds import SQL_DIALECTS
 from gateway.models import ConnectionKind, ContractKind, ContractStatus
-from gateway.shapes import cursor_page
+from gateway.shapes import Shape, cursor_page
 from sessions.models import SessionStatus
 
 NAME = {"min_length": 1, "max_length": 63}
@@ -249,23 +251,6 @@ class ContentQuery(StrictSerializer):
     max_bytes = s.IntegerField(min_value=1, max_value=1024 * 1024, default=64 * 1024)
 
 
-class ContentOut(s.Serializer):
-    id = s.UUIDField()
-    connection = Char()
-    status = Char()
-    verb = Char()
-    input = Char()
-    input_truncated = s.BooleanField()
-    output = Char()
-    output_offset = s.IntegerField()
-    output_total_bytes = s.IntegerField()
-    next_offset = s.IntegerField(allow_null=True)
-    columns = s.ListField(child=Char(), allow_null=True)
-    rows = s.ListField(child=s.ListField(), allow_null=True)
-    exit_code = s.IntegerField(allow_null=True)
-    error = Char()
-
-
 class AuditQuery(PageOnly):
     actor_email = Char(max_length=254, required=False)
     action = Char(max_length=100, required=False, help_text="Exact, or a prefix ending in '.'.")
@@ -292,45 +277,6 @@ class ExecIn(StrictSerializer):
         help_text="A unique string for this request (or the Idempotency-Key header): a retry with it returns the "
         "first attempt's session and never runs twice.",
     )
-
-
-class ExecOut(s.Serializer):
-    status = s.ChoiceField(choices=["completed", "failed", "blocked", "pending_approval", "running"])
-    timed_out = s.BooleanField(required=False, help_text="Waits only: true when the wait ended first.")
-    session_id = s.UUIDField()
-    session_status = Char()
-    output = Char(required=False)
-    columns = s.ListField(child=Char(), required=False)
-    rows = s.ListField(child=s.ListField(), required=False)
-    row_count = s.IntegerField(required=False, allow_null=True)
-    truncated = s.BooleanField(required=False)
-    exit_code = s.IntegerField(required=False, allow_null=True)
-    execution_time_ms = s.IntegerField(required=False, allow_null=True)
-    analysis = s.DictField(required=False, allow_null=True)
-    masking = s.DictField(child=s.IntegerField(), required=False)
-    rule = Char(required=False, allow_null=True, help_text="The guardrail that blocked it (name only).")
-    message = Char(required=False)
-    next_step = Char(required=False)
-    review_id = Char(required=False, allow_null=True)
-    review_url = Char(required=False, allow_null=True)
-    timed_out = s.BooleanField(required=False)
-
-
-class MeOut(s.Serializer):
-    user_id = s.UUIDField()
-    user_email = s.EmailField()
-    org_name = Char()
-    groups = s.ListField(child=Char())
-    is_admin = s.BooleanField()
-    is_auditor = s.BooleanField()
-    capability = s.ChoiceField(choices=["read_only", "read_write", "admin"])
-    capability_explained = Char()
-    client = Char()
-
-
-class Deleted(s.Serializer):
-    name = Char()
-    deleted = s.BooleanField()
 
 
 # --- reviews -------------------------------------------------------------------------------------
@@ -417,23 +363,6 @@ class ExplainIn(StrictSerializer):
     input = Char(max_length=1_000_000, trim_whitespace=False)
 
 
-class SchemaOut(s.Serializer):
-    connection_name = Char()
-    items = s.ListField(
-        child=s.DictField(), help_text="databases: name; tables: schema, name, type; columns: ..."
-    )
-
-
-class ExplainOut(s.Serializer):
-    blocked_by = s.ListField(child=Char())
-    findings = s.ListField(child=s.DictField(), help_text="Admins and auditors only.")
-    read_only = s.BooleanField()
-    masking_rules = s.ListField(child=Char(), required=False)
-    review_required = s.BooleanField(required=False)
-    review_rule = Char(allow_null=True, required=False)
-    risk = s.DictField(allow_null=True, required=False)
-
-
 class GuardrailTestIn(StrictSerializer):
     input = Char(max_length=1_000_000, trim_whitespace=False)
     rule_name = Char(max_length=100, required=False, help_text="A stored rule (name or id)...")
@@ -450,21 +379,6 @@ class MaskingPreviewIn(StrictSerializer):
     rows = s.ListField(child=s.ListField(), max_length=1000, required=False)
     connection_name = Char(**NAME, required=False)
     input = Char(max_length=100_000, required=False)
-
-
-class GuardrailTestOut(s.Serializer):
-    blocked = s.BooleanField()
-    rules_evaluated = s.ListField(child=Char())
-    findings = s.ListField(child=s.DictField())
-    read_only = s.BooleanField()
-
-
-class MaskingPreviewOut(s.Serializer):
-    text = Char(allow_null=True, required=False)
-    columns = s.ListField(child=Char(), allow_null=True, required=False)
-    rows = s.ListField(child=s.ListField(), allow_null=True, required=False)
-    counts = s.DictField(child=s.IntegerField())
-    unavailable_entities = s.ListField(child=Char())
 
 
 class RunbookRunIn(StrictSerializer):
@@ -488,24 +402,6 @@ class AnalysisQuery(StrictSerializer):
     )
 
 
-class Waited(s.Serializer):
-    timed_out = s.BooleanField()
-    waited_seconds = s.FloatField()
-
-
-class ServerInfoOut(s.Serializer):
-    name = Char()
-    version = Char()
-    api_url = Char()
-    mcp_url = Char()
-    auth_methods = s.ListField(child=Char())
-    connection_kinds = s.ListField(child=Char())
-    command_connections_enabled = s.BooleanField()
-    exec_handoff_seconds = s.FloatField()
-    max_input_bytes = s.IntegerField()
-    outbox_backlog = s.DictField(allow_null=True, help_text="Admins only.")
-
-
 class DeliveryQuery(PageOnly):
     webhook_name = Char(**NAME, required=False)
     status = Char(max_length=16, required=False, help_text="pending, delivered, failed or dead.")
@@ -515,30 +411,10 @@ class RetryIn(StrictSerializer):
     delivery_ids = s.ListField(child=s.IntegerField(min_value=1), min_length=1, max_length=500)
 
 
-class RetryOut(s.Serializer):
-    retried = s.IntegerField(help_text="How many failed or dead deliveries were queued again.")
-
-
 # --- upstream MCP servers (connection kind mcp) --------------------------------------------------
 
 CONTRACT_KINDS = ContractKind.choices
 CONTRACT_STATUSES = ContractStatus.choices
-
-
-class UpstreamToolOut(s.Serializer):
-    name = Char()
-    title = Char(allow_null=True, required=False)
-    description = Char(allow_null=True, required=False)
-    input_schema = s.DictField()
-    output_schema = s.DictField(allow_null=True, required=False)
-    annotations = s.DictField(allow_null=True, required=False)
-    requires_approval = s.BooleanField()
-
-
-class UpstreamToolsOut(s.Serializer):
-    connection_name = Char()
-    items = UpstreamToolOut(many=True)
-    total = s.IntegerField()
 
 
 class UpstreamCallIn(StrictSerializer):
@@ -551,45 +427,9 @@ class UpstreamCallIn(StrictSerializer):
     )
 
 
-class UpstreamCallOut(s.Serializer):
-    status = s.ChoiceField(choices=["completed", "failed", "blocked", "pending_approval", "running"])
-    session_id = s.UUIDField()
-    session_status = Char()
-    connection_name = Char()
-    tool = Char()
-    content = s.ListField(child=s.DictField(), help_text="The upstream's content blocks, masked.")
-    structured_content = s.JSONField(allow_null=True, help_text="The upstream's structured content, masked.")
-    is_error = s.BooleanField()
-    message = Char(allow_null=True)
-    execution_time_ms = s.IntegerField(allow_null=True)
-    masking = s.DictField(child=s.IntegerField(), allow_null=True)
-    rule = Char(allow_null=True, help_text="The guardrail that blocked it (name only).")
-    review_id = Char(required=False, allow_null=True)
-    review_url = Char(required=False, allow_null=True)
-
-
 class ContractQuery(StrictSerializer):
     status = s.ChoiceField(choices=CONTRACT_STATUSES, required=False)
     kind = s.ChoiceField(choices=CONTRACT_KINDS, required=False)
-
-
-class ContractOut(s.Serializer):
-    connection_name = Char()
-    kind = s.ChoiceField(choices=CONTRACT_KINDS)
-    tool = Char(help_text="The tool's name (a resource's URI, a template's URI template, a prompt's name).")
-    status = s.ChoiceField(choices=CONTRACT_STATUSES)
-    pinned_sha256 = Char(allow_null=True)
-    observed_sha256 = Char()
-    pinned = s.DictField(allow_null=True, help_text="The accepted contract (null if never accepted).")
-    observed = s.DictField(help_text="What the upstream showed last.")
-    first_seen_at = s.DateTimeField()
-    last_seen_at = s.DateTimeField()
-    accepted_at = s.DateTimeField(allow_null=True)
-
-
-class ContractsOut(s.Serializer):
-    items = ContractOut(many=True)
-    total = s.IntegerField()
 
 
 class ContractsAcceptIn(StrictSerializer):
@@ -622,3 +462,22 @@ DeliveryPage = cursor_page("DeliveryPage", shapes.DeliveryOut)
 
 class RunbookList(RootModel[list[shapes.RunbookOut]]):
     """GET runbooks/ answers a plain list (the runbooks are few, never paged)."""
+
+
+# --- answers only REST gives (their MCP twins are shaped differently) ------------------------------
+
+
+class SchemaOut(Shape):
+    """connections/{name}/databases|tables|columns/ (MCP: connection_databases|tables|columns, one
+    typed list each)."""
+
+    connection_name: str
+    items: list[dict[str, Any]] = Field(
+        description="databases: name; tables: schema, name, type; columns: ..."
+    )
+
+
+class RetryOut(Shape):
+    """webhook-deliveries/retry/ (MCP: webhooks_deliveries answers the count beside the page)."""
+
+    retried: int = Field(description="How many failed or dead deliveries were queued again.")

@@ -67,13 +67,15 @@ def _listed(request, view: ServiceView, serializer, fetch, render) -> Response:
 
 
 class MeView(ServiceView):
-    @answers(io.MeOut, summary="Who you are: user, groups, roles, token capability")
+    @answers(shapes.MeOut, summary="Who you are: user, groups, roles, token capability")
     def get(self, request):
         actor = self.actor
         return Response(
             {
                 "user_id": str(actor.user.pk),
                 "user_email": actor.user.email,
+                "user_name": actor.user.name,
+                "org_id": str(actor.user.org_id),
                 "org_name": actor.user.org.name,
                 "groups": sorted(actor.groups),
                 "is_admin": actor.is_admin,
@@ -111,8 +113,8 @@ class ConnectionListView(ServiceView):
 
     @answers(
         shapes.ConnectionOut,
-        201,
-        WRITE_ERRORS,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.ConnectionCreate,
         summary="Create a connection (admin); secrets are write-only",
     )
@@ -139,8 +141,7 @@ class ConnectionDetailView(ServiceView):
 
     @answers(
         shapes.ConnectionOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.ConnectionUpdate,
         summary="Change a connection (admin); only the fields sent change",
     )
@@ -151,7 +152,7 @@ class ConnectionDetailView(ServiceView):
         )
         return Response(connections.connection_to_dict(connection))
 
-    @answers(None, 204, summary="Delete a connection (admin); its sessions stay")
+    @answers(None, code=204, summary="Delete a connection (admin); its sessions stay")
     def delete(self, request, name):
         connections.connection_delete(actor=self.actor, name=name)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -207,8 +208,7 @@ class AccessControlView(ServiceView):
 
     @answers(
         shapes.AccessControlOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         summary="Open a connection to every member again (admin)",
         description=ACCESS_BEHAVIOUR,
     )
@@ -234,8 +234,8 @@ class UserListView(ServiceView):
 
     @answers(
         shapes.UserOut,
-        201,
-        WRITE_ERRORS,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.UserCreate,
         summary="Create a user (admin); they log in through SSO or a password set by the CLI",
     )
@@ -256,8 +256,7 @@ class UserDetailView(ServiceView):
 
     @answers(
         shapes.UserOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.UserUpdate,
         summary="Change a user (admin): name, active, groups",
     )
@@ -282,8 +281,8 @@ class GroupListView(ServiceView):
 
     @answers(
         shapes.GroupOut,
-        201,
-        WRITE_ERRORS,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.GroupCreate,
         summary="Create a group (admin); binding it to connections is access control's job",
     )
@@ -303,8 +302,7 @@ class GroupDetailView(ServiceView):
 
     @answers(
         shapes.GroupOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.GroupUpdate,
         summary="Rename a group or change its members (admin)",
     )
@@ -322,8 +320,8 @@ class GroupDetailView(ServiceView):
 
     @answers(
         None,
-        204,
-        WRITE_ERRORS,
+        code=204,
+        errors=WRITE_ERRORS,
         summary="Delete a group (admin); not the reserved ones, not a connection's only access group",
     )
     def delete(self, request, name):
@@ -350,7 +348,7 @@ def _rule_views(*, label: str, page, out, create, update, service: dict):
                 service["dict"],
             )
 
-        @answers(out, 201, WRITE_ERRORS, request=create, summary=f"Create a {label} (admin)")
+        @answers(out, code=201, errors=WRITE_ERRORS, request=create, summary=f"Create a {label} (admin)")
         def post(self, request):
             data = dict(parse(create, request.data))
             rule = service["create"](actor=self.actor, **data)
@@ -371,7 +369,7 @@ def _rule_views(*, label: str, page, out, create, update, service: dict):
             rule = service["update"](actor=self.actor, ref=ref, **data)
             return Response(service["dict"](service["get"](actor=self.actor, ref=str(rule.pk))))
 
-        @answers(None, 204, WRITE_ERRORS, summary=f"Delete a {label} (admin)")
+        @answers(None, code=204, errors=WRITE_ERRORS, summary=f"Delete a {label} (admin)")
         def delete(self, request, ref):
             service["delete"](actor=self.actor, ref=ref)
             return Response(status=204)
@@ -429,8 +427,8 @@ class AttributeListView(ServiceView):
 
     @answers(
         shapes.AttributeOut,
-        201,
-        WRITE_ERRORS,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.AttributeCreate,
         summary="Create an attribute (admin)",
     )
@@ -451,8 +449,7 @@ class AttributeDetailView(ServiceView):
 
     @answers(
         shapes.AttributeOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.AttributeUpdate,
         summary="Change an attribute (admin); `connections` replaces the list",
     )
@@ -461,7 +458,7 @@ class AttributeDetailView(ServiceView):
         rules.attribute_update(actor=self.actor, name=name, **data)
         return Response(rules.attribute_to_dict(rules.attribute_get(actor=self.actor, name=name)))
 
-    @answers(None, 204, WRITE_ERRORS, summary="Delete an attribute (admin)")
+    @answers(None, code=204, errors=WRITE_ERRORS, summary="Delete an attribute (admin)")
     def delete(self, request, name):
         rules.attribute_delete(actor=self.actor, name=name)
         return Response(status=204)
@@ -507,7 +504,7 @@ class SessionDetailView(ServiceView):
 
 class SessionContentView(ServiceView):
     @answers(
-        io.ContentOut,
+        shapes.ContentOut,
         parameters=_query_params(io.ContentQuery),
         summary="A session's input and (masked) output, the output paged by bytes",
     )
@@ -519,7 +516,7 @@ class SessionContentView(ServiceView):
 class SessionCancelView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}  # stopping one's own session changes no data
 
-    @answers(shapes.SessionOut, 200, WRITE_ERRORS, request=None, summary="Cancel a session")
+    @answers(shapes.SessionOut, errors=WRITE_ERRORS, request=None, summary="Cancel a session")
     def post(self, request, session_id):
         session = pipeline.exec_cancel(actor=self.actor, session_id=session_id)
         session = records.session_get(actor=self.actor, session_id=session.pk)
@@ -561,7 +558,7 @@ class ExecView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}
 
     @answers(
-        io.ExecOut,
+        shapes.ExecOut,
         request=io.ExecIn,
         summary="Run SQL or a command through the gateway (the MCP exec envelope)",
         description="Branch on `status`: completed | failed | blocked | pending_approval | running (then poll "
@@ -612,8 +609,7 @@ class ReviewDetailView(ServiceView):
 
     @answers(
         shapes.ReviewOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.ReviewDecide,
         summary="Decide a review: APPROVED or REJECTED while pending, REVOKED once approved",
         description="Only eligible reviewers decide and nobody approves their own request (the reviews service).",
@@ -629,9 +625,8 @@ class ReviewExecuteView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}  # the pipeline applies the token's ceiling
 
     @answers(
-        io.ExecOut,
-        200,
-        WRITE_ERRORS,
+        shapes.ExecOut,
+        errors=WRITE_ERRORS,
         request=None,
         summary="Run exactly the input an approved one-time review approved, once (the requester)",
     )
@@ -650,8 +645,7 @@ class ConnectionImportView(ServiceView):
 
     @answers(
         shapes.ImportOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.ConnectionImport,
         summary="Create many connections from CSV or rows (admin); per-row results; dry_run creates nothing",
     )
@@ -672,8 +666,7 @@ class ReviewSettingsView(ServiceView):
 
     @answers(
         shapes.ReviewSettingsOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.ReviewSettingsIn,
         summary="Change the org's review settings (admin)",
     )
@@ -693,8 +686,8 @@ class RunbookListView(ServiceView):
 
     @answers(
         shapes.RunbookOut,
-        201,
-        WRITE_ERRORS,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.RunbookIn,
         summary="Add a runbook to a connection (admin)",
     )
@@ -725,7 +718,7 @@ class RunbookDetailView(ServiceView):
         )
         return Response(runbooks.runbook_to_dict(runbook))
 
-    @answers(None, 204, WRITE_ERRORS, summary="Delete a runbook (admin)")
+    @answers(None, code=204, errors=WRITE_ERRORS, summary="Delete a runbook (admin)")
     def delete(self, request, connection_name, name):
         runbooks.runbook_delete(actor=self.actor, connection_name=connection_name, name=name)
         return Response(status=204)
@@ -746,8 +739,8 @@ class WebhookListView(ServiceView):
 
     @answers(
         shapes.WebhookOut,
-        201,
-        WRITE_ERRORS,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.WebhookIn,
         summary="Add a webhook endpoint (admin); the secret is write-only",
     )
@@ -770,8 +763,7 @@ class WebhookDetailView(ServiceView):
 
     @answers(
         shapes.WebhookOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.WebhookPatch,
         summary="Change a webhook endpoint (admin); a secret given replaces the old one",
     )
@@ -781,7 +773,7 @@ class WebhookDetailView(ServiceView):
         endpoint = webhooks.webhook_endpoint_update(actor=self.actor, endpoint_id=ref, secret=secret, **data)
         return Response(webhooks.webhook_endpoint_to_dict(endpoint))
 
-    @answers(None, 204, WRITE_ERRORS, summary="Delete a webhook endpoint (admin)")
+    @answers(None, code=204, errors=WRITE_ERRORS, summary="Delete a webhook endpoint (admin)")
     def delete(self, request, ref):
         webhooks.webhook_endpoint_delete(actor=self.actor, endpoint_id=ref)
         return Response(status=204)
@@ -824,8 +816,8 @@ class AccessRequestView(ServiceView):
 
     @answers(
         shapes.ReviewOut,
-        201,
-        WRITE_ERRORS,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.AccessRequestIn,
         summary="Ask for just-in-time access to a connection (a review; once approved, exec skips per-command review)",
     )
@@ -870,7 +862,7 @@ class ExplainView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}  # a dry run changes nothing
 
     @answers(
-        io.ExplainOut,
+        shapes.ExplainOut,
         request=io.ExplainIn,
         summary="Dry run of exec: guardrails, read-only, masking, review; nothing runs",
     )
@@ -897,7 +889,7 @@ class GuardrailTestView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}  # evaluates text; runs and changes nothing
 
     @answers(
-        io.GuardrailTestOut,
+        shapes.GuardrailTestOut,
         request=io.GuardrailTestIn,
         summary="Evaluate text against a rule or a connection's rules (as guardrails_test); nothing runs",
     )
@@ -912,7 +904,7 @@ class MaskingPreviewView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}
 
     @answers(
-        io.MaskingPreviewOut,
+        shapes.MaskingPreviewOut,
         request=io.MaskingPreviewIn,
         summary="Mask a sample with a rule or a draft spec (as datamasking_rules_preview); only masked data",
     )
@@ -939,7 +931,7 @@ class RunbookRunView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}
 
     @answers(
-        io.ExecOut,
+        shapes.ExecOut,
         request=io.RunbookRunIn,
         summary="Run a runbook with typed parameters (as runbooks_run): the exec envelope",
     )
@@ -959,14 +951,14 @@ class RunbookRunView(ServiceView):
 
 
 class ServerInfoView(ServiceView):
-    @answers(io.ServerInfoOut, summary="Gateway facts (as serverinfo_get)")
+    @answers(shapes.ServerInfoOut, summary="Gateway facts (as serverinfo_get)")
     def get(self, request):
         return Response(connections.server_info(actor=self.actor))
 
 
 class SessionWaitView(ServiceView):
     @answers(
-        io.ExecOut,
+        shapes.ExecOut,
         parameters=_query_params(io.WaitQuery),
         summary="Wait until a session ends (as sessions_wait): the exec envelope, or timed_out=true",
     )
@@ -1021,8 +1013,7 @@ class WebhookDeliveryRetryView(ServiceView):
 
     @answers(
         io.RetryOut,
-        200,
-        WRITE_ERRORS,
+        errors=WRITE_ERRORS,
         request=io.RetryIn,
         summary="Send failed or dead deliveries again (as webhooks_deliveries retry); others are ignored",
     )
@@ -1040,9 +1031,8 @@ UPSTREAM_ERRORS = {**ERRORS, 502: OpenApiResponse(description="The upstream MCP 
 
 class UpstreamToolsView(ServiceView):
     @answers(
-        io.UpstreamToolsOut,
-        200,
-        UPSTREAM_ERRORS,
+        shapes.UpstreamToolsOut,
+        errors=UPSTREAM_ERRORS,
         summary="Tools of an mcp connection you may call, with their pinned schemas (as upstream_tools_list)",
     )
     def get(self, request, name):
@@ -1052,9 +1042,8 @@ class UpstreamToolsView(ServiceView):
 
 class UpstreamCallView(ServiceView):
     @answers(
-        io.UpstreamCallOut,
-        200,
-        UPSTREAM_ERRORS,
+        shapes.UpstreamCallOut,
+        errors=UPSTREAM_ERRORS,
         request=io.UpstreamCallIn,
         summary="Call a tool of an mcp connection through the gateway's policy (as upstream_call)",
         description="Tool policy, argument guardrails, the pinned contract, masking and audit apply; a session "
@@ -1077,7 +1066,7 @@ class UpstreamContractsView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
     @answers(
-        io.ContractsOut,
+        shapes.ContractsOut,
         parameters=_query_params(io.ContractQuery),
         summary="Pinned contracts of an mcp connection, pinned vs observed (as upstream_contracts_list)",
     )
@@ -1094,9 +1083,8 @@ class UpstreamContractsAcceptView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
     @answers(
-        io.ContractsOut,
-        200,
-        WRITE_ERRORS,
+        shapes.ContractsOut,
+        errors=WRITE_ERRORS,
         request=io.ContractsAcceptIn,
         summary="Accept the observed contract of changed or added upstream tools (as upstream_contracts_accept)",
     )

@@ -12,7 +12,7 @@ from gateway import previews, shapes
 from gateway.kinds import SQL_DIALECTS
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
-from mcpserver.registry import Args, Result, shared, tool
+from mcpserver.registry import Args, shared, tool
 from mcpserver.tools.execution import ExplainFinding
 from mcpserver.tools.rule_crud import (
     ATTRIBUTES_HELP,
@@ -106,11 +106,8 @@ class GuardrailTestArgs(Args):
 Finding = ExplainFinding
 
 
-class GuardrailTestResult(Result):
-    blocked: bool
-    rules_evaluated: list[str]
-    findings: list[Finding]
-    read_only: bool
+class GuardrailTestResult(shapes.GuardrailTestOut):
+    findings: list[Finding]  # the shared record (described once, by exec_explain)
 
 
 @tool(
@@ -204,12 +201,7 @@ class PreviewArgs(Args):
     input: str | None = Field(None, description="...query (run through exec).")
 
 
-class PreviewResult(Result):
-    text: str | None = None
-    columns: list[str] | None = None
-    rows: list[list[Any]] | None = None
-    counts: dict[str, int]
-    unavailable_entities: list[str]
+PreviewResult = shapes.MaskingPreviewOut
 
 
 @tool(

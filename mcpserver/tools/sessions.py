@@ -114,11 +114,7 @@ class GetArgs(Args):
     max_bytes: Annotated[int, Field(ge=1, le=1024 * 1024)] = 64 * 1024
 
 
-class TimelineEvent(Result):
-    event: str
-    at: str
-    detail: str
-
+TimelineEvent = shapes.TimelineEvent
 
 # The fields `content: true` adds; absent otherwise.
 CONTENT_FIELDS = (
