@@ -461,7 +461,7 @@ DeliveryPage = cursor_page("DeliveryPage", shapes.DeliveryOut)
 
 
 class RunbookList(RootModel[list[shapes.RunbookOut]]):
-    """GET runbooks/ answers a plain list (the runbooks are few, never paged)."""
+    """GET runbooks/ answers a plain list of the runbooks you may run, not a page."""
 
 
 # --- answers only REST gives (their MCP twins are shaped differently) ------------------------------
