@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from gateway import runbooks
+from gateway import runbooks, shapes
 from mcpserver.registry import Args, Result, shared, tool
 from mcpserver.tools.execution import (
     MAX_WAIT,
@@ -102,19 +102,8 @@ async def runbooks_run(actor, args: RunArgs, ctx) -> ExecEnvelope:
 # --- runbook rules ---------------------------------------------------------------------------------
 
 
-class RuleOut(Result):
+class RuleOut(shapes.RunbookRuleOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    enabled: bool
-    groups: list[str]
-    runbooks: list[str]
-    connections: list[str]
-    attributes: list[str]
-    created_at: str
-    updated_at: str
 
 
 GroupNames = list[Annotated[str, Field(min_length=1, max_length=100)]]
