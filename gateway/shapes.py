@@ -219,13 +219,23 @@ class RunbookRuleOut(Shape):
     updated_at: Timestamp
 
 
-class RunbookOut(Shape):
-    id: Uuid
+class RunbookBrief(Shape):
+    """A runbook as MCP's runbooks_list shows it to whoever may run it: what running it needs. The
+    REST list (GET runbooks/) answers the whole `RunbookOut`; MCP trims it, an agent's context being
+    the scarcer resource (see tests/test_rest_mcp_fields.py)."""
+
     name: str
     connection_name: str
     description: str
-    parameters: list[dict[str, Any]] = Field(description="The typed parameters the template takes.")
+    parameters: list[dict[str, Any]] = Field(
+        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, "
+        "choices, allowed (identifier name globs), ..."
+    )
     template: str
+
+
+class RunbookOut(RunbookBrief):
+    id: Uuid
     enabled: bool
     updated_at: Timestamp
 

@@ -129,6 +129,17 @@ OUTPUTS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (upstream.ToolsListResult, shapes.UpstreamToolsOut),
     (upstream.ToolEnvelope, shapes.UpstreamCallOut),
     (upstream.ContractsListResult, shapes.ContractsOut),
+    (runbooks.RunbookOut, shapes.RunbookBrief),
+]
+
+# Where the REST twin answers a larger shape than the MCP tool, on purpose: (MCP's, REST's, reason).
+REST_ANSWERS_MORE = [
+    (
+        shapes.RunbookBrief,
+        shapes.RunbookOut,
+        "runbooks_list trims a runbook to what running it needs (id, enabled, updated_at cost an agent's "
+        "context); GET runbooks/ answers it whole",
+    ),
 ]
 
 # Fields an MCP output model adds to its shape on purpose, with the reason.
@@ -187,6 +198,17 @@ def test_an_mcp_page_and_a_rest_page_differ_only_in_how_they_page(mcp, rest):
     (mcp_item,), (rest_item,) = (m.model_fields["items"].annotation.__args__ for m in (mcp, rest))
     assert issubclass(mcp_item, rest_item), "the same records on both surfaces"
     assert set(mcp.model_fields) ^ set(rest.model_fields) == set(PAGE_DIFFERENCES)
+
+
+@pytest.mark.parametrize(("mcp", "rest", "reason"), REST_ANSWERS_MORE)
+def test_a_larger_rest_answer_extends_the_mcp_shape(mcp, rest, reason):
+    assert issubclass(rest, mcp) and set(rest.model_fields) > set(mcp.model_fields), reason
+
+
+def test_sessions_get_with_content_adds_the_fields_of_the_content_shape():
+    """sessions_get(content=true) is REST's sessions/{id}/content/ folded into the record: the same names."""
+    assert set(sessions.CONTENT_FIELDS) <= set(shapes.ContentOut.model_fields)
+    assert set(sessions.CONTENT_FIELDS) <= set(sessions.SessionWithContent.model_fields)
 
 
 def test_every_config_kind_with_a_rest_twin_is_in_the_table():

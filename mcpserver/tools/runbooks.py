@@ -21,15 +21,7 @@ from mcpserver.tools.execution import (
 )
 from mcpserver.tools.rule_crud import Names, RuleRef, RuleServices, rule_tools
 
-
-class RunbookOut(Result):
-    name: str
-    connection_name: str
-    description: str
-    parameters: list[dict[str, Any]] = Field(
-        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, choices, allowed (identifier name globs), ..."
-    )
-    template: str
+RunbookOut = shapes.RunbookBrief
 
 
 class RunbookList(Result):
