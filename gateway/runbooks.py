@@ -36,12 +36,11 @@ from django.db import transaction
 from gateway import pipeline
 from gateway.kinds import SQL_DIALECTS
 from gateway.models import Connection, Runbook, RunbookRule
-from governance import rules as rule_helpers
+from governance import crud
 from governance.errors import InvalidInput, NotFound
 from governance.models import UserGroup
 from governance.policy import (
     ROLE_ADMIN,
-    ROLE_AUDITOR,
     Actor,
     get_scoped,
     has_role,
@@ -49,6 +48,7 @@ from governance.policy import (
     require_role,
     scope,
 )
+from governance.rules import bound_queryset
 from sessions.audit import audit_record, change_detail, snapshot
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,62})\s*\}\}")
@@ -343,13 +343,13 @@ def runbook_create(
         runbook = Runbook(
             org_id=actor.org_id,
             connection=connection,
-            name=rule_helpers.check_name(name, "runbook"),
+            name=crud.check_name(name, "runbook"),
             description=description or "",
             template=template,
             parameters=specs,
             enabled=bool(enabled),
         )
-        rule_helpers.save_unique(runbook, "runbook")
+        crud.save_unique(runbook, "runbook")
         audit_record(
             actor=actor, action="runbook.create", target=runbook, detail={"connection": connection.name}
         )
@@ -374,7 +374,7 @@ def runbook_update(*, actor: Actor, connection_name: str, name: str, **fields) -
         runbook = _runbook(actor, connection_name, name)
         before = snapshot(runbook)
         if fields.get("new_name"):
-            runbook.name = rule_helpers.check_name(fields["new_name"], "runbook")
+            runbook.name = crud.check_name(fields["new_name"], "runbook")
         for key in ("description", "enabled"):
             if fields.get(key) is not None:
                 setattr(runbook, key, fields[key])
@@ -383,7 +383,7 @@ def runbook_update(*, actor: Actor, connection_name: str, name: str, **fields) -
         if fields.get("template") is not None:
             runbook.template = fields["template"]
         check_template(runbook.template, runbook.parameters, runbook.connection.kind)
-        rule_helpers.save_unique(runbook, "runbook")
+        crud.save_unique(runbook, "runbook")
         audit_record(
             actor=actor,
             action="runbook.update",
@@ -405,7 +405,7 @@ def runbook_admin_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tup
     """Every runbook of the actor's org, enabled or not, by connection and name (admins)."""
     require_role(actor, ROLE_ADMIN)
     qs = scope(Runbook.objects.select_related("connection"), actor, "view")
-    return rule_helpers.page_of(qs.order_by("connection__name", "name"), limit, offset)
+    return crud.page_of(qs.order_by("connection__name", "name"), limit, offset)
 
 
 def runbook_get(*, actor: Actor, connection_name: str, name: str) -> Runbook:
@@ -450,9 +450,7 @@ def runbook_list(*, actor: Actor, connection_name: str | None = None) -> list[Ru
     for runbook in runbooks:
         if runbook.connection_id not in by_connection:
             by_connection[runbook.connection_id] = list(
-                rule_helpers.bound_queryset(RunbookRule.objects.all(), runbook.connection).prefetch_related(
-                    "groups"
-                )
+                bound_queryset(RunbookRule.objects.all(), runbook.connection).prefetch_related("groups")
             )
         if _allowed(actor, runbook, by_connection[runbook.connection_id]):
             out.append(runbook)
@@ -476,9 +474,7 @@ def runbook_run(
         .filter(connection=connection, name=name, enabled=True)
         .first()
     )
-    rules = list(
-        rule_helpers.bound_queryset(RunbookRule.objects.all(), connection).prefetch_related("groups")
-    )
+    rules = list(bound_queryset(RunbookRule.objects.all(), connection).prefetch_related("groups"))
     if runbook is None or not _allowed(actor, runbook, rules):
         audit_record(
             actor=actor,
@@ -510,29 +506,16 @@ def runbook_rule_to_dict(rule: RunbookRule) -> dict:
         "enabled": rule.enabled,
         "groups": sorted(g.name for g in rule.groups.all()),
         "runbooks": rule.runbooks,
-        **rule_helpers.rule_bindings(rule),
+        **crud.rule_bindings(rule),
         "created_at": rule.created_at.isoformat(),
         "updated_at": rule.updated_at.isoformat(),
     }
 
 
-def _rules_qs():
-    return RunbookRule.objects.prefetch_related("connections", "attributes", "groups")
-
-
-def runbook_rule_list(*, actor: Actor, limit: int = 50, offset: int = 0):
-    require_role(actor, ROLE_AUDITOR)
-    return rule_helpers.page_of(scope(_rules_qs(), actor, "view").order_by("name"), limit, offset)
-
-
-def runbook_rule_get(*, actor: Actor, ref: str) -> RunbookRule:
-    require_role(actor, ROLE_AUDITOR)
-    return rule_helpers.by_ref(_rules_qs(), actor, ref, "runbook rule")
-
-
-def _apply_rule(rule: RunbookRule, actor: Actor, fields: dict) -> list[str]:
+def _apply_rule(rule: RunbookRule, actor: Actor, fields: dict) -> None:
+    """Fields: name, description, enabled, groups, runbooks (and the bindings)."""
     if "name" in fields:
-        rule.name = rule_helpers.check_name(fields["name"], "runbook rule")
+        rule.name = crud.check_name(fields["name"], "runbook rule")
     for key in ("description", "enabled"):
         if fields.get(key) is not None:
             setattr(rule, key, fields[key])
@@ -547,41 +530,44 @@ def _apply_rule(rule: RunbookRule, actor: Actor, fields: dict) -> list[str]:
         rule.runbooks = list(dict.fromkeys(patterns))
     if not rule.runbooks:
         raise InvalidInput("runbooks must be a non-empty list of runbook names or globs")
-    groups = None
-    if fields.get("groups") is not None:
-        names = fields["groups"]
-        found = {g.name: g for g in UserGroup.objects.filter(org_id=actor.org_id, name__in=names)}
-        missing = sorted(set(names) - set(found))
-        if missing:
-            raise NotFound(f'user group "{missing[0]}" not found')
-        groups = list(found.values())
-    if groups is not None and not groups or (groups is None and not rule.pk):
+    _groups_named(actor, fields.get("groups"))
+
+
+def _groups_named(actor: Actor, names: list[str] | None) -> list[UserGroup] | None:
+    """The groups `names` of the actor's org (None: not given); at least one, every one found."""
+    if names is None:
+        return None
+    found = {g.name: g for g in UserGroup.objects.filter(org_id=actor.org_id, name__in=names)}
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise NotFound(f'user group "{missing[0]}" not found')
+    if not found:
         raise InvalidInput("groups must have at least 1 entry")
-    changed = rule_helpers.save_with_bindings(rule, actor, fields, "runbook rule")
+    return list(found.values())
+
+
+def _set_groups(rule: RunbookRule, actor: Actor, fields: dict) -> None:
+    groups = _groups_named(actor, fields.get("groups"))
     if groups is not None:
         rule.groups.set(groups)
     if not rule.connections.exists() and not rule.attributes.exists():
         raise InvalidInput("either connections or attributes must have at least 1 entry")
-    return changed
 
 
-def runbook_rule_create(*, actor: Actor, name: str, **fields) -> RunbookRule:
-    """Fields: description, enabled, groups, runbooks, connections, attributes."""
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = RunbookRule(org_id=actor.org_id)
-        _apply_rule(rule, actor, {"name": name, **fields})
-        audit_record(
-            actor=actor, action="runbook_rule.create", target=rule, detail=rule_helpers.rule_bindings(rule)
-        )
-    return rule
-
-
-def runbook_rule_update(*, actor: Actor, ref: str, **fields) -> RunbookRule:
-    return rule_helpers.rule_update(
-        RunbookRule, "runbook rule", "runbook_rule.update", _apply_rule, actor=actor, ref=ref, fields=fields
+RUNBOOK_RULES = crud.register(
+    crud.RuleKind(
+        name="runbook_rule",
+        model=RunbookRule,
+        what="runbook rule",
+        apply=_apply_rule,
+        after_save=_set_groups,
+        to_dict=runbook_rule_to_dict,
+        related=(*crud.BINDINGS, "groups"),
+        created_detail=lambda rule, fields: crud.rule_bindings(rule),
     )
-
-
-def runbook_rule_delete(*, actor: Actor, ref: str) -> str:
-    return rule_helpers.rule_delete(RunbookRule, "runbook rule", "runbook_rule.delete", actor=actor, ref=ref)
+)
+runbook_rule_list = RUNBOOK_RULES.list
+runbook_rule_get = RUNBOOK_RULES.get
+runbook_rule_create = RUNBOOK_RULES.create  # fields: description, enabled, groups, runbooks, bindings
+runbook_rule_update = RUNBOOK_RULES.update
+runbook_rule_delete = RUNBOOK_RULES.delete

@@ -10,7 +10,7 @@ resource templates, prompts and completions (`/api/mcp/c/<connection>`, docs/ups
     complete -> authorize -> the policy of the prompt or template it refers to -> its pinned
              contract -> complete -> mask the values (no session: a completion is a keystroke)
 
-The upstream exchanges run on the upstream loop (`gateway.pipeline._upstream_connector`, pooled
+The upstream exchanges run on the upstream loop (`gateway.pipeline.upstream_connector`, pooled
 sessions), like tool calls; this module reaches the connectors only through the pipeline.
 """
 
@@ -121,7 +121,7 @@ def _actor_caller(actor: Actor, connection: Connection):
 async def _exchange(connection: Connection, limits, body: Callable[[Any], Awaitable[Any]], caller=None):
     """Run `body(client)` on a (pooled) upstream session within the connection's deadline, on the
     upstream loop, as `caller`; every failure becomes a clear, secret-free ConnectorError."""
-    connector = pipeline._upstream_connector(connection, limits, caller)
+    connector = pipeline.upstream_connector(connection, limits, caller)
 
     async def run():
         with anyio.fail_after(limits.timeout_seconds):
@@ -140,7 +140,7 @@ async def items_list(*, actor: Actor, connection_name: str, kind: str) -> list[d
     the listing pins or compares the contracts (a drifted item drops out until an admin accepts it).
     Raises NotFound/PolicyDenied (audited) for the connection, ConnectorError when the upstream fails."""
     connection = await db(
-        lambda: pipeline._upstream_connection(actor=actor, connection_name=connection_name)
+        lambda: pipeline.upstream_connection(actor=actor, connection_name=connection_name)
     )()
 
     async def listing(client):
@@ -150,7 +150,7 @@ async def items_list(*, actor: Actor, connection_name: str, kind: str) -> list[d
         )
 
     caller = await db(lambda: _actor_caller(actor, connection))()
-    rows = await _exchange(connection, pipeline._limits(connection), listing, caller)
+    rows = await _exchange(connection, pipeline.limits_for(connection), listing, caller)
     visible = []
     for name in sorted(rows):
         row = rows[name]
@@ -233,7 +233,7 @@ def _mask_prompt(masker, result: dict) -> tuple[dict, dict]:
         add(c)
     messages = []
     for message in result.get("messages") or []:
-        masked, c = pipeline._mask_tool_result(masker, {"content": [message.get("content") or {}]})
+        masked, c = pipeline.mask_tool_result(masker, {"content": [message.get("content") or {}]})
         add(c)
         messages.append({**message, "content": masked["content"][0]})
     out["messages"] = messages
@@ -245,9 +245,7 @@ def result_text(kind: str, result: dict) -> str:
     if kind == ContractKind.RESOURCE:
         return "\n".join(item.get("text") or "" for item in result.get("contents") or [] if item.get("text"))
     parts = [result.get("description") or ""]
-    parts += [
-        pipeline._tool_text({"content": [m.get("content") or {}]}) for m in result.get("messages") or []
-    ]
+    parts += [pipeline.tool_text({"content": [m.get("content") or {}]}) for m in result.get("messages") or []]
     return "\n".join(p for p in parts if p)
 
 
@@ -269,7 +267,7 @@ class _Call:
 
 def _prepare(actor: Actor, connection_name: str, call: _Call) -> tuple[Session, Connection]:
     """Authorize, apply the policy and guardrails, and record the session (final when refused)."""
-    connection = pipeline._upstream_connection(actor=actor, connection_name=connection_name)
+    connection = pipeline.upstream_connection(actor=actor, connection_name=connection_name)
     rule = upstream.name_rule_for(connection, actor, call.setting, call.name)
     if rule is None:
         audit_record(
@@ -284,8 +282,8 @@ def _prepare(actor: Actor, connection_name: str, call: _Call) -> tuple[Session, 
         )
         raise NotFound(not_found(connection.name, call.kind, call.name))
     limit = min(rule.max_result_bytes or connection.max_output_bytes, connection.max_output_bytes)
-    call.limits = dataclasses.replace(pipeline._limits(connection), max_output_bytes=limit)
-    arguments_json = pipeline._canonical(call.arguments)
+    call.limits = dataclasses.replace(pipeline.limits_for(connection), max_output_bytes=limit)
+    arguments_json = pipeline.canonical(call.arguments)
     findings, error, outcome, masking_info = [], "", Outcome.SUCCESS, {}
     stored: dict = call.arguments
     try:
@@ -308,17 +306,17 @@ def _prepare(actor: Actor, connection_name: str, call: _Call) -> tuple[Session, 
     if not error and len(arguments_json.encode()) > settings.MAX_INPUT_BYTES:
         error, outcome = f"the arguments are larger than {settings.MAX_INPUT_BYTES} bytes", Outcome.INVALID
     elif not error and findings:
-        error, outcome = pipeline._block_message(connection, findings), Outcome.BLOCKED
+        error, outcome = pipeline.block_message(connection, findings), Outcome.BLOCKED
     elif not error and runner.busy():
         error, outcome = "the gateway is at capacity; try again shortly", Outcome.FAILED
     what = {call.kind: call.name}
-    exact = pipeline._canonical(
+    exact = pipeline.canonical(
         {**what, "arguments": call.arguments} if call.kind == ContractKind.PROMPT else what
     )
-    stored_input = pipeline._canonical(
+    stored_input = pipeline.canonical(
         {**what, "arguments": stored} if call.kind == ContractKind.PROMPT else what
     )
-    session = pipeline._new_session(
+    session = pipeline.new_session(
         actor, connection, call.verb, exact, stored_input, metadata=what, masking=masking_info
     )
     if error:
@@ -413,8 +411,8 @@ def _run(session_id, connection: Connection, call: _Call, surface: str):
         close_old_connections()
         if not lifecycle.claim(session_id, runner=runner.runner_id()):
             return None  # cancelled while queued
-        caller = pipeline._session_caller(session_id, connection)
-        connector = pipeline._upstream_connector(connection, call.limits, caller)
+        caller = pipeline.session_caller(session_id, connection)
+        connector = pipeline.upstream_connector(connection, call.limits, caller)
         started = time.monotonic()
         try:
             outcome = connector.submit(
@@ -432,7 +430,7 @@ def _run(session_id, connection: Connection, call: _Call, surface: str):
         )
     except Exception:
         logger.exception("%s session %s failed before finishing its record", call.kind, session_id)
-        pipeline._finish_with_retry(
+        pipeline.finish_with_retry(
             session_id,
             lambda s: SessionStatus.FAILED,
             {"error": "internal error while talking to the upstream; the gateway log has details"},
@@ -550,7 +548,7 @@ async def complete(
         raise InvalidInput("ref names no prompt or resource template")
 
     def authorize() -> Connection:
-        connection = pipeline._upstream_connection(actor=actor, connection_name=connection_name)
+        connection = pipeline.upstream_connection(actor=actor, connection_name=connection_name)
         if upstream.name_rule_for(connection, actor, _SETTING[kind], name) is None:
             audit_record(
                 actor=actor,
@@ -582,7 +580,7 @@ async def complete(
         return {"completion": answer.completion.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
     caller = await db(lambda: _actor_caller(actor, connection))()
-    answer = await _exchange(connection, pipeline._limits(connection), body, caller)
+    answer = await _exchange(connection, pipeline.limits_for(connection), body, caller)
     if "blocked" in answer:
         raise PolicyDenied(answer["blocked"])
     completion = answer["completion"]

@@ -11,116 +11,35 @@ import hashlib
 import hmac
 import re
 import threading
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Concat
 
-from gateway.models import NAME_VALIDATOR, Connection
+from gateway.models import Connection
 from governance import guardrails, masking
-from governance.errors import Conflict, InvalidInput, NotFound
-from governance.models import Attribute, GuardrailRule, MaskingRule, Organization
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role, scope
+from governance.crud import (
+    RuleKind,
+    by_ref,
+    check_name,
+    connections_named,
+    register,
+    rule_bindings,
+    rule_changed,
+    save_unique,
+    set_bindings,
+)
+from governance.crud import (
+    page_of as page_of,  # reviews.services pages with it
+)
+from governance.errors import InvalidInput
+from governance.models import Attribute, GuardrailRule, MaskingRule
+from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role
 from sessions.analysis import analyze_input
-from sessions.audit import audit_record, change_detail, snapshot
-
-MAX_LIMIT = 100
-
-
-# --- shared helpers ----------------------------------------------------------------------------
-
-
-def rule_changed(*, actor: Actor, action: str, target, detail: dict | None = None) -> None:
-    """Audit a change to rules or bindings and bump the org's rules version (same transaction)."""
-    audit_record(actor=actor, action=action, target=target, detail=detail)
-    Organization.rules_changed(actor.org_id)
-
-
-def check_name(name: str, what: str) -> str:
-    name = (name or "").strip()
-    try:
-        NAME_VALIDATOR(name)
-    except Exception:
-        raise InvalidInput(f"{what} name: use 1-63 letters, digits, '-', '_' or '.'") from None
-    return name
-
-
-def _connections(actor: Actor, names: list[str] | None) -> list[Connection]:
-    """The actor's org's connections by name; every name must exist there."""
-    if not names:
-        return []
-    found = {c.name: c for c in Connection.objects.filter(org_id=actor.org_id, name__in=names)}
-    missing = sorted(set(names) - set(found))
-    if missing:
-        raise NotFound(f'connection "{missing[0]}" not found or not accessible')
-    return [found[n] for n in names]
-
-
-def _attributes(actor: Actor, names: list[str] | None) -> list[Attribute]:
-    if not names:
-        return []
-    found = {a.name: a for a in Attribute.objects.filter(org_id=actor.org_id, name__in=names)}
-    missing = sorted(set(names) - set(found))
-    if missing:
-        hint = ""
-        if "=" not in missing[0]:
-            hint = f" (to bind every {missing[0]}=<value>, create the attribute {missing[0]} first)"
-        raise NotFound(f'attribute "{missing[0]}" not found{hint}')
-    return [found[n] for n in names]
-
-
-def by_ref(qs: QuerySet, actor: Actor, ref: str, what: str, action: str = "view"):
-    """A rule the actor may `action` (the policy's `scope`: its org, its role) by id or by name."""
-    qs = scope(qs, actor, action)
-    try:
-        obj = qs.filter(pk=uuid.UUID(str(ref))).first()
-    except ValueError:
-        obj = None
-    obj = obj or qs.filter(name=ref).first()
-    if obj is None:
-        raise NotFound(f'{what} "{ref}" not found')
-    return obj
-
-
-def page_of(qs: QuerySet, limit: int, offset: int) -> tuple[list, int]:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
-    if offset < 0:
-        raise InvalidInput("offset must not be negative")
-    return list(qs[offset : offset + limit]), qs.count()
-
-
-def rule_bindings(obj) -> dict:
-    return {
-        "connections": sorted(c.name for c in obj.connections.all()),
-        "attributes": sorted(a.name for a in obj.attributes.all()),
-    }
-
-
-def save_unique(obj, what: str) -> None:
-    """Save `obj`, refusing a name its org already has in any case (a database constraint too)."""
-    # A runbook's name is unique on its connection; everything else's in its org.
-    owner = {"connection_id": obj.connection_id} if hasattr(obj, "connection_id") else {"org_id": obj.org_id}
-    existing = (
-        type(obj)
-        ._default_manager.filter(**owner, name__iexact=obj.name)
-        .exclude(pk=obj.pk)
-        .values_list("name", flat=True)
-        .first()
-    )
-    if existing is not None:
-        suffix = "" if existing == obj.name else f' as "{existing}" (names are unique regardless of case)'
-        raise Conflict(f'{what} "{obj.name}" already exists{suffix}')
-    try:
-        with transaction.atomic():
-            obj.save()
-    except IntegrityError:
-        raise Conflict(f'{what} "{obj.name}" already exists') from None
-
+from sessions.audit import change_detail, snapshot
 
 # --- attributes --------------------------------------------------------------------------------
 
@@ -133,17 +52,6 @@ def attribute_to_dict(attribute: Attribute) -> dict:
         "connections": sorted(c.name for c in attribute.connections.all()),
         "created_at": attribute.created_at.isoformat(),
     }
-
-
-def attribute_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[Attribute], int]:
-    require_role(actor, ROLE_ADMIN)
-    qs = scope(Attribute.objects.prefetch_related("connections"), actor, "view").order_by("name")
-    return page_of(qs, limit, offset)
-
-
-def attribute_get(*, actor: Actor, name: str) -> Attribute:
-    require_role(actor, ROLE_ADMIN)
-    return by_ref(Attribute.objects.prefetch_related("connections"), actor, name, "attribute")
 
 
 _ATTRIBUTE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}(=[a-zA-Z0-9_.:/-]+)?$")
@@ -178,21 +86,57 @@ def selector_filter(selector: str) -> Q:
     return q
 
 
+def _apply_attribute(attribute: Attribute, actor: Actor, fields: dict) -> None:
+    if "name" in fields:
+        attribute.name = check_attribute_name(fields["name"])
+    if fields.get("description") is not None:
+        attribute.description = fields["description"]
+    if fields.get("connections") is not None and (
+        fields.get("add_connections") or fields.get("remove_connections")
+    ):
+        raise InvalidInput(
+            "give connections (the whole list) or add_connections/remove_connections, not both"
+        )
+
+
+def _tag_connections(attribute: Attribute, actor: Actor, fields: dict) -> None:
+    if fields.get("connections") is not None:
+        attribute.connections.set(connections_named(actor, fields["connections"]))
+    if fields.get("add_connections"):
+        attribute.connections.add(*connections_named(actor, fields["add_connections"]))
+    if fields.get("remove_connections"):
+        attribute.connections.remove(*connections_named(actor, fields["remove_connections"]))
+
+
+# Attributes tag connections (they are not bound themselves) and only admins read them.
+ATTRIBUTES = register(
+    RuleKind(
+        name="attribute",
+        model=Attribute,
+        what="attribute",
+        apply=_apply_attribute,
+        after_save=_tag_connections,
+        to_dict=attribute_to_dict,
+        bindings=False,
+        related=("connections",),
+        read_role=ROLE_ADMIN,
+        created_detail=lambda attribute, fields: {
+            "connections": fields.get("connections") or [],
+            "after": snapshot(attribute),
+        },
+    )
+)
+attribute_list = ATTRIBUTES.list
+
+
+def attribute_get(*, actor: Actor, name: str) -> Attribute:
+    return ATTRIBUTES.get(actor=actor, ref=name)
+
+
 def attribute_create(
     *, actor: Actor, name: str, description: str = "", connections: list[str] | None = None
 ) -> Attribute:
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        attribute = Attribute(org_id=actor.org_id, name=check_attribute_name(name), description=description)
-        save_unique(attribute, "attribute")
-        attribute.connections.set(_connections(actor, connections))
-        rule_changed(
-            actor=actor,
-            action="attribute.create",
-            target=attribute,
-            detail={"connections": connections or [], "after": snapshot(attribute)},
-        )
-    return attribute
+    return ATTRIBUTES.create(actor=actor, name=name, description=description, connections=connections)
 
 
 def attribute_update(
@@ -206,40 +150,18 @@ def attribute_update(
 ) -> Attribute:
     """Change an attribute: `connections` replaces the whole list; `add_connections` and
     `remove_connections` tag and untag without knowing the rest of the list."""
-    require_role(actor, ROLE_ADMIN)
-    if connections is not None and (add_connections or remove_connections):
-        raise InvalidInput(
-            "give connections (the whole list) or add_connections/remove_connections, not both"
-        )
-    with transaction.atomic():
-        attribute = by_ref(Attribute.objects.select_for_update(), actor, name, "attribute", "change")
-        before = snapshot(attribute)
-        if description is not None:
-            attribute.description = description
-            attribute.save(update_fields=["description"])
-        if connections is not None:
-            attribute.connections.set(_connections(actor, connections))
-        if add_connections:
-            attribute.connections.add(*_connections(actor, add_connections))
-        if remove_connections:
-            attribute.connections.remove(*_connections(actor, remove_connections))
-        rule_changed(
-            actor=actor,
-            action="attribute.update",
-            target=attribute,
-            detail=change_detail(before, snapshot(attribute)),
-        )
-    return attribute
+    return ATTRIBUTES.update(
+        actor=actor,
+        ref=name,
+        description=description,
+        connections=connections,
+        add_connections=add_connections,
+        remove_connections=remove_connections,
+    )
 
 
 def attribute_delete(*, actor: Actor, name: str) -> None:
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        attribute = by_ref(Attribute.objects.all(), actor, name, "attribute", "change")
-        rule_changed(
-            actor=actor, action="attribute.delete", target=attribute, detail={"before": snapshot(attribute)}
-        )
-        attribute.delete()
+    ATTRIBUTES.delete(actor=actor, ref=name)
 
 
 # --- guardrail rules ---------------------------------------------------------------------------
@@ -260,53 +182,8 @@ def guardrail_to_dict(rule: GuardrailRule) -> dict:
     }
 
 
-def guardrail_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[GuardrailRule], int]:
-    require_role(actor, ROLE_AUDITOR)
-    qs = scope(GuardrailRule.objects.prefetch_related("connections", "attributes"), actor, "view")
-    return page_of(qs.order_by("name"), limit, offset)
-
-
-def guardrail_get(*, actor: Actor, ref: str) -> GuardrailRule:
-    require_role(actor, ROLE_AUDITOR)
-    return by_ref(
-        GuardrailRule.objects.prefetch_related("connections", "attributes"), actor, ref, "guardrail"
-    )
-
-
-def save_with_bindings(rule, actor: Actor, fields: dict, what: str) -> list[str]:
-    """Save a rule, then set the bindings given (lists replace); returns the changed field names."""
-    changed = sorted(k for k in fields if k not in ("connections", "attributes"))
-    save_unique(rule, what)
-    if "connections" in fields:
-        rule.connections.set(_connections(actor, fields["connections"]))
-        changed.append("connections")
-    if "attributes" in fields:
-        rule.attributes.set(_attributes(actor, fields["attributes"]))
-        changed.append("attributes")
-    return changed
-
-
-def rule_update(model, what: str, action: str, apply, *, actor: Actor, ref: str, fields: dict):
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = by_ref(model.objects.select_for_update(), actor, ref, what, "change")
-        before = snapshot(rule)
-        apply(rule, actor, fields)
-        rule_changed(actor=actor, action=action, target=rule, detail=change_detail(before, snapshot(rule)))
-    return rule
-
-
-def rule_delete(model, what: str, action: str, *, actor: Actor, ref: str) -> str:
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = by_ref(model.objects.all(), actor, ref, what, "change")
-        name = rule.name
-        rule_changed(actor=actor, action=action, target=rule, detail={"before": snapshot(rule)})
-        rule.delete()
-    return name
-
-
-def _apply_guardrail(rule: GuardrailRule, actor: Actor, fields: dict) -> list[str]:
+def _apply_guardrail(rule: GuardrailRule, actor: Actor, fields: dict) -> None:
+    """Fields: name, description, message, enabled, input, output (and the bindings)."""
     if "name" in fields:
         rule.name = check_name(fields["name"], "guardrail")
     for key in ("description", "message", "enabled"):
@@ -318,33 +195,22 @@ def _apply_guardrail(rule: GuardrailRule, actor: Actor, fields: dict) -> list[st
         rule.output_conditions = guardrails.validate_conditions(fields["output"] or {}, direction="output")
     if not rule.input_conditions and not rule.output_conditions:
         raise InvalidInput("a guardrail needs at least one input or output condition")
-    return save_with_bindings(rule, actor, fields, "guardrail")
 
 
-def guardrail_create(*, actor: Actor, name: str, **fields) -> GuardrailRule:
-    """Create a guardrail rule. Fields: description, message, enabled, input, output, connections, attributes."""
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = GuardrailRule(org_id=actor.org_id)
-        _apply_guardrail(rule, actor, {"name": name, **fields})
-        rule_changed(
-            actor=actor,
-            action="guardrail.create",
-            target=rule,
-            detail={**rule_bindings(rule), "after": snapshot(rule)},
-        )
-    return rule
-
-
-def guardrail_update(*, actor: Actor, ref: str, **fields) -> GuardrailRule:
-    """Change the fields given; `connections` and `attributes` replace their lists."""
-    return rule_update(
-        GuardrailRule, "guardrail", "guardrail.update", _apply_guardrail, actor=actor, ref=ref, fields=fields
+GUARDRAILS = register(
+    RuleKind(
+        name="guardrail",
+        model=GuardrailRule,
+        what="guardrail",
+        apply=_apply_guardrail,
+        to_dict=guardrail_to_dict,
     )
-
-
-def guardrail_delete(*, actor: Actor, ref: str) -> str:
-    return rule_delete(GuardrailRule, "guardrail", "guardrail.delete", actor=actor, ref=ref)
+)
+guardrail_list = GUARDRAILS.list
+guardrail_get = GUARDRAILS.get
+guardrail_create = GUARDRAILS.create
+guardrail_update = GUARDRAILS.update
+guardrail_delete = GUARDRAILS.delete
 
 
 def bound_queryset(qs: QuerySet, connection: Connection) -> QuerySet:
@@ -403,7 +269,7 @@ def guardrail_test(
         )
         rules = [draft]
     elif connection_name is not None:
-        connection = _connections(actor, [connection_name])[0]
+        connection = connections_named(actor, [connection_name])[0]
         rules = guardrail_rules_bound(connection)
         dialect = dialect or guardrails.DIALECTS.get(connection.kind)
     else:
@@ -444,20 +310,8 @@ def masking_rule_to_dict(rule: MaskingRule) -> dict:
     }
 
 
-def masking_rule_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list[MaskingRule], int]:
-    require_role(actor, ROLE_AUDITOR)
-    qs = scope(MaskingRule.objects.prefetch_related("connections", "attributes"), actor, "view")
-    return page_of(qs.order_by("name"), limit, offset)
-
-
-def masking_rule_get(*, actor: Actor, ref: str) -> MaskingRule:
-    require_role(actor, ROLE_AUDITOR)
-    return by_ref(
-        MaskingRule.objects.prefetch_related("connections", "attributes"), actor, ref, "masking rule"
-    )
-
-
-def _apply_masking(rule: MaskingRule, actor: Actor, fields: dict) -> list[str]:
+def _apply_masking(rule: MaskingRule, actor: Actor, fields: dict) -> None:
+    """Fields: name, description, enabled, spec (and the bindings)."""
     if "name" in fields:
         rule.name = check_name(fields["name"], "masking rule")
     for key in ("description", "enabled"):
@@ -465,37 +319,26 @@ def _apply_masking(rule: MaskingRule, actor: Actor, fields: dict) -> list[str]:
             setattr(rule, key, fields[key])
     if "spec" in fields:
         rule.spec = masking.validate_spec(fields["spec"] or {})
-    return save_with_bindings(rule, actor, fields, "masking rule")
+
+
+MASKING_RULES = register(
+    RuleKind(
+        name="masking_rule",
+        model=MaskingRule,
+        what="masking rule",
+        apply=_apply_masking,
+        to_dict=masking_rule_to_dict,
+    )
+)
+masking_rule_list = MASKING_RULES.list
+masking_rule_get = MASKING_RULES.get
+masking_rule_update = MASKING_RULES.update
+masking_rule_delete = MASKING_RULES.delete
 
 
 def masking_rule_create(*, actor: Actor, name: str, spec: dict, **fields) -> MaskingRule:
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = MaskingRule(org_id=actor.org_id)
-        _apply_masking(rule, actor, {"name": name, "spec": spec, **fields})
-        rule_changed(
-            actor=actor,
-            action="masking_rule.create",
-            target=rule,
-            detail={**rule_bindings(rule), "after": snapshot(rule)},
-        )
-    return rule
-
-
-def masking_rule_update(*, actor: Actor, ref: str, **fields) -> MaskingRule:
-    return rule_update(
-        MaskingRule,
-        "masking rule",
-        "masking_rule.update",
-        _apply_masking,
-        actor=actor,
-        ref=ref,
-        fields=fields,
-    )
-
-
-def masking_rule_delete(*, actor: Actor, ref: str) -> str:
-    return rule_delete(MaskingRule, "masking rule", "masking_rule.delete", actor=actor, ref=ref)
+    """A masking rule needs its spec."""
+    return MASKING_RULES.create(actor=actor, name=name, spec=spec, **fields)
 
 
 def masking_key(org_id) -> bytes:
@@ -584,7 +427,7 @@ def masking_preview(
         if text is not None:
             result["text"], counts = masker.mask_text(text)
             result["counts"] = dict(counts)
-        if rows is not None:
+        if rows is not None and columns is not None:  # (columns were checked with the rows)
             result["columns"] = columns
             result["rows"], counts = masker.mask_rows(columns, rows)
             for name, count in counts.items():
@@ -592,3 +435,35 @@ def masking_preview(
     except masking.MaskingError as exc:
         raise InvalidInput(f"masking failed: {exc}") from None
     return result
+
+
+# --- until access request rules are a RuleKind too ---------------------------------------------
+
+
+def save_with_bindings(rule, actor: Actor, fields: dict, what: str) -> list[str]:
+    """Save a rule, then set the bindings given (lists replace); returns the changed field names."""
+    changed = sorted(k for k in fields if k not in ("connections", "attributes"))
+    save_unique(rule, what)
+    set_bindings(rule, actor, fields)
+    changed += [k for k in ("connections", "attributes") if k in fields]
+    return changed
+
+
+def rule_update(model, what: str, action: str, apply, *, actor: Actor, ref: str, fields: dict):
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = by_ref(model.objects.select_for_update(), actor, ref, what, "change")
+        before = snapshot(rule)
+        apply(rule, actor, fields)
+        rule_changed(actor=actor, action=action, target=rule, detail=change_detail(before, snapshot(rule)))
+    return rule
+
+
+def rule_delete(model, what: str, action: str, *, actor: Actor, ref: str) -> str:
+    require_role(actor, ROLE_ADMIN)
+    with transaction.atomic():
+        rule = by_ref(model.objects.all(), actor, ref, what, "change")
+        name = rule.name
+        rule_changed(actor=actor, action=action, target=rule, detail={"before": snapshot(rule)})
+        rule.delete()
+    return name

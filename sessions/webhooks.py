@@ -3,15 +3,16 @@ change is audited in its transaction. The HMAC secret is write-only: it goes in,
 
 from __future__ import annotations
 
+import functools
 import re
-import uuid
 from urllib.parse import urlsplit
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from governance.errors import Conflict, InvalidInput
-from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
+from governance.crud import RuleKind, register
+from governance.errors import InvalidInput
+from governance.policy import ROLE_ADMIN, Actor, require_role, scope
 from sessions import delivery, webhook_signing
 from sessions.audit import REDACTED, audit_record, change_detail
 from sessions.events import EVENT_TYPES
@@ -55,31 +56,6 @@ def _clean(*, name=None, url=None, event_types=None, secret=None) -> dict:
     return values
 
 
-def _get(actor: Actor, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:
-    """An endpoint the actor may manage, by id or name, or NotFound for missing and forbidden alike."""
-    qs = WebhookEndpoint.objects.select_for_update() if lock else WebhookEndpoint.objects.all()
-    try:
-        lookup = {"pk": uuid.UUID(str(endpoint_id))}
-    except ValueError:
-        lookup = {"name": str(endpoint_id)}
-    return get_scoped(qs, actor, "manage", not_found="webhook endpoint not found", **lookup)
-
-
-def _refuse_taken_name(actor: Actor, name: str | None, *, exclude=None) -> None:
-    """Names are unique in an org regardless of case (a database constraint too)."""
-    if name is None:
-        return
-    taken = (
-        WebhookEndpoint.objects.filter(org_id=actor.org_id, name__iexact=name)
-        .exclude(pk=exclude)
-        .values_list("name", flat=True)
-        .first()
-    )
-    if taken is not None:
-        suffix = "" if taken == name else f' as "{taken}" (names are unique regardless of case)'
-        raise Conflict(f'a webhook endpoint named "{name}" exists already{suffix}')
-
-
 def webhook_endpoint_to_dict(endpoint: WebhookEndpoint) -> dict:
     """The public shape of an endpoint: whether a secret is set, never the secret."""
     return {
@@ -95,18 +71,77 @@ def webhook_endpoint_to_dict(endpoint: WebhookEndpoint) -> dict:
     }
 
 
-def webhook_endpoint_list(*, actor: Actor, limit: int = 50, offset: int = 0) -> tuple[list, int]:
-    """The org's endpoints, by name (admins)."""
-    require_role(actor, ROLE_ADMIN)
-    if not 1 <= limit <= 100 or offset < 0:
-        raise InvalidInput("limit must be between 1 and 100 and offset not negative")
-    qs = scope(WebhookEndpoint.objects.all(), actor, "manage").order_by("name")
-    return list(qs[offset : offset + limit]), qs.count()
+UPDATABLE = {"name", "url", "event_types", "enabled", "allow_private_network"}
+
+
+def _apply(endpoint: WebhookEndpoint, actor: Actor, fields: dict) -> None:
+    """Fields: name, url, event_types, enabled, allow_private_network, secret (None or empty
+    keeps the current one on an update; a new endpoint needs one)."""
+    unknown = set(fields) - UPDATABLE - {"secret"}
+    if unknown:
+        raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}")
+    secret = fields.get("secret") or None
+    if endpoint._state.adding and not secret:
+        raise InvalidInput("secret is required: receivers verify the signature with it")
+    values = _clean(
+        name=fields.get("name"), url=fields.get("url"), event_types=fields.get("event_types"), secret=secret
+    )
+    for field in ("enabled", "allow_private_network"):
+        if field in fields:
+            values[field] = bool(fields[field])
+    for field, value in values.items():
+        setattr(endpoint, field, value)
+    if secret:
+        endpoint.set_secret(secret)
+
+
+def _updated(before: dict, endpoint: WebhookEndpoint, fields: dict) -> dict:
+    diff = change_detail(before, _state(endpoint))
+    if fields.get("secret"):  # said, never shown: the secret is write-only
+        diff["changed"].append("secret")
+        diff["before"]["secret"] = diff["after"]["secret"] = REDACTED
+    return {**_detail(endpoint), **diff}
+
+
+def _detail(endpoint: WebhookEndpoint) -> dict:
+    """What the audit log keeps about an endpoint: never the secret."""
+    return {
+        "url": endpoint.url,
+        "event_types": endpoint.event_types,
+        "enabled": endpoint.enabled,
+        "allow_private_network": endpoint.allow_private_network,
+    }
+
+
+def _state(endpoint: WebhookEndpoint) -> dict:
+    return _detail(endpoint) | {"name": endpoint.name}
+
+
+# Admins only, reading included; no rule binds through an endpoint, so no rules version to bump.
+WEBHOOKS = register(
+    RuleKind(
+        name="webhook",
+        model=WebhookEndpoint,
+        what="webhook endpoint",
+        apply=_apply,
+        to_dict=webhook_endpoint_to_dict,
+        bindings=False,
+        related=(),
+        read_role=ROLE_ADMIN,
+        bumps_rules_version=False,
+        state=_state,
+        created_detail=lambda endpoint, fields: _detail(endpoint),
+        updated_detail=_updated,
+        deleted_detail=_detail,
+        not_found="webhook endpoint not found",
+        taken='a webhook endpoint named "{name}" exists already{case}',
+    )
+)
+webhook_endpoint_list = WEBHOOKS.list
 
 
 def webhook_endpoint_get(*, actor: Actor, endpoint_id) -> WebhookEndpoint:
-    require_role(actor, ROLE_ADMIN)
-    return _get(actor, endpoint_id)
+    return WEBHOOKS.get(actor=actor, ref=endpoint_id)
 
 
 def webhook_endpoint_create(
@@ -120,22 +155,15 @@ def webhook_endpoint_create(
     allow_private_network: bool = False,
 ) -> WebhookEndpoint:
     """Add an endpoint to the actor's org (admins). Raises PolicyDenied, InvalidInput, Conflict."""
-    require_role(actor, ROLE_ADMIN)
-    if not secret:
-        raise InvalidInput("secret is required: receivers verify the signature with it")
-    values = _clean(name=name, url=url, event_types=event_types or [], secret=secret)
-    endpoint = WebhookEndpoint(
-        org_id=actor.org_id, enabled=enabled, allow_private_network=allow_private_network, **values
+    return WEBHOOKS.create(
+        actor=actor,
+        name=name,
+        url=url,
+        secret=secret,
+        event_types=event_types or [],
+        enabled=enabled,
+        allow_private_network=allow_private_network,
     )
-    endpoint.set_secret(secret)
-    _refuse_taken_name(actor, values["name"])
-    try:
-        with transaction.atomic():
-            endpoint.save()
-            audit_record(actor=actor, action="webhook.create", target=endpoint, detail=_detail(endpoint))
-    except IntegrityError:
-        raise Conflict(f'a webhook endpoint named "{name}" exists already') from None
-    return endpoint
 
 
 def webhook_endpoint_update(
@@ -143,47 +171,12 @@ def webhook_endpoint_update(
 ) -> WebhookEndpoint:
     """Change an endpoint (admins). `secret` None or empty keeps the current one. Changes may be
     name, url, event_types, enabled, allow_private_network."""
-    require_role(actor, ROLE_ADMIN)
-    allowed = {"name", "url", "event_types", "enabled", "allow_private_network"}
-    if set(changes) - allowed:
-        raise InvalidInput(f"unknown field {sorted(set(changes) - allowed)[0]!r}")
-    values = _clean(
-        name=changes.get("name"),
-        url=changes.get("url"),
-        event_types=changes.get("event_types"),
-        secret=secret or None,
-    )
-    try:
-        with transaction.atomic():
-            endpoint = _get(actor, endpoint_id, lock=True)
-            _refuse_taken_name(actor, values.get("name"), exclude=endpoint.pk)
-            before = _detail(endpoint) | {"name": endpoint.name}
-            for field in ("enabled", "allow_private_network"):
-                if field in changes:
-                    values[field] = bool(changes[field])
-            for field, value in values.items():
-                setattr(endpoint, field, value)
-            if secret:
-                endpoint.set_secret(secret)
-            endpoint.save()
-            diff = change_detail(before, _detail(endpoint) | {"name": endpoint.name})
-            if secret:  # said, never shown: the secret is write-only
-                diff["changed"].append("secret")
-                diff["before"]["secret"] = diff["after"]["secret"] = REDACTED
-            detail = {**_detail(endpoint), **diff}
-            audit_record(actor=actor, action="webhook.update", target=endpoint, detail=detail)
-    except IntegrityError:
-        raise Conflict(f'a webhook endpoint named "{changes.get("name")}" exists already') from None
-    return endpoint
+    return WEBHOOKS.update(actor=actor, ref=endpoint_id, secret=secret, **changes)
 
 
 def webhook_endpoint_delete(*, actor: Actor, endpoint_id) -> None:
     """Remove an endpoint and its delivery records (admins)."""
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        endpoint = _get(actor, endpoint_id, lock=True)
-        audit_record(actor=actor, action="webhook.delete", target=endpoint, detail=_detail(endpoint))
-        endpoint.delete()
+    WEBHOOKS.delete(actor=actor, ref=endpoint_id)
 
 
 def webhook_delivery_to_dict(delivery: WebhookDelivery) -> dict:
@@ -215,7 +208,7 @@ def webhook_delivery_list(
         raise InvalidInput(f"status must be one of: {', '.join(DeliveryStatus.values)}")
     qs = scope(WebhookDelivery.objects.select_related("endpoint"), actor, "manage")
     if endpoint_id is not None:
-        qs = qs.filter(endpoint=_get(actor, endpoint_id))
+        qs = qs.filter(endpoint=webhook_endpoint_get(actor=actor, endpoint_id=endpoint_id))
     if status is not None:
         qs = qs.filter(status=status)
     qs = qs.order_by("-id")
@@ -246,15 +239,5 @@ def webhook_delivery_retry(*, actor: Actor, delivery_ids) -> int:
             detail={"deliveries": ids},
         )
         for pk in ids:
-            transaction.on_commit(lambda pk=pk: delivery._schedule(pk, 0))
+            transaction.on_commit(functools.partial(delivery._schedule, pk, 0))
     return len(ids)
-
-
-def _detail(endpoint: WebhookEndpoint) -> dict:
-    """What the audit log keeps about an endpoint: never the secret."""
-    return {
-        "url": endpoint.url,
-        "event_types": endpoint.event_types,
-        "enabled": endpoint.enabled,
-        "allow_private_network": endpoint.allow_private_network,
-    }

@@ -21,6 +21,7 @@ from django.test import TestCase
 
 from gateway import pipeline, runner
 from gateway.connectors import pool
+from gateway.pipeline import dispatch
 from gateway.reviewed import review_execute
 from gateway.services import connection_create_headless
 from governance.errors import InvalidInput
@@ -54,7 +55,7 @@ def _runner_dies_before_running(monkeypatch):
     would have submitted are only collected."""
     submitted = []
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline, "_submit_local", lambda *a, **kw: submitted.append(a))
+        patch.setattr(dispatch, "submit_local", lambda *a, **kw: submitted.append(a))
         yield submitted
 
 
@@ -102,7 +103,7 @@ def test_every_transition_writes_its_audit_event_events_and_analysis_in_one_tran
     cast, shops, settings, tmp_path
 ):
     settings.EVENTS_JSONL_PATH = str(tmp_path / "events.jsonl")  # so events have somewhere to go
-    session = pipeline._new_session(cast.bob.actor(), shops["acme"], "exec", "select 1", "select 1")
+    session = pipeline.new_session(cast.bob.actor(), shops["acme"], "exec", "select 1", "select 1")
     with transaction.atomic():
         lifecycle.record(session, status=SessionStatus.RUNNING, actor=cast.bob.actor(), action="exec.request")
     kinds = list(OutboxMessage.objects.values_list("kind", "payload__type"))
@@ -122,7 +123,7 @@ def test_every_transition_writes_its_audit_event_events_and_analysis_in_one_tran
 
 def test_a_rolled_back_change_leaves_no_outbox_message(cast, shops, settings, tmp_path):
     settings.EVENTS_JSONL_PATH = str(tmp_path / "events.jsonl")
-    session = pipeline._new_session(cast.bob.actor(), shops["acme"], "exec", "select 1", "select 1")
+    session = pipeline.new_session(cast.bob.actor(), shops["acme"], "exec", "select 1", "select 1")
     with pytest.raises(RuntimeError), transaction.atomic():
         lifecycle.record(session, status=SessionStatus.FAILED, actor=cast.bob.actor(), action="exec.request")
         assert OutboxMessage.objects.count() == 2  # session.finished + analysis, in the transaction
@@ -380,7 +381,7 @@ def test_waits_poll_the_database_when_redis_is_down(cast, shops, transactional_d
         }
     }
     channel_layers.backends.clear()
-    session = pipeline._new_session(cast.bob.actor(), shops["acme"], "exec", "select 1", "select 1")
+    session = pipeline.new_session(cast.bob.actor(), shops["acme"], "exec", "select 1", "select 1")
     with transaction.atomic():
         lifecycle.record(session, status=SessionStatus.RUNNING, actor=cast.bob.actor(), action="exec.request")
 
@@ -448,10 +449,8 @@ def test_an_approved_execution_records_its_target_transaction_before_it_commits(
         assert conn.execute("select txid_status(%s)", (marker["xid"],)).fetchone()[0] == "committed"
     assert _pg_count(reviewed_pg, "name = 'once-a'") == 1
     # Inputs that manage transactions themselves are not wrapped (nor made exactly-once).
-    assert not pipeline._exactly_once_possible(
-        session.connection, "begin; update items set price = 1; commit"
-    )
-    assert not pipeline._exactly_once_possible(session.connection, "vacuum items")
+    assert not pipeline.exactly_once_possible(session.connection, "begin; update items set price = 1; commit")
+    assert not pipeline.exactly_once_possible(session.connection, "vacuum items")
 
 
 def test_an_abandoned_approved_run_that_never_committed_runs_again_once(cast, reviewed_pg, monkeypatch):
