@@ -14,13 +14,15 @@ from rest_framework.test import APIClient
 from gateway import services
 from reviews.services import access_rule_create
 from sessions.models import AuditEvent
+from tests.test_upstream_mcp import make_mcp_connection, upstream_server
 
 API = "/api/v1"
 
-# GET endpoints these tests do not reach, with the reason; every other GET endpoint is checked.
+# GET endpoints the first test leaves to another, with the reason; every other GET endpoint is checked.
+UPSTREAM = "needs an upstream MCP server: test_the_upstream_endpoints_return_what_they_document"
 NOT_HERE = {
-    f"{API}/connections/{{name}}/upstream-contracts/": "needs an upstream MCP server (test_upstream_mcp.py)",
-    f"{API}/connections/{{name}}/upstream-tools/": "needs an upstream MCP server (test_upstream_mcp.py)",
+    f"{API}/connections/{{name}}/upstream-tools/": UPSTREAM,  # first: listing the tools records contracts
+    f"{API}/connections/{{name}}/upstream-contracts/": UPSTREAM,
 }
 
 
@@ -182,6 +184,21 @@ def test_every_field_a_get_returns_is_documented_and_every_required_one_returned
         checked.append(template)
     assert not problems, "\n".join(problems)
     assert len(checked) >= 35, checked
+
+
+def test_the_upstream_endpoints_return_what_they_document(cast, transactional_db):
+    document, alice = _document(), _client(cast.alice)
+    problems = []
+    with upstream_server() as url:
+        make_mcp_connection(cast.acme, url)
+        for template in NOT_HERE:
+            response = alice.get(template.replace("{name}", "tools"))
+            assert response.status_code == 200, (template, response.content[:500])
+            body = response.json()
+            assert body["items"], f"{template}: an empty list checks no item"
+            schema = document["paths"][template]["get"]["responses"]["200"]["content"]["application/json"]
+            problems.extend(_mismatches(document, schema["schema"], body, template))
+    assert not problems, "\n".join(problems)
 
 
 def test_the_check_sees_an_undocumented_and_a_missing_field():
