@@ -1,6 +1,8 @@
 """Rule services: attributes, guardrail rules and masking rules, for every surface.
 
-Reading rules is for admins and auditors; changing them is for admins. Every change is audited.
+Each is a kind of the one rule service (`governance.crud.RuleKind`): reading guardrail and masking
+rules is for admins and auditors, attributes for admins; changing them is for admins. Every change
+is audited and bumps the org's rules version.
 The pipeline reads the rules that bind a connection through `bound_rules` (cached per process by
 the org's rules version) and `masker_for`.
 """
