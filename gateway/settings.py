@@ -289,11 +289,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # Fields named `status` and `kind` take several sets of values: these are named once each.
+    # Fields named `status` and `kind` take several sets of values, and the risk levels several names:
+    # these are named once each.
     "ENUM_NAME_OVERRIDES": {
         "EnvelopeStatusEnum": ["completed", "failed", "blocked", "pending_approval", "running"],
         "ContractStatusEnum": "gateway.models.ContractStatus",
         "ContractKindEnum": "gateway.models.ContractKind",
+        "RiskLevelEnum": ["low", "medium", "high", "critical"],
     },
 }
 
