@@ -19,12 +19,15 @@ DEFAULT_JIT_SECONDS = 3600
 
 
 def window_dict(start: time | None, end: time | None) -> dict | None:
+    """A rule's or review's time window as its dict (UTC), or None without one."""
     if start is None or end is None:
         return None
     return {"start_time": start.strftime("%H:%M"), "end_time": end.strftime("%H:%M"), "timezone": "UTC"}
 
 
 def after_commit(review: Review, event: str | None) -> None:
+    """Queue `event` (webhooks, SIEM) in the caller's transaction; after the commit, wake the
+    review's waiters and send its notifications (e-mail, Slack)."""
     review_id = review.pk
     if event:
         notify.emit(review, event)

@@ -65,4 +65,5 @@ def review_settings_get(*, actor: Actor) -> dict:
 
 
 def review_expiry(org_id, now) -> datetime:
+    """When a review opened (or approved) at `now` expires, by the org's `review_ttl_seconds`."""
     return now + timedelta(seconds=review_settings(org_id).review_ttl_seconds)

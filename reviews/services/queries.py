@@ -32,6 +32,7 @@ def reviews_visible(actor: Actor):
 
 
 def parse_review_id(review_id):
+    """A review id (or its session's id) as a UUID; a malformed one is NotFound("review not found")."""
     return parse_id(review_id, NOT_FOUND)
 
 

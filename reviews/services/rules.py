@@ -59,6 +59,7 @@ def _groups(actor: Actor, names: list[str] | None) -> list[UserGroup]:
 
 
 def access_rule_queryset():
+    """Access request rules with everything `access_rule_to_dict` and the gate read."""
     return AccessRequestRule.objects.prefetch_related("connections", "attributes", *_GROUP_FIELDS)
 
 
