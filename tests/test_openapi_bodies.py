@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 from rest_framework.test import APIClient
 
+from gateway import services
 from reviews.services import access_rule_create
 from sessions.models import AuditEvent
 
@@ -186,3 +188,12 @@ def test_the_check_sees_an_undocumented_and_a_missing_field():
     document = {"components": {"schemas": {"X": {"properties": {"a": {}, "b": {}}, "required": ["a", "b"]}}}}
     found = list(_mismatches(document, {"$ref": "#/components/schemas/X"}, {"a": 1, "c": 2}, "x"))
     assert found == ["x.c: returned but not in the schema", "x.b: required by the schema but not returned"]
+
+
+def test_a_body_with_a_field_its_shape_lacks_is_a_server_error_not_a_silent_extra(cast, shops, monkeypatch):
+    """REST checks each body against the shape it documents, as MCP does: a service dict that grows a
+    field fails on both surfaces until the shape has it."""
+    real = services.connection_to_dict
+    monkeypatch.setattr(services, "connection_to_dict", lambda c: {**real(c), "password": "x"})
+    with pytest.raises(ValidationError, match="password"):
+        _client(cast.alice).get(f"{API}/connections/shop/")
