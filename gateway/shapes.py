@@ -432,6 +432,27 @@ class ContentOut(Shape):
     )
 
 
+# --- schema introspection (each listing a recorded session) -------------------------------------
+
+
+class DatabaseItem(Shape):
+    name: str
+
+
+class TableItem(Shape):
+    schema_: str | None = Field(None, alias="schema")
+    name: str
+    type: str
+
+
+class ColumnItem(Shape):
+    name: str
+    type: str | None
+    nullable: bool
+    default: Any = None
+    position: int
+
+
 # --- exec and its dry runs -----------------------------------------------------------------------
 
 # The rows' schema says "an array" and no more: a client validating structured content against the

@@ -8,17 +8,21 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 from rest_framework.test import APIClient
 
+from gateway import services
 from reviews.services import access_rule_create
 from sessions.models import AuditEvent
+from tests.test_upstream_mcp import make_mcp_connection, upstream_server
 
 API = "/api/v1"
 
-# GET endpoints these tests do not reach, with the reason; every other GET endpoint is checked.
+# GET endpoints the first test leaves to another, with the reason; every other GET endpoint is checked.
+UPSTREAM = "needs an upstream MCP server: test_the_upstream_endpoints_return_what_they_document"
 NOT_HERE = {
-    f"{API}/connections/{{name}}/upstream-contracts/": "needs an upstream MCP server (test_upstream_mcp.py)",
-    f"{API}/connections/{{name}}/upstream-tools/": "needs an upstream MCP server (test_upstream_mcp.py)",
+    f"{API}/connections/{{name}}/upstream-tools/": UPSTREAM,  # first: listing the tools records contracts
+    f"{API}/connections/{{name}}/upstream-contracts/": UPSTREAM,
 }
 
 
@@ -182,7 +186,31 @@ def test_every_field_a_get_returns_is_documented_and_every_required_one_returned
     assert len(checked) >= 35, checked
 
 
+def test_the_upstream_endpoints_return_what_they_document(cast, transactional_db):
+    document, alice = _document(), _client(cast.alice)
+    problems = []
+    with upstream_server() as url:
+        make_mcp_connection(cast.acme, url)
+        for template in NOT_HERE:
+            response = alice.get(template.replace("{name}", "tools"))
+            assert response.status_code == 200, (template, response.content[:500])
+            body = response.json()
+            assert body["items"], f"{template}: an empty list checks no item"
+            schema = document["paths"][template]["get"]["responses"]["200"]["content"]["application/json"]
+            problems.extend(_mismatches(document, schema["schema"], body, template))
+    assert not problems, "\n".join(problems)
+
+
 def test_the_check_sees_an_undocumented_and_a_missing_field():
     document = {"components": {"schemas": {"X": {"properties": {"a": {}, "b": {}}, "required": ["a", "b"]}}}}
     found = list(_mismatches(document, {"$ref": "#/components/schemas/X"}, {"a": 1, "c": 2}, "x"))
     assert found == ["x.c: returned but not in the schema", "x.b: required by the schema but not returned"]
+
+
+def test_a_body_with_a_field_its_shape_lacks_is_a_server_error_not_a_silent_extra(cast, shops, monkeypatch):
+    """REST checks each body against the shape it documents, as MCP does: a service dict that grows a
+    field fails on both surfaces until the shape has it."""
+    real = services.connection_to_dict
+    monkeypatch.setattr(services, "connection_to_dict", lambda c: {**real(c), "password": "x"})
+    with pytest.raises(ValidationError, match="password"):
+        _client(cast.alice).get(f"{API}/connections/shop/")

@@ -34,7 +34,7 @@ class PortcullisAutoSchema(AutoSchema):
 class ShapeExtension(PydanticExtension):
     """drf-spectacular's pydantic support, in the OpenAPI version we publish (3.0): pydantic writes
     JSON Schema 2020-12, where an optional value is `anyOf: [X, {type: null}]`; OpenAPI 3.0 says
-    `nullable: true` instead, and has no `const`."""
+    `nullable: true` instead, has no `const`, and wants `items` on every array."""
 
     priority = 1  # before drf-spectacular's own extension for the same models
 
@@ -57,6 +57,7 @@ def _openapi30(node):
     node = {k: (v if k == "properties" else _openapi30(v)) for k, v in node.items()}
     if "properties" in node:
         node["properties"] = {name: _openapi30(sub) for name, sub in node["properties"].items()}
+    node.pop("title", None)  # pydantic's titles repeat the property's or the component's name
     if "const" in node:
         node["enum"] = [node.pop("const")]
     kinds = node.get("type")
@@ -72,4 +73,6 @@ def _openapi30(node):
         else:
             node["anyOf" if len(rest) > 1 else "allOf"] = rest
         node["nullable"] = True
+    if node.get("type") == "array":
+        node.setdefault("items", {})  # 3.0 wants items on every array; {} is any value
     return node

@@ -7,8 +7,6 @@ that have no MCP twin."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, RootModel
 from rest_framework import serializers as s
 
@@ -467,14 +465,27 @@ class RunbookList(RootModel[list[shapes.RunbookOut]]):
 # --- answers only REST gives (their MCP twins are shaped differently) ------------------------------
 
 
-class SchemaOut(Shape):
-    """connections/{name}/databases|tables|columns/ (MCP: connection_databases|tables|columns, one
-    typed list each)."""
+class DatabasesOut(Shape):
+    """connections/{name}/databases/: the items of connection_databases (MCP names the list
+    `databases` and adds no more)."""
 
     connection_name: str
-    items: list[dict[str, Any]] = Field(
-        description="databases: name; tables: schema, name, type; columns: ..."
-    )
+    items: list[shapes.DatabaseItem]
+
+
+class TablesOut(Shape):
+    """connections/{name}/tables/: the items of connection_tables (MCP: `tables`, with the database)."""
+
+    connection_name: str
+    items: list[shapes.TableItem]
+
+
+class ColumnsOut(Shape):
+    """connections/{name}/columns/: the items of connection_columns (MCP: `columns`, with the database
+    and table)."""
+
+    connection_name: str
+    items: list[shapes.ColumnItem]
 
 
 class RetryOut(Shape):

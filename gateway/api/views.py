@@ -832,30 +832,23 @@ class AccessRequestView(ServiceView):
         return Response(reviews.review_to_dict(review, actor=self.actor), status=201)
 
 
-class SchemaView(ServiceView):
-    """GET connections/{name}/databases|tables|columns/: each listing is a recorded session."""
+def _schema_view(what: str, shape):
+    """GET connections/{name}/<what>/: one listing of the schema, a recorded session."""
 
-    what = "databases"
+    class SchemaView(ServiceView):
+        @answers(shape, parameters=_query_params(io.SchemaQuery), summary=f"The {what} of a SQL connection")
+        def get(self, request, name):
+            query = self.query(io.SchemaQuery)
+            items = pipeline.schema_list(actor=self.actor, connection_name=name, what=what, **query)
+            return Response({"connection_name": name, "items": items})
 
-    @answers(
-        io.SchemaOut, parameters=_query_params(io.SchemaQuery), summary="Schema of a SQL connection, as JSON"
-    )
-    def get(self, request, name):
-        query = self.query(io.SchemaQuery)
-        items = pipeline.schema_list(actor=self.actor, connection_name=name, what=self.what, **query)
-        return Response({"connection_name": name, "items": items})
-
-
-class SchemaDatabasesView(SchemaView):
-    what = "databases"
+    SchemaView.__name__ = SchemaView.__qualname__ = f"Schema{what.title()}View"
+    return SchemaView
 
 
-class SchemaTablesView(SchemaView):
-    what = "tables"
-
-
-class SchemaColumnsView(SchemaView):
-    what = "columns"
+SchemaDatabasesView = _schema_view("databases", io.DatabasesOut)
+SchemaTablesView = _schema_view("tables", io.TablesOut)
+SchemaColumnsView = _schema_view("columns", io.ColumnsOut)
 
 
 class ExplainView(ServiceView):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db.models import Q
 
-from governance import rules as rule_helpers
+from governance import crud
 from governance.errors import InvalidInput, NotFound
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, has_role, in_groups, parse_id, scope
 from reviews.models import Review, ReviewStatus, ReviewType
@@ -84,7 +84,7 @@ def review_list(
             org_id=actor.org_id, status=ReviewStatus.PENDING, eligible_groups__in=actor.group_ids
         ).exclude(requester_id=actor.user.pk)
         qs = qs.filter(pk__in=waiting.values("pk")).exclude(decisions__reviewer_id=actor.user.pk)
-    return rule_helpers.page_of(qs.order_by("-created_at", "-pk"), limit, offset)
+    return crud.page_of(qs.order_by("-created_at", "-pk"), limit, offset)
 
 
 def can_see_input(actor: Actor, review: Review) -> bool:

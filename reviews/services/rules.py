@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from datetime import datetime, time
 
-from django.db import transaction
-
 from gateway.models import Connection
+from governance import crud
 from governance import rules as rule_helpers
 from governance.errors import Conflict, InvalidInput, NotFound
 from governance.models import UserGroup
-from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role, scope
+from governance.policy import Actor
 from reviews.models import AccessRequestRule, AccessType
 from reviews.services.common import MAX_JIT_SECONDS, window_dict
 from sessions.models import RiskLevel
@@ -36,13 +35,13 @@ def access_rule_to_dict(rule: AccessRequestRule) -> dict:
         "max_jit_duration_seconds": rule.max_jit_duration_seconds,
         "time_window": window_dict(rule.window_start, rule.window_end),
         "min_risk": rule.min_risk or None,
-        **rule_helpers.rule_bindings(rule),
+        **crud.rule_bindings(rule),
         "created_at": rule.created_at.isoformat(),
         "updated_at": rule.updated_at.isoformat(),
     }
 
 
-def _parse_hhmm(value: str, field: str) -> time:
+def _parse_hhmm(value, field: str) -> time:  # value: whatever the caller sent
     try:
         return datetime.strptime(value, "%H:%M").time()
     except (TypeError, ValueError):
@@ -64,20 +63,10 @@ def access_rule_queryset():
     return AccessRequestRule.objects.prefetch_related("connections", "attributes", *_GROUP_FIELDS)
 
 
-def access_rule_list(*, actor: Actor, limit: int = 50, offset: int = 0):
-    require_role(actor, ROLE_AUDITOR)
-    return rule_helpers.page_of(scope(access_rule_queryset(), actor, "view").order_by("name"), limit, offset)
-
-
-def access_rule_get(*, actor: Actor, ref: str) -> AccessRequestRule:
-    require_role(actor, ROLE_AUDITOR)
-    return rule_helpers.by_ref(access_rule_queryset(), actor, ref, "access request rule")
-
-
-def _apply_access_rule(rule: AccessRequestRule, actor: Actor, fields: dict) -> list[str]:
-    """Validate and apply `fields` (hoop's checks, without its one-rule limit); save with bindings."""
+def _apply_access_rule(rule: AccessRequestRule, actor: Actor, fields: dict) -> None:
+    """Validate and apply `fields` (hoop's checks, without its one-rule limit)."""
     if "name" in fields:
-        rule.name = rule_helpers.check_name(fields["name"], "access request rule")
+        rule.name = crud.check_name(fields["name"], "access request rule")
     for key in ("description", "enabled", "all_groups_must_approve"):
         if key in fields and fields[key] is not None:
             setattr(rule, key, fields[key])
@@ -125,13 +114,15 @@ def _apply_access_rule(rule: AccessRequestRule, actor: Actor, fields: dict) -> l
     if not rule.access_type:
         raise InvalidInput("access_type is required: 'jit', 'command' or 'jit_command'")
 
-    changed = rule_helpers.save_with_bindings(rule, actor, fields, "access request rule")
+
+def _set_groups(rule: AccessRequestRule, actor: Actor, fields: dict) -> None:
+    """With the rule saved and bound: its groups, and the checks that need its bindings."""
     if not rule.connections.exists() and not rule.attributes.exists():
         raise InvalidInput("either connections or attributes must have at least 1 entry")
-    for field, values in groups.items():
-        getattr(rule, field).set(values)
+    for field in _GROUP_FIELDS:
+        if fields.get(field) is not None:
+            getattr(rule, field).set(_groups(actor, fields[field]))
     _refuse_overlap(rule)
-    return changed
 
 
 def _types_overlapping(access_type: str) -> list[str]:
@@ -160,40 +151,26 @@ def _refuse_overlap(rule: AccessRequestRule) -> None:
         )
 
 
-def access_rule_create(*, actor: Actor, name: str, **fields) -> AccessRequestRule:
-    """Fields: description, enabled, access_type, connections, attributes, approval_required_groups,
-    skip_review_groups, reviewer_groups, force_approval_groups, all_groups_must_approve,
-    min_approvals, max_jit_duration_seconds, time_window, min_risk."""
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = AccessRequestRule(org_id=actor.org_id)
-        _apply_access_rule(rule, actor, {"name": name, **fields})
-        rule_helpers.rule_changed(
-            actor=actor,
-            action="access_request_rule.create",
-            target=rule,
-            detail=rule_helpers.rule_bindings(rule),
-        )
-    return rule
-
-
-def access_rule_update(*, actor: Actor, ref: str, **fields) -> AccessRequestRule:
-    """Change the fields given; list fields replace their lists."""
-    return rule_helpers.rule_update(
-        AccessRequestRule,
-        "access request rule",
-        "access_request_rule.update",
-        _apply_access_rule,
-        actor=actor,
-        ref=ref,
-        fields=fields,
+# Fields: description, enabled, access_type, connections, attributes, approval_required_groups,
+# skip_review_groups, reviewer_groups, force_approval_groups, all_groups_must_approve,
+# min_approvals, max_jit_duration_seconds, time_window, min_risk. Group lists replace their lists.
+ACCESS_RULES = crud.register(
+    crud.RuleKind(
+        name="access_request_rule",
+        model=AccessRequestRule,
+        what="access request rule",
+        apply=_apply_access_rule,
+        after_save=_set_groups,
+        to_dict=access_rule_to_dict,
+        related=(*crud.BINDINGS, *_GROUP_FIELDS),
+        created_detail=lambda rule, fields: crud.rule_bindings(rule),
     )
-
-
-def access_rule_delete(*, actor: Actor, ref: str) -> str:
-    return rule_helpers.rule_delete(
-        AccessRequestRule, "access request rule", "access_request_rule.delete", actor=actor, ref=ref
-    )
+)
+access_rule_list = ACCESS_RULES.list
+access_rule_get = ACCESS_RULES.get
+access_rule_create = ACCESS_RULES.create
+access_rule_update = ACCESS_RULES.update
+access_rule_delete = ACCESS_RULES.delete
 
 
 def access_rules_for(connection: Connection, access_types) -> list[AccessRequestRule]:
