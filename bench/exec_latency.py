@@ -556,8 +556,10 @@ def measure_cpu(
 ) -> dict:
     """daphne's CPU per exec, then a Celery worker's CPU per analysis, from /proc.
 
-    The queue is emptied first when the bench owns its Redis database, so the worker analyses only
-    this phase's sessions. A warm-up batch proves the worker is up and warms its imports. Worker CPU
+    The earlier phases' analysis requests (no worker ran for them) are dropped first, so the worker
+    analyses only this phase's sessions: the outbox's rows (the worker claims them there) and, when
+    the bench owns its Redis database, Celery's queue (where a worker of an older revision gets
+    them). A warm-up batch proves the worker is up and warms its imports. Worker CPU
     is counted from before the measured execs until their last analysis is stored, and divided by
     the number of analyses stored in that window (any backlog left in the queue counts on both
     sides). Idle polling while it waits is included: it is small, and a real worker pays it too.
@@ -565,7 +567,9 @@ def measure_cpu(
     if owns_redis:
         with redis.Redis.from_url(args.redis_url) as r:
             r.delete(*CELERY_KEYS)  # the earlier phases' tasks: no worker ran to take them
-    out: dict = {"n": args.cpu_n, "queue_emptied_first": owns_redis}
+    with psycopg.connect(**gateway_db, autocommit=True) as conn:
+        dropped = conn.execute("DELETE FROM records_outboxmessage WHERE kind = 'analysis'").rowcount
+    out: dict = {"n": args.cpu_n, "queue_emptied_first": owns_redis, "outbox_requests_dropped": dropped}
     with celery_worker(env, log_path) as worker:
         warm = asyncio.run(exec_series(url, token, 5))
         done = wait_for_analyses(gateway_db, warm, time.monotonic() + args.analysis_wait, worker)

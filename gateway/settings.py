@@ -289,11 +289,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # Fields named `status` and `kind` take several sets of values: these are named once each.
+    # Fields named `status` and `kind` take several sets of values, and the risk levels several names:
+    # these are named once each.
     "ENUM_NAME_OVERRIDES": {
         "EnvelopeStatusEnum": ["completed", "failed", "blocked", "pending_approval", "running"],
         "ContractStatusEnum": "gateway.models.ContractStatus",
         "ContractKindEnum": "gateway.models.ContractKind",
+        "RiskLevelEnum": ["low", "medium", "high", "critical"],
     },
 }
 
@@ -389,6 +391,14 @@ ANALYZER_MODEL = env_str("PORTCULLIS_ANALYZER_MODEL").strip()
 # Sent as a bearer token; PORTCULLIS_ANALYZER_KEY_FILE reads it from a file.
 ANALYZER_KEY = env_str("PORTCULLIS_ANALYZER_KEY").strip()
 ANALYZER_TIMEOUT_SECONDS = float(env_int("PORTCULLIS_ANALYZER_TIMEOUT_SECONDS", 20))
+# With a broker, the Celery worker claims finished sessions to analyse from the outbox in batches
+# (sessions/analysis_drain.py). A claimed batch is the worker's for this long (database clock): a
+# worker killed mid-batch leaves it to be claimed again once this lapses. After a wake-up the worker
+# waits this many milliseconds for more sessions to end, so that one claim takes several.
+ANALYSIS_LEASE_SECONDS = env_int("PORTCULLIS_ANALYSIS_LEASE_SECONDS", 120)
+ANALYSIS_BATCH_WAIT_MS = env_int("PORTCULLIS_ANALYSIS_BATCH_WAIT_MS", 50)
+# With an LLM analyzer, this many sessions of a batch are sent to it at once.
+ANALYSIS_LLM_CONCURRENCY = env_int("PORTCULLIS_ANALYSIS_LLM_CONCURRENCY", 4)
 # Analyses lost on the way (broker down, worker killed) are made by a periodic sweep instead.
 CELERY_BEAT_SCHEDULE["reviews-expire"] = {"task": "reviews.tasks.reviews_expire", "schedule": 30.0}
 

@@ -1,7 +1,7 @@
 """One list/get/create/update/delete service for every kind of rule record.
 
 Guardrail rules, masking rules and attributes (`governance.rules`), access request rules
-(`reviews.services`), runbook rules (`gateway.runbooks`) and webhook endpoints
+(`reviews.services.rules`), runbook rules (`gateway.runbooks`) and webhook endpoints
 (`sessions.webhooks`) are all named records of one org that admins change and admins (for most,
 auditors too) read. Each module declares its kind once, as a `RuleKind`: the model, what it is
 called, how its fields are checked and set, its dict, and what its audit events say. The services

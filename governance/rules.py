@@ -1,6 +1,8 @@
 """Rule services: attributes, guardrail rules and masking rules, for every surface.
 
-Reading rules is for admins and auditors; changing them is for admins. Every change is audited.
+Each is a kind of the one rule service (`governance.crud.RuleKind`): reading guardrail and masking
+rules is for admins and auditors, attributes for admins; changing them is for admins. Every change
+is audited and bumps the org's rules version.
 The pipeline reads the rules that bind a connection through `bound_rules` (cached per process by
 the org's rules version) and `masker_for`.
 """
@@ -15,7 +17,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Concat
 
@@ -28,18 +29,12 @@ from governance.crud import (
     connections_named,
     register,
     rule_bindings,
-    rule_changed,
-    save_unique,
-    set_bindings,
-)
-from governance.crud import (
-    page_of as page_of,  # reviews.services pages with it
 )
 from governance.errors import InvalidInput
 from governance.models import Attribute, GuardrailRule, MaskingRule
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR, Actor, require_role
 from sessions.analysis import analyze_input
-from sessions.audit import change_detail, snapshot
+from sessions.audit import snapshot
 
 # --- attributes --------------------------------------------------------------------------------
 
@@ -435,35 +430,3 @@ def masking_preview(
     except masking.MaskingError as exc:
         raise InvalidInput(f"masking failed: {exc}") from None
     return result
-
-
-# --- until access request rules are a RuleKind too ---------------------------------------------
-
-
-def save_with_bindings(rule, actor: Actor, fields: dict, what: str) -> list[str]:
-    """Save a rule, then set the bindings given (lists replace); returns the changed field names."""
-    changed = sorted(k for k in fields if k not in ("connections", "attributes"))
-    save_unique(rule, what)
-    set_bindings(rule, actor, fields)
-    changed += [k for k in ("connections", "attributes") if k in fields]
-    return changed
-
-
-def rule_update(model, what: str, action: str, apply, *, actor: Actor, ref: str, fields: dict):
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = by_ref(model.objects.select_for_update(), actor, ref, what, "change")
-        before = snapshot(rule)
-        apply(rule, actor, fields)
-        rule_changed(actor=actor, action=action, target=rule, detail=change_detail(before, snapshot(rule)))
-    return rule
-
-
-def rule_delete(model, what: str, action: str, *, actor: Actor, ref: str) -> str:
-    require_role(actor, ROLE_ADMIN)
-    with transaction.atomic():
-        rule = by_ref(model.objects.all(), actor, ref, what, "change")
-        name = rule.name
-        rule_changed(actor=actor, action=action, target=rule, detail={"before": snapshot(rule)})
-        rule.delete()
-    return name

@@ -11,6 +11,7 @@ from typing import Any
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict
 
+from gateway.shapes import Shape
 from governance.models import TokenCapability
 from governance.policy import ROLE_ANY, Actor, capability_allows, has_role
 
@@ -21,8 +22,9 @@ class Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Result(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Every tool's result model is an output shape (gateway/shapes.py): the entities' shapes are the REST
+# API's too, and the MCP-only results are declared on the same base (unknown keys refused).
+Result = Shape
 
 
 def shared(owner: str) -> ConfigDict:
@@ -37,9 +39,10 @@ SHARED_KEY = "x-shared"
 # name, and `default: null` is what "not required" already says.
 _NOISE = ("title", SHARED_KEY)
 # Output schemas say which fields come back and their types; what a field means is in the tool's
-# description or the owner tool's. String lengths are checked by the server and cost every agent
+# description or the owner tool's; a string's format (date-time, uuid: for the OpenAPI schema, see
+# gateway/shapes.py) is what its name says. String lengths are checked by the server and cost every agent
 # bytes in its context, so they are not listed (numeric bounds such as limit <= 100 are).
-_OUTPUT_NOISE = ("required", "description")
+_OUTPUT_NOISE = ("required", "description", "format")
 _INPUT_NOISE = ("minLength", "maxLength")
 # Bounds above this are sanity caps (an offset of 10000, a million rows, 64 MiB of output), checked by
 # the server; the bounds an agent works within (limit <= 100, timeout <= 300 s) are listed.

@@ -140,8 +140,8 @@ RISK_ORDER = {level: rank for rank, level in enumerate(RiskLevel.values)}
 
 
 class Analysis(models.Model):
-    """The risk analysis of one finished session: written once, by `sessions.services.analysis_run`
-    (from a Celery task after the session ends, or the sweep that catches lost tasks).
+    """The risk analysis of one finished session: written once, by `sessions.services.analyses_store`
+    (the worker's batches, sessions.analysis_drain) or `analysis_run` (embedded mode, the sweep).
 
     `analyzer` names what produced it ("builtin", "llm:<model>"); `fallback_reason` says why the
     built-in analyzer answered when an LLM analyzer is configured. `reasons` are short machine-readable

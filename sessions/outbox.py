@@ -6,11 +6,18 @@ commit, and a relay delivers it at least once, then deletes it.
             every few seconds, in every replica and in the Celery worker ──> relay_once()
 
 Kinds: `event` (the sinks and webhooks, sessions.delivery: delivered in the relay itself, with no
-broker in between), `analysis` (the Celery task `session_analyze`, or a thread in embedded mode)
-and `dispatch` (an open session to its agent queue). A message is claimed with `FOR UPDATE SKIP
-LOCKED` and deleted in the transaction that delivered it: relays in several processes never take
-the same row, and a relay that dies mid-delivery leaves it for the next one. A message that cannot
-be delivered (the broker is down) waits with a backoff and is retried; nothing is dropped.
+broker in between), `analysis` (a thread in embedded mode) and `dispatch` (an open session to its
+agent queue). A message is claimed with `FOR UPDATE SKIP LOCKED` and deleted in the transaction
+that delivered it: relays in several processes never take the same row, and a relay that dies
+mid-delivery leaves it for the next one. A message that cannot be delivered (the broker is down)
+waits with a backoff and is retried; nothing is dropped.
+
+A kind can instead be *worked* where its work runs (`work_in_worker`: analyses, by the Celery
+worker, sessions.analysis_drain): the relay leaves it alone, the insert wakes the worker with a
+PostgreSQL NOTIFY delivered on commit, and the worker `claim`s due rows in batches under a lease
+on the database clock (`available_at` moves past the lease), then deletes them in the transaction
+that stored their work. A worker killed mid-batch leaves its rows to be claimed again once the
+lease lapses.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, connections, transaction
+from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -35,6 +44,8 @@ BATCH = 100
 MAX_BACKOFF_SECONDS = 60.0
 
 _handlers: dict = {}
+# Kinds a worker claims itself: kind -> (the channel its insert NOTIFYs, whether that holds now).
+_worked: dict[str, tuple[str, Callable[[], bool]]] = {}
 
 
 def handler(kind: str):
@@ -47,14 +58,32 @@ def handler(kind: str):
     return register
 
 
+def work_in_worker(kind: str, channel: str, *, when: Callable[[], bool]) -> None:
+    """While `when()` holds, messages of `kind` are claimed by a worker (`claim`), not relayed:
+    their insert NOTIFYs `channel` (PostgreSQL) and kicks no relay. Registered once at start-up."""
+    _worked[kind] = (channel, when)
+
+
+def _worked_kinds() -> list[str]:
+    return [kind for kind, (_, when) in _worked.items() if when()]
+
+
 def outbox_put(kind: str, payload: dict) -> None:
-    """Write one message in the caller's transaction; the relay runs once it commits."""
-    if connection.vendor == "postgresql":  # every exec writes two: one statement, no ORM compile
+    """Write one message in the caller's transaction; the relay (or the worker that claims this
+    kind) runs once it commits."""
+    channel, when = _worked.get(kind, (None, None))
+    if when is not None and not when():
+        channel = None
+    if connection.vendor == "postgresql":  # every exec writes one or two: one statement, no ORM compile
         with connection.cursor() as cursor:
-            cursor.execute(_sql(_PUT_SQL), [kind, json.dumps(payload)])
+            if channel is None:
+                cursor.execute(_sql(_PUT_SQL), [kind, json.dumps(payload)])
+            else:  # the NOTIFY is delivered on commit, once per transaction and channel
+                cursor.execute(_sql(_PUT_NOTIFY_SQL), [kind, json.dumps(payload), channel])
     else:
         OutboxMessage.objects.create(kind=kind, payload=payload)
-    transaction.on_commit(kick)
+    if channel is None:
+        transaction.on_commit(kick)
 
 
 # The hot statements on PostgreSQL, written once (the ORM compiles each anew per call).
@@ -62,9 +91,20 @@ _PUT_SQL = (
     "INSERT INTO {table} (kind, payload, created_at, available_at, attempts, last_error) "
     "VALUES (%s, %s::jsonb, now(), now(), 0, '')"
 )
+_PUT_NOTIFY_SQL = (
+    "WITH put AS (INSERT INTO {table} (kind, payload, created_at, available_at, attempts, last_error) "
+    "VALUES (%s, %s::jsonb, now(), now(), 0, '') RETURNING 1) SELECT pg_notify(%s, '') FROM put"
+)
 _CLAIM_SQL = (
-    "SELECT id, kind, payload, attempts FROM {table} WHERE available_at <= now() "
+    "SELECT id, kind, payload, attempts FROM {table} WHERE available_at <= now() AND kind <> ALL(%s) "
     "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+# A worker's claim: the due rows of one kind, their `available_at` moved past the lease (on the
+# database clock) in the same statement, so no other claimer sees them until the lease lapses.
+_LEASE_SQL = (
+    "UPDATE {table} SET available_at = now() + make_interval(secs => %s), attempts = attempts + 1 "
+    "WHERE id IN (SELECT id FROM {table} WHERE kind = %s AND available_at <= now() "
+    "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, payload, attempts"
 )
 _DELETE_SQL = "DELETE FROM {table} WHERE id = ANY(%s)"
 
@@ -80,25 +120,65 @@ def _claim_due(limit: int) -> list[OutboxMessage]:
         return list(
             OutboxMessage.objects.select_for_update(skip_locked=True)
             .filter(available_at__lte=Now())
+            .exclude(kind__in=_worked_kinds())
             .order_by("id")[:limit]
         )
     with connection.cursor() as cursor:
-        cursor.execute(_sql(_CLAIM_SQL), [limit])
+        cursor.execute(_sql(_CLAIM_SQL), [_worked_kinds(), limit])
         rows = cursor.fetchall()
     return [
-        OutboxMessage(
-            id=pk, kind=kind, payload=json.loads(payload) if isinstance(payload, str) else payload, attempts=n
-        )
-        for pk, kind, payload, n in rows
+        OutboxMessage(id=pk, kind=kind, payload=_loaded(payload), attempts=n) for pk, kind, payload, n in rows
     ]
 
 
-def _delete(ids: list[int]) -> None:
+def _loaded(payload):
+    return json.loads(payload) if isinstance(payload, str) else payload
+
+
+def claim(kind: str, *, limit: int, lease_seconds: float) -> list[OutboxMessage]:
+    """A worker takes up to `limit` due messages of `kind` for `lease_seconds` (database clock),
+    committed at once: until the lease lapses nobody else takes them; if the worker dies, they are
+    due again then. The worker calls `delete` once their work is stored, `retry_later` if it
+    failed. Oldest first; `attempts` counts the claims."""
+    if connection.vendor == "postgresql":  # one statement: it commits itself
+        with connection.cursor() as cursor:
+            cursor.execute(_sql(_LEASE_SQL), [lease_seconds, kind, limit])
+            rows = sorted(cursor.fetchall())
+        return [
+            OutboxMessage(id=pk, kind=kind, payload=_loaded(payload), attempts=n) for pk, payload, n in rows
+        ]
+    with transaction.atomic():  # SQLite: one writer at a time, so the select and update cannot interleave
+        due = list(
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(kind=kind, available_at__lte=Now())
+            .order_by("id")[:limit]
+        )
+        OutboxMessage.objects.filter(pk__in=[m.pk for m in due]).update(
+            available_at=timezone.now() + timedelta(seconds=lease_seconds), attempts=F("attempts") + 1
+        )
+    for message in due:
+        message.attempts += 1
+    return due
+
+
+def delete(ids: list[int]) -> None:
+    """Remove delivered (or worked) messages, in the caller's transaction."""
+    if not ids:
+        return
     if connection.vendor != "postgresql":
         OutboxMessage.objects.filter(pk__in=ids).delete()
         return
     with connection.cursor() as cursor:
         cursor.execute(_sql(_DELETE_SQL), [ids])
+
+
+def retry_later(message: OutboxMessage, error: str) -> None:
+    """A claimed message whose work failed: due again after an exponential backoff (capped) instead
+    of when its lease lapses."""
+    delay = min(2.0 ** min(max(message.attempts - 1, 0), 6), MAX_BACKOFF_SECONDS)
+    OutboxMessage.objects.filter(pk=message.pk).update(
+        last_error=error[:500], available_at=timezone.now() + timedelta(seconds=delay)
+    )
 
 
 def backlog() -> dict:
@@ -130,7 +210,7 @@ def relay_once(limit: int = BATCH) -> int:
             else:
                 done.append(message.pk)
         if done:
-            _delete(done)
+            delete(done)
             delivered = len(done)
         for message, error in failed:
             delay = min(2.0 ** min(message.attempts, 6), MAX_BACKOFF_SECONDS)

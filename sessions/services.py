@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import re
 import threading
@@ -444,24 +445,22 @@ _analysis_pending = 0
 
 def analysis_enqueue(*, session_id) -> None:
     """Have the session analysed once the current transaction commits: an outbox row (the
-    lifecycle writes it where a session becomes final), delivered by the relay to the Celery task
-    `session_analyze` — or, in embedded mode, to a small background thread of this process, so
-    neither a slow LLM nor an analyzer bug can delay the exec that finished."""
+    lifecycle writes it where a session becomes final), claimed by the Celery worker
+    (sessions.analysis_drain) — or, in embedded mode, delivered by the relay to a small background
+    thread of this process, so neither a slow LLM nor an analyzer bug can delay the exec that
+    finished."""
 
     outbox_put("analysis", {"session_id": str(session_id)})
 
 
 @outbox.handler("analysis")
 def _analysis_start(payload: dict) -> None:
-    """The relay's delivery of an analysis request; raises (kept, retried) when the broker is away."""
-    session_id = payload["session_id"]
-    if settings.CELERY_TASK_ALWAYS_EAGER:
-        global _analysis_pending
-        with _analysis_pool_lock:
-            _analysis_pending += 1
-        _analysis_executor().submit(_analysis_in_background, session_id)
-    else:
-        session_analyze.apply_async(args=[session_id])
+    """The relay's delivery of an analysis request in embedded mode: a background thread. With a
+    broker the Celery worker claims these rows itself (sessions.analysis_drain); the relay skips them."""
+    global _analysis_pending
+    with _analysis_pool_lock:
+        _analysis_pending += 1
+    _analysis_executor().submit(_analysis_in_background, payload["session_id"])
 
 
 def _analysis_executor() -> ThreadPoolExecutor:
@@ -534,6 +533,114 @@ def analysis_run(*, session_id) -> Analysis | None:
     except IntegrityError:  # another worker stored it between our check and our insert
         analysis = Analysis.objects.get(session_id=session.pk)
     return analysis
+
+
+def analyses_make(*, session_ids: list[str]) -> tuple[list[Analysis], dict[str, str]]:
+    """Verdicts for a batch of finished sessions (the worker's drain), unsaved: (the new analyses,
+    {session id: error} for the sessions whose analyzer raised). Sessions that are gone, not
+    finished or already analysed get neither. One query loads the batch; the analyzer's own
+    queries run per session, outside any transaction (an LLM may take seconds: with one configured,
+    up to ANALYSIS_LLM_CONCURRENCY sessions are asked at once).
+
+    A system action (no actor), like `analysis_run`; `analyses_store` writes the result."""
+    sessions = [
+        s
+        for s in Session.objects.select_related("connection__org", "analysis")
+        .defer("result")
+        .filter(pk__in=session_ids)
+        if getattr(s, "analysis", None) is None and s.is_final
+    ]
+    failed: dict[str, str] = {}
+
+    def verdict(session: Session):
+        try:
+            return analyzer.analyze(session, mask=_input_masker(session))
+        except Exception as exc:  # one broken session must not cost the batch its analyses
+            logger.exception("analysis of session %s failed; it will be retried", session.pk)
+            failed[str(session.pk)] = f"{type(exc).__name__}: {exc}"
+            return None
+
+    if analyzer.llm_configured() and len(sessions) > 1:
+        verdicts = list(_llm_executor().map(verdict, sessions))
+    else:
+        verdicts = [verdict(session) for session in sessions]
+    made = [
+        Analysis(
+            session=session,
+            risk_level=v.risk_level,
+            title=v.title[:200],
+            explanation=v.explanation,
+            suggested_action=v.suggested_action,
+            analyzer=v.analyzer[:120],
+            fallback_reason=v.fallback_reason[:300],
+            reasons=v.reasons,
+        )
+        for session, v in zip(sessions, verdicts, strict=True)
+        if v is not None
+    ]
+    return made, failed
+
+
+_llm_pool: ThreadPoolExecutor | None = None
+
+
+def _llm_executor() -> ThreadPoolExecutor:
+    global _llm_pool
+    with _analysis_pool_lock:
+        if _llm_pool is None:
+            _llm_pool = ThreadPoolExecutor(
+                max_workers=settings.ANALYSIS_LLM_CONCURRENCY, thread_name_prefix="portcullis-llm"
+            )
+        return _llm_pool
+
+
+# PostgreSQL: a batch of analyses and the sessions' copies of their risk levels in one statement.
+# A session analysed meanwhile by someone else (the sweep) keeps that analysis (one per session).
+_STORE_SQL = (
+    "WITH new AS (INSERT INTO {analysis} (session_id, risk_level, title, explanation, suggested_action, "
+    "analyzer, fallback_reason, reasons, created_at) "
+    "SELECT a.*, now() FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::jsonb[]) AS a "
+    "ON CONFLICT (session_id) DO NOTHING RETURNING session_id, risk_level) "
+    "UPDATE {session} s SET risk_level = new.risk_level FROM new WHERE s.id = new.session_id RETURNING s.id"
+)
+
+
+def analyses_store(analyses: list[Analysis]) -> int:
+    """Store a batch of new analyses (from `analyses_make`) in the caller's transaction, skipping
+    sessions analysed meanwhile; waiters are woken on commit. Returns how many were stored."""
+    if not analyses:
+        return 0
+    db = connections["default"]
+    if db.vendor == "postgresql":
+        columns = [
+            [str(a.session_id) for a in analyses],
+            [a.risk_level for a in analyses],
+            [a.title for a in analyses],
+            [a.explanation for a in analyses],
+            [a.suggested_action for a in analyses],
+            [a.analyzer for a in analyses],
+            [a.fallback_reason for a in analyses],
+            [json.dumps(a.reasons) for a in analyses],
+        ]
+        sql = _STORE_SQL.format(
+            analysis=db.ops.quote_name(Analysis._meta.db_table),
+            session=db.ops.quote_name(Session._meta.db_table),
+        )
+        with db.cursor() as cursor:
+            cursor.execute(sql, columns)
+            stored = [row[0] for row in cursor.fetchall()]
+    else:
+        stored = []
+        for analysis in analyses:
+            try:
+                with transaction.atomic():
+                    analysis.save(force_insert=True)
+                stored.append(analysis.session_id)
+            except IntegrityError:
+                pass
+    transaction.on_commit(lambda: [notify_analysis_ready(pk) for pk in stored])
+    return len(stored)
 
 
 def analysis_get(*, actor: Actor, session_id) -> tuple[Session, Analysis | None]:

@@ -1,10 +1,13 @@
-"""Celery tasks of the session records: thin, by id, calling a service."""
+"""Celery tasks of the session records: thin, by id, calling a service; and the worker's analysis
+drain (a bootstep: a thread beside the pool, sessions.analysis_drain)."""
 
-from celery import shared_task
+from celery import bootsteps, shared_task
+from django.conf import settings
 
-from sessions import delivery, heads, outbox, services
+from gateway.celery import app
+from sessions import analysis_drain, delivery, heads, outbox, services
 from sessions.delivery import webhook_deliver_task as webhook_deliver  # noqa: F401  (defined beside its work)
-from sessions.services import session_analyze  # noqa: F401  (defined beside the service it runs)
+from sessions.services import session_analyze  # noqa: F401  (messages queued before the drain existed)
 
 
 @shared_task(name="sessions.tasks.sessions_sweep_orphans")
@@ -34,3 +37,32 @@ def audit_heads_publish() -> int:
     """Send every org's audit chain head out as an `audit.head` event (sinks and webhooks)."""
 
     return heads.audit_heads_publish()
+
+
+class AnalysisDrain(bootsteps.StartStopStep):
+    """A worker that consumes the default queue analyses finished sessions: it claims them from the
+    outbox in batches (sessions.analysis_drain) on a thread started once the pool is up. Agent
+    workers (`-Q agent.…`) do not."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.drainer: analysis_drain.Drainer | None = None
+
+    def start(self, parent):
+        selected = parent.app.amqp.queues.consume_from
+        if settings.CELERY_TASK_ALWAYS_EAGER or (
+            selected and settings.CELERY_TASK_DEFAULT_QUEUE not in selected
+        ):
+            return
+        self.drainer = analysis_drain.Drainer()
+        self.drainer.start()
+
+    def stop(self, parent):
+        if self.drainer is not None:
+            self.drainer.stop()
+            self.drainer = None
+
+
+app.steps["worker"].add(AnalysisDrain)

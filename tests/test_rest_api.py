@@ -11,9 +11,9 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from gateway.api.serializers import ConnectionOut
 from gateway.models import Connection
 from gateway.services import connection_create_headless
+from gateway.shapes import ConnectionOut
 from governance import access, rules
 from governance.services import token_issue
 from sessions.models import AuditEvent, Session
@@ -143,7 +143,7 @@ def test_rest_patch_of_runbooks_enabled_works_and_every_read_returns_it(cast, ap
     assert changed.status_code == 200, changed.content
     assert changed.json()["runbooks_enabled"] is True
     # The body holds exactly the fields the OpenAPI schema declares (the schema omitted this one).
-    assert set(changed.json()) == set(ConnectionOut().fields)
+    assert set(changed.json()) == set(ConnectionOut.model_fields)
     assert Connection.objects.get(name="rb-off").runbooks_enabled is True
     assert alice.get(f"{API}/connections/rb-off/").json()["runbooks_enabled"] is True
     listed = alice.get(f"{API}/connections/?search=rb-off").json()["items"]
@@ -371,6 +371,13 @@ def test_bad_input_is_a_clear_400_never_a_500(cast, api, shops):
         assert body["message"]
     unknown = error(cases[7][0], 400)
     assert unknown["fields"] == {"secret": "unknown field"}
+
+
+def test_a_body_above_the_upload_limit_is_a_413_never_a_500(cast, api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    big = {"connection_name": "shop", "input": "select 1 -- " + "x" * 2000}
+    refused = api["alice"].post(f"{API}/exec/explain/", big, format="json")
+    assert error(refused, 413)["code"] == "too_large"
 
 
 # --- exec, sessions, audit -----------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""The MCP tools and the REST API declare each entity twice (a pydantic model, a DRF serializer):
-this test makes the two declarations unable to drift silently (issue 19 item 4).
+"""The MCP tools and the REST API take each entity's input twice (a pydantic arguments model, a DRF
+input serializer) and answer with one output shape (gateway/shapes.py): this test makes the inputs
+unable to drift silently, and holds the outputs to one declaration (issue 19 item 4).
 
 For every MCP create/update tool with a REST twin, the argument model's fields must equal the REST
-input serializer's, and the MCP output model's fields the REST output serializer's, up to the
-deliberate differences listed below, each with its reason. A field added on one side only fails here
-until it is added on the other (or listed, with a reason)."""
+input serializer's, up to the deliberate differences listed below, each with its reason. A field
+added on one side only fails here until it is added on the other (or listed, with a reason). Each
+MCP output model with a REST twin must be that twin's shape itself, or a subclass adding no field
+(the MCP-only `shared` config); the pages differ on purpose, as listed."""
 
 from __future__ import annotations
 
@@ -13,14 +15,20 @@ from pydantic import BaseModel
 from rest_framework import serializers
 
 import mcpserver.tools  # noqa: F401  (registers every tool and config kind)
+from gateway import shapes
 from gateway.api import serializers as io
 from mcpserver.tools import (
     access_control,
     admin_ops,
+    analysis,
+    audit,
     connections,
+    execution,
+    identity,
     reviews,
     rules,
     runbooks,
+    sessions,
     upstream,
     users,
 )
@@ -35,14 +43,9 @@ PAIRS: list[tuple[type[BaseModel], type[serializers.Serializer], dict[str, str],
     # connections
     (connections.CreateArgs, io.ConnectionCreate, {}, {}),
     (connections.UpdateArgs, io.ConnectionUpdate, {}, {"connection_name": URL}),
-    (connections.ConnectionOut, io.ConnectionOut, {}, {}),
     (connections.ImportArgs, io.ConnectionImport, {}, {}),
-    (connections.ImportResult, io.ImportOut, {}, {}),
-    (connections.ImportRow, io.ImportRowOut, {}, {}),
     (access_control.SetArgs, io.AccessControlSet, {}, {"connection_name": URL}),
-    (access_control.AccessControlOut, io.AccessControlOut, {}, {}),
     # users and groups
-    (users.UserOut, io.UserOut, {}, {}),
     (users.GroupCreateArgs, io.GroupCreate, {}, {}),
     (
         users.GroupChanges,
@@ -52,7 +55,6 @@ PAIRS: list[tuple[type[BaseModel], type[serializers.Serializer], dict[str, str],
         {"add_members": "add", "remove_members": "remove"},
         {},
     ),
-    (users.GroupOut, io.GroupOut, {}, {}),
     # guardrails, masking, attributes
     (
         rules.GuardrailCreate,
@@ -67,26 +69,19 @@ PAIRS: list[tuple[type[BaseModel], type[serializers.Serializer], dict[str, str],
         {"input_conditions": "input", "output_conditions": "output"},
         {"rule_name": URL},
     ),
-    (rules.GuardrailOut, io.GuardrailOut, {}, {}),
     (rules.MaskingCreate, io.MaskingCreate, {}, {}),
     (rules.MaskingUpdate, io.MaskingUpdate, {}, {"rule_name": URL}),
-    (rules.MaskingOut, io.MaskingOut, {}, {}),
     (rules.AttributeCreate, io.AttributeCreate, {}, {}),
     (rules.AttributeChanges, io.AttributeUpdate, {}, {}),
-    (rules.AttributeOut, io.AttributeOut, {}, {}),
     # reviews and access requests
     (reviews.RuleCreate, io.AccessRuleCreate, {}, {}),
     (reviews.RuleUpdate, io.AccessRuleUpdate, {}, {"rule_name": URL}),
-    (reviews.RuleOut, io.AccessRuleOut, {}, {}),
     (reviews.SettingsArgs, io.ReviewSettingsIn, {}, {}),
-    (reviews.SettingsOut, io.ReviewSettingsOut, {}, {}),
     (reviews.AccessRequestArgs, io.AccessRequestIn, {}, {}),
     (reviews.UpdateArgs, io.ReviewDecide, {}, {"review_id": URL}),
-    (reviews.ReviewOut, io.ReviewWaited, {}, {}),
     # runbooks and runbook rules
     (runbooks.RuleCreate, io.RunbookRuleCreate, {}, {}),
     (runbooks.RuleUpdate, io.RunbookRuleUpdate, {}, {"rule_name": URL}),
-    (runbooks.RuleOut, io.RunbookRuleOut, {}, {}),
     (
         admin_ops.RunbookCreate,
         io.RunbookIn,
@@ -95,14 +90,74 @@ PAIRS: list[tuple[type[BaseModel], type[serializers.Serializer], dict[str, str],
         {},
     ),
     (admin_ops.RunbookChanges, io.RunbookPatch, {"parameter_specs": "parameters"}, {}),
-    (admin_ops.RunbookAdminOut, io.RunbookOut, {}, {}),
     # webhooks
     (admin_ops.WebhookCreate, io.WebhookIn, {}, {}),
     (admin_ops.WebhookChanges, io.WebhookPatch, {}, {}),
-    (admin_ops.WebhookOut, io.WebhookOut, {}, {}),
     # upstream MCP servers
     (upstream.CallArgs, io.UpstreamCallIn, {}, {"connection_name": URL}),
     (upstream.AcceptArgs, io.ContractsAcceptIn, {}, {"connection_name": URL}),
+]
+
+# MCP output model -> the shape REST answers with (the same model, or an MCP subclass adding no field).
+OUTPUTS: list[tuple[type[BaseModel], type[BaseModel]]] = [
+    (connections.ConnectionOut, shapes.ConnectionOut),
+    (connections.ImportResult, shapes.ImportOut),
+    (connections.TestResult, shapes.ConnectionTestOut),
+    (access_control.AccessControlOut, shapes.AccessControlOut),
+    (users.UserOut, shapes.UserOut),
+    (users.GroupOut, shapes.GroupOut),
+    (rules.GuardrailOut, shapes.GuardrailOut),
+    (rules.MaskingOut, shapes.MaskingOut),
+    (rules.AttributeOut, shapes.AttributeOut),
+    (reviews.RuleOut, shapes.AccessRuleOut),
+    (reviews.SettingsOut, shapes.ReviewSettingsOut),
+    (reviews.ReviewOut, shapes.ReviewOut),
+    (runbooks.RuleOut, shapes.RunbookRuleOut),
+    (admin_ops.RunbookAdminOut, shapes.RunbookOut),
+    (admin_ops.WebhookOut, shapes.WebhookOut),
+    (admin_ops.DeliveryOut, shapes.DeliveryOut),
+    (audit.AuditEventOut, shapes.AuditEventOut),
+    (sessions.SessionOut, shapes.SessionOut),
+    (sessions.StatsResult, shapes.StatsOut),
+    (analysis.AnalysisOut, shapes.AnalysisOut),
+    (execution.ExecEnvelope, shapes.ExecOut),
+    (execution.ExplainResult, shapes.ExplainOut),
+    (rules.GuardrailTestResult, shapes.GuardrailTestOut),
+    (rules.PreviewResult, shapes.MaskingPreviewOut),
+    (identity.ServerInfoResult, shapes.ServerInfoOut),
+    (identity.MeResult, shapes.MeOut),
+    (upstream.ToolsListResult, shapes.UpstreamToolsOut),
+    (upstream.ToolEnvelope, shapes.UpstreamCallOut),
+    (upstream.ContractsListResult, shapes.ContractsOut),
+    (runbooks.RunbookOut, shapes.RunbookBrief),
+]
+
+# Where the REST twin answers a larger shape than the MCP tool, on purpose: (MCP's, REST's, reason).
+REST_ANSWERS_MORE = [
+    (
+        shapes.RunbookBrief,
+        shapes.RunbookOut,
+        "runbooks_list trims a runbook to what running it needs (id, enabled, updated_at cost an agent's "
+        "context); GET runbooks/ answers it whole",
+    ),
+]
+
+# Fields an MCP output model adds to its shape on purpose, with the reason.
+MCP_ONLY = {
+    (identity.MeResult, "tools_a_higher_capability_adds"): "tools are an MCP notion; REST has endpoints",
+}
+
+# The pages: MCP pages by offset, REST by cursor (gateway/shapes.py, OffsetPage and CursorPage).
+OFFSET = "MCP pages by offset: an agent passes next_offset back"
+CURSOR = "REST pages by cursor: a client passes next_cursor back or follows next"
+PAGE_DIFFERENCES = {"has_next_page": OFFSET, "next_offset": OFFSET, "next_cursor": CURSOR, "next": CURSOR}
+PAGES: list[tuple[type[BaseModel], type[BaseModel]]] = [
+    (connections.ListResult, io.ConnectionPage),
+    (access_control.ListResult, io.AccessControlPage),
+    (users.UsersList, io.UserPage),
+    (users.GroupsList, io.GroupPage),
+    (reviews.ReviewList, io.ReviewPage),
+    (audit.AuditList, io.AuditEventPage),
 ]
 
 
@@ -131,9 +186,34 @@ def test_the_mcp_model_and_the_rest_serializer_name_the_same_fields(mcp, rest, r
     )
 
 
+@pytest.mark.parametrize(("mcp", "shape"), OUTPUTS, ids=[m.__qualname__ for m, _ in OUTPUTS])
+def test_the_mcp_output_model_is_the_shape_rest_answers_with(mcp, shape):
+    assert issubclass(mcp, shape), f"{mcp.__name__} (MCP) is not the shape {shape.__name__} (REST)"
+    added = set(mcp.model_fields) - set(shape.model_fields)
+    assert added == {f for m, f in MCP_ONLY if m is mcp}, "an MCP subclass of a shape adds no field unlisted"
+
+
+@pytest.mark.parametrize(("mcp", "rest"), PAGES, ids=[r.__name__ for _, r in PAGES])
+def test_an_mcp_page_and_a_rest_page_differ_only_in_how_they_page(mcp, rest):
+    (mcp_item,), (rest_item,) = (m.model_fields["items"].annotation.__args__ for m in (mcp, rest))
+    assert issubclass(mcp_item, rest_item), "the same records on both surfaces"
+    assert set(mcp.model_fields) ^ set(rest.model_fields) == set(PAGE_DIFFERENCES)
+
+
+@pytest.mark.parametrize(("mcp", "rest", "reason"), REST_ANSWERS_MORE)
+def test_a_larger_rest_answer_extends_the_mcp_shape(mcp, rest, reason):
+    assert issubclass(rest, mcp) and set(rest.model_fields) > set(mcp.model_fields), reason
+
+
+def test_sessions_get_with_content_adds_the_fields_of_the_content_shape():
+    """sessions_get(content=true) is REST's sessions/{id}/content/ folded into the record: the same names."""
+    assert set(sessions.CONTENT_FIELDS) <= set(shapes.ContentOut.model_fields)
+    assert set(sessions.CONTENT_FIELDS) <= set(sessions.SessionWithContent.model_fields)
+
+
 def test_every_config_kind_with_a_rest_twin_is_in_the_table():
     """A new kind of configuration record (config_update's `kind`) must get its pair above."""
-    paired = {m for m, _, _, _ in PAIRS}
+    paired = {m for m, _, _, _ in PAIRS} | {m for m, _ in OUTPUTS}
     outs = {kind.name: kind.out for kind in KINDS.values()}
     assert {name for name, out in outs.items() if out not in paired} == set(), outs
 

@@ -9,6 +9,7 @@ from governance.crud import RULE_KINDS
 from governance.errors import Conflict, NotFound, PolicyDenied
 from governance.models import Organization
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
+from reviews import services as reviews  # noqa: F401  (access request rules)
 from sessions import webhooks  # noqa: F401  (webhook endpoints)
 from sessions.models import AuditEvent
 
@@ -26,6 +27,11 @@ SAMPLES = {
         "enabled",
     ),
     "attribute": ({"connections": ["shop"]}, {"description": "cards"}, "description"),
+    "access_request_rule": (
+        {"access_type": "command", "connections": ["shop"], "reviewer_groups": ["engineering"]},
+        {"description": "writes"},
+        "description",
+    ),
     "runbook_rule": (
         {"groups": ["engineering"], "runbooks": ["*"], "connections": ["shop"]},
         {"runbooks": ["count"]},

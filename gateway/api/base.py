@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from pydantic import BaseModel
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.views import APIView
@@ -85,20 +86,6 @@ def page_body(request, items: list, total: int, offset: int) -> dict:
     return {"items": items, "total": total, "next_cursor": next_cursor, "next": next_url}
 
 
-def page_serializer(name: str, item):
-    """The OpenAPI shape of a page of `item`."""
-    return serializers.Serializer.__class__(
-        name,
-        (serializers.Serializer,),
-        {
-            "items": item(many=True),
-            "total": serializers.IntegerField(),
-            "next_cursor": serializers.CharField(allow_null=True),
-            "next": serializers.URLField(allow_null=True),
-        },
-    )
-
-
 # --- the base view -------------------------------------------------------------------------------
 
 _READS = ("GET", "HEAD", "OPTIONS")
@@ -126,3 +113,12 @@ class ServiceView(APIView):
 
     def query(self, serializer_class) -> dict:
         return parse(serializer_class, self.request.query_params.dict())
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        """Check a success body against the output shape the view documents (`answers`): the model
+        MCP answers with, so a key one surface returns and the other lacks fails here (a server
+        error), never silently. The body itself is the service's dict, unchanged."""
+        code, shape = getattr(getattr(self, request.method.lower(), None), "answers", (None, None))
+        if response.status_code == code and isinstance(shape, type) and issubclass(shape, BaseModel):
+            shape.model_validate(response.data)
+        return super().finalize_response(request, response, *args, **kwargs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -79,6 +80,8 @@ def exception_handler(exc, context):
         return Response(error_body("not_found", "not found"), status=404)
     if isinstance(exc, DjangoPermissionDenied):
         return Response(error_body("denied", "not allowed"), status=403)
+    if isinstance(exc, RequestDataTooBig):  # a body above DATA_UPLOAD_MAX_MEMORY_SIZE: the client's fault
+        return Response(error_body("too_large", "request body too large"), status=413)
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         message = "invalid input: " + "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])

@@ -9,7 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
-from gateway import pipeline, previews, reviewed, runbooks, upstream, upstream_hold, waits
+from gateway import pipeline, previews, reviewed, runbooks, shapes, upstream, upstream_hold, waits
 from gateway import services as connections
 from gateway.api import schema  # noqa: F401  (registers the OpenAPI extensions)
 from gateway.api import serializers as io
@@ -38,6 +38,18 @@ def _responses(ok, code: int = 200, errors=ERRORS) -> dict:
     return {code: ok, **errors}
 
 
+def answers(ok, code: int = 200, errors=ERRORS, **described):
+    """`extend_schema` whose success answer is `ok`: an output shape (gateway/shapes.py, the model
+    MCP answers with) or None. The view's body is checked against that same shape
+    (`ServiceView.finalize_response`), so the schema documents exactly what the view answers."""
+
+    def decorate(method):
+        method.answers = (code, ok)
+        return extend_schema(responses=_responses(ok, code, errors), **described)(method)
+
+    return decorate
+
+
 def _query_params(serializer) -> list:
     return [serializer]  # drf-spectacular expands a serializer into query parameters
 
@@ -55,15 +67,15 @@ def _listed(request, view: ServiceView, serializer, fetch, render) -> Response:
 
 
 class MeView(ServiceView):
-    @extend_schema(
-        responses=_responses(io.MeOut), summary="Who you are: user, groups, roles, token capability"
-    )
+    @answers(shapes.MeOut, summary="Who you are: user, groups, roles, token capability")
     def get(self, request):
         actor = self.actor
         return Response(
             {
                 "user_id": str(actor.user.pk),
                 "user_email": actor.user.email,
+                "user_name": actor.user.name,
+                "org_id": str(actor.user.org_id),
                 "org_name": actor.user.org.name,
                 "groups": sorted(actor.groups),
                 "is_admin": actor.is_admin,
@@ -85,9 +97,9 @@ def _options(data: dict) -> dict:
 class ConnectionListView(ServiceView):
     roles = {"POST": ROLE_ADMIN}
 
-    @extend_schema(
+    @answers(
+        io.ConnectionPage,
         parameters=_query_params(io.ConnectionQuery),
-        responses=_responses(io.ConnectionPage),
         summary="Connections you may see, by name",
     )
     def get(self, request):
@@ -99,9 +111,11 @@ class ConnectionListView(ServiceView):
             connections.connection_to_dict,
         )
 
-    @extend_schema(
+    @answers(
+        shapes.ConnectionOut,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.ConnectionCreate,
-        responses=_responses(io.ConnectionOut, 201, WRITE_ERRORS),
         summary="Create a connection (admin); secrets are write-only",
     )
     def post(self, request):
@@ -119,15 +133,16 @@ class ConnectionListView(ServiceView):
 class ConnectionDetailView(ServiceView):
     roles = {"PATCH": ROLE_ADMIN, "DELETE": ROLE_ADMIN}
 
-    @extend_schema(responses=_responses(io.ConnectionOut), summary="One connection (never a secret value)")
+    @answers(shapes.ConnectionOut, summary="One connection (never a secret value)")
     def get(self, request, name):
         return Response(
             connections.connection_to_dict(connections.connection_get(actor=self.actor, name=name))
         )
 
-    @extend_schema(
+    @answers(
+        shapes.ConnectionOut,
+        errors=WRITE_ERRORS,
         request=io.ConnectionUpdate,
-        responses=_responses(io.ConnectionOut, 200, WRITE_ERRORS),
         summary="Change a connection (admin); only the fields sent change",
     )
     def patch(self, request, name):
@@ -137,7 +152,7 @@ class ConnectionDetailView(ServiceView):
         )
         return Response(connections.connection_to_dict(connection))
 
-    @extend_schema(responses=_responses(None, 204), summary="Delete a connection (admin); its sessions stay")
+    @answers(None, code=204, summary="Delete a connection (admin); its sessions stay")
     def delete(self, request, name):
         connections.connection_delete(actor=self.actor, name=name)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -154,9 +169,9 @@ ACCESS_BEHAVIOUR = (
 class AccessControlListView(ServiceView):
     roles = {"*": ROLE_AUDITOR}
 
-    @extend_schema(
+    @answers(
+        io.AccessControlPage,
         parameters=_query_params(io.PageOnly),
-        responses=_responses(io.AccessControlPage),
         summary="Connections that have access groups (admins, auditors)",
         description=ACCESS_BEHAVIOUR,
     )
@@ -173,17 +188,15 @@ class AccessControlListView(ServiceView):
 class AccessControlView(ServiceView):
     roles = {"GET": ROLE_AUDITOR, "PUT": ROLE_ADMIN, "DELETE": ROLE_ADMIN}
 
-    @extend_schema(
-        responses=_responses(io.AccessControlOut),
-        summary="Which groups may use a connection",
-        description=ACCESS_BEHAVIOUR,
+    @answers(
+        shapes.AccessControlOut, summary="Which groups may use a connection", description=ACCESS_BEHAVIOUR
     )
     def get(self, request, name):
         return Response(access.access_control_get(actor=self.actor, connection_name=name))
 
-    @extend_schema(
+    @answers(
+        shapes.AccessControlOut,
         request=io.AccessControlSet,
-        responses=_responses(io.AccessControlOut),
         summary="Restrict a connection to these groups (admin)",
         description=ACCESS_BEHAVIOUR,
     )
@@ -193,8 +206,9 @@ class AccessControlView(ServiceView):
             access.access_control_set(actor=self.actor, connection_name=name, groups=data["groups"])
         )
 
-    @extend_schema(
-        responses=_responses(io.AccessControlOut, 200, WRITE_ERRORS),
+    @answers(
+        shapes.AccessControlOut,
+        errors=WRITE_ERRORS,
         summary="Open a connection to every member again (admin)",
         description=ACCESS_BEHAVIOUR,
     )
@@ -208,7 +222,7 @@ class AccessControlView(ServiceView):
 class UserListView(ServiceView):
     roles = {"POST": ROLE_ADMIN}
 
-    @extend_schema(parameters=_query_params(io.UserQuery), responses=_responses(io.UserPage), summary="Users")
+    @answers(io.UserPage, parameters=_query_params(io.UserQuery), summary="Users")
     def get(self, request):
         return _listed(
             request,
@@ -218,9 +232,11 @@ class UserListView(ServiceView):
             directory.user_to_dict,
         )
 
-    @extend_schema(
+    @answers(
+        shapes.UserOut,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.UserCreate,
-        responses=_responses(io.UserOut, 201, WRITE_ERRORS),
         summary="Create a user (admin); they log in through SSO or a password set by the CLI",
     )
     def post(self, request):
@@ -234,13 +250,14 @@ class UserListView(ServiceView):
 class UserDetailView(ServiceView):
     roles = {"PATCH": ROLE_ADMIN}
 
-    @extend_schema(responses=_responses(io.UserOut), summary="One user, by e-mail or id")
+    @answers(shapes.UserOut, summary="One user, by e-mail or id")
     def get(self, request, ref):
         return Response(directory.user_to_dict(directory.user_get(actor=self.actor, ref=ref)))
 
-    @extend_schema(
+    @answers(
+        shapes.UserOut,
+        errors=WRITE_ERRORS,
         request=io.UserUpdate,
-        responses=_responses(io.UserOut, 200, WRITE_ERRORS),
         summary="Change a user (admin): name, active, groups",
     )
     def patch(self, request, ref):
@@ -252,9 +269,7 @@ class UserDetailView(ServiceView):
 class GroupListView(ServiceView):
     roles = {"POST": ROLE_ADMIN}
 
-    @extend_schema(
-        parameters=_query_params(io.SearchQuery), responses=_responses(io.GroupPage), summary="Groups"
-    )
+    @answers(io.GroupPage, parameters=_query_params(io.SearchQuery), summary="Groups")
     def get(self, request):
         return _listed(
             request,
@@ -264,9 +279,11 @@ class GroupListView(ServiceView):
             directory.usergroup_to_dict,
         )
 
-    @extend_schema(
+    @answers(
+        shapes.GroupOut,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.GroupCreate,
-        responses=_responses(io.GroupOut, 201, WRITE_ERRORS),
         summary="Create a group (admin); binding it to connections is access control's job",
     )
     def post(self, request):
@@ -279,13 +296,14 @@ class GroupListView(ServiceView):
 class GroupDetailView(ServiceView):
     roles = {"PATCH": ROLE_ADMIN, "DELETE": ROLE_ADMIN}
 
-    @extend_schema(responses=_responses(io.GroupOut), summary="One group")
+    @answers(shapes.GroupOut, summary="One group")
     def get(self, request, name):
         return Response(directory.usergroup_to_dict(directory.usergroup_get(actor=self.actor, name=name)))
 
-    @extend_schema(
+    @answers(
+        shapes.GroupOut,
+        errors=WRITE_ERRORS,
         request=io.GroupUpdate,
-        responses=_responses(io.GroupOut, 200, WRITE_ERRORS),
         summary="Rename a group or change its members (admin)",
     )
     def patch(self, request, name):
@@ -300,8 +318,10 @@ class GroupDetailView(ServiceView):
         )
         return Response(directory.usergroup_to_dict(group))
 
-    @extend_schema(
-        responses=_responses(None, 204, WRITE_ERRORS),
+    @answers(
+        None,
+        code=204,
+        errors=WRITE_ERRORS,
         summary="Delete a group (admin); not the reserved ones, not a connection's only access group",
     )
     def delete(self, request, name):
@@ -318,7 +338,7 @@ def _rule_views(*, label: str, page, out, create, update, service: dict):
     class ListView(ServiceView):
         roles = {"GET": ROLE_AUDITOR, "POST": ROLE_ADMIN}
 
-        @extend_schema(parameters=_query_params(io.PageOnly), responses=_responses(page), summary=f"{label}s")
+        @answers(page, parameters=_query_params(io.PageOnly), summary=f"{label}s")
         def get(self, request):
             return _listed(
                 request,
@@ -328,9 +348,7 @@ def _rule_views(*, label: str, page, out, create, update, service: dict):
                 service["dict"],
             )
 
-        @extend_schema(
-            request=create, responses=_responses(out, 201, WRITE_ERRORS), summary=f"Create a {label} (admin)"
-        )
+        @answers(out, code=201, errors=WRITE_ERRORS, request=create, summary=f"Create a {label} (admin)")
         def post(self, request):
             data = dict(parse(create, request.data))
             rule = service["create"](actor=self.actor, **data)
@@ -339,21 +357,19 @@ def _rule_views(*, label: str, page, out, create, update, service: dict):
     class DetailView(ServiceView):
         roles = {"GET": ROLE_AUDITOR, "PATCH": ROLE_ADMIN, "DELETE": ROLE_ADMIN}
 
-        @extend_schema(responses=_responses(out), summary=f"One {label}, by name or id")
+        @answers(out, summary=f"One {label}, by name or id")
         def get(self, request, ref):
             return Response(service["dict"](service["get"](actor=self.actor, ref=ref)))
 
-        @extend_schema(
-            request=update,
-            responses=_responses(out, 200, WRITE_ERRORS),
-            summary=f"Change a {label} (admin); binding lists replace",
+        @answers(
+            out, 200, WRITE_ERRORS, request=update, summary=f"Change a {label} (admin); binding lists replace"
         )
         def patch(self, request, ref):
             data = dict(parse(update, request.data))
             rule = service["update"](actor=self.actor, ref=ref, **data)
             return Response(service["dict"](service["get"](actor=self.actor, ref=str(rule.pk))))
 
-        @extend_schema(responses=_responses(None, 204, WRITE_ERRORS), summary=f"Delete a {label} (admin)")
+        @answers(None, code=204, errors=WRITE_ERRORS, summary=f"Delete a {label} (admin)")
         def delete(self, request, ref):
             service["delete"](actor=self.actor, ref=ref)
             return Response(status=204)
@@ -367,7 +383,7 @@ def _rule_views(*, label: str, page, out, create, update, service: dict):
 GuardrailListView, GuardrailDetailView = _rule_views(
     label="guardrail rule",
     page=io.GuardrailPage,
-    out=io.GuardrailOut,
+    out=shapes.GuardrailOut,
     create=io.GuardrailCreate,
     update=io.GuardrailUpdate,
     service={
@@ -382,7 +398,7 @@ GuardrailListView, GuardrailDetailView = _rule_views(
 MaskingRuleListView, MaskingRuleDetailView = _rule_views(
     label="masking rule",
     page=io.MaskingPage,
-    out=io.MaskingOut,
+    out=shapes.MaskingOut,
     create=io.MaskingCreate,
     update=io.MaskingUpdate,
     service={
@@ -399,9 +415,7 @@ MaskingRuleListView, MaskingRuleDetailView = _rule_views(
 class AttributeListView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(
-        parameters=_query_params(io.PageOnly), responses=_responses(io.AttributePage), summary="Attributes"
-    )
+    @answers(io.AttributePage, parameters=_query_params(io.PageOnly), summary="Attributes")
     def get(self, request):
         return _listed(
             request,
@@ -411,9 +425,11 @@ class AttributeListView(ServiceView):
             rules.attribute_to_dict,
         )
 
-    @extend_schema(
+    @answers(
+        shapes.AttributeOut,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.AttributeCreate,
-        responses=_responses(io.AttributeOut, 201, WRITE_ERRORS),
         summary="Create an attribute (admin)",
     )
     def post(self, request):
@@ -427,13 +443,14 @@ class AttributeListView(ServiceView):
 class AttributeDetailView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(responses=_responses(io.AttributeOut), summary="One attribute")
+    @answers(shapes.AttributeOut, summary="One attribute")
     def get(self, request, name):
         return Response(rules.attribute_to_dict(rules.attribute_get(actor=self.actor, name=name)))
 
-    @extend_schema(
+    @answers(
+        shapes.AttributeOut,
+        errors=WRITE_ERRORS,
         request=io.AttributeUpdate,
-        responses=_responses(io.AttributeOut, 200, WRITE_ERRORS),
         summary="Change an attribute (admin); `connections` replaces the list",
     )
     def patch(self, request, name):
@@ -441,7 +458,7 @@ class AttributeDetailView(ServiceView):
         rules.attribute_update(actor=self.actor, name=name, **data)
         return Response(rules.attribute_to_dict(rules.attribute_get(actor=self.actor, name=name)))
 
-    @extend_schema(responses=_responses(None, 204, WRITE_ERRORS), summary="Delete an attribute (admin)")
+    @answers(None, code=204, errors=WRITE_ERRORS, summary="Delete an attribute (admin)")
     def delete(self, request, name):
         rules.attribute_delete(actor=self.actor, name=name)
         return Response(status=204)
@@ -451,9 +468,9 @@ class AttributeDetailView(ServiceView):
 
 
 class SessionListView(ServiceView):
-    @extend_schema(
+    @answers(
+        io.SessionPage,
         parameters=_query_params(io.SessionQuery),
-        responses=_responses(io.SessionPage),
         summary="Sessions: your own; the org's for admins and auditors; newest first",
     )
     def get(self, request):
@@ -467,9 +484,9 @@ class SessionListView(ServiceView):
 
 
 class SessionStatsView(ServiceView):
-    @extend_schema(
+    @answers(
+        shapes.StatsOut,
         parameters=_query_params(io.StatsQuery),
-        responses=_responses(io.StatsOut),
         summary="Count sessions grouped by user, connection, status, review_status, rule, attribute, time",
     )
     def get(self, request):
@@ -479,16 +496,16 @@ class SessionStatsView(ServiceView):
 
 
 class SessionDetailView(ServiceView):
-    @extend_schema(responses=_responses(io.SessionOut), summary="One session's record, without content")
+    @answers(shapes.SessionOut, summary="One session's record, without content")
     def get(self, request, session_id):
         session = records.session_get(actor=self.actor, session_id=session_id)
         return Response(records.session_to_dict(session, actor=self.actor))
 
 
 class SessionContentView(ServiceView):
-    @extend_schema(
+    @answers(
+        shapes.ContentOut,
         parameters=_query_params(io.ContentQuery),
-        responses=_responses(io.ContentOut),
         summary="A session's input and (masked) output, the output paged by bytes",
     )
     def get(self, request, session_id):
@@ -499,9 +516,7 @@ class SessionContentView(ServiceView):
 class SessionCancelView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}  # stopping one's own session changes no data
 
-    @extend_schema(
-        request=None, responses=_responses(io.SessionOut, 200, WRITE_ERRORS), summary="Cancel a session"
-    )
+    @answers(shapes.SessionOut, errors=WRITE_ERRORS, request=None, summary="Cancel a session")
     def post(self, request, session_id):
         session = pipeline.exec_cancel(actor=self.actor, session_id=session_id)
         session = records.session_get(actor=self.actor, session_id=session.pk)
@@ -511,9 +526,9 @@ class SessionCancelView(ServiceView):
 class AuditEventListView(ServiceView):
     roles = {"*": ROLE_AUDITOR}
 
-    @extend_schema(
+    @answers(
+        io.AuditEventPage,
         parameters=_query_params(io.AuditQuery),
-        responses=_responses(io.AuditEventPage),
         summary="The audit log, newest first (admins, auditors)",
     )
     def get(self, request):
@@ -542,9 +557,9 @@ class ExecView(ServiceView):
     # The pipeline applies a read-only token's ceiling itself (reads only, in a read-only transaction).
     capabilities = {"POST": TokenCapability.READ_ONLY}
 
-    @extend_schema(
+    @answers(
+        shapes.ExecOut,
         request=io.ExecIn,
-        responses=_responses(io.ExecOut),
         summary="Run SQL or a command through the gateway (the MCP exec envelope)",
         description="Branch on `status`: completed | failed | blocked | pending_approval | running (then poll "
         "GET /api/v1/sessions/{id}/). The same pipeline as MCP: access control, guardrails, review, masking, audit.",
@@ -571,9 +586,9 @@ def _idempotency_header(request) -> str | None:
 
 
 class ReviewListView(ServiceView):
-    @extend_schema(
+    @answers(
+        io.ReviewPage,
         parameters=_query_params(io.ReviewQuery),
-        responses=_responses(io.ReviewPage),
         summary="Reviews you may see: your requests, those your groups review (admins, auditors: all)",
     )
     def get(self, request):
@@ -587,14 +602,15 @@ class ReviewListView(ServiceView):
 
 
 class ReviewDetailView(ServiceView):
-    @extend_schema(responses=_responses(io.ReviewOut), summary="One review, by its id or its session's id")
+    @answers(shapes.ReviewOut, summary="One review, by its id or its session's id")
     def get(self, request, review_id):
         review = reviews.review_get(actor=self.actor, review_id=review_id)
         return Response(reviews.review_to_dict(review, actor=self.actor))
 
-    @extend_schema(
+    @answers(
+        shapes.ReviewOut,
+        errors=WRITE_ERRORS,
         request=io.ReviewDecide,
-        responses=_responses(io.ReviewOut, 200, WRITE_ERRORS),
         summary="Decide a review: APPROVED or REJECTED while pending, REVOKED once approved",
         description="Only eligible reviewers decide and nobody approves their own request (the reviews service).",
     )
@@ -608,9 +624,10 @@ class ReviewDetailView(ServiceView):
 class ReviewExecuteView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}  # the pipeline applies the token's ceiling
 
-    @extend_schema(
+    @answers(
+        shapes.ExecOut,
+        errors=WRITE_ERRORS,
         request=None,
-        responses=_responses(io.ExecOut, 200, WRITE_ERRORS),
         summary="Run exactly the input an approved one-time review approved, once (the requester)",
     )
     def post(self, request, review_id):
@@ -626,9 +643,10 @@ class ReviewExecuteView(ServiceView):
 class ConnectionImportView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(
+    @answers(
+        shapes.ImportOut,
+        errors=WRITE_ERRORS,
         request=io.ConnectionImport,
-        responses=_responses(io.ImportOut, 200, WRITE_ERRORS),
         summary="Create many connections from CSV or rows (admin); per-row results; dry_run creates nothing",
     )
     def post(self, request):
@@ -642,13 +660,14 @@ class ConnectionImportView(ServiceView):
 class ReviewSettingsView(ServiceView):
     roles = {"GET": ROLE_AUDITOR, "PATCH": ROLE_ADMIN}
 
-    @extend_schema(responses=_responses(io.ReviewSettingsOut), summary="The org's review settings")
+    @answers(shapes.ReviewSettingsOut, summary="The org's review settings")
     def get(self, request):
         return Response(reviews.review_settings_get(actor=self.actor))
 
-    @extend_schema(
+    @answers(
+        shapes.ReviewSettingsOut,
+        errors=WRITE_ERRORS,
         request=io.ReviewSettingsIn,
-        responses=_responses(io.ReviewSettingsOut, 200, WRITE_ERRORS),
         summary="Change the org's review settings (admin)",
     )
     def patch(self, request):
@@ -661,13 +680,15 @@ class ReviewSettingsView(ServiceView):
 class RunbookListView(ServiceView):
     roles = {"POST": ROLE_ADMIN}
 
-    @extend_schema(responses=_responses(io.RunbookOut(many=True)), summary="Runbooks you may run")
+    @answers(io.RunbookList, summary="Runbooks you may run")
     def get(self, request):
         return Response([runbooks.runbook_to_dict(r) for r in runbooks.runbook_list(actor=self.actor)])
 
-    @extend_schema(
+    @answers(
+        shapes.RunbookOut,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.RunbookIn,
-        responses=_responses(io.RunbookOut, 201, WRITE_ERRORS),
         summary="Add a runbook to a connection (admin)",
     )
     def post(self, request):
@@ -680,15 +701,13 @@ class RunbookListView(ServiceView):
 class RunbookDetailView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(responses=_responses(io.RunbookOut), summary="One runbook (admin; as config_get)")
+    @answers(shapes.RunbookOut, summary="One runbook (admin; as config_get)")
     def get(self, request, connection_name, name):
         runbook = runbooks.runbook_get(actor=self.actor, connection_name=connection_name, name=name)
         return Response(runbooks.runbook_to_dict(runbook))
 
-    @extend_schema(
-        request=io.RunbookPatch,
-        responses=_responses(io.RunbookOut, 200, WRITE_ERRORS),
-        summary="Change a runbook (admin)",
+    @answers(
+        shapes.RunbookOut, 200, WRITE_ERRORS, request=io.RunbookPatch, summary="Change a runbook (admin)"
     )
     def patch(self, request, connection_name, name):
         data = parse(io.RunbookPatch, request.data)
@@ -699,7 +718,7 @@ class RunbookDetailView(ServiceView):
         )
         return Response(runbooks.runbook_to_dict(runbook))
 
-    @extend_schema(responses=_responses(None, 204, WRITE_ERRORS), summary="Delete a runbook (admin)")
+    @answers(None, code=204, errors=WRITE_ERRORS, summary="Delete a runbook (admin)")
     def delete(self, request, connection_name, name):
         runbooks.runbook_delete(actor=self.actor, connection_name=connection_name, name=name)
         return Response(status=204)
@@ -708,11 +727,7 @@ class RunbookDetailView(ServiceView):
 class WebhookListView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(
-        parameters=_query_params(io.PageOnly),
-        responses=_responses(io.WebhookPage),
-        summary="Webhook endpoints",
-    )
+    @answers(io.WebhookPage, parameters=_query_params(io.PageOnly), summary="Webhook endpoints")
     def get(self, request):
         return _listed(
             request,
@@ -722,9 +737,11 @@ class WebhookListView(ServiceView):
             webhooks.webhook_endpoint_to_dict,
         )
 
-    @extend_schema(
+    @answers(
+        shapes.WebhookOut,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.WebhookIn,
-        responses=_responses(io.WebhookOut, 201, WRITE_ERRORS),
         summary="Add a webhook endpoint (admin); the secret is write-only",
     )
     def post(self, request):
@@ -736,7 +753,7 @@ class WebhookListView(ServiceView):
 class WebhookDetailView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(responses=_responses(io.WebhookOut), summary="One webhook endpoint (by id or name)")
+    @answers(shapes.WebhookOut, summary="One webhook endpoint (by id or name)")
     def get(self, request, ref):
         return Response(
             webhooks.webhook_endpoint_to_dict(
@@ -744,9 +761,10 @@ class WebhookDetailView(ServiceView):
             )
         )
 
-    @extend_schema(
+    @answers(
+        shapes.WebhookOut,
+        errors=WRITE_ERRORS,
         request=io.WebhookPatch,
-        responses=_responses(io.WebhookOut, 200, WRITE_ERRORS),
         summary="Change a webhook endpoint (admin); a secret given replaces the old one",
     )
     def patch(self, request, ref):
@@ -755,7 +773,7 @@ class WebhookDetailView(ServiceView):
         endpoint = webhooks.webhook_endpoint_update(actor=self.actor, endpoint_id=ref, secret=secret, **data)
         return Response(webhooks.webhook_endpoint_to_dict(endpoint))
 
-    @extend_schema(responses=_responses(None, 204, WRITE_ERRORS), summary="Delete a webhook endpoint (admin)")
+    @answers(None, code=204, errors=WRITE_ERRORS, summary="Delete a webhook endpoint (admin)")
     def delete(self, request, ref):
         webhooks.webhook_endpoint_delete(actor=self.actor, endpoint_id=ref)
         return Response(status=204)
@@ -764,7 +782,7 @@ class WebhookDetailView(ServiceView):
 AccessRuleListView, AccessRuleDetailView = _rule_views(
     label="access request rule",
     page=io.AccessRulePage,
-    out=io.AccessRuleOut,
+    out=shapes.AccessRuleOut,
     create=io.AccessRuleCreate,
     update=io.AccessRuleUpdate,
     service={
@@ -779,7 +797,7 @@ AccessRuleListView, AccessRuleDetailView = _rule_views(
 RunbookRuleListView, RunbookRuleDetailView = _rule_views(
     label="runbook rule",
     page=io.RunbookRulePage,
-    out=io.RunbookRuleOut,
+    out=shapes.RunbookRuleOut,
     create=io.RunbookRuleCreate,
     update=io.RunbookRuleUpdate,
     service={
@@ -796,9 +814,11 @@ RunbookRuleListView, RunbookRuleDetailView = _rule_views(
 class AccessRequestView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_WRITE}
 
-    @extend_schema(
+    @answers(
+        shapes.ReviewOut,
+        code=201,
+        errors=WRITE_ERRORS,
         request=io.AccessRequestIn,
-        responses=_responses(io.ReviewOut, 201, WRITE_ERRORS),
         summary="Ask for just-in-time access to a connection (a review; once approved, exec skips per-command review)",
     )
     def post(self, request):
@@ -812,40 +832,31 @@ class AccessRequestView(ServiceView):
         return Response(reviews.review_to_dict(review, actor=self.actor), status=201)
 
 
-class SchemaView(ServiceView):
-    """GET connections/{name}/databases|tables|columns/: each listing is a recorded session."""
+def _schema_view(what: str, shape):
+    """GET connections/{name}/<what>/: one listing of the schema, a recorded session."""
 
-    what = "databases"
+    class SchemaView(ServiceView):
+        @answers(shape, parameters=_query_params(io.SchemaQuery), summary=f"The {what} of a SQL connection")
+        def get(self, request, name):
+            query = self.query(io.SchemaQuery)
+            items = pipeline.schema_list(actor=self.actor, connection_name=name, what=what, **query)
+            return Response({"connection_name": name, "items": items})
 
-    @extend_schema(
-        parameters=_query_params(io.SchemaQuery),
-        responses=_responses(io.SchemaOut),
-        summary="Schema of a SQL connection, as JSON",
-    )
-    def get(self, request, name):
-        query = self.query(io.SchemaQuery)
-        items = pipeline.schema_list(actor=self.actor, connection_name=name, what=self.what, **query)
-        return Response({"connection_name": name, "items": items})
+    SchemaView.__name__ = SchemaView.__qualname__ = f"Schema{what.title()}View"
+    return SchemaView
 
 
-class SchemaDatabasesView(SchemaView):
-    what = "databases"
-
-
-class SchemaTablesView(SchemaView):
-    what = "tables"
-
-
-class SchemaColumnsView(SchemaView):
-    what = "columns"
+SchemaDatabasesView = _schema_view("databases", io.DatabasesOut)
+SchemaTablesView = _schema_view("tables", io.TablesOut)
+SchemaColumnsView = _schema_view("columns", io.ColumnsOut)
 
 
 class ExplainView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}  # a dry run changes nothing
 
-    @extend_schema(
+    @answers(
+        shapes.ExplainOut,
         request=io.ExplainIn,
-        responses=_responses(io.ExplainOut),
         summary="Dry run of exec: guardrails, read-only, masking, review; nothing runs",
     )
     def post(self, request):
@@ -854,9 +865,9 @@ class ExplainView(ServiceView):
 
 
 class SessionAnalysisView(ServiceView):
-    @extend_schema(
+    @answers(
+        shapes.AnalysisOut,
         parameters=_query_params(io.AnalysisQuery),
-        responses=_responses(io.AnalysisWaited),
         summary="A session's risk analysis, or status pending; timeout_seconds waits for it (as sessions_get_analysis)",
     )
     def get(self, request, session_id):
@@ -870,9 +881,9 @@ class GuardrailTestView(ServiceView):
     roles = {"*": ROLE_AUDITOR}
     capabilities = {"POST": TokenCapability.READ_ONLY}  # evaluates text; runs and changes nothing
 
-    @extend_schema(
+    @answers(
+        shapes.GuardrailTestOut,
         request=io.GuardrailTestIn,
-        responses=_responses(io.GuardrailTestOut),
         summary="Evaluate text against a rule or a connection's rules (as guardrails_test); nothing runs",
     )
     def post(self, request):
@@ -885,9 +896,9 @@ class MaskingPreviewView(ServiceView):
     roles = {"*": ROLE_AUDITOR}
     capabilities = {"POST": TokenCapability.READ_ONLY}
 
-    @extend_schema(
+    @answers(
+        shapes.MaskingPreviewOut,
         request=io.MaskingPreviewIn,
-        responses=_responses(io.MaskingPreviewOut),
         summary="Mask a sample with a rule or a draft spec (as datamasking_rules_preview); only masked data",
     )
     def post(self, request):
@@ -899,9 +910,9 @@ class MaskingPreviewView(ServiceView):
 class ConnectionTestView(ServiceView):
     capabilities = {"POST": TokenCapability.READ_ONLY}  # connects, runs nothing
 
-    @extend_schema(
+    @answers(
+        shapes.ConnectionTestOut,
         request=None,
-        responses=_responses(io.ConnectionTestOut),
         summary="Connect to the target and report its version; nothing runs; audited",
     )
     def post(self, request, name):
@@ -912,9 +923,9 @@ class RunbookRunView(ServiceView):
     # Like exec: the pipeline applies a read-only token's ceiling itself.
     capabilities = {"POST": TokenCapability.READ_ONLY}
 
-    @extend_schema(
+    @answers(
+        shapes.ExecOut,
         request=io.RunbookRunIn,
-        responses=_responses(io.ExecOut),
         summary="Run a runbook with typed parameters (as runbooks_run): the exec envelope",
     )
     def post(self, request, connection_name, name):
@@ -933,15 +944,15 @@ class RunbookRunView(ServiceView):
 
 
 class ServerInfoView(ServiceView):
-    @extend_schema(responses=_responses(io.ServerInfoOut), summary="Gateway facts (as serverinfo_get)")
+    @answers(shapes.ServerInfoOut, summary="Gateway facts (as serverinfo_get)")
     def get(self, request):
         return Response(connections.server_info(actor=self.actor))
 
 
 class SessionWaitView(ServiceView):
-    @extend_schema(
+    @answers(
+        shapes.ExecOut,
         parameters=_query_params(io.WaitQuery),
-        responses=_responses(io.ExecOut),
         summary="Wait until a session ends (as sessions_wait): the exec envelope, or timed_out=true",
     )
     def get(self, request, session_id):
@@ -952,9 +963,9 @@ class SessionWaitView(ServiceView):
 
 
 class ReviewWaitView(ServiceView):
-    @extend_schema(
+    @answers(
+        shapes.ReviewOut,
         parameters=_query_params(io.WaitQuery),
-        responses=_responses(io.ReviewWaited),
         summary="Wait until a review is decided (as reviews_wait), or timed_out=true",
     )
     def get(self, request, review_id):
@@ -970,9 +981,9 @@ class ReviewWaitView(ServiceView):
 class WebhookDeliveryListView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(
+    @answers(
+        io.DeliveryPage,
         parameters=_query_params(io.DeliveryQuery),
-        responses=_responses(io.DeliveryPage),
         summary="Deliveries of the org's webhooks, newest first (as webhooks_deliveries)",
     )
     def get(self, request):
@@ -993,9 +1004,10 @@ class WebhookDeliveryListView(ServiceView):
 class WebhookDeliveryRetryView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(
+    @answers(
+        io.RetryOut,
+        errors=WRITE_ERRORS,
         request=io.RetryIn,
-        responses=_responses(io.RetryOut, 200, WRITE_ERRORS),
         summary="Send failed or dead deliveries again (as webhooks_deliveries retry); others are ignored",
     )
     def post(self, request):
@@ -1011,8 +1023,9 @@ UPSTREAM_ERRORS = {**ERRORS, 502: OpenApiResponse(description="The upstream MCP 
 
 
 class UpstreamToolsView(ServiceView):
-    @extend_schema(
-        responses=_responses(io.UpstreamToolsOut, 200, UPSTREAM_ERRORS),
+    @answers(
+        shapes.UpstreamToolsOut,
+        errors=UPSTREAM_ERRORS,
         summary="Tools of an mcp connection you may call, with their pinned schemas (as upstream_tools_list)",
     )
     def get(self, request, name):
@@ -1021,9 +1034,10 @@ class UpstreamToolsView(ServiceView):
 
 
 class UpstreamCallView(ServiceView):
-    @extend_schema(
+    @answers(
+        shapes.UpstreamCallOut,
+        errors=UPSTREAM_ERRORS,
         request=io.UpstreamCallIn,
-        responses=_responses(io.UpstreamCallOut, 200, UPSTREAM_ERRORS),
         summary="Call a tool of an mcp connection through the gateway's policy (as upstream_call)",
         description="Tool policy, argument guardrails, the pinned contract, masking and audit apply; a session "
         "per call. A call that needs approval is held up to the connection's approval hold, then answers "
@@ -1044,9 +1058,9 @@ class UpstreamCallView(ServiceView):
 class UpstreamContractsView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(
+    @answers(
+        shapes.ContractsOut,
         parameters=_query_params(io.ContractQuery),
-        responses=_responses(io.ContractsOut),
         summary="Pinned contracts of an mcp connection, pinned vs observed (as upstream_contracts_list)",
     )
     def get(self, request, name):
@@ -1061,9 +1075,10 @@ class UpstreamContractsView(ServiceView):
 class UpstreamContractsAcceptView(ServiceView):
     roles = {"*": ROLE_ADMIN}
 
-    @extend_schema(
+    @answers(
+        shapes.ContractsOut,
+        errors=WRITE_ERRORS,
         request=io.ContractsAcceptIn,
-        responses=_responses(io.ContractsOut, 200, WRITE_ERRORS),
         summary="Accept the observed contract of changed or added upstream tools (as upstream_contracts_accept)",
     )
     def post(self, request, name):

@@ -31,6 +31,8 @@ def refuse_without_exec(connection: Connection) -> None:
 def limits_for(
     connection: Connection, max_rows: int | None = None, *, read_only: bool = False, rules=()
 ) -> Limits:
+    """The limits of one run on `connection`: its row, output and time limits (`max_rows` only
+    lowers the row limit), read-only when a rule asks, and the affected-rows ceiling of `rules`."""
     rows = connection.max_rows if max_rows is None else min(max_rows, connection.max_rows)
     ceiling = guardrails.affected_rows_ceiling(list(rules))  # issue 14: affected-rows ceiling
     return Limits(
@@ -66,6 +68,7 @@ def risk_of(connection: Connection, text: str):
 
 
 def connector_for(connection: Connection, limits: Limits):
+    """The connector of `connection` (its config and decrypted secrets) under `limits`."""
     return REGISTRY[connection.kind](connection.config, connection.get_secrets(), limits)
 
 

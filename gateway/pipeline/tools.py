@@ -52,6 +52,8 @@ def _tool_not_found(connection_name: str, tool: str) -> str:
 
 
 def upstream_connection(*, actor: Actor, connection_name: str) -> Connection:
+    """The mcp connection `actor` may call tools on; raises NotFound/PolicyDenied (audited) or
+    InvalidInput (not an mcp connection, or one on an agent queue)."""
     connection = authorize(actor=actor, connection_name=connection_name, mode="exec")
     if connection.kind != "mcp":
         raise InvalidInput(f'connection "{connection_name}" is not an mcp connection')
@@ -62,6 +64,7 @@ def upstream_connection(*, actor: Actor, connection_name: str) -> Connection:
 
 
 def canonical(value) -> str:
+    """The canonical JSON of `value` (sorted keys, no spaces): what is hashed, stored and compared."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from channels.db import database_sync_to_async as db
 from pydantic import Field
 
+from gateway import shapes
 from governance import access
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
@@ -17,14 +18,8 @@ BEHAVIOUR = (
 )
 
 
-class AccessControlOut(Result):
+class AccessControlOut(shapes.AccessControlOut):
     model_config = shared("access_control_list")
-
-    connection_name: str
-    connection_id: str
-    allowed_groups: list[str]
-    restricted: bool = Field(description="False: open to every member of the organization.")
-    note: str
 
 
 class ConnectionArgs(Args):

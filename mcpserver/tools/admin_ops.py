@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import Field
 
-from gateway import runbooks
+from gateway import runbooks, shapes
 from governance.policy import ROLE_ADMIN
 from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.rule_crud import Kind, register_kind
@@ -18,17 +18,8 @@ from sessions import webhooks
 Ref = Annotated[str, Field(min_length=1, max_length=63)]
 
 
-class RunbookAdminOut(Result):
+class RunbookAdminOut(shapes.RunbookOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    connection_name: str
-    description: str
-    parameters: list[dict[str, Any]]
-    template: str
-    enabled: bool
-    updated_at: str
 
 
 class RunbookCreate(Args):
@@ -118,18 +109,8 @@ register_kind(
 )
 
 
-class WebhookOut(Result):
+class WebhookOut(shapes.WebhookOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    url: str
-    event_types: list[str]
-    enabled: bool
-    allow_private_network: bool
-    has_secret: bool
-    created_at: str
-    updated_at: str
 
 
 class WebhookCreate(Args):
@@ -201,19 +182,7 @@ async def webhooks_create(actor, args: WebhookCreate, ctx) -> WebhookOut:
     return WebhookOut(**await run())
 
 
-class DeliveryOut(Result):
-    id: int
-    webhook_name: str
-    event_id: str
-    event_type: str
-    status: Literal["pending", "delivered", "failed", "dead"]
-    attempts: int
-    response_code: int | None
-    last_error: str
-    created_at: str
-    last_attempt_at: str | None
-    next_attempt_at: str
-    delivered_at: str | None
+DeliveryOut = shapes.DeliveryOut
 
 
 class DeliveriesArgs(Args):

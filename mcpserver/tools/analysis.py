@@ -3,32 +3,15 @@ it replaced sessions_wait_analysis, one tool less in every caller's tools/list).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AliasChoices, Field
 
-from gateway import waits
+from gateway import shapes, waits
 from gateway.waits import MAX_WAIT
-from mcpserver.registry import Args, Result, tool
+from mcpserver.registry import Args, tool
 
-
-class AnalysisOut(Result):
-    session_id: str
-    status: Literal["ready", "pending"] = Field(
-        description="pending until the analysis is stored (shortly after the session ends)."
-    )
-    risk_level: Literal["low", "medium", "high", "critical"] | None
-    title: str | None
-    explanation: str | None
-    suggested_action: str | None
-    analyzer: str | None = Field(description='"builtin" or "llm:<model>".')
-    fallback_reason: str | None = Field(
-        description="Why the built-in analyzer answered although an LLM analyzer is configured."
-    )
-    reasons: list[str] = Field(description='Machine-readable reasons, e.g. "ddl.drop", "write.no_where".')
-    created_at: str | None
-    timed_out: bool
-    waited_seconds: float
+AnalysisOut = shapes.AnalysisOut
 
 
 class AnalysisArgs(Args):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
+from gateway import shapes
 from governance.policy import ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, tool
 from sessions import services
@@ -25,19 +26,7 @@ class AuditArgs(Args):
     offset: Annotated[int, Field(ge=0, le=10_000)] = 0
 
 
-class AuditEventOut(Result):
-    id: int
-    created_at: str
-    actor_email: str
-    surface: str
-    client: str
-    action: str
-    target_type: str
-    target_id: str
-    target: str
-    outcome: str
-    detail: dict[str, Any]
-    hash: str
+AuditEventOut = shapes.AuditEventOut
 
 
 class AuditList(Result):

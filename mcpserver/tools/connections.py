@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
-from gateway import pipeline, services
+from gateway import pipeline, services, shapes
 from gateway.kinds import KIND_NAMES, settings_help
 from governance.errors import InvalidInput
 from governance.policy import ROLE_ADMIN
@@ -18,28 +18,8 @@ Kind = Literal[KIND_NAMES]  # type: ignore[valid-type]
 SETTINGS_HELP = "Secrets (*) are write-only. " + settings_help() + "."
 
 
-class ConnectionOut(Result):
+class ConnectionOut(shapes.ConnectionOut):
     model_config = shared("connections_get")
-
-    id: str
-    name: str
-    kind: str
-    description: str
-    config: dict[str, Any]
-    secret_keys: list[str] = Field(
-        description="Names of the secrets that are set; values are never returned."
-    )
-    access_groups: list[str]
-    attributes: list[str]
-    max_rows: int
-    max_output_bytes: int
-    timeout_seconds: int
-    exec_enabled: bool
-    schema_enabled: bool
-    runbooks_enabled: bool
-    agent_queue: str
-    created_at: str
-    updated_at: str
 
 
 class ListArgs(Args):
@@ -108,11 +88,7 @@ async def connections_get(actor, args: NameArgs, ctx) -> ConnectionOut:
     return ConnectionOut(**data)
 
 
-class TestResult(Result):
-    connection_name: str
-    ok: bool
-    message: str
-    latency_ms: int
+TestResult = shapes.ConnectionTestOut
 
 
 @tool(
@@ -236,19 +212,8 @@ class ImportArgs(Args):
     dry_run: bool = Field(False, description="Check only.")
 
 
-class ImportRow(Result):
-    row: int
-    name: str
-    status: Literal["created", "would_create", "error"]
-    error: str | None = None
-
-
-class ImportResult(Result):
-    rows: int
-    created: int
-    errors: int
-    dry_run: bool
-    results: list[ImportRow]
+ImportRow = shapes.ImportRowOut
+ImportResult = shapes.ImportOut
 
 
 @tool(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from channels.db import database_sync_to_async as db
 from django.conf import settings
-from pydantic import Field, WithJsonSchema
+from pydantic import Field
 
-from gateway import pipeline
+from gateway import pipeline, shapes
 from mcpserver.registry import Args, Result, shared, tool
 from sessions.services import session_get
 from sessions.wakeup import wait_for_final
@@ -36,37 +36,8 @@ class ExecArgs(Args):
     idempotency_key: str | None = idempotency_key_field("Retry with the same key: never runs twice.")
 
 
-# The rows' schema says "an array" and no more: a client validating structured content against the
-# output schema (the SDK client does) would otherwise walk every cell of a 100k-row result.
-ROWS_SCHEMA = {
-    "type": ["array", "null"],
-    "description": "Lists of cells, in column order.",
-}
-
-
-class ExecEnvelope(Result):
+class ExecEnvelope(shapes.ExecOut):
     model_config = shared("exec")
-
-    status: Literal["completed", "failed", "blocked", "pending_approval", "running"]
-    session_id: str
-    session_status: str
-    output: str | None = None
-    columns: list[str] | None = None
-    rows: Annotated[list[list[Any]] | None, WithJsonSchema(ROWS_SCHEMA)] = None
-    row_count: int | None = None
-    truncated: bool | None = None
-    exit_code: int | None = None
-    execution_time_ms: int | None = None
-    analysis: dict[str, Any] | None = None
-    masking: dict[str, int] | None = Field(
-        None, description="How many values of each entity type were masked."
-    )
-    rule: str | None = Field(None, description="The guardrail that blocked it (its name only).")
-    review_id: str | None = Field(None, description="With pending_approval: the review to wait for.")
-    review_url: str | None = Field(None, description="With pending_approval: the reviewers' web page.")
-    message: str | None = None
-    next_step: str | None = None
-    timed_out: bool | None = None
 
 
 TEXT_PREVIEW_BYTES = 64 * 1024
@@ -208,31 +179,12 @@ class ExplainArgs(Args):
     input: str = Field(min_length=1)
 
 
-class ExplainFinding(Result):
+class ExplainFinding(shapes.ExplainFinding):
     model_config = shared("exec_explain")  # guardrails_test's findings too
 
-    rule: str
-    direction: str
-    condition: str
-    statement: int | None
-    detail: str
 
-
-class ExplainResult(Result):
-    connection_name: str
-    would_run: bool
-    blocked_by: list[str] = Field(description="Names of the guardrails that would block it.")
-    findings: list[ExplainFinding] = Field(description="Details, for admins and auditors only.")
-    read_only: bool = Field(description="Whether it would run in a read-only transaction.")
-    max_affected_rows: int | None = Field(
-        None, description="A guardrail's ceiling on changed rows: more is rolled back and blocked."
-    )
-    guardrails_evaluated: list[str]
-    masking_rules: list[str]
-    unavailable_entities: list[str]
-    review_required: bool
-    review_rule: str | None = Field(None, description="The access request rule that asks for a review.")
-    risk: dict[str, Any] | None = Field(None, description="The built-in analyzer's verdict on this input.")
+class ExplainResult(shapes.ExplainOut):
+    findings: list[ExplainFinding]  # the shared record (described once, by exec_explain)
 
 
 @tool(

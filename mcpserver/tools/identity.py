@@ -8,29 +8,20 @@ from channels.db import database_sync_to_async as db
 from pydantic import Field
 
 from gateway import services as connections
+from gateway import shapes
 from governance.policy import CAPABILITIES, capability_explained
-from mcpserver.registry import TOOLS, Args, Result, tool, tool_allowed
+from mcpserver.registry import TOOLS, Args, tool, tool_allowed
 
 
 class NoArgs(Args):
     pass
 
 
-class MeResult(Result):
-    user_id: str
-    user_email: str
-    user_name: str
-    org_id: str
-    org_name: str
-    groups: list[str]
-    is_admin: bool
-    is_auditor: bool
-    capability: str = Field(description="The token's ceiling: read_only, read_write or admin.")
-    capability_explained: str = Field(description="What the capability does to your roles here.")
+class MeResult(shapes.MeOut):
+    # MCP only: what a stronger token would add, in tools (a notion REST does not have).
     tools_a_higher_capability_adds: dict[str, list[str]] = Field(
         description="Per stronger capability, the tools a token with it would add for you."
     )
-    client: str
 
 
 @tool(
@@ -71,21 +62,7 @@ def _tools_added(actor) -> dict[str, list[str]]:
     return added
 
 
-class ServerInfoResult(Result):
-    name: str
-    version: str
-    api_url: str
-    mcp_url: str
-    auth_methods: list[str]
-    connection_kinds: list[str]
-    command_connections_enabled: bool
-    exec_handoff_seconds: float
-    max_input_bytes: int
-    outbox_backlog: dict | None = Field(
-        None,
-        description="Admins: messages waiting to leave (events, analyses, agent dispatches) per kind, with the "
-        "age of the oldest in seconds. A growing backlog means the broker or a sink is down; nothing is lost.",
-    )
+ServerInfoResult = shapes.ServerInfoOut
 
 
 @tool(

@@ -3,13 +3,13 @@ and access_request_rules_create (the rest of that kind: config_*)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from gateway import reviewed, waits
+from gateway import reviewed, shapes, waits
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
 from mcpserver.registry import Args, Result, page, shared, tool
 from mcpserver.tools.execution import (
@@ -30,50 +30,11 @@ ReviewId = Annotated[
 ]
 
 
-class Decision(Result):
-    group: str
-    decision: str
-    reviewer_email: str
-    reason: str
-    forced: bool
-    decided_at: str
+Decision = shapes.ReviewDecision
 
 
-class ReviewOut(Result):
+class ReviewOut(shapes.ReviewOut):
     model_config = shared("reviews_get")
-
-    id: str
-    session_id: str | None
-    type: Literal["onetime", "jit"]
-    status: str = Field(description="PENDING, APPROVED, REJECTED, REVOKED, EXECUTED or EXPIRED.")
-    connection_name: str
-    requester_email: str
-    reason: str
-    access_request_rule_name: str | None
-    reviewer_groups: list[str]
-    force_approval_groups: list[str]
-    quorum: str
-    min_approvals: int | None
-    all_groups_must_approve: bool
-    decisions: list[Decision]
-    time_window: dict[str, str] | None
-    duration_seconds: int | None
-    access_until: str | None
-    expires_at: str
-    created_at: str
-    decided_at: str | None
-    executed_at: str | None
-    rejection_reason: str | None
-    review_url: str
-    you_can_decide: bool
-    you_can_revoke: bool
-    input: str | None = Field(
-        None, description="The exact input under review (requester, eligible reviewers, admins, auditors)."
-    )
-    input_sha256: str | None = None
-    risk: dict[str, Any] | None = Field(None, description="The built-in analyzer's verdict on the input.")
-    timed_out: bool | None = None
-    waited_seconds: float | None = None
 
 
 def _render(r: ReviewOut) -> str:
@@ -282,27 +243,8 @@ RULE_HELP = (
 )
 
 
-class RuleOut(Result):
+class RuleOut(shapes.AccessRuleOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    enabled: bool
-    access_type: Literal["command", "jit", "jit_command"]
-    approval_required_groups: list[str]
-    skip_review_groups: list[str]
-    reviewer_groups: list[str]
-    force_approval_groups: list[str]
-    all_groups_must_approve: bool
-    min_approvals: int | None
-    max_jit_duration_seconds: int | None
-    time_window: dict[str, str] | None
-    min_risk: str | None
-    connections: list[str]
-    attributes: list[str]
-    created_at: str
-    updated_at: str
 
 
 class TimeWindow(Args):
@@ -362,12 +304,8 @@ rule_tools(
 )
 
 
-class SettingsOut(Result):
+class SettingsOut(shapes.ReviewSettingsOut):
     model_config = shared("reviews_settings_get")
-
-    allow_self_approval: bool
-    mcp_decisions_enabled: bool
-    review_ttl_seconds: int
 
 
 class NoArgs(Args):

@@ -8,11 +8,11 @@ from typing import Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
-from gateway import previews
+from gateway import previews, shapes
 from gateway.kinds import SQL_DIALECTS
 from governance import rules
 from governance.policy import ROLE_ADMIN, ROLE_AUDITOR
-from mcpserver.registry import Args, Result, shared, tool
+from mcpserver.registry import Args, shared, tool
 from mcpserver.tools.execution import ExplainFinding
 from mcpserver.tools.rule_crud import (
     ATTRIBUTES_HELP,
@@ -35,20 +35,8 @@ CONDITIONS_HELP = (
 OUTPUT_CONDITIONS_HELP = "{deny_words, regex, secrets: true}"
 
 
-class GuardrailOut(Result):
+class GuardrailOut(shapes.GuardrailOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    message: str
-    enabled: bool
-    input: dict[str, Any]
-    output: dict[str, Any]
-    connections: list[str]
-    attributes: list[str]
-    created_at: str
-    updated_at: str
 
 
 class GuardrailFields(Args):
@@ -118,11 +106,8 @@ class GuardrailTestArgs(Args):
 Finding = ExplainFinding
 
 
-class GuardrailTestResult(Result):
-    blocked: bool
-    rules_evaluated: list[str]
-    findings: list[Finding]
-    read_only: bool
+class GuardrailTestResult(shapes.GuardrailTestOut):
+    findings: list[Finding]  # the shared record (described once, by exec_explain)
 
 
 @tool(
@@ -158,18 +143,8 @@ SPEC_HELP = (
 )
 
 
-class MaskingOut(Result):
+class MaskingOut(shapes.MaskingOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    enabled: bool
-    spec: dict[str, Any]
-    connections: list[str]
-    attributes: list[str]
-    created_at: str
-    updated_at: str
 
 
 class MaskingFields(Args):
@@ -226,12 +201,7 @@ class PreviewArgs(Args):
     input: str | None = Field(None, description="...query (run through exec).")
 
 
-class PreviewResult(Result):
-    text: str | None = None
-    columns: list[str] | None = None
-    rows: list[list[Any]] | None = None
-    counts: dict[str, int]
-    unavailable_entities: list[str]
+PreviewResult = shapes.MaskingPreviewOut
 
 
 @tool(
@@ -262,14 +232,8 @@ async def datamasking_rules_preview(actor, args: PreviewArgs, ctx) -> PreviewRes
 # --- attributes --------------------------------------------------------------------------------
 
 
-class AttributeOut(Result):
+class AttributeOut(shapes.AttributeOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    connections: list[str]
-    created_at: str
 
 
 class AttributeCreate(Args):

@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async as db
 from django.conf import settings
 from pydantic import AliasChoices, Field
 
-from gateway import runbooks
+from gateway import runbooks, shapes
 from mcpserver.registry import Args, Result, shared, tool
 from mcpserver.tools.execution import (
     MAX_WAIT,
@@ -21,15 +21,7 @@ from mcpserver.tools.execution import (
 )
 from mcpserver.tools.rule_crud import Names, RuleRef, RuleServices, rule_tools
 
-
-class RunbookOut(Result):
-    name: str
-    connection_name: str
-    description: str
-    parameters: list[dict[str, Any]] = Field(
-        description="Each: name, type (string|integer|number|boolean|enum|identifier), required, default, choices, allowed (identifier name globs), ..."
-    )
-    template: str
+RunbookOut = shapes.RunbookBrief
 
 
 class RunbookList(Result):
@@ -102,19 +94,8 @@ async def runbooks_run(actor, args: RunArgs, ctx) -> ExecEnvelope:
 # --- runbook rules ---------------------------------------------------------------------------------
 
 
-class RuleOut(Result):
+class RuleOut(shapes.RunbookRuleOut):
     model_config = shared("config_get")
-
-    id: str
-    name: str
-    description: str
-    enabled: bool
-    groups: list[str]
-    runbooks: list[str]
-    connections: list[str]
-    attributes: list[str]
-    created_at: str
-    updated_at: str
 
 
 GroupNames = list[Annotated[str, Field(min_length=1, max_length=100)]]

@@ -3,12 +3,10 @@ each call a recorded session)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from channels.db import database_sync_to_async as db
 from pydantic import Field
 
-from gateway import pipeline
+from gateway import pipeline, shapes
 from mcpserver.registry import Args, Result, tool
 
 
@@ -32,22 +30,11 @@ class ColumnsArgs(DatabasesArgs):
     )
 
 
-class DatabaseItem(Result):
-    name: str
+DatabaseItem = shapes.DatabaseItem
 
+TableItem = shapes.TableItem
 
-class TableItem(Result):
-    schema_: str | None = Field(None, alias="schema")
-    name: str
-    type: str
-
-
-class ColumnItem(Result):
-    name: str
-    type: str | None
-    nullable: bool
-    default: Any = None
-    position: int
+ColumnItem = shapes.ColumnItem
 
 
 class DatabasesResult(Result):

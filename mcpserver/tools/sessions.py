@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field, model_serializer
 
+from gateway import shapes
 from mcpserver.registry import Args, Result, page, shared, tool
 from sessions import services
 
@@ -18,40 +19,8 @@ ReviewStatus = Literal["PENDING", "APPROVED", "REJECTED", "REVOKED", "EXECUTED",
 Risk = Literal["low", "medium", "high", "critical"]
 
 
-class SessionOut(Result):
+class SessionOut(shapes.SessionOut):
     model_config = shared("sessions_get")
-
-    input_preview: str | None = Field(
-        description="The input's shape: literals and long numbers as ?, secrets never (owner, admins, auditors)."
-    )
-    review_status: str | None = Field(description="Of its review, if it went through one.")
-    review_id: str | None
-    risk_level: str | None
-
-    guardrails: list[str] = Field(description="Guardrails that blocked it or withheld its result.")
-    guardrail_findings: list[dict[str, Any]] = Field(
-        description="Which rule, which statement (admins, auditors)."
-    )
-    masking: dict[str, int] = Field(description="Values masked per entity type.")
-    id: str
-    connection: str
-    connection_kind: str
-    user_email: str
-    surface: str
-    client: str
-    verb: str
-    status: str
-    exit_code: int | None
-    row_count: int | None
-    truncated: bool
-    input_bytes: int
-    input_sha256: str
-    error: str
-    metadata: dict[str, Any]
-    created_at: str
-    started_at: str | None
-    ended_at: str | None
-    execution_time_ms: int | None
 
 
 class ListArgs(Args):
@@ -145,11 +114,7 @@ class GetArgs(Args):
     max_bytes: Annotated[int, Field(ge=1, le=1024 * 1024)] = 64 * 1024
 
 
-class TimelineEvent(Result):
-    event: str
-    at: str
-    detail: str
-
+TimelineEvent = shapes.TimelineEvent
 
 # The fields `content: true` adds; absent otherwise.
 CONTENT_FIELDS = (
@@ -240,12 +205,7 @@ class StatsArgs(Args):
     user_email: str | None = Field(None, max_length=254)
 
 
-class StatsResult(Result):
-    group_by: list[str]
-    start_date: str = Field(description="The range counted: from (inclusive) ...")
-    end_date: str = Field(description="... to (exclusive).")
-    total: int
-    groups: list[dict[str, Any]] = Field(description="One object per group: the group values and `count`.")
+StatsResult = shapes.StatsOut
 
 
 @tool(

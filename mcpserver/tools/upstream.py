@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from channels.db import database_sync_to_async as db
 from pydantic import Field
 
-from gateway import pipeline, upstream, upstream_hold
+from gateway import pipeline, shapes, upstream, upstream_hold
 from governance.policy import ROLE_ADMIN
-from mcpserver.registry import Args, Result, shared, tool
+from mcpserver.registry import Args, shared, tool
 from mcpserver.tools.execution import idempotency_key_field
 
 
@@ -17,20 +17,9 @@ class ConnectionArgs(Args):
     connection_name: str = Field(min_length=1, max_length=63, description="An mcp connection.")
 
 
-class UpstreamToolOut(Result):
-    name: str
-    title: str | None = None
-    description: str | None = None
-    input_schema: dict[str, Any]
-    output_schema: dict[str, Any] | None = None
-    annotations: dict[str, Any] | None = None
-    requires_approval: bool
+UpstreamToolOut = shapes.UpstreamToolOut
 
-
-class ToolsListResult(Result):
-    connection_name: str
-    items: list[UpstreamToolOut]
-    total: int
+ToolsListResult = shapes.UpstreamToolsOut
 
 
 def _render_tools(r: ToolsListResult) -> str:
@@ -60,23 +49,7 @@ class CallArgs(ConnectionArgs):
     idempotency_key: str | None = idempotency_key_field()
 
 
-class ToolEnvelope(Result):
-    status: Literal["completed", "failed", "blocked", "pending_approval", "running"]
-    session_id: str
-    session_status: str
-    connection_name: str
-    tool: str
-    content: list[dict[str, Any]] = Field(description="The upstream's content blocks, masked.")
-    structured_content: Any = Field(None, description="The upstream's structured content, masked.")
-    is_error: bool
-    message: str | None = None
-    execution_time_ms: int | None = None
-    masking: dict[str, int] | None = Field(
-        None, description="How many values of each entity type were masked."
-    )
-    rule: str | None = Field(None, description="The guardrail that blocked it (its name only).")
-    review_id: str | None = Field(None, description="With pending_approval: the review to wait for.")
-    review_url: str | None = Field(None, description="With pending_approval: the reviewers' web page.")
+ToolEnvelope = shapes.UpstreamCallOut
 
 
 def _render_envelope(r: ToolEnvelope) -> str:
@@ -120,27 +93,11 @@ class ContractsListArgs(ConnectionArgs):
     kind: ContractKind | None = None
 
 
-class ContractOut(Result):
-    connection_name: str
-    kind: str
-    tool: str
-    status: str
-    pinned_sha256: str | None
-    observed_sha256: str
-    pinned: dict[str, Any] | None = Field(
-        description="The accepted contract (null for a tool never accepted)."
-    )
-    observed: dict[str, Any] = Field(description="What the upstream showed last.")
-    first_seen_at: str
-    last_seen_at: str
-    accepted_at: str | None
+ContractOut = shapes.ContractOut
 
 
-class ContractsListResult(Result):
+class ContractsListResult(shapes.ContractsOut):
     model_config = shared("upstream_contracts_list")
-
-    items: list[ContractOut]
-    total: int
 
 
 @tool(

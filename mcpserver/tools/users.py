@@ -9,6 +9,7 @@ from typing import Annotated
 from channels.db import database_sync_to_async as db
 from pydantic import AliasChoices, Field
 
+from gateway import shapes
 from governance import services
 from governance.policy import ROLE_ADMIN
 from mcpserver.registry import Args, Result, page, shared, tool
@@ -19,15 +20,7 @@ Offset = Annotated[int, Field(ge=0, le=10_000)]
 Email = Annotated[str, Field(min_length=3, max_length=254)]
 
 
-class UserOut(Result):
-    id: str
-    email: str
-    name: str
-    status: str
-    groups: list[str]
-    is_admin: bool
-    is_auditor: bool
-    date_joined: str
+UserOut = shapes.UserOut
 
 
 class UsersListArgs(Args):
@@ -82,15 +75,8 @@ async def users_list(actor, args: UsersListArgs, ctx) -> UsersList:
     return UsersList(**page(items, total, args.offset))
 
 
-class GroupOut(Result):
+class GroupOut(shapes.GroupOut):
     model_config = shared("usergroups_list")
-
-    id: str
-    name: str
-    reserved: bool
-    members: list[str]
-    connections: list[str] = Field(description="Connections this group may use (access control).")
-    created_at: str
 
 
 class GroupsListArgs(Args):

@@ -282,6 +282,33 @@ def check_invariants(sc: Scenario, *, probe: bool = True) -> None:
         if probe_session and any(str(s["id"]) == probe_session for s, _ in missing):
             problems.append("the worker did not deliver the probe's events: it is not processing")
 
+    # Analyses: every session that ended has its analysis (the worker claims them from the outbox;
+    # a worker killed mid-batch leaves them to be claimed again when the lease lapses).
+    def unanalysed():
+        rows = h.gateway_rows(
+            "select s.id from records_session s left join records_analysis a on a.session_id = s.id "
+            "where s.created_at >= %s and s.status = any(%s) and a.id is null",
+            (sc.since, list(FINAL)),
+        )
+        return [str(row[0]) for row in rows]
+
+    try:
+        wait_for(
+            lambda: not unanalysed(),
+            timeout=h.analysis_lease_seconds + 60,
+            what="every analysis",
+            interval=0.5,
+        )
+    except TimeoutError:
+        missing = unanalysed()
+        backlog = h.gateway_rows(
+            "select count(*), max(attempts) from records_outboxmessage where kind = 'analysis'"
+        )
+        problems.append(
+            f"LOST analyses: {len(missing)} ended session(s) without one {h.analysis_lease_seconds + 60}s later, "
+            f"e.g. {missing[:3]}; analysis requests in the outbox (count, most claims): {backlog[0]}"
+        )
+
     # At least once, with stable ids: a transition delivered twice is the same event (same id).
     ids: dict[tuple, set] = {}
     ours = {str(s["id"]) for s in sessions}

@@ -515,6 +515,7 @@ class Harness:
     tokens: dict = field(init=False, default_factory=dict)
     runner_stale_seconds: int = 10
     agent_expiry_seconds: int = 8
+    analysis_lease_seconds: int = 10
 
     def __post_init__(self):
         self.pg = PrivatePostgres(self.base / "pg", free_port())
@@ -559,6 +560,8 @@ class Harness:
             PORTCULLIS_SESSION_LEASE_SECONDS=str(self.runner_stale_seconds),
             PORTCULLIS_SESSION_DISPATCH_LEASE_SECONDS="5",
             PORTCULLIS_SWEEP_SECONDS="2",
+            # A worker killed mid-batch: its analysis requests are claimed again this soon.
+            PORTCULLIS_ANALYSIS_LEASE_SECONDS=str(self.analysis_lease_seconds),
             PORTCULLIS_AGENT_QUEUE_EXPIRY_SECONDS=str(self.agent_expiry_seconds),
             PORTCULLIS_LOG_LEVEL="INFO",
             # The suite's agents are not what the rate limits are for.

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 
+import psycopg
 import pytest
 
 from tests.faults.checks import (
@@ -199,6 +200,46 @@ def test_events_survive_a_worker_killed_with_prefetched_tasks(h, scenario):
     h.worker.kill9()
     h.worker.start()
     check_invariants(scenario)
+
+
+def test_analyses_survive_a_worker_killed_mid_batch(h, scenario):
+    """The worker has claimed a batch of analysis requests and is storing it when it is killed: the
+    requests are claimed again once their lease lapses and every session gets its analysis once.
+    Mid-batch is made deterministic with a lock: an uncommitted analysis row of the session's own
+    (the unique session_id) holds the worker's store until the kill."""
+    bob = scenario.agent("bob")
+    answer = bob.call("exec", {"connection_name": "target", "input": statement(new_marker("mid"), sleep=7)})
+    assert answer.ok and answer.data["status"] == "running", answer
+    session_id = answer.data["session_id"]
+    with psycopg.connect(h.pg.dsn("portcullis")) as blocker:  # a transaction held open
+        blocker.execute(
+            "insert into records_analysis (session_id, risk_level, title, explanation, suggested_action, "
+            "analyzer, fallback_reason, reasons, created_at) values (%s, 'low', 'held', '', '', 'test', '', "
+            "'[]', now())",
+            (session_id,),
+        )
+        claimed = (
+            "select count(*) from records_outboxmessage where kind = 'analysis' and attempts >= 1 "
+            "and payload->>'session_id' = %s"
+        )
+        wait_for(lambda: h.gateway_rows(claimed, (session_id,))[0][0] == 1, timeout=60, what="the claim")
+        wait_for(
+            lambda: (
+                h.gateway_rows(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                    "and query like '%%records_analysis%%'"
+                )[0][0]
+                >= 1
+            ),
+            timeout=30,
+            what="the worker's store to wait on the held row",
+        )
+        h.worker.kill9()
+        blocker.rollback()
+    h.worker.start()
+    check_invariants(scenario)
+    rows = h.gateway_rows("select analyzer from records_analysis where session_id = %s", (session_id,))
+    assert rows == [("builtin",)], rows
 
 
 def test_redis_down_for_20_seconds_under_traffic(h, scenario):
