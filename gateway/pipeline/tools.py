@@ -247,6 +247,8 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
         session.guardrail_findings = [f.as_dict() for f in findings]
     else:
         status = SessionStatus.PENDING_REVIEW if reviewer_groups else SessionStatus.OPEN
+        if status == SessionStatus.OPEN and runner.has_idle_worker():  # starts at once: one commit
+            status = SessionStatus.RUNNING
     key, request = idem
     with transaction.atomic():
         if status == SessionStatus.PENDING_REVIEW:
@@ -263,8 +265,15 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
             action="tool.request",
             outcome=outcome,
             # An upstream call cannot be resumed by another process (its exact arguments live only in
-            # this request): the lease lets the sweep end it if this process dies before it ran.
-            lease=float(settings.SESSION_DISPATCH_LEASE_SECONDS) if status == SessionStatus.OPEN else None,
+            # this request): the lease lets the sweep end it if this process dies before it ran, or
+            # (recorded running for this runner) while it runs.
+            lease=(
+                float(settings.SESSION_DISPATCH_LEASE_SECONDS)
+                if status == SessionStatus.OPEN
+                else lifecycle.lease_seconds()
+                if status == SessionStatus.RUNNING
+                else None
+            ),
             detail={
                 "connection": connection.name,
                 "tool": tool,
@@ -558,20 +567,31 @@ def tool_reviewed(actor: Actor, review, session: Session, connection: Connection
 def tool_dispatch(
     session: Session, connection: Connection, limits: Limits, *, tool: str, arguments: dict, surface: str
 ):
-    """Run a recorded (open) tool session in the runner's pool; returns the job's future."""
+    """Run a recorded tool session in the runner's pool (open: claimed there; running: recorded
+    for this runner already); returns the job's future."""
+    claimed = session.status == SessionStatus.RUNNING
     return runner.submit(
         str(session.pk),
-        lambda: _tool_run(session.pk, connection, limits, tool, arguments, surface),
+        lambda: _tool_run(session.pk, connection, limits, tool, arguments, surface, claimed=claimed),
         timeout_seconds=limits.timeout_seconds,
     )
 
 
-def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arguments: dict, surface: str):
-    """Pool-thread body: claim the session, talk to the upstream, finish the record. Whatever goes
-    wrong, the session does not stay open."""
+def _tool_run(
+    session_id,
+    connection: Connection,
+    limits: Limits,
+    tool: str,
+    arguments: dict,
+    surface: str,
+    *,
+    claimed: bool = False,
+):
+    """Pool-thread body: claim the session (unless recorded running for this runner), talk to the
+    upstream, finish the record. Whatever goes wrong, the session does not stay open."""
     try:
         close_old_connections()
-        if not lifecycle.claim(session_id, runner=runner.runner_id()):
+        if not claimed and not lifecycle.claim(session_id, runner=runner.runner_id()):
             return  # cancelled while queued; exec_cancel already finished the record
         connector = upstream_connector(connection, limits, session_caller(session_id, connection))
         outcome = {"result": None, "error": "", "blocked": ""}
