@@ -38,6 +38,14 @@ EXEC_STATUS = Literal["completed", "failed", "blocked", "pending_approval", "run
 RISK_LEVEL = Literal["low", "medium", "high", "critical"]
 
 
+# A result's rows. The schema says "an array" and no more: a client validating structured content
+# against the output schema (the SDK client does) would otherwise walk every cell of a 100k-row
+# result. The model checks a list and no more, for the same reason (walking the cells of 100k rows
+# took 50 ms per answer); the connectors build every row as a list.
+ROWS_SCHEMA = {"type": ["array", "null"], "description": "Lists of cells, in column order."}
+Rows = Annotated[list[Any] | None, WithJsonSchema(ROWS_SCHEMA)]
+
+
 class Shape(BaseModel):
     """Base of every output shape: unknown keys are refused, not dropped."""
 
@@ -423,7 +431,7 @@ class ContentOut(Shape):
     output_total_bytes: int
     next_offset: int | None
     columns: list[str] | None
-    rows: list[list[Any]] | None
+    rows: Rows
     exit_code: int | None
     error: str
     timeline: list[TimelineEvent] = Field(
@@ -455,10 +463,6 @@ class ColumnItem(Shape):
 
 # --- exec and its dry runs -----------------------------------------------------------------------
 
-# The rows' schema says "an array" and no more: a client validating structured content against the
-# output schema (the SDK client does) would otherwise walk every cell of a 100k-row result.
-ROWS_SCHEMA = {"type": ["array", "null"], "description": "Lists of cells, in column order."}
-
 
 class ExecOut(Shape):
     """The exec envelope: exec, sessions_wait, runbooks_run and reviews_execute answer it."""
@@ -468,7 +472,7 @@ class ExecOut(Shape):
     session_status: str
     output: str | None = None
     columns: list[str] | None = None
-    rows: Annotated[list[list[Any]] | None, WithJsonSchema(ROWS_SCHEMA)] = None
+    rows: Rows = None
     row_count: int | None = None
     truncated: bool | None = None
     exit_code: int | None = None
