@@ -47,6 +47,7 @@ class _Running:
         self.future = future
         self.deadline = deadline
         self.cancel_callback = None  # set by the job once its connector exists
+        self.cancelled = False  # a cancel that came before the callback: run when it is set
 
 
 _lock = threading.Lock()
@@ -144,10 +145,15 @@ def _wrapped(session_id: str, fn):
 
 
 def set_cancel_callback(session_id: str, callback) -> None:
+    """The job's way to be interrupted; called at once if a cancel came before it was set."""
     with _lock:
         entry = _running.get(session_id)
-        if entry is not None:
-            entry.cancel_callback = callback
+        if entry is None:
+            return
+        entry.cancel_callback = callback
+        cancelled = entry.cancelled
+    if cancelled:
+        callback()
 
 
 def local_future(session_id: str) -> Future | None:
@@ -160,13 +166,16 @@ wakeup.register_local_futures(local_future)
 
 
 def cancel_local(session_id: str) -> bool:
-    """Cancel a job running in this process. False if it is not here."""
+    """Cancel a job running in this process (kept for it if it has not set its callback yet).
+    False if it is not here."""
     with _lock:
         entry = _running.get(session_id)
-    if entry is None:
-        return False
-    if entry.cancel_callback is not None:
-        entry.cancel_callback()
+        if entry is None:
+            return False
+        entry.cancelled = True
+        callback = entry.cancel_callback
+    if callback is not None:
+        callback()
     return True
 
 

@@ -348,6 +348,10 @@ UPSTREAM_APPROVAL_HOLD_SECONDS = float(env_int("PORTCULLIS_UPSTREAM_APPROVAL_HOL
 # this long is closed.
 UPSTREAM_POOL_SIZE = env_int("PORTCULLIS_UPSTREAM_POOL_SIZE", 2)
 UPSTREAM_POOL_IDLE_SECONDS = float(env_int("PORTCULLIS_UPSTREAM_POOL_IDLE_SECONDS", 300))
+# An upstream's tool listing is kept between calls (each call checks its tool against the pinned
+# contract) only while a pooled session hears the upstream's tools/list_changed announcements, and at
+# most this long; 0 lists the tools again before every call (gateway/connectors/mcp.py).
+UPSTREAM_LISTING_MAX_AGE_SECONDS = float(env_int("PORTCULLIS_UPSTREAM_LISTING_MAX_AGE_SECONDS", 30))
 
 
 def _pem_blocks(text: str) -> list[str]:

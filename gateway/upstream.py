@@ -21,12 +21,15 @@ connection. A `tools` list that no rule of matches: denied (fail closed).
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
+import functools
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from gateway import metrics, ratelimit
@@ -448,7 +451,64 @@ def _unchanged(rows: dict, seen: dict) -> bool:
     return all(name in rows for name in seen)
 
 
+# The upstream loop (gateway/connectors/mcp_pool.py) compares each listing with the pinned contracts
+# on these threads, which keep their database connection between calls (CONN_MAX_AGE) instead of a
+# short-lived thread opening one per call.
+_CONTRACT_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portcullis-contracts")
+
+
+async def contracts_check(
+    connection: Connection, listing: list, *, surface: str, kind: str = ContractKind.TOOL
+) -> dict[str, UpstreamTool]:
+    """`contracts_observe`, awaited from the upstream loop."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _CONTRACT_THREADS, functools.partial(_contracts_check, connection, listing, surface, kind)
+    )
+
+
+async def contract_still_accepted(connection: Connection, listing: list, tool: str) -> bool:
+    """Whether `tool` is in `listing` exactly as its accepted pinned contract says: the check of a
+    call on a kept listing (gateway/connectors/mcp.py), awaited from the upstream loop. Read only:
+    a kept listing may be older than what another call or replica has observed since, so it is
+    never recorded; when it does not match, the caller lists afresh and observes that."""
+    listed = next((t for t in listing if t.name == tool), None)
+    if listed is None:
+        return False
+    digest = contract_sha256(tool_contract(listed))
+    row = await asyncio.get_running_loop().run_in_executor(
+        _CONTRACT_THREADS, functools.partial(_pinned_row, connection, tool)
+    )
+    return row is not None and row.status == ContractStatus.ACCEPTED and row.pinned_sha256 == digest
+
+
+def _pinned_row(connection: Connection, tool: str) -> UpstreamTool | None:
+    close_old_connections()
+    return (
+        UpstreamTool.objects.filter(connection=connection, kind=ContractKind.TOOL, name=tool)
+        .only("status", "pinned_sha256")
+        .first()
+    )
+
+
+def _contracts_check(
+    connection: Connection, listing: list, surface: str, kind: str
+) -> dict[str, UpstreamTool]:
+    close_old_connections()  # a connection past its age or broken is replaced, a good one kept
+    return contracts_observe(connection, listing, surface=surface, kind=kind)
+
+
 def contracts_observe(
+    connection: Connection, tools: list, *, surface: str = "task", kind: str = ContractKind.TOOL
+) -> dict[str, UpstreamTool]:
+    """`_contracts_observe`; once more when a concurrent first listing pinned them meanwhile (the
+    second compares with what it pinned)."""
+    try:
+        return _contracts_observe(connection, tools, surface=surface, kind=kind)
+    except IntegrityError:
+        return _contracts_observe(connection, tools, surface=surface, kind=kind)
+
+
+def _contracts_observe(
     connection: Connection, tools: list, *, surface: str = "task", kind: str = ContractKind.TOOL
 ) -> dict[str, UpstreamTool]:
     """Compare an upstream listing (of tools, or resources, resource templates or prompts: `kind`)

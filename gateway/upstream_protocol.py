@@ -31,7 +31,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from channels.db import database_sync_to_async as db
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connections, transaction
+from django.db import close_old_connections, transaction
 from mcp.types import PromptReference, ResourceTemplateReference
 
 from gateway import pipeline, runner, upstream
@@ -97,20 +97,6 @@ async def list_upstream(client, kind: str) -> list:
     return items
 
 
-def _observe_in_thread(connection: Connection, listing: list, surface: str, kind: str) -> dict:
-    try:
-        return observe(connection, listing, surface, kind)
-    finally:
-        connections.close_all()  # a short-lived helper thread must not keep a database connection
-
-
-def observe(connection: Connection, listing: list, surface: str, kind: str) -> dict:
-    try:
-        return upstream.contracts_observe(connection, listing, surface=surface, kind=kind)
-    except IntegrityError:  # a concurrent first listing pinned them: compare with that
-        return upstream.contracts_observe(connection, listing, surface=surface, kind=kind)
-
-
 def _actor_caller(actor: Actor, connection: Connection):
     """Who the upstream sees calling, for a `gateway_jwt` connection (None otherwise)."""
     if "gateway_jwt" not in connection.config:
@@ -145,9 +131,7 @@ async def items_list(*, actor: Actor, connection_name: str, kind: str) -> list[d
 
     async def listing(client):
         items = await list_upstream(client, kind)
-        return await anyio.to_thread.run_sync(
-            lambda: _observe_in_thread(connection, items, actor.surface, kind)
-        )
+        return await upstream.contracts_check(connection, items, surface=actor.surface, kind=kind)
 
     caller = await db(lambda: _actor_caller(actor, connection))()
     rows = await _exchange(connection, pipeline.limits_for(connection), listing, caller)
@@ -350,14 +334,12 @@ async def _resource_exchange(
     the resource or of the template it comes from, then read."""
     uri = call.name
     listing = await list_upstream(client, ContractKind.RESOURCE)
-    rows = await anyio.to_thread.run_sync(
-        lambda: _observe_in_thread(connection, listing, surface, ContractKind.RESOURCE)
-    )
+    rows = await upstream.contracts_check(connection, listing, surface=surface, kind=ContractKind.RESOURCE)
     row, kind, name = rows.get(uri), ContractKind.RESOURCE, uri
     if row is None or row.status == ContractStatus.REMOVED:
         templates = await list_upstream(client, ContractKind.TEMPLATE)
-        trows = await anyio.to_thread.run_sync(
-            lambda: _observe_in_thread(connection, templates, surface, ContractKind.TEMPLATE)
+        trows = await upstream.contracts_check(
+            connection, templates, surface=surface, kind=ContractKind.TEMPLATE
         )
         row = template_for(uri, {n: r for n, r in trows.items() if r.status != ContractStatus.REMOVED})
         if row is not None:
@@ -371,9 +353,7 @@ async def _resource_exchange(
 
 async def _prompt_exchange(client, connection: Connection, call: _Call, surface: str, outcome: dict) -> None:
     listing = await list_upstream(client, ContractKind.PROMPT)
-    rows = await anyio.to_thread.run_sync(
-        lambda: _observe_in_thread(connection, listing, surface, ContractKind.PROMPT)
-    )
+    rows = await upstream.contracts_check(connection, listing, surface=surface, kind=ContractKind.PROMPT)
     row = rows.get(call.name)
     if row is None or row.status != ContractStatus.ACCEPTED:
         outcome["blocked"] = upstream.contract_block_message(connection, row, call.name, ContractKind.PROMPT)
@@ -567,9 +547,7 @@ async def complete(
 
     async def body(client):
         listing = await list_upstream(client, kind)
-        rows = await anyio.to_thread.run_sync(
-            lambda: _observe_in_thread(connection, listing, actor.surface, kind)
-        )
+        rows = await upstream.contracts_check(connection, listing, surface=actor.surface, kind=kind)
         row = rows.get(name)
         if row is None or row.status != ContractStatus.ACCEPTED:
             return {"blocked": upstream.contract_block_message(connection, row, name, kind)}
@@ -624,9 +602,7 @@ async def _check(connection: Connection, connector, kinds: frozenset[str], key: 
                                 items = await connector.list_tools(client)
                             else:
                                 items = await list_upstream(client, kind)
-                            await anyio.to_thread.run_sync(
-                                functools.partial(_observe_in_thread, connection, items, "task", kind)
-                            )
+                            await upstream.contracts_check(connection, items, surface="task", kind=kind)
             except Exception:  # the next call checks the contracts anyway
                 logger.warning(
                     "checking the contracts of connection %s after its announcement failed",

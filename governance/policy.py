@@ -85,8 +85,11 @@ class Actor:
         client: str = "",
         token_id: str | None = None,
         capability: str = TokenCapability.ADMIN,
+        group_rows: list[tuple[int, str]] | None = None,
     ) -> Actor:
-        rows = _group_rows(user)
+        """`group_rows`: the user's (id, name) groups when the caller loaded them with the user
+        (`governance.services.token_authenticate`), else read here."""
+        rows = _group_rows(user) if group_rows is None else group_rows
         return cls(
             user=user,
             groups=frozenset(name for _, name in rows),
@@ -98,7 +101,7 @@ class Actor:
         )
 
     @classmethod
-    def for_token(cls, user: User, token, *, surface: str) -> Actor:
+    def for_token(cls, user: User, token, *, surface: str, group_rows=None) -> Actor:
         """The actor of an API token: its user, capped by the token's capability."""
         return cls.for_user(
             user,
@@ -106,6 +109,7 @@ class Actor:
             client=f"token:{token.name}",
             token_id=str(token.pk),
             capability=token.capability,
+            group_rows=group_rows,
         )
 
 
@@ -115,18 +119,20 @@ def _group_rows(user: User) -> list[tuple[int, str]]:
     if connection.vendor != "postgresql":
         return list(user.user_groups.filter(org_id=user.org_id).values_list("pk", "name"))
     with connection.cursor() as cursor:
-        cursor.execute(_groups_sql(), [user.pk, user.org_id])
+        cursor.execute(f"SELECT g.id, g.name {groups_sql_from('%s', '%s')}", [user.pk, user.org_id])
         return cursor.fetchall()
 
 
 @functools.cache
-def _groups_sql() -> str:
+def groups_sql_from(user_id: str, org_id: str) -> str:
+    """`FROM ... WHERE ...` of a user's groups in their org (PostgreSQL), with `user_id` and
+    `org_id` as SQL expressions (placeholders, or columns of an enclosing query)."""
     qn = connection.ops.quote_name
     through = UserGroup.members.through._meta
     return (
-        f"SELECT g.id, g.name FROM {qn(UserGroup._meta.db_table)} g "
+        f"FROM {qn(UserGroup._meta.db_table)} g "
         f"JOIN {qn(through.db_table)} m ON m.{qn(through.get_field('usergroup').column)} = g.id "
-        f"WHERE m.{qn(through.get_field('user').column)} = %s AND g.org_id = %s"
+        f"WHERE m.{qn(through.get_field('user').column)} = {user_id} AND g.org_id = {org_id}"
     )
 
 

@@ -34,7 +34,7 @@ from governance.models import (
     UserManager,
     token_digest,
 )
-from governance.policy import ROLE_ADMIN, Actor, get_scoped, require_role, scope
+from governance.policy import ROLE_ADMIN, Actor, get_scoped, groups_sql_from, require_role, scope
 from sessions.audit import audit_record, change_detail, redact
 
 
@@ -222,35 +222,54 @@ def token_authenticate(raw: str) -> tuple[User, ApiToken] | None:
     `last_used_at` is written at most once a minute, so a busy agent does not turn every call
     into a write.
     """
+    found = _token_usable(raw)
+    return None if found is None else found[:2]
+
+
+def token_actor(raw: str, *, surface: str) -> tuple[Actor, ApiToken] | None:
+    """The actor behind a raw API token (its user, groups and capability), or None: what every API
+    and MCP request asks first, in one statement on PostgreSQL (token, user, org and groups)."""
+    found = _token_usable(raw)
+    if found is None:
+        return None
+    user, token, group_rows = found
+    return Actor.for_token(user, token, surface=surface, group_rows=group_rows), token
+
+
+def _token_usable(raw: str):
     if not raw or not raw.startswith(ApiToken.PREFIX) or len(raw) > 200:
         return None
-    token = _token_by_digest(token_digest(raw))
+    token, group_rows = _token_by_digest(token_digest(raw))
     now = timezone.now()
     if token is None or not token.is_usable(now) or not token.user.is_active:
         return None
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.user, token
+    return token.user, token, group_rows
 
 
-def _token_by_digest(digest: str) -> ApiToken | None:
-    """The token with its user and the user's org (as select_related loads them). Every API call
-    asks, so on PostgreSQL the statement is written once (gateway.hotsql)."""
+def _token_by_digest(digest: str) -> tuple[ApiToken | None, list[tuple[int, str]] | None]:
+    """The token with its user and the user's org (as select_related loads them), and on
+    PostgreSQL the user's (id, name) groups too (None: not loaded). Every API call asks, so on
+    PostgreSQL the statement is written once (gateway.hotsql)."""
     if connection.vendor != "postgresql":
-        return ApiToken.objects.select_related("user", "user__org").filter(digest=digest).first()
-    loaded = hotsql.fetch_one(_token_sql(), [digest], ApiToken, User, Organization)
-    if loaded is None:
-        return None
-    token, user, org = loaded
+        return ApiToken.objects.select_related("user", "user__org").filter(digest=digest).first(), None
+    with connection.cursor() as cursor:
+        cursor.execute(_token_sql(), [digest])
+        row = cursor.fetchone()
+    if row is None:
+        return None, None
+    token, user, org = hotsql.load(row[:-1], ApiToken, User, Organization)
     user.org = org
     token.user = user
-    return token
+    return token, [(pk, name) for pk, name in row[-1]]
 
 
 @functools.cache
 def _token_sql() -> str:
     return (
-        f"SELECT {hotsql.columns('t', ApiToken)}, {hotsql.columns('u', User)}, {hotsql.columns('o', Organization)} "
+        f"SELECT {hotsql.columns('t', ApiToken)}, {hotsql.columns('u', User)}, {hotsql.columns('o', Organization)}, "
+        f"COALESCE((SELECT json_agg(json_build_array(g.id, g.name)) {groups_sql_from('u.id', 'u.org_id')}), '[]') "
         f"FROM {hotsql.table(ApiToken)} t JOIN {hotsql.table(User)} u ON u.id = t.user_id "
         f"JOIN {hotsql.table(Organization)} o ON o.id = u.org_id WHERE t.digest = %s"
     )

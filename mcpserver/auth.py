@@ -16,7 +16,7 @@ from pydantic import PrivateAttr
 from governance.models import ApiToken
 from governance.oauth import MCP_SCOPES, verify_oauth_token
 from governance.policy import Actor
-from governance.services import token_authenticate
+from governance.services import token_actor
 
 API_TOKEN_SCOPES = list(MCP_SCOPES)  # an API token's limits are its capability, not scopes
 
@@ -33,12 +33,7 @@ class GatewayAccessToken(AccessToken):
 
 @database_sync_to_async
 def _resolve(raw: str):
-    found = token_authenticate(raw)
-    if found is None:
-        return None
-    user, token = found
-    actor = Actor.for_token(user, token, surface="mcp")
-    return actor, token
+    return token_actor(raw, surface="mcp")
 
 
 class GatewayTokenVerifier:

@@ -10,7 +10,10 @@ guarded, masked session, and a call that needs approval is held open until revie
 
 from __future__ import annotations
 
+import contextvars
 import logging
+from collections import OrderedDict
+from urllib.parse import unquote
 
 from django.conf import settings
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -46,6 +49,60 @@ SCOPE_READ, SCOPE_EXEC = "mcp:read", "mcp:exec"
 REVIEW_ELICITATION = "portcullis_review"
 
 
+# `Mcp-Param-*` header validation (2026-07-28 clients) needs a tool's input schema before the call
+# is dispatched. Without `get_tool_input_schema` the SDK runs this server's whole `tools/list` for
+# every `tools/call` with arguments: an upstream listing and a contract check, ~12 ms a call. The
+# pinned input schemas this process served in a listing, per (org, connection, tool), answer it
+# instead. A tool this process has not listed for that org is not validated (the SDK's own answer
+# when a listing does not advertise the tool): the gateway neither routes on nor forwards these
+# headers, the call itself goes through the whole policy path.
+_PINNED_INPUT: OrderedDict[tuple, dict] = OrderedDict()
+_PINNED_INPUT_MAX = 10_000
+_PATH_CONNECTION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "proxy_connection", default=None
+)
+
+
+def remember_input_schemas(org_id, connection_name: str, items) -> None:
+    """Keep the pinned input schemas of a listing served to someone of `org_id`."""
+    for name, schema in items:
+        key = (str(org_id), connection_name, name)
+        _PINNED_INPUT[key] = schema
+        _PINNED_INPUT.move_to_end(key)
+    while len(_PINNED_INPUT) > _PINNED_INPUT_MAX:
+        _PINNED_INPUT.popitem(last=False)
+
+
+def pinned_input_schema(connection_name: str | None, tool: str) -> dict | None:
+    """The input schema of `tool` on `connection_name` as last listed here for the caller's org."""
+    actor = getattr(get_access_token(), "actor", None)
+    if actor is None or not connection_name:
+        return None
+    return _PINNED_INPUT.get((str(actor.org_id), connection_name, tool))
+
+
+def _input_schema(tool: str) -> dict | None:
+    return pinned_input_schema(_PATH_CONNECTION.get(), tool)
+
+
+class PathContext:
+    """Sets the URL's last path segment (the connection, or the virtual server) for the request,
+    so that `get_tool_input_schema`, which the SDK calls with a tool name only, can find it."""
+
+    def __init__(self, app, var: contextvars.ContextVar):
+        self.app, self.var = app, var
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            segment = unquote(scope.get("path", "").rstrip("/").rsplit("/", 1)[-1])
+            token = self.var.set(segment or None)
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.var.reset(token)
+        return await self.app(scope, receive, send)
+
+
 def _error(message: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
@@ -70,6 +127,9 @@ async def list_tools(ctx, params) -> ListToolsResult:
         items = await pipeline.upstream_tools_list(actor=actor, connection_name=_connection_name(ctx))
     except PortcullisError as exc:  # the connection is not theirs, or the upstream failed
         raise MCPError(INVALID_PARAMS, exc.message) from None
+    remember_input_schemas(
+        actor.org_id, _connection_name(ctx), ((item["name"], item["input_schema"]) for item in items)
+    )
     return ListToolsResult(
         tools=[
             Tool(
@@ -187,6 +247,7 @@ def build() -> tuple[Server, object]:
         "portcullis-upstream",
         version=_version(),
         instructions="Tools of an upstream MCP server, reached through the Portcullis gateway.",
+        get_tool_input_schema=_input_schema,
         on_list_tools=list_tools,
         on_call_tool=metrics.instrumented_tool_handler("upstream", call_tool),
         **proxy_protocol.HANDLERS,  # resources, resource templates, prompts, completions
@@ -206,4 +267,4 @@ def build() -> tuple[Server, object]:
         token_verifier=GatewayTokenVerifier(),
     )
     # The same protected resource as /api/mcp (one gateway, one policy): the same 401 challenge.
-    return server, BearerChallenge(app)
+    return server, BearerChallenge(PathContext(app, _PATH_CONNECTION))

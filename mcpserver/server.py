@@ -162,7 +162,8 @@ async def call_tool(ctx, params) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
 
-def _input_schema(name: str):
+def input_schema(name: str):
+    """A Portcullis tool's input schema by name (`get_tool_input_schema`), None for no such tool."""
     definition = _DEFINITIONS.get(name)
     return definition.input_schema if definition else None
 
@@ -190,7 +191,7 @@ def build() -> tuple[Server, object]:
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=metrics.instrumented_tool_handler("gateway", call_tool),
-        get_tool_input_schema=_input_schema,
+        get_tool_input_schema=input_schema,
     )
     resource = f"{settings.PUBLIC_BASE_URL}/api/mcp"
     app = server.streamable_http_app(

@@ -29,7 +29,15 @@ from governance.errors import PortcullisError
 from mcpserver import server as gateway_server
 from mcpserver.auth import GatewayTokenVerifier
 from mcpserver.challenge import BearerChallenge
-from mcpserver.proxy import SCOPE_EXEC, SCOPE_READ, _error, _has_scope, forward_call
+from mcpserver.proxy import (
+    SCOPE_EXEC,
+    SCOPE_READ,
+    _error,
+    _has_scope,
+    forward_call,
+    pinned_input_schema,
+    remember_input_schemas,
+)
 from mcpserver.server import _current_actor, _transport_security, _version
 
 logger = logging.getLogger("portcullis.mcp")
@@ -51,6 +59,7 @@ async def _member_tools(actor, connection_name: str) -> list[Tool]:
     except PortcullisError as exc:
         logger.warning("virtual server member %s left out of a listing: %s", connection_name, exc.message)
         return []
+    remember_input_schemas(actor.org_id, connection_name, ((i["name"], i["input_schema"]) for i in items))
     return [
         Tool(
             name=vs.namespaced(connection_name, item["name"]),
@@ -107,12 +116,29 @@ async def call_tool(ctx, params) -> CallToolResult | InputRequiredResult:
     )
 
 
+def _input_schema(name: str) -> dict | None:
+    """`get_tool_input_schema` (see mcpserver.proxy): a member's tool by the member's listing seen
+    here; Portcullis's own tools by their definition. Membership is checked by the call itself.
+    A connection name may itself hold the separator: every split is tried."""
+    prefix = vs.PORTCULLIS_PREFIX + vs.SEPARATOR
+    if name.startswith(prefix):
+        return gateway_server.input_schema(name[len(prefix) :])
+    at = name.find(vs.SEPARATOR)
+    while at > 0:
+        schema = pinned_input_schema(name[:at], name[at + len(vs.SEPARATOR) :])
+        if schema is not None:
+            return schema
+        at = name.find(vs.SEPARATOR, at + 1)
+    return None
+
+
 def build() -> tuple[Server, object]:
     """A fresh virtual-server endpoint and its Starlette app (one per process and event loop)."""
     server = Server(
         "portcullis-virtual",
         version=_version(),
         instructions="Tools of several MCP servers behind the Portcullis gateway, named <server>__<tool>.",
+        get_tool_input_schema=_input_schema,
         on_list_tools=list_tools,
         on_call_tool=metrics.instrumented_tool_handler("virtual", call_tool),
     )

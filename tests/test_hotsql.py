@@ -6,8 +6,9 @@ import pytest
 from django.db import transaction
 
 from gateway import hotsql, pipeline
-from governance.models import ApiToken, Organization, User, token_digest
-from governance.services import _token_by_digest
+from governance.models import ApiToken, Organization, User, UserGroup, token_digest
+from governance.policy import _group_rows
+from governance.services import _token_by_digest, token_actor
 from sessions import lifecycle
 from sessions.models import Session
 
@@ -19,11 +20,23 @@ def _fields(obj) -> dict:
 def test_the_token_lookup_loads_what_the_orm_loads(cast):
     digest = token_digest(cast.bob.token)
     expected = ApiToken.objects.select_related("user", "user__org").get(digest=digest)
-    token = _token_by_digest(digest)
+    token, group_rows = _token_by_digest(digest)
     assert _fields(token) == _fields(expected)
     assert _fields(token.user) == _fields(expected.user)
     assert _fields(token.user.org) == _fields(expected.user.org)
-    assert _token_by_digest(token_digest(cast.bob.token + "x")) is None
+    assert _token_by_digest(token_digest(cast.bob.token + "x")) == (None, None)
+    # The groups come with it: the same (id, name) pairs as the actor reads on its own, and only
+    # groups of the user's org even when the membership table names another org's group.
+    foreign = UserGroup.objects.create(org=cast.globex, name="engineering")
+    foreign.members.add(cast.bob.user)
+    token, group_rows = _token_by_digest(digest)
+    assert sorted(group_rows) == sorted(_group_rows(cast.bob.user)) != []
+    assert foreign.pk not in {pk for pk, _ in group_rows}
+    actor, _ = token_actor(cast.bob.token, surface="mcp")
+    assert actor.groups == cast.bob.actor(surface="mcp").groups == {"engineering"}
+    assert actor.group_ids == {pk for pk, _ in _group_rows(cast.bob.user)}
+    assert token_actor(cast.dave.token, surface="mcp")[0].groups == frozenset()
+    assert token_actor(cast.bob.token + "x", surface="mcp") is None
 
 
 def test_the_locked_session_loads_what_the_orm_loads(cast, shops):

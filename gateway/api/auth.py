@@ -14,7 +14,7 @@ from rest_framework.permissions import BasePermission
 
 from gateway import logs
 from governance.policy import Actor, capability_allows, capability_message, has_role, role_denied_message
-from governance.services import token_authenticate
+from governance.services import token_actor
 from sessions.audit import Outcome, audit_record
 
 # --- authentication ------------------------------------------------------------------------------
@@ -38,11 +38,11 @@ class TokenAuthentication(BaseAuthentication):
             return None  # not ours: unauthenticated, answered 401 with our challenge
         if len(parts) != 2:
             raise AuthenticationFailed("malformed Authorization header; use: Bearer pcu_…")
-        found = token_authenticate(parts[1])
+        found = token_actor(parts[1], surface="api")
         if found is None:
             raise AuthenticationFailed("invalid, expired or revoked token")
-        user, token = found
-        actor = Actor.for_token(user, token, surface="api")
+        actor, _ = found
+        user = actor.user
         agent = request.META.get("HTTP_USER_AGENT", "")
         if agent:
             actor = dataclasses.replace(actor, client=f"{actor.client}; {agent}"[:200])

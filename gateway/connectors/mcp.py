@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -62,6 +63,21 @@ MAX_LIST_PAGES = 20
 FRAMING_ALLOWANCE = 256 * 1024
 # Headers the gateway sets itself; an admin may not override them.
 RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "mcp-session-id"}
+
+# --- the tool listing between calls -------------------------------------------------------------
+# Every upstream tool call checks the tool against its pinned contract, on a listing. Listing before
+# each call costs a round trip (and a big listing much more), so a pooled connection's listing is
+# kept while the session it is used on hears the upstream's tools/list_changed announcements (a
+# handshake-era session whose upstream declared `tools.listChanged`; a 2026-07-28 session with an
+# acknowledged `subscriptions/listen` stream for tools), and at most UPSTREAM_LISTING_MAX_AGE_SECONDS.
+# An announcement, a dropped listen stream or a closed session ends it (`_forget_tools`); a listing
+# fetched while an announcement arrived is not kept (generations). All of it lives on the pool's one
+# event loop thread: no locks. The window this leaves (an upstream that changes a tool and does not
+# announce it is caught at the next listing, within the max age) is in docs/THREAT_MODEL.md.
+_HEARS_TOOLS: set[int] = set()  # id() of pooled clients that deliver tools/list_changed
+_TOOL_LISTINGS: dict[str, tuple[list, int, float]] = {}  # pool key -> (tools, generation, when)
+_LISTING_GENERATION: dict[str, int] = {}
+_MAX_KEPT_LISTINGS = 1000
 
 
 class UpstreamRefused(ConnectorError):
@@ -345,22 +361,63 @@ class MCPConnector(Connector):
     # --- the upstream's announcements: notifications/{tools,resources,prompts}/list_changed --------
     @asynccontextmanager
     async def _pooled_client(self) -> AsyncIterator[Client]:
-        """A long-lived pooled session: the client and, when the pipeline wants to hear them
-        (`on_list_changed`), a `subscriptions/listen` stream for the upstream's list_changed
-        announcements on a 2026-07-28 connection (a handshake-era upstream sends them on the
-        connection itself: `_on_message`). Listening has started before the client is handed out."""
+        """A long-lived pooled session: the client and a `subscriptions/listen` stream for the
+        upstream's list_changed announcements on a 2026-07-28 connection (a handshake-era upstream
+        sends them on the connection itself: `_on_message`); they end the kept tool listing and, when
+        the pipeline listens (`on_list_changed`), trigger a contract check. Listening has started
+        before the client is handed out."""
         async with self.client() as client:
-            if self.on_list_changed is None:
-                yield client
-                return
-            async with anyio.create_task_group() as listening:
-                await listening.start(self._listen, client)
-                try:
-                    yield client
-                finally:
-                    listening.cancel_scope.cancel()
+            try:
+                if client.protocol_version not in MODERN_PROTOCOL_VERSIONS and self._declares(
+                    client, "tools"
+                ):  # a handshake-era upstream announces on the session itself (`_on_message`)
+                    _HEARS_TOOLS.add(id(client))
+                async with anyio.create_task_group() as listening:
+                    await listening.start(self._listen, client)
+                    try:
+                        yield client
+                    finally:
+                        listening.cancel_scope.cancel()
+            finally:
+                _HEARS_TOOLS.discard(id(client))
+                self._forget_tools()
+
+    @staticmethod
+    def _declares(client: Client, capability: str) -> bool:
+        return bool(getattr(getattr(client.server_capabilities, capability, None), "list_changed", False))
+
+    def _forget_tools(self) -> None:
+        """The kept tool listing of this connection may be stale from now on."""
+        if self.pool_scope is None:
+            return
+        key = self._pool_key()
+        _LISTING_GENERATION[key] = _LISTING_GENERATION.get(key, 0) + 1
+        _TOOL_LISTINGS.pop(key, None)
+
+    async def list_tools_kept(self, client: Client, *, fresh: bool = False) -> tuple[list, bool]:
+        """(the upstream's tools, kept): the listing kept for this pooled connection while it is
+        valid (see `_HEARS_TOOLS`), else (a listing fetched now, False), kept for later calls when
+        the session hears announcements; `fresh` fetches (and keeps) one in any case. A kept listing
+        may be older than the upstream's present one: it must not be recorded as an observation of
+        the upstream (gateway/upstream.py::contract_still_accepted)."""
+        max_age = float(settings.UPSTREAM_LISTING_MAX_AGE_SECONDS)
+        if self.pool_scope is None or max_age <= 0 or id(client) not in _HEARS_TOOLS:
+            return await self.list_tools(client), False
+        key = self._pool_key()
+        generation = _LISTING_GENERATION.get(key, 0)
+        kept = _TOOL_LISTINGS.get(key)
+        if not fresh and kept is not None and kept[1] == generation and time.monotonic() - kept[2] <= max_age:
+            return kept[0], True
+        tools = await self.list_tools(client)
+        if _LISTING_GENERATION.get(key, 0) == generation and id(client) in _HEARS_TOOLS:
+            if len(_TOOL_LISTINGS) >= _MAX_KEPT_LISTINGS:
+                _TOOL_LISTINGS.pop(next(iter(_TOOL_LISTINGS)))
+            _TOOL_LISTINGS[key] = (tools, generation, time.monotonic())
+        return tools, False
 
     def _announced(self, kinds: frozenset[str]) -> None:
+        if "tool" in kinds:
+            self._forget_tools()
         if self.on_list_changed is None or not kinds:
             return
         try:
@@ -379,9 +436,8 @@ class MCPConnector(Connector):
         """Hold a `subscriptions/listen` stream open for the session's life (re-opened when it
         drops); reports started once the first one is acknowledged, or failed, or not offered."""
         started = False
-        capabilities = client.server_capabilities
         wanted = {
-            kind: bool(getattr(getattr(capabilities, capability, None), "list_changed", False))
+            kind: self._declares(client, capability)
             for capability, kind in (("tools", "tool"), ("resources", "resource"), ("prompts", "prompt"))
         }
         if client.protocol_version not in MODERN_PROTOCOL_VERSIONS or not any(wanted.values()):
@@ -394,6 +450,8 @@ class MCPConnector(Connector):
                     resources_list_changed=wanted["resource"],
                     prompts_list_changed=wanted["prompt"],
                 ) as subscription:
+                    if wanted["tool"]:
+                        _HEARS_TOOLS.add(id(client))
                     if not started:
                         started = True
                         task_status.started()
@@ -402,6 +460,9 @@ class MCPConnector(Connector):
                         self._announced(frozenset(kinds))
             except Exception:  # dropped or refused: the next exchange still checks the contracts
                 logger.debug("the upstream's subscriptions/listen stream ended", exc_info=True)
+            finally:  # not listening now: what was kept may miss an announcement
+                _HEARS_TOOLS.discard(id(client))
+                self._forget_tools()
             if not started:
                 started = True
                 task_status.started()

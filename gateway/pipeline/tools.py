@@ -140,15 +140,6 @@ async def _upstream_listing(connection: Connection, limits: Limits, caller=None)
         raise ConnectorError(connector.describe_failure(exc)) from None
 
 
-def _observe(connection: Connection, tools: list, surface: str) -> dict:
-    from django.db import IntegrityError
-
-    try:
-        return upstream.contracts_observe(connection, tools, surface=surface)
-    except IntegrityError:  # a concurrent first listing pinned them: compare with that
-        return upstream.contracts_observe(connection, tools, surface=surface)
-
-
 async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dict]:
     """The upstream tools `actor` may call now, with their pinned contracts: allowed to them by the
     tool policy and with an accepted contract. Fetching the listing also pins or compares the
@@ -164,7 +155,7 @@ async def upstream_tools_list(*, actor: Actor, connection_name: str) -> list[dic
         else None
     )
     _, tools = await _upstream_listing(connection, limits_for(connection), caller)
-    rows = await db(lambda: _observe(connection, tools, actor.surface))()
+    rows = await db(lambda: upstream.contracts_observe(connection, tools, surface=actor.surface))()
     visible = []
     for name in sorted(rows):
         row = rows[name]
@@ -256,6 +247,8 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
         session.guardrail_findings = [f.as_dict() for f in findings]
     else:
         status = SessionStatus.PENDING_REVIEW if reviewer_groups else SessionStatus.OPEN
+        if status == SessionStatus.OPEN and runner.has_idle_worker():  # starts at once: one commit
+            status = SessionStatus.RUNNING
     key, request = idem
     with transaction.atomic():
         if status == SessionStatus.PENDING_REVIEW:
@@ -272,8 +265,15 @@ def _tool_prepare(*, actor: Actor, connection_name: str, tool: str, arguments: d
             action="tool.request",
             outcome=outcome,
             # An upstream call cannot be resumed by another process (its exact arguments live only in
-            # this request): the lease lets the sweep end it if this process dies before it ran.
-            lease=float(settings.SESSION_DISPATCH_LEASE_SECONDS) if status == SessionStatus.OPEN else None,
+            # this request): the lease lets the sweep end it if this process dies before it ran, or
+            # (recorded running for this runner) while it runs.
+            lease=(
+                float(settings.SESSION_DISPATCH_LEASE_SECONDS)
+                if status == SessionStatus.OPEN
+                else lifecycle.lease_seconds()
+                if status == SessionStatus.RUNNING
+                else None
+            ),
             detail={
                 "connection": connection.name,
                 "tool": tool,
@@ -503,27 +503,30 @@ async def tool_call(
 
     arguments = {} if arguments is None else arguments
     request = {"connection": connection_name, "tool": tool, "arguments": arguments}
-    replay = await db(lambda: idempotent_replay(actor, idempotency_key, "upstream_call", request))()
-    if replay is not None:  # a retry: the first attempt's session, waited for if it still runs
-        if replay.status in (SessionStatus.OPEN, SessionStatus.RUNNING):
-            replay, _ = await wait_for_final(replay.pk, float(settings.EXEC_HANDOFF_SECONDS))
-        return replay
-    session, connection, limits = await db(
-        lambda: _tool_prepare(
+
+    def start():  # one trip to the database thread: the retry check, the record, the hand-off
+        replay = idempotent_replay(actor, idempotency_key, "upstream_call", request)
+        if replay is not None:
+            return replay, None
+        session, connection, limits = _tool_prepare(
             actor=actor,
             connection_name=connection_name,
             tool=tool,
             arguments=arguments,
             idem=(idempotency.check_key(idempotency_key), request),
         )
-    )()
-    if session.is_final or session.status == SessionStatus.PENDING_REVIEW:
-        return session
-    future = await db(  # the runner beats its heartbeat in the database: not from the event loop
-        lambda: tool_dispatch(
+        if session.is_final or session.status == SessionStatus.PENDING_REVIEW:
+            return session, None
+        # The runner beats its heartbeat in the database: handed off from here, not the event loop.
+        return session, tool_dispatch(
             session, connection, limits, tool=tool, arguments=arguments, surface=actor.surface
         )
-    )()
+
+    session, future = await db(start)()
+    if future is None:
+        if session.status in (SessionStatus.OPEN, SessionStatus.RUNNING):  # a retry's first attempt
+            session, _ = await wait_for_final(session.pk, float(settings.EXEC_HANDOFF_SECONDS))
+        return session
     try:
         finished = await asyncio.shield(asyncio.wrap_future(future))
     except asyncio.CancelledError:
@@ -564,20 +567,31 @@ def tool_reviewed(actor: Actor, review, session: Session, connection: Connection
 def tool_dispatch(
     session: Session, connection: Connection, limits: Limits, *, tool: str, arguments: dict, surface: str
 ):
-    """Run a recorded (open) tool session in the runner's pool; returns the job's future."""
+    """Run a recorded tool session in the runner's pool (open: claimed there; running: recorded
+    for this runner already); returns the job's future."""
+    claimed = session.status == SessionStatus.RUNNING
     return runner.submit(
         str(session.pk),
-        lambda: _tool_run(session.pk, connection, limits, tool, arguments, surface),
+        lambda: _tool_run(session.pk, connection, limits, tool, arguments, surface, claimed=claimed),
         timeout_seconds=limits.timeout_seconds,
     )
 
 
-def _tool_run(session_id, connection: Connection, limits: Limits, tool: str, arguments: dict, surface: str):
-    """Pool-thread body: claim the session, talk to the upstream, finish the record. Whatever goes
-    wrong, the session does not stay open."""
+def _tool_run(
+    session_id,
+    connection: Connection,
+    limits: Limits,
+    tool: str,
+    arguments: dict,
+    surface: str,
+    *,
+    claimed: bool = False,
+):
+    """Pool-thread body: claim the session (unless recorded running for this runner), talk to the
+    upstream, finish the record. Whatever goes wrong, the session does not stay open."""
     try:
         close_old_connections()
-        if not lifecycle.claim(session_id, runner=runner.runner_id()):
+        if not claimed and not lifecycle.claim(session_id, runner=runner.runner_id()):
             return  # cancelled while queued; exec_cancel already finished the record
         connector = upstream_connector(connection, limits, session_caller(session_id, connection))
         outcome = {"result": None, "error": "", "blocked": ""}
@@ -630,24 +644,18 @@ async def _tool_exchange(
         runner.set_cancel_callback(str(session_id), cancel)
         with anyio.fail_after(limits.timeout_seconds):
             async with connector.session() as client:
-                listing = await connector.list_tools(client)
-                rows = await anyio.to_thread.run_sync(
-                    lambda: _observe_in_thread(connection, listing, surface)
-                )
-                row = rows.get(tool)
-                if row is None or row.status != ContractStatus.ACCEPTED:
-                    outcome["blocked"] = upstream.contract_block_message(connection, row, tool)
-                    return
+                listing, kept = await connector.list_tools_kept(client)
+                # A kept listing only lets the call through as it is pinned and accepted (read only);
+                # anything else is decided on what the upstream shows now, recorded as observed.
+                if not (kept and await upstream.contract_still_accepted(connection, listing, tool)):
+                    if kept:
+                        listing, _ = await connector.list_tools_kept(client, fresh=True)
+                    rows = await upstream.contracts_check(connection, listing, surface=surface)
+                    row = rows.get(tool)
+                    if row is None or row.status != ContractStatus.ACCEPTED:
+                        outcome["blocked"] = upstream.contract_block_message(connection, row, tool)
+                        return
                 answer = await client.call_tool(tool, arguments)
                 outcome["result"] = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
     if scope.cancelled_caught:
         outcome["error"] = "cancelled while the upstream was answering"
-
-
-def _observe_in_thread(connection: Connection, listing: list, surface: str) -> dict:
-    from django.db import connections
-
-    try:
-        return _observe(connection, listing, surface)
-    finally:
-        connections.close_all()  # a short-lived helper thread must not keep a database connection
