@@ -25,6 +25,7 @@ Embedded mode (no broker) keeps the relay's path: a background thread of the web
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -95,6 +96,26 @@ def _listen() -> psycopg.Connection | None:
     return listener
 
 
+_fork_guarded = False
+
+
+def _guard_fork() -> None:
+    """The drain thread uses the process's database connection pool; a process forked later (a
+    Celery pool child replacing one that died) must not take the parent's connections from it."""
+    global _fork_guarded
+    if not _fork_guarded:
+        os.register_at_fork(after_in_child=_forget_inherited_pools)
+        _fork_guarded = True
+
+
+def _forget_inherited_pools() -> None:
+    # Dropped, not closed: their connections are the parent's (psycopg never closes a connection in
+    # a process that did not open it), and the child opens its own.
+    pools = getattr(type(connections["default"]), "_connection_pools", None)
+    if pools:
+        pools.clear()
+
+
 class Drainer:
     """The thread that drains analysis requests in one process, until `stop()`."""
 
@@ -103,6 +124,7 @@ class Drainer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        _guard_fork()
         self._thread = threading.Thread(target=self._run, name="portcullis-analysis-drain", daemon=True)
         self._thread.start()
         logger.info("analysing finished sessions from the outbox (batches of up to %d)", _batch_size())

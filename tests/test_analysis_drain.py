@@ -4,13 +4,15 @@ clock; the relay leaves them alone and their insert NOTIFYs the worker."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from datetime import timedelta
 
 import psycopg
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models.functions import Now
 from django.test import TestCase
 
@@ -159,3 +161,42 @@ def test_the_drain_thread_analyses_what_ends_while_it_runs_and_what_waited_befor
     finally:
         drainer.stop()
     assert not OutboxMessage.objects.filter(kind="analysis").exists()
+
+
+def test_a_process_forked_after_the_drain_started_takes_none_of_its_pooled_connections(transactional_db):
+    # A Celery pool child started after the drain thread (one replacing a child that died) must
+    # open its own connections, not take the parent's from the inherited pool.
+    analysis_drain._guard_fork()
+
+    def backend_of_a_new_thread(out: list) -> None:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("select pg_backend_pid()")
+            out.append(cursor.fetchone()[0])
+        connections["default"].close()  # back to the pool, idle
+
+    parents: list = []
+    thread = threading.Thread(target=backend_of_a_new_thread, args=(parents,))
+    thread.start()
+    thread.join()
+    with connections["default"].cursor() as cursor:  # every backend the parent has, its pool's idle ones too
+        cursor.execute("select pid from pg_stat_activity where datname = current_database()")
+        existing = {row[0] for row in cursor.fetchall()}
+    assert parents[0] in existing
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh thread checks out from the pool, as a task would
+        try:
+            got: list = []
+            worker = threading.Thread(target=backend_of_a_new_thread, args=(got,))
+            worker.start()
+            worker.join()
+            os.write(write, str(got[0]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = int(os.read(read, 32) or 0)
+    os.close(read)
+    assert child and child not in existing
+    with connections["default"].cursor() as cursor:  # and the parent's connections still work
+        cursor.execute("select 1")
