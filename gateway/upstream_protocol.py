@@ -26,9 +26,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
-import anyio.to_thread
 from channels.db import database_sync_to_async as db
 from django.conf import settings
 from django.db import close_old_connections, transaction
@@ -362,27 +359,6 @@ async def _prompt_exchange(client, connection: Connection, call: _Call, surface:
     outcome["result"] = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-async def _cancellable(session_id, connector, limits, body) -> dict:
-    """Run `body(client, outcome)` on the upstream loop, cancellable by exec_cancel, within the deadline."""
-    outcome: dict = {"result": None, "error": "", "blocked": ""}
-    with anyio.CancelScope() as scope:
-        token = anyio.lowlevel.current_token()
-
-        def cancel():
-            try:
-                anyio.from_thread.run_sync(scope.cancel, token=token)
-            except RuntimeError:  # the exchange already ended
-                pass
-
-        runner.set_cancel_callback(str(session_id), cancel)
-        with anyio.fail_after(limits.timeout_seconds):
-            async with connector.session() as client:
-                await body(client, outcome)
-    if scope.cancelled_caught:
-        outcome["error"] = "cancelled while the upstream was answering"
-    return outcome
-
-
 def _run(session_id, connection: Connection, call: _Call, surface: str):
     """Pool-thread body: claim the session, talk to the upstream, finish the record. Whatever goes
     wrong, the session does not stay open."""
@@ -396,7 +372,7 @@ def _run(session_id, connection: Connection, call: _Call, surface: str):
         started = time.monotonic()
         try:
             outcome = connector.submit(
-                _cancellable(
+                pipeline.cancellable_exchange(
                     session_id,
                     connector,
                     call.limits,

@@ -40,6 +40,14 @@ def echo(person, text: str) -> dict:
     return call(person, "tools", "echo", {"text": text})
 
 
+def listings_for_three_calls(person, log: Path) -> int:
+    """How many listings the upstream answered for three calls of echo."""
+    before = listings(log)
+    for text in ("a", "b", "c"):
+        assert echo(person, text)["status"] == "completed"
+    return listings(log) - before
+
+
 def wait_for(condition, what: str, timeout: float = 120.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -50,10 +58,7 @@ def wait_for(condition, what: str, timeout: float = 120.0):
 def test_a_listing_is_kept_while_the_upstream_announces_its_changes(cast, transactional_db, list_log):
     with upstream_server() as url:
         make_mcp_connection(cast.acme, url)
-        before = listings(list_log)
-        for text in ("a", "b", "c"):
-            assert echo(cast.bob, text)["status"] == "completed"
-        assert listings(list_log) - before == 1  # the first call listed; the others were checked on it
+        assert listings_for_three_calls(cast.bob, list_log) == 1  # the first listed; the others: kept
 
         # A rug pull the upstream announces: heard, the kept listing is dropped, the contracts are
         # checked again at once, and the next call is refused.
@@ -72,10 +77,7 @@ def test_an_upstream_that_does_not_announce_is_listed_before_every_call(
     monkeypatch.setenv("UPSTREAM_SILENT", "1")
     with upstream_server() as url:
         make_mcp_connection(cast.acme, url)
-        before = listings(list_log)
-        for text in ("a", "b", "c"):
-            assert echo(cast.bob, text)["status"] == "completed"
-        assert listings(list_log) - before == 3
+        assert listings_for_three_calls(cast.bob, list_log) == 3
         # Nothing announced, nothing waited for: the very next call sees the change.
         assert call(cast.bob, "tools", "mutate")["status"] == "completed"
         blocked = echo(cast.bob, "after")
@@ -111,10 +113,7 @@ def test_a_max_age_of_zero_lists_before_every_call(cast, transactional_db, list_
     settings.UPSTREAM_LISTING_MAX_AGE_SECONDS = 0
     with upstream_server() as url:
         make_mcp_connection(cast.acme, url)
-        before = listings(list_log)
-        for text in ("a", "b", "c"):
-            assert echo(cast.bob, text)["status"] == "completed"
-        assert listings(list_log) - before == 3
+        assert listings_for_three_calls(cast.bob, list_log) == 3
 
 
 @pytest.mark.live

@@ -47,6 +47,7 @@ from gateway.pipeline.envelopes import exec_envelope, tool_envelope
 from gateway.pipeline.exec import exactly_once_possible, exec_cancel, exec_explain, exec_reviewed, exec_start
 from gateway.pipeline.schema import schema_list
 from gateway.pipeline.tools import (
+    cancellable_exchange,
     canonical,
     mask_tool_result,
     session_caller,
@@ -66,6 +67,7 @@ __all__ = [
     "agent_queue_name",
     "authorize",
     "block_message",
+    "cancellable_exchange",
     "canonical",
     "connection_kinds",
     "connection_setting_names",

@@ -594,14 +594,20 @@ def _tool_run(
         if not claimed and not lifecycle.claim(session_id, runner=runner.runner_id()):
             return  # cancelled while queued; exec_cancel already finished the record
         connector = upstream_connector(connection, limits, session_caller(session_id, connection))
-        outcome = {"result": None, "error": "", "blocked": ""}
         started = time.monotonic()
         try:  # on the upstream loop, where the pooled sessions live; this pool thread waits
-            connector.submit(
-                _tool_exchange(session_id, connector, connection, limits, tool, arguments, surface, outcome)
+            outcome = connector.submit(
+                cancellable_exchange(
+                    session_id,
+                    connector,
+                    limits,
+                    lambda client, out: _tool_exchange(
+                        client, connector, connection, tool, arguments, surface, out
+                    ),
+                )
             ).result()
         except Exception as exc:  # down, slow, protocol error, oversize: a clear message, recorded
-            outcome["error"] = connector.describe_failure(exc)
+            outcome = {"result": None, "error": connector.describe_failure(exc), "blocked": ""}
         return _tool_finish(
             session_id,
             connection=connection,
@@ -622,16 +628,16 @@ def _tool_run(
         )
 
 
-async def _tool_exchange(
-    session_id, connector, connection, limits, tool, arguments, surface, outcome
-) -> None:
-    """One upstream session: list the tools, check the pinned contract, call. Cancellable from
-    another thread (exec_cancel) and bounded by the connection's deadline."""
+async def cancellable_exchange(session_id, connector, limits: Limits, body) -> dict:
+    """Run `body(client, outcome)` with a (pooled) upstream session on the upstream loop, within
+    the connection's deadline and cancellable from another thread (exec_cancel, from any replica
+    through the runner). Returns the outcome: `result`, `error` and `blocked` as `upstream_finish`
+    takes them."""
     import anyio
     import anyio.from_thread
     import anyio.lowlevel
-    import anyio.to_thread
 
+    outcome: dict = {"result": None, "error": "", "blocked": ""}
     with anyio.CancelScope() as scope:
         token = anyio.lowlevel.current_token()
 
@@ -644,18 +650,24 @@ async def _tool_exchange(
         runner.set_cancel_callback(str(session_id), cancel)
         with anyio.fail_after(limits.timeout_seconds):
             async with connector.session() as client:
-                listing, kept = await connector.list_tools_kept(client)
-                # A kept listing only lets the call through as it is pinned and accepted (read only);
-                # anything else is decided on what the upstream shows now, recorded as observed.
-                if not (kept and await upstream.contract_still_accepted(connection, listing, tool)):
-                    if kept:
-                        listing, _ = await connector.list_tools_kept(client, fresh=True)
-                    rows = await upstream.contracts_check(connection, listing, surface=surface)
-                    row = rows.get(tool)
-                    if row is None or row.status != ContractStatus.ACCEPTED:
-                        outcome["blocked"] = upstream.contract_block_message(connection, row, tool)
-                        return
-                answer = await client.call_tool(tool, arguments)
-                outcome["result"] = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+                await body(client, outcome)
     if scope.cancelled_caught:
         outcome["error"] = "cancelled while the upstream was answering"
+    return outcome
+
+
+async def _tool_exchange(client, connector, connection, tool, arguments, surface, outcome) -> None:
+    """Check the tool's pinned contract, then call it."""
+    listing, kept = await connector.list_tools_kept(client)
+    # A kept listing only lets the call through as it is pinned and accepted (read only); anything
+    # else is decided on what the upstream shows now, recorded as observed.
+    if not (kept and await upstream.contract_still_accepted(connection, listing, tool)):
+        if kept:
+            listing, _ = await connector.list_tools_kept(client, fresh=True)
+        rows = await upstream.contracts_check(connection, listing, surface=surface)
+        row = rows.get(tool)
+        if row is None or row.status != ContractStatus.ACCEPTED:
+            outcome["blocked"] = upstream.contract_block_message(connection, row, tool)
+            return
+    answer = await client.call_tool(tool, arguments)
+    outcome["result"] = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
