@@ -26,10 +26,11 @@ import fnmatch
 import functools
 import hashlib
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, close_old_connections, connections, transaction
 from django.utils import timezone
 
 from gateway import metrics, ratelimit
@@ -454,7 +455,34 @@ def _unchanged(rows: dict, seen: dict) -> bool:
 # The upstream loop (gateway/connectors/mcp_pool.py) compares each listing with the pinned contracts
 # on these threads, which keep their database connection between calls (CONN_MAX_AGE) instead of a
 # short-lived thread opening one per call.
-_CONTRACT_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portcullis-contracts")
+CONTRACT_THREADS = 4
+_CONTRACT_THREADS = ThreadPoolExecutor(
+    max_workers=CONTRACT_THREADS, thread_name_prefix="portcullis-contracts"
+)
+
+
+def close_contract_threads() -> None:
+    """Close the database connections the contract threads keep, and the threads (tests, before
+    the test database is dropped). A later check starts new ones."""
+    global _CONTRACT_THREADS
+    pool = _CONTRACT_THREADS
+    _CONTRACT_THREADS = ThreadPoolExecutor(
+        max_workers=CONTRACT_THREADS, thread_name_prefix="portcullis-contracts"
+    )
+    # A connection belongs to its thread: one closing job per thread, held at a barrier so that no
+    # thread takes two and each closes its own.
+    barrier = threading.Barrier(CONTRACT_THREADS, timeout=30)
+
+    def close() -> None:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        connections.close_all()
+
+    for _ in range(CONTRACT_THREADS):
+        pool.submit(close)
+    pool.shutdown(wait=True)
 
 
 async def contracts_check(

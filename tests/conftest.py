@@ -56,13 +56,14 @@ def _stop_exec_pool(django_db_setup):
     yield
     from django.db import connections
 
-    from gateway import runner
+    from gateway import runner, upstream
     from gateway.connectors.mcp_pool import POOL
     from sessions import outbox
 
     outbox.stop()
     runner.shutdown()
     POOL.close_all()  # pooled stdio upstreams exit
+    upstream.close_contract_threads()  # their database connections
     for connection in connections.all():
         connection.close()
         if hasattr(connection, "close_pool"):  # PostgreSQL's psycopg pool keeps idle connections
