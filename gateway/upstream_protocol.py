@@ -436,16 +436,7 @@ async def _recorded(actor: Actor, connection_name: str, call: _Call) -> Session:
             timeout_seconds=call.limits.timeout_seconds,
         )
 
-    future = await db(dispatch)()
-    try:
-        finished = await asyncio.shield(asyncio.wrap_future(future))
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # the job records its own failure; read what it left
-        finished = None
-    if finished is not None:
-        return finished
-    return await db(lambda: Session.objects.select_related("user").get(pk=session.pk))()
+    return await pipeline.job_session(await db(dispatch)(), session.pk)
 
 
 async def resource_read(*, actor: Actor, connection_name: str, uri: str) -> Session:

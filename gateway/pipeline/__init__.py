@@ -49,6 +49,7 @@ from gateway.pipeline.schema import schema_list
 from gateway.pipeline.tools import (
     cancellable_exchange,
     canonical,
+    job_session,
     mask_tool_result,
     session_caller,
     set_list_changed_hook,
@@ -79,6 +80,7 @@ __all__ = [
     "exec_reviewed",
     "exec_start",
     "finish_with_retry",
+    "job_session",
     "limits_for",
     "mask_tool_result",
     "new_session",

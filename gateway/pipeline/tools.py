@@ -497,7 +497,6 @@ async def tool_call(
     like exec: heartbeats, exec_cancel from any replica and the deadline apply; if the caller goes
     away, the call still finishes and is recorded.
     """
-    import asyncio
 
     from channels.db import database_sync_to_async as db
 
@@ -527,6 +526,16 @@ async def tool_call(
         if session.status in (SessionStatus.OPEN, SessionStatus.RUNNING):  # a retry's first attempt
             session, _ = await wait_for_final(session.pk, float(settings.EXEC_HANDOFF_SECONDS))
         return session
+    return await job_session(future, session.pk)
+
+
+async def job_session(future, session_pk) -> Session:
+    """The final session a pool job returns; if it returned none (it failed), the record it left.
+    The job goes on if the caller is cancelled (shielded)."""
+    import asyncio
+
+    from channels.db import database_sync_to_async as db
+
     try:
         finished = await asyncio.shield(asyncio.wrap_future(future))
     except asyncio.CancelledError:
@@ -535,7 +544,7 @@ async def tool_call(
         finished = None
     if finished is not None:
         return finished
-    return await db(lambda: Session.objects.select_related("user").get(pk=session.pk))()
+    return await db(lambda: Session.objects.select_related("user").get(pk=session_pk))()
 
 
 def tool_reviewed(actor: Actor, review, session: Session, connection: Connection) -> Session:
