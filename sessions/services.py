@@ -516,7 +516,19 @@ def analysis_run(*, session_id) -> Analysis | None:
     verdict = analyzer.analyze(
         session, mask=_input_masker(session)
     )  # outside any transaction: an LLM may take seconds
-    analysis = Analysis(
+    analysis = _analysis_of(session, verdict)
+    try:
+        with transaction.atomic():
+            analysis.save(force_insert=True)
+            transaction.on_commit(lambda: notify_analysis_ready(session.pk))
+    except IntegrityError:  # another worker stored it between our check and our insert
+        analysis = Analysis.objects.get(session_id=session.pk)
+    return analysis
+
+
+def _analysis_of(session: Session, verdict) -> Analysis:
+    """The (unsaved) analysis row of an analyzer's verdict, its texts cut to their columns."""
+    return Analysis(
         session=session,
         risk_level=verdict.risk_level,
         title=verdict.title[:200],
@@ -526,13 +538,6 @@ def analysis_run(*, session_id) -> Analysis | None:
         fallback_reason=verdict.fallback_reason[:300],
         reasons=verdict.reasons,
     )
-    try:
-        with transaction.atomic():
-            analysis.save(force_insert=True)
-            transaction.on_commit(lambda: notify_analysis_ready(session.pk))
-    except IntegrityError:  # another worker stored it between our check and our insert
-        analysis = Analysis.objects.get(session_id=session.pk)
-    return analysis
 
 
 def analyses_make(*, session_ids: list[str]) -> tuple[list[Analysis], dict[str, str]]:
@@ -564,20 +569,7 @@ def analyses_make(*, session_ids: list[str]) -> tuple[list[Analysis], dict[str, 
         verdicts = list(_llm_executor().map(verdict, sessions))
     else:
         verdicts = [verdict(session) for session in sessions]
-    made = [
-        Analysis(
-            session=session,
-            risk_level=v.risk_level,
-            title=v.title[:200],
-            explanation=v.explanation,
-            suggested_action=v.suggested_action,
-            analyzer=v.analyzer[:120],
-            fallback_reason=v.fallback_reason[:300],
-            reasons=v.reasons,
-        )
-        for session, v in zip(sessions, verdicts, strict=True)
-        if v is not None
-    ]
+    made = [_analysis_of(session, v) for session, v in zip(sessions, verdicts, strict=True) if v is not None]
     return made, failed
 
 
