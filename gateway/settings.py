@@ -192,8 +192,16 @@ if DATABASE_URL:
             # How long a request waits for a connection before a 503 (gateway.unavailable).
             "timeout": env_int("PORTCULLIS_DB_POOL_TIMEOUT", 5),
         }
+        # Server-side binding: statements go to PostgreSQL apart from their parameters, so psycopg
+        # does not quote values into the text, and a statement that ran `prepare_threshold` times
+        # on a connection is prepared there (parsed and planned once). Django's default is
+        # client-side binding and no preparing.
+        if env_bool("PORTCULLIS_DB_SERVER_SIDE_BINDING", True):
+            DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
+            DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5
         # Behind PgBouncer in transaction mode a connection may change server between
         # transactions: no server-side cursors, no prepared statements (docs/operations.md).
+        # Binding stays server-side: an unnamed statement is parsed and run in one go.
         if env_bool("PORTCULLIS_DB_PGBOUNCER", False):
             DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
             DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
