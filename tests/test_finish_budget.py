@@ -75,15 +75,14 @@ def _what(sql: str) -> str:
 
 
 def session_statements(seen) -> list[str]:
-    """The statements from the session's insert on, of the thread that recorded it and of the
-    runner (what authorization and other checks before the record send is not counted here)."""
+    """The statements of the session's lifecycle: its record (from the session's insert to its
+    audit event, on the thread that recorded it) and what the runner sent. What else the call's
+    trips send (authorization before, the upstream contract pin after) is other stages' budget."""
     start = next(i for i, (_, sql) in enumerate(seen) if _what(sql) == "insert session")
     recorder = seen[start][0]
-    return [
-        _what(sql)
-        for thread, sql in seen[start:]
-        if thread == recorder or thread.startswith("portcullis-exec")
-    ]
+    recorded = [_what(sql) for thread, sql in seen[start:] if thread == recorder]
+    recorded = recorded[: recorded.index("audit") + 1]
+    return recorded + [_what(sql) for thread, sql in seen if thread.startswith("portcullis-exec")]
 
 
 def _settle():
