@@ -185,7 +185,7 @@ def ensure_peer(venv: Path, python: str | None, deps: str) -> dict:
     if marker.exists():
         return json.loads(marker.read_text())
     print(
-        f"installing {PEER_PACKAGE}=={PEER_VERSION} ({deps} deps) into {venv.relative_to(ROOT)} ...",
+        f"installing {PEER_PACKAGE}=={PEER_VERSION} ({deps} deps) into {venv} ...",
         flush=True,
     )
     shutil.rmtree(venv, ignore_errors=True)

@@ -10,7 +10,9 @@ One run:
        * direct: the official SDK client -> the upstream, one connected client, `call_tool` timed;
        * through the gateway: the same client -> /api/mcp/c/<connection> -> the pipeline -> the
          upstream (a pooled upstream session: list, check the pinned contract, call);
-  4. prints the overhead (gateway p50 - direct p50) and writes JSON to bench/results/.
+  4. prints the overhead (gateway p50 - direct p50) and each server's CPU per measured call (from
+     /proc: daphne for the proxied series, the upstream for the direct one; on a loaded machine a
+     steadier figure than the latency), and writes JSON to bench/results/.
 
     .venv/bin/python bench/upstream_overhead.py [--n 200] [--warmup 20] [--rounds 20] [--mode auto|legacy]
 """
@@ -45,6 +47,7 @@ from exec_latency import (  # noqa: E402  (the same setup as the exec bench)
     manage,
     pg_params,
     pg_url_for,
+    process_cpu_seconds,
     recreate_database,
 )
 
@@ -112,11 +115,13 @@ async def _call(client, samples: list | None) -> None:
         samples.append(elapsed)
 
 
-async def measure(series: dict, mode: str, n: int, warmup: int, rounds: int) -> dict:
+async def measure(series: dict, mode: str, n: int, warmup: int, rounds: int, pids: dict) -> dict:
     """Interleaved A/B: both clients connected at once, `rounds` rounds of n/rounds calls each,
-    the series taking turns (which goes first alternates), so drift in machine load hits both."""
+    the series taking turns (which goes first alternates), so drift in machine load hits both.
+    `pids`: series name -> the server process whose CPU (from /proc) its measured calls cost."""
     samples: dict = {name: [] for name in series}
     per_round: dict = {name: [] for name in series}
+    cpu: dict = {name: 0.0 for name in series}
     async with contextlib.AsyncExitStack() as stack:
         clients = {}
         for name, (url, headers) in series.items():
@@ -134,18 +139,25 @@ async def measure(series: dict, mode: str, n: int, warmup: int, rounds: int) -> 
         for r in range(rounds):
             for name in names if r % 2 == 0 else reversed(names):
                 block: list = []
+                before = process_cpu_seconds(pids[name])
                 for _ in range(per):
                     await _call(clients[name], block)
+                after = process_cpu_seconds(pids[name])
+                if cpu[name] is not None and before is not None and after is not None:
+                    cpu[name] += after - before
+                else:
+                    cpu[name] = None
                 samples[name] += block
                 per_round[name].append(statistics.median(block) * 1000)
-    return {name: (samples[name], per_round[name]) for name in series}
+    return {name: (samples[name], per_round[name], cpu[name]) for name in series}
 
 
-def summarize(samples: list[float], round_p50s: list[float]) -> dict:
+def summarize(samples: list[float], round_p50s: list[float], cpu: float | None) -> dict:
     ms = sorted(s * 1000 for s in samples)
     q = statistics.quantiles(ms, n=100)
     return {
         "n": len(ms),
+        "server_cpu_ms": None if cpu is None else round(1000 * cpu / len(ms), 2),
         "p50": round(q[49], 2),
         "p95": round(q[94], 2),
         "mean": round(statistics.fmean(ms), 2),
@@ -180,7 +192,7 @@ def main(argv=None) -> int:
     try:
         recreate_database(args.pg_url, args.db_name)
         token = seed(env, upstream_url)
-        with gateway(env, port, data_dir / "daphne.log") as (url, _proc):
+        with gateway(env, port, data_dir / "daphne.log") as (url, proc):
             measured = asyncio.run(
                 measure(
                     {
@@ -191,19 +203,26 @@ def main(argv=None) -> int:
                     args.n,
                     args.warmup,
                     args.rounds,
+                    {"direct": upstream.pid, "gateway": proc.pid},
                 )
             )
         direct, through = (summarize(*measured[name]) for name in ("direct", "gateway"))
         results.update(
             direct=direct, gateway=through, overhead_p50_ms=round(through["p50"] - direct["p50"], 2)
         )
-        print(f"{'series':<34}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}{'round p50 min-max':>22}")
+        print(
+            f"{'series':<34}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}{'round p50 min-max':>22}"
+            f"{'server CPU ms/call':>20}"
+        )
         for label, row in (
             ("direct (SDK client -> upstream)", direct),
             ("through /api/mcp/c/<conn>", through),
         ):
             spread = f"{row['round_p50_min']}-{row['round_p50_max']}"
-            print(f"{label:<34}{row['n']:>5}{row['p50']:>10}{row['p95']:>10}{row['mean']:>10}{spread:>22}")
+            print(
+                f"{label:<34}{row['n']:>5}{row['p50']:>10}{row['p95']:>10}{row['mean']:>10}{spread:>22}"
+                f"{row['server_cpu_ms'] if row['server_cpu_ms'] is not None else '-':>20}"
+            )
         print(f"overhead at p50: {results['overhead_p50_ms']} ms")
         if not args.no_json:
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,15 @@ from __future__ import annotations
 from django.db import connection
 
 
-def columns(alias: str, model) -> str:
-    """`alias.col, alias.col, ...` for every concrete field of `model`, in field order."""
+def columns(alias: str, model, fields=None) -> str:
+    """`alias.col, alias.col, ...` for every concrete field of `model` (or only `fields`, a list of
+    them in field order), in field order."""
     qn = connection.ops.quote_name
-    return ", ".join(f"{alias}.{qn(str(f.column))}" for f in model._meta.concrete_fields)
+    return ", ".join(f"{alias}.{qn(str(f.column))}" for f in _fields(model, fields))
+
+
+def _fields(model, fields=None) -> list:
+    return model._meta.concrete_fields if fields is None else fields
 
 
 def table(model) -> str:
@@ -25,10 +30,12 @@ def table(model) -> str:
 
 def load(row, *models) -> list:
     """One instance of each of `models` from `row`, whose columns are `columns()` of each model in
-    turn (as `Model.from_db` does for the ORM's own queries)."""
+    turn (as `Model.from_db` does for the ORM's own queries). A model given as `(model, fields)`
+    has only those columns in the row; its other fields are deferred."""
     loaded, start = [], 0
     for model in models:
-        fields = model._meta.concrete_fields
+        model, fields = model if isinstance(model, tuple) else (model, None)
+        fields = _fields(model, fields)
         values = [
             f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v
             for f, v in zip(fields, row[start : start + len(fields)], strict=True)
@@ -54,7 +61,10 @@ def _value(obj, field, add: bool, raw: dict, placeholders: list, params: list) -
         placeholders.append(sql)
         params.extend(more)
         return
-    value = field.pre_save(obj, add)
+    _prepared(field, field.pre_save(obj, add), placeholders, params)
+
+
+def _prepared(field, value, placeholders: list, params: list) -> None:
     if hasattr(value, "resolve_expression"):
         raise TypeError(f"{field.name}: pass expressions as raw SQL (raw={{{field.attname!r}: ...}})")
     placeholders.append(
@@ -105,3 +115,21 @@ def update(obj, names, *, raw: dict | None = None) -> int:
             [*params, pk.get_db_prep_value(obj.pk, connection)],
         )
         return cursor.rowcount
+
+
+def assignments(model, values: dict, *, raw: dict | None = None) -> tuple[str, list]:
+    """`col = %s, ...` and its parameters for `values` (attribute name -> value) of a `model` row,
+    each value sent as `save()` sends it; `raw` as for `insert`. For an UPDATE written by hand."""
+    raw = raw or {}
+    qn = connection.ops.quote_name
+    sql, params = [], []
+    for name in {**values, **raw}:
+        field = model._meta.get_field(name)
+        placeholders: list = []
+        if name in raw:
+            placeholders.append(raw[name][0])
+            params.extend(raw[name][1])
+        else:
+            _prepared(field, values[name], placeholders, params)
+        sql.append(f"{qn(str(field.column))} = {placeholders[0]}")
+    return ", ".join(sql), params

@@ -23,7 +23,7 @@ Where the surfaces differ on purpose, the difference is here and nowhere else:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
@@ -47,9 +47,14 @@ Rows = Annotated[list[Any] | None, WithJsonSchema(ROWS_SCHEMA)]
 
 
 class Shape(BaseModel):
-    """Base of every output shape: unknown keys are refused, not dropped."""
+    """Base of every output shape: unknown keys are refused, not dropped.
+
+    `JSON_READY`: fields whose values are JSON values already (a result's rows, made JSON-safe by
+    the connector or loaded from the stored result), which the MCP server hands on as they are
+    instead of having pydantic walk them (mcpserver/server.py)."""
 
     model_config = ConfigDict(extra="forbid")
+    JSON_READY: ClassVar[frozenset[str]] = frozenset()
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -466,6 +471,8 @@ class ColumnItem(Shape):
 
 class ExecOut(Shape):
     """The exec envelope: exec, sessions_wait, runbooks_run and reviews_execute answer it."""
+
+    JSON_READY = frozenset({"rows"})
 
     status: EXEC_STATUS
     session_id: Uuid

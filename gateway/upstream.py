@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, close_old_connections, connections, transaction
+from django.db import connection as db_connection
 from django.utils import timezone
 
 from gateway import metrics, ratelimit
@@ -494,28 +495,31 @@ async def contracts_check(
     )
 
 
-async def contract_still_accepted(connection: Connection, listing: list, tool: str) -> bool:
-    """Whether `tool` is in `listing` exactly as its accepted pinned contract says: the check of a
-    call on a kept listing (gateway/connectors/mcp.py), awaited from the upstream loop. Read only:
-    a kept listing may be older than what another call or replica has observed since, so it is
-    never recorded; when it does not match, the caller lists afresh and observes that."""
-    listed = next((t for t in listing if t.name == tool), None)
-    if listed is None:
+def accepted_pin(connection: Connection, tool: str) -> str:
+    """The pinned contract hash of `tool` on `connection` if its contract is accepted, else "":
+    read in the trip that records a call, so that a call on a kept listing needs no further
+    database read (`matches_pin`)."""
+    with db_connection.cursor() as cursor:
+        cursor.execute(_PIN_SQL, [connection.pk, ContractKind.TOOL, tool, ContractStatus.ACCEPTED])
+        row = cursor.fetchone()
+    return row[0] if row else ""
+
+
+_PIN_SQL = (
+    f'SELECT pinned_sha256 FROM "{UpstreamTool._meta.db_table}" '
+    "WHERE connection_id = %s AND kind = %s AND name = %s AND status = %s"
+)
+
+
+def matches_pin(listing: list, tool: str, pin: str) -> bool:
+    """Whether `tool` is in `listing` exactly as its accepted pinned contract (`accepted_pin`) says:
+    the check of a call on a kept listing (gateway/connectors/mcp.py). A kept listing may be older
+    than what another call or replica has observed since, so it is never recorded; when it does not
+    match, the caller lists afresh and observes that (`contracts_check`)."""
+    if not pin:
         return False
-    digest = contract_sha256(tool_contract(listed))
-    row = await asyncio.get_running_loop().run_in_executor(
-        _CONTRACT_THREADS, functools.partial(_pinned_row, connection, tool)
-    )
-    return row is not None and row.status == ContractStatus.ACCEPTED and row.pinned_sha256 == digest
-
-
-def _pinned_row(connection: Connection, tool: str) -> UpstreamTool | None:
-    close_old_connections()
-    return (
-        UpstreamTool.objects.filter(connection=connection, kind=ContractKind.TOOL, name=tool)
-        .only("status", "pinned_sha256")
-        .first()
-    )
+    listed = next((t for t in listing if t.name == tool), None)
+    return listed is not None and contract_sha256(tool_contract(listed)) == pin
 
 
 def _contracts_check(

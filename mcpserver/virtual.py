@@ -94,7 +94,7 @@ async def list_tools(ctx, params) -> ListToolsResult:
     return ListToolsResult(tools=tools)
 
 
-async def call_tool(ctx, params) -> CallToolResult | InputRequiredResult:
+async def call_tool(ctx, params) -> CallToolResult | InputRequiredResult | dict:
     actor = _current_actor(ctx)
     if actor is None:
         return _error("unauthorized: missing auth context")

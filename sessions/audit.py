@@ -72,6 +72,11 @@ def event_digest(prev_hash: str, event: AuditEvent) -> str:
     identifies the actor is covered: its user id (`actor_key`, the copy kept when the nullable
     foreign key is cleared), e-mail, surface and client. Events written before `actor_key` existed
     hash without it (their content is unchanged)."""
+    return hashlib.sha256((prev_hash + _hashed_content(event)).encode()).hexdigest()
+
+
+def _hashed_content(event: AuditEvent) -> str:
+    """What follows the previous hash in the hashed text: a newline and the event's canonical JSON."""
     content = {
         "org": str(event.org_id),
         "actor_email": event.actor_email,
@@ -87,8 +92,7 @@ def event_digest(prev_hash: str, event: AuditEvent) -> str:
     }
     if event.actor_key:
         content["actor_key"] = event.actor_key
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256((prev_hash + "\n" + canonical).encode()).hexdigest()
+    return "\n" + json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _locked_head(org_id) -> AuditChainHead:
@@ -153,18 +157,22 @@ def audit_record(
     return event
 
 
-# The append on PostgreSQL in two statements (the ORM path above takes five): lock the head and
-# read its hash; insert the event and move the head in one statement. Every exec appends, so this
-# is on the hot path; the columns are the model's, so a renamed field fails here loudly.
+# The append on PostgreSQL in one statement (the ORM path above takes five): lock the head and read
+# its hash, insert the event hashed on it, move the head. The database computes the SHA-256 of the
+# previous hash and `_hashed_content` (the same text `event_digest` hashes), so the head's hash
+# never makes a round trip. Every exec appends, so this is on the hot path; the columns are the
+# model's, so a renamed field fails here loudly.
 _EVENT_FIELDS = (
     "org", "actor", "actor_email", "actor_key", "surface", "client", "action",
-    "target_type", "target_id", "target_repr", "outcome", "detail", "created_at", "prev_hash", "hash",
+    "target_type", "target_id", "target_repr", "outcome", "detail", "created_at",
 )  # fmt: skip
-_HEAD_SQL = "SELECT last_hash FROM {head} WHERE org_id = %s FOR UPDATE"
 _APPEND_SQL = (
-    "WITH e AS (INSERT INTO {events} ({columns}) VALUES ({values}) RETURNING id) "
-    "UPDATE {head} SET last_id = (SELECT id FROM e), last_hash = %s, count = count + 1 "
-    "WHERE org_id = %s RETURNING last_id"
+    "WITH h AS (SELECT last_hash FROM {head} WHERE org_id = %s FOR UPDATE), "
+    "e AS (INSERT INTO {events} ({columns}, prev_hash, hash) SELECT {values}, h.last_hash, "
+    "encode(sha256(convert_to(h.last_hash, 'UTF8') || %s::bytea), 'hex') FROM h "
+    "RETURNING id, prev_hash, hash) "
+    "UPDATE {head} SET last_id = e.id, last_hash = e.hash, count = count + 1 FROM e "
+    "WHERE org_id = %s RETURNING e.id, e.prev_hash, e.hash"
 )
 
 
@@ -189,16 +197,17 @@ def _sql(template: str) -> str:
 
 
 def _append_postgresql(event: AuditEvent) -> None:
+    params = [getattr(event, attname) for attname, _ in _event_columns()]
+    params[_EVENT_FIELDS.index("detail")] = json.dumps(event.detail)
+    params = [event.org_id, *params, _hashed_content(event).encode(), event.org_id]
     with connection.cursor() as cursor:
-        cursor.execute(_sql(_HEAD_SQL), [event.org_id])
+        cursor.execute(_sql(_APPEND_SQL), params)
         row = cursor.fetchone()
-        prev_hash = row[0] if row else _locked_head(event.org_id).last_hash
-        event.prev_hash = prev_hash
-        event.hash = event_digest(prev_hash, event)
-        params = [getattr(event, attname) for attname, _ in _event_columns()]
-        params[_EVENT_FIELDS.index("detail")] = json.dumps(event.detail)
-        cursor.execute(_sql(_APPEND_SQL), [*params, event.hash, event.org_id])
-        event.pk = cursor.fetchone()[0]
+        if row is None:  # the org's first event: no head yet
+            _locked_head(event.org_id)
+            cursor.execute(_sql(_APPEND_SQL), params)
+            row = cursor.fetchone()
+    event.pk, event.prev_hash, event.hash = row
     event._state.adding = False
     event._state.db = connection.alias
 

@@ -33,10 +33,9 @@ from django.utils import timezone
 from gateway import hotsql
 from governance.models import User
 from governance.policy import Actor
-from sessions import events
+from sessions import events, outbox
 from sessions.audit import Outcome, audit_record
-from sessions.models import ACTIVE_STATUSES, Session, SessionStatus
-from sessions.outbox import outbox_put
+from sessions.models import ACTIVE_STATUSES, FINAL_STATUSES, Session, SessionStatus
 from sessions.wakeup import notify_session_finished
 
 logger = logging.getLogger("portcullis.lifecycle")
@@ -100,7 +99,7 @@ def _emit_for(session: Session, previous: str | None) -> None:
 def _after_final(session: Session) -> None:
     session_id = session.pk
     transaction.on_commit(lambda: notify_session_finished(session_id))
-    outbox_put("analysis", {"session_id": str(session_id)})
+    outbox.outbox_put("analysis", {"session_id": str(session_id)})
 
 
 def record(
@@ -137,9 +136,10 @@ def record(
                 session.lease_expires_at = db_now_plus(lease)  # evaluated by the INSERT
             session.save(force_insert=True)
         session.lease_expires_at = None  # (computed by the database; read it from there)
-        _emit_for(session, None)
-        if session.is_final:
-            _after_final(session)
+        with outbox.batched():  # its events and analysis request: one statement
+            _emit_for(session, None)
+            if session.is_final:
+                _after_final(session)
         # Last: appending locks the org's chain head until commit, so it is held for as short as can be.
         audit_record(actor=actor, action=action, outcome=outcome, target=session, detail=detail or {})
     return session
@@ -211,52 +211,116 @@ def transition(
     expect: tuple | None = None,
     runner: str | None = None,
     lease: float | None = None,
+    cancelled: dict | None = None,
 ) -> Session | None:
     """Move one session to `to` under its row lock, with its audit event, events, wake-up and (when
     final) analysis request, in one transaction (the caller's, if any). `to` may be a function of
-    the locked session (e.g. cancelled when a cancel was requested meanwhile); `as_owner` audits
-    the change as the session's own user (surface and client of the session). Returns the session, or
+    the locked session; with `cancelled`, a session whose cancel was requested meanwhile (from any
+    replica) goes to `cancelled` instead, with these fields over `fields`. `as_owner` audits the
+    change as the session's own user (surface and client of the session). Returns the session, or
     None when it is no longer in a state this move may leave (`expect`, default: every state that
     may go to `to`) or, with `runner`, no longer held by that runner: a late writer never
-    overwrites the verdict of another."""
+    overwrites the verdict of another.
+
+    A move from one known state (a runner's finish: `expect=(RUNNING,)`) is on PostgreSQL one
+    conditional UPDATE that locks and returns the row; only when it matches nothing (gone, moved,
+    taken, cancelled) is the row locked and read first, as for every other move."""
+    fields = {} if fields is None else fields
     with transaction.atomic(savepoint=False):
-        session = _locked(session_id)
-        previous = session.status
-        if callable(to):
-            to = to(session)
-        allowed = expect if expect is not None else tuple(s for s, to_ in _ALLOWED.items() if to in to_)
-        if previous not in allowed or to not in _ALLOWED.get(previous, ()):
+        moved = _moved_from_known(session_id, to, fields, expect, runner, lease, cancelled)
+        if moved is None:
+            moved = _moved_under_lock(session_id, to, fields, expect, runner, lease, cancelled)
+        if moved is None:
             return None
-        if runner is not None and session.runner != runner:
-            return None
-        for name, value in (fields or {}).items():
-            setattr(session, name, value)
-        session.status = to
-        update = ["status", *(fields or {})]
-        if session.is_final:
-            session.ended_at = session.ended_at or timezone.now()
-            session.lease_expires_at = None
-            update += ["ended_at", "lease_expires_at"]
-        if lease is not None:
-            update.append("lease_expires_at")
-        if connection.vendor == "postgresql":  # every exec ends here: written once (gateway.hotsql)
-            hotsql.update(session, sorted(set(update)), raw=_lease_sql(lease))
-        else:
-            if lease is not None:
-                session.lease_expires_at = db_now_plus(lease)
-            session.save(update_fields=sorted(set(update)))
+        session, previous = moved
         if as_owner:
             actor = Actor(
                 user=session.user, groups=frozenset(), surface=session.surface, client=session.client
             )
-        _emit_for(session, previous)
-        if session.is_final:
-            _after_final(session)
-        elif previous == SessionStatus.PENDING_REVIEW:
+        with outbox.batched():  # its events and analysis request: one statement
+            _emit_for(session, previous)
+            if session.is_final:
+                _after_final(session)
+        if not session.is_final and previous == SessionStatus.PENDING_REVIEW:
             transaction.on_commit(lambda: notify_session_finished(session.pk))
         actor_fields = _system_actor_fields(session, actor)  # last: the chain head's lock is held to commit
         audit_record(**actor_fields, action=action, outcome=outcome, target=session, detail=detail or {})
     return session
+
+
+def _allowed_from(to, expect: tuple | None) -> tuple:
+    return expect if expect is not None else tuple(s for s, to_ in _ALLOWED.items() if to in to_)
+
+
+def _moved_under_lock(session_id, to, fields, expect, runner, lease, cancelled) -> tuple | None:
+    """(the session moved, its state before) with the row locked and read first; None if refused."""
+    session = _locked(session_id)
+    previous = session.status
+    if cancelled is not None and session.cancel_requested:
+        to, fields = SessionStatus.CANCELLED, {**fields, **cancelled}
+    elif callable(to):
+        to = to(session)
+    if previous not in _allowed_from(to, expect) or to not in _ALLOWED.get(previous, ()):
+        return None
+    if runner is not None and session.runner != runner:
+        return None
+    for name, value in fields.items():
+        setattr(session, name, value)
+    session.status = to
+    update = ["status", *fields]
+    if session.is_final:
+        session.ended_at = session.ended_at or timezone.now()
+        session.lease_expires_at = None
+        update += ["ended_at", "lease_expires_at"]
+    if lease is not None:
+        update.append("lease_expires_at")
+    if connection.vendor == "postgresql":  # written once (gateway.hotsql)
+        hotsql.update(session, sorted(set(update)), raw=_lease_sql(lease))
+    else:
+        if lease is not None:
+            session.lease_expires_at = db_now_plus(lease)
+        session.save(update_fields=sorted(set(update)))
+    return session, previous
+
+
+def _moved_from_known(session_id, to, fields, expect, runner, lease, cancelled) -> tuple | None:
+    """The move in one statement, when `to` is a status reached from exactly one state: UPDATE the
+    row if it is in that state (held by `runner`; with `cancelled`, no cancel requested), returning
+    what the caller did not set, with its user. None when that is not the case or nothing matched."""
+    previous = _allowed_from(to, expect) if not callable(to) else ()
+    if connection.vendor != "postgresql" or len(previous) != 1 or to not in _ALLOWED.get(previous[0], ()):
+        return None
+    values = {Session._meta.get_field(name).attname: value for name, value in fields.items()}
+    values["status"] = to
+    raw = _lease_sql(lease)
+    if to in FINAL_STATUSES:
+        values["lease_expires_at"] = None
+        raw["ended_at"] = ("COALESCE(s.ended_at, %s)", [timezone.now()])
+    known = {name: value for name, value in values.items() if name not in raw}
+    returned = [f for f in Session._meta.concrete_fields if f.attname not in known]
+    assignments, params = hotsql.assignments(Session, values, raw=raw)
+    conditions = ["s.id = %s", "s.status = %s", "u.id = s.user_id"]
+    params += [str(session_id), previous[0]]
+    if runner is not None:
+        conditions.append("s.runner = %s")
+        params.append(runner)
+    if cancelled is not None:
+        conditions.append("NOT s.cancel_requested")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {hotsql.table(Session)} s SET {assignments} FROM {hotsql.table(User)} u "
+            f"WHERE {' AND '.join(conditions)} "
+            f"RETURNING {hotsql.columns('s', Session, returned)}, {hotsql.columns('u', User)}",
+            params,
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    session, user = hotsql.load(row, (Session, returned), User)
+    session.user = user
+    for name, value in known.items():
+        setattr(session, name, value)
+    return session, previous[0]
 
 
 # --- the sweep: leases that lapsed ----------------------------------------------------------------

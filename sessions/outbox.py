@@ -22,6 +22,7 @@ lease lapses.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -68,33 +69,89 @@ def _worked_kinds() -> list[str]:
     return [kind for kind, (_, when) in _worked.items() if when()]
 
 
-def outbox_put(kind: str, payload: dict) -> None:
+def outbox_put(kind: str, payload: dict, *, only_if: tuple[str, list] | None = None) -> None:
     """Write one message in the caller's transaction; the relay (or the worker that claims this
-    kind) runs once it commits."""
-    channel, when = _worked.get(kind, (None, None))
-    if when is not None and not when():
-        channel = None
+    kind) runs once it commits. `only_if` (PostgreSQL: a query and its parameters) writes it only
+    when that query finds a row, checked by the insert itself: for a message that may reach nobody,
+    the check costs no statement of its own. Inside `batched()`, written with the others at its end."""
+    held = getattr(_held, "messages", None)
+    if held is not None:
+        held.append((kind, json.dumps(payload), only_if))
+        return
     if connection.vendor == "postgresql":  # every exec writes one or two: one statement, no ORM compile
-        with connection.cursor() as cursor:
-            if channel is None:
-                cursor.execute(_sql(_PUT_SQL), [kind, json.dumps(payload)])
-            else:  # the NOTIFY is delivered on commit, once per transaction and channel
-                cursor.execute(_sql(_PUT_NOTIFY_SQL), [kind, json.dumps(payload), channel])
-    else:
-        OutboxMessage.objects.create(kind=kind, payload=payload)
-    if channel is None:
+        _put([(kind, json.dumps(payload), only_if)])
+        return
+    if only_if is not None:
+        raise ValueError("only_if is a PostgreSQL query")
+    OutboxMessage.objects.create(kind=kind, payload=payload)
+    if _channel(kind) is None:
         transaction.on_commit(kick)
 
 
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def batched():
+    """The messages `outbox_put` writes inside go to the database in one statement at the end, on
+    PostgreSQL (a transition's events and analysis request). Elsewhere, or nested, a no-op."""
+    if connection.vendor != "postgresql" or getattr(_held, "messages", None) is not None:
+        yield
+        return
+    _held.messages = []
+    try:
+        yield
+        messages = _held.messages
+    finally:
+        _held.messages = None
+    if messages:
+        _put(messages)
+
+
+def _channel(kind: str) -> str | None:
+    """The channel a worker of `kind` listens on, while a worker claims it; None: the relay sends it."""
+    channel, when = _worked.get(kind, (None, None))
+    return channel if when is not None and when() else None
+
+
+def _put(messages: list[tuple[str, str, tuple[str, list] | None]]) -> None:
+    """Insert (kind, JSON payload, only_if) rows, in order, in one statement; NOTIFY each worked
+    kind's channel if one of its rows went in (delivered on commit, once per transaction and
+    channel) and kick the relay on commit if a row it sends went in."""
+    channels = {kind: _channel(kind) for kind, _, _ in messages}
+    notified = sorted({(kind, channel) for kind, channel in channels.items() if channel})
+    params: list = []
+    for kind, payload, only_if in messages:
+        params += [kind, payload, *(only_if[1] if only_if else ())]
+    params.append([kind for kind, channel in channels.items() if channel is None])
+    for kind, channel in notified:
+        params += [channel, kind]
+    sql = _put_sql(tuple(only_if[0] if only_if else None for _, _, only_if in messages), len(notified))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        relayed = cursor.fetchone()[0]
+    if relayed:
+        transaction.on_commit(kick)
+
+
+@functools.lru_cache(maxsize=64)
+def _put_sql(conditions: tuple[str | None, ...], notifies: int) -> str:
+    """The insert of `_put` for rows with these `only_if` queries (None: always) and this many
+    channels to notify; one string per shape, built once."""
+    rows = ", ".join(
+        f"({n}, %s, %s::jsonb, {'true' if sql is None else f'EXISTS ({sql})'})"
+        for n, sql in enumerate(conditions)
+    )
+    notify = ", (SELECT pg_notify(%s, '') FROM put WHERE kind = %s LIMIT 1)" * notifies
+    return _sql(
+        f"WITH v (n, kind, payload, wanted) AS (VALUES {rows}), "
+        "put AS (INSERT INTO {table} (kind, payload, created_at, available_at, attempts, last_error) "
+        "SELECT kind, payload, now(), now(), 0, '' FROM v WHERE wanted ORDER BY n RETURNING kind) "
+        f"SELECT count(*) FILTER (WHERE kind = ANY(%s)){notify} FROM put"
+    )
+
+
 # The hot statements on PostgreSQL, written once (the ORM compiles each anew per call).
-_PUT_SQL = (
-    "INSERT INTO {table} (kind, payload, created_at, available_at, attempts, last_error) "
-    "VALUES (%s, %s::jsonb, now(), now(), 0, '')"
-)
-_PUT_NOTIFY_SQL = (
-    "WITH put AS (INSERT INTO {table} (kind, payload, created_at, available_at, attempts, last_error) "
-    "VALUES (%s, %s::jsonb, now(), now(), 0, '') RETURNING 1) SELECT pg_notify(%s, '') FROM put"
-)
 _CLAIM_SQL = (
     "SELECT id, kind, payload, attempts FROM {table} WHERE available_at <= now() AND kind <> ALL(%s) "
     "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"

@@ -399,7 +399,7 @@ class MCPConnector(Connector):
         valid (see `_HEARS_TOOLS`), else (a listing fetched now, False), kept for later calls when
         the session hears announcements; `fresh` fetches (and keeps) one in any case. A kept listing
         may be older than the upstream's present one: it must not be recorded as an observation of
-        the upstream (gateway/upstream.py::contract_still_accepted)."""
+        the upstream (gateway/upstream.py::matches_pin)."""
         max_age = float(settings.UPSTREAM_LISTING_MAX_AGE_SECONDS)
         if self.pool_scope is None or max_age <= 0 or id(client) not in _HEARS_TOOLS:
             return await self.list_tools(client), False

@@ -145,7 +145,7 @@ def _run(session_id, limits: Limits, preloaded: tuple | None = None, *, claimed:
         logger.exception("exec job for session %s failed before finishing its record", session_id)
         finish_with_retry(
             session_id,
-            lambda s: SessionStatus.FAILED,
+            SessionStatus.FAILED,
             {"error": "internal error while running the session; the gateway log has details"},
             action="exec.finish",
             outcome=Outcome.FAILED,
@@ -269,10 +269,14 @@ def resolve_abandoned_run(session_id) -> str:
 FINISH_RETRY_SECONDS = 60.0
 
 
-def finish_with_retry(session_id, to, fields: dict, **audit) -> Session | None:
+def finish_with_retry(
+    session_id, to, fields: dict, *, cancelled: dict | None = None, **audit
+) -> Session | None:
     """The runner's final write, retried while the gateway database is unreachable (the result is
     only in memory until it is written). Gives up after FINISH_RETRY_SECONDS; the sweep then ends
-    the session once its lease lapses. A session taken from this runner meanwhile is left alone."""
+    the session once its lease lapses. A session taken from this runner meanwhile is left alone.
+    `to` a status and `cancelled` the fields of a cancel that came meanwhile (lifecycle.transition):
+    one statement for the move instead of a locked read and an update."""
     from django.db import DatabaseError, InterfaceError, OperationalError
 
     deadline = time.monotonic() + FINISH_RETRY_SECONDS
@@ -286,6 +290,7 @@ def finish_with_retry(session_id, to, fields: dict, **audit) -> Session | None:
                 fields=fields,
                 expect=(SessionStatus.RUNNING,),
                 runner=runner.runner_id(),
+                cancelled=cancelled,
                 **audit,
             )
         except (OperationalError, InterfaceError) as exc:
@@ -324,19 +329,15 @@ def _finish(
     if findings:
         fields["guardrail_findings"] = [f.as_dict() for f in findings]
 
-    def status_of(session: Session) -> str:  # on the locked row: a cancel may have come meanwhile
-        if session.cancel_requested:
-            fields["error"] = error or "cancelled"
-            return SessionStatus.CANCELLED
-        if findings:
-            return SessionStatus.BLOCKED
-        return SessionStatus.DONE if result is not None else SessionStatus.FAILED
-
+    status = SessionStatus.DONE if result is not None else SessionStatus.FAILED
+    if findings:
+        status = SessionStatus.BLOCKED
     ok = result is not None and not findings and result.exit_code == 0
     return finish_with_retry(
         session_id,
-        status_of,
+        status,
         fields,
+        cancelled={"error": error or "cancelled"},  # a cancel may have come meanwhile
         action="exec.finish",
         outcome=Outcome.SUCCESS if ok else Outcome.FAILED,
         detail={

@@ -518,7 +518,13 @@ async def tool_call(
             return session, None
         # The runner beats its heartbeat in the database: handed off from here, not the event loop.
         return session, tool_dispatch(
-            session, connection, limits, tool=tool, arguments=arguments, surface=actor.surface
+            session,
+            connection,
+            limits,
+            tool=tool,
+            arguments=arguments,
+            surface=actor.surface,
+            pin=upstream.accepted_pin(connection, tool),
         )
 
     session, future = await db(start)()
@@ -566,22 +572,32 @@ def tool_reviewed(actor: Actor, review, session: Session, connection: Connection
     session.refresh_from_db()
     if not released:
         return session
-    surface = actor.surface
+    surface, pin = actor.surface, upstream.accepted_pin(connection, tool)
     transaction.on_commit(
-        lambda: tool_dispatch(session, connection, limits, tool=tool, arguments=arguments, surface=surface)
+        lambda: tool_dispatch(
+            session, connection, limits, tool=tool, arguments=arguments, surface=surface, pin=pin
+        )
     )
     return session
 
 
 def tool_dispatch(
-    session: Session, connection: Connection, limits: Limits, *, tool: str, arguments: dict, surface: str
+    session: Session,
+    connection: Connection,
+    limits: Limits,
+    *,
+    tool: str,
+    arguments: dict,
+    surface: str,
+    pin: str,
 ):
     """Run a recorded tool session in the runner's pool (open: claimed there; running: recorded
-    for this runner already); returns the job's future."""
+    for this runner already); returns the job's future. `pin`: the tool's accepted contract hash
+    (`upstream.accepted_pin`), read when the call was recorded."""
     claimed = session.status == SessionStatus.RUNNING
     return runner.submit(
         str(session.pk),
-        lambda: _tool_run(session.pk, connection, limits, tool, arguments, surface, claimed=claimed),
+        lambda: _tool_run(session.pk, connection, limits, tool, arguments, surface, pin, claimed=claimed),
         timeout_seconds=limits.timeout_seconds,
     )
 
@@ -593,6 +609,7 @@ def _tool_run(
     tool: str,
     arguments: dict,
     surface: str,
+    pin: str,
     *,
     claimed: bool = False,
 ):
@@ -611,7 +628,7 @@ def _tool_run(
                     connector,
                     limits,
                     lambda client, out: _tool_exchange(
-                        client, connector, connection, tool, arguments, surface, out
+                        client, connector, connection, tool, arguments, surface, pin, out
                     ),
                 )
             ).result()
@@ -665,12 +682,13 @@ async def cancellable_exchange(session_id, connector, limits: Limits, body) -> d
     return outcome
 
 
-async def _tool_exchange(client, connector, connection, tool, arguments, surface, outcome) -> None:
+async def _tool_exchange(client, connector, connection, tool, arguments, surface, pin, outcome) -> None:
     """Check the tool's pinned contract, then call it."""
     listing, kept = await connector.list_tools_kept(client)
-    # A kept listing only lets the call through as it is pinned and accepted (read only); anything
-    # else is decided on what the upstream shows now, recorded as observed.
-    if not (kept and await upstream.contract_still_accepted(connection, listing, tool)):
+    # A kept listing only lets the call through as it is pinned and accepted (`pin`, read when the
+    # call was recorded); anything else is decided on what the upstream shows now, recorded as
+    # observed.
+    if not (kept and upstream.matches_pin(listing, tool, pin)):
         if kept:
             listing, _ = await connector.list_tools_kept(client, fresh=True)
         rows = await upstream.contracts_check(connection, listing, surface=surface)
