@@ -517,15 +517,8 @@ async def tool_call(
         if session.is_final or session.status == SessionStatus.PENDING_REVIEW:
             return session, None
         # The runner beats its heartbeat in the database: handed off from here, not the event loop.
-        return session, tool_dispatch(
-            session,
-            connection,
-            limits,
-            tool=tool,
-            arguments=arguments,
-            surface=actor.surface,
-            pin=upstream.accepted_pin(connection, tool),
-        )
+        call = ToolCall(tool, arguments, actor.surface, upstream.accepted_pin(connection, tool))
+        return session, tool_dispatch(session, connection, limits, call)
 
     session, future = await db(start)()
     if future is None:
@@ -572,47 +565,34 @@ def tool_reviewed(actor: Actor, review, session: Session, connection: Connection
     session.refresh_from_db()
     if not released:
         return session
-    surface, pin = actor.surface, upstream.accepted_pin(connection, tool)
-    transaction.on_commit(
-        lambda: tool_dispatch(
-            session, connection, limits, tool=tool, arguments=arguments, surface=surface, pin=pin
-        )
-    )
+    call = ToolCall(tool, arguments, actor.surface, upstream.accepted_pin(connection, tool))
+    transaction.on_commit(lambda: tool_dispatch(session, connection, limits, call))
     return session
 
 
-def tool_dispatch(
-    session: Session,
-    connection: Connection,
-    limits: Limits,
-    *,
-    tool: str,
-    arguments: dict,
-    surface: str,
-    pin: str,
-):
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    """One recorded upstream tool call, as the runner makes it. `pin`: the tool's accepted
+    contract hash (`upstream.accepted_pin`), read when the call was recorded."""
+
+    tool: str
+    arguments: dict
+    surface: str
+    pin: str
+
+
+def tool_dispatch(session: Session, connection: Connection, limits: Limits, call: ToolCall):
     """Run a recorded tool session in the runner's pool (open: claimed there; running: recorded
-    for this runner already); returns the job's future. `pin`: the tool's accepted contract hash
-    (`upstream.accepted_pin`), read when the call was recorded."""
+    for this runner already); returns the job's future."""
     claimed = session.status == SessionStatus.RUNNING
     return runner.submit(
         str(session.pk),
-        lambda: _tool_run(session.pk, connection, limits, tool, arguments, surface, pin, claimed=claimed),
+        lambda: _tool_run(session.pk, connection, limits, call, claimed=claimed),
         timeout_seconds=limits.timeout_seconds,
     )
 
 
-def _tool_run(
-    session_id,
-    connection: Connection,
-    limits: Limits,
-    tool: str,
-    arguments: dict,
-    surface: str,
-    pin: str,
-    *,
-    claimed: bool = False,
-):
+def _tool_run(session_id, connection: Connection, limits: Limits, call: ToolCall, *, claimed: bool = False):
     """Pool-thread body: claim the session (unless recorded running for this runner), talk to the
     upstream, finish the record. Whatever goes wrong, the session does not stay open."""
     try:
@@ -627,9 +607,7 @@ def _tool_run(
                     session_id,
                     connector,
                     limits,
-                    lambda client, out: _tool_exchange(
-                        client, connector, connection, tool, arguments, surface, pin, out
-                    ),
+                    lambda client, out: _tool_exchange(client, connector, connection, call, out),
                 )
             ).result()
         except Exception as exc:  # down, slow, protocol error, oversize: a clear message, recorded
@@ -638,7 +616,7 @@ def _tool_run(
             session_id,
             connection=connection,
             limits=limits,
-            tool=tool,
+            tool=call.tool,
             elapsed_ms=int((time.monotonic() - started) * 1000),
             **outcome,
         )
@@ -682,8 +660,9 @@ async def cancellable_exchange(session_id, connector, limits: Limits, body) -> d
     return outcome
 
 
-async def _tool_exchange(client, connector, connection, tool, arguments, surface, pin, outcome) -> None:
+async def _tool_exchange(client, connector, connection, call: ToolCall, outcome) -> None:
     """Check the tool's pinned contract, then call it."""
+    tool, arguments, surface, pin = call.tool, call.arguments, call.surface, call.pin
     listing, kept = await connector.list_tools_kept(client)
     # A kept listing only lets the call through as it is pinned and accepted (`pin`, read when the
     # call was recorded); anything else is decided on what the upstream shows now, recorded as
