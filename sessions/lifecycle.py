@@ -81,6 +81,19 @@ def _lease_sql(lease: float | None) -> dict:
     return {"lease_expires_at": ("statement_timestamp() + %s", [timedelta(seconds=lease)])}
 
 
+def _merged_sql(merged: dict) -> dict:
+    """`merged` (JSON field -> dict) as raw SQL for gateway.hotsql: the stored object || the dict."""
+    raw = {}
+    for name, more in merged.items():
+        field = Session._meta.get_field(name)
+        column = f"s.{connection.ops.quote_name(str(field.column))}"
+        raw[field.attname] = (
+            f"COALESCE({column}, '{{}}'::jsonb) || %s",
+            [field.get_db_prep_save(more, connection)],
+        )
+    return raw
+
+
 def _system_actor_fields(session: Session, actor) -> dict:
     if actor is not None:
         return {"actor": actor}
@@ -212,12 +225,14 @@ def transition(
     runner: str | None = None,
     lease: float | None = None,
     cancelled: dict | None = None,
+    merged: dict | None = None,
 ) -> Session | None:
     """Move one session to `to` under its row lock, with its audit event, events, wake-up and (when
     final) analysis request, in one transaction (the caller's, if any). `to` may be a function of
     the locked session; with `cancelled`, a session whose cancel was requested meanwhile (from any
-    replica) goes to `cancelled` instead, with these fields over `fields`. `as_owner` audits the
-    change as the session's own user (surface and client of the session). Returns the session, or
+    replica) goes to `cancelled` instead, with these fields over `fields`. `merged` maps a JSON
+    field to a dict merged (one level) over what the row holds, whichever way it goes. `as_owner`
+    audits the change as the session's own user (surface and client of the session). Returns the session, or
     None when it is no longer in a state this move may leave (`expect`, default: every state that
     may go to `to`) or, with `runner`, no longer held by that runner: a late writer never
     overwrites the verdict of another.
@@ -227,9 +242,10 @@ def transition(
     taken, cancelled) is the row locked and read first, as for every other move."""
     fields = {} if fields is None else fields
     with transaction.atomic(savepoint=False):
-        moved = _moved_from_known(session_id, to, fields, expect, runner, lease, cancelled)
+        merged = merged or {}
+        moved = _moved_from_known(session_id, to, fields, expect, runner, lease, cancelled, merged)
         if moved is None:
-            moved = _moved_under_lock(session_id, to, fields, expect, runner, lease, cancelled)
+            moved = _moved_under_lock(session_id, to, fields, expect, runner, lease, cancelled, merged)
         if moved is None:
             return None
         session, previous = moved
@@ -252,9 +268,10 @@ def _allowed_from(to, expect: tuple | None) -> tuple:
     return expect if expect is not None else tuple(s for s, to_ in _ALLOWED.items() if to in to_)
 
 
-def _moved_under_lock(session_id, to, fields, expect, runner, lease, cancelled) -> tuple | None:
+def _moved_under_lock(session_id, to, fields, expect, runner, lease, cancelled, merged) -> tuple | None:
     """(the session moved, its state before) with the row locked and read first; None if refused."""
     session = _locked(session_id)
+    fields = {**fields, **{name: {**(getattr(session, name) or {}), **more} for name, more in merged.items()}}
     previous = session.status
     if cancelled is not None and session.cancel_requested:
         to, fields = SessionStatus.CANCELLED, {**fields, **cancelled}
@@ -283,7 +300,7 @@ def _moved_under_lock(session_id, to, fields, expect, runner, lease, cancelled) 
     return session, previous
 
 
-def _moved_from_known(session_id, to, fields, expect, runner, lease, cancelled) -> tuple | None:
+def _moved_from_known(session_id, to, fields, expect, runner, lease, cancelled, merged) -> tuple | None:
     """The move in one statement, when `to` is a status reached from exactly one state: UPDATE the
     row if it is in that state (held by `runner`; with `cancelled`, no cancel requested), returning
     what the caller did not set, with its user. None when that is not the case or nothing matched."""
@@ -292,7 +309,7 @@ def _moved_from_known(session_id, to, fields, expect, runner, lease, cancelled) 
         return None
     values = {Session._meta.get_field(name).attname: value for name, value in fields.items()}
     values["status"] = to
-    raw = _lease_sql(lease)
+    raw = {**_lease_sql(lease), **_merged_sql(merged)}
     if to in FINAL_STATUSES:
         values["lease_expires_at"] = None
         raw["ended_at"] = ("COALESCE(s.ended_at, %s)", [timezone.now()])

@@ -139,7 +139,7 @@ def test_it_runs_an_exec_in_six_statements_from_record_to_final_state(cast, shop
     assert session_statements(seen) == RECORD + FINISH
 
 
-def test_it_runs_an_upstream_tool_call_in_seven_statements_from_record_to_final_state(cast, transactional_db):
+def test_it_runs_an_upstream_tool_call_in_six_statements_from_record_to_final_state(cast, transactional_db):
     with upstream_server() as url:
         make_mcp_connection(cast.acme, url)
         assert call(cast.bob, "tools", "echo", {"text": "warm"})["status"] == "completed"
@@ -147,8 +147,8 @@ def test_it_runs_an_upstream_tool_call_in_seven_statements_from_record_to_final_
         with statements() as seen:
             assert call(cast.bob, "tools", "echo", {"text": "counted"})["status"] == "completed"
             _settle()
-    # Its finish decides on the locked row (a masking merge and a cancel), so it reads it first.
-    assert session_statements(seen) == RECORD + ["lock session", *FINISH]
+    # Its masking merge and a cancel are decided in the one conditional update: no locked read.
+    assert session_statements(seen) == RECORD + FINISH
 
 
 def test_a_webhook_costs_no_statement_and_gets_its_events(cast, shops, transactional_db, quiet_relay):

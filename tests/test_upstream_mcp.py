@@ -212,6 +212,9 @@ def test_results_are_masked_in_text_and_structured_content(cast, upstream_url, t
     session = Session.objects.get(pk=envelope["session_id"])
     stored = session.input + session.output + json.dumps(session.result)
     assert "jane.roe@example.com" not in stored and "555-0187" not in stored
+    # The finish merges the result's counts over the arguments' counts kept at the record.
+    assert session.masking["input_counts"] == {"EMAIL_ADDRESS": 1}
+    assert session.masking["counts"]["EMAIL_ADDRESS"] >= 1 and session.masking["rules"] == ["pii"]
 
 
 def test_a_tool_that_requires_approval_runs_exactly_the_approved_call_once(

@@ -270,13 +270,13 @@ FINISH_RETRY_SECONDS = 60.0
 
 
 def finish_with_retry(
-    session_id, to, fields: dict, *, cancelled: dict | None = None, **audit
+    session_id, to, fields: dict, *, cancelled: dict | None = None, merged: dict | None = None, **audit
 ) -> Session | None:
     """The runner's final write, retried while the gateway database is unreachable (the result is
     only in memory until it is written). Gives up after FINISH_RETRY_SECONDS; the sweep then ends
     the session once its lease lapses. A session taken from this runner meanwhile is left alone.
     `to` a status and `cancelled` the fields of a cancel that came meanwhile (lifecycle.transition):
-    one statement for the move instead of a locked read and an update."""
+    one statement for the move instead of a locked read and an update; `merged` as there."""
     from django.db import DatabaseError, InterfaceError, OperationalError
 
     deadline = time.monotonic() + FINISH_RETRY_SECONDS
@@ -291,6 +291,7 @@ def finish_with_retry(
                 expect=(SessionStatus.RUNNING,),
                 runner=runner.runner_id(),
                 cancelled=cancelled,
+                merged=merged,
                 **audit,
             )
         except (OperationalError, InterfaceError) as exc:

@@ -448,26 +448,27 @@ def upstream_finish(
     fields: dict = {"execution_time_ms": elapsed_ms}
     if findings:
         fields["guardrail_findings"] = [f.as_dict() for f in findings]
-
-    def status_of(session: Session) -> str:  # on the locked row: a cancel may have come meanwhile
-        fields["masking"] = {**(session.masking or {}), **masking_info}
-        if session.cancel_requested:
-            fields.update(error=error or "cancelled", result=None)
-            return SessionStatus.CANCELLED
-        if blocked:
-            fields["error"] = blocked
-            return SessionStatus.BLOCKED
-        if error or result is None:
-            fields["error"] = error or "the upstream gave no result"
-            return SessionStatus.FAILED
+    if blocked:
+        to, fields["error"] = SessionStatus.BLOCKED, blocked
+    elif error or result is None:
+        to, fields["error"] = SessionStatus.FAILED, error or "the upstream gave no result"
+    else:
         output, truncated = cap_text(text_of(result), max_bytes)
+        to = SessionStatus.DONE
         fields.update(exit_code=exit_code_of(result), result=result, output=output, truncated=truncated)
-        return SessionStatus.DONE
-
     finished = dispatch.finish_with_retry(
         session_id,
-        status_of,
+        to,
         fields,
+        # A cancel that came meanwhile (from any replica) wins: nothing of the answer is kept.
+        cancelled={
+            "error": error or "cancelled",
+            "result": None,
+            "output": "",
+            "exit_code": None,
+            "truncated": False,
+        },
+        merged={"masking": masking_info},
         action=action,
         outcome=Outcome.BLOCKED
         if blocked
