@@ -236,15 +236,13 @@ def instrumented_tool_handler(endpoint: str, handler):
 async def _org_limited(actor):
     """PORTCULLIS_MCP_RATE_PER_ORG: tool calls per org, all its tokens together. Inside the MCP
     stream there is no HTTP status to set, so a refused call is a tool error naming the wait."""
-    import asyncio
-
     from django.conf import settings
     from mcp.types import CallToolResult, TextContent
 
     item = ratelimit.parse_rate(settings.MCP_RATE_PER_ORG, "PORTCULLIS_MCP_RATE_PER_ORG")
     if actor is None or item is None:
         return None
-    retry = await asyncio.to_thread(ratelimit.take, item, "mcp_org", str(actor.org_id))
+    retry = await ratelimit.take_async(item, "mcp_org", str(actor.org_id))
     if retry is None:
         return None
     RATE_LIMITED.labels("mcp_org").inc()

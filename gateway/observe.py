@@ -126,9 +126,7 @@ class RequestObserver:
         if scheme.lower() != "bearer" or not token.strip():
             return None  # unauthenticated: the transport answers 401
         key = hashlib.sha256(token.strip().encode()).hexdigest()[:32]
-        from asgiref.sync import sync_to_async
-
-        retry = await sync_to_async(ratelimit.take, thread_sensitive=False)(self.mcp_rate, "mcp_token", key)
+        retry = await ratelimit.take_async(self.mcp_rate, "mcp_token", key)
         if retry is not None:
             metrics.RATE_LIMITED.labels("mcp_token").inc()
         return retry
