@@ -84,7 +84,9 @@ class RequestObserver:
             metrics.HTTP_REQUESTS.labels(surface, f"{code // 100}xx").inc()
             metrics.HTTP_LATENCY.labels(surface).observe(seconds)
             if surface not in ("static", "ops"):
-                log.info(
+                logs.write(
+                    log,
+                    logging.INFO,
                     "%s %s %s %.0fms",
                     scope.get("method"),
                     path,
