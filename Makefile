@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
+# The ASGI server of `make run`: daphne, or uvicorn (docs/operations.md, "The ASGI server").
+SERVER ?= daphne
+SERVE_daphne  = $(BIN)/daphne -b 127.0.0.1 -p $(PORT) gateway.asgi:application
+SERVE_uvicorn = $(BIN)/uvicorn --host 127.0.0.1 --port $(PORT) --no-proxy-headers --no-access-log \
+	--timeout-graceful-shutdown 10 gateway.asgi:application
 
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/portcullis
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
@@ -21,6 +26,7 @@ install: $(BIN)/.installed
 # Every step sees PORT, so the OAuth issuer, resource URI and links say the port served; the URL
 # is recorded (gateway/settings.py, RUN_PUBLIC_URL_FILE) for manage.py commands run later.
 run: install
+	@test -n "$(SERVE_$(SERVER))" || { echo "SERVER must be daphne or uvicorn, not $(SERVER)"; exit 2; }
 	PORT=$(PORT) $(BIN)/python manage.py migrate --noinput -v 0
 	@PORT=$(PORT) $(BIN)/python -c 'import os; os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings"); \
 		from django.conf import settings as s; s.RUN_PUBLIC_URL_FILE.write_text(s.PUBLIC_BASE_URL + "\n")'
@@ -28,7 +34,7 @@ run: install
 	@PORT=$(PORT) $(BIN)/python manage.py sessions_sweep > /dev/null
 	@PORT=$(PORT) $(BIN)/python -c 'import os; os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings"); \
 		from django.conf import settings as s; print("Serving on", s.PUBLIC_BASE_URL, "(Ctrl-C stops)")'
-	PORT=$(PORT) $(BIN)/daphne -b 127.0.0.1 -p $(PORT) gateway.asgi:application
+	PORT=$(PORT) $(SERVE_$(SERVER))
 
 test: install
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \

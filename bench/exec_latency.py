@@ -160,9 +160,15 @@ def free_port() -> int:
 
 @contextmanager
 def gateway(env: dict, port: int, log_path: Path):
-    """daphne serving gateway.asgi, as `make run` does; stopped (SIGTERM, then SIGKILL) on exit."""
-    cmd = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
-    cmd.append("gateway.asgi:application")
+    """daphne serving gateway.asgi, as `make run` does; stopped (SIGTERM, then SIGKILL) on exit.
+    BENCH_SERVER=uvicorn serves it with uvicorn instead (its httptools parser and uvloop when they
+    are installed), for comparing the two servers."""
+    if env.get("BENCH_SERVER") == "uvicorn":
+        cmd = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "gateway.asgi:application"]
+    else:
+        cmd = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
+        cmd.append("gateway.asgi:application")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

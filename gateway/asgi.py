@@ -1,6 +1,7 @@
 """The ASGI application: Channels routes /api/mcp to the MCP app and everything else to Django
 (including the OAuth metadata documents, which follow the settings in the database). Served by
-daphne; uvicorn works too (the starter speaks lifespan)."""
+daphne, or uvicorn (`make run SERVER=uvicorn`; the starter speaks lifespan): docs/operations.md,
+"The ASGI server"."""
 
 import os
 

@@ -281,17 +281,27 @@ def gateway_env(port: int | None = None) -> dict:
     return env
 
 
-@pytest.fixture(scope="session")
-def gateway_server(django_db_setup, django_db_blocker, tmp_path_factory):
-    """daphne serving gateway.asgi on the test database, with command connections on and a short handoff."""
+# The two ASGI servers the gateway is run under (docs/operations.md, "The ASGI server"): the same
+# flags as `make run` (SERVER=daphne|uvicorn).
+SERVER_ARGV = {
+    "daphne": lambda port: ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "gateway.asgi:application"],
+    "uvicorn": lambda port: [
+        "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
+        "--no-access-log", "--timeout-graceful-shutdown", "10", "gateway.asgi:application",
+    ],
+}  # fmt: skip
+
+
+@contextmanager
+def live_server(kind: str, log: Path):
+    """`kind` (daphne or uvicorn) serving gateway.asgi on the test database, with command
+    connections on and a short handoff; stopped with SIGTERM at the end (SIGKILL if it hangs)."""
     port = _free_port()
-    env = gateway_env(port)
-    log = tmp_path_factory.mktemp("live") / "daphne.log"
     with open(log, "wb") as fh:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "gateway.asgi:application"],
+            [sys.executable, *SERVER_ARGV[kind](port)],
             cwd=ROOT,
-            env=env,
+            env=gateway_env(port),
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
@@ -304,14 +314,24 @@ def gateway_server(django_db_setup, django_db_blocker, tmp_path_factory):
         except httpx2.HTTPError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
             raise RuntimeError(f"the live gateway did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
-    yield LiveServer(url=url, process=process, log=log)
-    process.terminate()
     try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        yield LiveServer(url=url, process=process, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def gateway_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    """daphne serving gateway.asgi on the test database, with command connections on and a short handoff."""
+    with live_server("daphne", tmp_path_factory.mktemp("live") / "daphne.log") as server:
+        yield server
 
 
 @contextmanager
