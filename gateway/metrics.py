@@ -225,7 +225,8 @@ def instrumented_tool_handler(endpoint: str, handler):
                 outcome = "error"
                 return refused
             result = await handler(ctx, params)
-            outcome = "error" if getattr(result, "is_error", False) else "ok"
+            failed = result.get("isError") if isinstance(result, dict) else getattr(result, "is_error", False)
+            outcome = "error" if failed else "ok"
             return result
         finally:
             tool_observed(endpoint, tool[:120], outcome, time.monotonic() - start)

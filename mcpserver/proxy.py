@@ -145,7 +145,7 @@ async def list_tools(ctx, params) -> ListToolsResult:
     )
 
 
-async def call_tool(ctx, params) -> CallToolResult | InputRequiredResult:
+async def call_tool(ctx, params) -> CallToolResult | InputRequiredResult | dict:
     actor = _current_actor(ctx)
     if actor is None:
         return _error("unauthorized: missing auth context")
@@ -191,7 +191,7 @@ def _review_elicitation(envelope: dict, tool: str, connection_name: str) -> Inpu
 
 async def forward_call(
     ctx, actor, connection_name: str, tool: str, arguments: dict, input_responses: dict | None = None
-) -> CallToolResult | InputRequiredResult:
+) -> CallToolResult | InputRequiredResult | dict:
     """One upstream tool call through the policy path and the approval hold, answered as the
     upstream would (also for a virtual server's member connections, mcpserver/virtual.py).
 
@@ -232,13 +232,15 @@ async def forward_call(
         return _review_elicitation(envelope, tool, connection_name)
     if envelope["status"] != "completed" and not (session.result and envelope["content"]):
         return _error(f"[{envelope['status']}] {envelope['message'] or 'the call did not complete'}")
-    return CallToolResult.model_validate(
-        {
-            "content": envelope["content"],
-            "structuredContent": envelope["structured_content"],
-            "isError": bool((session.result or {}).get("isError")),
-        }
-    )
+    # The wire form, as /api/mcp answers (mcpserver/server.py): the SDK validates it once.
+    answer = {
+        "content": envelope["content"],
+        "isError": bool((session.result or {}).get("isError")),
+        "resultType": "complete",  # required from 2026-07-28; the SDK drops it for older clients
+    }
+    if envelope["structured_content"] is not None:
+        answer["structuredContent"] = envelope["structured_content"]
+    return answer
 
 
 def build() -> tuple[Server, object]:
