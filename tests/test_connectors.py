@@ -837,3 +837,47 @@ def test_mysql_tls_settings_are_validated_and_used(gw, mysql_target):
     assert result["ok"] is False
     plain = gw.create("mysql", dict(mysql_target, ssl_mode="preferred"))
     assert gw.test(plain)["ok"] is True
+
+
+def _reference_table(columns, rows, max_bytes):
+    """render_table's definition, one cell at a time (what the column-wise rendering must equal)."""
+
+    def cell(value):
+        if value is None:
+            return "NULL"
+        text = value if isinstance(value, str) else str(value)
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+    lines = ["\t".join(columns)]
+    size = len(lines[0].encode()) + 1
+    for row in rows:
+        line = "\t".join(cell(v) for v in row)
+        size += len(line.encode()) + 1
+        if size > max_bytes:
+            return "\n".join(lines), True
+        lines.append(line)
+    return "\n".join(lines), False
+
+
+def test_rendering_and_json_rows_a_column_at_a_time_equal_the_cell_by_cell_definitions():
+    import random
+
+    from gateway.connectors.base import json_rows
+
+    pool = [
+        None, True, False, 0, -7, 2**70, 1.5, float("nan"), float("inf"), "plain", "", "tab\there",
+        "new\nline", "back\\slash", "é ü 漢", decimal.Decimal("1.50"), datetime.date(2026, 1, 2),
+        b"\x00\xff", [1, "a", None], {"k": [1, 2]}, uuid.UUID(int=5),
+    ]  # fmt: skip
+    kinds = [[None, "a", "b"], [1, 2, None, True], pool, ["x", "y\tz"], [1.25, 2.5]]
+    rng = random.Random(12)
+    for _ in range(400):
+        width = rng.randint(0, 4)
+        columns = [rng.choice(["a", "b", "name", "c\td", "é"]) for _ in range(width)]
+        choices = [rng.choice(kinds) for _ in range(width)]
+        raw = [tuple(rng.choice(c) for c in choices) for _ in range(rng.randint(0, 30))]
+        rows = json_rows(raw)
+        assert rows == [[json_value(v) for v in row] for row in raw]
+        assert all(type(row) is list for row in rows)
+        for cap in (10, 60, 400, 10_000):
+            assert render_table(columns, rows, cap) == _reference_table(columns, rows, cap)

@@ -167,8 +167,33 @@ def _cell(value) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
+def _plain_text(value) -> str:
+    return "NULL" if value is None else value if type(value) is str else str(value)
+
+
 def render_table(columns: list[str], rows: list[list], max_bytes: int) -> tuple[str, bool]:
-    """Tab-separated text with a header line, cut at `max_bytes`. Returns (text, truncated)."""
+    """Tab-separated text with a header line, cut at `max_bytes`. Returns (text, truncated).
+
+    Rendered a column at a time (C-level joins; a 100k-row result in a fraction of the per-cell
+    loop's time); when a cell needs escaping, or the text is over the cap, it is rendered again
+    line by line (`_render_lines`, which is the definition)."""
+    width = len(columns)
+    if not rows or not width or set(map(len, rows)) != {width}:
+        return _render_lines(columns, rows, max_bytes)
+    cells = [col if _types(col) == {str} else list(map(_plain_text, col)) for col in zip(*rows, strict=True)]
+    text = "\n".join(["\t".join(columns), *map("\t".join, zip(*cells, strict=True))])
+    # No cell (nor column name) held a tab, a line break or a backslash: nothing to escape.
+    clean = (
+        "\\" not in text
+        and text.count("\n") == len(rows)
+        and text.count("\t") == (width - 1) * (len(rows) + 1)
+    )
+    if not clean or len(text.encode()) + 1 > max_bytes:
+        return _render_lines(columns, rows, max_bytes)
+    return text, False
+
+
+def _render_lines(columns: list[str], rows: list[list], max_bytes: int) -> tuple[str, bool]:
     lines = ["\t".join(columns)]
     size = len(lines[0].encode()) + 1
     for row in rows:
@@ -178,6 +203,30 @@ def render_table(columns: list[str], rows: list[list], max_bytes: int) -> tuple[
             return "\n".join(lines), True
         lines.append(line)
     return "\n".join(lines), False
+
+
+def _types(values) -> set:
+    return set(map(type, values))
+
+
+# Values a database row hands over that are JSON as they are (`json_value` returns them unchanged).
+_JSON_AS_IS = frozenset({str, int, bool, type(None)})
+
+
+def json_rows(raw_rows) -> list[list]:
+    """`[[json_value(v) for v in row] for row in raw_rows]`, a column at a time: a column whose
+    values are all strings, integers, booleans or NULL (most columns) is taken as it is, without
+    a Python call per cell."""
+    width = len(raw_rows[0]) if raw_rows else 0
+    if not width or set(map(len, raw_rows)) != {width}:
+        return [[json_value(v) for v in row] for row in raw_rows]
+    columns = list(zip(*raw_rows, strict=True))
+    converted = False
+    for i, column in enumerate(columns):
+        if not _types(column) <= _JSON_AS_IS:
+            columns[i] = tuple(map(json_value, column))
+            converted = True
+    return list(map(list, zip(*columns, strict=True))) if converted else list(map(list, raw_rows))
 
 
 def cap_text(text: str, max_bytes: int) -> tuple[str, bool]:
@@ -191,7 +240,7 @@ def sql_result(
     columns: list[str], raw_rows: list, limits: Limits, *, more: bool, status_line: str = ""
 ) -> ExecResult:
     """Build the result of a statement that returned rows, applying the row and byte caps."""
-    rows = [[json_value(v) for v in row] for row in raw_rows[: limits.max_rows]]
+    rows = json_rows(raw_rows[: limits.max_rows])
     truncated = more or len(raw_rows) > limits.max_rows
     text, cut = render_table(columns, rows, limits.max_output_bytes)
     if cut:
