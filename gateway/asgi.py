@@ -3,8 +3,10 @@
 daphne, or uvicorn (`make run SERVER=uvicorn`; the starter speaks lifespan): docs/operations.md,
 "The ASGI server"."""
 
+import gc
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
@@ -52,6 +54,11 @@ router = ProtocolTypeRouter(
         "lifespan": mcp_app,
     }
 )
+
+
+if settings.GC_FREEZE:  # last: everything the process loaded up to here is kept for its life
+    gc.collect()
+    gc.freeze()
 
 
 async def application(scope, receive, send):

@@ -73,6 +73,10 @@ def _generated_secret(filename: str, make) -> str:
 
 
 DEBUG = env_bool("PORTCULLIS_DEBUG", False)
+# After the application is loaded, move its objects out of the garbage collector's reach
+# (gc.freeze): a collection then walks only what requests created, not the hundreds of thousands of
+# objects of Django, the MCP SDK and their imports (docs/operations.md, "The garbage collector").
+GC_FREEZE = env_bool("PORTCULLIS_GC_FREEZE", True)
 SECRET_KEY = env_str("PORTCULLIS_SECRET_KEY") or _generated_secret(
     "django_secret_key", lambda: secrets.token_urlsafe(50)
 )
