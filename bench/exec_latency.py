@@ -120,10 +120,11 @@ def recreate_database(pg_url: str, name: str, *, create: bool = True) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def manage(env: dict, *args: str, stdin: str | None = None) -> str:
-    """Run `manage.py <args>` as an operator would; return its stdout, or fail with its stderr."""
+def manage(env: dict, *args: str, stdin: str | None = None, root: Path = ROOT) -> str:
+    """Run `manage.py <args>` as an operator would (of the checkout `root`); return its stdout, or
+    fail with its stderr."""
     proc = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, input=stdin, capture_output=True, text=True
+        [sys.executable, "manage.py", *args], cwd=root, env=env, input=stdin, capture_output=True, text=True
     )
     if proc.returncode != 0:
         raise RuntimeError(f"manage.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.strip()}")
@@ -159,10 +160,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway(env: dict, port: int, log_path: Path):
+def gateway(env: dict, port: int, log_path: Path, root: Path = ROOT):
     """daphne serving gateway.asgi, as `make run` does; stopped (SIGTERM, then SIGKILL) on exit.
     BENCH_SERVER=uvicorn serves it with uvicorn instead (its httptools parser and uvloop when they
-    are installed), for comparing the two servers."""
+    are installed), for comparing the two servers. `root`: the checkout served (a baseline's)."""
     if env.get("BENCH_SERVER") == "uvicorn":
         cmd = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "gateway.asgi:application"]
@@ -170,7 +171,7 @@ def gateway(env: dict, port: int, log_path: Path):
         cmd = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
         cmd.append("gateway.asgi:application")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

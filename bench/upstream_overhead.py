@@ -15,6 +15,12 @@ One run:
      steadier figure than the latency), and writes JSON to bench/results/.
 
     .venv/bin/python bench/upstream_overhead.py [--n 200] [--warmup 20] [--rounds 20] [--mode auto|legacy]
+        [--servers daphne,uvicorn] [--baseline PATH]
+
+`--servers` serves this checkout under each server named, and `--baseline` adds the same setup
+served from another checkout (a git worktree of an earlier revision, run with this venv): every
+gateway runs at once on its own database, and their series take turns call block by call block
+with the direct one, so a comparison of servers or revisions sees the same machine.
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     p.add_argument("--db-name", default="portcullis_bench_upstream")
     p.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
+    p.add_argument(
+        "--servers", default="daphne", help="comma-separated ASGI servers for this checkout (daphne, uvicorn)"
+    )
+    p.add_argument("--baseline", type=Path, help="another checkout to serve beside this one (its daphne)")
     return p.parse_args(argv)
 
 
@@ -91,16 +101,17 @@ def start_upstream(port: int) -> subprocess.Popen:
             time.sleep(0.1)
 
 
-def seed(env: dict, upstream_url: str) -> str:
-    manage(env, "migrate", "--noinput", "-v", "0")
-    manage(env, "org_create", ORG)
-    manage(env, "user_create", "--org", ORG, "--email", EMAIL, "--groups", "admin")
-    token = manage(env, "token_issue", "--email", EMAIL, "--name", "bench")
+def seed(env: dict, upstream_url: str, root: Path = ROOT) -> str:
+    manage(env, "migrate", "--noinput", "-v", "0", root=root)
+    manage(env, "org_create", ORG, root=root)
+    manage(env, "user_create", "--org", ORG, "--email", EMAIL, "--groups", "admin", root=root)
+    token = manage(env, "token_issue", "--email", EMAIL, "--name", "bench", root=root)
     config = {"url": upstream_url, "bearer_token": BEARER, "allow_private_network": True}
     manage(
         env,
         *("connection_create", "--org", ORG, "--name", CONNECTION, "--kind", "mcp", "--config-stdin"),
         stdin=json.dumps(config),
+        root=root,
     )
     return token
 
@@ -168,62 +179,76 @@ def summarize(samples: list[float], round_p50s: list[float], cpu: float | None) 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+    if not servers or any(name not in ("daphne", "uvicorn") for name in servers):
+        raise SystemExit("--servers takes daphne and/or uvicorn")
+    # (label, checkout, server): this checkout's first server is "gateway", as before.
+    gateways = [("gateway" if i == 0 else f"gateway ({name})", ROOT, name) for i, name in enumerate(servers)]
+    if args.baseline is not None:
+        gateways.append(("baseline", args.baseline.resolve(), "daphne"))
     data_dir = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
-    port, upstream_port = free_port(), free_port()
+    upstream_port = free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}/mcp"
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=pg_url_for(pg_params(args.pg_url, args.db_name)),
-        REDIS_URL=args.redis_url,
-        PORT=str(port),
-        PORTCULLIS_DATA_DIR=str(data_dir),
-    )
-    # The MCP rate limits (600/minute per token, 3000/minute per org by default) would refuse a
-    # bench's calls. A rate no bench reaches keeps the limiter's Redis round trips in the measured
-    # path without refusing.
-    env.setdefault("PORTCULLIS_MCP_RATE_PER_TOKEN", "1000000/second")
-    env.setdefault("PORTCULLIS_MCP_RATE_PER_ORG", "1000000/second")
     upstream = start_upstream(upstream_port)
     results = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "args": vars(args),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "environment": describe_environment(args.pg_url),
     }
+    databases = [args.db_name if i == 0 else f"{args.db_name}_{i}" for i in range(len(gateways))]
     try:
-        recreate_database(args.pg_url, args.db_name)
-        token = seed(env, upstream_url)
-        with gateway(env, port, data_dir / "daphne.log") as (url, proc):
-            measured = asyncio.run(
-                measure(
-                    {
-                        "direct": (upstream_url, {"Authorization": f"Bearer {BEARER}"}),
-                        "gateway": (f"{url}/api/mcp/c/{CONNECTION}", {"Authorization": f"Bearer {token}"}),
-                    },
-                    args.mode,
-                    args.n,
-                    args.warmup,
-                    args.rounds,
-                    {"direct": upstream.pid, "gateway": proc.pid},
+        series = {"direct": (upstream_url, {"Authorization": f"Bearer {BEARER}"})}
+        pids = {"direct": upstream.pid}
+        with contextlib.ExitStack() as stack:
+            for (label, checkout, server), db_name in zip(gateways, databases, strict=True):
+                port = free_port()
+                env = dict(os.environ)
+                env.update(
+                    DATABASE_URL=pg_url_for(pg_params(args.pg_url, db_name)),
+                    REDIS_URL=args.redis_url,
+                    PORT=str(port),
+                    PORTCULLIS_DATA_DIR=str(data_dir / db_name),
+                    BENCH_SERVER=server,
                 )
-            )
-        direct, through = (summarize(*measured[name]) for name in ("direct", "gateway"))
+                # The MCP rate limits (600/minute per token, 3000/minute per org by default) would refuse a
+                # bench's calls. A rate no bench reaches keeps the limiter's Redis round trips in the
+                # measured path without refusing.
+                env.setdefault("PORTCULLIS_MCP_RATE_PER_TOKEN", "1000000/second")
+                env.setdefault("PORTCULLIS_MCP_RATE_PER_ORG", "1000000/second")
+                recreate_database(args.pg_url, db_name)
+                token = seed(env, upstream_url, checkout)
+                url, proc = stack.enter_context(gateway(env, port, data_dir / f"{db_name}.log", checkout))
+                series[label] = (f"{url}/api/mcp/c/{CONNECTION}", {"Authorization": f"Bearer {token}"})
+                pids[label] = proc.pid
+            measured = asyncio.run(measure(series, args.mode, args.n, args.warmup, args.rounds, pids))
+        rows = {name: summarize(*measured[name]) for name in series}
+        direct = rows["direct"]
         results.update(
-            direct=direct, gateway=through, overhead_p50_ms=round(through["p50"] - direct["p50"], 2)
+            direct=direct,
+            gateway=rows["gateway"],
+            overhead_p50_ms=round(rows["gateway"]["p50"] - direct["p50"], 2),
+            series={
+                name: {**row, "overhead_p50_ms": round(row["p50"] - direct["p50"], 2)}
+                for name, row in rows.items()
+            },
         )
         print(
             f"{'series':<34}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}{'round p50 min-max':>22}"
             f"{'server CPU ms/call':>20}"
         )
-        for label, row in (
-            ("direct (SDK client -> upstream)", direct),
-            ("through /api/mcp/c/<conn>", through),
-        ):
+        for name, row in rows.items():
+            label = {"direct": "direct (SDK client -> upstream)", "gateway": "through /api/mcp/c/<conn>"}.get(
+                name, f"{name} /api/mcp/c/<conn>"
+            )
             spread = f"{row['round_p50_min']}-{row['round_p50_max']}"
             print(
                 f"{label:<34}{row['n']:>5}{row['p50']:>10}{row['p95']:>10}{row['mean']:>10}{spread:>22}"
                 f"{row['server_cpu_ms'] if row['server_cpu_ms'] is not None else '-':>20}"
             )
         print(f"overhead at p50: {results['overhead_p50_ms']} ms")
+        for name, row in results["series"].items():
+            if name not in ("direct", "gateway"):
+                print(f"overhead at p50, {name}: {row['overhead_p50_ms']} ms")
         if not args.no_json:
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             path = RESULTS_DIR / f"upstream_overhead-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -233,10 +258,11 @@ def main(argv=None) -> int:
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
-        try:
-            recreate_database(args.pg_url, args.db_name, create=False)
-        except Exception as exc:
-            print(f"warning: could not drop database {args.db_name}: {exc}", file=sys.stderr)
+        for db_name in databases:
+            try:
+                recreate_database(args.pg_url, db_name, create=False)
+            except Exception as exc:
+                print(f"warning: could not drop database {db_name}: {exc}", file=sys.stderr)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
