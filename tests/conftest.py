@@ -292,39 +292,46 @@ SERVER_ARGV = {
 }  # fmt: skip
 
 
-@contextmanager
-def live_server(kind: str, log: Path):
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def start_server(kind: str, log: Path, **extra_env: str) -> LiveServer:
     """`kind` (daphne or uvicorn) serving gateway.asgi on the test database, with command
-    connections on and a short handoff; stopped with SIGTERM at the end (SIGKILL if it hangs)."""
+    connections on and a short handoff (and `extra_env`), once it answers /healthz."""
     port = _free_port()
+    env = {**gateway_env(port), **extra_env}
     with open(log, "wb") as fh:
         process = subprocess.Popen(
-            [sys.executable, *SERVER_ARGV[kind](port)],
-            cwd=ROOT,
-            env=gateway_env(port),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
+            [sys.executable, *SERVER_ARGV[kind](port)], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+            if httpx2.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return LiveServer(url=url, process=process, log=log)
         except httpx2.HTTPError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"the live gateway did not start:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"the live gateway ({kind}) did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
+
+
+@contextmanager
+def live_server(kind: str, log: Path, **extra_env: str):
+    """`start_server`, stopped at the end (`stop`)."""
+    server = start_server(kind, log, **extra_env)
     try:
-        yield LiveServer(url=url, process=process, log=log)
+        yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(server.process)
 
 
 @pytest.fixture(scope="session")
@@ -352,11 +359,7 @@ def celery_worker_process(queue: str, log_dir: Path, *, purge: bool = False):
             time.sleep(0.2)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 class MCP:

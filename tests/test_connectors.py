@@ -839,30 +839,11 @@ def test_mysql_tls_settings_are_validated_and_used(gw, mysql_target):
     assert gw.test(plain)["ok"] is True
 
 
-def _reference_table(columns, rows, max_bytes):
-    """render_table's definition, one cell at a time (what the column-wise rendering must equal)."""
-
-    def cell(value):
-        if value is None:
-            return "NULL"
-        text = value if isinstance(value, str) else str(value)
-        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-
-    lines = ["\t".join(columns)]
-    size = len(lines[0].encode()) + 1
-    for row in rows:
-        line = "\t".join(cell(v) for v in row)
-        size += len(line.encode()) + 1
-        if size > max_bytes:
-            return "\n".join(lines), True
-        lines.append(line)
-    return "\n".join(lines), False
-
-
 def test_rendering_and_json_rows_a_column_at_a_time_equal_the_cell_by_cell_definitions():
+    """`_render_lines` (one cell at a time, pinned by the tests above) is render_table's definition."""
     import random
 
-    from gateway.connectors.base import json_rows
+    from gateway.connectors.base import _render_lines, json_rows
 
     pool = [
         None, True, False, 0, -7, 2**70, 1.5, float("nan"), float("inf"), "plain", "", "tab\there",
@@ -880,4 +861,4 @@ def test_rendering_and_json_rows_a_column_at_a_time_equal_the_cell_by_cell_defin
         assert rows == [[json_value(v) for v in row] for row in raw]
         assert all(type(row) is list for row in rows)
         for cap in (10, 60, 400, 10_000):
-            assert render_table(columns, rows, cap) == _reference_table(columns, rows, cap)
+            assert render_table(columns, rows, cap) == _render_lines(columns, rows, cap)

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import test_reviews
-from tests.conftest import MCP, ROOT, LiveServer, _free_port, gateway_env, structured
+from tests.conftest import MCP, ROOT, LiveServer, _free_port, gateway_env, start_server, stop, structured
 from tests.test_reviews import _actor, _exec, _rule
 
 pytestmark = pytest.mark.live
@@ -28,36 +28,7 @@ METRICS_TOKEN = "metrics-" + uuid.uuid4().hex
 
 
 def start_daphne(log_path, **extra_env) -> LiveServer:
-    port = _free_port()
-    env = gateway_env(port)
-    env.update(extra_env)
-    with open(log_path, "wb") as fh:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "gateway.asgi:application"],
-            cwd=ROOT,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx2.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return LiveServer(url=url, process=process, log=log_path)
-        except httpx2.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"daphne did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
-
-
-def stop(process) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    return start_server("daphne", log_path, **extra_env)
 
 
 @pytest.fixture(scope="module")
