@@ -26,7 +26,7 @@ install: $(BIN)/.installed
 # Every step sees PORT, so the OAuth issuer, resource URI and links say the port served; the URL
 # is recorded (gateway/settings.py, RUN_PUBLIC_URL_FILE) for manage.py commands run later.
 run: install
-	@test -n "$(SERVE_$(SERVER))" || { echo "SERVER must be daphne or uvicorn, not $(SERVER)"; exit 2; }
+	$(if $(SERVE_$(SERVER)),,$(error SERVER must be daphne or uvicorn, not $(SERVER)))
 	PORT=$(PORT) $(BIN)/python manage.py migrate --noinput -v 0
 	@PORT=$(PORT) $(BIN)/python -c 'import os; os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings"); \
 		from django.conf import settings as s; s.RUN_PUBLIC_URL_FILE.write_text(s.PUBLIC_BASE_URL + "\n")'

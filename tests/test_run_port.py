@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _recipe_lines(port: int) -> list[str]:
+def _recipe_lines(port: int, server: str = "daphne") -> list[str]:
     out = subprocess.run(
-        ["make", "-n", "run", f"PORT={port}", f"BIN={Path(sys.executable).parent}"],
+        ["make", "-n", "run", f"PORT={port}", f"SERVER={server}", f"BIN={Path(sys.executable).parent}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,10 +31,21 @@ def _env(data_dir: Path, **extra) -> dict:
     return env
 
 
-def test_every_step_of_make_run_sees_the_port():
-    lines = _recipe_lines(9123)
-    python_steps = [line for line in lines if "manage.py" in line or "python -c" in line or "daphne" in line]
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+def test_every_step_of_make_run_sees_the_port(server):
+    lines = _recipe_lines(9123, server)
+    python_steps = [line for line in lines if "manage.py" in line or "python -c" in line or server in line]
     assert python_steps and all(line.lstrip().startswith("PORT=9123 ") for line in python_steps), lines
+    assert any(f"/{server} " in line for line in python_steps), lines  # the server asked for serves
+
+
+def test_an_unknown_server_stops_make_run_before_anything_runs():
+    result = subprocess.run(
+        ["make", "-n", "run", "SERVER=hypercorn"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "SERVER must be daphne or uvicorn, not hypercorn" in result.stderr
+    assert "manage.py" not in result.stdout
 
 
 def test_the_recorded_url_is_what_later_commands_advertise(tmp_path):
